@@ -1,0 +1,23 @@
+{
+  "variables": { "with_cuda%": "false", "cuda_obj%": "", "cuda_home%": "/usr/local/cuda", "portable%": "false" },
+  "targets": [
+    {
+      "target_name": "smallkv_tensor",
+      "sources": ["native/addon.cc", "native/rope.cc", "native/attention.cc", "native/kv.cc", "native/topk.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-O3", "-std=c++17", "-fopenmp"],
+      "ldflags": ["-fopenmp"],
+      "conditions": [
+        ["portable=='true'",
+          { "cflags_cc": ["-march=x86-64-v2"], "defines": ["SMALLKV_PORTABLE=1"] },
+          { "cflags_cc": ["-march=native"] }],
+        ["with_cuda=='true'",
+          { "defines": ["SMALLKV_WITH_CUDA=1"],
+            "libraries": ["<(cuda_obj)", "<(cuda_home)/lib64/libcudart_static.a", "-ldl", "-lrt", "-lpthread"] },
+          { "sources": ["native/cuda_stub.cc"] }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,209 @@
+// N-API bindings. Every argument is checked here as well as in TypeScript: a wrong
+// call must raise a JS exception, never touch memory out of bounds.
+#include <napi.h>
+#include <omp.h>
+
+#include <string>
+
+#include "cuda_api.h"
+#include "kernels.h"
+
+namespace {
+
+struct Args {
+  const Napi::CallbackInfo& info;
+  bool failed = false;
+
+  void fail(const std::string& msg) {
+    if (!failed) Napi::RangeError::New(info.Env(), msg).ThrowAsJavaScriptException();
+    failed = true;
+  }
+
+  template <typename T, napi_typedarray_type Type>
+  T* array(size_t i, const char* name, size_t minLen, bool optional = false) {
+    if (failed) return nullptr;
+    if (optional && (info[i].IsNull() || info[i].IsUndefined())) return nullptr;
+    if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != Type) {
+      fail(std::string(name) + ": expected a " + (Type == napi_float32_array ? "Float32Array" : "Int32Array"));
+      return nullptr;
+    }
+    auto a = info[i].As<Napi::TypedArrayOf<T>>();
+    if (a.ElementLength() < minLen) {
+      fail(std::string(name) + ": length " + std::to_string(a.ElementLength()) + " < required " +
+           std::to_string(minLen));
+      return nullptr;
+    }
+    return a.Data();
+  }
+  float* f32(size_t i, const char* name, size_t minLen, bool optional = false) {
+    return array<float, napi_float32_array>(i, name, minLen, optional);
+  }
+  int32_t* i32(size_t i, const char* name, size_t minLen, bool optional = false) {
+    return array<int32_t, napi_int32_array>(i, name, minLen, optional);
+  }
+  int integer(size_t i, const char* name, int min = 0) {
+    if (failed) return 0;
+    if (!info[i].IsNumber()) {
+      fail(std::string(name) + ": expected a number");
+      return 0;
+    }
+    const int v = info[i].As<Napi::Number>().Int32Value();
+    if (v < min) fail(std::string(name) + ": " + std::to_string(v) + " < " + std::to_string(min));
+    return v;
+  }
+  double number(size_t i, const char* name) {
+    if (failed) return 0;
+    if (!info[i].IsNumber()) {
+      fail(std::string(name) + ": expected a number");
+      return 0;
+    }
+    return info[i].As<Napi::Number>().DoubleValue();
+  }
+};
+
+// rope(x, pos, T, H, D, theta)
+Napi::Value Rope(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int T = a.integer(2, "T"), H = a.integer(3, "H", 1), D = a.integer(4, "D", 2);
+  const double theta = a.number(5, "theta");
+  if (!a.failed && D % 2 != 0) a.fail("D must be even");
+  float* x = a.f32(0, "x", size_t(T) * H * D);
+  int32_t* pos = a.i32(1, "pos", T);
+  if (a.failed) return info.Env().Undefined();
+  skv::rope_f32(x, pos, T, H, D, theta);
+  return info.Env().Undefined();
+}
+
+// attention(q, k, v, cap, T, past, Hq, Hkv, D, scale, out, probs|null, scores|null)
+Napi::Value Attention(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int cap = a.integer(3, "cap"), T = a.integer(4, "T", 1), Hq = a.integer(6, "Hq", 1),
+            Hkv = a.integer(7, "Hkv", 1), D = a.integer(8, "D", 1);
+  const double scale = a.number(9, "scale");
+  if (!a.failed && Hq % Hkv != 0) a.fail("Hq must be a multiple of Hkv");
+  int32_t* past = a.i32(5, "past", Hkv);
+  int maxPast = 0;
+  if (!a.failed) {
+    for (int g = 0; g < Hkv; ++g) {
+      if (past[g] < 0 || past[g] + T > cap) a.fail("past[" + std::to_string(g) + "] + T exceeds the store capacity");
+      maxPast = past[g] > maxPast ? past[g] : maxPast;
+    }
+  }
+  const size_t Lmax = size_t(maxPast) + T;
+  const float* q = a.f32(0, "q", size_t(T) * Hq * D);
+  const float* k = a.f32(1, "k", size_t(Hkv) * cap * D);
+  const float* v = a.f32(2, "v", size_t(Hkv) * cap * D);
+  float* out = a.f32(10, "out", size_t(T) * Hq * D);
+  float* probs = a.f32(11, "probs", size_t(Hq) * T * Lmax, true);
+  float* scores = a.f32(12, "scores", size_t(Hq) * Lmax, true);
+  if (a.failed) return info.Env().Undefined();
+  skv::attention_f32(q, k, v, cap, T, past, Hq, Hkv, D, static_cast<float>(scale), out, probs, scores);
+  return info.Env().Undefined();
+}
+
+// kvWrite(store, cap, Hkv, D, src, T, dst)
+Napi::Value KvWrite(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int cap = a.integer(1, "cap"), Hkv = a.integer(2, "Hkv", 1), D = a.integer(3, "D", 1), T = a.integer(5, "T");
+  float* store = a.f32(0, "store", size_t(Hkv) * cap * D);
+  const float* src = a.f32(4, "src", size_t(T) * Hkv * D);
+  const int32_t* dst = a.i32(6, "dst", T);
+  if (!a.failed) {
+    for (int t = 0; t < T; ++t)
+      if (dst[t] < 0 || dst[t] >= cap) a.fail("dst[" + std::to_string(t) + "] out of range");
+  }
+  if (a.failed) return info.Env().Undefined();
+  skv::kv_write_f32(store, cap, Hkv, D, src, T, dst);
+  return info.Env().Undefined();
+}
+
+// kvGather(src, scap, dst, dcap, Hkv, D, idx, off, dstStart)
+Napi::Value KvGather(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int scap = a.integer(1, "scap"), dcap = a.integer(3, "dcap"), Hkv = a.integer(4, "Hkv", 1),
+            D = a.integer(5, "D", 1);
+  const float* src = a.f32(0, "src", size_t(Hkv) * scap * D);
+  float* dst = a.f32(2, "dst", size_t(Hkv) * dcap * D);
+  const int32_t* off = a.i32(7, "off", Hkv + 1);
+  const int32_t* start = a.i32(8, "dstStart", Hkv);
+  const int32_t* idx = a.i32(6, "idx", a.failed ? 0 : (off[Hkv] < 0 ? 0 : off[Hkv]));
+  if (!a.failed) {
+    if (off[0] != 0) a.fail("off[0] must be 0");
+    for (int g = 0; g < Hkv && !a.failed; ++g) {
+      if (off[g + 1] < off[g]) a.fail("off must be non-decreasing");
+      else if (start[g] < 0 || start[g] + (off[g + 1] - off[g]) > dcap) a.fail("gathered rows exceed dst capacity");
+      for (int i = off[g]; i < off[g + 1] && !a.failed; ++i)
+        if (idx[i] < 0 || idx[i] >= scap) a.fail("idx[" + std::to_string(i) + "] out of range");
+    }
+  }
+  if (a.failed) return info.Env().Undefined();
+  skv::kv_gather_f32(src, scap, dst, dcap, Hkv, D, idx, off, start);
+  return info.Env().Undefined();
+}
+
+// topk(x, rows, n, k, out)
+Napi::Value TopK(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int rows = a.integer(1, "rows"), n = a.integer(2, "n"), k = a.integer(3, "k");
+  if (!a.failed && k > n) a.fail("k > n");
+  const float* x = a.f32(0, "x", size_t(rows) * n);
+  int32_t* out = a.i32(4, "out", size_t(rows) * k);
+  if (a.failed) return info.Env().Undefined();
+  skv::topk_f32(x, rows, n, k, out);
+  return info.Env().Undefined();
+}
+
+Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+  int count = 0, code = 0;
+  char msg[512] = {0};
+  const int built = skv_cuda_info(&count, &code, msg, sizeof msg);
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("built", Napi::Boolean::New(info.Env(), built != 0));
+  o.Set("deviceCount", Napi::Number::New(info.Env(), count));
+  o.Set("code", Napi::Number::New(info.Env(), code));
+  o.Set("message", Napi::String::New(info.Env(), msg));
+  return o;
+}
+
+Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("threads", Napi::Number::New(info.Env(), omp_get_max_threads()));
+#if defined(__AVX512F__)
+  o.Set("simd", Napi::String::New(info.Env(), "avx512"));
+#elif defined(__AVX2__)
+  o.Set("simd", Napi::String::New(info.Env(), "avx2"));
+#elif defined(__SSE4_2__)
+  o.Set("simd", Napi::String::New(info.Env(), "sse4.2"));
+#else
+  o.Set("simd", Napi::String::New(info.Env(), "baseline"));
+#endif
+#ifdef SMALLKV_PORTABLE
+  o.Set("portable", Napi::Boolean::New(info.Env(), true));
+#else
+  o.Set("portable", Napi::Boolean::New(info.Env(), false));
+#endif
+  return o;
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int n = a.integer(0, "threads", 1);
+  if (!a.failed) omp_set_num_threads(n);
+  return info.Env().Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("rope", Napi::Function::New(env, Rope));
+  exports.Set("attention", Napi::Function::New(env, Attention));
+  exports.Set("kvWrite", Napi::Function::New(env, KvWrite));
+  exports.Set("kvGather", Napi::Function::New(env, KvGather));
+  exports.Set("topk", Napi::Function::New(env, TopK));
+  exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
+  exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(smallkv_tensor, Init)

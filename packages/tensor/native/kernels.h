@@ -1,0 +1,36 @@
+// Flat CPU kernels of @smallkv/tensor. Plain C ABI, float32, row-major, no allocation
+// visible to callers: each kernel is testable on its own against src/reference.ts.
+//
+// Layout conventions (shared with the TypeScript side):
+//   activations  x[T][H][D]       T tokens, H heads, D head dim
+//   KV store     k[Hkv][cap][D]   head-major so one head's keys are contiguous
+#pragma once
+#include <cstdint>
+
+namespace skv {
+
+// HF rotate-half RoPE, in place: x' = x*cos + rotate_half(x)*sin, angle = pos * theta^(-2i/D).
+void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta);
+
+// Causal grouped-query attention of T new queries over a KV store.
+// Query t of kv head g sees keys [0, past[g] + t] (past[g] keys precede the new ones).
+//   q[T][Hq][D], k/v[Hkv][cap][D], out[T][Hq][D]
+//   probs  (optional) [Hq][T][Lmax], Lmax = max(past)+T, zero beyond each row's length
+//   scores (optional) [Hq][Lmax], += column sums of the probabilities (fused H2O-style
+//          accumulation, so policies get scores without a materialised matrix)
+void attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past,
+                   int Hq, int Hkv, int D, float scale, float* out, float* probs, float* scores);
+
+// Write T rows src[T][Hkv][D] into store[Hkv][cap][D] at slots dst[T].
+void kv_write_f32(float* store, int cap, int Hkv, int D, const float* src, int T, const int32_t* dst);
+
+// Per kv head g, copy rows idx[off[g] .. off[g+1]) of src[Hkv][scap][D] into
+// dst[Hkv][dcap][D] starting at row dstStart[g].
+void kv_gather_f32(const float* src, int scap, float* dst, int dcap, int Hkv, int D, const int32_t* idx,
+                   const int32_t* off, const int32_t* dstStart);
+
+// Indices of the k largest values of each of `rows` rows x[rows][n], by descending value,
+// ties to the lower index. out[rows][k].
+void topk_f32(const float* x, int rows, int n, int k, int32_t* out);
+
+}  // namespace skv

@@ -1,0 +1,28 @@
+#include <cstring>
+
+#include "kernels.h"
+
+namespace skv {
+
+void kv_write_f32(float* store, int cap, int Hkv, int D, const float* src, int T, const int32_t* dst) {
+  for (int t = 0; t < T; ++t) {
+    for (int g = 0; g < Hkv; ++g) {
+      std::memcpy(store + (static_cast<int64_t>(g) * cap + dst[t]) * D, src + (static_cast<int64_t>(t) * Hkv + g) * D,
+                  sizeof(float) * D);
+    }
+  }
+}
+
+void kv_gather_f32(const float* src, int scap, float* dst, int dcap, int Hkv, int D, const int32_t* idx,
+                   const int32_t* off, const int32_t* dstStart) {
+#pragma omp parallel for schedule(static) if (off[Hkv] * D > 65536)
+  for (int g = 0; g < Hkv; ++g) {
+    const float* s = src + static_cast<int64_t>(g) * scap * D;
+    float* d = dst + (static_cast<int64_t>(g) * dcap + dstStart[g]) * D;
+    for (int i = off[g]; i < off[g + 1]; ++i, d += D) {
+      std::memcpy(d, s + static_cast<int64_t>(idx[i]) * D, sizeof(float) * D);
+    }
+  }
+}
+
+}  // namespace skv

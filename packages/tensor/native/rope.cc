@@ -1,0 +1,33 @@
+#include <cmath>
+#include <vector>
+
+#include "kernels.h"
+
+namespace skv {
+
+void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta) {
+  const int half = D / 2;
+  std::vector<double> inv(half);
+  for (int i = 0; i < half; ++i) inv[i] = std::pow(theta, -2.0 * i / D);
+#pragma omp parallel for schedule(static) if (T * H * D > 16384)
+  for (int t = 0; t < T; ++t) {
+    // cos/sin per token, computed in double then rounded: matches an fp32 reference to ~1e-7.
+    std::vector<float> c(half), s(half);
+    for (int i = 0; i < half; ++i) {
+      const double a = static_cast<double>(pos[t]) * inv[i];
+      c[i] = static_cast<float>(std::cos(a));
+      s[i] = static_cast<float>(std::sin(a));
+    }
+    for (int h = 0; h < H; ++h) {
+      float* r = x + (static_cast<int64_t>(t) * H + h) * D;
+#pragma omp simd
+      for (int i = 0; i < half; ++i) {
+        const float x1 = r[i], x2 = r[i + half];
+        r[i] = x1 * c[i] - x2 * s[i];
+        r[i + half] = x2 * c[i] + x1 * s[i];
+      }
+    }
+  }
+}
+
+}  // namespace skv

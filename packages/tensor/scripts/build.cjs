@@ -1,0 +1,105 @@
+#!/usr/bin/env node
+// Builds the native addon on install: CUDA objects with nvcc when it is found, then
+// node-gyp configure + build (incremental: pnpm re-runs install scripts often).
+//   SMALLKV_CUDA=0 forces a CPU-only build, SMALLKV_CUDA=1 makes a missing nvcc an error.
+//   SMALLKV_PORTABLE=1 builds for x86-64-v2 instead of -march=native (binaries that travel).
+"use strict";
+const { execFileSync } = require("node:child_process");
+const fs = require("node:fs");
+const path = require("node:path");
+
+const root = path.resolve(__dirname, "..");
+const log = (m) => process.stderr.write(`[@smallkv/tensor] ${m}\n`);
+
+function findNvcc() {
+  const candidates = [
+    process.env.NVCC,
+    process.env.CUDA_HOME && path.join(process.env.CUDA_HOME, "bin", "nvcc"),
+    "/usr/local/cuda/bin/nvcc",
+  ].filter(Boolean);
+  for (const c of candidates) if (fs.existsSync(c)) return c;
+  try {
+    return execFileSync("sh", ["-c", "command -v nvcc"], { encoding: "utf8" }).trim() || null;
+  } catch {
+    return null;
+  }
+}
+
+function cudaHome(nvcc) {
+  // /usr/local/bin/nvcc may be a wrapper script, so realpath(nvcc)/.. is not the CUDA root.
+  for (const c of [process.env.CUDA_HOME, "/usr/local/cuda", path.resolve(path.dirname(nvcc), "..")]) {
+    if (c && fs.existsSync(path.join(c, "lib64", "libcudart_static.a"))) return c;
+  }
+  return null;
+}
+
+function buildCuda() {
+  const want = process.env.SMALLKV_CUDA;
+  if (want === "0") return null;
+  const nvcc = findNvcc();
+  const home = nvcc && cudaHome(nvcc);
+  if (!nvcc || !home) {
+    if (want === "1") throw new Error("SMALLKV_CUDA=1 but nvcc/libcudart_static.a was not found");
+    log("nvcc not found: building the CPU-only addon (CUDA entry points are stubs)");
+    return null;
+  }
+  const outDir = path.join(root, "build-cuda");
+  fs.mkdirSync(outDir, { recursive: true });
+  const sources = fs.readdirSync(path.join(root, "native")).filter((f) => f.endsWith(".cu"));
+  const objects = [];
+  for (const src of sources) {
+    const srcPath = path.join(root, "native", src);
+    const obj = path.join(outDir, src.replace(/\.cu$/, ".o"));
+    const headers = fs.readdirSync(path.join(root, "native")).filter((f) => f.endsWith(".h") || f.endsWith(".cuh"));
+    const newest = Math.max(
+      fs.statSync(srcPath).mtimeMs,
+      ...headers.map((h) => fs.statSync(path.join(root, "native", h)).mtimeMs),
+    );
+    if (!fs.existsSync(obj) || fs.statSync(obj).mtimeMs < newest) {
+      log(`nvcc ${src}`);
+      execFileSync(
+        nvcc,
+        [
+          "-c", "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "--cudart", "static",
+          "-gencode", "arch=compute_80,code=sm_80",
+          "-gencode", "arch=compute_90a,code=sm_90a",
+          "-gencode", "arch=compute_80,code=compute_80",
+          "-o", obj, srcPath,
+        ],
+        { stdio: "inherit" },
+      );
+    }
+    objects.push(obj);
+  }
+  if (objects.length === 0) return null;
+  // Link all CUDA objects as one relocatable object so gyp gets a single path.
+  const combined = path.join(outDir, "cuda_all.o");
+  execFileSync("ld", ["-r", "-o", combined, ...objects]);
+  return { obj: combined, home };
+}
+
+function main() {
+  const nodeGyp = require.resolve("node-gyp/bin/node-gyp.js");
+  // Always pass the headers of the running Node: node-gyp would otherwise try to download them.
+  const nodedir = path.resolve(process.execPath, "..", "..");
+  const hasHeaders = fs.existsSync(path.join(nodedir, "include", "node", "node_api.h"));
+  const cuda = buildCuda();
+  const gypVars = [
+    `--with_cuda=${cuda ? "true" : "false"}`,
+    `--cuda_obj=${cuda ? cuda.obj : ""}`,
+    `--cuda_home=${cuda ? cuda.home : "/usr/local/cuda"}`,
+    `--portable=${process.env.SMALLKV_PORTABLE === "1" ? "true" : "false"}`,
+  ];
+  const common = hasHeaders ? [`--nodedir=${nodedir}`] : [];
+  const run = (args) => execFileSync(process.execPath, [nodeGyp, ...args], { cwd: root, stdio: "inherit" });
+  run(["configure", ...common, ...gypVars]);
+  run(["build", ...common, `--jobs=${Math.max(1, require("node:os").availableParallelism?.() ?? 2)}`]);
+  log(`built ${path.join("build", "Release", "smallkv_tensor.node")} (${cuda ? "with CUDA" : "CPU only"})`);
+}
+
+try {
+  main();
+} catch (e) {
+  log(`build failed: ${e.message}`);
+  process.exit(1);
+}

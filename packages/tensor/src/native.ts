@@ -1,0 +1,55 @@
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** The raw binding (internal: argument checking happens in ops.ts and again in C++). */
+export interface NativeBinding {
+  rope(x: Float32Array, pos: Int32Array, T: number, H: number, D: number, theta: number): void;
+  attention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    cap: number,
+    T: number,
+    past: Int32Array,
+    Hq: number,
+    Hkv: number,
+    D: number,
+    scale: number,
+    out: Float32Array,
+    probs: Float32Array | null,
+    scores: Float32Array | null,
+  ): void;
+  kvWrite(store: Float32Array, cap: number, Hkv: number, D: number, src: Float32Array, T: number, dst: Int32Array): void;
+  kvGather(
+    src: Float32Array,
+    scap: number,
+    dst: Float32Array,
+    dcap: number,
+    Hkv: number,
+    D: number,
+    idx: Int32Array,
+    off: Int32Array,
+    dstStart: Int32Array,
+  ): void;
+  topk(x: Float32Array, rows: number, n: number, k: number, out: Int32Array): void;
+  cudaInfo(): { built: boolean; deviceCount: number; code: number; message: string };
+  buildInfo(): { threads: number; simd: string; portable: boolean };
+  setThreads(n: number): void;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+
+function load(): NativeBinding {
+  const path = join(here, "..", "build", "Release", "smallkv_tensor.node");
+  try {
+    return require(path) as NativeBinding;
+  } catch (e) {
+    throw new Error(
+      `@smallkv/tensor: the native addon is not built (${path}): run \`pnpm install\` (or \`node scripts/build.cjs\` in the package). Cause: ${(e as Error).message}`,
+    );
+  }
+}
+
+export const native: NativeBinding = load();

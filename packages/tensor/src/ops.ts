@@ -1,0 +1,168 @@
+import { expectDim, expectF32, expectI32, TensorShapeError } from "./errors.js";
+import { native } from "./native.js";
+
+/** RoPE in place on x[T][H][D] (Hugging Face rotate-half convention). */
+export function rope(x: Float32Array, positions: Int32Array, H: number, D: number, theta = 10000): void {
+  const op = "rope";
+  expectDim(op, "H", H, 1);
+  expectDim(op, "D", D, 2);
+  if (D % 2 !== 0) throw new TensorShapeError(op, `head dim D must be even, got ${D}`);
+  const T = positions.length;
+  expectI32(op, "positions", positions, T);
+  expectF32(op, "x", x, T * H * D);
+  if (x.length !== T * H * D) throw new TensorShapeError(op, `x has ${x.length} elements, expected T*H*D = ${T * H * D}`);
+  if (!(theta > 0)) throw new TensorShapeError(op, `theta must be > 0, got ${theta}`);
+  native.rope(x, positions, T, H, D, theta);
+}
+
+export interface AttentionArgs {
+  /** Queries q[T][Hq][D] (already rotated). */
+  q: Float32Array;
+  /** KV store k[Hkv][cap][D] and v[Hkv][cap][D]. */
+  k: Float32Array;
+  v: Float32Array;
+  cap: number;
+  /** Number of new query tokens. */
+  T: number;
+  /** Keys preceding the T new ones, per kv head (or one number for all heads). Query t sees keys [0, past+t]. */
+  past: number | Int32Array;
+  Hq: number;
+  Hkv: number;
+  D: number;
+  /** Softmax scale; default 1/sqrt(D). */
+  scale?: number;
+  out?: Float32Array;
+  /** true, or a buffer [Hq][T][Lmax] to receive the attention probabilities. */
+  probs?: boolean | Float32Array;
+  /** A buffer [Hq][Lmax] to which the column sums of the probabilities are added. */
+  scores?: Float32Array;
+}
+
+export interface AttentionResult {
+  out: Float32Array;
+  probs?: Float32Array;
+  /** Row length of probs and scores: max(past) + T. */
+  Lmax: number;
+}
+
+/** Causal grouped-query attention of T new queries over a KV store (prefill and decode). */
+export function attention(a: AttentionArgs): AttentionResult {
+  const op = "attention";
+  const T = expectDim(op, "T", a.T, 1);
+  const Hq = expectDim(op, "Hq", a.Hq, 1);
+  const Hkv = expectDim(op, "Hkv", a.Hkv, 1);
+  const D = expectDim(op, "D", a.D, 1);
+  const cap = expectDim(op, "cap", a.cap, 0);
+  if (Hq % Hkv !== 0) throw new TensorShapeError(op, `Hq (${Hq}) must be a multiple of Hkv (${Hkv})`);
+  const past = typeof a.past === "number" ? new Int32Array(Hkv).fill(a.past) : expectI32(op, "past", a.past, Hkv);
+  let maxPast = 0;
+  for (let g = 0; g < Hkv; g++) {
+    if (past[g] < 0 || past[g] + T > cap) {
+      throw new TensorShapeError(op, `past[${g}] + T = ${past[g] + T} exceeds the store capacity ${cap}`);
+    }
+    maxPast = Math.max(maxPast, past[g]);
+  }
+  const Lmax = maxPast + T;
+  expectF32(op, "q", a.q, T * Hq * D);
+  expectF32(op, "k", a.k, Hkv * cap * D);
+  expectF32(op, "v", a.v, Hkv * cap * D);
+  const out = a.out ? expectF32(op, "out", a.out, T * Hq * D) : new Float32Array(T * Hq * D);
+  let probs: Float32Array | undefined;
+  if (a.probs instanceof Float32Array) probs = expectF32(op, "probs", a.probs, Hq * T * Lmax);
+  else if (a.probs === true) probs = new Float32Array(Hq * T * Lmax);
+  const scores = a.scores ? expectF32(op, "scores", a.scores, Hq * Lmax) : null;
+  const scale = a.scale ?? 1 / Math.sqrt(D);
+  native.attention(a.q, a.k, a.v, cap, T, past, Hq, Hkv, D, scale, out, probs ?? null, scores);
+  return { out, probs, Lmax };
+}
+
+/** Write rows src[T][Hkv][D] into store[Hkv][cap][D] at slots dst[T] (KV append). */
+export function kvWrite(store: Float32Array, cap: number, Hkv: number, D: number, src: Float32Array, dst: Int32Array): void {
+  const op = "kvWrite";
+  expectDim(op, "cap", cap);
+  expectDim(op, "Hkv", Hkv, 1);
+  expectDim(op, "D", D, 1);
+  const T = dst.length;
+  expectI32(op, "dst", dst, T);
+  expectF32(op, "store", store, Hkv * cap * D);
+  expectF32(op, "src", src, T * Hkv * D);
+  for (let t = 0; t < T; t++) {
+    if (dst[t] < 0 || dst[t] >= cap) throw new TensorShapeError(op, `dst[${t}] = ${dst[t]} is outside [0, ${cap})`);
+  }
+  native.kvWrite(store, cap, Hkv, D, src, T, dst);
+}
+
+/**
+ * Per kv head g, copy rows idx[off[g]..off[g+1]) of src[Hkv][scap][D] into
+ * dst[Hkv][dcap][D] starting at row dstStart[g] (default 0). Used to move tokens
+ * between the cold store and the hot working set.
+ */
+export function kvGather(
+  src: Float32Array,
+  scap: number,
+  dst: Float32Array,
+  dcap: number,
+  Hkv: number,
+  D: number,
+  idx: Int32Array,
+  off: Int32Array,
+  dstStart?: Int32Array,
+): void {
+  const op = "kvGather";
+  expectDim(op, "Hkv", Hkv, 1);
+  expectDim(op, "D", D, 1);
+  expectDim(op, "scap", scap);
+  expectDim(op, "dcap", dcap);
+  expectI32(op, "off", off, Hkv + 1);
+  const start = dstStart ? expectI32(op, "dstStart", dstStart, Hkv) : new Int32Array(Hkv);
+  if (off[0] !== 0) throw new TensorShapeError(op, "off[0] must be 0");
+  for (let g = 0; g < Hkv; g++) {
+    if (off[g + 1] < off[g]) throw new TensorShapeError(op, "off must be non-decreasing");
+    if (start[g] < 0 || start[g] + off[g + 1] - off[g] > dcap) {
+      throw new TensorShapeError(op, `head ${g}: gathered rows exceed dst capacity ${dcap}`);
+    }
+  }
+  expectI32(op, "idx", idx, off[Hkv]);
+  for (let i = 0; i < off[Hkv]; i++) {
+    if (idx[i] < 0 || idx[i] >= scap) throw new TensorShapeError(op, `idx[${i}] = ${idx[i]} is outside [0, ${scap})`);
+  }
+  expectF32(op, "src", src, Hkv * scap * D);
+  expectF32(op, "dst", dst, Hkv * dcap * D);
+  native.kvGather(src, scap, dst, dcap, Hkv, D, idx, off, start);
+}
+
+/** Indices of the k largest values of each row of x[rows][n], by descending value (ties: lower index first). */
+export function topk(x: Float32Array, n: number, k: number, rows = 1): Int32Array {
+  const op = "topk";
+  expectDim(op, "rows", rows);
+  expectDim(op, "n", n);
+  expectDim(op, "k", k);
+  if (k > n) throw new TensorShapeError(op, `k (${k}) > n (${n})`);
+  expectF32(op, "x", x, rows * n);
+  const out = new Int32Array(rows * k);
+  if (k > 0 && rows > 0) native.topk(x, rows, n, k, out);
+  return out;
+}
+
+export interface CudaInfo {
+  /** The addon was compiled with nvcc. */
+  built: boolean;
+  /** Usable CUDA devices (0 without a driver or device). */
+  deviceCount: number;
+  code: number;
+  message: string;
+}
+
+export function cudaInfo(): CudaInfo {
+  return native.cudaInfo();
+}
+
+export function buildInfo(): { threads: number; simd: string; portable: boolean } {
+  return native.buildInfo();
+}
+
+/** Set the OpenMP thread count used by the kernels. */
+export function setThreads(n: number): void {
+  expectDim("setThreads", "n", n, 1);
+  native.setThreads(n);
+}

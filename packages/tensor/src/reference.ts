@@ -1,0 +1,107 @@
+// Plain TypeScript references of every kernel: slow, obvious, and the ground truth the
+// native kernels are tested against. Same layouts and semantics as ops.ts.
+
+export function ropeRef(x: Float32Array, positions: Int32Array, H: number, D: number, theta = 10000): void {
+  const half = D / 2;
+  for (let t = 0; t < positions.length; t++) {
+    for (let h = 0; h < H; h++) {
+      const base = (t * H + h) * D;
+      for (let i = 0; i < half; i++) {
+        const a = positions[t] * theta ** ((-2 * i) / D);
+        const c = Math.cos(a);
+        const s = Math.sin(a);
+        const x1 = x[base + i];
+        const x2 = x[base + i + half];
+        x[base + i] = x1 * c - x2 * s;
+        x[base + i + half] = x2 * c + x1 * s;
+      }
+    }
+  }
+}
+
+export interface AttentionRefArgs {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  cap: number;
+  T: number;
+  past: number | Int32Array;
+  Hq: number;
+  Hkv: number;
+  D: number;
+  scale?: number;
+}
+
+export function attentionRef(a: AttentionRefArgs): { out: Float32Array; probs: Float32Array; scores: Float32Array; Lmax: number } {
+  const { q, k, v, cap, T, Hq, Hkv, D } = a;
+  const past = typeof a.past === "number" ? new Int32Array(Hkv).fill(a.past) : a.past;
+  const Lmax = Math.max(...past) + T;
+  const scale = a.scale ?? 1 / Math.sqrt(D);
+  const group = Hq / Hkv;
+  const out = new Float32Array(T * Hq * D);
+  const probs = new Float32Array(Hq * T * Lmax);
+  const scores = new Float32Array(Hq * Lmax);
+  for (let h = 0; h < Hq; h++) {
+    const g = Math.floor(h / group);
+    for (let t = 0; t < T; t++) {
+      const n = past[g] + t + 1;
+      const logits = new Float64Array(n);
+      let m = -Infinity;
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let d = 0; d < D; d++) s += q[(t * Hq + h) * D + d] * k[(g * cap + j) * D + d];
+        logits[j] = s * scale;
+        m = Math.max(m, logits[j]);
+      }
+      let sum = 0;
+      for (let j = 0; j < n; j++) {
+        logits[j] = Math.exp(logits[j] - m);
+        sum += logits[j];
+      }
+      for (let j = 0; j < n; j++) {
+        const p = logits[j] / sum;
+        probs[(h * T + t) * Lmax + j] = p;
+        scores[h * Lmax + j] += p;
+        for (let d = 0; d < D; d++) out[(t * Hq + h) * D + d] += p * v[(g * cap + j) * D + d];
+      }
+    }
+  }
+  return { out, probs, scores, Lmax };
+}
+
+export function kvWriteRef(store: Float32Array, cap: number, Hkv: number, D: number, src: Float32Array, dst: Int32Array): void {
+  for (let t = 0; t < dst.length; t++) {
+    for (let g = 0; g < Hkv; g++) {
+      for (let d = 0; d < D; d++) store[(g * cap + dst[t]) * D + d] = src[(t * Hkv + g) * D + d];
+    }
+  }
+}
+
+export function kvGatherRef(
+  src: Float32Array,
+  scap: number,
+  dst: Float32Array,
+  dcap: number,
+  Hkv: number,
+  D: number,
+  idx: Int32Array,
+  off: Int32Array,
+  dstStart?: Int32Array,
+): void {
+  for (let g = 0; g < Hkv; g++) {
+    let row = dstStart ? dstStart[g] : 0;
+    for (let i = off[g]; i < off[g + 1]; i++, row++) {
+      for (let d = 0; d < D; d++) dst[(g * dcap + row) * D + d] = src[(g * scap + idx[i]) * D + d];
+    }
+  }
+}
+
+export function topkRef(x: Float32Array, n: number, k: number, rows = 1): Int32Array {
+  const out = new Int32Array(rows * k);
+  for (let r = 0; r < rows; r++) {
+    const ids = Array.from({ length: n }, (_, i) => i);
+    ids.sort((a, b) => x[r * n + b] - x[r * n + a] || a - b);
+    out.set(ids.slice(0, k), r * k);
+  }
+  return out;
+}

@@ -1,0 +1,164 @@
+import { describe, expect, it } from "vitest";
+import { attention, kvGather, kvWrite, reference, rope, TensorShapeError, topk } from "../src/index.js";
+import { maxAbsDiff, randn, rng } from "./rand.js";
+
+describe("rope", () => {
+  for (const [T, H, D] of [
+    [1, 1, 8],
+    [7, 3, 8],
+    [5, 4, 64],
+    [3, 2, 128],
+  ]) {
+    it(`matches the reference for T=${T} H=${H} D=${D}`, () => {
+      const r = rng(T * 100 + D);
+      const x = randn(T * H * D, r);
+      const pos = Int32Array.from({ length: T }, (_, i) => i * 37 + 3);
+      const y = x.slice();
+      rope(x, pos, H, D, 10000);
+      reference.ropeRef(y, pos, H, D, 10000);
+      expect(maxAbsDiff(x, y)).toBeLessThan(2e-6);
+    });
+  }
+
+  it("is the identity at position 0 and rotates pairs (i, i+D/2)", () => {
+    const x = Float32Array.from([1, 2, 3, 4]);
+    rope(x, Int32Array.of(0), 1, 4);
+    expect(Array.from(x)).toEqual([1, 2, 3, 4]);
+    const y = Float32Array.from([1, 0, 0, 0]);
+    rope(y, Int32Array.of(1), 1, 4, 10000);
+    expect(y[0]).toBeCloseTo(Math.cos(1), 6);
+    expect(y[2]).toBeCloseTo(Math.sin(1), 6);
+  });
+
+  it("rejects odd head dims and wrong sizes", () => {
+    expect(() => rope(new Float32Array(3), Int32Array.of(0), 1, 3)).toThrow(TensorShapeError);
+    expect(() => rope(new Float32Array(7), Int32Array.of(0), 1, 8)).toThrow(/x has 7 elements/);
+  });
+});
+
+describe("attention", () => {
+  const cases: Array<[number, number, number, number, number]> = [];
+  // [Hkv, group, D, past, T]: GQA ratios 1/2/4/8, head dims 8/64/128, odd sizes, prefill and decode.
+  for (const group of [1, 2, 4, 8]) {
+    for (const D of [8, 64, 128]) {
+      cases.push([group === 8 ? 1 : 2, group, D, 0, 13]);
+      cases.push([3, group, D, 29, 1]);
+    }
+  }
+  cases.push([1, 1, 8, 0, 1]);
+  cases.push([2, 3, 8, 5, 3]);
+
+  for (const [Hkv, group, D, past, T] of cases) {
+    const Hq = Hkv * group;
+    it(`matches the reference: Hq=${Hq} Hkv=${Hkv} D=${D} past=${past} T=${T}`, () => {
+      const r = rng(Hq * 1000 + D * 10 + T + past);
+      const cap = past + T + 3;
+      const q = randn(T * Hq * D, r, 0.5);
+      const k = randn(Hkv * cap * D, r, 0.5);
+      const v = randn(Hkv * cap * D, r);
+      const scores = new Float32Array(Hq * (past + T)).fill(1);
+      const got = attention({ q, k, v, cap, T, past, Hq, Hkv, D, probs: true, scores });
+      const want = reference.attentionRef({ q, k, v, cap, T, past, Hq, Hkv, D });
+      expect(got.Lmax).toBe(want.Lmax);
+      expect(maxAbsDiff(got.out, want.out)).toBeLessThan(1e-5);
+      expect(maxAbsDiff(got.probs!, want.probs)).toBeLessThan(1e-6);
+      expect(maxAbsDiff(scores.map((s) => s - 1), want.scores)).toBeLessThan(1e-5);
+      // Without probs/scores the output is the same (the other code path).
+      const plain = attention({ q, k, v, cap, T, past, Hq, Hkv, D });
+      expect(maxAbsDiff(plain.out, want.out)).toBeLessThan(1e-5);
+    });
+  }
+
+  it("supports a different number of past keys per kv head", () => {
+    const r = rng(7);
+    const [Hq, Hkv, D, T, cap] = [4, 2, 8, 2, 12];
+    const past = Int32Array.of(3, 9);
+    const q = randn(T * Hq * D, r);
+    const k = randn(Hkv * cap * D, r);
+    const v = randn(Hkv * cap * D, r);
+    const got = attention({ q, k, v, cap, T, past, Hq, Hkv, D, probs: true });
+    const want = reference.attentionRef({ q, k, v, cap, T, past, Hq, Hkv, D });
+    expect(maxAbsDiff(got.out, want.out)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(got.probs!, want.probs)).toBeLessThan(1e-6);
+  });
+
+  it("each probability row sums to 1 and is causal", () => {
+    const r = rng(3);
+    const [Hq, Hkv, D, T] = [2, 1, 8, 6];
+    const { probs, Lmax } = attention({
+      q: randn(T * Hq * D, r),
+      k: randn(T * D, r),
+      v: randn(T * D, r),
+      cap: T,
+      T,
+      past: 0,
+      Hq,
+      Hkv,
+      D,
+      probs: true,
+    });
+    for (let h = 0; h < Hq; h++) {
+      for (let t = 0; t < T; t++) {
+        const row = probs!.subarray((h * T + t) * Lmax, (h * T + t + 1) * Lmax);
+        expect(row.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
+        for (let j = t + 1; j < Lmax; j++) expect(row[j]).toBe(0);
+      }
+    }
+  });
+
+  it("rejects bad shapes with a typed error", () => {
+    const base = { q: new Float32Array(8), k: new Float32Array(16), v: new Float32Array(16), cap: 2, T: 1, past: 1, Hq: 1, Hkv: 1, D: 8 };
+    expect(() => attention({ ...base, past: 2 })).toThrow(/exceeds the store capacity/);
+    expect(() => attention({ ...base, Hq: 3, Hkv: 2 })).toThrow(TensorShapeError);
+    expect(() => attention({ ...base, q: new Float32Array(4) })).toThrow(/q has 4 elements/);
+    expect(() => attention({ ...base, k: new Float64Array(16) as unknown as Float32Array })).toThrow(/Float32Array/);
+  });
+});
+
+describe("kv write/gather", () => {
+  it("kvWrite matches the reference", () => {
+    const r = rng(11);
+    const [cap, Hkv, D] = [9, 3, 8];
+    const src = randn(4 * Hkv * D, r);
+    const dst = Int32Array.of(0, 5, 2, 8);
+    const a = new Float32Array(Hkv * cap * D);
+    const b = new Float32Array(Hkv * cap * D);
+    kvWrite(a, cap, Hkv, D, src, dst);
+    reference.kvWriteRef(b, cap, Hkv, D, src, dst);
+    expect(Array.from(a)).toEqual(Array.from(b));
+    expect(() => kvWrite(a, cap, Hkv, D, src, Int32Array.of(0, 1, 2, 9))).toThrow(/outside/);
+  });
+
+  it("kvGather matches the reference with per-head counts and offsets", () => {
+    const r = rng(12);
+    const [scap, dcap, Hkv, D] = [17, 10, 3, 64];
+    const src = randn(Hkv * scap * D, r);
+    const idx = Int32Array.of(16, 0, 3, 5, 7, 1, 2, 3, 4);
+    const off = Int32Array.of(0, 3, 3, 9);
+    const start = Int32Array.of(1, 0, 4);
+    const a = new Float32Array(Hkv * dcap * D);
+    const b = new Float32Array(Hkv * dcap * D);
+    kvGather(src, scap, a, dcap, Hkv, D, idx, off, start);
+    reference.kvGatherRef(src, scap, b, dcap, Hkv, D, idx, off, start);
+    expect(Array.from(a)).toEqual(Array.from(b));
+    expect(() => kvGather(src, scap, a, dcap, Hkv, D, Int32Array.of(17), Int32Array.of(0, 1, 1, 1))).toThrow(/outside/);
+    expect(() => kvGather(src, scap, a, 2, Hkv, D, idx, off)).toThrow(/capacity/);
+  });
+});
+
+describe("topk", () => {
+  it("matches the reference on random rows, ties to the lower index", () => {
+    const r = rng(5);
+    for (const [rows, n, k] of [
+      [1, 1, 1],
+      [3, 17, 5],
+      [4, 1000, 100],
+      [2, 9, 9],
+    ]) {
+      const x = randn(rows * n, r).map((v) => Math.round(v * 8) / 8); // many ties
+      expect(Array.from(topk(x, n, k, rows))).toEqual(Array.from(reference.topkRef(x, n, k, rows)));
+    }
+    expect(topk(new Float32Array(5), 5, 0).length).toBe(0);
+    expect(() => topk(new Float32Array(5), 5, 6)).toThrow(TensorShapeError);
+  });
+});
