@@ -1,0 +1,90 @@
+import onnxProto from "onnx-proto";
+
+const { onnx } = onnxProto;
+const FLOAT = onnx.TensorProto.DataType.FLOAT;
+
+type Dim = number | string;
+
+/** A minimal builder of ONNX graphs in memory (no Python, no files). */
+export class GraphBuilder {
+  private readonly nodes: onnxProto.onnx.INodeProto[] = [];
+  private readonly initializers: onnxProto.onnx.ITensorProto[] = [];
+  private readonly inputs: onnxProto.onnx.IValueInfoProto[] = [];
+  private readonly outputs: onnxProto.onnx.IValueInfoProto[] = [];
+  private n = 0;
+
+  constructor(private readonly name: string) {}
+
+  private fresh(prefix: string): string {
+    return `${prefix}_${this.n++}`;
+  }
+
+  input(name: string, dims: Dim[]): string {
+    this.inputs.push(valueInfo(name, dims));
+    return name;
+  }
+
+  output(value: string, name: string, dims: Dim[]): void {
+    this.node("Identity", [value], {}, [name]);
+    this.outputs.push(valueInfo(name, dims));
+  }
+
+  init(name: string, data: Float32Array, dims: number[]): string {
+    this.initializers.push(
+      onnx.TensorProto.create({
+        name,
+        dataType: FLOAT,
+        dims,
+        rawData: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+      }),
+    );
+    return name;
+  }
+
+  initInt64(name: string, values: number[]): string {
+    this.initializers.push(
+      onnx.TensorProto.create({ name, dataType: onnx.TensorProto.DataType.INT64, dims: [values.length], int64Data: values }),
+    );
+    return name;
+  }
+
+  node(op: string, inputs: string[], attrs: Record<string, number | number[]> = {}, outputs?: string[] | number): string[] {
+    const outs = Array.isArray(outputs) ? outputs : Array.from({ length: outputs ?? 1 }, () => this.fresh(op.toLowerCase()));
+    const attribute = Object.entries(attrs).map(([name, v]) =>
+      Array.isArray(v)
+        ? onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.INTS, ints: v })
+        : Number.isInteger(v)
+          ? onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.INT, i: v })
+          : onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.FLOAT, f: v }),
+    );
+    this.nodes.push(onnx.NodeProto.create({ opType: op, input: inputs, output: outs, name: this.fresh(op), attribute }));
+    return outs;
+  }
+
+  one(op: string, inputs: string[], attrs: Record<string, number | number[]> = {}): string {
+    return this.node(op, inputs, attrs)[0];
+  }
+
+  /** Serialise the model (IR 8, opset 17). */
+  encode(): Uint8Array {
+    const model = onnx.ModelProto.create({
+      irVersion: 8,
+      opsetImport: [{ domain: "", version: 17 }],
+      producerName: "@smallkv/runner",
+      graph: { name: this.name, node: this.nodes, initializer: this.initializers, input: this.inputs, output: this.outputs },
+    });
+    return onnx.ModelProto.encode(model).finish();
+  }
+}
+
+function valueInfo(name: string, dims: Dim[]): onnxProto.onnx.IValueInfoProto {
+  return onnx.ValueInfoProto.create({
+    name,
+    type: {
+      tensorType: {
+        elemType: FLOAT,
+        shape: { dim: dims.map((d) => (typeof d === "string" ? { dimParam: d } : { dimValue: d })) },
+      },
+    },
+  });
+}

@@ -1,0 +1,114 @@
+import { InvalidOptionError } from "./errors.js";
+
+export interface SamplingOptions {
+  /** 0 = greedy (argmax). Default 1. */
+  temperature?: number;
+  /** Keep the k most likely tokens (0 = off). */
+  topK?: number;
+  /** Nucleus sampling: keep the smallest set with probability >= topP (1 = off). */
+  topP?: number;
+  /** Seed of the request's random stream, for reproducible sampling. */
+  seed?: number;
+}
+
+export function validateSampling(o: SamplingOptions): void {
+  if (o.temperature !== undefined && !(o.temperature >= 0 && Number.isFinite(o.temperature))) {
+    throw new InvalidOptionError("temperature", `must be a finite number >= 0, got ${o.temperature}`);
+  }
+  if (o.topK !== undefined && !(Number.isInteger(o.topK) && o.topK >= 0)) {
+    throw new InvalidOptionError("topK", `must be an integer >= 0, got ${o.topK}`);
+  }
+  if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1)) {
+    throw new InvalidOptionError("topP", `must be in (0, 1], got ${o.topP}`);
+  }
+  if (o.seed !== undefined && !Number.isSafeInteger(o.seed)) {
+    throw new InvalidOptionError("seed", `must be an integer, got ${o.seed}`);
+  }
+}
+
+/** A small, fast, seedable PRNG (sfc32 seeded by splitmix32) giving floats in [0, 1). */
+export function seededRandom(seed: number): () => number {
+  let s = (seed >>> 0) ^ Math.floor(seed / 2 ** 32);
+  const split = () => {
+    s = (s + 0x9e3779b9) | 0;
+    let z = s;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+    return (z ^ (z >>> 16)) >>> 0;
+  };
+  let a = split(), b = split(), c = split(), d = split();
+  return () => {
+    const t = (((a + b) | 0) + d) | 0;
+    d = (d + 1) | 0;
+    a = b ^ (b >>> 9);
+    b = (c + (c << 3)) | 0;
+    c = (c << 21) | (c >>> 11);
+    c = (c + t) | 0;
+    return (t >>> 0) / 4294967296;
+  };
+}
+
+export function argmax(logits: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+  return best;
+}
+
+/** log-softmax of one logits row, in float64. */
+export function logSoftmax(logits: ArrayLike<number>): Float64Array {
+  let m = -Infinity;
+  for (let i = 0; i < logits.length; i++) m = Math.max(m, logits[i]);
+  let s = 0;
+  for (let i = 0; i < logits.length; i++) s += Math.exp(logits[i] - m);
+  const lse = m + Math.log(s);
+  const out = new Float64Array(logits.length);
+  for (let i = 0; i < logits.length; i++) out[i] = logits[i] - lse;
+  return out;
+}
+
+/** Picks the next token from a logits row under the sampling options. */
+export class Sampler {
+  private readonly random: () => number;
+  readonly greedy: boolean;
+
+  constructor(private readonly o: SamplingOptions = {}) {
+    validateSampling(o);
+    this.greedy = (o.temperature ?? 1) === 0;
+    this.random = seededRandom(o.seed ?? Math.floor(Math.random() * 2 ** 32));
+  }
+
+  next(logits: ArrayLike<number>): number {
+    if (this.greedy) return argmax(logits);
+    const V = logits.length;
+    const temp = this.o.temperature ?? 1;
+    const ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
+    const k = this.o.topK && this.o.topK > 0 ? Math.min(this.o.topK, V) : V;
+    const m = logits[ids[0]];
+    const p = new Float64Array(k);
+    let sum = 0;
+    for (let i = 0; i < k; i++) {
+      p[i] = Math.exp((logits[ids[i]] - m) / temp);
+      sum += p[i];
+    }
+    let n = k;
+    const topP = this.o.topP ?? 1;
+    if (topP < 1) {
+      let cum = 0;
+      for (let i = 0; i < k; i++) {
+        cum += p[i] / sum;
+        if (cum >= topP) {
+          n = i + 1;
+          break;
+        }
+      }
+      sum = 0;
+      for (let i = 0; i < n; i++) sum += p[i];
+    }
+    let u = this.random() * sum;
+    for (let i = 0; i < n; i++) {
+      u -= p[i];
+      if (u < 0) return ids[i];
+    }
+    return ids[n - 1];
+  }
+}

@@ -1,0 +1,66 @@
+import type { TextTokenizer } from "./tokenizer.js";
+
+/**
+ * Incremental detokenisation: turns generated ids into text deltas without re-emitting
+ * text and without splitting multi-byte characters (byte-fallback tokens), and holds
+ * back text that may be the start of a stop string.
+ */
+export class TextStream {
+  private readonly ids: number[] = [];
+  private prefixOffset = 0;
+  private readOffset = 0;
+  /** Text decided so far (emitted + held back). */
+  private text = "";
+  private emitted = 0;
+
+  constructor(
+    private readonly tok: TextTokenizer,
+    private readonly stops: string[] = [],
+  ) {}
+
+  /** Add one token; returns the new text that can be shown and whether a stop string matched. */
+  push(id: number): { delta: string; stopped: boolean } {
+    this.ids.push(id);
+    const prefix = this.tok.decode(this.ids.slice(this.prefixOffset, this.readOffset));
+    const full = this.tok.decode(this.ids.slice(this.prefixOffset));
+    if (full.length > prefix.length && !full.endsWith("\uFFFD")) {
+      this.text += full.slice(prefix.length);
+      this.prefixOffset = this.readOffset;
+      this.readOffset = this.ids.length;
+    }
+    for (const s of this.stops) {
+      const at = this.text.indexOf(s, Math.max(0, this.emitted - s.length));
+      if (at >= 0) {
+        this.text = this.text.slice(0, at);
+        return { delta: this.flush(this.text.length), stopped: true };
+      }
+    }
+    // Hold back the longest tail that could still grow into a stop string.
+    let hold = 0;
+    for (const s of this.stops) {
+      for (let n = Math.min(s.length - 1, this.text.length); n > hold; n--) {
+        if (this.text.endsWith(s.slice(0, n))) {
+          hold = n;
+          break;
+        }
+      }
+    }
+    return { delta: this.flush(this.text.length - hold), stopped: false };
+  }
+
+  /** Everything left (at the end of generation). */
+  finish(): string {
+    return this.flush(this.text.length);
+  }
+
+  get fullText(): string {
+    return this.text;
+  }
+
+  private flush(upTo: number): string {
+    if (upTo <= this.emitted) return "";
+    const d = this.text.slice(this.emitted, upTo);
+    this.emitted = upTo;
+    return d;
+  }
+}
