@@ -20,3 +20,4 @@ export { type SyntheticModelOptions, writeSyntheticCheckpoint } from "./syntheti
 export { TextStream } from "./text-stream.js";
 export { TextTokenizer } from "./tokenizer.js";
 export { type LayerWeights, loadWeights, type ModelWeights } from "./weights.js";
+export { assetsDir, resolveModelDir } from "./assets.js";

@@ -62,6 +62,7 @@ export class Model {
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
       graphOptimizationLevel: "all",
+      extra: { session: { intra_op: { allow_spinning: "0" } } },
     };
     const layers: Session[] = [];
     for (const g of graphs.layers) layers.push(await ort.InferenceSession.create(g, sessionOptions));

@@ -153,6 +153,14 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value Sum(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const float* x = a.f32(0, "x", 0);
+  if (a.failed) return info.Env().Undefined();
+  const auto n = info[0].As<Napi::Float32Array>().ElementLength();
+  return Napi::Number::New(info.Env(), skv::sum_f32(x, static_cast<int64_t>(n)));
+}
+
 Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   int count = 0, code = 0;
   char msg[512] = {0};
@@ -198,6 +206,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kvWrite", Napi::Function::New(env, KvWrite));
   exports.Set("kvGather", Napi::Function::New(env, KvGather));
   exports.Set("topk", Napi::Function::New(env, TopK));
+  exports.Set("sum", Napi::Function::New(env, Sum));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));

@@ -33,4 +33,8 @@ void kv_gather_f32(const float* src, int scap, float* dst, int dcap, int Hkv, in
 // ties to the lower index. out[rows][k].
 void topk_f32(const float* x, int rows, int n, int k, int32_t* out);
 
+// Sum of n floats (double accumulation per thread). Also the read-bandwidth probe of the
+// benchmarks: it streams the array once.
+double sum_f32(const float* x, int64_t n);
+
 }  // namespace skv

@@ -18,4 +18,20 @@ void topk_f32(const float* x, int rows, int n, int k, int32_t* out) {
   }
 }
 
+double sum_f32(const float* x, int64_t n) {
+  double total = 0;
+#pragma omp parallel reduction(+ : total)
+  {
+    float acc[16] = {0};
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n / 16; ++i) {
+#pragma omp simd
+      for (int j = 0; j < 16; ++j) acc[j] += x[i * 16 + j];
+    }
+    for (int j = 0; j < 16; ++j) total += acc[j];
+  }
+  for (int64_t i = (n / 16) * 16; i < n; ++i) total += x[i];
+  return total;
+}
+
 }  // namespace skv

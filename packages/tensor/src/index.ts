@@ -10,6 +10,7 @@ export {
   kvWrite,
   rope,
   setThreads,
+  sum,
   topk,
 } from "./ops.js";
 export * as reference from "./reference.js";

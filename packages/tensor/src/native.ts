@@ -33,6 +33,7 @@ export interface NativeBinding {
     dstStart: Int32Array,
   ): void;
   topk(x: Float32Array, rows: number, n: number, k: number, out: Int32Array): void;
+  sum(x: Float32Array): number;
   cudaInfo(): { built: boolean; deviceCount: number; code: number; message: string };
   buildInfo(): { threads: number; simd: string; portable: boolean };
   setThreads(n: number): void;
@@ -42,6 +43,10 @@ const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 
 function load(): NativeBinding {
+  // The kernels share 2-16 cores with onnxruntime's own thread pool; OpenMP threads that
+  // spin after each region starve ORT (measured: 18x slower batch-1 decode). libgomp reads
+  // this when the addon is loaded, so it is set before the require below.
+  process.env.OMP_WAIT_POLICY ??= "passive";
   const path = join(here, "..", "build", "Release", "smallkv_tensor.node");
   try {
     return require(path) as NativeBinding;

@@ -144,6 +144,12 @@ export function topk(x: Float32Array, n: number, k: number, rows = 1): Int32Arra
   return out;
 }
 
+/** Sum of a float32 array (OpenMP, SIMD); it streams the array once, so benchmarks use it to measure read bandwidth. */
+export function sum(x: Float32Array): number {
+  expectF32("sum", "x", x, 0);
+  return native.sum(x);
+}
+
 export interface CudaInfo {
   /** The addon was compiled with nvcc. */
   built: boolean;

@@ -105,3 +105,9 @@ export function topkRef(x: Float32Array, n: number, k: number, rows = 1): Int32A
   }
   return out;
 }
+
+export function sumRef(x: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i];
+  return s;
+}

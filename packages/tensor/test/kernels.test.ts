@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { attention, kvGather, kvWrite, reference, rope, TensorShapeError, topk } from "../src/index.js";
+import { attention, kvGather, kvWrite, reference, rope, sum, TensorShapeError, topk } from "../src/index.js";
 import { maxAbsDiff, randn, rng } from "./rand.js";
 
 describe("rope", () => {
@@ -160,5 +160,15 @@ describe("topk", () => {
     }
     expect(topk(new Float32Array(5), 5, 0).length).toBe(0);
     expect(() => topk(new Float32Array(5), 5, 6)).toThrow(TensorShapeError);
+  });
+});
+
+describe("sum", () => {
+  it("matches the reference for odd lengths", () => {
+    const r = rng(9);
+    for (const n of [0, 1, 15, 16, 17, 100_003]) {
+      const x = randn(n, r);
+      expect(sum(x)).toBeCloseTo(reference.sumRef(x), 3);
+    }
   });
 });

@@ -1,0 +1,70 @@
+import { Generator, Model, resolveModelDir } from "@smallkv/runner";
+import type { Command } from "commander";
+import { collect, floatArg, intArg, readStdin } from "../options.js";
+
+export interface GenerateCliOptions {
+  model: string;
+  prompt?: string;
+  maxTokens: number;
+  greedy?: boolean;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  stop?: string[];
+  stopToken?: string[];
+  json?: boolean;
+  threads?: number;
+}
+
+export function registerGenerate(program: Command): void {
+  program
+    .command("generate")
+    .description("generate text from a prompt (or stdin)")
+    .requiredOption("-m, --model <dir>", "checkpoint folder (or a model name under $SMALLKV_ASSETS/models)")
+    .option("-p, --prompt <text>", "prompt text (default: read stdin)")
+    .option("-n, --max-tokens <n>", "maximum new tokens", intArg("--max-tokens"), 128)
+    .option("--greedy", "greedy decoding (temperature 0)")
+    .option("-t, --temperature <t>", "sampling temperature", floatArg("--temperature"))
+    .option("--top-k <k>", "top-k sampling", intArg("--top-k"))
+    .option("--top-p <p>", "nucleus sampling", floatArg("--top-p"))
+    .option("--seed <n>", "random seed", intArg("--seed"))
+    .option("--stop <string>", "stop string (repeatable)", collect)
+    .option("--stop-token <id>", "stop token id (repeatable; default: the model's eos)", collect)
+    .option("--json", "print one JSON object with token ids instead of streaming text")
+    .option("--threads <n>", "CPU threads", intArg("--threads", 1))
+    .action(async (o: GenerateCliOptions) => {
+      const model = await Model.load(resolveModelDir(o.model), { threads: o.threads });
+      const prompt = o.prompt ?? (await readStdin());
+      const gen = new Generator(model);
+      const stream = gen.submit(prompt, {
+        maxTokens: o.maxTokens,
+        temperature: o.greedy ? 0 : o.temperature,
+        topK: o.topK,
+        topP: o.topP,
+        seed: o.seed,
+        stop: o.stop,
+        stopTokens: o.stopToken?.map(Number),
+      });
+      if (!o.json) {
+        for await (const ev of stream) process.stdout.write(ev.text);
+        process.stdout.write("\n");
+      }
+      const r = await stream.result;
+      if (r.error) throw r.error;
+      if (o.json) {
+        process.stdout.write(
+          `${JSON.stringify({
+            model: model.name,
+            prompt,
+            prompt_ids: r.promptTokens,
+            ids: r.tokens,
+            text: r.text,
+            finish_reason: r.finishReason,
+            usage: { prompt_tokens: r.promptTokens.length, completion_tokens: r.tokens.length },
+            timings: { time_to_first_token_s: r.timeToFirstToken, time_per_output_token_s: r.timePerOutputToken },
+          })}\n`,
+        );
+      }
+    });
+}
