@@ -1,0 +1,68 @@
+import { beforeAll, describe, expect, it } from "vitest";
+import { Generator, type KvPolicyHook, Model, PolicyError, type Sequence } from "../src/index.js";
+import { LLM } from "./helpers.js";
+
+/** Keeps the first `sinks` and the last `window` tokens of every kv head. */
+function windowHook(sinks: number, window: number): KvPolicyHook {
+  return {
+    name: "window",
+    select(seq: Sequence) {
+      const n = seq.length;
+      const keep: number[] = [];
+      for (let p = 0; p < n; p++) if (p < sinks || p >= n - window) keep.push(p);
+      return Array.from({ length: seq.config.numKvHeads }, () => Int32Array.from(keep));
+    },
+  };
+}
+
+describe("KV policy hook", () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await Model.load(LLM);
+  });
+
+  it("a selection that keeps everything gives exactly the full-cache tokens", async () => {
+    const g = new Generator(model);
+    const full = await g.generate("Once upon a time", { temperature: 0, maxTokens: 30, stopTokens: [] });
+    const kept = await g.generate("Once upon a time", { temperature: 0, maxTokens: 30, stopTokens: [], policy: windowHook(0, 10_000) });
+    expect(kept.tokens).toEqual(full.tokens);
+  });
+
+  it("a narrow selection changes what attention reads, and the hook sees only those keys", async () => {
+    const seen: number[] = [];
+    const hook: KvPolicyHook = {
+      ...windowHook(1, 3),
+      wantsAttention: () => true,
+      observe: (_s, o) => {
+        if (o.T === 1) seen.push(o.keyPositions[0].length);
+      },
+    };
+    const g = new Generator(model);
+    const full = await g.generate("Once upon a time, there was a girl", { temperature: 0, maxTokens: 30, stopTokens: [] });
+    const narrow = await g.generate("Once upon a time, there was a girl", { temperature: 0, maxTokens: 30, stopTokens: [], policy: hook });
+    expect(narrow.tokens).not.toEqual(full.tokens);
+    // 1 sink + 3 recent + the new token itself.
+    expect(new Set(seen)).toEqual(new Set([5]));
+  });
+
+  it("a policy that breaks a rule fails only its own request, naming the policy and the rule", async () => {
+    const dup: KvPolicyHook = { name: "dup", select: (seq) => Array.from({ length: seq.config.numKvHeads }, () => Int32Array.of(0, 0)) };
+    const thrower: KvPolicyHook = { name: "thrower", select: () => { throw new Error("boom"); } };
+    const future: KvPolicyHook = { name: "future", select: (seq) => Array.from({ length: seq.config.numKvHeads }, () => Int32Array.of(seq.length)) };
+    const g = new Generator(model);
+    const o = { temperature: 0, maxTokens: 10, stopTokens: [] };
+    const [bad1, good, bad2, bad3] = await Promise.all([
+      g.generate("Once", { ...o, policy: dup }),
+      g.generate("Once", o),
+      g.generate("Once", { ...o, policy: thrower }),
+      g.generate("Once", { ...o, policy: future }),
+    ]);
+    expect(bad1.finishReason).toBe("error");
+    expect(bad1.error).toBeInstanceOf(PolicyError);
+    expect(bad1.error!.message).toMatch(/policy "dup" broke rule "no duplicates"/);
+    expect(bad2.error!.message).toMatch(/policy "thrower" broke rule "select": boom/);
+    expect(bad3.error!.message).toMatch(/policy "future" broke rule "valid indices"/);
+    expect(good.finishReason).toBe("length");
+    expect(good.tokens).toEqual((await g.generate("Once", o)).tokens);
+  });
+});

@@ -1,0 +1,122 @@
+import { spawnSync } from "node:child_process";
+import { copyFileSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { assetsDir } from "@smallkv/runner";
+import { describe, expect, it } from "vitest";
+
+const bin = join(dirname(fileURLToPath(import.meta.url)), "..", "dist", "bin.js");
+const models = join(assetsDir(), "models");
+
+function cli(args: string[], input?: string) {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", input, timeout: 120_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function golden(name: string) {
+  return JSON.parse(readFileSync(join(models, "golden", `${name}.json`), "utf8"));
+}
+
+describe("smallkv generate", () => {
+  for (const name of ["stories260K", "stories260K-slm", "stories260K-slm-l"]) {
+    it(`--greedy --json returns exactly the golden greedy ids of ${name}`, () => {
+      const r = cli(["generate", "--model", join(models, name), "--prompt", "", "--max-tokens", "64", "--greedy", "--json"]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      const out = JSON.parse(r.stdout);
+      const bos = golden(name).prompts.find((p: { name: string }) => p.name === "bos");
+      expect(out.prompt_ids).toEqual(bos.ids);
+      expect(out.ids).toEqual(bos.greedy_ids);
+      expect(out.text).toBe(bos.greedy_text);
+    });
+  }
+
+  it("reads the prompt from stdin and streams text", () => {
+    const r = cli(["generate", "-m", join(models, "stories260K"), "-n", "20", "--greedy"], "Once upon a time, there was a little girl named Lily.");
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe("She loved to play outside in the park. One day, she");
+  });
+
+  it("samples reproducibly with --seed", () => {
+    const args = ["generate", "-m", join(models, "stories260K"), "-p", "Tom", "-n", "20", "-t", "0.9", "--top-p", "0.9", "--seed", "5", "--json"];
+    const a = JSON.parse(cli(args).stdout);
+    const b = JSON.parse(cli(args).stdout);
+    expect(a.ids).toEqual(b.ids);
+    expect(a.ids.length).toBe(20);
+  });
+});
+
+describe("smallkv score", () => {
+  it("prints per-token log-probabilities whose sum matches the reported NLL", () => {
+    const r = cli(["score", "-m", join(models, "stories260K"), "--text", "Once upon a time, there was a little girl named Lily.", "--json"]);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.tokens).toBe(16);
+    expect(out.per_token[0].logprob).toBeNull();
+    const sum = out.per_token.slice(1).reduce((a: number, t: { logprob: number }) => a + t.logprob, 0);
+    expect(-sum / 15).toBeCloseTo(out.nll, 6);
+    expect(out.perplexity).toBeGreaterThan(1);
+    expect(out.perplexity).toBeLessThan(10); // the model knows this sentence well
+  });
+});
+
+describe("bad input gives a clear error and a non-zero exit", () => {
+  const tmp = () => {
+    const d = join(tmpdir(), `smallkv-cli-${Math.random().toString(36).slice(2)}`);
+    mkdirSync(d, { recursive: true });
+    return d;
+  };
+  const copy = () => {
+    const d = tmp();
+    for (const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]) copyFileSync(join(models, "stories260K", f), join(d, f));
+    return d;
+  };
+
+  it("missing config.json", () => {
+    const r = cli(["generate", "-m", tmp(), "-p", "hi"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/CheckpointError \[CONFIG_MISSING\]: config\.json not found/);
+  });
+
+  it("corrupt config.json", () => {
+    const d = copy();
+    writeFileSync(join(d, "config.json"), "{");
+    const r = cli(["generate", "-m", d, "-p", "hi"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/CONFIG_INVALID.*not valid JSON/);
+  });
+
+  it("truncated safetensors", () => {
+    const d = copy();
+    truncateSync(join(d, "model.safetensors"), 1000);
+    const r = cli(["generate", "-m", d, "-p", "hi"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/SAFETENSORS_TRUNCATED/);
+  });
+
+  it("unsupported architecture", () => {
+    const d = copy();
+    const c = JSON.parse(readFileSync(join(d, "config.json"), "utf8"));
+    c.architectures = ["GPT2LMHeadModel"];
+    writeFileSync(join(d, "config.json"), JSON.stringify(c));
+    const r = cli(["generate", "-m", d, "-p", "hi"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/UNSUPPORTED_ARCHITECTURE.*GPT2LMHeadModel/);
+  });
+
+  it("a prompt longer than the context", () => {
+    const r = cli(["generate", "-m", join(models, "stories260K"), "-p", "Once upon a time. ".repeat(200)]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/ContextLengthError: prompt of \d+ tokens does not fit the model's context of 512/);
+  });
+
+  it("bad option values", () => {
+    const r = cli(["generate", "-m", join(models, "stories260K"), "-p", "hi", "--top-p", "2"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/topP: must be in \(0, 1\]/);
+    const r2 = cli(["generate", "-m", join(models, "stories260K"), "-n", "many"]);
+    expect(r2.code).toBe(2);
+    expect(r2.stderr).toMatch(/--max-tokens must be an integer/);
+  });
+});
