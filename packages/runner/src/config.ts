@@ -28,7 +28,11 @@ export interface ModelConfig {
 function int(raw: Record<string, unknown>, key: string, path: string, fallback?: number): number {
   const v = raw[key] ?? fallback;
   if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
-    throw new CheckpointError("CONFIG_INVALID", `config.json: "${key}" must be a positive integer, got ${JSON.stringify(v)}`, path);
+    throw new CheckpointError(
+      "CONFIG_INVALID",
+      `config.json: "${key}" must be a positive integer, got ${JSON.stringify(v)}`,
+      path,
+    );
   }
   return v;
 }
@@ -36,7 +40,11 @@ function int(raw: Record<string, unknown>, key: string, path: string, fallback?:
 function num(raw: Record<string, unknown>, key: string, path: string, fallback: number): number {
   const v = raw[key] ?? fallback;
   if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
-    throw new CheckpointError("CONFIG_INVALID", `config.json: "${key}" must be a positive number, got ${JSON.stringify(v)}`, path);
+    throw new CheckpointError(
+      "CONFIG_INVALID",
+      `config.json: "${key}" must be a positive number, got ${JSON.stringify(v)}`,
+      path,
+    );
   }
   return v;
 }
@@ -49,7 +57,8 @@ export function parseConfig(raw: unknown, path = "config.json"): ModelConfig {
   const r = raw as Record<string, unknown>;
   const archs = Array.isArray(r.architectures) ? (r.architectures as unknown[]) : [];
   const byType: Record<string, Architecture> = { llama: "LlamaForCausalLM", qwen2: "Qwen2ForCausalLM" };
-  const arch = (archs.find((a) => SUPPORTED_ARCHITECTURES.includes(a as Architecture)) as Architecture | undefined) ??
+  const arch =
+    (archs.find((a) => SUPPORTED_ARCHITECTURES.includes(a as Architecture)) as Architecture | undefined) ??
     (archs.length === 0 && typeof r.model_type === "string" ? byType[r.model_type] : undefined);
   if (!arch) {
     const named = archs.length ? archs.join(", ") : String(r.model_type ?? "none");
@@ -60,13 +69,23 @@ export function parseConfig(raw: unknown, path = "config.json"): ModelConfig {
     );
   }
   if (r.rope_scaling != null) {
-    const t = (r.rope_scaling as Record<string, unknown>).rope_type ?? (r.rope_scaling as Record<string, unknown>).type;
+    const t =
+      (r.rope_scaling as Record<string, unknown>).rope_type ??
+      (r.rope_scaling as Record<string, unknown>).type;
     if (t !== "default") {
-      throw new CheckpointError("UNSUPPORTED_ARCHITECTURE", `rope_scaling of type ${JSON.stringify(t)} is not supported`, path);
+      throw new CheckpointError(
+        "UNSUPPORTED_ARCHITECTURE",
+        `rope_scaling of type ${JSON.stringify(t)} is not supported`,
+        path,
+      );
     }
   }
   if (r.hidden_act != null && r.hidden_act !== "silu") {
-    throw new CheckpointError("UNSUPPORTED_ARCHITECTURE", `hidden_act ${JSON.stringify(r.hidden_act)} is not supported (only silu)`, path);
+    throw new CheckpointError(
+      "UNSUPPORTED_ARCHITECTURE",
+      `hidden_act ${JSON.stringify(r.hidden_act)} is not supported (only silu)`,
+      path,
+    );
   }
   const hiddenSize = int(r, "hidden_size", path);
   const numHeads = int(r, "num_attention_heads", path);
@@ -79,9 +98,14 @@ export function parseConfig(raw: unknown, path = "config.json"): ModelConfig {
     );
   }
   const headDim = int(r, "head_dim", path, hiddenSize / numHeads);
-  if (headDim % 2 !== 0) throw new CheckpointError("CONFIG_INVALID", `head_dim must be even for RoPE, got ${headDim}`, path);
+  if (headDim % 2 !== 0)
+    throw new CheckpointError("CONFIG_INVALID", `head_dim must be even for RoPE, got ${headDim}`, path);
   const eos = r.eos_token_id;
-  const eosTokenIds = Array.isArray(eos) ? eos.filter((x): x is number => Number.isInteger(x)) : Number.isInteger(eos) ? [eos as number] : [];
+  const eosTokenIds = Array.isArray(eos)
+    ? eos.filter((x): x is number => Number.isInteger(x))
+    : Number.isInteger(eos)
+      ? [eos as number]
+      : [];
   return {
     architecture: arch,
     hiddenSize,
@@ -114,7 +138,11 @@ export function readConfig(dir: string): ModelConfig {
   try {
     raw = JSON.parse(text);
   } catch (e) {
-    throw new CheckpointError("CONFIG_INVALID", `config.json is not valid JSON: ${(e as Error).message}`, path);
+    throw new CheckpointError(
+      "CONFIG_INVALID",
+      `config.json is not valid JSON: ${(e as Error).message}`,
+      path,
+    );
   }
   return parseConfig(raw, path);
 }

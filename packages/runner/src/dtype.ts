@@ -15,7 +15,14 @@ function halfToFloatTable(): Float32Array {
     const s = h & 0x8000 ? -1 : 1;
     const e = (h >> 10) & 0x1f;
     const m = h & 0x3ff;
-    halfTable[h] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? Number.NaN : s * Number.POSITIVE_INFINITY) : s * (1 + m / 1024) * 2 ** (e - 15);
+    halfTable[h] =
+      e === 0
+        ? s * m * 2 ** -24
+        : e === 31
+          ? m
+            ? Number.NaN
+            : s * Number.POSITIVE_INFINITY
+          : s * (1 + m / 1024) * 2 ** (e - 15);
   }
   return halfTable;
 }

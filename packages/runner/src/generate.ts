@@ -87,7 +87,10 @@ export class Generator {
 
   constructor(
     readonly model: Model,
-    readonly opts: { maxBatch?: number; onStep?: (info: { batch: number; tokens: number; seconds: number }) => void } = {},
+    readonly opts: {
+      maxBatch?: number;
+      onStep?: (info: { batch: number; tokens: number; seconds: number }) => void;
+    } = {},
   ) {}
 
   /** Number of sequences being generated. */
@@ -101,10 +104,12 @@ export class Generator {
     const ids = typeof prompt === "string" ? model.tokenizer.encode(prompt) : prompt.slice();
     if (ids.length === 0) throw new InvalidOptionError("prompt", "the prompt has no tokens");
     for (const t of ids) {
-      if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new InvalidOptionError("prompt", `token id ${t} is outside [0, ${c.vocabSize})`);
+      if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize)
+        throw new InvalidOptionError("prompt", `token id ${t} is outside [0, ${c.vocabSize})`);
     }
     const maxTokens = o.maxTokens ?? 128;
-    if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidOptionError("maxTokens", `must be an integer >= 0, got ${maxTokens}`);
+    if (!Number.isInteger(maxTokens) || maxTokens < 0)
+      throw new InvalidOptionError("maxTokens", `must be an integer >= 0, got ${maxTokens}`);
     if (ids.length > c.maxPositions) throw new ContextLengthError(ids.length, c.maxPositions);
     if (o.logprobs !== undefined && !(Number.isInteger(o.logprobs) && o.logprobs >= 0 && o.logprobs <= 20)) {
       throw new InvalidOptionError("logprobs", `must be an integer in [0, 20], got ${o.logprobs}`);
@@ -125,7 +130,14 @@ export class Generator {
       // Never past the context: generation ends with "length" there.
       maxTokens: Math.min(maxTokens, c.maxPositions - ids.length),
       logprobs: o.logprobs,
-      out: { promptTokens: ids, tokens: [], text: "", finishReason: "length", timeToFirstToken: 0, timePerOutputToken: 0 },
+      out: {
+        promptTokens: ids,
+        tokens: [],
+        text: "",
+        finishReason: "length",
+        timeToFirstToken: 0,
+        timePerOutputToken: 0,
+      },
       queue: [],
       wake: null,
       done: false,
@@ -146,14 +158,13 @@ export class Generator {
       this.active.push(a);
       this.pump();
     }
-    const self = this;
     return {
       id: a.id,
       sequence: seq,
       result,
       cancel: () => {
         a.cancelled = "cancelled";
-        self.pump();
+        this.pump();
       },
       async *[Symbol.asyncIterator]() {
         while (true) {
@@ -198,7 +209,11 @@ export class Generator {
       let logits: Float32Array[];
       try {
         logits = await this.model.forward(
-          batch.map((a) => ({ seq: a.seq, tokens: a.prefilled ? [a.last] : a.prompt, logits: "last" as const })),
+          batch.map((a) => ({
+            seq: a.seq,
+            tokens: a.prefilled ? [a.last] : a.prompt,
+            logits: "last" as const,
+          })),
         );
       } catch (e) {
         // Inputs are validated at submit, and policy failures are caught per sequence
@@ -283,7 +298,11 @@ export class Generator {
 }
 
 /** Generate for several prompts in lockstep batched steps. */
-export async function generateBatch(model: Model, prompts: (string | number[])[], o: GenerateOptions = {}): Promise<GenerationResult[]> {
+export async function generateBatch(
+  model: Model,
+  prompts: (string | number[])[],
+  o: GenerateOptions = {},
+): Promise<GenerationResult[]> {
   const g = new Generator(model);
   return Promise.all(prompts.map((p) => g.submit(p, o).result));
 }

@@ -1,6 +1,19 @@
-export { type Architecture, type ModelConfig, parseConfig, readConfig, SUPPORTED_ARCHITECTURES } from "./config.js";
+export { assetsDir, resolveModelDir } from "./assets.js";
+export {
+  type Architecture,
+  type ModelConfig,
+  parseConfig,
+  readConfig,
+  SUPPORTED_ARCHITECTURES,
+} from "./config.js";
 export { bf16ToF32, type DType, f16ToF32, f32ToBf16, f32ToF16 } from "./dtype.js";
-export { CheckpointError, type CheckpointErrorCode, ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
+export {
+  CheckpointError,
+  type CheckpointErrorCode,
+  ContextLengthError,
+  InvalidOptionError,
+  PolicyError,
+} from "./errors.js";
 export {
   type FinishReason,
   type GenerateOptions,
@@ -13,11 +26,16 @@ export {
 export { KvCache } from "./kv-cache.js";
 export { type LoadOptions, Model, type StepInput, type StepOutput } from "./model.js";
 export { type AttentionObservation, fullCache, type KvPolicyHook } from "./policy-hook.js";
+export {
+  readSafetensorsHeader,
+  SafetensorsStore,
+  type TensorInfo,
+  writeSafetensors,
+  writeShardedSafetensors,
+} from "./safetensors.js";
 export { argmax, logSoftmax, Sampler, type SamplingOptions, seededRandom } from "./sampler.js";
-export { readSafetensorsHeader, SafetensorsStore, type TensorInfo, writeSafetensors, writeShardedSafetensors } from "./safetensors.js";
 export { Sequence } from "./sequence.js";
 export { type SyntheticModelOptions, writeSyntheticCheckpoint } from "./synthetic.js";
 export { TextStream } from "./text-stream.js";
 export { TextTokenizer } from "./tokenizer.js";
 export { type LayerWeights, loadWeights, type ModelWeights } from "./weights.js";
-export { assetsDir, resolveModelDir } from "./assets.js";

@@ -36,7 +36,9 @@ export class KvCache {
       for (const store of [this.k, this.v]) {
         const next = new Float32Array(Hkv * cap * D);
         const old = store[l];
-        if (old) for (let g = 0; g < Hkv; g++) next.set(old.subarray(g * this.cap * D, (g * this.cap + this.length) * D), g * cap * D);
+        if (old)
+          for (let g = 0; g < Hkv; g++)
+            next.set(old.subarray(g * this.cap * D, (g * this.cap + this.length) * D), g * cap * D);
         store[l] = next;
       }
     }

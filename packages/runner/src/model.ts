@@ -67,7 +67,10 @@ export class Model {
     const layers: Session[] = [];
     for (const g of graphs.layers) layers.push(await ort.InferenceSession.create(g, sessionOptions));
     const head = await ort.InferenceSession.create(graphs.head, sessionOptions);
-    let parameters = weights.embed.length + weights.norm.length + (weights.lmHead === weights.embed ? 0 : weights.lmHead.length);
+    let parameters =
+      weights.embed.length +
+      weights.norm.length +
+      (weights.lmHead === weights.embed ? 0 : weights.lmHead.length);
     for (const l of weights.layers) {
       for (const a of Object.values(l)) parameters += (a as Float32Array).length;
     }
@@ -89,11 +92,14 @@ export class Model {
       if (seq.released) throw new InvalidOptionError("seq", `sequence ${seq.id} was released`);
       if (seen.has(seq)) throw new InvalidOptionError("seq", `sequence ${seq.id} appears twice in one step`);
       seen.add(seq);
-      if (tokens.length === 0) throw new InvalidOptionError("tokens", "a step needs at least one token per sequence");
-      if (seq.length + tokens.length > c.maxPositions) throw new ContextLengthError(seq.length + tokens.length, c.maxPositions);
+      if (tokens.length === 0)
+        throw new InvalidOptionError("tokens", "a step needs at least one token per sequence");
+      if (seq.length + tokens.length > c.maxPositions)
+        throw new ContextLengthError(seq.length + tokens.length, c.maxPositions);
       for (let i = 0; i < tokens.length; i++) {
         const t = tokens[i];
-        if (!Number.isInteger(t) || t < 0 || t >= V) throw new InvalidOptionError("tokens", `token id ${t} is outside [0, ${V})`);
+        if (!Number.isInteger(t) || t < 0 || t >= V)
+          throw new InvalidOptionError("tokens", `token id ${t} is outside [0, ${V})`);
       }
       M += tokens.length;
     }
@@ -153,7 +159,9 @@ export class Model {
     let logitsAll: Float32Array = new Float32Array(0);
     if (rows.length > 0) {
       const h = new Float32Array(rows.length * d);
-      rows.forEach((src, i) => h.set(final.subarray(src * d, (src + 1) * d), i * d));
+      rows.forEach((src, i) => {
+        h.set(final.subarray(src * d, (src + 1) * d), i * d);
+      });
       const o = await this.head.run({ resid: new ort.Tensor("float32", h, [rows.length, d]) });
       logitsAll = o.logits.data as Float32Array;
     }
@@ -167,7 +175,15 @@ export class Model {
   }
 
   /** Attention of one sequence at one layer, through its policy's selection. */
-  private attend(seq: Sequence, layer: number, T: number, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array): void {
+  private attend(
+    seq: Sequence,
+    layer: number,
+    T: number,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    out: Float32Array,
+  ): void {
     const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.config;
     const start = seq.length;
     seq.kv.write(layer, k, v, start, T);
@@ -176,7 +192,19 @@ export class Model {
     let keyPositions: Int32Array[] | undefined;
     let result: ReturnType<typeof attention>;
     if (!sel) {
-      result = attention({ q, k: seq.kv.k[layer], v: seq.kv.v[layer], cap: seq.kv.cap, T, past: start, Hq, Hkv, D, out, probs: wants });
+      result = attention({
+        q,
+        k: seq.kv.k[layer],
+        v: seq.kv.v[layer],
+        cap: seq.kv.cap,
+        T,
+        past: start,
+        Hq,
+        Hkv,
+        D,
+        out,
+        probs: wants,
+      });
       if (wants) {
         const all = Int32Array.from({ length: start + T }, (_, i) => i);
         keyPositions = Array.from({ length: Hkv }, () => all);
@@ -205,7 +233,14 @@ export class Model {
     }
     if (wants && seq.policy.observe) {
       try {
-        seq.policy.observe(seq, { layer, start, T, probs: result.probs!, Lmax: result.Lmax, keyPositions: keyPositions! });
+        seq.policy.observe(seq, {
+          layer,
+          start,
+          T,
+          probs: result.probs!,
+          Lmax: result.Lmax,
+          keyPositions: keyPositions!,
+        });
       } catch (e) {
         seq.fault ??= new PolicyError(seq.policy.name, "observe", (e as Error).message);
       }
@@ -224,7 +259,8 @@ export class Model {
         if (sel) validateSelection(seq, sel, this.config.numKvHeads);
         seq.selection[l] = sel;
       } catch (e) {
-        seq.fault = e instanceof PolicyError ? e : new PolicyError(seq.policy.name, "select", (e as Error).message);
+        seq.fault =
+          e instanceof PolicyError ? e : new PolicyError(seq.policy.name, "select", (e as Error).message);
         seq.selection.fill(null);
         return;
       }
@@ -234,14 +270,20 @@ export class Model {
 
 function validateSelection(seq: Sequence, sel: Int32Array[], Hkv: number): void {
   const name = seq.policy.name;
-  if (sel.length !== Hkv) throw new PolicyError(name, "one list per kv head", `got ${sel.length} lists for ${Hkv} kv heads`);
+  if (sel.length !== Hkv)
+    throw new PolicyError(name, "one list per kv head", `got ${sel.length} lists for ${Hkv} kv heads`);
   for (let g = 0; g < Hkv; g++) {
     const seen = new Set<number>();
     for (const p of sel[g]) {
       if (!Number.isInteger(p) || p < 0 || p >= seq.length) {
-        throw new PolicyError(name, "valid indices", `kv head ${g}: position ${p} is outside [0, ${seq.length})`);
+        throw new PolicyError(
+          name,
+          "valid indices",
+          `kv head ${g}: position ${p} is outside [0, ${seq.length})`,
+        );
       }
-      if (seen.has(p)) throw new PolicyError(name, "no duplicates", `kv head ${g}: position ${p} selected twice`);
+      if (seen.has(p))
+        throw new PolicyError(name, "no duplicates", `kv head ${g}: position ${p} selected twice`);
       seen.add(p);
     }
   }

@@ -25,19 +25,34 @@ export function readSafetensorsHeader(file: string): Map<string, TensorInfo> {
   }
   try {
     const size = fstatSync(fd).size;
-    if (size < 8) throw new CheckpointError("SAFETENSORS_TRUNCATED", `file is ${size} bytes, shorter than the 8-byte header length`, file);
+    if (size < 8)
+      throw new CheckpointError(
+        "SAFETENSORS_TRUNCATED",
+        `file is ${size} bytes, shorter than the 8-byte header length`,
+        file,
+      );
     const lenBuf = Buffer.alloc(8);
     readSync(fd, lenBuf, 0, 8, 0);
     const n = Number(lenBuf.readBigUInt64LE(0));
-    if (n > MAX_HEADER) throw new CheckpointError("SAFETENSORS_INVALID", `header length ${n} is not plausible`, file);
-    if (8 + n > size) throw new CheckpointError("SAFETENSORS_TRUNCATED", `header of ${n} bytes runs past the end of the ${size}-byte file`, file);
+    if (n > MAX_HEADER)
+      throw new CheckpointError("SAFETENSORS_INVALID", `header length ${n} is not plausible`, file);
+    if (8 + n > size)
+      throw new CheckpointError(
+        "SAFETENSORS_TRUNCATED",
+        `header of ${n} bytes runs past the end of the ${size}-byte file`,
+        file,
+      );
     const hbuf = Buffer.alloc(n);
     readSync(fd, hbuf, 0, n, 8);
     let header: Record<string, unknown>;
     try {
       header = JSON.parse(hbuf.toString("utf8"));
     } catch (e) {
-      throw new CheckpointError("SAFETENSORS_INVALID", `header is not valid JSON: ${(e as Error).message}`, file);
+      throw new CheckpointError(
+        "SAFETENSORS_INVALID",
+        `header is not valid JSON: ${(e as Error).message}`,
+        file,
+      );
     }
     const dataStart = 8 + n;
     const out = new Map<string, TensorInfo>();
@@ -48,7 +63,11 @@ export function readSafetensorsHeader(file: string): Map<string, TensorInfo> {
         throw new CheckpointError("SAFETENSORS_INVALID", `entry "${name}" lacks shape or data_offsets`, file);
       }
       if (!(e.dtype === "F32" || e.dtype === "F16" || e.dtype === "BF16")) {
-        throw new CheckpointError("DTYPE_MISMATCH", `tensor "${name}" has dtype ${e.dtype}; supported: F32, F16, BF16`, file);
+        throw new CheckpointError(
+          "DTYPE_MISMATCH",
+          `tensor "${name}" has dtype ${e.dtype}; supported: F32, F16, BF16`,
+          file,
+        );
       }
       const [b, end] = e.data_offsets;
       const numel = e.shape.reduce((a, d) => a * d, 1);
@@ -66,7 +85,14 @@ export function readSafetensorsHeader(file: string): Map<string, TensorInfo> {
           file,
         );
       }
-      out.set(name, { name, dtype: e.dtype, shape: e.shape, offset: dataStart + b, byteLength: end - b, file });
+      out.set(name, {
+        name,
+        dtype: e.dtype,
+        shape: e.shape,
+        offset: dataStart + b,
+        byteLength: end - b,
+        file,
+      });
     }
     return out;
   } finally {
@@ -92,20 +118,33 @@ export class SafetensorsStore {
       try {
         map = JSON.parse(readFileSync(index, "utf8")).weight_map;
       } catch (e) {
-        throw new CheckpointError("SAFETENSORS_INVALID", `index is not valid JSON: ${(e as Error).message}`, index);
+        throw new CheckpointError(
+          "SAFETENSORS_INVALID",
+          `index is not valid JSON: ${(e as Error).message}`,
+          index,
+        );
       }
-      if (!map || typeof map !== "object") throw new CheckpointError("SAFETENSORS_INVALID", "index has no weight_map", index);
+      if (!map || typeof map !== "object")
+        throw new CheckpointError("SAFETENSORS_INVALID", "index has no weight_map", index);
       for (const shard of new Set(Object.values(map))) {
         const headers = readSafetensorsHeader(join(dir, basename(shard)));
         for (const [k, v] of headers) this.tensors.set(k, v);
       }
       for (const name of Object.keys(map)) {
         if (!this.tensors.has(name)) {
-          throw new CheckpointError("TENSOR_MISSING", `tensor "${name}" is listed in the index but missing from ${map[name]}`, index);
+          throw new CheckpointError(
+            "TENSOR_MISSING",
+            `tensor "${name}" is listed in the index but missing from ${map[name]}`,
+            index,
+          );
         }
       }
     } else {
-      throw new CheckpointError("WEIGHTS_MISSING", "no model.safetensors or model.safetensors.index.json", dir);
+      throw new CheckpointError(
+        "WEIGHTS_MISSING",
+        "no model.safetensors or model.safetensors.index.json",
+        dir,
+      );
     }
   }
 
@@ -118,7 +157,11 @@ export class SafetensorsStore {
     const info = this.tensors.get(name);
     if (!info) throw new CheckpointError("TENSOR_MISSING", `tensor "${name}" not found`, this.dir);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
-      throw new CheckpointError("SHAPE_MISMATCH", `tensor "${name}" has shape [${info.shape}], the config implies [${shape}]`, info.file);
+      throw new CheckpointError(
+        "SHAPE_MISMATCH",
+        `tensor "${name}" has shape [${info.shape}], the config implies [${shape}]`,
+        info.file,
+      );
     }
     const numel = shape.reduce((a, d) => a * d, 1);
     const out = new Float32Array(numel);
@@ -159,7 +202,11 @@ function encodeTensor(t: TensorToWrite, dtype: DType): Uint8Array {
 }
 
 /** Write tensors to one .safetensors file, converted to `dtype`. */
-export function writeSafetensors(file: string, tensors: Record<string, TensorToWrite>, dtype: DType = "F32"): void {
+export function writeSafetensors(
+  file: string,
+  tensors: Record<string, TensorToWrite>,
+  dtype: DType = "F32",
+): void {
   const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
   const blobs: Uint8Array[] = [];
   let off = 0;
@@ -195,5 +242,8 @@ export function writeShardedSafetensors(
     }
     writeSafetensors(join(dir, file), part, dtype);
   }
-  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }, null, 2));
+  writeFileSync(
+    join(dir, "model.safetensors.index.json"),
+    JSON.stringify({ metadata: {}, weight_map: weightMap }, null, 2),
+  );
 }

@@ -2,8 +2,8 @@ import { copyFileSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Architecture } from "./config.js";
 import { bf16ToF32, type DType, f16ToF32, f32ToBf16, f32ToF16 } from "./dtype.js";
-import { seededRandom } from "./sampler.js";
 import { type TensorToWrite, writeSafetensors, writeShardedSafetensors } from "./safetensors.js";
+import { seededRandom } from "./sampler.js";
 
 export interface SyntheticModelOptions {
   architecture?: Architecture;
@@ -32,7 +32,10 @@ export interface SyntheticModelOptions {
  * Write a checkpoint with random weights in Hugging Face layout (tests and benchmarks).
  * Returns the weights as the loader should see them (rounded through `dtype`).
  */
-export function writeSyntheticCheckpoint(dir: string, o: SyntheticModelOptions): Record<string, TensorToWrite> {
+export function writeSyntheticCheckpoint(
+  dir: string,
+  o: SyntheticModelOptions,
+): Record<string, TensorToWrite> {
   mkdirSync(dir, { recursive: true });
   const arch = o.architecture ?? "LlamaForCausalLM";
   const headDim = o.headDim ?? o.hiddenSize / o.numHeads;

@@ -27,7 +27,11 @@ export class TextTokenizer {
     try {
       tj = JSON.parse(text);
     } catch (e) {
-      throw new CheckpointError("TOKENIZER_INVALID", `tokenizer.json is not valid JSON: ${(e as Error).message}`, tjPath);
+      throw new CheckpointError(
+        "TOKENIZER_INVALID",
+        `tokenizer.json is not valid JSON: ${(e as Error).message}`,
+        tjPath,
+      );
     }
     let cfg: Record<string, unknown> = {};
     try {
@@ -38,10 +42,19 @@ export class TextTokenizer {
     try {
       this.tok = new Tokenizer(tj, cfg);
     } catch (e) {
-      throw new CheckpointError("TOKENIZER_INVALID", `tokenizer.json could not be loaded: ${(e as Error).message}`, tjPath);
+      throw new CheckpointError(
+        "TOKENIZER_INVALID",
+        `tokenizer.json could not be loaded: ${(e as Error).message}`,
+        tjPath,
+      );
     }
     this.config = cfg;
-    const tokenName = (v: unknown) => (typeof v === "string" ? v : v && typeof v === "object" ? (v as { content?: string }).content : undefined);
+    const tokenName = (v: unknown) =>
+      typeof v === "string"
+        ? v
+        : v && typeof v === "object"
+          ? (v as { content?: string }).content
+          : undefined;
     const bos = tokenName(cfg.bos_token);
     const eos = tokenName(cfg.eos_token);
     this.bosTokenId = bos !== undefined ? (this.tok.token_to_id(bos) ?? null) : null;

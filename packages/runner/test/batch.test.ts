@@ -9,7 +9,12 @@ describe("batched decoding", () => {
   });
 
   it("4 prompts of different lengths give exactly the tokens of 4 separate greedy runs", async () => {
-    const prompts = ["", "Once upon a time", "Tom and Sue went to the park. They saw a big dog.", "The sun was hot"];
+    const prompts = [
+      "",
+      "Once upon a time",
+      "Tom and Sue went to the park. They saw a big dog.",
+      "The sun was hot",
+    ];
     const opts = { temperature: 0, maxTokens: 40, stopTokens: [] };
     const alone = [];
     for (const p of prompts) alone.push(await new Generator(model).generate(p, opts));

@@ -1,12 +1,20 @@
 import { copyFileSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { CheckpointError, ContextLengthError, Generator, InvalidOptionError, Model, writeSyntheticCheckpoint } from "../src/index.js";
+import {
+  CheckpointError,
+  ContextLengthError,
+  Generator,
+  InvalidOptionError,
+  Model,
+  writeSyntheticCheckpoint,
+} from "../src/index.js";
 import { LLM, tempDir } from "./helpers.js";
 
 function copyModel(): string {
   const dir = tempDir();
-  for (const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]) copyFileSync(join(LLM, f), join(dir, f));
+  for (const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
+    copyFileSync(join(LLM, f), join(dir, f));
   return dir;
 }
 
@@ -71,12 +79,24 @@ describe("bad checkpoints get clear, typed errors", () => {
 
   it("dtype mismatch: byte range does not fit the declared dtype and shape", async () => {
     const dir = tempDir();
-    writeSyntheticCheckpoint(dir, { hiddenSize: 16, intermediateSize: 16, numLayers: 1, numHeads: 2, numKvHeads: 2, vocabSize: 512, maxPositions: 32, tokenizerFrom: LLM });
+    writeSyntheticCheckpoint(dir, {
+      hiddenSize: 16,
+      intermediateSize: 16,
+      numLayers: 1,
+      numHeads: 2,
+      numKvHeads: 2,
+      vocabSize: 512,
+      maxPositions: 32,
+      tokenizerFrom: LLM,
+    });
     const file = join(dir, "model.safetensors");
     const buf = readFileSync(file);
     const n = Number(buf.readBigUInt64LE(0));
     // Relabel one F32 tensor as F16 (same byte count, wrong dtype), keeping the header length.
-    const header = buf.subarray(8, 8 + n).toString("utf8").replace('"dtype":"F32"', '"dtype":"F16"');
+    const header = buf
+      .subarray(8, 8 + n)
+      .toString("utf8")
+      .replace('"dtype":"F32"', '"dtype":"F16"');
     writeFileSync(file, Buffer.concat([buf.subarray(0, 8), Buffer.from(header), buf.subarray(8 + n)]));
     const e = await loadError(dir);
     expect(e.code).toBe("DTYPE_MISMATCH");
@@ -85,11 +105,23 @@ describe("bad checkpoints get clear, typed errors", () => {
 
   it("unsupported dtype", async () => {
     const dir = tempDir();
-    writeSyntheticCheckpoint(dir, { hiddenSize: 16, intermediateSize: 16, numLayers: 1, numHeads: 2, numKvHeads: 2, vocabSize: 512, maxPositions: 32, tokenizerFrom: LLM });
+    writeSyntheticCheckpoint(dir, {
+      hiddenSize: 16,
+      intermediateSize: 16,
+      numLayers: 1,
+      numHeads: 2,
+      numKvHeads: 2,
+      vocabSize: 512,
+      maxPositions: 32,
+      tokenizerFrom: LLM,
+    });
     const file = join(dir, "model.safetensors");
     const buf = readFileSync(file);
     const n = Number(buf.readBigUInt64LE(0));
-    const header = buf.subarray(8, 8 + n).toString("utf8").replace('"dtype":"F32"', '"dtype":"I32"');
+    const header = buf
+      .subarray(8, 8 + n)
+      .toString("utf8")
+      .replace('"dtype":"F32"', '"dtype":"I32"');
     writeFileSync(file, Buffer.concat([buf.subarray(0, 8), Buffer.from(header), buf.subarray(8 + n)]));
     const e = await loadError(dir);
     expect(e.code).toBe("DTYPE_MISMATCH");
@@ -112,7 +144,10 @@ describe("bad checkpoints get clear, typed errors", () => {
     copyFileSync(join(LLM, "tokenizer.json"), join(dir, "tokenizer.json"));
     expect((await loadError(dir)).code).toBe("WEIGHTS_MISSING");
     mkdirSync(join(dir, "x"));
-    writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ weight_map: { "model.norm.weight": "model-00001-of-00002.safetensors" } }));
+    writeFileSync(
+      join(dir, "model.safetensors.index.json"),
+      JSON.stringify({ weight_map: { "model.norm.weight": "model-00001-of-00002.safetensors" } }),
+    );
     expect((await loadError(dir)).code).toBe("WEIGHTS_MISSING");
   });
 
@@ -129,7 +164,9 @@ describe("bad requests get typed errors and leave the model usable", () => {
     const g = new Generator(model);
     expect(() => g.submit(new Array(513).fill(300))).toThrow(ContextLengthError);
     const seq = model.newSequence();
-    await expect(model.forward([{ seq, tokens: new Array(513).fill(300) }])).rejects.toThrow(/does not fit the model's context of 512/);
+    await expect(model.forward([{ seq, tokens: new Array(513).fill(300) }])).rejects.toThrow(
+      /does not fit the model's context of 512/,
+    );
     expect(() => g.submit([600])).toThrow(InvalidOptionError);
     expect(() => g.submit("hi", { temperature: -1 })).toThrow(/temperature/);
     expect(() => g.submit("hi", { topP: 0 })).toThrow(/topP/);
@@ -139,7 +176,11 @@ describe("bad requests get typed errors and leave the model usable", () => {
 
   it("generation stops at the end of the context with finish reason length", async () => {
     const model = await Model.load(LLM);
-    const r = await new Generator(model).generate(new Array(508).fill(300), { temperature: 0, maxTokens: 50, stopTokens: [] });
+    const r = await new Generator(model).generate(new Array(508).fill(300), {
+      temperature: 0,
+      maxTokens: 50,
+      stopTokens: [],
+    });
     expect(r.tokens.length).toBe(4);
     expect(r.finishReason).toBe("length");
   });

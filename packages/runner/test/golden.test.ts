@@ -21,7 +21,11 @@ for (const name of ["stories260K", "stories260K-slm", "stories260K-slm-l"]) {
       });
 
       it(`greedy ids after "${p.name}" are exactly the golden ones`, async () => {
-        const r = await new Generator(model).generate(p.ids, { temperature: 0, maxTokens: 64, stopTokens: [] });
+        const r = await new Generator(model).generate(p.ids, {
+          temperature: 0,
+          maxTokens: 64,
+          stopTokens: [],
+        });
         expect(r.tokens).toEqual(p.greedy_ids);
       });
     }
@@ -30,7 +34,11 @@ for (const name of ["stories260K", "stories260K-slm", "stories260K-slm-l"]) {
       const [L, H, T] = g.attention.shape;
       const want = new Float32Array(readFileSync(join(GOLDEN, g.attention.file)).buffer.slice(0));
       const seen: AttentionObservation[] = [];
-      const observer: KvPolicyHook = { name: "observer", wantsAttention: () => true, observe: (_s, o) => seen.push(o) };
+      const observer: KvPolicyHook = {
+        name: "observer",
+        wantsAttention: () => true,
+        observe: (_s, o) => seen.push(o),
+      };
       const seq = model.newSequence(observer);
       await model.forward([{ seq, tokens: g.attention.ids }]);
       expect(seen.length).toBe(L);

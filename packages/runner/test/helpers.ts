@@ -16,7 +16,10 @@ export interface GoldenPrompt {
   greedy_ids: number[];
 }
 
-export function golden(model: string): { prompts: GoldenPrompt[]; attention: { file: string; ids: number[]; shape: number[] } } {
+export function golden(model: string): {
+  prompts: GoldenPrompt[];
+  attention: { file: string; ids: number[]; shape: number[] };
+} {
   return JSON.parse(readFileSync(join(GOLDEN, `${model}.json`), "utf8"));
 }
 

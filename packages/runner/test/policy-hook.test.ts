@@ -24,7 +24,12 @@ describe("KV policy hook", () => {
   it("a selection that keeps everything gives exactly the full-cache tokens", async () => {
     const g = new Generator(model);
     const full = await g.generate("Once upon a time", { temperature: 0, maxTokens: 30, stopTokens: [] });
-    const kept = await g.generate("Once upon a time", { temperature: 0, maxTokens: 30, stopTokens: [], policy: windowHook(0, 10_000) });
+    const kept = await g.generate("Once upon a time", {
+      temperature: 0,
+      maxTokens: 30,
+      stopTokens: [],
+      policy: windowHook(0, 10_000),
+    });
     expect(kept.tokens).toEqual(full.tokens);
   });
 
@@ -38,17 +43,37 @@ describe("KV policy hook", () => {
       },
     };
     const g = new Generator(model);
-    const full = await g.generate("Once upon a time, there was a girl", { temperature: 0, maxTokens: 30, stopTokens: [] });
-    const narrow = await g.generate("Once upon a time, there was a girl", { temperature: 0, maxTokens: 30, stopTokens: [], policy: hook });
+    const full = await g.generate("Once upon a time, there was a girl", {
+      temperature: 0,
+      maxTokens: 30,
+      stopTokens: [],
+    });
+    const narrow = await g.generate("Once upon a time, there was a girl", {
+      temperature: 0,
+      maxTokens: 30,
+      stopTokens: [],
+      policy: hook,
+    });
     expect(narrow.tokens).not.toEqual(full.tokens);
     // 1 sink + 3 recent + the new token itself.
     expect(new Set(seen)).toEqual(new Set([5]));
   });
 
   it("a policy that breaks a rule fails only its own request, naming the policy and the rule", async () => {
-    const dup: KvPolicyHook = { name: "dup", select: (seq) => Array.from({ length: seq.config.numKvHeads }, () => Int32Array.of(0, 0)) };
-    const thrower: KvPolicyHook = { name: "thrower", select: () => { throw new Error("boom"); } };
-    const future: KvPolicyHook = { name: "future", select: (seq) => Array.from({ length: seq.config.numKvHeads }, () => Int32Array.of(seq.length)) };
+    const dup: KvPolicyHook = {
+      name: "dup",
+      select: (seq) => Array.from({ length: seq.config.numKvHeads }, () => Int32Array.of(0, 0)),
+    };
+    const thrower: KvPolicyHook = {
+      name: "thrower",
+      select: () => {
+        throw new Error("boom");
+      },
+    };
+    const future: KvPolicyHook = {
+      name: "future",
+      select: (seq) => Array.from({ length: seq.config.numKvHeads }, () => Int32Array.of(seq.length)),
+    };
     const g = new Generator(model);
     const o = { temperature: 0, maxTokens: 10, stopTokens: [] };
     const [bad1, good, bad2, bad3] = await Promise.all([

@@ -5,7 +5,13 @@ import type { ModelConfig } from "../src/index.js";
 
 type Tensors = Record<string, { shape: number[]; data: Float32Array }>;
 
-function linear(x: Float64Array[], w: Float32Array, out: number, inp: number, bias?: Float32Array): Float64Array[] {
+function linear(
+  x: Float64Array[],
+  w: Float32Array,
+  out: number,
+  inp: number,
+  bias?: Float32Array,
+): Float64Array[] {
   return x.map((row) => {
     const y = new Float64Array(out);
     for (let o = 0; o < out; o++) {
@@ -52,8 +58,10 @@ export function referenceForward(c: ModelConfig, t: Tensors, ids: number[]): Flo
     const q = linear(h, g("self_attn.q_proj.weight"), H * D, d, g("self_attn.q_proj.bias"));
     const k = linear(h, g("self_attn.k_proj.weight"), Hkv * D, d, g("self_attn.k_proj.bias"));
     const v = linear(h, g("self_attn.v_proj.weight"), Hkv * D, d, g("self_attn.v_proj.bias"));
-    q.forEach((row, i) => rope(row, H, D, i, c.ropeTheta));
-    k.forEach((row, i) => rope(row, Hkv, D, i, c.ropeTheta));
+    for (let i = 0; i < T; i++) {
+      rope(q[i], H, D, i, c.ropeTheta);
+      rope(k[i], Hkv, D, i, c.ropeTheta);
+    }
     const attn = Array.from({ length: T }, () => new Float64Array(H * D));
     for (let hh = 0; hh < H; hh++) {
       const kv = Math.floor(hh / (H / Hkv));
@@ -67,7 +75,8 @@ export function referenceForward(c: ModelConfig, t: Tensors, ids: number[]): Flo
         const m = Math.max(...s);
         const ex = s.map((z) => Math.exp(z - m));
         const sum = ex.reduce((a, b) => a + b, 0);
-        for (let j = 0; j <= i; j++) for (let e = 0; e < D; e++) attn[i][hh * D + e] += (ex[j] / sum) * v[j][kv * D + e];
+        for (let j = 0; j <= i; j++)
+          for (let e = 0; e < D; e++) attn[i][hh * D + e] += (ex[j] / sum) * v[j][kv * D + e];
       }
     }
     const o = linear(attn, g("self_attn.o_proj.weight"), d, H * D);

@@ -21,8 +21,20 @@ describe("sampling", () => {
   it("top-k 1 and a tiny top-p are greedy", async () => {
     const g = new Generator(model);
     const greedy = await g.generate("Tom went", { temperature: 0, maxTokens: 20, stopTokens: [] });
-    const k1 = await g.generate("Tom went", { temperature: 1.5, topK: 1, seed: 3, maxTokens: 20, stopTokens: [] });
-    const p0 = await g.generate("Tom went", { temperature: 1.5, topP: 1e-6, seed: 3, maxTokens: 20, stopTokens: [] });
+    const k1 = await g.generate("Tom went", {
+      temperature: 1.5,
+      topK: 1,
+      seed: 3,
+      maxTokens: 20,
+      stopTokens: [],
+    });
+    const p0 = await g.generate("Tom went", {
+      temperature: 1.5,
+      topP: 1e-6,
+      seed: 3,
+      maxTokens: 20,
+      stopTokens: [],
+    });
     expect(k1.tokens).toEqual(greedy.tokens);
     expect(p0.tokens).toEqual(greedy.tokens);
   });
@@ -75,7 +87,12 @@ describe("sampling", () => {
   });
 
   it("logprobs of chosen tokens are reported with top alternatives", async () => {
-    const r = await new Generator(model).generate("Once", { temperature: 0, maxTokens: 5, logprobs: 3, stopTokens: [] });
+    const r = await new Generator(model).generate("Once", {
+      temperature: 0,
+      maxTokens: 5,
+      logprobs: 3,
+      stopTokens: [],
+    });
     expect(r.logprobs!.length).toBe(5);
     for (const lp of r.logprobs!) {
       expect(lp.logprob).toBeLessThanOrEqual(0);

@@ -1,5 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { type DType, Model, readConfig, type SyntheticModelOptions, writeSyntheticCheckpoint } from "../src/index.js";
+import {
+  type DType,
+  Model,
+  readConfig,
+  type SyntheticModelOptions,
+  writeSyntheticCheckpoint,
+} from "../src/index.js";
 import { LLM, maxAbsDiff, tempDir } from "./helpers.js";
 import { referenceForward } from "./reference-model.js";
 
@@ -20,7 +26,16 @@ const cases: [string, Partial<SyntheticModelOptions>][] = [
   ["Llama, GQA 2, tied, F16", { numKvHeads: 2, tieWordEmbeddings: true, dtype: "F16" as DType }],
   ["Llama, GQA 4, untied, BF16, 3 shards", { numKvHeads: 1, dtype: "BF16" as DType, shards: 3 }],
   ["Qwen2 with q/k/v bias, GQA 2, untied", { architecture: "Qwen2ForCausalLM", numKvHeads: 2 }],
-  ["Qwen2, tied, BF16, head_dim 16 != hidden/heads", { architecture: "Qwen2ForCausalLM", numKvHeads: 2, tieWordEmbeddings: true, dtype: "BF16" as DType, headDim: 16 }],
+  [
+    "Qwen2, tied, BF16, head_dim 16 != hidden/heads",
+    {
+      architecture: "Qwen2ForCausalLM",
+      numKvHeads: 2,
+      tieWordEmbeddings: true,
+      dtype: "BF16" as DType,
+      headDim: 16,
+    },
+  ],
 ];
 
 describe("generated checkpoints match a plain TypeScript reference forward pass", () => {
@@ -36,7 +51,8 @@ describe("generated checkpoints match a plain TypeScript reference forward pass"
       const seq = model.newSequence();
       const [pre] = await model.forward([{ seq, tokens: ids.slice(0, 6), logits: "all" }]);
       let worst = 0;
-      for (let t = 0; t < 6; t++) worst = Math.max(worst, maxAbsDiff(pre.subarray(t * 512, (t + 1) * 512), want[t]));
+      for (let t = 0; t < 6; t++)
+        worst = Math.max(worst, maxAbsDiff(pre.subarray(t * 512, (t + 1) * 512), want[t]));
       for (let t = 6; t < ids.length; t++) {
         const [l] = await model.forward([{ seq, tokens: [ids[t]] }]);
         worst = Math.max(worst, maxAbsDiff(l, want[t]));

@@ -50,7 +50,9 @@ function buildCuda() {
   for (const src of sources) {
     const srcPath = path.join(root, "native", src);
     const obj = path.join(outDir, src.replace(/\.cu$/, ".o"));
-    const headers = fs.readdirSync(path.join(root, "native")).filter((f) => f.endsWith(".h") || f.endsWith(".cuh"));
+    const headers = fs
+      .readdirSync(path.join(root, "native"))
+      .filter((f) => f.endsWith(".h") || f.endsWith(".cuh"));
     const newest = Math.max(
       fs.statSync(srcPath).mtimeMs,
       ...headers.map((h) => fs.statSync(path.join(root, "native", h)).mtimeMs),
@@ -60,11 +62,22 @@ function buildCuda() {
       execFileSync(
         nvcc,
         [
-          "-c", "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "--cudart", "static",
-          "-gencode", "arch=compute_80,code=sm_80",
-          "-gencode", "arch=compute_90a,code=sm_90a",
-          "-gencode", "arch=compute_80,code=compute_80",
-          "-o", obj, srcPath,
+          "-c",
+          "-O3",
+          "-std=c++17",
+          "-Xcompiler",
+          "-fPIC",
+          "--cudart",
+          "static",
+          "-gencode",
+          "arch=compute_80,code=sm_80",
+          "-gencode",
+          "arch=compute_90a,code=sm_90a",
+          "-gencode",
+          "arch=compute_80,code=compute_80",
+          "-o",
+          obj,
+          srcPath,
         ],
         { stdio: "inherit" },
       );

@@ -20,7 +20,15 @@ export interface NativeBinding {
     probs: Float32Array | null,
     scores: Float32Array | null,
   ): void;
-  kvWrite(store: Float32Array, cap: number, Hkv: number, D: number, src: Float32Array, T: number, dst: Int32Array): void;
+  kvWrite(
+    store: Float32Array,
+    cap: number,
+    Hkv: number,
+    D: number,
+    src: Float32Array,
+    T: number,
+    dst: Int32Array,
+  ): void;
   kvGather(
     src: Float32Array,
     scap: number,

@@ -10,7 +10,8 @@ export function rope(x: Float32Array, positions: Int32Array, H: number, D: numbe
   const T = positions.length;
   expectI32(op, "positions", positions, T);
   expectF32(op, "x", x, T * H * D);
-  if (x.length !== T * H * D) throw new TensorShapeError(op, `x has ${x.length} elements, expected T*H*D = ${T * H * D}`);
+  if (x.length !== T * H * D)
+    throw new TensorShapeError(op, `x has ${x.length} elements, expected T*H*D = ${T * H * D}`);
   if (!(theta > 0)) throw new TensorShapeError(op, `theta must be > 0, got ${theta}`);
   native.rope(x, positions, T, H, D, theta);
 }
@@ -54,7 +55,8 @@ export function attention(a: AttentionArgs): AttentionResult {
   const D = expectDim(op, "D", a.D, 1);
   const cap = expectDim(op, "cap", a.cap, 0);
   if (Hq % Hkv !== 0) throw new TensorShapeError(op, `Hq (${Hq}) must be a multiple of Hkv (${Hkv})`);
-  const past = typeof a.past === "number" ? new Int32Array(Hkv).fill(a.past) : expectI32(op, "past", a.past, Hkv);
+  const past =
+    typeof a.past === "number" ? new Int32Array(Hkv).fill(a.past) : expectI32(op, "past", a.past, Hkv);
   let maxPast = 0;
   for (let g = 0; g < Hkv; g++) {
     if (past[g] < 0 || past[g] + T > cap) {
@@ -77,7 +79,14 @@ export function attention(a: AttentionArgs): AttentionResult {
 }
 
 /** Write rows src[T][Hkv][D] into store[Hkv][cap][D] at slots dst[T] (KV append). */
-export function kvWrite(store: Float32Array, cap: number, Hkv: number, D: number, src: Float32Array, dst: Int32Array): void {
+export function kvWrite(
+  store: Float32Array,
+  cap: number,
+  Hkv: number,
+  D: number,
+  src: Float32Array,
+  dst: Int32Array,
+): void {
   const op = "kvWrite";
   expectDim(op, "cap", cap);
   expectDim(op, "Hkv", Hkv, 1);
@@ -87,7 +96,8 @@ export function kvWrite(store: Float32Array, cap: number, Hkv: number, D: number
   expectF32(op, "store", store, Hkv * cap * D);
   expectF32(op, "src", src, T * Hkv * D);
   for (let t = 0; t < T; t++) {
-    if (dst[t] < 0 || dst[t] >= cap) throw new TensorShapeError(op, `dst[${t}] = ${dst[t]} is outside [0, ${cap})`);
+    if (dst[t] < 0 || dst[t] >= cap)
+      throw new TensorShapeError(op, `dst[${t}] = ${dst[t]} is outside [0, ${cap})`);
   }
   native.kvWrite(store, cap, Hkv, D, src, T, dst);
 }
@@ -124,7 +134,8 @@ export function kvGather(
   }
   expectI32(op, "idx", idx, off[Hkv]);
   for (let i = 0; i < off[Hkv]; i++) {
-    if (idx[i] < 0 || idx[i] >= scap) throw new TensorShapeError(op, `idx[${i}] = ${idx[i]} is outside [0, ${scap})`);
+    if (idx[i] < 0 || idx[i] >= scap)
+      throw new TensorShapeError(op, `idx[${i}] = ${idx[i]} is outside [0, ${scap})`);
   }
   expectF32(op, "src", src, Hkv * scap * D);
   expectF32(op, "dst", dst, Hkv * dcap * D);

@@ -32,7 +32,12 @@ export interface AttentionRefArgs {
   scale?: number;
 }
 
-export function attentionRef(a: AttentionRefArgs): { out: Float32Array; probs: Float32Array; scores: Float32Array; Lmax: number } {
+export function attentionRef(a: AttentionRefArgs): {
+  out: Float32Array;
+  probs: Float32Array;
+  scores: Float32Array;
+  Lmax: number;
+} {
   const { q, k, v, cap, T, Hq, Hkv, D } = a;
   const past = typeof a.past === "number" ? new Int32Array(Hkv).fill(a.past) : a.past;
   const Lmax = Math.max(...past) + T;
@@ -69,7 +74,14 @@ export function attentionRef(a: AttentionRefArgs): { out: Float32Array; probs: F
   return { out, probs, scores, Lmax };
 }
 
-export function kvWriteRef(store: Float32Array, cap: number, Hkv: number, D: number, src: Float32Array, dst: Int32Array): void {
+export function kvWriteRef(
+  store: Float32Array,
+  cap: number,
+  Hkv: number,
+  D: number,
+  src: Float32Array,
+  dst: Int32Array,
+): void {
   for (let t = 0; t < dst.length; t++) {
     for (let g = 0; g < Hkv; g++) {
       for (let d = 0; d < D; d++) store[(g * cap + dst[t]) * D + d] = src[(t * Hkv + g) * D + d];

@@ -62,7 +62,12 @@ describe("attention", () => {
       expect(got.Lmax).toBe(want.Lmax);
       expect(maxAbsDiff(got.out, want.out)).toBeLessThan(1e-5);
       expect(maxAbsDiff(got.probs!, want.probs)).toBeLessThan(1e-6);
-      expect(maxAbsDiff(scores.map((s) => s - 1), want.scores)).toBeLessThan(1e-5);
+      expect(
+        maxAbsDiff(
+          scores.map((s) => s - 1),
+          want.scores,
+        ),
+      ).toBeLessThan(1e-5);
       // Without probs/scores the output is the same (the other code path).
       const plain = attention({ q, k, v, cap, T, past, Hq, Hkv, D });
       expect(maxAbsDiff(plain.out, want.out)).toBeLessThan(1e-5);
@@ -107,11 +112,23 @@ describe("attention", () => {
   });
 
   it("rejects bad shapes with a typed error", () => {
-    const base = { q: new Float32Array(8), k: new Float32Array(16), v: new Float32Array(16), cap: 2, T: 1, past: 1, Hq: 1, Hkv: 1, D: 8 };
+    const base = {
+      q: new Float32Array(8),
+      k: new Float32Array(16),
+      v: new Float32Array(16),
+      cap: 2,
+      T: 1,
+      past: 1,
+      Hq: 1,
+      Hkv: 1,
+      D: 8,
+    };
     expect(() => attention({ ...base, past: 2 })).toThrow(/exceeds the store capacity/);
     expect(() => attention({ ...base, Hq: 3, Hkv: 2 })).toThrow(TensorShapeError);
     expect(() => attention({ ...base, q: new Float32Array(4) })).toThrow(/q has 4 elements/);
-    expect(() => attention({ ...base, k: new Float64Array(16) as unknown as Float32Array })).toThrow(/Float32Array/);
+    expect(() => attention({ ...base, k: new Float64Array(16) as unknown as Float32Array })).toThrow(
+      /Float32Array/,
+    );
   });
 });
 
@@ -141,7 +158,9 @@ describe("kv write/gather", () => {
     kvGather(src, scap, a, dcap, Hkv, D, idx, off, start);
     reference.kvGatherRef(src, scap, b, dcap, Hkv, D, idx, off, start);
     expect(Array.from(a)).toEqual(Array.from(b));
-    expect(() => kvGather(src, scap, a, dcap, Hkv, D, Int32Array.of(17), Int32Array.of(0, 1, 1, 1))).toThrow(/outside/);
+    expect(() => kvGather(src, scap, a, dcap, Hkv, D, Int32Array.of(17), Int32Array.of(0, 1, 1, 1))).toThrow(
+      /outside/,
+    );
     expect(() => kvGather(src, scap, a, 2, Hkv, D, idx, off)).toThrow(/capacity/);
   });
 });

@@ -21,7 +21,17 @@ function golden(name: string) {
 describe("smallkv generate", () => {
   for (const name of ["stories260K", "stories260K-slm", "stories260K-slm-l"]) {
     it(`--greedy --json returns exactly the golden greedy ids of ${name}`, () => {
-      const r = cli(["generate", "--model", join(models, name), "--prompt", "", "--max-tokens", "64", "--greedy", "--json"]);
+      const r = cli([
+        "generate",
+        "--model",
+        join(models, name),
+        "--prompt",
+        "",
+        "--max-tokens",
+        "64",
+        "--greedy",
+        "--json",
+      ]);
       expect(r.stderr).toBe("");
       expect(r.code).toBe(0);
       const out = JSON.parse(r.stdout);
@@ -33,13 +43,31 @@ describe("smallkv generate", () => {
   }
 
   it("reads the prompt from stdin and streams text", () => {
-    const r = cli(["generate", "-m", join(models, "stories260K"), "-n", "20", "--greedy"], "Once upon a time, there was a little girl named Lily.");
+    const r = cli(
+      ["generate", "-m", join(models, "stories260K"), "-n", "20", "--greedy"],
+      "Once upon a time, there was a little girl named Lily.",
+    );
     expect(r.code).toBe(0);
     expect(r.stdout.trim()).toBe("She loved to play outside in the park. One day, she");
   });
 
   it("samples reproducibly with --seed", () => {
-    const args = ["generate", "-m", join(models, "stories260K"), "-p", "Tom", "-n", "20", "-t", "0.9", "--top-p", "0.9", "--seed", "5", "--json"];
+    const args = [
+      "generate",
+      "-m",
+      join(models, "stories260K"),
+      "-p",
+      "Tom",
+      "-n",
+      "20",
+      "-t",
+      "0.9",
+      "--top-p",
+      "0.9",
+      "--seed",
+      "5",
+      "--json",
+    ];
     const a = JSON.parse(cli(args).stdout);
     const b = JSON.parse(cli(args).stdout);
     expect(a.ids).toEqual(b.ids);
@@ -49,7 +77,14 @@ describe("smallkv generate", () => {
 
 describe("smallkv score", () => {
   it("prints per-token log-probabilities whose sum matches the reported NLL", () => {
-    const r = cli(["score", "-m", join(models, "stories260K"), "--text", "Once upon a time, there was a little girl named Lily.", "--json"]);
+    const r = cli([
+      "score",
+      "-m",
+      join(models, "stories260K"),
+      "--text",
+      "Once upon a time, there was a little girl named Lily.",
+      "--json",
+    ]);
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout);
     expect(out.tokens).toBe(16);
@@ -69,7 +104,8 @@ describe("bad input gives a clear error and a non-zero exit", () => {
   };
   const copy = () => {
     const d = tmp();
-    for (const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]) copyFileSync(join(models, "stories260K", f), join(d, f));
+    for (const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
+      copyFileSync(join(models, "stories260K", f), join(d, f));
     return d;
   };
 
@@ -108,7 +144,9 @@ describe("bad input gives a clear error and a non-zero exit", () => {
   it("a prompt longer than the context", () => {
     const r = cli(["generate", "-m", join(models, "stories260K"), "-p", "Once upon a time. ".repeat(200)]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/ContextLengthError: prompt of \d+ tokens does not fit the model's context of 512/);
+    expect(r.stderr).toMatch(
+      /ContextLengthError: prompt of \d+ tokens does not fit the model's context of 512/,
+    );
   });
 
   it("bad option values", () => {

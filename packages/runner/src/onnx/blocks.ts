@@ -28,21 +28,35 @@ function rmsNorm(g: GraphBuilder, x: string, w: Float32Array, eps: number, tag: 
 }
 
 /** Appends layer l's pre-attention part; returns the q, k, v value names. */
-function preAttention(g: GraphBuilder, c: ModelConfig, w: LayerWeights, l: number, resid: string): [string, string, string] {
+function preAttention(
+  g: GraphBuilder,
+  c: ModelConfig,
+  w: LayerWeights,
+  l: number,
+  resid: string,
+): [string, string, string] {
   const d = c.hiddenSize;
   const qd = c.numHeads * c.headDim;
   const kvd = c.numKvHeads * c.headDim;
   const h = rmsNorm(g, resid, w.inputNorm, c.rmsNormEps, `l${l}_in`);
   const W = g.init(`l${l}_wqkv`, concatRows(w.q, w.k, w.v), [qd + 2 * kvd, d]);
   const inputs = [h, W];
-  if (w.qBias && w.kBias && w.vBias) inputs.push(g.init(`l${l}_bqkv`, concatRows(w.qBias, w.kBias, w.vBias), [qd + 2 * kvd]));
+  if (w.qBias && w.kBias && w.vBias)
+    inputs.push(g.init(`l${l}_bqkv`, concatRows(w.qBias, w.kBias, w.vBias), [qd + 2 * kvd]));
   const qkv = g.one("Gemm", inputs, { transB: 1 });
   const [q, k, v] = g.node("Split", [qkv, g.initInt64(`l${l}_split`, [qd, kvd, kvd])], { axis: 1 }, 3);
   return [q, k, v];
 }
 
 /** Appends layer l's post-attention part; returns the new residual stream. */
-function postAttention(g: GraphBuilder, c: ModelConfig, w: LayerWeights, l: number, resid: string, attn: string): string {
+function postAttention(
+  g: GraphBuilder,
+  c: ModelConfig,
+  w: LayerWeights,
+  l: number,
+  resid: string,
+  attn: string,
+): string {
   const d = c.hiddenSize;
   const I = c.intermediateSize;
   const o = g.one("Gemm", [attn, g.init(`l${l}_wo`, w.o, [d, c.numHeads * c.headDim])], { transB: 1 });
@@ -86,6 +100,9 @@ export function buildBlockGraphs(c: ModelConfig, w: ModelWeights): BlockGraphs {
   const g = new GraphBuilder("head");
   const x = g.input("resid", ["M", d]);
   const h = rmsNorm(g, x, w.norm, c.rmsNormEps, "final");
-  g.output(g.one("Gemm", [h, g.init("lm_head", w.lmHead, [c.vocabSize, d])], { transB: 1 }), "logits", ["M", c.vocabSize]);
+  g.output(g.one("Gemm", [h, g.init("lm_head", w.lmHead, [c.vocabSize, d])], { transB: 1 }), "logits", [
+    "M",
+    c.vocabSize,
+  ]);
   return { layers, head: g.encode() };
 }

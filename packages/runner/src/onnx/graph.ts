@@ -43,13 +43,25 @@ export class GraphBuilder {
 
   initInt64(name: string, values: number[]): string {
     this.initializers.push(
-      onnx.TensorProto.create({ name, dataType: onnx.TensorProto.DataType.INT64, dims: [values.length], int64Data: values }),
+      onnx.TensorProto.create({
+        name,
+        dataType: onnx.TensorProto.DataType.INT64,
+        dims: [values.length],
+        int64Data: values,
+      }),
     );
     return name;
   }
 
-  node(op: string, inputs: string[], attrs: Record<string, number | number[]> = {}, outputs?: string[] | number): string[] {
-    const outs = Array.isArray(outputs) ? outputs : Array.from({ length: outputs ?? 1 }, () => this.fresh(op.toLowerCase()));
+  node(
+    op: string,
+    inputs: string[],
+    attrs: Record<string, number | number[]> = {},
+    outputs?: string[] | number,
+  ): string[] {
+    const outs = Array.isArray(outputs)
+      ? outputs
+      : Array.from({ length: outputs ?? 1 }, () => this.fresh(op.toLowerCase()));
     const attribute = Object.entries(attrs).map(([name, v]) =>
       Array.isArray(v)
         ? onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.INTS, ints: v })
@@ -57,7 +69,9 @@ export class GraphBuilder {
           ? onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.INT, i: v })
           : onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.FLOAT, f: v }),
     );
-    this.nodes.push(onnx.NodeProto.create({ opType: op, input: inputs, output: outs, name: this.fresh(op), attribute }));
+    this.nodes.push(
+      onnx.NodeProto.create({ opType: op, input: inputs, output: outs, name: this.fresh(op), attribute }),
+    );
     return outs;
   }
 
@@ -71,7 +85,13 @@ export class GraphBuilder {
       irVersion: 8,
       opsetImport: [{ domain: "", version: 17 }],
       producerName: "@smallkv/runner",
-      graph: { name: this.name, node: this.nodes, initializer: this.initializers, input: this.inputs, output: this.outputs },
+      graph: {
+        name: this.name,
+        node: this.nodes,
+        initializer: this.initializers,
+        input: this.inputs,
+        output: this.outputs,
+      },
     });
     return onnx.ModelProto.encode(model).finish();
   }

@@ -50,25 +50,51 @@ export async function benchRunner(o: Opts): Promise<void> {
   const prefillTps = o.prefill / (prefillBest / 1000);
 
   const rows: (string | number)[][] = [["prefill", 1, o.prefill, prefillTps, prefillBest / 1000, "-"]];
-  const results: Record<string, unknown>[] = [{ phase: "prefill", batch: 1, tokens: o.prefill, tokensPerSecond: prefillTps, seconds: prefillBest / 1000 }];
+  const results: Record<string, unknown>[] = [
+    {
+      phase: "prefill",
+      batch: 1,
+      tokens: o.prefill,
+      tokensPerSecond: prefillTps,
+      seconds: prefillBest / 1000,
+    },
+  ];
   for (const B of o.batches.split(",").map(Number)) {
     const seqs = Array.from({ length: B }, () => model.newSequence());
     await model.forward(seqs.map((seq, i) => ({ seq, tokens: randomTokens(o.context, V, 10 + i) })));
     const next = seqs.map((_, i) => randomTokens(o.steps + 1, V, 100 + i));
     await model.forward(seqs.map((seq, i) => ({ seq, tokens: [next[i][0]] }))); // warm-up step
     const t0 = performance.now();
-    for (let s = 1; s <= o.steps; s++) await model.forward(seqs.map((seq, i) => ({ seq, tokens: [next[i][s]] })));
+    for (let s = 1; s <= o.steps; s++)
+      await model.forward(seqs.map((seq, i) => ({ seq, tokens: [next[i][s]] })));
     const secs = (performance.now() - t0) / 1000;
     const tps = (B * o.steps) / secs;
     const ratio = B === 1 ? tps / roofline : null;
-    rows.push([`decode`, B, o.steps, tps, secs / o.steps, ratio === null ? "-" : `${(ratio * 100).toFixed(1)}%`]);
-    results.push({ phase: "decode", batch: B, steps: o.steps, context: o.context, tokensPerSecond: tps, secondsPerStep: secs / o.steps, rooflineRatio: ratio });
+    rows.push([
+      `decode`,
+      B,
+      o.steps,
+      tps,
+      secs / o.steps,
+      ratio === null ? "-" : `${(ratio * 100).toFixed(1)}%`,
+    ]);
+    results.push({
+      phase: "decode",
+      batch: B,
+      steps: o.steps,
+      context: o.context,
+      tokensPerSecond: tps,
+      secondsPerStep: secs / o.steps,
+      rooflineRatio: ratio,
+    });
     for (const s of seqs) s.release();
   }
   const header =
     `model: synthetic ${(model.parameters / 1e6).toFixed(1)}M params (${c.numLayers}L d${c.hiddenSize} ${c.numHeads}h/${c.numKvHeads}kv, vocab ${V}), fp32 weights ${(weightBytes / 2 ** 20).toFixed(0)} MiB\n` +
     `machine: ${cpus()[0]?.model ?? "cpu"} x${availableParallelism()}, kernels ${buildInfo().simd}; read bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s -> batch-1 decode roofline ${roofline.toFixed(1)} tok/s`;
-  process.stdout.write(`${header}\n\n${table(["phase", "batch", "tokens/steps", "tokens/s", "s (per step)", "of roofline"], rows)}\n`);
+  process.stdout.write(
+    `${header}\n\n${table(["phase", "batch", "tokens/steps", "tokens/s", "s (per step)", "of roofline"], rows)}\n`,
+  );
   const path = writeJson(o.out, "runner.json", {
     model: { parameters: model.parameters, config: c, weightBytes },
     bandwidthBytesPerSecond: bandwidth,

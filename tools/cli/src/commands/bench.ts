@@ -6,7 +6,9 @@ export function registerBench(program: Command): void {
   const bench = program.command("bench").description("benchmarks (tables on stdout, JSON under --out)");
   bench
     .command("runner")
-    .description("prefill and decode throughput of the runner on a synthetic ~100M Llama checkpoint, with the batch-1 roofline ratio")
+    .description(
+      "prefill and decode throughput of the runner on a synthetic ~100M Llama checkpoint, with the batch-1 roofline ratio",
+    )
     .option("--small", "use a small synthetic model (quick check)")
     .option("--prefill <n>", "prompt tokens for the prefill measurement", intArg("--prefill", 1), 512)
     .option("--context <n>", "context tokens before the decode measurement", intArg("--context", 1), 128)

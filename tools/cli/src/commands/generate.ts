@@ -62,7 +62,10 @@ export function registerGenerate(program: Command): void {
             text: r.text,
             finish_reason: r.finishReason,
             usage: { prompt_tokens: r.promptTokens.length, completion_tokens: r.tokens.length },
-            timings: { time_to_first_token_s: r.timeToFirstToken, time_per_output_token_s: r.timePerOutputToken },
+            timings: {
+              time_to_first_token_s: r.timeToFirstToken,
+              time_per_output_token_s: r.timePerOutputToken,
+            },
           })}\n`,
         );
       }

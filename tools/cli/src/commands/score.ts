@@ -19,7 +19,9 @@ export function registerScore(program: Command): void {
       const seq = model.newSequence();
       const [logits] = await model.forward([{ seq, tokens: ids, logits: "all" }]);
       const V = model.config.vocabSize;
-      const tokens: { id: number; token: string; logprob: number | null }[] = [{ id: ids[0], token: model.tokenizer.idToToken(ids[0]) ?? "", logprob: null }];
+      const tokens: { id: number; token: string; logprob: number | null }[] = [
+        { id: ids[0], token: model.tokenizer.idToToken(ids[0]) ?? "", logprob: null },
+      ];
       let nll = 0;
       for (let i = 1; i < ids.length; i++) {
         const lp = logSoftmax(logits.subarray((i - 1) * V, i * V))[ids[i]];
@@ -27,11 +29,22 @@ export function registerScore(program: Command): void {
         tokens.push({ id: ids[i], token: model.tokenizer.idToToken(ids[i]) ?? "", logprob: lp });
       }
       const n = ids.length - 1;
-      const summary = { model: model.name, tokens: ids.length, scored: n, nll: n ? nll / n : 0, perplexity: n ? Math.exp(nll / n) : 1 };
+      const summary = {
+        model: model.name,
+        tokens: ids.length,
+        scored: n,
+        nll: n ? nll / n : 0,
+        perplexity: n ? Math.exp(nll / n) : 1,
+      };
       if (o.json) process.stdout.write(`${JSON.stringify({ ...summary, per_token: tokens })}\n`);
       else {
-        for (const t of tokens) process.stdout.write(`${String(t.id).padStart(6)}  ${t.logprob === null ? "     -" : t.logprob.toFixed(4).padStart(8)}  ${JSON.stringify(t.token)}\n`);
-        process.stdout.write(`\n${summary.scored} tokens scored, mean NLL ${summary.nll.toFixed(4)} nats, perplexity ${summary.perplexity.toFixed(3)}\n`);
+        for (const t of tokens)
+          process.stdout.write(
+            `${String(t.id).padStart(6)}  ${t.logprob === null ? "     -" : t.logprob.toFixed(4).padStart(8)}  ${JSON.stringify(t.token)}\n`,
+          );
+        process.stdout.write(
+          `\n${summary.scored} tokens scored, mean NLL ${summary.nll.toFixed(4)} nats, perplexity ${summary.perplexity.toFixed(3)}\n`,
+        );
       }
       seq.release();
     });
