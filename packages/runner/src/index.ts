@@ -25,7 +25,14 @@ export {
 } from "./generate.js";
 export { KvCache } from "./kv-cache.js";
 export { type LoadOptions, Model, type StepInput, type StepOutput } from "./model.js";
-export { type AttentionObservation, fullCache, type KvPolicyHook } from "./policy-hook.js";
+export {
+  type AttentionObservation,
+  type AttentionRequest,
+  fullCache,
+  type KvPolicyHook,
+  type LayerSelection,
+  type StepInfo,
+} from "./policy-hook.js";
 export {
   readSafetensorsHeader,
   SafetensorsStore,
@@ -34,7 +41,7 @@ export {
   writeShardedSafetensors,
 } from "./safetensors.js";
 export { argmax, logSoftmax, Sampler, type SamplingOptions, seededRandom } from "./sampler.js";
-export { Sequence } from "./sequence.js";
+export { type KvStats, Sequence } from "./sequence.js";
 export { type SyntheticModelOptions, writeSyntheticCheckpoint } from "./synthetic.js";
 export { TextStream } from "./text-stream.js";
 export { TextTokenizer } from "./tokenizer.js";

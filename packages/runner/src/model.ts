@@ -1,11 +1,12 @@
 import { availableParallelism } from "node:os";
 import { basename, resolve } from "node:path";
-import { attention, kvGather, rope } from "@smallkv/tensor";
+import { attention, rope, type VOnlyRows } from "@smallkv/tensor";
 import ort from "onnxruntime-node";
 import { type ModelConfig, readConfig } from "./config.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
+import type { HotRows } from "./hot-set.js";
 import { buildBlockGraphs } from "./onnx/blocks.js";
-import type { KvPolicyHook } from "./policy-hook.js";
+import type { AttentionRequest, KvPolicyHook, LayerSelection, StepInfo } from "./policy-hook.js";
 import { Sequence } from "./sequence.js";
 import { TextTokenizer } from "./tokenizer.js";
 import { loadWeights } from "./weights.js";
@@ -144,7 +145,6 @@ export class Model {
     for (const { seq, tokens } of inputs) {
       seq.kv.length += tokens.length;
       for (let i = 0; i < tokens.length; i++) seq.tokens.push(tokens[i]);
-      this.reselect(seq);
     }
 
     const final = residIn;
@@ -186,12 +186,32 @@ export class Model {
   ): void {
     const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.config;
     const start = seq.length;
+    const step = { start, T };
     seq.kv.write(layer, k, v, start, T);
-    const sel = seq.selection[layer];
-    const wants = seq.policy.wantsAttention?.(seq, layer) ?? false;
-    let keyPositions: Int32Array[] | undefined;
+    const policy = seq.policy;
+    const sel = seq.fault ? null : this.selectFor(seq, layer, step);
+    let request: AttentionRequest = false;
+    if (!seq.fault && policy.wantsAttention) {
+      try {
+        request = policy.wantsAttention(seq, layer, step);
+      } catch (e) {
+        seq.fault = new PolicyError(policy.name, "wantsAttention", (e as Error).message);
+      }
+    }
+    const hot = seq.hot[layer];
     let result: ReturnType<typeof attention>;
+    let keyPositions: Int32Array[] = [];
+    let scores: Float32Array | undefined;
+    const wantProbs = request === "probs";
+    const scoreStart = typeof request === "object" ? (request.fromRow ?? 0) : 0;
     if (!sel) {
+      if (hot.active) {
+        hot.full.clear();
+        hot.vOnly.clear();
+        hot.active = false;
+      }
+      const L = start + T;
+      if (typeof request === "object") scores = new Float32Array(Hq * L);
       result = attention({
         q,
         k: seq.kv.k[layer],
@@ -203,88 +223,180 @@ export class Model {
         Hkv,
         D,
         out,
-        probs: wants,
+        probs: wantProbs,
+        scores,
+        scoreStart,
       });
-      if (wants) {
-        const all = Int32Array.from({ length: start + T }, (_, i) => i);
+      if (request) {
+        const all = Int32Array.from({ length: L }, (_, i) => i);
         keyPositions = Array.from({ length: Hkv }, () => all);
       }
     } else {
-      // Gather the selected tokens plus this step's own into a compact working set.
-      const counts = sel.map((s) => s.length + T);
-      const hcap = Math.max(...counts);
-      const idx = new Int32Array(counts.reduce((a, b) => a + b, 0));
-      const off = new Int32Array(Hkv + 1);
-      keyPositions = [];
-      for (let g = 0; g < Hkv; g++) {
-        const pos = new Int32Array(counts[g]);
-        pos.set(sel[g]);
-        for (let t = 0; t < T; t++) pos[sel[g].length + t] = start + t;
-        idx.set(pos, off[g]);
-        off[g + 1] = off[g] + counts[g];
-        keyPositions.push(pos);
-      }
-      const hk = new Float32Array(Hkv * hcap * D);
-      const hv = new Float32Array(Hkv * hcap * D);
-      kvGather(seq.kv.k[layer], seq.kv.cap, hk, hcap, Hkv, D, idx, off);
-      kvGather(seq.kv.v[layer], seq.kv.cap, hv, hcap, Hkv, D, idx, off);
-      const past = Int32Array.from(sel, (s) => s.length);
-      result = attention({ q, k: hk, v: hv, cap: hcap, T, past, Hq, Hkv, D, out, probs: wants });
+      hot.active = true;
+      const cold = [seq.kv.k[layer], seq.kv.v[layer]];
+      hot.full.apply(sel.full, cold, seq.kv.cap, start + T);
+      hot.full.append([k, v], start, T);
+      const past = Int32Array.from(sel.full, (s) => s.length);
+      let vOnly: VOnlyRows | undefined;
+      const vsel = sel.vOnly;
+      if (vsel && vsel.some((x) => x.length > 0)) {
+        hot.vOnly.apply(vsel, [seq.kv.v[layer]], seq.kv.cap, start + T);
+        try {
+          // The hot set keeps its own slot order; weights come in selection order, so reorder.
+          const weights = this.vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly);
+          vOnly = {
+            v: hot.vOnly.buf[0],
+            cap: hot.vOnly.cap,
+            counts: hot.vOnly.count,
+            weights,
+            mode: sel.combine ?? "mass",
+          };
+        } catch (e) {
+          // The request fails at the end of this step; its neighbours in the batch are unaffected.
+          seq.fault = e as Error;
+        }
+      } else hot.vOnly.clear();
+      const Lmax = Math.max(...past) + T;
+      if (typeof request === "object") scores = new Float32Array(Hq * Lmax);
+      result = attention({
+        q,
+        k: hot.full.buf[0],
+        v: hot.full.buf[1],
+        cap: hot.full.cap,
+        T,
+        past,
+        Hq,
+        Hkv,
+        D,
+        out,
+        probs: wantProbs,
+        scores,
+        scoreStart,
+        vOnly,
+      });
+      if (request) keyPositions = Array.from({ length: Hkv }, (_, g) => hot.full.positions(g).slice());
     }
-    if (wants && seq.policy.observe) {
+    if (request && policy.observe && !seq.fault) {
       try {
-        seq.policy.observe(seq, {
+        policy.observe(seq, {
           layer,
           start,
           T,
-          probs: result.probs!,
+          probs: result.probs,
+          scores,
           Lmax: result.Lmax,
-          keyPositions: keyPositions!,
+          keyPositions,
         });
       } catch (e) {
-        seq.fault ??= new PolicyError(seq.policy.name, "observe", (e as Error).message);
+        seq.fault = new PolicyError(policy.name, "observe", (e as Error).message);
       }
     }
   }
 
-  /**
-   * Ask the policy for the next step's selection. A policy that throws or breaks a rule
-   * faults only its own sequence (seq.fault), which then keeps every token.
-   */
-  private reselect(seq: Sequence): void {
-    if (!seq.policy.select || seq.fault) return;
-    for (let l = 0; l < this.config.numLayers; l++) {
-      try {
-        const sel = seq.policy.select(seq, l);
-        if (sel) validateSelection(seq, sel, this.config.numKvHeads);
-        seq.selection[l] = sel;
-      } catch (e) {
-        seq.fault =
-          e instanceof PolicyError ? e : new PolicyError(seq.policy.name, "select", (e as Error).message);
-        seq.selection.fill(null);
-        return;
+  /** The policy's selection for this layer and step, validated; a broken one faults the sequence. */
+  private selectFor(seq: Sequence, layer: number, step: StepInfo): LayerSelection | null {
+    const policy = seq.policy;
+    if (!policy.select) return null;
+    try {
+      const sel = policy.select(seq, layer, step);
+      if (sel) validateSelection(seq, sel, this.config.numKvHeads, step.start);
+      return sel;
+    } catch (e) {
+      seq.fault = e instanceof PolicyError ? e : new PolicyError(policy.name, "select", (e as Error).message);
+      return null;
+    }
+  }
+
+  private vOnlyWeightsInSlotOrder(
+    seq: Sequence,
+    layer: number,
+    step: StepInfo,
+    sel: LayerSelection,
+    rows: HotRows,
+  ): Float32Array {
+    const { numHeads: Hq, numKvHeads: Hkv } = this.config;
+    const group = Hq / Hkv;
+    const vsel = sel.vOnly!;
+    const vmax = Math.max(...vsel.map((x) => x.length));
+    const name = seq.policy.name;
+    if (!seq.policy.vOnlyWeights)
+      throw new PolicyError(
+        name,
+        "V-only weights",
+        "selection has V-only tokens but the policy has no vOnlyWeights",
+      );
+    let w: Float32Array;
+    try {
+      w = seq.policy.vOnlyWeights(seq, layer, step, sel);
+    } catch (e) {
+      throw new PolicyError(name, "vOnlyWeights", (e as Error).message);
+    }
+    const T = step.T;
+    if (!(w instanceof Float32Array) || w.length !== Hq * T * vmax) {
+      throw new PolicyError(
+        name,
+        "V-only weights",
+        `expected a Float32Array of Hq*T*vmax = ${Hq * T * vmax} weights`,
+      );
+    }
+    const out = new Float32Array(Hq * T * vmax);
+    for (let g = 0; g < Hkv; g++) {
+      const order = new Map<number, number>();
+      vsel[g].forEach((p, i) => order.set(p, i));
+      const slots = rows.positions(g);
+      for (let h = g * group; h < (g + 1) * group; h++) {
+        for (let t = 0; t < T; t++) {
+          const base = (h * T + t) * vmax;
+          for (let s = 0; s < slots.length; s++) {
+            const x = w[base + order.get(slots[s])!];
+            if (!Number.isFinite(x) || x < 0)
+              throw new PolicyError(
+                name,
+                "V-only weights",
+                `weight ${x} is not a finite non-negative number`,
+              );
+            out[base + s] = x;
+          }
+        }
       }
     }
+    return out;
   }
 }
 
-function validateSelection(seq: Sequence, sel: Int32Array[], Hkv: number): void {
+function validateSelection(seq: Sequence, sel: LayerSelection, Hkv: number, start: number): void {
   const name = seq.policy.name;
-  if (sel.length !== Hkv)
-    throw new PolicyError(name, "one list per kv head", `got ${sel.length} lists for ${Hkv} kv heads`);
-  for (let g = 0; g < Hkv; g++) {
-    const seen = new Set<number>();
-    for (const p of sel[g]) {
-      if (!Number.isInteger(p) || p < 0 || p >= seq.length) {
-        throw new PolicyError(
-          name,
-          "valid indices",
-          `kv head ${g}: position ${p} is outside [0, ${seq.length})`,
-        );
-      }
-      if (seen.has(p))
-        throw new PolicyError(name, "no duplicates", `kv head ${g}: position ${p} selected twice`);
-      seen.add(p);
+  const check = (lists: Int32Array[], what: string, seen: Set<number>[]) => {
+    if (!Array.isArray(lists) || lists.length !== Hkv) {
+      throw new PolicyError(
+        name,
+        "one list per kv head",
+        `${what}: got ${Array.isArray(lists) ? lists.length : typeof lists} lists for ${Hkv} kv heads`,
+      );
     }
+    for (let g = 0; g < Hkv; g++) {
+      for (const p of lists[g]) {
+        if (!Number.isInteger(p) || p < 0 || p >= start) {
+          throw new PolicyError(
+            name,
+            "valid indices",
+            `${what}, kv head ${g}: position ${p} is outside the past tokens [0, ${start})`,
+          );
+        }
+        if (seen[g].has(p))
+          throw new PolicyError(name, "no duplicates", `${what}, kv head ${g}: position ${p} selected twice`);
+        seen[g].add(p);
+      }
+    }
+  };
+  const seen = Array.from({ length: Hkv }, () => new Set<number>());
+  check(sel.full, "full", seen);
+  if (sel.vOnly) check(sel.vOnly, "vOnly", seen);
+  if (sel.combine !== undefined && sel.combine !== "literal" && sel.combine !== "mass") {
+    throw new PolicyError(
+      name,
+      "combine mode",
+      `combine must be "literal" or "mass", got ${String(sel.combine)}`,
+    );
   }
 }

@@ -1,33 +1,62 @@
 import type { Sequence } from "./sequence.js";
 
+/** Positions of the tokens a step appends: [start, start + T). */
+export interface StepInfo {
+  start: number;
+  T: number;
+}
+
+/** What one layer's attention reads at one step, per kv head. */
+export interface LayerSelection {
+  /** Positions (< step start) attended exactly: K and V in the hot set. */
+  full: Int32Array[];
+  /** Positions (< step start) kept V-only; their weights come from `vOnlyWeights`. */
+  vOnly?: Int32Array[];
+  /** How the exact and V-only parts combine (default "mass"). */
+  combine?: "literal" | "mass";
+}
+
+/** What a policy asks to see of a layer's attention at a step. */
+export type AttentionRequest =
+  | false
+  /** The probability matrix [Hq][T][Lmax]. */
+  | "probs"
+  /** Fused column sums of the probabilities of query rows t >= fromRow: [Hq][Lmax]. */
+  | { scores: true; fromRow?: number };
+
 /** One layer's attention at one step, handed to a KV policy that asked for it. */
 export interface AttentionObservation {
   layer: number;
-  /** Position of this step's first token, and the number of tokens. */
   start: number;
   T: number;
-  /** Probabilities [Hq][T][Lmax]; column j of kv head g is key keyPositions[g][j]. */
-  probs: Float32Array;
+  /** [Hq][T][Lmax] when "probs" was asked. */
+  probs?: Float32Array;
+  /** [Hq][Lmax] when scores were asked. */
+  scores?: Float32Array;
   Lmax: number;
-  /** Per kv head, the token position of each key column attention read. */
+  /** Per kv head, the token position of each key column (exact keys only; V-only rows are not listed). */
   keyPositions: Int32Array[];
 }
 
 /**
- * The runner's side of the KV policy contract: the runner asks the policy which layers'
- * attention it wants to see, shows it, and after every step asks which tokens each kv
- * head reads at the next step. `@smallkv/policies` builds its SDK on this.
+ * The runner's side of the KV policy contract. At every step and layer the runner asks the
+ * policy what attention reads (`select`, before the layer's attention), asks for V-only
+ * weights when the selection has V-only tokens, and shows the policy the attention it
+ * asked for. `@smallkv/policies` builds its SDK on this.
  */
 export interface KvPolicyHook {
   readonly name: string;
-  /** Whether the probabilities of `layer` are wanted at this step (default: no). */
-  wantsAttention?(seq: Sequence, layer: number): boolean;
-  observe?(seq: Sequence, obs: AttentionObservation): void;
   /**
-   * After a step, per kv head, the positions (all < seq.length) that attention reads at the
-   * next step besides that step's own new tokens; null keeps every token.
+   * Before layer `layer` attends at this step: the old tokens (positions < step.start)
+   * each kv head reads. The step's own tokens are always read. null: every token.
    */
-  select?(seq: Sequence, layer: number): Int32Array[] | null;
+  select?(seq: Sequence, layer: number, step: StepInfo): LayerSelection | null;
+  /** Weights [Hq][T][vmax] of the selection's V-only tokens (in selection order, vmax = the largest count). */
+  vOnlyWeights?(seq: Sequence, layer: number, step: StepInfo, selection: LayerSelection): Float32Array;
+  wantsAttention?(seq: Sequence, layer: number, step: StepInfo): AttentionRequest;
+  observe?(seq: Sequence, obs: AttentionObservation): void;
+  /** Called when the sequence is released (free per-sequence state). */
+  release?(seq: Sequence): void;
 }
 
 /** The default: keep everything, observe nothing. */

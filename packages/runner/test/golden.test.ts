@@ -36,7 +36,7 @@ for (const name of ["stories260K", "stories260K-slm", "stories260K-slm-l"]) {
       const seen: AttentionObservation[] = [];
       const observer: KvPolicyHook = {
         name: "observer",
-        wantsAttention: () => true,
+        wantsAttention: () => "probs",
         observe: (_s, o) => seen.push(o),
       };
       const seq = model.newSequence(observer);

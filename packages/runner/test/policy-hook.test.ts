@@ -1,16 +1,23 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { Generator, type KvPolicyHook, Model, PolicyError, type Sequence } from "../src/index.js";
+import {
+  Generator,
+  type KvPolicyHook,
+  Model,
+  PolicyError,
+  type Sequence,
+  type StepInfo,
+} from "../src/index.js";
 import { LLM } from "./helpers.js";
 
 /** Keeps the first `sinks` and the last `window` tokens of every kv head. */
 function windowHook(sinks: number, window: number): KvPolicyHook {
   return {
     name: "window",
-    select(seq: Sequence) {
-      const n = seq.length;
+    select(seq: Sequence, _layer: number, step: StepInfo) {
+      const n = step.start;
       const keep: number[] = [];
       for (let p = 0; p < n; p++) if (p < sinks || p >= n - window) keep.push(p);
-      return Array.from({ length: seq.config.numKvHeads }, () => Int32Array.from(keep));
+      return { full: Array.from({ length: seq.config.numKvHeads }, () => Int32Array.from(keep)) };
     },
   };
 }
@@ -37,7 +44,7 @@ describe("KV policy hook", () => {
     const seen: number[] = [];
     const hook: KvPolicyHook = {
       ...windowHook(1, 3),
-      wantsAttention: () => true,
+      wantsAttention: () => "probs",
       observe: (_s, o) => {
         if (o.T === 1) seen.push(o.keyPositions[0].length);
       },
@@ -59,10 +66,34 @@ describe("KV policy hook", () => {
     expect(new Set(seen)).toEqual(new Set([5]));
   });
 
+  it("hot-set stats follow the selection, and only the difference moves", async () => {
+    const g = new Generator(model);
+    const s = g.submit("Once upon a time, there was a little girl named Lily. She", {
+      temperature: 0,
+      maxTokens: 20,
+      stopTokens: [],
+      policy: windowHook(2, 6),
+    });
+    let last = s.sequence.stats();
+    for await (const _ of s) last = s.sequence.stats();
+    const c = model.config;
+    // Each layer and kv head read 2 sinks + 6 recent old tokens + the new one.
+    expect(last.hotTokensPerHead).toBe(9);
+    expect(last.classes.full).toBe(9 * c.numLayers * c.numKvHeads);
+    expect(last.hotBytes).toBe(9 * c.numLayers * c.numKvHeads * 2 * c.headDim * 4);
+    expect(last.coldBytes).toBe(last.tokens * c.numLayers * c.numKvHeads * 2 * c.headDim * 4);
+    // First selection gathers 8 rows per head; each later step brings one row back (the
+    // previous step's token is already hot, one old recent token leaves).
+    expect(last.movedRows).toBeLessThanOrEqual(8 * c.numLayers * c.numKvHeads);
+  });
+
   it("a policy that breaks a rule fails only its own request, naming the policy and the rule", async () => {
     const dup: KvPolicyHook = {
       name: "dup",
-      select: (seq) => Array.from({ length: seq.config.numKvHeads }, () => Int32Array.of(0, 0)),
+      select: (seq, _l, st) =>
+        st.start > 0
+          ? { full: Array.from({ length: seq.config.numKvHeads }, () => Int32Array.of(0, 0)) }
+          : null,
     };
     const thrower: KvPolicyHook = {
       name: "thrower",
@@ -72,7 +103,9 @@ describe("KV policy hook", () => {
     };
     const future: KvPolicyHook = {
       name: "future",
-      select: (seq) => Array.from({ length: seq.config.numKvHeads }, () => Int32Array.of(seq.length)),
+      select: (seq, _l, st) => ({
+        full: Array.from({ length: seq.config.numKvHeads }, () => Int32Array.of(st.start)),
+      }),
     };
     const g = new Generator(model);
     const o = { temperature: 0, maxTokens: 10, stopTokens: [] };

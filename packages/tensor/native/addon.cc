@@ -74,12 +74,14 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// attention(q, k, v, cap, T, past, Hq, Hkv, D, scale, out, probs|null, scores|null)
+// attention(q, k, v, cap, T, past, Hq, Hkv, D, scale, out, probs|null, scores|null, scoreStart,
+//           vo|null, vcap, nV|null, w|null, mode)
 Napi::Value Attention(const Napi::CallbackInfo& info) {
   Args a{info};
   const int cap = a.integer(3, "cap"), T = a.integer(4, "T", 1), Hq = a.integer(6, "Hq", 1),
             Hkv = a.integer(7, "Hkv", 1), D = a.integer(8, "D", 1);
   const double scale = a.number(9, "scale");
+  const int scoreStart = a.integer(13, "scoreStart");
   if (!a.failed && Hq % Hkv != 0) a.fail("Hq must be a multiple of Hkv");
   int32_t* past = a.i32(5, "past", Hkv);
   int maxPast = 0;
@@ -96,8 +98,24 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   float* out = a.f32(10, "out", size_t(T) * Hq * D);
   float* probs = a.f32(11, "probs", size_t(Hq) * T * Lmax, true);
   float* scores = a.f32(12, "scores", size_t(Hq) * Lmax, true);
+  const int vcap = a.integer(15, "vcap");
+  const int mode = a.integer(18, "mode");
+  if (!a.failed && mode > 1) a.fail("mode must be 0 (literal) or 1 (mass)");
+  const float* vo = a.f32(14, "vo", size_t(Hkv) * vcap * D, true);
+  const int32_t* nV = nullptr;
+  const float* w = nullptr;
+  if (vo != nullptr && !a.failed) {
+    nV = a.i32(16, "nV", Hkv);
+    int vmax = 0;
+    for (int g = 0; g < Hkv && !a.failed; ++g) {
+      if (nV[g] < 0 || nV[g] > vcap) a.fail("nV[" + std::to_string(g) + "] outside [0, vcap]");
+      vmax = nV[g] > vmax ? nV[g] : vmax;
+    }
+    w = a.f32(17, "w", size_t(Hq) * T * vmax);
+  }
   if (a.failed) return info.Env().Undefined();
-  skv::attention_f32(q, k, v, cap, T, past, Hq, Hkv, D, static_cast<float>(scale), out, probs, scores);
+  skv::mixed_attention_f32(q, k, v, cap, T, past, Hq, Hkv, D, static_cast<float>(scale), vo, vcap, nV, w, mode, out,
+                           probs, scores, scoreStart);
   return info.Env().Undefined();
 }
 

@@ -44,57 +44,85 @@ inline void attend_row(const float* qr, const float* kh, const float* vh, int n,
 
 }  // namespace
 
-void attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past, int Hq,
-                   int Hkv, int D, float scale, float* out, float* probs, float* scores) {
+namespace {
+
+// Adds the V-only contribution of one (head, query row) to its output row.
+inline void add_vonly(float* o, const float* vh, int n, const float* w, int D, int mode) {
+  if (n == 0 && mode == 0) return;
+  float mass = 0.f;
+  for (int j = 0; j < n; ++j) mass += w[j];
+  if (mode == 1) {
+    const float keep = 1.f - mass;
+#pragma omp simd
+    for (int d = 0; d < D; ++d) o[d] *= keep;
+  }
+  for (int j = 0; j < n; ++j) {
+    const float p = w[j];
+    const float* vr = vh + static_cast<int64_t>(j) * D;
+#pragma omp simd
+    for (int d = 0; d < D; ++d) o[d] += p * vr[d];
+  }
+}
+
+}  // namespace
+
+void mixed_attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past, int Hq,
+                         int Hkv, int D, float scale, const float* vo, int vcap, const int32_t* nV, const float* w,
+                         int mode, float* out, float* probs, float* scores, int scoreStart) {
   const int group = Hq / Hkv;
-  int maxPast = 0;
-  for (int g = 0; g < Hkv; ++g) maxPast = std::max(maxPast, past[g]);
+  int maxPast = 0, vmax = 0;
+  for (int g = 0; g < Hkv; ++g) {
+    maxPast = std::max(maxPast, past[g]);
+    if (vo != nullptr) vmax = std::max(vmax, nV[g]);
+  }
   const int Lmax = maxPast + T;
   const int64_t headStride = static_cast<int64_t>(cap) * D;
+  const int64_t vStride = static_cast<int64_t>(vcap) * D;
+
+  auto row = [&](int h, int t, float* wbuf) {
+    const int g = h / group;
+    const int n = past[g] + t + 1;
+    float* o = out + (static_cast<int64_t>(t) * Hq + h) * D;
+    attend_row(q + (static_cast<int64_t>(t) * Hq + h) * D, k + g * headStride, v + g * headStride, n, D, scale, wbuf, o);
+    if (vo != nullptr) add_vonly(o, vo + g * vStride, nV[g], w + (static_cast<int64_t>(h) * T + t) * vmax, D, mode);
+    if (probs != nullptr) {
+      float* pr = probs + (static_cast<int64_t>(h) * T + t) * Lmax;
+      std::memcpy(pr, wbuf, sizeof(float) * n);
+      std::memset(pr + n, 0, sizeof(float) * (Lmax - n));
+    }
+    return n;
+  };
 
   if (scores != nullptr) {
     // Parallel over heads only: each head owns its score row, so accumulation is race-free.
 #pragma omp parallel
     {
-      std::vector<float> w(Lmax);
+      std::vector<float> wbuf(Lmax);
 #pragma omp for schedule(static)
       for (int h = 0; h < Hq; ++h) {
-        const int g = h / group;
         float* sr = scores + static_cast<int64_t>(h) * Lmax;
         for (int t = 0; t < T; ++t) {
-          const int n = past[g] + t + 1;
-          attend_row(q + (static_cast<int64_t>(t) * Hq + h) * D, k + g * headStride, v + g * headStride, n, D,
-                     scale, w.data(), out + (static_cast<int64_t>(t) * Hq + h) * D);
-          for (int j = 0; j < n; ++j) sr[j] += w[j];
-          if (probs != nullptr) {
-            float* pr = probs + (static_cast<int64_t>(h) * T + t) * Lmax;
-            std::memcpy(pr, w.data(), sizeof(float) * n);
-            std::memset(pr + n, 0, sizeof(float) * (Lmax - n));
-          }
+          const int n = row(h, t, wbuf.data());
+          if (t >= scoreStart)
+            for (int j = 0; j < n; ++j) sr[j] += wbuf[j];
         }
       }
     }
     return;
   }
-
 #pragma omp parallel
   {
-    std::vector<float> w(Lmax);
+    std::vector<float> wbuf(Lmax);
 #pragma omp for collapse(2) schedule(static)
-    for (int h = 0; h < Hq; ++h) {
-      for (int t = 0; t < T; ++t) {
-        const int g = h / group;
-        const int n = past[g] + t + 1;
-        attend_row(q + (static_cast<int64_t>(t) * Hq + h) * D, k + g * headStride, v + g * headStride, n, D, scale,
-                   w.data(), out + (static_cast<int64_t>(t) * Hq + h) * D);
-        if (probs != nullptr) {
-          float* pr = probs + (static_cast<int64_t>(h) * T + t) * Lmax;
-          std::memcpy(pr, w.data(), sizeof(float) * n);
-          std::memset(pr + n, 0, sizeof(float) * (Lmax - n));
-        }
-      }
-    }
+    for (int h = 0; h < Hq; ++h)
+      for (int t = 0; t < T; ++t) row(h, t, wbuf.data());
   }
+}
+
+void attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past, int Hq,
+                   int Hkv, int D, float scale, float* out, float* probs, float* scores, int scoreStart) {
+  mixed_attention_f32(q, k, v, cap, T, past, Hq, Hkv, D, scale, nullptr, 0, nullptr, nullptr, 0, out, probs, scores,
+                      scoreStart);
 }
 
 }  // namespace skv

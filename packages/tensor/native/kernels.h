@@ -16,10 +16,21 @@ void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta);
 // Query t of kv head g sees keys [0, past[g] + t] (past[g] keys precede the new ones).
 //   q[T][Hq][D], k/v[Hkv][cap][D], out[T][Hq][D]
 //   probs  (optional) [Hq][T][Lmax], Lmax = max(past)+T, zero beyond each row's length
-//   scores (optional) [Hq][Lmax], += column sums of the probabilities (fused H2O-style
-//          accumulation, so policies get scores without a materialised matrix)
+//   scores (optional) [Hq][Lmax], += column sums of the probabilities of query rows
+//          t >= scoreStart (fused H2O/SnapKV-style accumulation: no materialised matrix)
 void attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past,
-                   int Hq, int Hkv, int D, float scale, float* out, float* probs, float* scores);
+                   int Hq, int Hkv, int D, float scale, float* out, float* probs, float* scores, int scoreStart);
+
+// The mixed step shared by SmallKV and PoD: exact attention as above over the K+V rows,
+// plus V-only rows whose attention weights come from elsewhere (the small model, or the
+// first layer of a PoD block):
+//   vo[Hkv][vcap][D]   V-only rows, nV[g] of them for kv head g
+//   w[Hq][T][vmax]     their weights per query head and query row (vmax = max nV)
+//   mode 0 "literal":  o = O_exact + sum_k w_k v_k
+//   mode 1 "mass":     o = (1 - sum_k w_k) O_exact + sum_k w_k v_k
+void mixed_attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past,
+                         int Hq, int Hkv, int D, float scale, const float* vo, int vcap, const int32_t* nV,
+                         const float* w, int mode, float* out, float* probs, float* scores, int scoreStart);
 
 // Write T rows src[T][Hkv][D] into store[Hkv][cap][D] at slots dst[T].
 void kv_write_f32(float* store, int cap, int Hkv, int D, const float* src, int T, const int32_t* dst);

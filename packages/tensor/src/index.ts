@@ -8,9 +8,11 @@ export {
   cudaInfo,
   kvGather,
   kvWrite,
+  mixedAttention,
   rope,
   setThreads,
   sum,
   topk,
+  type VOnlyRows,
 } from "./ops.js";
 export * as reference from "./reference.js";

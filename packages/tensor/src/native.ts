@@ -19,6 +19,12 @@ export interface NativeBinding {
     out: Float32Array,
     probs: Float32Array | null,
     scores: Float32Array | null,
+    scoreStart: number,
+    vo: Float32Array | null,
+    vcap: number,
+    nV: Int32Array | null,
+    w: Float32Array | null,
+    mode: number,
   ): void;
   kvWrite(
     store: Float32Array,

@@ -37,6 +37,22 @@ export interface AttentionArgs {
   probs?: boolean | Float32Array;
   /** A buffer [Hq][Lmax] to which the column sums of the probabilities are added. */
   scores?: Float32Array;
+  /** Only query rows t >= scoreStart add to `scores` (an observation window; default 0). */
+  scoreStart?: number;
+  /** V-only rows with externally supplied weights (the SmallKV / PoD mixed step). */
+  vOnly?: VOnlyRows;
+}
+
+/** Tokens whose V is kept but whose attention weights come from elsewhere. */
+export interface VOnlyRows {
+  /** V rows [Hkv][cap][D]; kv head g uses rows [0, counts[g]). */
+  v: Float32Array;
+  cap: number;
+  counts: Int32Array;
+  /** Weights [Hq][T][vmax], vmax = max(counts): row (h, t) weights kv head g(h)'s V-only rows. */
+  weights: Float32Array;
+  /** "literal": O_exact + O_v (as the paper writes it); "mass": (1 - sum w) O_exact + O_v. */
+  mode: "literal" | "mass";
 }
 
 export interface AttentionResult {
@@ -74,8 +90,50 @@ export function attention(a: AttentionArgs): AttentionResult {
   else if (a.probs === true) probs = new Float32Array(Hq * T * Lmax);
   const scores = a.scores ? expectF32(op, "scores", a.scores, Hq * Lmax) : null;
   const scale = a.scale ?? 1 / Math.sqrt(D);
-  native.attention(a.q, a.k, a.v, cap, T, past, Hq, Hkv, D, scale, out, probs ?? null, scores);
+  const scoreStart = expectDim(op, "scoreStart", a.scoreStart ?? 0);
+  const vo = a.vOnly;
+  if (vo) {
+    expectDim(op, "vOnly.cap", vo.cap);
+    expectI32(op, "vOnly.counts", vo.counts, Hkv);
+    let vmax = 0;
+    for (let g = 0; g < Hkv; g++) {
+      if (vo.counts[g] < 0 || vo.counts[g] > vo.cap)
+        throw new TensorShapeError(op, `vOnly.counts[${g}] = ${vo.counts[g]} is outside [0, ${vo.cap}]`);
+      vmax = Math.max(vmax, vo.counts[g]);
+    }
+    expectF32(op, "vOnly.v", vo.v, Hkv * vo.cap * D);
+    expectF32(op, "vOnly.weights", vo.weights, Hq * T * vmax);
+    if (vo.mode !== "literal" && vo.mode !== "mass")
+      throw new TensorShapeError(op, `vOnly.mode must be "literal" or "mass"`);
+  }
+  native.attention(
+    a.q,
+    a.k,
+    a.v,
+    cap,
+    T,
+    past,
+    Hq,
+    Hkv,
+    D,
+    scale,
+    out,
+    probs ?? null,
+    scores,
+    scoreStart,
+    vo ? vo.v : null,
+    vo ? vo.cap : 0,
+    vo ? vo.counts : null,
+    vo ? vo.weights : null,
+    vo?.mode === "mass" ? 1 : 0,
+  );
   return { out, probs, Lmax };
+}
+
+/** The mixed step: exact attention over the K+V rows plus V-only rows with given weights. */
+export function mixedAttention(a: AttentionArgs & { vOnly: VOnlyRows }): AttentionResult {
+  if (!a.vOnly) throw new TensorShapeError("mixedAttention", "vOnly is required");
+  return attention(a);
 }
 
 /** Write rows src[T][Hkv][D] into store[Hkv][cap][D] at slots dst[T] (KV append). */

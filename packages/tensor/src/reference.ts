@@ -30,6 +30,14 @@ export interface AttentionRefArgs {
   Hkv: number;
   D: number;
   scale?: number;
+  scoreStart?: number;
+  vOnly?: {
+    v: Float32Array;
+    cap: number;
+    counts: Int32Array;
+    weights: Float32Array;
+    mode: "literal" | "mass";
+  };
 }
 
 export function attentionRef(a: AttentionRefArgs): {
@@ -66,8 +74,20 @@ export function attentionRef(a: AttentionRefArgs): {
       for (let j = 0; j < n; j++) {
         const p = logits[j] / sum;
         probs[(h * T + t) * Lmax + j] = p;
-        scores[h * Lmax + j] += p;
+        if (t >= (a.scoreStart ?? 0)) scores[h * Lmax + j] += p;
         for (let d = 0; d < D; d++) out[(t * Hq + h) * D + d] += p * v[(g * cap + j) * D + d];
+      }
+      const vo = a.vOnly;
+      if (vo) {
+        const vmax = Math.max(0, ...vo.counts);
+        let mass = 0;
+        for (let j = 0; j < vo.counts[g]; j++) mass += vo.weights[(h * T + t) * vmax + j];
+        for (let d = 0; d < D; d++) {
+          let o = out[(t * Hq + h) * D + d] * (vo.mode === "mass" ? 1 - mass : 1);
+          for (let j = 0; j < vo.counts[g]; j++)
+            o += vo.weights[(h * T + t) * vmax + j] * vo.v[(g * vo.cap + j) * D + d];
+          out[(t * Hq + h) * D + d] = o;
+        }
       }
     }
   }

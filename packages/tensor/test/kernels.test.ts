@@ -1,5 +1,15 @@
 import { describe, expect, it } from "vitest";
-import { attention, kvGather, kvWrite, reference, rope, sum, TensorShapeError, topk } from "../src/index.js";
+import {
+  attention,
+  kvGather,
+  kvWrite,
+  mixedAttention,
+  reference,
+  rope,
+  sum,
+  TensorShapeError,
+  topk,
+} from "../src/index.js";
 import { maxAbsDiff, randn, rng } from "./rand.js";
 
 describe("rope", () => {
@@ -189,5 +199,110 @@ describe("sum", () => {
       const x = randn(n, r);
       expect(sum(x)).toBeCloseTo(reference.sumRef(x), 3);
     }
+  });
+});
+
+describe("mixed attention (exact over C ∪ R plus weighted V-only rows)", () => {
+  const cases: Array<[string, number, number, number, number[], number[], number]> = [
+    // name, Hkv, group, D, past per kv head, V-only count per kv head, T
+    ["GQA 2, both parts", 2, 2, 8, [7, 4], [5, 3], 1],
+    ["GQA 4, D 64", 2, 4, 64, [11, 11], [9, 2], 1],
+    ["MHA, D 128, prefill rows", 3, 1, 128, [3, 5, 0], [4, 0, 6], 3],
+    ["empty M (no V-only rows)", 2, 2, 8, [6, 6], [0, 0], 1],
+    ["empty C (only the new token is exact)", 2, 4, 8, [0, 0], [7, 3], 1],
+  ];
+  for (const [name, Hkv, group, D, pastArr, counts, T] of cases) {
+    for (const mode of ["literal", "mass"] as const) {
+      it(`${name}, ${mode} mode, matches the reference to 1e-5`, () => {
+        const r = rng(name.length * 31 + (mode === "mass" ? 1 : 0));
+        const Hq = Hkv * group;
+        const past = Int32Array.from(pastArr);
+        const cap = Math.max(...pastArr) + T + 2;
+        const vcap = Math.max(1, ...counts) + 1;
+        const vmax = Math.max(0, ...counts);
+        const q = randn(T * Hq * D, r);
+        const k = randn(Hkv * cap * D, r, 0.5);
+        const v = randn(Hkv * cap * D, r);
+        const vOnly = {
+          v: randn(Hkv * vcap * D, r),
+          cap: vcap,
+          counts: Int32Array.from(counts),
+          weights: randn(Hq * T * Math.max(vmax, 1), r).map((x) => Math.abs(x) * 0.05),
+          mode,
+        };
+        const scores = new Float32Array(Hq * (Math.max(...pastArr) + T));
+        const got = mixedAttention({
+          q,
+          k,
+          v,
+          cap,
+          T,
+          past,
+          Hq,
+          Hkv,
+          D,
+          vOnly,
+          scores,
+          probs: true,
+          scoreStart: T - 1,
+        });
+        const want = reference.attentionRef({ q, k, v, cap, T, past, Hq, Hkv, D, vOnly, scoreStart: T - 1 });
+        expect(maxAbsDiff(got.out, want.out)).toBeLessThan(1e-5);
+        expect(maxAbsDiff(scores, want.scores)).toBeLessThan(1e-5);
+        // The V-only part really contributes (unless M is empty).
+        const exact = attention({ q, k, v, cap, T, past, Hq, Hkv, D });
+        if (vmax > 0) expect(maxAbsDiff(got.out, exact.out)).toBeGreaterThan(1e-3);
+        else if (mode === "literal") expect(maxAbsDiff(got.out, exact.out)).toBe(0);
+      });
+    }
+  }
+
+  it("mass mode with weights summing to 1 ignores the exact part", () => {
+    const [Hq, Hkv, D, T, cap] = [1, 1, 8, 1, 4];
+    const r = rng(77);
+    const vOnly = {
+      v: randn(3 * D, r),
+      cap: 3,
+      counts: Int32Array.of(2),
+      weights: Float32Array.of(0.25, 0.75),
+      mode: "mass" as const,
+    };
+    const { out } = mixedAttention({
+      q: randn(D, r),
+      k: randn(cap * D, r),
+      v: randn(cap * D, r),
+      cap,
+      T,
+      past: 2,
+      Hq,
+      Hkv,
+      D,
+      vOnly,
+    });
+    for (let d = 0; d < D; d++) expect(out[d]).toBeCloseTo(0.25 * vOnly.v[d] + 0.75 * vOnly.v[D + d], 5);
+  });
+
+  it("rejects V-only weights of the wrong size", () => {
+    const vOnly = {
+      v: new Float32Array(16),
+      cap: 2,
+      counts: Int32Array.of(2),
+      weights: new Float32Array(1),
+      mode: "mass" as const,
+    };
+    expect(() =>
+      mixedAttention({
+        q: new Float32Array(8),
+        k: new Float32Array(16),
+        v: new Float32Array(16),
+        cap: 2,
+        T: 1,
+        past: 1,
+        Hq: 1,
+        Hkv: 1,
+        D: 8,
+        vOnly,
+      }),
+    ).toThrow(/vOnly.weights/);
   });
 });
