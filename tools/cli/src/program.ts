@@ -1,7 +1,9 @@
+import { BudgetError, PolicyOptionError } from "@smallkv/policies";
 import { CheckpointError, ContextLengthError, InvalidOptionError, PolicyError } from "@smallkv/runner";
 import { TensorShapeError } from "@smallkv/tensor";
 import { Command, CommanderError } from "commander";
 import { registerBench } from "./commands/bench.js";
+import { registerCalibratePod } from "./commands/calibrate-pod.js";
 import { registerGenerate } from "./commands/generate.js";
 import { registerScore } from "./commands/score.js";
 
@@ -13,10 +15,19 @@ export function buildProgram(): Command {
   registerGenerate(program);
   registerScore(program);
   registerBench(program);
+  registerCalibratePod(program);
   return program;
 }
 
-const KNOWN = [CheckpointError, ContextLengthError, InvalidOptionError, PolicyError, TensorShapeError];
+const KNOWN = [
+  CheckpointError,
+  ContextLengthError,
+  InvalidOptionError,
+  PolicyError,
+  TensorShapeError,
+  BudgetError,
+  PolicyOptionError,
+];
 
 /** Run the CLI; returns the exit code. Known errors print one clear line, never a stack. */
 export async function main(argv: string[]): Promise<number> {

@@ -1,8 +1,10 @@
 import { Generator, Model, resolveModelDir } from "@smallkv/runner";
 import type { Command } from "commander";
 import { collect, floatArg, intArg, readStdin } from "../options.js";
+import { addPolicyOptions, formatStats, type PolicyCliOptions, policyFromCli } from "../policy-options.js";
 
-export interface GenerateCliOptions {
+export interface GenerateCliOptions extends PolicyCliOptions {
+  stats?: boolean;
   model: string;
   prompt?: string;
   maxTokens: number;
@@ -18,7 +20,7 @@ export interface GenerateCliOptions {
 }
 
 export function registerGenerate(program: Command): void {
-  program
+  const cmd = program
     .command("generate")
     .description("generate text from a prompt (or stdin)")
     .requiredOption("-m, --model <dir>", "checkpoint folder (or a model name under $SMALLKV_ASSETS/models)")
@@ -33,41 +35,56 @@ export function registerGenerate(program: Command): void {
     .option("--stop-token <id>", "stop token id (repeatable; default: the model's eos)", collect)
     .option("--json", "print one JSON object with token ids instead of streaming text")
     .option("--threads <n>", "CPU threads", intArg("--threads", 1))
-    .action(async (o: GenerateCliOptions) => {
-      const model = await Model.load(resolveModelDir(o.model), { threads: o.threads });
-      const prompt = o.prompt ?? (await readStdin());
-      const gen = new Generator(model);
-      const stream = gen.submit(prompt, {
-        maxTokens: o.maxTokens,
-        temperature: o.greedy ? 0 : o.temperature,
-        topK: o.topK,
-        topP: o.topP,
-        seed: o.seed,
-        stop: o.stop,
-        stopTokens: o.stopToken?.map(Number),
-      });
-      if (!o.json) {
-        for await (const ev of stream) process.stdout.write(ev.text);
-        process.stdout.write("\n");
-      }
-      const r = await stream.result;
-      if (r.error) throw r.error;
-      if (o.json) {
-        process.stdout.write(
-          `${JSON.stringify({
-            model: model.name,
-            prompt,
-            prompt_ids: r.promptTokens,
-            ids: r.tokens,
-            text: r.text,
-            finish_reason: r.finishReason,
-            usage: { prompt_tokens: r.promptTokens.length, completion_tokens: r.tokens.length },
-            timings: {
-              time_to_first_token_s: r.timeToFirstToken,
-              time_per_output_token_s: r.timePerOutputToken,
-            },
-          })}\n`,
-        );
-      }
+    .option(
+      "--stats",
+      "print hot/cold KV bytes and token classes per step (stderr; in --json, a per-step array)",
+    );
+  addPolicyOptions(cmd).action(async (o: GenerateCliOptions) => {
+    const policy = await policyFromCli(o);
+    const model = await Model.load(resolveModelDir(o.model), { threads: o.threads });
+    const prompt = o.prompt ?? (await readStdin());
+    const gen = new Generator(model);
+    const stream = gen.submit(prompt, {
+      maxTokens: o.maxTokens,
+      temperature: o.greedy ? 0 : o.temperature,
+      topK: o.topK,
+      topP: o.topP,
+      seed: o.seed,
+      stop: o.stop,
+      stopTokens: o.stopToken?.map(Number),
+      policy,
     });
+    const steps: ReturnType<typeof stream.sequence.stats>[] = [];
+    for await (const ev of stream) {
+      if (!o.json) process.stdout.write(ev.text);
+      if (o.stats && ev.token >= 0) {
+        const st = stream.sequence.stats();
+        steps.push(st);
+        if (!o.json) process.stderr.write(`${formatStats(steps.length, st)}\n`);
+      }
+    }
+    if (!o.json) process.stdout.write("\n");
+    const r = await stream.result;
+    if (r.error) throw r.error;
+    if (o.json) {
+      process.stdout.write(
+        `${JSON.stringify({
+          model: model.name,
+          prompt,
+          prompt_ids: r.promptTokens,
+          ids: r.tokens,
+          text: r.text,
+          finish_reason: r.finishReason,
+          usage: { prompt_tokens: r.promptTokens.length, completion_tokens: r.tokens.length },
+          policy: { name: policy.name, budget: policy.budget.toString(), options: policy.options },
+          kv_stats: stream.sequence.stats(),
+          ...(o.stats ? { steps } : {}),
+          timings: {
+            time_to_first_token_s: r.timeToFirstToken,
+            time_per_output_token_s: r.timePerOutputToken,
+          },
+        })}\n`,
+      );
+    }
+  });
 }

@@ -1,0 +1,30 @@
+import { definePolicy } from "../sdk.js";
+import { type EvictionState, evictionState, heavyPlusRecent } from "./eviction.js";
+
+/**
+ * H2O (Zhang et al. 2023): per kv head, accumulated attention (prefill plus every decode
+ * row) ranks the heavy hitters; keep them and a recent window (1:1), evict the rest for good.
+ * The scores come from the attention kernel's fused column-sum accumulation, so no
+ * attention matrix is materialised, not even in prefill.
+ */
+export const h2o = definePolicy<EvictionState, { heavyRatio: number }>({
+  name: "h2o",
+  description: "heavy hitters by accumulated attention + recent window, evicted for good",
+  options: { heavyRatio: 0.5 },
+  init: evictionState,
+  wantsAttention: () => ({ scores: true }),
+  observe: (ctx, obs) => ctx.state.scores.add(obs),
+  select(ctx) {
+    const heavy = Math.floor(ctx.oldBudget * ctx.options.heavyRatio);
+    return {
+      full: heavyPlusRecent(
+        ctx.state,
+        ctx.layer,
+        ctx.config.numKvHeads,
+        ctx.step.start,
+        heavy,
+        ctx.oldBudget - heavy,
+      ),
+    };
+  },
+});

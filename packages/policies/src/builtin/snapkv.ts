@@ -1,0 +1,92 @@
+import type { PolicyContext } from "../sdk.js";
+import { definePolicy } from "../sdk.js";
+import { avgPool, range, topPositions, union } from "../select.js";
+
+interface SnapState {
+  /** Prompt length (the first step's token count). */
+  prompt: number;
+  /** votes[layer][g][pos]: pooled attention of the observation window, prompt positions. */
+  votes: Float64Array[][];
+}
+
+type SnapOptions = { window: number; kernel: number };
+
+function snapInit(seq: { config: { numLayers: number } }): SnapState {
+  return { prompt: 0, votes: Array.from({ length: seq.config.numLayers }, () => []) };
+}
+
+function snapWants(ctx: PolicyContext<SnapState, SnapOptions>) {
+  // Only the prompt is voted on: the last `window` prompt queries, in the prefill step.
+  return ctx.step.start === 0
+    ? { scores: true as const, fromRow: Math.max(0, ctx.step.T - ctx.options.window) }
+    : false;
+}
+
+function snapObserve(
+  ctx: PolicyContext<SnapState, SnapOptions>,
+  obs: import("@smallkv/runner").AttentionObservation,
+): void {
+  const { numHeads: Hq, numKvHeads: Hkv } = ctx.config;
+  const group = Hq / Hkv;
+  const P = obs.T;
+  ctx.state.prompt = P;
+  const votes: Float64Array[] = [];
+  for (let g = 0; g < Hkv; g++) {
+    const v = new Float64Array(P);
+    for (let h = g * group; h < (g + 1) * group; h++)
+      for (let j = 0; j < P; j++) v[j] += obs.scores![h * obs.Lmax + j];
+    votes.push(avgPool(v, P, ctx.options.kernel));
+  }
+  ctx.state.votes[obs.layer] = votes;
+}
+
+/**
+ * Keep the observation window, every generated token, and the best-voted earlier prompt
+ * tokens; when the budget no longer holds all of them, the prompt picks go first, then
+ * the oldest generated tokens.
+ */
+function snapSelect(ctx: PolicyContext<SnapState, SnapOptions>) {
+  const { start } = ctx.step;
+  const P = Math.min(ctx.state.prompt, start);
+  const winStart = Math.max(0, P - ctx.options.window);
+  const B = ctx.oldBudget;
+  const full: Int32Array[] = [];
+  for (let g = 0; g < ctx.config.numKvHeads; g++) {
+    const mandatory = start - winStart; // window + generated
+    if (mandatory >= B) {
+      full.push(range(start - B, start));
+      continue;
+    }
+    const votes = ctx.state.votes[ctx.layer][g] ?? new Float64Array(P);
+    full.push(union(topPositions(votes, winStart, B - mandatory), range(winStart, start)));
+  }
+  return { full };
+}
+
+/** SnapKV (Li et al. 2024): the last prompt queries vote (pooled), prefill-time selection per kv head. */
+export const snapKv = definePolicy<SnapState, SnapOptions>({
+  name: "snapkv",
+  description: "observation-window votes with 1-D pooling at prefill; window and generated tokens kept",
+  options: { window: 32, kernel: 5 },
+  init: snapInit,
+  wantsAttention: snapWants,
+  observe: snapObserve,
+  select: snapSelect,
+});
+
+/** PyramidKV (Cai et al. 2024): SnapKV scoring with per-layer budgets decreasing linearly with depth. */
+export const pyramidKv = definePolicy<SnapState, SnapOptions & { beta: number }>({
+  name: "pyramidkv",
+  description: "SnapKV votes; layer budgets decreasing linearly from the bottom layer to the top (beta)",
+  options: { window: 32, kernel: 5, beta: 20 },
+  init: snapInit,
+  layerShare(layer, L, o) {
+    if (L === 1) return 1;
+    const min = 1 / o.beta;
+    const max = 2 - min;
+    return max - ((max - min) * layer) / (L - 1);
+  },
+  wantsAttention: snapWants,
+  observe: snapObserve,
+  select: snapSelect,
+});

@@ -1,0 +1,20 @@
+import { definePolicy } from "../sdk.js";
+import { everyHead, range, union } from "../select.js";
+
+/** StreamingLLM (Xiao et al. 2023): attention sinks plus a window of recent tokens. */
+export const streamingLlm = definePolicy({
+  name: "streamingllm",
+  description: "the first `sinks` tokens plus a window of the most recent ones",
+  options: { sinks: 4 },
+  select(ctx) {
+    const { start } = ctx.step;
+    const sinks = Math.min(ctx.options.sinks, ctx.oldBudget, start);
+    const window = ctx.oldBudget - sinks;
+    return {
+      full: everyHead(
+        ctx.config.numKvHeads,
+        union(range(0, sinks), range(Math.max(sinks, start - window), start)),
+      ),
+    };
+  },
+});

@@ -1,0 +1,83 @@
+import type { AttentionRequest } from "@smallkv/runner";
+import { ScoreTable } from "./scores.js";
+import { definePolicy, type OptionSchema, type PolicyContext, type PolicyFactory } from "./sdk.js";
+import { maskOf, range, topPositions, union } from "./select.js";
+
+export interface ScorerState {
+  /** Accumulated attention (filled when `accumulate` is set). */
+  scores: ScoreTable;
+  evicted: Uint8Array[][];
+}
+
+export interface ScorerDefinition<O extends OptionSchema> {
+  name: string;
+  description?: string;
+  options?: O;
+  /**
+   * Score of every old token (positions [0, step.start)) for kv head g: higher is kept.
+   * `ctx.state.scores` holds accumulated attention when `accumulate` is set.
+   */
+  score(ctx: PolicyContext<ScorerState, O>, g: number): ArrayLike<number>;
+  /** Accumulate attention: "all" rows (H2O-style), "last" row only, or none (default). */
+  accumulate?: "all" | "last" | "none";
+  /** Share of the budget kept as a recent window (default 0.25). */
+  recentRatio?: number;
+  /** Evicted tokens never return (default false: re-selected from the cold store each step). */
+  irreversible?: boolean;
+}
+
+/**
+ * The few-lines way to write a policy: give a score per token; the SDK keeps a recent
+ * window and the top-scoring tokens within the budget, per kv head, every step.
+ */
+export function scorerPolicy<O extends OptionSchema = Record<string, never>>(
+  def: ScorerDefinition<O>,
+): PolicyFactory<O> {
+  const acc = def.accumulate ?? "none";
+  return definePolicy<ScorerState, O>({
+    name: def.name,
+    description: def.description,
+    options: def.options,
+    init: (seq) => ({
+      scores: new ScoreTable(
+        seq.config.numLayers,
+        seq.config.numKvHeads,
+        seq.config.numHeads / seq.config.numKvHeads,
+      ),
+      evicted: Array.from({ length: seq.config.numLayers }, () =>
+        Array.from({ length: seq.config.numKvHeads }, () => new Uint8Array(0)),
+      ),
+    }),
+    wantsAttention: (ctx): AttentionRequest =>
+      acc === "none" ? false : { scores: true, fromRow: acc === "last" ? ctx.step.T - 1 : 0 },
+    observe: (ctx, obs) => {
+      if (acc === "last") ctx.state.scores.reset(obs.layer);
+      ctx.state.scores.add(obs);
+    },
+    select(ctx) {
+      const { start } = ctx.step;
+      const recent = Math.floor(ctx.oldBudget * (def.recentRatio ?? 0.25));
+      const rec = range(Math.max(0, start - recent), start);
+      const full: Int32Array[] = [];
+      for (let g = 0; g < ctx.config.numKvHeads; g++) {
+        const exclude = maskOf(start, rec);
+        let ev = ctx.state.evicted[ctx.layer][g];
+        if (def.irreversible) {
+          if (ev.length < start) {
+            const next = new Uint8Array(start * 2);
+            next.set(ev);
+            ctx.state.evicted[ctx.layer][g] = ev = next;
+          }
+          for (let p = 0; p < start; p++) if (ev[p]) exclude[p] = 1;
+        }
+        const keep = union(rec, topPositions(def.score(ctx, g), start, ctx.oldBudget - rec.length, exclude));
+        if (def.irreversible) {
+          const m = maskOf(start, keep);
+          for (let p = 0; p < start; p++) if (!m[p]) ev[p] = 1;
+        }
+        full.push(keep);
+      }
+      return { full };
+    },
+  });
+}

@@ -1,0 +1,63 @@
+import type { AttentionObservation } from "@smallkv/runner";
+
+/**
+ * Accumulated attention per layer and kv head over token positions (H2O-style column
+ * sums), fed from the runner's fused score observations: a query head adds into its kv
+ * head, so GQA selection uses the sum over the group.
+ */
+export class ScoreTable {
+  private readonly acc: Float64Array[][];
+
+  constructor(
+    numLayers: number,
+    private readonly numKvHeads: number,
+    private readonly group: number,
+  ) {
+    this.acc = Array.from({ length: numLayers }, () =>
+      Array.from({ length: numKvHeads }, () => new Float64Array(64)),
+    );
+  }
+
+  private ensure(layer: number, n: number): void {
+    const row = this.acc[layer];
+    for (let g = 0; g < this.numKvHeads; g++) {
+      if (row[g].length < n) {
+        const next = new Float64Array(Math.max(n, row[g].length * 2));
+        next.set(row[g]);
+        row[g] = next;
+      }
+    }
+  }
+
+  /** Add an observation's scores (or its probabilities' column sums) to the layer's table. */
+  add(obs: AttentionObservation, weight = 1): void {
+    const { layer, keyPositions, Lmax } = obs;
+    this.ensure(layer, obs.start + obs.T);
+    const src = obs.scores;
+    if (!src) throw new Error("ScoreTable.add needs an observation with scores");
+    for (let g = 0; g < this.numKvHeads; g++) {
+      const a = this.acc[layer][g];
+      const pos = keyPositions[g];
+      for (let h = g * this.group; h < (g + 1) * this.group; h++) {
+        const base = h * Lmax;
+        for (let j = 0; j < pos.length; j++) a[pos[j]] += weight * src[base + j];
+      }
+    }
+  }
+
+  /** Multiply the layer's scores by f (exponential decay: recent attention weighs more). */
+  scale(layer: number, f: number): void {
+    for (const a of this.acc[layer]) for (let i = 0; i < a.length; i++) a[i] *= f;
+  }
+
+  /** Zero the layer's scores. */
+  reset(layer: number): void {
+    for (const a of this.acc[layer]) a.fill(0);
+  }
+
+  /** Scores of kv head g over positions [0, n). */
+  get(layer: number, g: number, n: number): Float64Array {
+    this.ensure(layer, n);
+    return this.acc[layer][g].subarray(0, n);
+  }
+}

@@ -1,0 +1,185 @@
+import type {
+  AttentionObservation,
+  AttentionRequest,
+  KvPolicyHook,
+  LayerSelection,
+  ModelConfig,
+  Sequence,
+  StepInfo,
+} from "@smallkv/runner";
+import { Budget } from "./budget.js";
+import { PolicyOptionError } from "./errors.js";
+
+export type OptionValue = string | number | boolean;
+/** A policy's named options, given by their defaults (which also fix their types). */
+export type OptionSchema = Record<string, OptionValue>;
+
+/** Everything a policy sees when it decides for one layer at one step. */
+export interface PolicyContext<S, O extends OptionSchema> {
+  readonly seq: Sequence;
+  readonly layer: number;
+  readonly step: StepInfo;
+  readonly config: ModelConfig;
+  readonly options: O;
+  /** The policy's per-sequence state (from `init`). */
+  readonly state: S;
+  readonly totalBudget: Budget;
+  /** Cost units (tokens; V-only counts half) this layer's kv head may use at this step, the step's own tokens included. */
+  readonly budget: number;
+  /** What is left for old tokens (positions < step.start): budget - T, at least 0. */
+  readonly oldBudget: number;
+}
+
+export interface PolicyDefinition<S, O extends OptionSchema> {
+  readonly name: string;
+  readonly description?: string;
+  /** Named options with their defaults; `--policy-option k=v` values are parsed to the default's type. */
+  readonly options?: O;
+  /** The uncompressed reference (Full): keeps everything whatever the budget. */
+  readonly uncompressed?: boolean;
+  /**
+   * Tokens below which the policy may keep the whole cache (SmallKV delays its matching
+   * until the context reaches its window). Default 0.
+   */
+  warmupTokens?(options: O): number;
+  /** Per-sequence state, created at the sequence's first step. */
+  init?(seq: Sequence, options: O): S;
+  /** Relative budget of a layer (default 1 everywhere); normalised so that the mean over layers is 1. */
+  layerShare?(layer: number, numLayers: number, options: O): number;
+  wantsAttention?(ctx: PolicyContext<S, O>): AttentionRequest;
+  observe?(ctx: PolicyContext<S, O>, obs: AttentionObservation): void;
+  /**
+   * Decide what this layer reads at this step (old tokens only, per kv head). Called for
+   * decode-time steps whose budget does not cover every token; return null to keep all.
+   */
+  select(ctx: PolicyContext<S, O>): LayerSelection | null;
+  vOnlyWeights?(ctx: PolicyContext<S, O>, selection: LayerSelection): Float32Array;
+}
+
+/** A policy configured for one budget and options: what the runner drives. */
+export interface PolicyInstance<O extends OptionSchema = OptionSchema> extends KvPolicyHook {
+  readonly budget: Budget;
+  readonly options: O;
+  /** Budget of `layer` at sequence length n, in cost units per kv head. */
+  layerBudget(layer: number, n: number, numLayers: number): number;
+  /** Sequence length below which the policy may keep everything (see PolicyDefinition.warmupTokens). */
+  readonly warmupTokens: number;
+}
+
+export interface PolicyFactory<O extends OptionSchema = OptionSchema> {
+  readonly name: string;
+  readonly description: string;
+  readonly defaults: O;
+  create(config: {
+    budget: Budget | string | number;
+    options?: Partial<Record<keyof O, OptionValue>>;
+  }): PolicyInstance<O>;
+}
+
+/** Parse option values (strings from a CLI, or typed values) against the defaults' types. */
+export function parseOptions<O extends OptionSchema>(
+  policy: string,
+  defaults: O,
+  given: Record<string, OptionValue> = {},
+): O {
+  const out: Record<string, OptionValue> = { ...defaults };
+  for (const [k, v] of Object.entries(given)) {
+    if (v === undefined) continue;
+    if (!(k in defaults)) {
+      const known = Object.keys(defaults);
+      throw new PolicyOptionError(
+        policy,
+        `unknown option "${k}"${known.length ? `; options: ${known.join(", ")}` : " (it takes none)"}`,
+      );
+    }
+    const d = defaults[k];
+    if (typeof d === "number") {
+      const n = typeof v === "number" ? v : Number(v);
+      if (!Number.isFinite(n))
+        throw new PolicyOptionError(policy, `option "${k}" must be a number, got ${JSON.stringify(v)}`);
+      out[k] = n;
+    } else if (typeof d === "boolean") {
+      if (typeof v === "boolean") out[k] = v;
+      else if (v === "true" || v === "1") out[k] = true;
+      else if (v === "false" || v === "0") out[k] = false;
+      else
+        throw new PolicyOptionError(policy, `option "${k}" must be true or false, got ${JSON.stringify(v)}`);
+    } else out[k] = String(v);
+  }
+  return out as O;
+}
+
+/** Turn a policy definition into a factory of configured instances. */
+export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
+  def: PolicyDefinition<S, O>,
+): PolicyFactory<O> {
+  const defaults = (def.options ?? {}) as O;
+  return {
+    name: def.name,
+    description: def.description ?? "",
+    defaults,
+    create({ budget: b, options: given }) {
+      const budget = Budget.parse(b);
+      const options = parseOptions(def.name, defaults, given as Record<string, OptionValue>);
+      const states = new WeakMap<Sequence, S>();
+      let shares: number[] | null = null;
+      const shareOf = (layer: number, L: number) => {
+        if (!def.layerShare) return 1;
+        if (!shares || shares.length !== L) {
+          const raw = Array.from({ length: L }, (_, l) => Math.max(0, def.layerShare!(l, L, options)));
+          const mean = raw.reduce((a, x) => a + x, 0) / L;
+          shares = raw.map((x) => (mean > 0 ? x / mean : 1));
+        }
+        return shares[layer];
+      };
+      const layerBudget = (layer: number, n: number, L: number) =>
+        Math.floor(budget.tokensAt(n) * shareOf(layer, L) + 1e-9);
+      const ctx = (seq: Sequence, layer: number, step: StepInfo): PolicyContext<S, O> => {
+        let state = states.get(seq);
+        if (state === undefined && !states.has(seq)) {
+          state = def.init ? def.init(seq, options) : (undefined as S);
+          states.set(seq, state as S);
+        }
+        const lb = layerBudget(layer, step.start + step.T, seq.config.numLayers);
+        return {
+          seq,
+          layer,
+          step,
+          config: seq.config,
+          options,
+          state: state as S,
+          totalBudget: budget,
+          budget: lb,
+          oldBudget: Math.max(0, lb - step.T),
+        };
+      };
+      const hook: PolicyInstance<O> = {
+        name: def.name,
+        budget,
+        options,
+        layerBudget,
+        warmupTokens: def.uncompressed
+          ? Number.POSITIVE_INFINITY
+          : def.warmupTokens
+            ? def.warmupTokens(options)
+            : 0,
+        select(seq, layer, step) {
+          const c = ctx(seq, layer, step);
+          // The first step has no old tokens; a budget that covers every token is the full cache.
+          if (step.start === 0 || budget.coversAll(step.start + step.T)) return null;
+          return def.select(c);
+        },
+        release(seq) {
+          states.delete(seq);
+        },
+      };
+      if (def.wantsAttention)
+        hook.wantsAttention = (seq, layer, step) => def.wantsAttention!(ctx(seq, layer, step));
+      if (def.observe)
+        hook.observe = (seq, obs) => def.observe!(ctx(seq, obs.layer, { start: obs.start, T: obs.T }), obs);
+      if (def.vOnlyWeights)
+        hook.vOnlyWeights = (seq, layer, step, sel) => def.vOnlyWeights!(ctx(seq, layer, step), sel);
+      return hook;
+    },
+  };
+}

@@ -1,0 +1,67 @@
+import { topk } from "@smallkv/tensor";
+
+/** Positions [from, to) as an Int32Array. */
+export function range(from: number, to: number): Int32Array {
+  const n = Math.max(0, to - from);
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) out[i] = from + i;
+  return out;
+}
+
+/**
+ * The k positions in [0, n) with the highest scores, skipping excluded ones (mask = 1), in
+ * ascending position order. Ties go to the earlier position.
+ */
+export function topPositions(
+  scores: ArrayLike<number>,
+  n: number,
+  k: number,
+  exclude?: Uint8Array,
+): Int32Array {
+  if (k <= 0 || n <= 0) return new Int32Array(0);
+  const x = new Float32Array(n);
+  let available = 0;
+  for (let i = 0; i < n; i++) {
+    if (exclude?.[i]) x[i] = Number.NEGATIVE_INFINITY;
+    else {
+      x[i] = scores[i];
+      available++;
+    }
+  }
+  const kk = Math.min(k, available);
+  const idx = topk(x, n, kk);
+  return idx.sort();
+}
+
+/** A mask of length n with ones at the given positions. */
+export function maskOf(n: number, ...lists: ArrayLike<number>[]): Uint8Array {
+  const m = new Uint8Array(n);
+  for (const l of lists) for (let i = 0; i < l.length; i++) m[l[i]] = 1;
+  return m;
+}
+
+/** Merge sorted-or-not position lists into one ascending, duplicate-free list. */
+export function union(...lists: ArrayLike<number>[]): Int32Array {
+  const s = new Set<number>();
+  for (const l of lists) for (let i = 0; i < l.length; i++) s.add(l[i]);
+  return Int32Array.from(s).sort();
+}
+
+/** The same list for every kv head. */
+export function everyHead(numKvHeads: number, list: Int32Array): Int32Array[] {
+  return Array.from({ length: numKvHeads }, () => list);
+}
+
+/** 1-D average pooling with an odd kernel (SnapKV smooths its votes this way). */
+export function avgPool(x: ArrayLike<number>, n: number, kernel: number): Float64Array {
+  const out = new Float64Array(n);
+  const r = Math.floor(kernel / 2);
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = Math.max(0, i - r); j <= Math.min(n - 1, i + r); j++) {
+      s += x[j];
+    }
+    out[i] = s / kernel; // zero padding, as SnapKV's avg_pool1d (count_include_pad)
+  }
+  return out;
+}

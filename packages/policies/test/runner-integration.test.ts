@@ -1,0 +1,100 @@
+import { join } from "node:path";
+import { assetsDir, Generator, Model, PolicyError } from "@smallkv/runner";
+import { beforeAll, describe, expect, it } from "vitest";
+import {
+  Budget,
+  createPolicy,
+  definePolicy,
+  everyHead,
+  full,
+  loadPolicyModule,
+  range,
+} from "../src/index.js";
+import { runConformance } from "../src/testing/index.js";
+
+const LLM = join(assetsDir(), "models", "stories260K");
+
+describe("policies in the runner", () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await Model.load(LLM);
+  });
+
+  it("the Full policy's output is identical to the runner without a policy", async () => {
+    const g = new Generator(model);
+    const o = { temperature: 0, maxTokens: 80, stopTokens: [] };
+    const plain = await g.generate("Once upon a time, there was a dog", o);
+    const withFull = await g.generate("Once upon a time, there was a dog", {
+      ...o,
+      policy: full.create({ budget: 0.1 }),
+    });
+    expect(withFull.tokens).toEqual(plain.tokens);
+  });
+
+  for (const name of ["streamingllm", "h2o", "snapkv", "pyramidkv", "pyramidinfer", "tova", "pod"]) {
+    it(`${name}: hot bytes at 20% stay within the budget accounting and the budget is used`, async () => {
+      const g = new Generator(model);
+      const policy = await createPolicy(name, 0.2);
+      const s = g.submit(
+        "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends.",
+        {
+          temperature: 0,
+          maxTokens: 60,
+          stopTokens: [],
+          policy,
+        },
+      );
+      const c = model.config;
+      let maxRatio = 0;
+      let events = 0;
+      for await (const _ of s) {
+        const st = s.sequence.stats();
+        // The first event follows the prefill step, which reads every prompt token by design.
+        if (events++ === 0) continue;
+        // Budget (cost units per layer and kv head) at the step that just ran, plus the step's own token.
+        const allowed = Budget.parse(0.2).tokensAt(st.tokens);
+        maxRatio = Math.max(maxRatio, st.hotTokensPerHead / Math.max(allowed, 1));
+        expect(st.hotBytes).toBeLessThanOrEqual(
+          Math.max(allowed, 1) * c.numLayers * c.numKvHeads * 2 * c.headDim * 4,
+        );
+        expect(st.coldBytes).toBe(st.tokens * c.numLayers * c.numKvHeads * 2 * c.headDim * 4);
+      }
+      const r = await s.result;
+      expect(r.error).toBeUndefined();
+      expect(maxRatio).toBeGreaterThan(0.5); // the budget is used, not ignored
+      expect(maxRatio).toBeLessThanOrEqual(1);
+    });
+  }
+
+  it("an invalid policy is reported with its name and the broken rule; other sequences are unaffected", async () => {
+    const overBudget = definePolicy({
+      name: "hog",
+      select: (ctx) => ({ full: everyHead(ctx.config.numKvHeads, range(0, ctx.step.start + 1)) }),
+    });
+    const throws = definePolicy({
+      name: "thrower",
+      select: () => {
+        throw new Error("no scores yet");
+      },
+    });
+    const g = new Generator(model);
+    const o = { temperature: 0, maxTokens: 12, stopTokens: [] };
+    const [a, b, ok] = await Promise.all([
+      g.generate("Tom", { ...o, policy: overBudget.create({ budget: 0.5 }) }),
+      g.generate("Tom", { ...o, policy: throws.create({ budget: 0.5 }) }),
+      g.generate("Tom", { ...o, policy: full.create({ budget: 1 }) }),
+    ]);
+    expect(a.error).toBeInstanceOf(PolicyError);
+    expect(a.error!.message).toMatch(/policy "hog" broke rule "valid indices"/);
+    expect(b.error!.message).toBe('policy "thrower" broke rule "select": no scores yet');
+    expect(ok.error).toBeUndefined();
+    expect(ok.tokens.length).toBe(12);
+  });
+
+  it("the shipped example policy loads from its module and passes the kit", async () => {
+    const keyNorm = await loadPolicyModule(join(import.meta.dirname, "..", "examples", "key-norm.js"));
+    expect(keyNorm.name).toBe("key-norm");
+    const r = await runConformance(keyNorm);
+    expect(r.failures).toEqual([]);
+  });
+});

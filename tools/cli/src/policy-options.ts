@@ -1,0 +1,36 @@
+import { createPolicy, type PolicyInstance, parsePolicyOptions } from "@smallkv/policies";
+import type { KvStats } from "@smallkv/runner";
+import type { Command } from "commander";
+import { collect } from "./options.js";
+
+export interface PolicyCliOptions {
+  policy?: string;
+  budget?: string;
+  policyOption?: string[];
+}
+
+/** --policy, --budget, --policy-option on a command. */
+export function addPolicyOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      "--policy <name|path>",
+      "KV policy: full, streamingllm, h2o, snapkv, pyramidkv, pyramidinfer, tova, pod, smallkv, or a path to a module",
+      "full",
+    )
+    .option(
+      "--budget <fraction|tokens>",
+      "KV budget: a fraction of the length (0.2, 20%) or a token count (128)",
+      "1",
+    )
+    .option("--policy-option <k=v>", "policy option (repeatable)", collect);
+}
+
+export async function policyFromCli(o: PolicyCliOptions): Promise<PolicyInstance> {
+  const name = o.policy ?? "full";
+  return createPolicy(name, o.budget ?? "1", parsePolicyOptions(o.policyOption, name));
+}
+
+export function formatStats(step: number, s: KvStats): string {
+  const mib = (b: number) => (b / 2 ** 20).toFixed(3);
+  return `step ${String(step).padStart(4)}  tokens ${String(s.tokens).padStart(5)}  hot ${mib(s.hotBytes)} MiB  cold ${mib(s.coldBytes)} MiB  hot/cold ${(s.hotBytes / Math.max(1, s.coldBytes)).toFixed(3)}  K+V ${s.classes.full}  V-only ${s.classes.vOnly}  dropped ${s.classes.dropped}  moved ${s.movedRows}`;
+}
