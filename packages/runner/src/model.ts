@@ -239,7 +239,7 @@ export class Model {
       const past = Int32Array.from(sel.full, (s) => s.length);
       let vOnly: VOnlyRows | undefined;
       const vsel = sel.vOnly;
-      if (vsel && vsel.some((x) => x.length > 0)) {
+      if (vsel?.some((x) => x.length > 0)) {
         hot.vOnly.apply(vsel, [seq.kv.v[layer]], seq.kv.cap, start + T);
         try {
           // The hot set keeps its own slot order; weights come in selection order, so reorder.
