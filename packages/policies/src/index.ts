@@ -3,6 +3,7 @@ export { full } from "./builtin/full.js";
 export { h2o } from "./builtin/h2o.js";
 export { pod } from "./builtin/pod.js";
 export { pyramidInfer } from "./builtin/pyramid-infer.js";
+export { type SmallKvOptions, smallKv, splitBudget } from "./builtin/smallkv.js";
 export { pyramidKv, snapKv } from "./builtin/snapkv.js";
 export { streamingLlm } from "./builtin/streaming-llm.js";
 export { tova } from "./builtin/tova.js";

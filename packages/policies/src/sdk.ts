@@ -46,6 +46,10 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
   init?(seq: Sequence, options: O): S;
   /** Relative budget of a layer (default 1 everywhere); normalised so that the mean over layers is 1. */
   layerShare?(layer: number, numLayers: number, options: O): number;
+  /** Async work before a step (e.g. running models); ctx.layer is -1. */
+  prepare?(ctx: PolicyContext<S, O>): Promise<void> | void;
+  /** Token counts per class of the sequence at its last step (e.g. critical/recent/marginal). */
+  classCounts?(state: S): Record<string, number>;
   wantsAttention?(ctx: PolicyContext<S, O>): AttentionRequest;
   observe?(ctx: PolicyContext<S, O>, obs: AttentionObservation): void;
   /**
@@ -122,6 +126,8 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
       const budget = Budget.parse(b);
       const options = parseOptions(def.name, defaults, given as Record<string, OptionValue>);
       const states = new WeakMap<Sequence, S>();
+      const finalCounts = new WeakMap<Sequence, Record<string, number>>();
+
       let shares: number[] | null = null;
       const shareOf = (layer: number, L: number) => {
         if (!def.layerShare) return 1;
@@ -170,9 +176,18 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
           return def.select(c);
         },
         release(seq) {
+          const st = states.get(seq);
+          if (st !== undefined && def.classCounts) finalCounts.set(seq, def.classCounts(st));
           states.delete(seq);
         },
       };
+      if (def.prepare) hook.prepare = (seq, step) => def.prepare!(ctx(seq, 0, step));
+      if (def.classCounts) {
+        hook.classCounts = (seq) => {
+          const st = states.get(seq);
+          return st === undefined ? (finalCounts.get(seq) ?? {}) : def.classCounts!(st);
+        };
+      }
       if (def.wantsAttention)
         hook.wantsAttention = (seq, layer, step) => def.wantsAttention!(ctx(seq, layer, step));
       if (def.observe)

@@ -1,5 +1,5 @@
+import type { StepModel } from "./assisted.js";
 import { ContextLengthError, InvalidOptionError } from "./errors.js";
-import type { Model } from "./model.js";
 import type { KvPolicyHook } from "./policy-hook.js";
 import { logSoftmax, Sampler, type SamplingOptions } from "./sampler.js";
 import type { Sequence } from "./sequence.js";
@@ -86,7 +86,7 @@ export class Generator {
   private running = false;
 
   constructor(
-    readonly model: Model,
+    readonly model: StepModel,
     readonly opts: {
       maxBatch?: number;
       onStep?: (info: { batch: number; tokens: number; seconds: number }) => void;
@@ -299,7 +299,7 @@ export class Generator {
 
 /** Generate for several prompts in lockstep batched steps. */
 export async function generateBatch(
-  model: Model,
+  model: StepModel,
   prompts: (string | number[])[],
   o: GenerateOptions = {},
 ): Promise<GenerationResult[]> {

@@ -22,6 +22,13 @@ export class HotRows {
     private readonly D: number,
     /** Number of parallel buffers per row (2 for K and V, 1 for V only). */
     readonly planes: number,
+    /**
+     * Hot head -> cold kv head, when the hot set has its own rows per query head
+     * (per-query-head selection); null: hot head g is cold kv head g.
+     */
+    private readonly headMap: Int32Array | null = null,
+    /** Kv heads of the cold store and of appended rows (defaults to Hkv). */
+    private readonly srcHeads = Hkv,
   ) {
     this.count = new Int32Array(Hkv);
     this.buf = Array.from({ length: planes }, () => new Float32Array(0));
@@ -106,7 +113,28 @@ export class HotRows {
         off[g + 1] = off[g] + add[g].length;
         start[g] = this.count[g];
       }
-      this.buf.forEach((b, i) => kvGather(cold[i], ccap, b, this.cap, Hkv, D, idx, off, start));
+      if (!this.headMap)
+        this.buf.forEach((b, i) => kvGather(cold[i], ccap, b, this.cap, Hkv, D, idx, off, start));
+      else {
+        // Each hot head gathers from its own cold kv head: one single-head gather per head.
+        for (let g = 0; g < Hkv; g++) {
+          const src = this.headMap[g];
+          const one = Int32Array.of(0, off[g + 1] - off[g]);
+          this.buf.forEach((b, i) =>
+            kvGather(
+              cold[i].subarray(src * ccap * D, (src + 1) * ccap * D),
+              ccap,
+              b.subarray(g * this.cap * D, (g + 1) * this.cap * D),
+              this.cap,
+              1,
+              D,
+              idx.subarray(off[g], off[g + 1]),
+              one,
+              start.subarray(g, g + 1),
+            ),
+          );
+        }
+      }
       for (let g = 0; g < Hkv; g++) {
         for (const p of add[g]) {
           const s = this.count[g]++;
@@ -118,7 +146,7 @@ export class HotRows {
     }
   }
 
-  /** Append T new rows src[plane][T][Hkv][D] at positions start.. to every kv head. */
+  /** Append T new rows src[plane][T][srcHeads][D] at positions start.. to every hot head. */
   append(src: Float32Array[], start: number, T: number): void {
     const { Hkv, D } = this;
     this.ensurePositions(start + T);
@@ -128,8 +156,12 @@ export class HotRows {
     for (let g = 0; g < Hkv; g++) {
       for (let t = 0; t < T; t++) {
         const s = this.count[g] + t;
+        const sg = this.headMap ? this.headMap[g] : g;
         src.forEach((rows, i) => {
-          this.buf[i].set(rows.subarray((t * Hkv + g) * D, (t * Hkv + g + 1) * D), (g * this.cap + s) * D);
+          this.buf[i].set(
+            rows.subarray((t * this.srcHeads + sg) * D, (t * this.srcHeads + sg + 1) * D),
+            (g * this.cap + s) * D,
+          );
         });
         this.pos[g][s] = start + t;
         this.slotOf[g][start + t] = s + 1;

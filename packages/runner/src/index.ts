@@ -1,4 +1,5 @@
 export { assetsDir, resolveModelDir } from "./assets.js";
+export { AssistantMismatchError, AssistantState, AssistedModel, type StepModel } from "./assisted.js";
 export {
   type Architecture,
   type ModelConfig,

@@ -80,7 +80,7 @@ export class Model {
 
   /** A new empty sequence (its own KV cache) governed by `policy` (default: keep everything). */
   newSequence(policy?: KvPolicyHook): Sequence {
-    return new Sequence(this.config, policy);
+    return new Sequence(this.config, policy, this);
   }
 
   /** Run one step: append each input's tokens to its sequence and return the requested logits. */
@@ -105,6 +105,15 @@ export class Model {
       M += tokens.length;
     }
     if (M === 0) return [];
+    for (const { seq, tokens } of inputs) {
+      if (!seq.policy.prepare || seq.fault) continue;
+      try {
+        await seq.policy.prepare(seq, { start: seq.length, T: tokens.length });
+      } catch (e) {
+        seq.fault =
+          e instanceof PolicyError ? e : new PolicyError(seq.policy.name, "prepare", (e as Error).message);
+      }
+    }
 
     const x = new Float32Array(M * d);
     const positions = new Int32Array(M);
@@ -198,6 +207,11 @@ export class Model {
         seq.fault = new PolicyError(policy.name, "wantsAttention", (e as Error).message);
       }
     }
+    if (sel && (sel.perQueryHead ?? false) !== seq.hot[layer].perQuery) {
+      seq.hot[layer].full.release();
+      seq.hot[layer].vOnly.release();
+      seq.hot[layer] = seq.newHot(sel.perQueryHead ?? false);
+    }
     const hot = seq.hot[layer];
     let result: ReturnType<typeof attention>;
     let keyPositions: Int32Array[] = [];
@@ -233,6 +247,8 @@ export class Model {
       }
     } else {
       hot.active = true;
+      // Per-query-head selections attend with one hot "kv head" per query head.
+      const HkvHot = sel.perQueryHead ? Hq : Hkv;
       const cold = [seq.kv.k[layer], seq.kv.v[layer]];
       hot.full.apply(sel.full, cold, seq.kv.cap, start + T);
       hot.full.append([k, v], start, T);
@@ -299,7 +315,13 @@ export class Model {
     if (!policy.select) return null;
     try {
       const sel = policy.select(seq, layer, step);
-      if (sel) validateSelection(seq, sel, this.config.numKvHeads, step.start);
+      if (sel)
+        validateSelection(
+          seq,
+          sel,
+          sel.perQueryHead ? this.config.numHeads : this.config.numKvHeads,
+          step.start,
+        );
       return sel;
     } catch (e) {
       seq.fault = e instanceof PolicyError ? e : new PolicyError(policy.name, "select", (e as Error).message);
@@ -314,7 +336,8 @@ export class Model {
     sel: LayerSelection,
     rows: HotRows,
   ): Float32Array {
-    const { numHeads: Hq, numKvHeads: Hkv } = this.config;
+    const Hq = this.config.numHeads;
+    const Hkv = sel.perQueryHead ? Hq : this.config.numKvHeads;
     const group = Hq / Hkv;
     const vsel = sel.vOnly!;
     const vmax = Math.max(...vsel.map((x) => x.length));

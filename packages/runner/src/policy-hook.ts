@@ -14,6 +14,11 @@ export interface LayerSelection {
   vOnly?: Int32Array[];
   /** How the exact and V-only parts combine (default "mass"). */
   combine?: "literal" | "mass";
+  /**
+   * Lists are per query head (numHeads lists) instead of per kv head: each query head reads
+   * its own tokens, with its own hot rows (more hot memory under GQA; the stats show it).
+   */
+  perQueryHead?: boolean;
 }
 
 /** What a policy asks to see of a layer's attention at a step. */
@@ -55,6 +60,13 @@ export interface KvPolicyHook {
   vOnlyWeights?(seq: Sequence, layer: number, step: StepInfo, selection: LayerSelection): Float32Array;
   wantsAttention?(seq: Sequence, layer: number, step: StepInfo): AttentionRequest;
   observe?(seq: Sequence, obs: AttentionObservation): void;
+  /**
+   * Awaited before each step of the sequence, before any layer runs: the place for async
+   * work such as running models to match attention heads.
+   */
+  prepare?(seq: Sequence, step: StepInfo): Promise<void> | void;
+  /** Token counts by the policy's own classes at the last step (for stats and traces). */
+  classCounts?(seq: Sequence): Record<string, number>;
   /** Called when the sequence is released (free per-sequence state). */
   release?(seq: Sequence): void;
 }

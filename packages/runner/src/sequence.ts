@@ -1,6 +1,8 @@
+import type { AssistantState } from "./assisted.js";
 import type { ModelConfig } from "./config.js";
 import { HotRows } from "./hot-set.js";
 import { KvCache } from "./kv-cache.js";
+import type { Model } from "./model.js";
 import { fullCache, type KvPolicyHook } from "./policy-hook.js";
 
 let nextId = 1;
@@ -28,24 +30,45 @@ export class Sequence {
   /** Token ids seen so far (prompt and generated). */
   readonly tokens: number[] = [];
   /** Per layer: the K+V working set and the V-only rows, when the policy selects. */
-  readonly hot: { full: HotRows; vOnly: HotRows; active: boolean }[];
+  readonly hot: { full: HotRows; vOnly: HotRows; active: boolean; perQuery: boolean }[];
   released = false;
   /** Set when the sequence's policy failed; the generator ends the request with this error. */
   fault: Error | null = null;
   /** Free-form per-sequence state for the policy (the SDK keeps its accumulators here). */
   policyState: unknown = undefined;
   private finalStats: KvStats | null = null;
+  /** The assistant model's view, when the sequence belongs to an AssistedModel. */
+  assistant: AssistantState | null = null;
 
   constructor(
     readonly config: ModelConfig,
     readonly policy: KvPolicyHook = fullCache,
+    /** The model that owns this sequence's cache. */
+    readonly model: Model | null = null,
   ) {
     this.kv = new KvCache(config);
-    this.hot = Array.from({ length: config.numLayers }, () => ({
-      full: new HotRows(config.numKvHeads, config.headDim, 2),
-      vOnly: new HotRows(config.numKvHeads, config.headDim, 1),
+    this.hot = Array.from({ length: config.numLayers }, () => this.newHot(false));
+  }
+
+  /** A layer's hot rows: per kv head, or per query head (each mapped to its kv head). */
+  newHot(perQuery: boolean): { full: HotRows; vOnly: HotRows; active: boolean; perQuery: boolean } {
+    const c = this.config;
+    if (!perQuery) {
+      return {
+        full: new HotRows(c.numKvHeads, c.headDim, 2),
+        vOnly: new HotRows(c.numKvHeads, c.headDim, 1),
+        active: false,
+        perQuery,
+      };
+    }
+    const group = c.numHeads / c.numKvHeads;
+    const map = Int32Array.from({ length: c.numHeads }, (_, h) => Math.floor(h / group));
+    return {
+      full: new HotRows(c.numHeads, c.headDim, 2, map, c.numKvHeads),
+      vOnly: new HotRows(c.numHeads, c.headDim, 1, map, c.numKvHeads),
       active: false,
-    }));
+      perQuery,
+    };
   }
 
   get length(): number {
@@ -69,12 +92,15 @@ export class Sequence {
         hotBytes += 2 * c.numKvHeads * n * rowBytes;
         continue;
       }
-      const f = h.full.rowsHeld();
-      const v = h.vOnly.rowsHeld();
+      const per = h.perQuery ? c.numHeads / c.numKvHeads : 1;
+      const f = h.full.rowsHeld() / per;
+      const v = h.vOnly.rowsHeld() / per;
+      hotBytes += (2 * f + v) * rowBytes * (per - 1);
       full += f;
       vOnly += v;
       hotBytes += (2 * f + v) * rowBytes;
     }
+    // Per-query-head layers hold group-many lists per kv head: count them per kv head.
     const slots = c.numLayers * c.numKvHeads * n;
     return {
       tokens: n,
@@ -90,6 +116,7 @@ export class Sequence {
   release(): void {
     if (this.released) return;
     this.finalStats = this.stats();
+    this.assistant?.seq.release();
     this.kv.release();
     for (const h of this.hot) {
       h.full.release();

@@ -30,7 +30,13 @@ export async function policyFromCli(o: PolicyCliOptions): Promise<PolicyInstance
   return createPolicy(name, o.budget ?? "1", parsePolicyOptions(o.policyOption, name));
 }
 
-export function formatStats(step: number, s: KvStats): string {
+export function formatStats(step: number, s: KvStats & { policyClasses?: Record<string, number> }): string {
   const mib = (b: number) => (b / 2 ** 20).toFixed(3);
-  return `step ${String(step).padStart(4)}  tokens ${String(s.tokens).padStart(5)}  hot ${mib(s.hotBytes)} MiB  cold ${mib(s.coldBytes)} MiB  hot/cold ${(s.hotBytes / Math.max(1, s.coldBytes)).toFixed(3)}  K+V ${s.classes.full}  V-only ${s.classes.vOnly}  dropped ${s.classes.dropped}  moved ${s.movedRows}`;
+  const pc =
+    s.policyClasses && Object.keys(s.policyClasses).length
+      ? `  [${Object.entries(s.policyClasses)
+          .map(([k, v]) => `${k} ${+v.toFixed(1)}`)
+          .join(", ")} per layer-head]`
+      : "";
+  return `step ${String(step).padStart(4)}  tokens ${String(s.tokens).padStart(5)}  hot ${mib(s.hotBytes)} MiB  cold ${mib(s.coldBytes)} MiB  hot/cold ${(s.hotBytes / Math.max(1, s.coldBytes)).toFixed(3)}  K+V ${s.classes.full}  V-only ${s.classes.vOnly}  dropped ${s.classes.dropped}  moved ${s.movedRows}${pc}`;
 }

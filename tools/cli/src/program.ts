@@ -1,5 +1,11 @@
 import { BudgetError, PolicyOptionError } from "@smallkv/policies";
-import { CheckpointError, ContextLengthError, InvalidOptionError, PolicyError } from "@smallkv/runner";
+import {
+  AssistantMismatchError,
+  CheckpointError,
+  ContextLengthError,
+  InvalidOptionError,
+  PolicyError,
+} from "@smallkv/runner";
 import { TensorShapeError } from "@smallkv/tensor";
 import { Command, CommanderError } from "commander";
 import { registerBench } from "./commands/bench.js";
@@ -27,6 +33,7 @@ const KNOWN = [
   TensorShapeError,
   BudgetError,
   PolicyOptionError,
+  AssistantMismatchError,
 ];
 
 /** Run the CLI; returns the exit code. Known errors print one clear line, never a stack. */

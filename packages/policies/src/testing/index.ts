@@ -5,6 +5,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  AssistedModel,
   assetsDir,
   type GenerationResult,
   Generator,
@@ -13,13 +14,14 @@ import {
   Model,
   type Sequence,
   type StepInfo,
+  type StepModel,
   writeSyntheticCheckpoint,
 } from "@smallkv/runner";
 import type { OptionValue, PolicyFactory, PolicyInstance } from "../sdk.js";
 
 export interface ConformanceOptions {
   /** The model to run on; default: a small synthetic Llama with GQA 4 and a 96-token context. */
-  model?: Model;
+  model?: StepModel;
   /** Budgets to check (default 10%, 30%, 60% and 6 tokens). */
   budgets?: (string | number)[];
   /** Policy options. */
@@ -44,26 +46,38 @@ export interface ConformanceReport {
 }
 
 let syntheticModel: Promise<Model> | null = null;
+let syntheticPair: Promise<AssistedModel> | null = null;
+
+async function synthetic(
+  name: string,
+  o: { hiddenSize: number; numLayers: number; numHeads: number; numKvHeads: number; seed: number },
+): Promise<Model> {
+  const dir = mkdtempSync(join(tmpdir(), `smallkv-conformance-${name}-`));
+  writeSyntheticCheckpoint(dir, {
+    ...o,
+    intermediateSize: o.hiddenSize * 2,
+    vocabSize: 512,
+    maxPositions: 96,
+    scale: 0.25,
+    tokenizerFrom: join(assetsDir(), "models", "stories260K"),
+  });
+  return Model.load(dir, { threads: 1 });
+}
 
 /** The kit's default model: small, GQA 4 (8 query heads on 2 kv heads), peaky attention, 96 positions. */
 export function conformanceModel(): Promise<Model> {
-  syntheticModel ??= (async () => {
-    const dir = mkdtempSync(join(tmpdir(), "smallkv-conformance-"));
-    writeSyntheticCheckpoint(dir, {
-      hiddenSize: 64,
-      intermediateSize: 96,
-      numLayers: 3,
-      numHeads: 8,
-      numKvHeads: 2,
-      vocabSize: 512,
-      maxPositions: 96,
-      scale: 0.25,
-      seed: 7,
-      tokenizerFrom: join(assetsDir(), "models", "stories260K"),
-    });
-    return Model.load(dir, { threads: 1 });
-  })();
+  syntheticModel ??= synthetic("llm", { hiddenSize: 64, numLayers: 3, numHeads: 8, numKvHeads: 2, seed: 7 });
   return syntheticModel;
+}
+
+/** The default model with a smaller assistant of the same tokenizer (for policies that need one). */
+export function conformancePair(): Promise<AssistedModel> {
+  syntheticPair ??= (async () =>
+    new AssistedModel(
+      await conformanceModel(),
+      await synthetic("slm", { hiddenSize: 32, numLayers: 2, numHeads: 4, numKvHeads: 2, seed: 8 }),
+    ))();
+  return syntheticPair;
 }
 
 interface Trace {
@@ -129,7 +143,7 @@ function instrument(hook: KvPolicyHook, instance: PolicyInstance, trace: Trace):
 }
 
 async function generate(
-  model: Model,
+  model: StepModel,
   factory: PolicyFactory,
   budget: string | number,
   o: ConformanceOptions,

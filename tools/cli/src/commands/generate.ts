@@ -1,11 +1,19 @@
-import { Generator, Model, resolveModelDir } from "@smallkv/runner";
+import {
+  AssistedModel,
+  Generator,
+  InvalidOptionError,
+  type KvStats,
+  Model,
+  resolveModelDir,
+  type StepModel,
+} from "@smallkv/runner";
 import type { Command } from "commander";
 import { collect, floatArg, intArg, readStdin } from "../options.js";
 import { addPolicyOptions, formatStats, type PolicyCliOptions, policyFromCli } from "../policy-options.js";
 
 export interface GenerateCliOptions extends PolicyCliOptions {
-  stats?: boolean;
   model: string;
+  assistant?: string;
   prompt?: string;
   maxTokens: number;
   greedy?: boolean;
@@ -17,6 +25,17 @@ export interface GenerateCliOptions extends PolicyCliOptions {
   stopToken?: string[];
   json?: boolean;
   threads?: number;
+  stats?: boolean;
+}
+
+/** Load the model, or the model with its assistant when one is given. */
+export async function loadStepModel(
+  model: string,
+  assistant: string | undefined,
+  threads?: number,
+): Promise<StepModel> {
+  const llm = await Model.load(resolveModelDir(model), { threads });
+  return assistant ? new AssistedModel(llm, await Model.load(resolveModelDir(assistant), { threads })) : llm;
 }
 
 export function registerGenerate(program: Command): void {
@@ -24,6 +43,10 @@ export function registerGenerate(program: Command): void {
     .command("generate")
     .description("generate text from a prompt (or stdin)")
     .requiredOption("-m, --model <dir>", "checkpoint folder (or a model name under $SMALLKV_ASSETS/models)")
+    .option(
+      "-a, --assistant <dir>",
+      "assistant model of the same family and tokenizer (needed by --policy smallkv)",
+    )
     .option("-p, --prompt <text>", "prompt text (default: read stdin)")
     .option("-n, --max-tokens <n>", "maximum new tokens", intArg("--max-tokens"), 128)
     .option("--greedy", "greedy decoding (temperature 0)")
@@ -37,14 +60,19 @@ export function registerGenerate(program: Command): void {
     .option("--threads <n>", "CPU threads", intArg("--threads", 1))
     .option(
       "--stats",
-      "print hot/cold KV bytes and token classes per step (stderr; in --json, a per-step array)",
+      "print hot/cold KV bytes and token classes per step (stderr; with --json, a per-step array)",
     );
   addPolicyOptions(cmd).action(async (o: GenerateCliOptions) => {
     const policy = await policyFromCli(o);
-    const model = await Model.load(resolveModelDir(o.model), { threads: o.threads });
+    if (policy.name === "smallkv" && !o.assistant) {
+      throw new InvalidOptionError(
+        "--assistant",
+        "the smallkv policy needs an assistant model (--assistant <dir>)",
+      );
+    }
+    const model = await loadStepModel(o.model, o.assistant, o.threads);
     const prompt = o.prompt ?? (await readStdin());
-    const gen = new Generator(model);
-    const stream = gen.submit(prompt, {
+    const stream = new Generator(model).submit(prompt, {
       maxTokens: o.maxTokens,
       temperature: o.greedy ? 0 : o.temperature,
       topK: o.topK,
@@ -54,11 +82,11 @@ export function registerGenerate(program: Command): void {
       stopTokens: o.stopToken?.map(Number),
       policy,
     });
-    const steps: ReturnType<typeof stream.sequence.stats>[] = [];
+    const steps: (KvStats & { policyClasses?: Record<string, number> })[] = [];
     for await (const ev of stream) {
       if (!o.json) process.stdout.write(ev.text);
       if (o.stats && ev.token >= 0) {
-        const st = stream.sequence.stats();
+        const st = { ...stream.sequence.stats(), policyClasses: policy.classCounts?.(stream.sequence) };
         steps.push(st);
         if (!o.json) process.stderr.write(`${formatStats(steps.length, st)}\n`);
       }
@@ -70,6 +98,7 @@ export function registerGenerate(program: Command): void {
       process.stdout.write(
         `${JSON.stringify({
           model: model.name,
+          assistant: o.assistant ?? null,
           prompt,
           prompt_ids: r.promptTokens,
           ids: r.tokens,
@@ -78,11 +107,11 @@ export function registerGenerate(program: Command): void {
           usage: { prompt_tokens: r.promptTokens.length, completion_tokens: r.tokens.length },
           policy: { name: policy.name, budget: policy.budget.toString(), options: policy.options },
           kv_stats: stream.sequence.stats(),
-          ...(o.stats ? { steps } : {}),
           timings: {
             time_to_first_token_s: r.timeToFirstToken,
             time_per_output_token_s: r.timePerOutputToken,
           },
+          ...(o.stats ? { steps } : {}),
         })}\n`,
       );
     }

@@ -1,0 +1,147 @@
+import { ContextLengthError, InvalidOptionError } from "./errors.js";
+import type { Model, StepInput, StepOutput } from "./model.js";
+import type { AttentionObservation, KvPolicyHook } from "./policy-hook.js";
+import type { Sequence } from "./sequence.js";
+import type { TextTokenizer } from "./tokenizer.js";
+
+/** What generation needs of a model: the plain Model and the LLM+assistant pair both qualify. */
+export interface StepModel {
+  readonly name: string;
+  readonly config: Model["config"];
+  readonly tokenizer: TextTokenizer;
+  newSequence(policy?: KvPolicyHook): Sequence;
+  forward(inputs: StepInput[]): Promise<StepOutput[]>;
+}
+
+/** Two models that cannot serve as a pair (different tokenizers or vocabularies). */
+export class AssistantMismatchError extends Error {
+  override readonly name = "AssistantMismatchError";
+}
+
+/**
+ * The assistant's view for one LLM sequence: its own sequence (full KV cache), its current
+ * attention rows and its accumulated attention, per SLM layer and query head.
+ */
+export class AssistantState {
+  /** rows[layer]: the current step's attention rows [h][T][n] (n = tokens so far), or null. */
+  readonly rows: (Float32Array | null)[];
+  rowsT = 0;
+  rowsN = 0;
+  /** scores[layer][h]: accumulated attention (prefill column sums + every decode row) per position. */
+  readonly scores: Float64Array[][];
+
+  constructor(
+    readonly model: Model,
+    readonly seq: Sequence,
+  ) {
+    const c = model.config;
+    this.rows = new Array(c.numLayers).fill(null);
+    this.scores = Array.from({ length: c.numLayers }, () =>
+      Array.from({ length: c.numHeads }, () => new Float64Array(64)),
+    );
+  }
+
+  /** Current attention row of SLM head h of `layer` for query row t (length rowsN). */
+  row(layer: number, h: number, t = this.rowsT - 1): Float32Array {
+    const r = this.rows[layer];
+    if (!r) throw new Error(`the assistant has no attention rows for layer ${layer} at this step`);
+    return r.subarray((h * this.rowsT + t) * this.rowsN, (h * this.rowsT + t + 1) * this.rowsN);
+  }
+
+  /** Accumulated attention of SLM head h of `layer` over positions [0, n). */
+  score(layer: number, h: number, n: number): Float64Array {
+    return this.scores[layer][h].subarray(0, n);
+  }
+
+  observe(o: AttentionObservation): void {
+    const H = this.model.config.numHeads;
+    const n = o.start + o.T;
+    const acc = this.scores[o.layer];
+    for (let h = 0; h < H; h++) {
+      if (acc[h].length < n) {
+        const next = new Float64Array(Math.max(n, acc[h].length * 2));
+        next.set(acc[h]);
+        acc[h] = next;
+      }
+    }
+    if (o.probs) {
+      this.rows[o.layer] = o.probs;
+      this.rowsT = o.T;
+      this.rowsN = o.Lmax;
+      for (let h = 0; h < H; h++) {
+        for (let t = 0; t < o.T; t++) {
+          const base = (h * o.T + t) * o.Lmax;
+          for (let j = 0; j < o.Lmax; j++) acc[h][j] += o.probs[base + j];
+        }
+      }
+    } else if (o.scores) {
+      this.rows[o.layer] = null;
+      for (let h = 0; h < H; h++) for (let j = 0; j < o.Lmax; j++) acc[h][j] += o.scores[h * o.Lmax + j];
+    }
+  }
+}
+
+/** Steps up to this many tokens give the policy the assistant's full rows; longer (prefill) steps only accumulate. */
+const ROWS_UP_TO = 16;
+
+/**
+ * An LLM with an assistant SLM of the same family and tokenizer. Each step runs the SLM on
+ * the same tokens first (its full KV cache, its attention observed), then the LLM, whose
+ * sequences carry `assistant` for their policy. Batched like the plain model.
+ */
+export class AssistedModel implements StepModel {
+  constructor(
+    readonly llm: Model,
+    readonly slm: Model,
+  ) {
+    const a = llm.tokenizer;
+    const b = slm.tokenizer;
+    if (a.fingerprint !== b.fingerprint || llm.config.vocabSize !== slm.config.vocabSize) {
+      throw new AssistantMismatchError(
+        `the assistant ${slm.name} does not share the tokenizer of ${llm.name} (tokenizer ${b.fingerprint} vs ${a.fingerprint}, vocab ${slm.config.vocabSize} vs ${llm.config.vocabSize}); SmallKV needs a same-family pair`,
+      );
+    }
+    if (slm.config.maxPositions < llm.config.maxPositions) {
+      throw new AssistantMismatchError(
+        `the assistant's context (${slm.config.maxPositions}) is shorter than the model's (${llm.config.maxPositions})`,
+      );
+    }
+  }
+
+  get name(): string {
+    return this.llm.name;
+  }
+  get config() {
+    return this.llm.config;
+  }
+  get tokenizer() {
+    return this.llm.tokenizer;
+  }
+
+  newSequence(policy?: KvPolicyHook): Sequence {
+    let state: AssistantState | null = null;
+    const observer: KvPolicyHook = {
+      name: "assistant-observer",
+      wantsAttention: (_s, _l, step) => (step.T <= ROWS_UP_TO ? "probs" : { scores: true }),
+      observe: (_s, o) => state!.observe(o),
+    };
+    const slmSeq = this.slm.newSequence(observer);
+    state = new AssistantState(this.slm, slmSeq);
+    const seq = this.llm.newSequence(policy);
+    seq.assistant = state;
+    return seq;
+  }
+
+  async forward(inputs: StepInput[]): Promise<StepOutput[]> {
+    for (const { seq, tokens } of inputs) {
+      if (!seq.assistant)
+        throw new InvalidOptionError("seq", `sequence ${seq.id} was not created by this AssistedModel`);
+      if (seq.length + tokens.length > this.config.maxPositions)
+        throw new ContextLengthError(seq.length + tokens.length, this.config.maxPositions);
+    }
+    await this.slm.forward(
+      inputs.map(({ seq, tokens }) => ({ seq: seq.assistant!.seq, tokens, logits: "none" as const })),
+    );
+    return this.llm.forward(inputs);
+  }
+}
