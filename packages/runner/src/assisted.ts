@@ -108,6 +108,9 @@ export class AssistedModel implements StepModel {
     }
   }
 
+  /** Seconds in the assistant's and the LLM's forward steps since construction. */
+  readonly timing = { slm: 0, llm: 0 };
+
   get name(): string {
     return this.llm.name;
   }
@@ -139,9 +142,16 @@ export class AssistedModel implements StepModel {
       if (seq.length + tokens.length > this.config.maxPositions)
         throw new ContextLengthError(seq.length + tokens.length, this.config.maxPositions);
     }
+    const t0 = performance.now();
     await this.slm.forward(
       inputs.map(({ seq, tokens }) => ({ seq: seq.assistant!.seq, tokens, logits: "none" as const })),
     );
-    return this.llm.forward(inputs);
+    const t1 = performance.now();
+    try {
+      return await this.llm.forward(inputs);
+    } finally {
+      this.timing.slm += (t1 - t0) / 1000;
+      this.timing.llm += (performance.now() - t1) / 1000;
+    }
   }
 }

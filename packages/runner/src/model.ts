@@ -46,6 +46,12 @@ export class Model {
     readonly parameters: number,
   ) {}
 
+  /**
+   * Seconds spent since load (or the last reset): whole forward steps, and the part of them
+   * inside KV policies (their callbacks and the hot-set moves they cause).
+   */
+  readonly timing = { forward: 0, policy: 0, steps: 0 };
+
   /** A short name for reports: the checkpoint folder's name. */
   get name(): string {
     return basename(this.dir);
@@ -105,6 +111,19 @@ export class Model {
       M += tokens.length;
     }
     if (M === 0) return [];
+    const t0 = performance.now();
+    try {
+      return await this.step(inputs, M);
+    } finally {
+      this.timing.forward += (performance.now() - t0) / 1000;
+      this.timing.steps++;
+    }
+  }
+
+  private async step(inputs: StepInput[], M: number): Promise<StepOutput[]> {
+    const c = this.config;
+    const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D, vocabSize: V } = c;
+    const tp = performance.now();
     for (const { seq, tokens } of inputs) {
       if (!seq.policy.prepare || seq.fault) continue;
       try {
@@ -114,6 +133,7 @@ export class Model {
           e instanceof PolicyError ? e : new PolicyError(seq.policy.name, "prepare", (e as Error).message);
       }
     }
+    this.timing.policy += (performance.now() - tp) / 1000;
 
     const x = new Float32Array(M * d);
     const positions = new Int32Array(M);
@@ -197,6 +217,8 @@ export class Model {
     const start = seq.length;
     const step = { start, T };
     seq.kv.write(layer, k, v, start, T);
+    // Time in the policy and its hot-set moves (everything here but the attention kernel).
+    let tPolicy = performance.now();
     const policy = seq.policy;
     const sel = seq.fault ? null : this.selectFor(seq, layer, step);
     let request: AttentionRequest = false;
@@ -226,6 +248,7 @@ export class Model {
       }
       const L = start + T;
       if (typeof request === "object") scores = new Float32Array(Hq * L);
+      this.timing.policy += (performance.now() - tPolicy) / 1000;
       result = attention({
         q,
         k: seq.kv.k[layer],
@@ -241,6 +264,7 @@ export class Model {
         scores,
         scoreStart,
       });
+      tPolicy = performance.now();
       if (request) {
         const all = Int32Array.from({ length: L }, (_, i) => i);
         keyPositions = Array.from({ length: Hkv }, () => all);
@@ -274,6 +298,7 @@ export class Model {
       } else hot.vOnly.clear();
       const Lmax = Math.max(...past) + T;
       if (typeof request === "object") scores = new Float32Array(Hq * Lmax);
+      this.timing.policy += (performance.now() - tPolicy) / 1000;
       result = attention({
         q,
         k: hot.full.buf[0],
@@ -290,6 +315,7 @@ export class Model {
         scoreStart,
         vOnly,
       });
+      tPolicy = performance.now();
       if (request) keyPositions = Array.from({ length: Hkv }, (_, g) => hot.full.positions(g).slice());
     }
     if (request && policy.observe && !seq.fault) {
@@ -307,6 +333,7 @@ export class Model {
         seq.fault = new PolicyError(policy.name, "observe", (e as Error).message);
       }
     }
+    this.timing.policy += (performance.now() - tPolicy) / 1000;
   }
 
   /** The policy's selection for this layer and step, validated; a broken one faults the sequence. */

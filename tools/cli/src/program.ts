@@ -10,7 +10,10 @@ import { TensorShapeError } from "@smallkv/tensor";
 import { Command, CommanderError } from "commander";
 import { registerBench } from "./commands/bench.js";
 import { registerCalibratePod } from "./commands/calibrate-pod.js";
+import { registerEval } from "./commands/eval.js";
 import { registerGenerate } from "./commands/generate.js";
+import { registerMatch } from "./commands/match.js";
+import { registerResults } from "./commands/results.js";
 import { registerScore } from "./commands/score.js";
 
 export function buildProgram(): Command {
@@ -22,6 +25,10 @@ export function buildProgram(): Command {
   registerScore(program);
   registerBench(program);
   registerCalibratePod(program);
+  registerMatch(program);
+  registerEval(program);
+  registerResults(program);
+
   return program;
 }
 

@@ -1,7 +1,7 @@
 import { availableParallelism, cpus } from "node:os";
+import { LLM_100M, LLM_SMALL, randomTokens, syntheticCheckpoint, table, writeJson } from "@smallkv/eval";
 import { Model } from "@smallkv/runner";
 import { buildInfo, sum } from "@smallkv/tensor";
-import { LLM_100M, LLM_SMALL, randomTokens, syntheticCheckpoint, table, writeJson } from "../bench-util.js";
 
 interface Opts {
   small?: boolean;

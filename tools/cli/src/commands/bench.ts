@@ -1,9 +1,56 @@
+import { formatBench, runBench } from "@smallkv/eval";
 import type { Command } from "commander";
 import { intArg } from "../options.js";
 import { benchRunner } from "./bench-runner.js";
 
+const list = (v: string) =>
+  v
+    .split(",")
+    .map((x) => x.trim())
+    .filter(Boolean);
+const ints = (v: string) => list(v).map(Number);
+
 export function registerBench(program: Command): void {
-  const bench = program.command("bench").description("benchmarks (tables on stdout, JSON under --out)");
+  const bench = program
+    .command("bench")
+    .description("benchmarks (tables on stdout, JSON and plots under --out)");
+  bench
+    .command("kv", { isDefault: true })
+    .description(
+      "throughput and KV memory of policies (Full, H2O, SnapKV, StreamingLLM, SmallKV, yours) on a synthetic ~100M LLM + ~10M assistant",
+    )
+    .option("--policies <list>", "policies by name or module path", "full,h2o,snapkv,streamingllm,smallkv")
+    .option("--budget <b>", "KV budget for every policy", "0.2")
+    .option("--batches <list>", "batch sizes", "1,8,16")
+    .option("--contexts <list>", "prompt lengths", "512,2048")
+    .option("--generate <n>", "generated tokens per sequence", intArg("--generate", 2), 128)
+    .option("--small", "small synthetic models (quick check)")
+    .option("--threads <n>", "CPU threads", intArg("--threads", 1))
+    .option("--out <dir>", "output folder", "bench-results")
+    .action(
+      async (o: {
+        policies: string;
+        budget: string;
+        batches: string;
+        contexts: string;
+        generate: number;
+        small?: boolean;
+        threads?: number;
+        out: string;
+      }) => {
+        const r = await runBench({
+          policies: list(o.policies),
+          budget: o.budget,
+          batches: ints(o.batches),
+          contexts: ints(o.contexts),
+          generate: o.generate,
+          small: o.small,
+          threads: o.threads,
+          out: o.out,
+        });
+        process.stdout.write(`${formatBench(r.rows)}\n\nJSON: ${r.json}\nplots: ${r.plots.join(", ")}\n`);
+      },
+    );
   bench
     .command("runner")
     .description(

@@ -3,8 +3,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { assetsDir, type SyntheticModelOptions, writeSyntheticCheckpoint } from "@smallkv/runner";
 
+export type Shape = Omit<SyntheticModelOptions, "tokenizerFrom">;
+
 /** A ~100M-parameter Llama layout (GQA 3:1), the benchmarks' "realistic" LLM. */
-export const LLM_100M: Omit<SyntheticModelOptions, "tokenizerFrom"> = {
+export const LLM_100M: Shape = {
   hiddenSize: 768,
   intermediateSize: 2048,
   numLayers: 12,
@@ -16,8 +18,21 @@ export const LLM_100M: Omit<SyntheticModelOptions, "tokenizerFrom"> = {
   seed: 100,
 };
 
-/** A small layout for quick runs (`--small`) and tests. */
-export const LLM_SMALL: Omit<SyntheticModelOptions, "tokenizerFrom"> = {
+/** Its assistant: same vocabulary and positions, about a tenth of the compute. */
+export const SLM_10M: Shape = {
+  hiddenSize: 256,
+  intermediateSize: 688,
+  numLayers: 6,
+  numHeads: 4,
+  numKvHeads: 2,
+  vocabSize: 32000,
+  maxPositions: 4096,
+  tieWordEmbeddings: true,
+  seed: 200,
+};
+
+/** Small layouts for quick runs (`--small`) and tests. */
+export const LLM_SMALL: Shape = {
   hiddenSize: 128,
   intermediateSize: 352,
   numLayers: 4,
@@ -28,9 +43,20 @@ export const LLM_SMALL: Omit<SyntheticModelOptions, "tokenizerFrom"> = {
   tieWordEmbeddings: true,
   seed: 101,
 };
+export const SLM_SMALL: Shape = {
+  hiddenSize: 64,
+  intermediateSize: 176,
+  numLayers: 2,
+  numHeads: 2,
+  numKvHeads: 1,
+  vocabSize: 2048,
+  maxPositions: 4096,
+  tieWordEmbeddings: true,
+  seed: 102,
+};
 
 /** Write (once) and return the folder of a synthetic checkpoint, cached under the temp dir. */
-export function syntheticCheckpoint(name: string, o: Omit<SyntheticModelOptions, "tokenizerFrom">): string {
+export function syntheticCheckpoint(name: string, o: Shape): string {
   const dir = join(process.env.SMALLKV_BENCH_CACHE ?? join(tmpdir(), "smallkv-bench"), name);
   const stamp = join(dir, "synthetic.json");
   const want = JSON.stringify(o);
@@ -49,27 +75,4 @@ export function randomTokens(n: number, vocab: number, seed: number): number[] {
     out.push(3 + (s % (vocab - 3)));
   }
   return out;
-}
-
-/** Render rows as an aligned text table. */
-export function table(headers: string[], rows: (string | number)[][]): string {
-  const cells = [headers, ...rows.map((r) => r.map((c) => (typeof c === "number" ? fmt(c) : c)))];
-  const w = headers.map((_, i) => Math.max(...cells.map((r) => String(r[i]).length)));
-  const line = (r: (string | number)[]) => r.map((c, i) => String(c).padStart(w[i])).join("  ");
-  return [line(cells[0]), w.map((x) => "-".repeat(x)).join("  "), ...cells.slice(1).map(line)].join("\n");
-}
-
-export function fmt(x: number): string {
-  if (!Number.isFinite(x)) return String(x);
-  if (Number.isInteger(x)) return String(x);
-  if (Math.abs(x) >= 100) return x.toFixed(0);
-  if (Math.abs(x) >= 1) return x.toFixed(2);
-  return x.toPrecision(3);
-}
-
-export function writeJson(outDir: string, file: string, data: unknown): string {
-  mkdirSync(outDir, { recursive: true });
-  const p = join(outDir, file);
-  writeFileSync(p, `${JSON.stringify(data, null, 2)}\n`);
-  return p;
 }

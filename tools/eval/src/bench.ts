@@ -1,0 +1,214 @@
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { type PolicyFactory, resolvePolicy } from "@smallkv/policies";
+import { AssistedModel, argmax, Model, type Sequence, type StepModel } from "@smallkv/runner";
+import { barSpec, renderPlot } from "./plots.js";
+import { LLM_100M, LLM_SMALL, randomTokens, SLM_10M, SLM_SMALL, syntheticCheckpoint } from "./synthetic.js";
+import { table, writeJson } from "./table.js";
+
+export interface BenchOptions {
+  /** Policies by name or module path (default: full, h2o, snapkv, streamingllm, smallkv). */
+  policies?: string[];
+  budget?: string | number;
+  batches?: number[];
+  contexts?: number[];
+  /** Generated tokens per sequence (the first comes from prefill). */
+  generate?: number;
+  small?: boolean;
+  threads?: number;
+  out?: string;
+  /** Progress lines (stderr). */
+  log?: (msg: string) => void;
+  plot?: boolean;
+}
+
+export interface BenchRow {
+  policy: string;
+  batch: number;
+  context: number;
+  generated: number;
+  /** Seconds: prefill step (all prompts of the batch in one step) = time to first token. */
+  ttft: number;
+  /** Seconds per decode step (one token for every sequence). */
+  tpot: number;
+  /** Generated tokens per second over decode steps, and end to end (prefill included). */
+  decodeTokensPerSecond: number;
+  tokensPerSecond: number;
+  peakHotBytes: number;
+  peakColdBytes: number;
+  assistantKvBytes: number;
+  /** Share of step time in the assistant (SmallKV) and in policy callbacks / hot-set moves. */
+  slmShare: number;
+  policyShare: number;
+  vsFull: number | null;
+  vsH2o: number | null;
+}
+
+async function runOne(
+  model: StepModel,
+  llm: Model,
+  factory: PolicyFactory,
+  budget: string | number,
+  B: number,
+  ctx: number,
+  G: number,
+  seed: number,
+) {
+  const V = model.config.vocabSize;
+  const seqs: Sequence[] = Array.from({ length: B }, () => model.newSequence(factory.create({ budget })));
+  const pair = model instanceof AssistedModel ? model : null;
+  const slm0 = pair ? pair.timing.slm : 0;
+  const llm0 = llm.timing.forward;
+  const pol0 = llm.timing.policy;
+  const t0 = performance.now();
+  let logits = await model.forward(seqs.map((seq, i) => ({ seq, tokens: randomTokens(ctx, V, seed + i) })));
+  const ttft = (performance.now() - t0) / 1000;
+  let peakHot = 0;
+  let peakCold = 0;
+  let assistantBytes = 0;
+  const t1 = performance.now();
+  for (let s = 1; s < G; s++) {
+    logits = await model.forward(seqs.map((seq, i) => ({ seq, tokens: [argmax(logits[i])] })));
+    let hot = 0;
+    let cold = 0;
+    let ab = 0;
+    for (const q of seqs) {
+      const st = q.stats();
+      hot += st.hotBytes;
+      cold += st.coldBytes;
+      if (q.assistant) ab += q.assistant.seq.stats().coldBytes;
+    }
+    peakHot = Math.max(peakHot, hot);
+    peakCold = Math.max(peakCold, cold);
+    assistantBytes = Math.max(assistantBytes, ab);
+  }
+  const decode = (performance.now() - t1) / 1000;
+  const fault = seqs.find((q) => q.fault)?.fault;
+  for (const q of seqs) q.release();
+  if (fault) throw fault;
+  const slm = pair ? pair.timing.slm - slm0 : 0;
+  const llmT = llm.timing.forward - llm0;
+  return {
+    ttft,
+    tpot: decode / Math.max(1, G - 1),
+    decodeTokensPerSecond: (B * (G - 1)) / decode,
+    tokensPerSecond: (B * G) / (ttft + decode),
+    peakHotBytes: peakHot,
+    peakColdBytes: peakCold,
+    assistantKvBytes: assistantBytes,
+    slmShare: slm / (slm + llmT),
+    policyShare: (llm.timing.policy - pol0) / llmT,
+  };
+}
+
+/** Throughput and memory of each policy on a synthetic ~100M LLM (+ ~10M assistant), batches x contexts. */
+export async function runBench(
+  o: BenchOptions = {},
+): Promise<{ rows: BenchRow[]; json: string; plots: string[] }> {
+  const log = o.log ?? ((m: string) => process.stderr.write(`${m}\n`));
+  const policies = o.policies ?? ["full", "h2o", "snapkv", "streamingllm", "smallkv"];
+  const budget = o.budget ?? 0.2;
+  const batches = o.batches ?? [1, 8, 16];
+  const contexts = o.contexts ?? [512, 2048];
+  const G = o.generate ?? 128;
+  log(`preparing synthetic checkpoints (${o.small ? "small" : "~100M LLM + ~10M assistant"})...`);
+  const llmDir = syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M);
+  const slmDir = syntheticCheckpoint(o.small ? "slm-small" : "slm-10m", o.small ? SLM_SMALL : SLM_10M);
+  const llm = await Model.load(llmDir, { threads: o.threads });
+  const slm = await Model.load(slmDir, { threads: o.threads });
+  const pair = new AssistedModel(llm, slm);
+  const factories = await Promise.all(policies.map((p) => resolvePolicy(p)));
+  const rows: BenchRow[] = [];
+  for (const ctx of contexts) {
+    for (const B of batches) {
+      const group: BenchRow[] = [];
+      for (const f of factories) {
+        log(`  ${f.name}: batch ${B}, context ${ctx} + ${G}`);
+        const model = f.name === "smallkv" ? pair : llm;
+        // SmallKV's matching window is the first 128 tokens; synthetic prompts are long enough.
+        const r = await runOne(model, llm, f, budget, B, ctx, G, 1000 * B + ctx);
+        group.push({ policy: f.name, batch: B, context: ctx, generated: G, ...r, vsFull: null, vsH2o: null });
+      }
+      const full = group.find((r) => r.policy === "full");
+      const h2o = group.find((r) => r.policy === "h2o");
+      for (const r of group) {
+        r.vsFull = full ? r.tokensPerSecond / full.tokensPerSecond : null;
+        r.vsH2o = h2o ? r.tokensPerSecond / h2o.tokensPerSecond : null;
+      }
+      rows.push(...group);
+    }
+  }
+  const out = o.out ?? "bench-results";
+  mkdirSync(out, { recursive: true });
+  const json = writeJson(out, "bench.json", {
+    kind: "smallkv.bench",
+    budget: String(budget),
+    llm: { dir: llmDir, parameters: llm.parameters, config: llm.config },
+    assistant: { dir: slmDir, parameters: slm.parameters, config: slm.config },
+    rows,
+  });
+  const plots: string[] = [];
+  if (o.plot !== false) {
+    const values = rows.map((r) => ({ ...r, scenario: `b${r.batch} x ${r.context}` }));
+    const p = await renderPlot(
+      barSpec({
+        title: `tokens/s at ${budget} budget (higher is better)`,
+        values,
+        group: "scenario",
+        series: "policy",
+        y: "tokensPerSecond",
+        yTitle: "tokens/s (end to end)",
+      }),
+      join(out, "bench-throughput"),
+    );
+    const m = await renderPlot(
+      barSpec({
+        title: "peak hot KV bytes (MiB)",
+        values: values.map((v) => ({ ...v, hotMiB: v.peakHotBytes / 2 ** 20 })),
+        group: "scenario",
+        series: "policy",
+        y: "hotMiB",
+        yTitle: "MiB",
+      }),
+      join(out, "bench-hot-bytes"),
+    );
+    plots.push(p.svg, p.png, m.svg, m.png);
+  }
+  return { rows, json, plots };
+}
+
+export function formatBench(rows: BenchRow[]): string {
+  const mib = (b: number) => b / 2 ** 20;
+  return table(
+    [
+      "policy",
+      "batch",
+      "context",
+      "TTFT s",
+      "TPOT s",
+      "tok/s",
+      "decode tok/s",
+      "hot MiB",
+      "cold MiB",
+      "SLM share",
+      "policy share",
+      "vs Full",
+      "vs H2O",
+    ],
+    rows.map((r) => [
+      r.policy,
+      r.batch,
+      r.context,
+      r.ttft,
+      r.tpot,
+      r.tokensPerSecond,
+      r.decodeTokensPerSecond,
+      mib(r.peakHotBytes),
+      mib(r.peakColdBytes),
+      r.slmShare,
+      r.policyShare,
+      r.vsFull,
+      r.vsH2o,
+    ]),
+  );
+}

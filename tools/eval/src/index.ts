@@ -1,0 +1,25 @@
+export { type BenchOptions, type BenchRow, formatBench, runBench } from "./bench.js";
+export { makeWindows, splitDocuments, type Window } from "./documents.js";
+export {
+  DEFAULT_BUDGETS,
+  DEFAULT_POLICIES,
+  type EvalOptions,
+  type EvalResult,
+  type EvalRow,
+  formatEval,
+  type Metrics,
+  parseSpec,
+  runEval,
+} from "./eval.js";
+export { barSpec, heatmapSpec, lineSpec, renderPlot } from "./plots.js";
+export { writeResultsPage } from "./results-page.js";
+export {
+  LLM_100M,
+  LLM_SMALL,
+  randomTokens,
+  type Shape,
+  SLM_10M,
+  SLM_SMALL,
+  syntheticCheckpoint,
+} from "./synthetic.js";
+export { fmt, markdownTable, table, writeJson } from "./table.js";

@@ -1,0 +1,41 @@
+import { existsSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { formatBench, runBench } from "../src/index.js";
+
+describe("smallkv bench", () => {
+  it("measures every policy on the grid with ratios to Full and H2O from the same run", async () => {
+    const out = mkdtempSync(join(tmpdir(), "smallkv-bench-"));
+    process.env.SMALLKV_BENCH_CACHE = join(out, "cache");
+    const r = await runBench({
+      small: true,
+      batches: [1, 2],
+      contexts: [160],
+      generate: 6,
+      out,
+      log: () => {},
+    });
+    const policies = ["full", "h2o", "snapkv", "streamingllm", "smallkv"];
+    expect(r.rows.map((x) => `${x.policy}/${x.batch}`)).toEqual(
+      [1, 2].flatMap((b) => policies.map((p) => `${p}/${b}`)),
+    );
+    for (const row of r.rows) {
+      expect(row.tokensPerSecond).toBeGreaterThan(0);
+      expect(row.ttft).toBeGreaterThan(0);
+      if (row.policy === "full") {
+        expect(row.vsFull).toBe(1);
+        expect(row.peakHotBytes).toBe(row.peakColdBytes);
+      } else {
+        expect(row.peakHotBytes).toBeLessThan(row.peakColdBytes * 0.3);
+      }
+      if (row.policy === "h2o") expect(row.vsH2o).toBe(1);
+      if (row.policy === "smallkv") {
+        expect(row.slmShare).toBeGreaterThan(0);
+        expect(row.assistantKvBytes).toBeGreaterThan(0);
+      } else expect(row.slmShare).toBe(0);
+    }
+    expect(formatBench(r.rows)).toMatch(/vs H2O/);
+    for (const p of r.plots) expect(existsSync(p)).toBe(true);
+  });
+});
