@@ -35,6 +35,8 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
   readonly description?: string;
   /** Named options with their defaults; `--policy-option k=v` values are parsed to the default's type. */
   readonly options?: O;
+  /** The policy reads the assistant model's attention (run it through an AssistedModel). */
+  readonly usesAssistant?: boolean;
   /** The uncompressed reference (Full): keeps everything whatever the budget. */
   readonly uncompressed?: boolean;
   /**
@@ -161,7 +163,9 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
       };
       const hook: PolicyInstance<O> = {
         name: def.name,
+        usesAssistant: def.usesAssistant ?? false,
         budget,
+
         options,
         layerBudget,
         warmupTokens: def.uncompressed

@@ -5,7 +5,6 @@ import { runConformance } from "../src/testing/index.js";
 describe("every built-in policy passes the conformance kit", () => {
   // SmallKV needs an assistant model: it runs the kit on a model pair in smallkv.test.ts.
   for (const [name, factory] of Object.entries(builtinPolicies).filter(([n]) => n !== "smallkv")) {
-
     it(name, async () => {
       const report = await runConformance(factory);
       expect(report.failures).toEqual([]);

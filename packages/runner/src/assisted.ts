@@ -122,7 +122,10 @@ export class AssistedModel implements StepModel {
   }
 
   newSequence(policy?: KvPolicyHook): Sequence {
+    // Sequences whose policy ignores the assistant cost nothing extra.
+    if (!policy?.usesAssistant) return this.llm.newSequence(policy);
     let state: AssistantState | null = null;
+
     const observer: KvPolicyHook = {
       name: "assistant-observer",
       wantsAttention: (_s, _l, step) => (step.T <= ROWS_UP_TO ? "probs" : { scores: true }),
@@ -137,15 +140,19 @@ export class AssistedModel implements StepModel {
 
   async forward(inputs: StepInput[]): Promise<StepOutput[]> {
     for (const { seq, tokens } of inputs) {
-      if (!seq.assistant)
+      if (seq.model !== this.llm)
         throw new InvalidOptionError("seq", `sequence ${seq.id} was not created by this AssistedModel`);
       if (seq.length + tokens.length > this.config.maxPositions)
         throw new ContextLengthError(seq.length + tokens.length, this.config.maxPositions);
     }
     const t0 = performance.now();
-    await this.slm.forward(
-      inputs.map(({ seq, tokens }) => ({ seq: seq.assistant!.seq, tokens, logits: "none" as const })),
-    );
+    const assisted = inputs.filter(({ seq }) => seq.assistant);
+    if (assisted.length) {
+      await this.slm.forward(
+        assisted.map(({ seq, tokens }) => ({ seq: seq.assistant!.seq, tokens, logits: "none" as const })),
+      );
+    }
+
     const t1 = performance.now();
     try {
       return await this.llm.forward(inputs);

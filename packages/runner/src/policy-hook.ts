@@ -51,6 +51,9 @@ export interface AttentionObservation {
  */
 export interface KvPolicyHook {
   readonly name: string;
+  /** The policy reads the assistant model's attention (an AssistedModel runs the SLM only for such sequences). */
+  readonly usesAssistant?: boolean;
+
   /**
    * Before layer `layer` attends at this step: the old tokens (positions < step.start)
    * each kv head reads. The step's own tokens are always read. null: every token.

@@ -117,7 +117,9 @@ export const smallKv = definePolicy<SmallKvState, SmallKvOptions>({
     windowFrom: DEFAULT_WINDOW.from,
     mapping: "",
   },
+  usesAssistant: true,
   warmupTokens: (o) => o.minContext,
+
   init(seq, o) {
     if (o.mode !== "mass" && o.mode !== "literal")
       throw new PolicyOptionError("smallkv", `mode must be mass or literal, got ${o.mode}`);
