@@ -15,6 +15,7 @@ import { registerGenerate } from "./commands/generate.js";
 import { registerMatch } from "./commands/match.js";
 import { registerResults } from "./commands/results.js";
 import { registerScore } from "./commands/score.js";
+import { registerServe } from "./commands/serve.js";
 
 export function buildProgram(): Command {
   const program = new Command("smallkv")
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerMatch(program);
   registerEval(program);
   registerResults(program);
+  registerServe(program);
 
   return program;
 }

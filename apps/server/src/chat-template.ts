@@ -1,0 +1,48 @@
+import { Template } from "@huggingface/jinja";
+import type { TextTokenizer } from "@smallkv/runner";
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+/**
+ * Chat prompts. A model whose tokenizer_config.json has a `chat_template` gets it rendered
+ * with Hugging Face's Jinja implementation (messages, add_generation_prompt, bos/eos). A model
+ * without one gets the documented plain fallback:
+ *
+ *     <bos>System: ...\nUser: ...\nAssistant: ...\nAssistant:
+ *
+ * (each message as "<Role>: <content>" on its own line, then "Assistant:").
+ */
+export class ChatFormatter {
+  private readonly template: Template | null;
+
+  constructor(private readonly tok: TextTokenizer) {
+    let t = tok.config.chat_template as unknown;
+    if (Array.isArray(t)) t = (t.find((x) => x?.name === "default") ?? t[0])?.template;
+    this.template = typeof t === "string" && t.trim() ? new Template(t) : null;
+  }
+
+  get hasTemplate(): boolean {
+    return this.template !== null;
+  }
+
+  /** Token ids of the rendered conversation, ready for generation. */
+  encode(messages: ChatMessage[]): number[] {
+    if (this.template) {
+      const tokenName = (v: unknown) =>
+        typeof v === "string" ? v : ((v as { content?: string } | undefined)?.content ?? "");
+      const text = this.template.render({
+        messages,
+        add_generation_prompt: true,
+        bos_token: tokenName(this.tok.config.bos_token),
+        eos_token: tokenName(this.tok.config.eos_token),
+      });
+      return this.tok.encode(text, false);
+    }
+    const cap = (r: string) => r.charAt(0).toUpperCase() + r.slice(1);
+    const text = `${messages.map((m) => `${cap(m.role)}: ${m.content}`).join("\n")}\nAssistant:`;
+    return this.tok.encode(text, true);
+  }
+}

@@ -1,0 +1,66 @@
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/** The server's Prometheus metrics (one registry per server instance). */
+export class ServerMetrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({
+    name: "smallkv_requests_total",
+    help: "HTTP requests by endpoint and status",
+    labelNames: ["endpoint", "status"],
+    registers: [this.registry],
+  });
+  readonly queueDepth = new Gauge({
+    name: "smallkv_queue_depth",
+    help: "requests waiting for a batch slot",
+    registers: [this.registry],
+  });
+  readonly running = new Gauge({
+    name: "smallkv_running_sequences",
+    help: "sequences in the running batch",
+    registers: [this.registry],
+  });
+  readonly ttft = new Histogram({
+    name: "smallkv_time_to_first_token_seconds",
+    help: "time from admission to the first generated token",
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
+  readonly tpot = new Histogram({
+    name: "smallkv_time_per_output_token_seconds",
+    help: "mean time per output token after the first, per request",
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+    registers: [this.registry],
+  });
+  readonly generatedTokens = new Counter({
+    name: "smallkv_generated_tokens_total",
+    help: "generated tokens",
+    registers: [this.registry],
+  });
+  readonly promptTokens = new Counter({
+    name: "smallkv_prompt_tokens_total",
+    help: "prompt tokens",
+    registers: [this.registry],
+  });
+  readonly hotBytes = new Gauge({
+    name: "smallkv_kv_hot_bytes",
+    help: "hot KV bytes of running sequences (what attention reads)",
+    registers: [this.registry],
+  });
+  readonly coldBytes = new Gauge({
+    name: "smallkv_kv_cold_bytes",
+    help: "cold KV bytes of running sequences (the full store)",
+    registers: [this.registry],
+  });
+  readonly policyRequests = new Counter({
+    name: "smallkv_policy_requests_total",
+    help: "generation requests by KV policy",
+    labelNames: ["policy"],
+    registers: [this.registry],
+  });
+  readonly finished = new Counter({
+    name: "smallkv_finished_total",
+    help: "generations by finish reason (stop, length, cancelled, timeout, error)",
+    labelNames: ["reason"],
+    registers: [this.registry],
+  });
+}
