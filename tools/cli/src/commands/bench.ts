@@ -2,6 +2,7 @@ import { formatBench, runBench } from "@smallkv/eval";
 import type { Command } from "commander";
 import { intArg } from "../options.js";
 import { benchRunner } from "./bench-runner.js";
+import { benchServer } from "./bench-server.js";
 
 const list = (v: string) =>
   v
@@ -51,6 +52,23 @@ export function registerBench(program: Command): void {
         process.stdout.write(`${formatBench(r.rows)}\n\nJSON: ${r.json}\nplots: ${r.plots.join(", ")}\n`);
       },
     );
+  bench
+    .command("server")
+    .description(
+      "bounded load runs against the reference server: requests/s, tokens/s, p50/p99 latency, errors",
+    )
+    .option("-m, --model <dir>", "model (when the server is started here)", "stories260K")
+    .option("-a, --assistant <dir>", "assistant (for smallkv)", "stories260K-slm")
+    .option("--policies <list>", "kv_policy of the requests", "full,smallkv")
+    .option("--budget <b>", "kv_budget of the requests", "0.2")
+    .option("--concurrency <list>", "concurrent clients", "1,8,32")
+    .option("--duration <s>", "seconds per run", intArg("--duration", 1), 10)
+    .option("--max-tokens <n>", "max_tokens per request", intArg("--max-tokens", 1), 64)
+    .option("--max-batch <n>", "server batch size", intArg("--max-batch", 1), 32)
+    .option("--max-queue <n>", "server queue", intArg("--max-queue"), 64)
+    .option("--url <url>", "an already running server instead of starting one")
+    .option("--out <dir>", "output folder", "bench-results")
+    .action(benchServer);
   bench
     .command("runner")
     .description(
