@@ -32,6 +32,11 @@ export interface SmallKvOptions {
   windowFrom: string;
   /** A saved head matching (smallkv match --out); empty: match each sequence on its own tokens. */
   mapping: string;
+  /**
+   * How accumulated SLM attention ranks tokens: "sum" (column sums, as the paper) or "mean"
+   * (column sums divided by the number of queries that could attend: no positional bias).
+   */
+  scores: string;
 }
 
 interface SmallKvState {
@@ -116,6 +121,7 @@ export const smallKv = definePolicy<SmallKvState, SmallKvOptions>({
     window: DEFAULT_WINDOW.size,
     windowFrom: DEFAULT_WINDOW.from,
     mapping: "",
+    scores: "sum",
   },
   usesAssistant: true,
   warmupTokens: (o) => o.minContext,
@@ -129,6 +135,8 @@ export const smallKv = definePolicy<SmallKvState, SmallKvOptions>({
       throw new PolicyOptionError("smallkv", `metric must be jaccard or cosine, got ${o.metric}`);
     if (o.windowFrom !== "first" && o.windowFrom !== "last")
       throw new PolicyOptionError("smallkv", `windowFrom must be first or last`);
+    if (o.scores !== "sum" && o.scores !== "mean")
+      throw new PolicyOptionError("smallkv", `scores must be sum or mean, got ${o.scores}`);
     parseSplit(o.split);
     const c = seq.config;
     return {
@@ -194,10 +202,13 @@ export const smallKv = definePolicy<SmallKvState, SmallKvOptions>({
     for (let g = 0; g < lists; g++) {
       // Rank by the matched SLM heads' accumulated attention (mean over the group's query heads).
       const score = new Float64Array(start);
+      // Rows the assistant has seen (this step's included): position p had rows - p queries.
+      const rows = a.seq.length;
+      const mean = o.scores === "mean";
       for (let h = g * group; h < (g + 1) * group; h++) {
         const sh = m.slmHeadOf(ctx.layer, h);
         const s = a.score(sh.layer, sh.head, start);
-        for (let p = 0; p < start; p++) score[p] += s[p] / group;
+        for (let p = 0; p < start; p++) score[p] += (mean ? s[p] / (rows - p) : s[p]) / group;
       }
       const exclude = maskOf(start, recent);
       let ev = ctx.state.evicted[ctx.layer][g];
