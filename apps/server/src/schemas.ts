@@ -105,6 +105,7 @@ export const detokenizeBody = {
   required: ["tokens"],
   properties: {
     model: { type: "string" },
-    tokens: { type: "array", items: { type: "integer", minimum: 0 } },
+    tokens: { type: "array", items: { type: "integer", minimum: 0 }, maxItems: 65536 },
+    per_token: { type: "boolean" },
   },
 };

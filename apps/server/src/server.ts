@@ -258,6 +258,8 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
       logprobs: topLogprobs,
       policy,
       timeoutMs: o.requestTimeoutMs ?? 120_000,
+      // The per-step trace is taken as each token is produced (the sequence moves on at once).
+      inspect: b.kv_trace && b.stream ? (seq, token) => traceOf(seq, policy, token) : undefined,
     };
     const job = scheduler.submit(prompt, opts);
     metrics.policyRequests.inc({ policy: policy.name });
@@ -437,12 +439,10 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
             ],
           };
     let first = true;
-    const stream = await job.started;
     for await (const ev of job) {
       if (res.destroyed) break;
       const c = chunk(ev.text, ev.token >= 0 ? ev : null, null, first);
-      if (b.kv_trace && stream)
-        (c as Record<string, unknown>).kv_trace = traceOf(stream.sequence, policy, ev);
+      if (ev.trace) (c as Record<string, unknown>).kv_trace = ev.trace;
       send(c);
       first = false;
     }
@@ -500,6 +500,9 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
           max_model_len: ctx,
           assistant: o.assistant?.name ?? null,
           kv_policies: Object.keys(policies),
+          num_layers: llm.config.numLayers,
+          num_heads: llm.config.numHeads,
+          num_kv_heads: llm.config.numKvHeads,
         },
       ],
     };
@@ -546,7 +549,7 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
       : llm.tokenizer.encode(b.prompt!, b.add_special_tokens ?? true);
     return { tokens, count: tokens.length, max_model_len: ctx };
   });
-  app.post<{ Body: { model?: string; tokens: number[] } }>(
+  app.post<{ Body: { model?: string; tokens: number[]; per_token?: boolean } }>(
     "/detokenize",
     { schema: { body: detokenizeBody } },
     async (req) => {
@@ -555,7 +558,11 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
       for (const t of req.body.tokens)
         if (t >= llm.config.vocabSize)
           throw badRequest(`token id ${t} is outside the vocabulary (${llm.config.vocabSize})`, "tokens");
-      return { prompt: llm.tokenizer.decode(req.body.tokens, false) };
+      // per_token: each token's own text as well (the playground's token strip).
+      const pieces = req.body.per_token
+        ? req.body.tokens.map((t) => llm.tokenizer.decode([t], false))
+        : undefined;
+      return { prompt: llm.tokenizer.decode(req.body.tokens, false), ...(pieces ? { pieces } : {}) };
     },
   );
 
@@ -606,12 +613,13 @@ function mergeLogprobs(parts: (Record<string, unknown> | null)[], kind: "complet
 }
 
 /** Per-step KV trace for the playground: stats, policy classes, and per layer/head token classes. */
-export function traceOf(seq: import("@smallkv/runner").Sequence, policy: PolicyInstance, ev: TokenEvent) {
+export function traceOf(seq: import("@smallkv/runner").Sequence, policy: PolicyInstance, token: number) {
   const st = seq.stats();
   return {
-    token: ev.token,
+    token,
     stats: st,
     policy_classes: policy.classCounts?.(seq) ?? {},
+    policy_state: policy.describe?.(seq) ?? {},
     layers: layerClasses(seq),
   };
 }

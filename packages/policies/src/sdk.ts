@@ -50,6 +50,8 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
   layerShare?(layer: number, numLayers: number, options: O): number;
   /** Async work before a step (e.g. running models); ctx.layer is -1. */
   prepare?(ctx: PolicyContext<S, O>): Promise<void> | void;
+  /** JSON-serialisable facts about the sequence's state (shown by traces and the playground). */
+  describe?(state: S): Record<string, unknown>;
   /** Token counts per class of the sequence at its last step (e.g. critical/recent/marginal). */
   classCounts?(state: S): Record<string, number>;
   wantsAttention?(ctx: PolicyContext<S, O>): AttentionRequest;
@@ -186,6 +188,12 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
         },
       };
       if (def.prepare) hook.prepare = (seq, step) => def.prepare!(ctx(seq, 0, step));
+      if (def.describe) {
+        hook.describe = (seq) => {
+          const st = states.get(seq);
+          return st === undefined ? {} : def.describe!(st);
+        };
+      }
       if (def.classCounts) {
         hook.classCounts = (seq) => {
           const st = states.get(seq);

@@ -20,6 +20,11 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
   /** Per-request wall-clock limit in ms. */
   timeoutMs?: number;
+  /**
+   * Called synchronously as each token is produced, while the sequence is exactly in the
+   * state that produced it; the return value travels with the event as `trace`.
+   */
+  inspect?: (seq: Sequence, token: number) => unknown;
 }
 
 export interface TokenEvent {
@@ -28,6 +33,8 @@ export interface TokenEvent {
   text: string;
   logprob?: number;
   topLogprobs?: { token: number; logprob: number }[];
+  /** What `inspect` returned for this token. */
+  trace?: unknown;
 }
 
 export type FinishReason = "stop" | "length" | "cancelled" | "timeout" | "error";
@@ -63,6 +70,7 @@ interface Active {
   stopTokens: Set<number>;
   maxTokens: number;
   logprobs: number | undefined;
+  inspect: GenerateOptions["inspect"];
   out: GenerationResult;
   queue: TokenEvent[];
   wake: (() => void) | null;
@@ -130,6 +138,7 @@ export class Generator {
       // Never past the context: generation ends with "length" there.
       maxTokens: Math.min(maxTokens, c.maxPositions - ids.length),
       logprobs: o.logprobs,
+      inspect: o.inspect,
       out: {
         promptTokens: ids,
         tokens: [],
@@ -256,6 +265,7 @@ export class Generator {
       }
       a.out.logprobs!.push({ token, logprob: ev.logprob, topLogprobs: ev.topLogprobs });
     }
+    if (a.inspect) ev.trace = a.inspect(a.seq, token);
     const { delta, stopped } = a.text.push(token);
     ev.text = delta;
     a.out.text += delta;

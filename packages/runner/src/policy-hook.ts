@@ -68,6 +68,8 @@ export interface KvPolicyHook {
    * work such as running models to match attention heads.
    */
   prepare?(seq: Sequence, step: StepInfo): Promise<void> | void;
+  /** What the policy knows about a sequence worth showing (e.g. SmallKV's head matching), JSON-serialisable. */
+  describe?(seq: Sequence): Record<string, unknown>;
   /** Token counts by the policy's own classes at the last step (for stats and traces). */
   classCounts?(seq: Sequence): Record<string, number>;
   /** Called when the sequence is released (free per-sequence state). */

@@ -44,6 +44,8 @@ interface SmallKvState {
   evicted: Uint8Array[][];
   counts: { critical: number; recent: number; marginal: number };
   layers: number;
+  /** Positions in the recent window at the last step (for traces). */
+  lastRecent: number;
 }
 
 /** Sizes (tokens) of the three classes for a budget of `total` cost units, `T` of them the step's own tokens. */
@@ -146,6 +148,7 @@ export const smallKv = definePolicy<SmallKvState, SmallKvOptions>({
       ),
       counts: { critical: 0, recent: 0, marginal: 0 },
       layers: c.numLayers,
+      lastRecent: 0,
     };
   },
   async prepare(ctx) {
@@ -178,6 +181,19 @@ export const smallKv = definePolicy<SmallKvState, SmallKvOptions>({
       { metric: o.metric as MatchMetric, topkRatio: o.topk },
     );
   },
+  describe: (s) => ({
+    matched: s.matching !== null,
+    // matching[layer][head] = [slmLayer, slmHead]
+    matching: s.matching
+      ? Array.from({ length: s.matching.llm.numLayers }, (_, l) =>
+          Array.from({ length: s.matching!.llm.numHeads }, (_, h) => {
+            const m = s.matching!.slmHeadOf(l, h);
+            return [m.layer, m.head];
+          }),
+        )
+      : null,
+    recent: s.lastRecent,
+  }),
   // Per layer and kv head (or query head), averaged over layers.
   classCounts: (s) => ({
     critical: s.counts.critical / s.layers,
@@ -197,6 +213,7 @@ export const smallKv = definePolicy<SmallKvState, SmallKvOptions>({
     const sizes = splitBudget(ctx.budget, T, parseSplit(o.split), o.marginal);
     const recentOld = Math.min(start, Math.max(0, sizes.recent - T));
     const recent = range(start - recentOld, start);
+    ctx.state.lastRecent = recentOld;
     const full: Int32Array[] = [];
     const vOnly: Int32Array[] = [];
     for (let g = 0; g < lists; g++) {

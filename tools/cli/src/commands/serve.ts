@@ -1,6 +1,6 @@
 import { parsePolicyOptions } from "@smallkv/policies";
 import { Model, resolveModelDir } from "@smallkv/runner";
-import { createServer } from "@smallkv/server";
+import { createServer, playground } from "@smallkv/server";
 import type { Command } from "commander";
 import { collect, intArg } from "../options.js";
 
@@ -68,6 +68,7 @@ export function registerServe(program: Command): void {
         requestTimeoutMs: o.timeout,
         bodyLimit: o.bodyLimit,
         logger: o.quiet ? false : { level: "info" },
+        plugins: [playground],
       });
       const address = await server.app.listen({ host: o.host, port: o.port });
       process.stderr.write(
