@@ -279,9 +279,8 @@ async function renderStep() {
           ? "recent"
           : "critical"
         : "dropped";
-    const el = document.createElement("span");
+    const el = document.createElement("li");
     el.className = `tok ${cls}`;
-    el.setAttribute("role", "listitem");
     el.title = `#${p} ${cls}`;
     el.textContent = texts[p] === "" ? "·" : texts[p];
     frag.append(el);
