@@ -69,22 +69,8 @@ describe("head matching on the shipped models", () => {
   });
 
   it("the trained assistant matches far better than a randomly initialised one of the same shape", async () => {
-    const { writeSyntheticCheckpoint } = await import("@smallkv/runner");
-    const dir = join(tmpdir(), `smallkv-random-slm-${process.pid}`);
-    const c = slm.config;
-    writeSyntheticCheckpoint(dir, {
-      hiddenSize: c.hiddenSize,
-      intermediateSize: c.intermediateSize,
-      numLayers: c.numLayers,
-      numHeads: c.numHeads,
-      numKvHeads: c.numKvHeads,
-      headDim: c.headDim,
-      vocabSize: c.vocabSize,
-      maxPositions: c.maxPositions,
-      tieWordEmbeddings: true,
-      seed: 12345,
-      tokenizerFrom: join(models, "stories260K"),
-    });
+    const { writeRandomTwin } = await import("@smallkv/runner");
+    const dir = writeRandomTwin(join(tmpdir(), `smallkv-random-slm-${process.pid}`), slm);
     const random = await Model.load(dir);
     const trained = (await matchModels(llm, slm, ids)).report();
     const control = (await matchModels(llm, random, ids)).report();

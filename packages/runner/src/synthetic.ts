@@ -119,3 +119,31 @@ export function writeSyntheticCheckpoint(
   }
   return t;
 }
+
+/**
+ * A randomly initialised checkpoint with the shape and tokenizer of a loaded model (a control
+ * for similarity measurements: same architecture, nothing learned). Returns its folder.
+ */
+export function writeRandomTwin(
+  dir: string,
+  model: { dir: string; config: import("./config.js").ModelConfig },
+  seed = 12345,
+): string {
+  const c = model.config;
+  writeSyntheticCheckpoint(dir, {
+    architecture: c.architecture,
+    hiddenSize: c.hiddenSize,
+    intermediateSize: c.intermediateSize,
+    numLayers: c.numLayers,
+    numHeads: c.numHeads,
+    numKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    vocabSize: c.vocabSize,
+    maxPositions: c.maxPositions,
+    tieWordEmbeddings: c.tieWordEmbeddings,
+    qkvBias: c.qkvBias,
+    seed,
+    tokenizerFrom: model.dir,
+  });
+  return dir;
+}

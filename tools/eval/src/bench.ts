@@ -177,10 +177,11 @@ export async function runBench(
   return { rows, json, plots };
 }
 
-export function formatBench(rows: BenchRow[]): string {
+/** The bench table's columns and rows (shared by the terminal table and the results page). */
+export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string | number | null)[][] } {
   const mib = (b: number) => b / 2 ** 20;
-  return table(
-    [
+  return {
+    headers: [
       "policy",
       "batch",
       "context",
@@ -188,14 +189,14 @@ export function formatBench(rows: BenchRow[]): string {
       "TPOT s",
       "tok/s",
       "decode tok/s",
-      "hot MiB",
-      "cold MiB",
+      "peak hot MiB",
+      "peak cold MiB",
       "SLM share",
       "policy share",
       "vs Full",
       "vs H2O",
     ],
-    rows.map((r) => [
+    rows: rows.map((r) => [
       r.policy,
       r.batch,
       r.context,
@@ -210,5 +211,10 @@ export function formatBench(rows: BenchRow[]): string {
       r.vsFull,
       r.vsH2o,
     ]),
-  );
+  };
+}
+
+export function formatBench(rows: BenchRow[]): string {
+  const t = benchTable(rows);
+  return table(t.headers, t.rows);
 }

@@ -1,6 +1,6 @@
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, relative } from "node:path";
-import type { BenchRow } from "./bench.js";
+import { type BenchRow, benchTable } from "./bench.js";
 import type { EvalResult } from "./eval.js";
 import { formatEval } from "./eval.js";
 import { fmt, markdownTable } from "./table.js";
@@ -94,42 +94,13 @@ export function writeResultsPage(o: { evalDir?: string; benchDir?: string; out: 
   if (benchJson && existsSync(benchJson)) {
     const b = JSON.parse(readFileSync(benchJson, "utf8"));
     const rows: BenchRow[] = b.rows;
-    const mib = (x: number) => x / 2 ** 20;
+    const bt = benchTable(rows);
     parts.push(
       "## Throughput and memory",
       "",
       `Synthetic LLM of ${fmt(b.llm.parameters / 1e6)}M parameters and assistant of ${fmt(b.assistant.parameters / 1e6)}M, random weights, budget ${b.budget} for every policy, greedy. Ratios are to Full and H2O in the same run.`,
       "",
-      markdownTable(
-        [
-          "policy",
-          "batch",
-          "context",
-          "TTFT s",
-          "TPOT s",
-          "tok/s",
-          "decode tok/s",
-          "peak hot MiB",
-          "peak cold MiB",
-          "SLM share",
-          "vs Full",
-          "vs H2O",
-        ],
-        rows.map((r) => [
-          r.policy,
-          r.batch,
-          r.context,
-          r.ttft,
-          r.tpot,
-          r.tokensPerSecond,
-          r.decodeTokensPerSecond,
-          mib(r.peakHotBytes),
-          mib(r.peakColdBytes),
-          r.slmShare,
-          r.vsFull,
-          r.vsH2o,
-        ]),
-      ),
+      markdownTable(bt.headers, bt.rows),
       "",
       img(join(o.benchDir!, "bench-throughput.png"), "throughput per policy"),
       "",

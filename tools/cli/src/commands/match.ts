@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { formatReport, type MatchMetric, matchingWindow, matchModels } from "@smallkv/matching";
-import { InvalidOptionError, Model, resolveModelDir, writeSyntheticCheckpoint } from "@smallkv/runner";
+import { InvalidOptionError, Model, resolveModelDir, writeRandomTwin } from "@smallkv/runner";
 import type { Command } from "commander";
 import { floatArg, intArg } from "../options.js";
 
@@ -60,22 +60,7 @@ export function registerMatch(program: Command): void {
       const report = matching.report();
       let control: ReturnType<typeof matching.report> | null = null;
       if (o.control) {
-        const c = slm.config;
-        const dir = mkdtempSync(join(tmpdir(), "smallkv-control-"));
-        writeSyntheticCheckpoint(dir, {
-          architecture: c.architecture,
-          hiddenSize: c.hiddenSize,
-          intermediateSize: c.intermediateSize,
-          numLayers: c.numLayers,
-          numHeads: c.numHeads,
-          numKvHeads: c.numKvHeads,
-          headDim: c.headDim,
-          vocabSize: c.vocabSize,
-          maxPositions: c.maxPositions,
-          tieWordEmbeddings: c.tieWordEmbeddings,
-          seed: 12345,
-          tokenizerFrom: slm.dir,
-        });
+        const dir = writeRandomTwin(mkdtempSync(join(tmpdir(), "smallkv-control-")), slm);
         control = (await matchModels(llm, await Model.load(dir), ids, opts)).report();
       }
       if (o.out) matching.save(o.out);
