@@ -346,7 +346,8 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
   return result;
 }
 
-async function plotEval(r: EvalResult, out: string): Promise<string[]> {
+/** Draw the eval plots (SVG + PNG) from a result into `out`. */
+export async function plotEval(r: EvalResult, out: string): Promise<string[]> {
   const values = r.rows.map((x) => ({ ...x, budgetPct: x.budget * 100 }));
   const files: string[] = [];
   const plots: [string, string, string, boolean][] = [

@@ -9,6 +9,7 @@ export {
   formatEval,
   type Metrics,
   parseSpec,
+  plotEval,
   runEval,
 } from "./eval.js";
 export { barSpec, heatmapSpec, lineSpec, renderPlot } from "./plots.js";

@@ -36,8 +36,8 @@ export function lineSpec(o: {
   return {
     $schema: "https://vega.github.io/schema/vega-lite/v5.json",
     title: o.title,
-    width: 420,
-    height: 260,
+    width: 460,
+    height: 280,
     data: { values: o.values },
     mark: { type: "line", point: true },
     encoding: {
@@ -53,8 +53,8 @@ export function lineSpec(o: {
         title: o.yTitle ?? o.y,
         scale: o.logY ? { type: "log" } : { zero: false },
       },
-      color: { field: o.series, type: "nominal", title: o.series },
-      strokeDash: { field: o.series, type: "nominal", legend: null },
+      color: { field: o.series, type: "nominal", title: o.series, legend: { labelLimit: 420 } },
+      strokeDash: { field: o.series, type: "nominal", title: o.series },
     },
   } as vl.TopLevelSpec;
 }

@@ -2,14 +2,14 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from
 import { basename, dirname, join, relative } from "node:path";
 import { type BenchRow, benchTable } from "./bench.js";
 import type { EvalResult } from "./eval.js";
-import { formatEval } from "./eval.js";
+import { formatEval, plotEval } from "./eval.js";
 import { fmt, markdownTable } from "./table.js";
 
 /**
  * Write docs/results.md from the JSON of `smallkv eval` and `smallkv bench` (and `bench
  * runner`), copying their PNG plots next to it. Missing inputs are noted, not invented.
  */
-export function writeResultsPage(o: { evalDir?: string; benchDir?: string; out: string }): string {
+export async function writeResultsPage(o: { evalDir?: string; benchDir?: string; out: string }): Promise<string> {
   const outDir = dirname(o.out);
   const assets = join(outDir, "results");
   mkdirSync(assets, { recursive: true });
@@ -43,6 +43,8 @@ export function writeResultsPage(o: { evalDir?: string; benchDir?: string; out: 
       plots: [],
       matchings: e.matchings,
     };
+    // Re-draw from the JSON so the page's plots always match its tables.
+    await plotEval(r, o.evalDir!);
     parts.push(
       "## Quality vs budget",
       "",

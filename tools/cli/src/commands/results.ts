@@ -8,9 +8,8 @@ export function registerResults(program: Command): void {
     .option("--eval <dir>", "folder of smallkv eval's output", "eval-results")
     .option("--bench <dir>", "folder of smallkv bench's output", "bench-results")
     .option("--out <file>", "the page", "docs/results.md")
-    .action((o: { eval: string; bench: string; out: string }) => {
-      process.stdout.write(
-        `written ${writeResultsPage({ evalDir: o.eval, benchDir: o.bench, out: o.out })}\n`,
-      );
+    .action(async (o: { eval: string; bench: string; out: string }) => {
+      process.stdout.write(`written ${await writeResultsPage({ evalDir: o.eval, benchDir: o.bench, out: o.out })}\n`);
     });
+
 }
