@@ -96,7 +96,7 @@ export class Model {
   /** Run one step: append each input's tokens to its sequence and return the requested logits. */
   async forward(inputs: StepInput[]): Promise<StepOutput[]> {
     const c = this.config;
-    const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D, vocabSize: V } = c;
+    const V = c.vocabSize;
     const seen = new Set<Sequence>();
     let M = 0;
     for (const { seq, tokens } of inputs) {
@@ -311,7 +311,7 @@ export class Model {
         T,
         past,
         Hq,
-        Hkv,
+        Hkv: HkvHot,
         D,
         out,
         probs: wantProbs,
@@ -320,7 +320,7 @@ export class Model {
         vOnly,
       });
       tPolicy = performance.now();
-      if (request) keyPositions = Array.from({ length: Hkv }, (_, g) => hot.full.positions(g).slice());
+      if (request) keyPositions = Array.from({ length: HkvHot }, (_, g) => hot.full.positions(g).slice());
     }
     if (request && policy.observe && !seq.fault) {
       try {

@@ -124,3 +124,43 @@ describe("KV policy hook", () => {
     expect(good.tokens).toEqual((await g.generate("Once", o)).tokens);
   });
 });
+
+describe("per-query-head selection", () => {
+  it("query heads reading their kv head's tokens give exactly the per-kv-head result (each reads its own kv head's rows)", async () => {
+    const model = await Model.load(LLM);
+    const c = model.config;
+    const group = c.numHeads / c.numKvHeads;
+    // Different tokens per kv head, so reading the wrong head's rows would show.
+    const keep = (g: number, start: number) =>
+      Int32Array.from({ length: start }, (_, i) => i).filter((p) => p % (g + 2) === 0 || p >= start - 3);
+    const perKv: KvPolicyHook = {
+      name: "kv",
+      select: (_s, _l, st) =>
+        st.start ? { full: Array.from({ length: c.numKvHeads }, (_, g) => keep(g, st.start)) } : null,
+    };
+    const perQ: KvPolicyHook = {
+      name: "q",
+      select: (_s, _l, st) =>
+        st.start
+          ? {
+              full: Array.from({ length: c.numHeads }, (_, h) => keep(Math.floor(h / group), st.start)),
+              perQueryHead: true,
+            }
+          : null,
+    };
+    const g = new Generator(model);
+    const o = { temperature: 0, maxTokens: 24, stopTokens: [], logprobs: 0 };
+    const a = await g.generate("Once upon a time, there was a little girl named Lily. She loved", {
+      ...o,
+      policy: perKv,
+    });
+    const b = await g.generate("Once upon a time, there was a little girl named Lily. She loved", {
+      ...o,
+      policy: perQ,
+    });
+    expect(b.error).toBeUndefined();
+    expect(b.tokens).toEqual(a.tokens);
+    for (let i = 0; i < a.logprobs!.length; i++)
+      expect(Math.abs(b.logprobs![i].logprob - a.logprobs![i].logprob)).toBeLessThan(1e-4);
+  });
+});

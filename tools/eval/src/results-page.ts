@@ -9,7 +9,11 @@ import { fmt, markdownTable } from "./table.js";
  * Write docs/results.md from the JSON of `smallkv eval` and `smallkv bench` (and `bench
  * runner`), copying their PNG plots next to it. Missing inputs are noted, not invented.
  */
-export async function writeResultsPage(o: { evalDir?: string; benchDir?: string; out: string }): Promise<string> {
+export async function writeResultsPage(o: {
+  evalDir?: string;
+  benchDir?: string;
+  out: string;
+}): Promise<string> {
   const outDir = dirname(o.out);
   const assets = join(outDir, "results");
   mkdirSync(assets, { recursive: true });

@@ -9,7 +9,8 @@ export function registerResults(program: Command): void {
     .option("--bench <dir>", "folder of smallkv bench's output", "bench-results")
     .option("--out <file>", "the page", "docs/results.md")
     .action(async (o: { eval: string; bench: string; out: string }) => {
-      process.stdout.write(`written ${await writeResultsPage({ evalDir: o.eval, benchDir: o.bench, out: o.out })}\n`);
+      process.stdout.write(
+        `written ${await writeResultsPage({ evalDir: o.eval, benchDir: o.bench, out: o.out })}\n`,
+      );
     });
-
 }
