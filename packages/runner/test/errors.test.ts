@@ -18,6 +18,30 @@ function copyModel(): string {
   return dir;
 }
 
+/** A small checkpoint whose first F32 tensor is relabelled as `dtype` (header length unchanged). */
+function withRelabelledTensor(dtype: string): string {
+  const dir = tempDir();
+  writeSyntheticCheckpoint(dir, {
+    hiddenSize: 16,
+    intermediateSize: 16,
+    numLayers: 1,
+    numHeads: 2,
+    numKvHeads: 2,
+    vocabSize: 512,
+    maxPositions: 32,
+    tokenizerFrom: LLM,
+  });
+  const file = join(dir, "model.safetensors");
+  const buf = readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = buf
+    .subarray(8, 8 + n)
+    .toString("utf8")
+    .replace('"dtype":"F32"', `"dtype":"${dtype}"`);
+  writeFileSync(file, Buffer.concat([buf.subarray(0, 8), Buffer.from(header), buf.subarray(8 + n)]));
+  return dir;
+}
+
 async function loadError(dir: string): Promise<CheckpointError> {
   try {
     await Model.load(dir);
@@ -78,52 +102,14 @@ describe("bad checkpoints get clear, typed errors", () => {
   });
 
   it("dtype mismatch: byte range does not fit the declared dtype and shape", async () => {
-    const dir = tempDir();
-    writeSyntheticCheckpoint(dir, {
-      hiddenSize: 16,
-      intermediateSize: 16,
-      numLayers: 1,
-      numHeads: 2,
-      numKvHeads: 2,
-      vocabSize: 512,
-      maxPositions: 32,
-      tokenizerFrom: LLM,
-    });
-    const file = join(dir, "model.safetensors");
-    const buf = readFileSync(file);
-    const n = Number(buf.readBigUInt64LE(0));
-    // Relabel one F32 tensor as F16 (same byte count, wrong dtype), keeping the header length.
-    const header = buf
-      .subarray(8, 8 + n)
-      .toString("utf8")
-      .replace('"dtype":"F32"', '"dtype":"F16"');
-    writeFileSync(file, Buffer.concat([buf.subarray(0, 8), Buffer.from(header), buf.subarray(8 + n)]));
-    const e = await loadError(dir);
+    // Same byte count, wrong dtype.
+    const e = await loadError(withRelabelledTensor("F16"));
     expect(e.code).toBe("DTYPE_MISMATCH");
     expect(e.message).toMatch(/do not hold shape/);
   });
 
   it("unsupported dtype", async () => {
-    const dir = tempDir();
-    writeSyntheticCheckpoint(dir, {
-      hiddenSize: 16,
-      intermediateSize: 16,
-      numLayers: 1,
-      numHeads: 2,
-      numKvHeads: 2,
-      vocabSize: 512,
-      maxPositions: 32,
-      tokenizerFrom: LLM,
-    });
-    const file = join(dir, "model.safetensors");
-    const buf = readFileSync(file);
-    const n = Number(buf.readBigUInt64LE(0));
-    const header = buf
-      .subarray(8, 8 + n)
-      .toString("utf8")
-      .replace('"dtype":"F32"', '"dtype":"I32"');
-    writeFileSync(file, Buffer.concat([buf.subarray(0, 8), Buffer.from(header), buf.subarray(8 + n)]));
-    const e = await loadError(dir);
+    const e = await loadError(withRelabelledTensor("I32"));
     expect(e.code).toBe("DTYPE_MISMATCH");
     expect(e.message).toMatch(/I32/);
   });
