@@ -36,4 +36,4 @@ export {
   type PolicyInstance,
   parseOptions,
 } from "./sdk.js";
-export { avgPool, everyHead, maskOf, range, topPositions, union } from "./select.js";
+export { avgPool, Evictions, everyHead, maskOf, range, topPositions, union } from "./select.js";

@@ -1,12 +1,13 @@
 import type { AttentionRequest } from "@smallkv/runner";
 import { ScoreTable } from "./scores.js";
 import { definePolicy, type OptionSchema, type PolicyContext, type PolicyFactory } from "./sdk.js";
-import { maskOf, range, topPositions, union } from "./select.js";
+import { Evictions, maskOf, range, topPositions, union } from "./select.js";
 
 export interface ScorerState {
   /** Accumulated attention (filled when `accumulate` is set). */
   scores: ScoreTable;
-  evicted: Uint8Array[][];
+  /** Tokens gone for good (used when `irreversible`). */
+  evicted: Evictions;
 }
 
 export interface ScorerDefinition<O extends OptionSchema> {
@@ -44,9 +45,7 @@ export function scorerPolicy<O extends OptionSchema = Record<string, never>>(
         seq.config.numKvHeads,
         seq.config.numHeads / seq.config.numKvHeads,
       ),
-      evicted: Array.from({ length: seq.config.numLayers }, () =>
-        Array.from({ length: seq.config.numKvHeads }, () => new Uint8Array(0)),
-      ),
+      evicted: new Evictions(seq.config.numLayers, seq.config.numKvHeads),
     }),
     wantsAttention: (ctx): AttentionRequest =>
       acc === "none" ? false : { scores: true, fromRow: acc === "last" ? ctx.step.T - 1 : 0 },
@@ -61,20 +60,9 @@ export function scorerPolicy<O extends OptionSchema = Record<string, never>>(
       const full: Int32Array[] = [];
       for (let g = 0; g < ctx.config.numKvHeads; g++) {
         const exclude = maskOf(start, rec);
-        let ev = ctx.state.evicted[ctx.layer][g];
-        if (def.irreversible) {
-          if (ev.length < start) {
-            const next = new Uint8Array(start * 2);
-            next.set(ev);
-            ctx.state.evicted[ctx.layer][g] = ev = next;
-          }
-          for (let p = 0; p < start; p++) if (ev[p]) exclude[p] = 1;
-        }
+        if (def.irreversible) ctx.state.evicted.excludeInto(ctx.layer, g, exclude, start);
         const keep = union(rec, topPositions(def.score(ctx, g), start, ctx.oldBudget - rec.length, exclude));
-        if (def.irreversible) {
-          const m = maskOf(start, keep);
-          for (let p = 0; p < start; p++) if (!m[p]) ev[p] = 1;
-        }
+        if (def.irreversible) ctx.state.evicted.keepOnly(ctx.layer, g, start, keep);
         full.push(keep);
       }
       return { full };

@@ -65,3 +65,45 @@ export function avgPool(x: ArrayLike<number>, n: number, kernel: number): Float6
   }
   return out;
 }
+
+/**
+ * Tokens evicted for good, per layer and head (H2O-style policies and SmallKV's
+ * no-saliency ablation): once out, a position is never selected again.
+ */
+export class Evictions {
+  private readonly masks: Uint8Array[][];
+
+  constructor(numLayers: number, heads: number) {
+    this.masks = Array.from({ length: numLayers }, () =>
+      Array.from({ length: heads }, () => new Uint8Array(64)),
+    );
+  }
+
+  private mask(layer: number, g: number, n: number): Uint8Array {
+    let m = this.masks[layer][g];
+    if (m.length < n) {
+      const next = new Uint8Array(Math.max(n, m.length * 2));
+      next.set(m);
+      this.masks[layer][g] = m = next;
+    }
+    return m;
+  }
+
+  isEvicted(layer: number, g: number, p: number): boolean {
+    return this.mask(layer, g, p + 1)[p] === 1;
+  }
+
+  /** Set the evicted positions below `n` in `exclude` (a mask for topPositions). */
+  excludeInto(layer: number, g: number, exclude: Uint8Array, n: number): Uint8Array {
+    const m = this.mask(layer, g, n);
+    for (let p = 0; p < n; p++) if (m[p]) exclude[p] = 1;
+    return exclude;
+  }
+
+  /** Evict every position below `n` that is in none of the `kept` lists. */
+  keepOnly(layer: number, g: number, n: number, ...kept: ArrayLike<number>[]): void {
+    const m = this.mask(layer, g, n);
+    const keep = maskOf(n, ...kept);
+    for (let p = 0; p < n; p++) if (!keep[p]) m[p] = 1;
+  }
+}

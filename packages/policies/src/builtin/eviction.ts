@@ -1,21 +1,18 @@
 import type { Sequence } from "@smallkv/runner";
 import { ScoreTable } from "../scores.js";
-import { maskOf, range, topPositions, union } from "../select.js";
+import { Evictions, maskOf, topPositions, union } from "../select.js";
 
 /** Per-sequence state of accumulate-and-evict policies (H2O, PyramidInfer). */
 export interface EvictionState {
   scores: ScoreTable;
-  /** evicted[layer][g][pos] = 1 once a token is gone for good. */
-  evicted: Uint8Array[][];
+  evicted: Evictions;
 }
 
 export function evictionState(seq: Sequence): EvictionState {
   const c = seq.config;
   return {
     scores: new ScoreTable(c.numLayers, c.numKvHeads, c.numHeads / c.numKvHeads),
-    evicted: Array.from({ length: c.numLayers }, () =>
-      Array.from({ length: c.numKvHeads }, () => new Uint8Array(64)),
-    ),
+    evicted: new Evictions(c.numLayers, c.numKvHeads),
   };
 }
 
@@ -33,16 +30,10 @@ export function heavyPlusRecent(
 ): Int32Array[] {
   const out: Int32Array[] = [];
   for (let g = 0; g < numKvHeads; g++) {
-    let ev = state.evicted[layer][g];
-    if (ev.length < start) {
-      const next = new Uint8Array(Math.max(start, ev.length * 2));
-      next.set(ev);
-      state.evicted[layer][g] = ev = next;
-    }
     const rec: number[] = [];
-    for (let p = Math.max(0, start - recent); p < start; p++) if (!ev[p]) rec.push(p);
-    const exclude = maskOf(start, rec);
-    for (let p = 0; p < start; p++) if (ev[p]) exclude[p] = 1;
+    for (let p = Math.max(0, start - recent); p < start; p++)
+      if (!state.evicted.isEvicted(layer, g, p)) rec.push(p);
+    const exclude = state.evicted.excludeInto(layer, g, maskOf(start, rec), start);
     const heavyPicks = topPositions(
       state.scores.get(layer, g, start),
       start,
@@ -50,11 +41,8 @@ export function heavyPlusRecent(
       exclude,
     );
     const keep = union(rec, heavyPicks);
-    const keepMask = maskOf(start, keep);
-    for (let p = 0; p < start; p++) if (!keepMask[p]) ev[p] = 1;
+    state.evicted.keepOnly(layer, g, start, keep);
     out.push(keep);
   }
   return out;
 }
-
-export { range };

@@ -9,7 +9,7 @@ import {
 import type { AssistantState, LayerSelection } from "@smallkv/runner";
 import { PolicyOptionError } from "../errors.js";
 import { definePolicy, type PolicyContext } from "../sdk.js";
-import { maskOf, range, topPositions, union } from "../select.js";
+import { Evictions, maskOf, range, topPositions, union } from "../select.js";
 
 export interface SmallKvOptions {
   [k: string]: string | number | boolean;
@@ -41,7 +41,7 @@ export interface SmallKvOptions {
 
 interface SmallKvState {
   matching: HeadMatching | null;
-  evicted: Uint8Array[][];
+  evicted: Evictions;
   counts: { critical: number; recent: number; marginal: number };
   layers: number;
   /** Positions in the recent window at the last step (for traces). */
@@ -143,9 +143,7 @@ export const smallKv = definePolicy<SmallKvState, SmallKvOptions>({
     const c = seq.config;
     return {
       matching: null,
-      evicted: Array.from({ length: c.numLayers }, () =>
-        Array.from({ length: o.gqa === "query" ? c.numHeads : c.numKvHeads }, () => new Uint8Array(0)),
-      ),
+      evicted: new Evictions(c.numLayers, o.gqa === "query" ? c.numHeads : c.numKvHeads),
       counts: { critical: 0, recent: 0, marginal: 0 },
       layers: c.numLayers,
       lastRecent: 0,
@@ -228,25 +226,14 @@ export const smallKv = definePolicy<SmallKvState, SmallKvOptions>({
         for (let p = 0; p < start; p++) score[p] += (mean ? s[p] / (rows - p) : s[p]) / group;
       }
       const exclude = maskOf(start, recent);
-      let ev = ctx.state.evicted[ctx.layer][g];
-      if (!o.saliency) {
-        if (ev.length < start) {
-          const next = new Uint8Array(start * 2);
-          next.set(ev);
-          ctx.state.evicted[ctx.layer][g] = ev = next;
-        }
-        for (let p = 0; p < start; p++) if (ev[p]) exclude[p] = 1;
-      }
+      if (!o.saliency) ctx.state.evicted.excludeInto(ctx.layer, g, exclude, start);
       const ranked = topPositions(score, start, sizes.critical + sizes.marginal, exclude);
       // topPositions returns positions in order; re-rank to split critical from marginal.
       const byScore = Array.from(ranked).sort((x, y) => score[y] - score[x] || x - y);
       const critical = Int32Array.from(byScore.slice(0, sizes.critical)).sort();
       const marginal = Int32Array.from(byScore.slice(sizes.critical, sizes.critical + sizes.marginal)).sort();
       const keep = union(critical, recent);
-      if (!o.saliency) {
-        const kept = maskOf(start, keep, marginal);
-        for (let p = 0; p < start; p++) if (!kept[p]) ev[p] = 1;
-      }
+      if (!o.saliency) ctx.state.evicted.keepOnly(ctx.layer, g, start, keep, marginal);
       full.push(keep);
       vOnly.push(marginal);
     }
