@@ -1,5 +1,5 @@
 {
-  "variables": { "with_cuda%": "false", "cuda_obj%": "", "cuda_home%": "/usr/local/cuda", "portable%": "false" },
+  "variables": { "with_cuda%": "false", "cuda_obj%": "", "cuda_dev_obj%": "", "cuda_home%": "/usr/local/cuda", "portable%": "false" },
   "targets": [
     {
       "target_name": "smallkv_tensor",
@@ -18,6 +18,30 @@
             "libraries": ["<(cuda_obj)", "<(cuda_home)/lib64/libcudart_static.a", "-ldl", "-lrt", "-lpthread"] },
           { "sources": ["native/cuda_stub.cc"] }]
       ]
+    },
+    {
+      "target_name": "smallkv_cuda_emu",
+      "sources": ["native/cuda/binding.cc", "native/cuda/emu.cc", "native/cuda/runtime_emu.cc",
+                  "native/cuda/emu_dense.cc", "native/cuda/emu_attention.cc", "native/cuda/emu_kv.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "SKV_EMU=1"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-O2", "-std=c++17"]
     }
+  ],
+  "conditions": [
+    ["with_cuda=='true'", {
+      "targets": [
+        {
+          "target_name": "smallkv_cuda",
+          "sources": ["native/cuda/binding.cc"],
+          "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+          "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+          "cflags_cc!": ["-fno-exceptions"],
+          "cflags_cc": ["-O2", "-std=c++17"],
+          "libraries": ["<(cuda_dev_obj)", "<(cuda_home)/lib64/libcudart_static.a", "-ldl", "-lrt", "-lpthread"]
+        }
+      ]
+    }]
   ]
 }

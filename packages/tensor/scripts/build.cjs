@@ -45,20 +45,27 @@ function buildCuda() {
   }
   const outDir = path.join(root, "build-cuda");
   fs.mkdirSync(outDir, { recursive: true });
-  const sources = fs.readdirSync(path.join(root, "native")).filter((f) => f.endsWith(".cu"));
+  // native/*.cu go into the main addon (device query); native/cuda/*.cu are the kernels and
+  // runtime of the device addon (smallkv_cuda.node).
+  const info = compileAll(nvcc, path.join(root, "native"), outDir, "cuda_info_all.o");
+  const dev = compileAll(nvcc, path.join(root, "native", "cuda"), outDir, "cuda_dev_all.o");
+  if (!info || !dev) return null;
+  return { obj: info, devObj: dev, home };
+}
+
+function compileAll(nvcc, dir, outDir, combinedName) {
+  const sources = fs.readdirSync(dir).filter((f) => f.endsWith(".cu"));
+  const headers = fs.readdirSync(dir).filter((f) => f.endsWith(".h") || f.endsWith(".cuh"));
   const objects = [];
   for (const src of sources) {
-    const srcPath = path.join(root, "native", src);
-    const obj = path.join(outDir, src.replace(/\.cu$/, ".o"));
-    const headers = fs
-      .readdirSync(path.join(root, "native"))
-      .filter((f) => f.endsWith(".h") || f.endsWith(".cuh"));
+    const srcPath = path.join(dir, src);
+    const obj = path.join(outDir, `${path.basename(dir)}_${src.replace(/\.cu$/, ".o")}`);
     const newest = Math.max(
       fs.statSync(srcPath).mtimeMs,
-      ...headers.map((h) => fs.statSync(path.join(root, "native", h)).mtimeMs),
+      ...headers.map((h) => fs.statSync(path.join(dir, h)).mtimeMs),
     );
     if (!fs.existsSync(obj) || fs.statSync(obj).mtimeMs < newest) {
-      log(`nvcc ${src}`);
+      log(`nvcc ${path.relative(root, srcPath)}`);
       execFileSync(
         nvcc,
         [
@@ -85,10 +92,11 @@ function buildCuda() {
     objects.push(obj);
   }
   if (objects.length === 0) return null;
-  // Link all CUDA objects as one relocatable object so gyp gets a single path.
-  const combined = path.join(outDir, "cuda_all.o");
+  // Link the objects as one relocatable object so gyp gets a single path.
+  const combined = path.join(outDir, combinedName);
   execFileSync("ld", ["-r", "-o", combined, ...objects]);
-  return { obj: combined, home };
+  return combined;
+
 }
 
 function main() {
@@ -100,6 +108,7 @@ function main() {
   const gypVars = [
     `--with_cuda=${cuda ? "true" : "false"}`,
     `--cuda_obj=${cuda ? cuda.obj : ""}`,
+    `--cuda_dev_obj=${cuda ? cuda.devObj : ""}`,
     `--cuda_home=${cuda ? cuda.home : "/usr/local/cuda"}`,
     `--portable=${process.env.SMALLKV_PORTABLE === "1" ? "true" : "false"}`,
   ];
@@ -107,7 +116,7 @@ function main() {
   const run = (args) => execFileSync(process.execPath, [nodeGyp, ...args], { cwd: root, stdio: "inherit" });
   run(["configure", ...common, ...gypVars]);
   run(["build", ...common, `--jobs=${Math.max(1, require("node:os").availableParallelism?.() ?? 2)}`]);
-  log(`built ${path.join("build", "Release", "smallkv_tensor.node")} (${cuda ? "with CUDA" : "CPU only"})`);
+  log(`built ${path.join("build", "Release", "smallkv_tensor.node")} (${cuda ? "with CUDA" : "CPU only"}), build/Release/smallkv_cuda_emu.node${cuda ? " and build/Release/smallkv_cuda.node" : ""}`);
 }
 
 try {

@@ -1,0 +1,77 @@
+// One kernel source, two compilers. Under nvcc the .cu files are ordinary CUDA; under g++
+// with SKV_EMU they compile against emu.h, which runs each block's threads as fibers on the
+// CPU so that CI (which has no GPU) executes the very same kernel code against the CPU
+// references. Kernels therefore use only what both sides provide: the index variables,
+// __syncthreads, __shfl_*_sync, atomicAdd, static and dynamic shared memory, and the WMMA
+// fragment API (load/fill/mma/store, never fragment element layout).
+#pragma once
+#include <cstdint>
+
+#ifdef SKV_EMU
+#include "emu.h"
+#define CK_SHARED static
+#define CK_DYN_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::dynamic_shared())
+#define CK_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ((void)(stream), ::emu::launch(dim3(grid), dim3(block), (smem), [&] { kernel(__VA_ARGS__); }))
+#define CK_ALIGN(n) __attribute__((aligned(n)))
+namespace ck {
+using half_t = ::emu::half;
+using bf16_t = ::emu::bfloat16;
+inline float to_float(float x) { return x; }
+inline float to_float(half_t x) { return ::emu::half2float(x); }
+inline float to_float(bf16_t x) { return ::emu::bf162float(x); }
+template <class T> inline T from_float(float x);
+template <> inline float from_float<float>(float x) { return x; }
+template <> inline half_t from_float<half_t>(float x) { return ::emu::float2half(x); }
+template <> inline bf16_t from_float<bf16_t>(float x) { return ::emu::float2bf16(x); }
+namespace wmma = ::emu::wmma;
+}  // namespace ck
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+#define CK_SHARED __shared__
+#define CK_DYN_SHARED(T, name) extern __shared__ __align__(16) unsigned char skv_dyn_smem_[]; \
+  T* name = reinterpret_cast<T*>(skv_dyn_smem_)
+#define CK_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<(grid), (block), (smem), static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)
+#define CK_ALIGN(n) __align__(n)
+namespace ck {
+using half_t = __half;
+using bf16_t = __nv_bfloat16;
+__device__ __host__ inline float to_float(float x) { return x; }
+__device__ inline float to_float(half_t x) { return __half2float(x); }
+__device__ inline float to_float(bf16_t x) { return __bfloat162float(x); }
+template <class T> __device__ inline T from_float(float x);
+template <> __device__ inline float from_float<float>(float x) { return x; }
+template <> __device__ inline half_t from_float<half_t>(float x) { return __float2half_rn(x); }
+template <> __device__ inline bf16_t from_float<bf16_t>(float x) { return __float2bfloat16_rn(x); }
+namespace wmma = ::nvcuda::wmma;
+}  // namespace ck
+#endif
+
+namespace ck {
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ inline float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+__device__ inline float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+// Block-wide reduction through `scratch` (one float per warp); every thread gets the result.
+template <bool Max>
+__device__ inline float block_reduce(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = Max ? warp_max(v) : warp_sum(v);
+  __syncthreads();  // scratch may still be read from a previous reduction
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = Max ? -INFINITY : 0.f;
+  for (int w = 0; w < nw; ++w) r = Max ? fmaxf(r, scratch[w]) : r + scratch[w];
+  return r;
+}
+}  // namespace ck

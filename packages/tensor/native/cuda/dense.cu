@@ -1,0 +1,233 @@
+// Dense kernels of the device backend: embedding, RMSNorm, GEMM (GEMV for decode-sized m,
+// WMMA tensor cores for F16/BF16 weights, tiled SIMT for F32), RoPE, SiLU-gate, add.
+#include "ck.h"
+#include "dev_api.h"
+#include "launch_check.h"
+
+namespace {
+
+template <class T>
+__global__ void embedding_kernel(float* out, const T* table, const int32_t* ids, int d) {
+  const int r = blockIdx.x;
+  const T* src = table + static_cast<int64_t>(ids[r]) * d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) out[static_cast<int64_t>(r) * d + i] = ck::to_float(src[i]);
+}
+
+__global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int d, float eps) {
+  CK_SHARED float red[32];
+  const float* xr = x + static_cast<int64_t>(blockIdx.x) * d;
+  float* o = out + static_cast<int64_t>(blockIdx.x) * d;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = ck::block_reduce<false>(ss, red);
+  const float inv = 1.f / sqrtf(ss / d + eps);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = xr[i] * inv * w[i];
+}
+
+// Decode-sized GEMM (m <= 8): one warp per output column, streaming its weight row once.
+template <class T, int MR>
+__global__ void gemv_kernel(float* y, const float* x, const T* w, const float* bias, int m, int n, int k,
+                            int accumulate) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int j = blockIdx.x * (blockDim.x >> 5) + warp;
+  if (j >= n) return;  // whole warp leaves together
+  const T* wr = w + static_cast<int64_t>(j) * k;
+  float acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = 0.f;
+  for (int i = lane; i < k; i += 32) {
+    const float wv = ck::to_float(wr[i]);
+    for (int r = 0; r < MR; ++r)
+      if (r < m) acc[r] += wv * x[static_cast<int64_t>(r) * k + i];
+  }
+  for (int r = 0; r < MR; ++r) acc[r] = ck::warp_sum(acc[r]);
+  if (lane == 0) {
+    const float b = bias ? bias[j] : 0.f;
+    for (int r = 0; r < m && r < MR; ++r) {
+      float* yp = y + static_cast<int64_t>(r) * n + j;
+      *yp = (accumulate ? *yp : 0.f) + acc[r] + b;
+    }
+  }
+}
+
+// 64x64 output tile per block, 4 warps of 32x32 (2x2 WMMA 16x16x16 fragments), BK = 32.
+// x is converted to the weight type while staged in shared memory; accumulation is float.
+template <class T>
+__global__ void gemm_wmma_kernel(float* y, const float* x, const T* w, const float* bias, int m, int n, int k,
+                                 int accumulate) {
+  constexpr int BM = 64, BN = 64, BK = 32;
+  CK_SHARED CK_ALIGN(32) T As[BM * BK];
+  CK_SHARED CK_ALIGN(32) T Bs[BN * BK];
+  CK_SHARED CK_ALIGN(32) float Cs[BM * BN];
+  const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
+  const int warp = threadIdx.x >> 5;
+  const int wr = (warp >> 1) * 32, wc = (warp & 1) * 32;
+  ck::wmma::fragment<ck::wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) ck::wmma::fill_fragment(acc[i][j], 0.f);
+  for (int k0 = 0; k0 < k; k0 += BK) {
+    for (int e = threadIdx.x; e < BM * BK; e += blockDim.x) {
+      const int r = e / BK, c = e % BK;
+      const int gr = row0 + r, gc = k0 + c;
+      As[e] = ck::from_float<T>(gr < m && gc < k ? x[static_cast<int64_t>(gr) * k + gc] : 0.f);
+      const int gn = col0 + r;
+      Bs[e] = gn < n && gc < k ? w[static_cast<int64_t>(gn) * k + gc] : ck::from_float<T>(0.f);
+    }
+    __syncthreads();
+    for (int kk = 0; kk < BK; kk += 16) {
+      ck::wmma::fragment<ck::wmma::matrix_a, 16, 16, 16, T, ck::wmma::row_major> a[2];
+      ck::wmma::fragment<ck::wmma::matrix_b, 16, 16, 16, T, ck::wmma::col_major> b[2];
+      for (int i = 0; i < 2; ++i) ck::wmma::load_matrix_sync(a[i], As + (wr + i * 16) * BK + kk, BK);
+      // B[k][n] = W[n][k]: W rows staged as Bs[n][k] are B in column-major order.
+      for (int j = 0; j < 2; ++j) ck::wmma::load_matrix_sync(b[j], Bs + (wc + j * 16) * BK + kk, BK);
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) ck::wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j)
+      ck::wmma::store_matrix_sync(Cs + (wr + i * 16) * BN + wc + j * 16, acc[i][j], BN, ck::wmma::mem_row_major);
+  __syncthreads();
+  for (int e = threadIdx.x; e < BM * BN; e += blockDim.x) {
+    const int r = row0 + e / BN, c = col0 + e % BN;
+    if (r >= m || c >= n) continue;
+    float* yp = y + static_cast<int64_t>(r) * n + c;
+    *yp = (accumulate ? *yp : 0.f) + Cs[e] + (bias ? bias[c] : 0.f);
+  }
+}
+
+// F32 weights: 64x64 tile, 256 threads with 4x4 outputs each, BK = 16.
+__global__ void gemm_simt_kernel(float* y, const float* x, const float* w, const float* bias, int m, int n, int k,
+                                 int accumulate) {
+  constexpr int BM = 64, BN = 64, BK = 16;
+  CK_SHARED float As[BK][BM + 1];
+  CK_SHARED float Bs[BK][BN + 1];
+  const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
+  const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < k; k0 += BK) {
+    for (int e = threadIdx.x; e < BM * BK; e += blockDim.x) {
+      const int r = e / BK, c = e % BK;
+      const int gc = k0 + c;
+      As[c][r] = row0 + r < m && gc < k ? x[static_cast<int64_t>(row0 + r) * k + gc] : 0.f;
+      Bs[c][r] = col0 + r < n && gc < k ? w[static_cast<int64_t>(col0 + r) * k + gc] : 0.f;
+    }
+    __syncthreads();
+    for (int kk = 0; kk < BK; ++kk)
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] += As[kk][tr * 4 + i] * Bs[kk][tc * 4 + j];
+    __syncthreads();
+  }
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      const int r = row0 + tr * 4 + i, c = col0 + tc * 4 + j;
+      if (r >= m || c >= n) continue;
+      float* yp = y + static_cast<int64_t>(r) * n + c;
+      *yp = (accumulate ? *yp : 0.f) + acc[i][j] + (bias ? bias[c] : 0.f);
+    }
+}
+
+__global__ void rope_kernel(float* x, const int32_t* pos, int H, int D, float theta) {
+  const int t = blockIdx.x / H, h = blockIdx.x % H, half = D / 2;
+  float* r = x + (static_cast<int64_t>(t) * H + h) * D;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    // Angles in double, as the CPU kernel: positions reach 1e5 and float angles drift.
+    const double a = static_cast<double>(pos[t]) * pow(static_cast<double>(theta), -2.0 * i / D);
+    const float c = static_cast<float>(cos(a)), s = static_cast<float>(sin(a));
+    const float x1 = r[i], x2 = r[i + half];
+    r[i] = x1 * c - x2 * s;
+    r[i + half] = x2 * c + x1 * s;
+  }
+}
+
+__global__ void silu_gate_kernel(float* out, const float* gate, const float* up, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = g / (1.f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void add_kernel(float* y, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] += x[i];
+}
+
+unsigned grid_for(int64_t n, int block) {
+  const int64_t g = (n + block - 1) / block;
+  return static_cast<unsigned>(g < 65535 ? (g > 0 ? g : 1) : 65535);
+}
+
+template <class T>
+void launch_gemm(float* y, const float* x, const T* w, const float* bias, int m, int n, int k, int acc, void* s,
+                 bool tensor_cores) {
+  if (m <= 8) {
+    const unsigned blocks = (n + 7) / 8;
+    if (m <= 1) CK_LAUNCH((gemv_kernel<T, 1>), blocks, 256, 0, s, y, x, w, bias, m, n, k, acc);
+    else if (m <= 4) CK_LAUNCH((gemv_kernel<T, 4>), blocks, 256, 0, s, y, x, w, bias, m, n, k, acc);
+    else CK_LAUNCH((gemv_kernel<T, 8>), blocks, 256, 0, s, y, x, w, bias, m, n, k, acc);
+    return;
+  }
+  const dim3 grid((n + 63) / 64, (m + 63) / 64);
+  if constexpr (std::is_same<T, float>::value) {
+    (void)tensor_cores;
+    CK_LAUNCH(gemm_simt_kernel, grid, 256, 0, s, y, x, w, bias, m, n, k, acc);
+  } else {
+    CK_LAUNCH(gemm_wmma_kernel<T>, grid, 128, 0, s, y, x, w, bias, m, n, k, acc);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+int skv_k_embedding(float* out, const void* table, int dtype, const int32_t* ids, int n, int d, int stream) {
+  if (n <= 0) return SKV_OK;
+  void* s = skv_stream(stream);
+  const int threads = d < 256 ? ((d + 31) / 32) * 32 : 256;
+  if (dtype == SKV_F32) CK_LAUNCH(embedding_kernel<float>, n, threads, 0, s, out, static_cast<const float*>(table), ids, d);
+  else if (dtype == SKV_F16) CK_LAUNCH(embedding_kernel<ck::half_t>, n, threads, 0, s, out, static_cast<const ck::half_t*>(table), ids, d);
+  else if (dtype == SKV_BF16) CK_LAUNCH(embedding_kernel<ck::bf16_t>, n, threads, 0, s, out, static_cast<const ck::bf16_t*>(table), ids, d);
+  else return skv_arg_error("embedding: unknown dtype");
+  return skv_check_launch("embedding");
+}
+
+int skv_k_rmsnorm(float* out, const float* x, const float* w, int n, int d, float eps, int stream) {
+  if (n <= 0) return SKV_OK;
+  CK_LAUNCH(rmsnorm_kernel, n, 256, 0, skv_stream(stream), out, x, w, d, eps);
+  return skv_check_launch("rmsnorm");
+}
+
+int skv_k_gemm(float* y, const float* x, const void* w, int dtype, const float* bias, int m, int n, int k,
+               int accumulate, int stream) {
+  if (m <= 0 || n <= 0) return SKV_OK;
+  void* s = skv_stream(stream);
+  if (dtype == SKV_F32) launch_gemm(y, x, static_cast<const float*>(w), bias, m, n, k, accumulate, s, false);
+  else if (dtype == SKV_F16) launch_gemm(y, x, static_cast<const ck::half_t*>(w), bias, m, n, k, accumulate, s, true);
+  else if (dtype == SKV_BF16) launch_gemm(y, x, static_cast<const ck::bf16_t*>(w), bias, m, n, k, accumulate, s, true);
+  else return skv_arg_error("gemm: unknown dtype");
+  return skv_check_launch("gemm");
+}
+
+int skv_k_rope(float* x, const int32_t* pos, int T, int H, int D, float theta, int stream) {
+  if (T <= 0) return SKV_OK;
+  if (D % 2 != 0) return skv_arg_error("rope: head dim must be even");
+  const int threads = D / 2 < 128 ? ((D / 2 + 31) / 32) * 32 : 128;
+  CK_LAUNCH(rope_kernel, T * H, threads, 0, skv_stream(stream), x, pos, H, D, theta);
+  return skv_check_launch("rope");
+}
+
+int skv_k_silu_gate(float* out, const float* gate, const float* up, int64_t n, int stream) {
+  if (n <= 0) return SKV_OK;
+  CK_LAUNCH(silu_gate_kernel, grid_for(n, 256), 256, 0, skv_stream(stream), out, gate, up, n);
+  return skv_check_launch("silu_gate");
+}
+
+int skv_k_add(float* y, const float* x, int64_t n, int stream) {
+  if (n <= 0) return SKV_OK;
+  CK_LAUNCH(add_kernel, grid_for(n, 256), 256, 0, skv_stream(stream), y, x, n);
+  return skv_check_launch("add");
+}
+
+}  // extern "C"

@@ -1,0 +1,57 @@
+// The emulated runtime behind dev_api.h: "device" memory is host memory, streams run in
+// order at once (so stream waits are no-ops), and kernels execute through emu.h.
+#include <cstdlib>
+#include <cstring>
+
+#include "dev_api.h"
+#include "launch_check.h"
+#include "runtime_common.h"
+
+void* skv_stream(int stream) { return reinterpret_cast<void*>(static_cast<intptr_t>(stream)); }
+int skv_check_launch(const char*) { return SKV_OK; }
+int skv_arg_error(const char* message) { return skv_rt::set_error(SKV_EARG, "%s", message); }
+
+extern "C" {
+const char* skv_dev_last_error() { return skv_rt::error_buffer(); }
+int skv_dev_open(int device, char* info, int info_len) {
+  if (device != 0) return skv_rt::set_error(SKV_ENODEV, "the emulator has one device (0), not %d", device);
+  std::snprintf(info, info_len, "CUDA emulator (CPU)|00|%zu|1|0", static_cast<size_t>(1) << 34);
+  return SKV_OK;
+}
+int skv_dev_mem_info(size_t* f, size_t* t) {
+  *f = *t = static_cast<size_t>(1) << 34;
+  return SKV_OK;
+}
+int skv_dev_malloc(void** p, size_t bytes) {
+  *p = std::aligned_alloc(256, ((bytes > 0 ? bytes : 1) + 255) / 256 * 256);
+  return *p ? SKV_OK : skv_rt::set_error(SKV_EOOM, "out of memory allocating %zu bytes", bytes);
+}
+int skv_dev_free(void* p) {
+  std::free(p);
+  return SKV_OK;
+}
+int skv_dev_host_alloc(void** host, void** dev, size_t bytes) {
+  const int r = skv_dev_malloc(host, bytes);
+  *dev = *host;
+  return r;
+}
+int skv_dev_host_free(void* host) { return skv_dev_free(host); }
+int skv_dev_upload(void* dst, const void* src, size_t bytes) {
+  std::memcpy(dst, src, bytes);
+  return SKV_OK;
+}
+int skv_dev_download(void* dst, const void* src, size_t bytes) {
+  std::memcpy(dst, src, bytes);
+  return SKV_OK;
+}
+int skv_dev_memset(void* dst, int value, size_t bytes, int) {
+  std::memset(dst, value, bytes);
+  return SKV_OK;
+}
+int skv_dev_copy(void* dst, const void* src, size_t bytes, int) {
+  std::memmove(dst, src, bytes);
+  return SKV_OK;
+}
+int skv_dev_sync(int) { return SKV_OK; }
+int skv_dev_stream_wait(int, int) { return SKV_OK; }
+}
