@@ -96,7 +96,6 @@ function compileAll(nvcc, dir, outDir, combinedName) {
   const combined = path.join(outDir, combinedName);
   execFileSync("ld", ["-r", "-o", combined, ...objects]);
   return combined;
-
 }
 
 function main() {
@@ -116,7 +115,9 @@ function main() {
   const run = (args) => execFileSync(process.execPath, [nodeGyp, ...args], { cwd: root, stdio: "inherit" });
   run(["configure", ...common, ...gypVars]);
   run(["build", ...common, `--jobs=${Math.max(1, require("node:os").availableParallelism?.() ?? 2)}`]);
-  log(`built ${path.join("build", "Release", "smallkv_tensor.node")} (${cuda ? "with CUDA" : "CPU only"}), build/Release/smallkv_cuda_emu.node${cuda ? " and build/Release/smallkv_cuda.node" : ""}`);
+  log(
+    `built ${path.join("build", "Release", "smallkv_tensor.node")} (${cuda ? "with CUDA" : "CPU only"}), build/Release/smallkv_cuda_emu.node${cuda ? " and build/Release/smallkv_cuda.node" : ""}`,
+  );
 }
 
 try {

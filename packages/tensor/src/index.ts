@@ -1,4 +1,24 @@
+export {
+  Device,
+  type DeviceAttentionArgs,
+  DeviceBuffer,
+  DeviceError,
+  type DeviceInfo,
+  type DeviceKind,
+  type DType,
+  type GemmArgs,
+  PinnedBuffer,
+  type Ptr,
+} from "./device.js";
 export { TensorShapeError } from "./errors.js";
+export {
+  bf16BitsToF32,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  fromHalfBits,
+  toHalfBits,
+} from "./half.js";
 export {
   type AttentionArgs,
   type AttentionResult,

@@ -143,3 +143,46 @@ export function sumRef(x: Float32Array): number {
   for (let i = 0; i < x.length; i++) s += x[i];
   return s;
 }
+
+/** y[m][n] = x[m][k] . w[n][k]^T (+ bias), optionally rounding x's entries first (tensor-core inputs). */
+export function gemmRef(
+  x: Float32Array,
+  w: Float32Array,
+  m: number,
+  n: number,
+  k: number,
+  bias?: Float32Array,
+  round: (v: number) => number = (v) => v,
+): Float32Array {
+  const y = new Float32Array(m * n);
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let q = 0; q < k; q++) s += round(x[i * k + q]) * w[j * k + q];
+      y[i * n + j] = s + (bias ? bias[j] : 0);
+    }
+  return y;
+}
+
+/** out[n][d] = x * 1/sqrt(mean(x^2) + eps) * w */
+export function rmsnormRef(
+  x: Float32Array,
+  w: Float32Array,
+  n: number,
+  d: number,
+  eps: number,
+): Float32Array {
+  const out = new Float32Array(n * d);
+  for (let r = 0; r < n; r++) {
+    let ss = 0;
+    for (let i = 0; i < d; i++) ss += x[r * d + i] ** 2;
+    const inv = 1 / Math.sqrt(ss / d + eps);
+    for (let i = 0; i < d; i++) out[r * d + i] = x[r * d + i] * inv * w[i];
+  }
+  return out;
+}
+
+/** silu(gate) * up, elementwise. */
+export function siluGateRef(gate: Float32Array, up: Float32Array): Float32Array {
+  return gate.map((g, i) => (g / (1 + Math.exp(-g))) * up[i]);
+}

@@ -1,0 +1,536 @@
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { TensorShapeError } from "./errors.js";
+
+/** Which implementation runs the device kernels: a real GPU, or the CPU emulator (tests, CI). */
+export type DeviceKind = "cuda" | "emulator";
+export type DType = "f32" | "f16" | "bf16" | "i32";
+
+/** A device failure: no device (ENODEV), out of memory (EOOM), a kernel or runtime error (EKERNEL), bad arguments (EARG), or an addon built without CUDA (ENOBUILD). */
+export class DeviceError extends Error {
+  override readonly name = "DeviceError";
+  constructor(
+    readonly code: "ENODEV" | "EOOM" | "EKERNEL" | "EARG" | "ENOBUILD",
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface DeviceInfo {
+  kind: DeviceKind;
+  name: string;
+  /** "9.0" for H100/H200; "0.0" for the emulator. */
+  computeCapability: string;
+  totalBytes: number;
+  multiprocessors: number;
+  /** Peak memory bandwidth from the memory clock and bus width (GB/s); 0 for the emulator. */
+  bandwidthGBs: number;
+}
+
+const BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, i32: 4 };
+const DTYPE_CODE = { f32: 0, f16: 1, bf16: 2 } as const;
+
+/** Memory on the device. `ptr` is its address; `at(i)` the address of element i. */
+export class DeviceBuffer {
+  private freed = false;
+  constructor(
+    private readonly device: Device,
+    readonly ptr: number,
+    readonly length: number,
+    readonly dtype: DType,
+  ) {}
+  get bytes(): number {
+    return this.length * BYTES[this.dtype];
+  }
+  get released(): boolean {
+    return this.freed;
+  }
+  at(index: number): number {
+    if (index < 0 || index > this.length)
+      throw new TensorShapeError("DeviceBuffer.at", `index ${index} outside [0, ${this.length}]`);
+    return this.ptr + index * BYTES[this.dtype];
+  }
+  free(): void {
+    if (this.freed) return;
+    this.freed = true;
+    this.device.release(this);
+  }
+}
+
+/** Pinned host memory mapped into the device's address space: `f32` is the host view, `ptr` the device address of the same bytes. */
+export class PinnedBuffer {
+  private freed = false;
+  readonly f32: Float32Array;
+  constructor(
+    private readonly device: Device,
+    buffer: ArrayBuffer,
+    readonly hostPtr: number,
+    readonly ptr: number,
+    readonly length: number,
+  ) {
+    this.f32 = new Float32Array(buffer, 0, length);
+  }
+  get bytes(): number {
+    return this.length * 4;
+  }
+  at(index: number): number {
+    return this.ptr + index * 4;
+  }
+  free(): void {
+    if (this.freed) return;
+    this.freed = true;
+    this.device.releasePinned(this);
+  }
+}
+
+/** An address argument: a buffer (its start, size-checked) or a raw address from `at()`. */
+export type Ptr = DeviceBuffer | PinnedBuffer | number;
+type NullablePtr = Ptr | null | undefined;
+
+interface DeviceBinding {
+  emulated: boolean;
+  open(index: number): string;
+  memInfo(): { free: number; total: number };
+  malloc(bytes: number): number;
+  free(p: number): void;
+  hostAlloc(bytes: number): [ArrayBuffer, number, number];
+  hostFree(p: number): void;
+  upload(dst: number, src: ArrayBufferView): void;
+  download(dst: ArrayBufferView, src: number): void;
+  memset(dst: number, value: number, bytes: number, stream: number): void;
+  copy(dst: number, src: number, bytes: number, stream: number): void;
+  sync(stream: number): void;
+  streamWait(waiter: number, waitee: number): void;
+  embedding(
+    out: number,
+    table: number,
+    dtype: number,
+    ids: number,
+    n: number,
+    d: number,
+    stream: number,
+  ): void;
+  rmsnorm(out: number, x: number, w: number, n: number, d: number, eps: number, stream: number): void;
+  gemm(
+    y: number,
+    x: number,
+    w: number,
+    dtype: number,
+    bias: number | null,
+    m: number,
+    n: number,
+    k: number,
+    acc: number,
+    stream: number,
+  ): void;
+  rope(x: number, pos: number, T: number, H: number, D: number, theta: number, stream: number): void;
+  siluGate(out: number, gate: number, up: number, n: number, stream: number): void;
+  add(y: number, x: number, n: number, stream: number): void;
+  attention(...args: (number | null)[]): void;
+  kvWrite(
+    store: number,
+    cap: number,
+    Hkv: number,
+    D: number,
+    src: number,
+    T: number,
+    dst: number,
+    stream: number,
+  ): void;
+  kvMove(
+    dst: number,
+    dcap: number,
+    src: number,
+    scap: number,
+    D: number,
+    moves: number,
+    n: number,
+    stream: number,
+  ): void;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+const bindings = new Map<DeviceKind, DeviceBinding>();
+
+function binding(kind: DeviceKind): DeviceBinding {
+  const cached = bindings.get(kind);
+  if (cached) return cached;
+  const file = join(
+    here,
+    "..",
+    "build",
+    "Release",
+    kind === "cuda" ? "smallkv_cuda.node" : "smallkv_cuda_emu.node",
+  );
+  if (!existsSync(file)) {
+    throw new DeviceError(
+      "ENOBUILD",
+      kind === "cuda"
+        ? "@smallkv/tensor was built without CUDA (nvcc was not found at install time); install the CUDA toolkit and rebuild with SMALLKV_CUDA=1"
+        : `the emulator addon is missing (${file}): run \`pnpm install\``,
+    );
+  }
+  const b = require(file) as DeviceBinding;
+  bindings.set(kind, b);
+  return b;
+}
+
+function wrap<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    if (err.code === "ENODEV" || err.code === "EOOM" || err.code === "EKERNEL" || err.code === "EARG") {
+      throw new DeviceError(err.code, err.message);
+    }
+    throw e;
+  }
+}
+
+export interface GemmArgs {
+  /** y[m][n] */
+  y: Ptr;
+  /** x[m][k], float32 */
+  x: Ptr;
+  /** W[n][k] (PyTorch Linear layout), float32, f16 or bf16 */
+  w: DeviceBuffer;
+  bias?: NullablePtr;
+  m: number;
+  n: number;
+  k: number;
+  /** Add into y instead of overwriting it. */
+  accumulate?: boolean;
+  stream?: number;
+}
+
+export interface DeviceAttentionArgs {
+  q: Ptr;
+  k: Ptr;
+  v: Ptr;
+  cap: number;
+  T: number;
+  /** Device int32[Hkv]: rows before the new ones, per kv head. */
+  past: Ptr;
+  /** max(past): sizes probs and scores rows (Lmax = maxPast + T). */
+  maxPast: number;
+  Hq: number;
+  Hkv: number;
+  D: number;
+  scale?: number;
+  out: Ptr;
+  probs?: NullablePtr;
+  scores?: NullablePtr;
+  scoreStart?: number;
+  vOnly?: { v: Ptr; cap: number; counts: Ptr; vmax: number; weights: Ptr; mode: "literal" | "mass" } | null;
+  stream?: number;
+}
+
+/**
+ * A CUDA device (or the emulator) with the kernels of the device backend. Activations are
+ * float32; weights may be f32, f16 or bf16. Work is queued on stream 0 (compute) or 1 (copy);
+ * `download` waits for stream 0.
+ */
+export class Device {
+  private live = new Set<DeviceBuffer>();
+  private livePinned = new Set<PinnedBuffer>();
+  allocatedBytes = 0;
+
+  private constructor(
+    private readonly b: DeviceBinding,
+    readonly info: DeviceInfo,
+  ) {}
+
+  /** Open device `index` of `kind`. Throws DeviceError (ENOBUILD, ENODEV) when it cannot. */
+  static open(kind: DeviceKind = "cuda", index = 0): Device {
+    const b = binding(kind);
+    const raw = wrap(() => b.open(index));
+    const [name, cc, total, sms, bw] = raw.split("|");
+    return new Device(b, {
+      kind,
+      name,
+      computeCapability: `${cc[0]}.${cc.slice(1)}`,
+      totalBytes: Number(total),
+      multiprocessors: Number(sms),
+      bandwidthGBs: Number(bw),
+    });
+  }
+
+  /** Whether a real CUDA device can be opened here, and if not, why (for skips and `auto`). */
+  static probe(): { available: boolean; reason: string; info?: DeviceInfo } {
+    try {
+      const d = Device.open("cuda");
+      return {
+        available: true,
+        reason: `${d.info.name} (sm_${d.info.computeCapability.replace(".", "")})`,
+        info: d.info,
+      };
+    } catch (e) {
+      return { available: false, reason: (e as Error).message };
+    }
+  }
+
+  get emulated(): boolean {
+    return this.b.emulated;
+  }
+
+  memInfo(): { free: number; total: number } {
+    return wrap(() => this.b.memInfo());
+  }
+
+  alloc(length: number, dtype: DType = "f32"): DeviceBuffer {
+    if (!Number.isInteger(length) || length < 0)
+      throw new TensorShapeError("Device.alloc", `length must be a non-negative integer, got ${length}`);
+    const ptr = wrap(() => this.b.malloc(length * BYTES[dtype]));
+    const buf = new DeviceBuffer(this, ptr, length, dtype);
+    this.live.add(buf);
+    this.allocatedBytes += buf.bytes;
+    return buf;
+  }
+
+  /** Allocate and fill from host data: Float32Array (f32), Int32Array (i32) or Uint16Array (the 16-bit dtype given). */
+  upload(data: Float32Array | Int32Array | Uint16Array, dtype?: DType): DeviceBuffer {
+    const dt: DType =
+      dtype ?? (data instanceof Int32Array ? "i32" : data instanceof Uint16Array ? "f16" : "f32");
+    const buf = this.alloc(data.length, dt);
+    this.write(buf, data);
+    return buf;
+  }
+
+  /** Copy host data into `buf` from element `offset` (synchronous with stream 0). */
+  write(buf: DeviceBuffer, data: Float32Array | Int32Array | Uint16Array, offset = 0): void {
+    if (BYTES[buf.dtype] !== data.BYTES_PER_ELEMENT)
+      throw new TensorShapeError(
+        "Device.write",
+        `a ${data.constructor.name} cannot fill a ${buf.dtype} buffer`,
+      );
+    if (offset < 0 || offset + data.length > buf.length)
+      throw new TensorShapeError(
+        "Device.write",
+        `${data.length} elements at ${offset} overflow a buffer of ${buf.length}`,
+      );
+    this.alive(buf, "Device.write");
+    if (data.length > 0) wrap(() => this.b.upload(buf.at(offset), data));
+  }
+
+  /** Copy `out.length` elements of `buf` from element `offset` to the host, after stream 0's queued work. */
+  read<A extends Float32Array | Int32Array | Uint16Array>(buf: DeviceBuffer, out: A, offset = 0): A {
+    if (BYTES[buf.dtype] !== out.BYTES_PER_ELEMENT)
+      throw new TensorShapeError(
+        "Device.read",
+        `a ${out.constructor.name} cannot receive a ${buf.dtype} buffer`,
+      );
+    if (offset < 0 || offset + out.length > buf.length)
+      throw new TensorShapeError(
+        "Device.read",
+        `${out.length} elements at ${offset} overflow a buffer of ${buf.length}`,
+      );
+    this.alive(buf, "Device.read");
+    if (out.length > 0) wrap(() => this.b.download(out, buf.at(offset)));
+    return out;
+  }
+
+  /** Pinned host float32 memory that kernels read directly (the cold store). */
+  pinned(length: number): PinnedBuffer {
+    const [ab, host, dev] = wrap(() => this.b.hostAlloc(length * 4));
+    const p = new PinnedBuffer(this, ab, host, dev, length);
+    this.livePinned.add(p);
+    return p;
+  }
+
+  zero(buf: DeviceBuffer, stream = 0): void {
+    this.alive(buf, "Device.zero");
+    wrap(() => this.b.memset(buf.ptr, 0, buf.bytes, stream));
+  }
+
+  copy(dst: Ptr, src: Ptr, bytes: number, stream = 0): void {
+    wrap(() => this.b.copy(this.p(dst, bytes, "copy dst"), this.p(src, bytes, "copy src"), bytes, stream));
+  }
+
+  sync(stream = 0): void {
+    wrap(() => this.b.sync(stream));
+  }
+
+  /** Later work on `waiter` starts after the work queued so far on `waitee`. */
+  streamWait(waiter: number, waitee: number): void {
+    wrap(() => this.b.streamWait(waiter, waitee));
+  }
+
+  /** Free every buffer still allocated (end of a model's life). */
+  releaseAll(): void {
+    for (const b of [...this.live]) b.free();
+    for (const p of [...this.livePinned]) p.free();
+  }
+
+  /** @internal */
+  release(buf: DeviceBuffer): void {
+    if (!this.live.delete(buf)) return;
+    this.allocatedBytes -= buf.bytes;
+    wrap(() => this.b.free(buf.ptr));
+  }
+
+  /** @internal */
+  releasePinned(p: PinnedBuffer): void {
+    if (!this.livePinned.delete(p)) return;
+    wrap(() => this.b.hostFree(p.hostPtr));
+  }
+
+  // ---- kernels ----
+
+  embedding(out: Ptr, table: DeviceBuffer, ids: Ptr, n: number, d: number, stream = 0): void {
+    const dt = this.weightDtype(table, "embedding");
+    wrap(() =>
+      this.b.embedding(this.p(out, n * d * 4, "out"), table.ptr, dt, this.p(ids, n * 4, "ids"), n, d, stream),
+    );
+  }
+
+  rmsnorm(out: Ptr, x: Ptr, w: Ptr, n: number, d: number, eps: number, stream = 0): void {
+    wrap(() =>
+      this.b.rmsnorm(
+        this.p(out, n * d * 4, "out"),
+        this.p(x, n * d * 4, "x"),
+        this.p(w, d * 4, "w"),
+        n,
+        d,
+        eps,
+        stream,
+      ),
+    );
+  }
+
+  gemm(a: GemmArgs): void {
+    const { m, n, k } = a;
+    const dt = this.weightDtype(a.w, "gemm");
+    if (a.w.length < n * k)
+      throw new TensorShapeError("gemm", `w has ${a.w.length} elements, needs n*k = ${n * k}`);
+    wrap(() =>
+      this.b.gemm(
+        this.p(a.y, m * n * 4, "y"),
+        this.p(a.x, m * k * 4, "x"),
+        a.w.ptr,
+        dt,
+        a.bias == null ? null : this.p(a.bias, n * 4, "bias"),
+        m,
+        n,
+        k,
+        a.accumulate ? 1 : 0,
+        a.stream ?? 0,
+      ),
+    );
+  }
+
+  rope(x: Ptr, pos: Ptr, T: number, H: number, D: number, theta: number, stream = 0): void {
+    wrap(() => this.b.rope(this.p(x, T * H * D * 4, "x"), this.p(pos, T * 4, "pos"), T, H, D, theta, stream));
+  }
+
+  siluGate(out: Ptr, gate: Ptr, up: Ptr, n: number, stream = 0): void {
+    wrap(() =>
+      this.b.siluGate(
+        this.p(out, n * 4, "out"),
+        this.p(gate, n * 4, "gate"),
+        this.p(up, n * 4, "up"),
+        n,
+        stream,
+      ),
+    );
+  }
+
+  add(y: Ptr, x: Ptr, n: number, stream = 0): void {
+    wrap(() => this.b.add(this.p(y, n * 4, "y"), this.p(x, n * 4, "x"), n, stream));
+  }
+
+  /** Mixed causal GQA attention; semantics of the CPU `attention` (see kernels.h). */
+  attention(a: DeviceAttentionArgs): void {
+    const { T, Hq, Hkv, D, cap } = a;
+    if (Hkv <= 0 || Hq % Hkv !== 0)
+      throw new TensorShapeError("attention", `Hq ${Hq} is not a multiple of Hkv ${Hkv}`);
+    if (D > 256) throw new TensorShapeError("attention", `head dim ${D} is over 256`);
+    if (a.maxPast + T > cap)
+      throw new TensorShapeError("attention", `maxPast ${a.maxPast} + T ${T} exceeds cap ${cap}`);
+    const Lmax = a.maxPast + T;
+    const vo = a.vOnly ?? null;
+    wrap(() =>
+      this.b.attention(
+        this.p(a.q, T * Hq * D * 4, "q"),
+        this.p(a.k, Hkv * cap * D * 4, "k"),
+        this.p(a.v, Hkv * cap * D * 4, "v"),
+        cap,
+        T,
+        this.p(a.past, Hkv * 4, "past"),
+        a.maxPast,
+        Hq,
+        Hkv,
+        D,
+        a.scale ?? 1 / Math.sqrt(D),
+        vo ? this.p(vo.v, Hkv * vo.cap * D * 4, "vOnly.v") : null,
+        vo ? vo.cap : 0,
+        vo ? this.p(vo.counts, Hkv * 4, "vOnly.counts") : null,
+        vo ? vo.vmax : 0,
+        vo ? this.p(vo.weights, Hq * T * vo.vmax * 4, "vOnly.weights") : null,
+        vo?.mode === "mass" ? 1 : 0,
+        this.p(a.out, T * Hq * D * 4, "out"),
+        a.probs == null ? null : this.p(a.probs, Hq * T * Lmax * 4, "probs"),
+        a.scores == null ? null : this.p(a.scores, Hq * Lmax * 4, "scores"),
+        a.scoreStart ?? 0,
+        a.stream ?? 0,
+      ),
+    );
+  }
+
+  /** store[Hkv][cap][D] row dst[t] of each head = src[T][Hkv][D] row t. */
+  kvWrite(store: Ptr, cap: number, Hkv: number, D: number, src: Ptr, T: number, dst: Ptr, stream = 0): void {
+    wrap(() =>
+      this.b.kvWrite(
+        this.p(store, Hkv * cap * D * 4, "store"),
+        cap,
+        Hkv,
+        D,
+        this.p(src, T * Hkv * D * 4, "src"),
+        T,
+        this.p(dst, T * 4, "dst"),
+        stream,
+      ),
+    );
+  }
+
+  /** n row moves {dst head, dst row, src head, src row} (device int32[n][4]); src may be pinned host memory. */
+  kvMove(dst: Ptr, dcap: number, src: Ptr, scap: number, D: number, moves: Ptr, n: number, stream = 0): void {
+    wrap(() =>
+      this.b.kvMove(
+        this.p(dst, 0, "dst"),
+        dcap,
+        this.p(src, 0, "src"),
+        scap,
+        D,
+        this.p(moves, n * 16, "moves"),
+        n,
+        stream,
+      ),
+    );
+  }
+
+  private weightDtype(w: DeviceBuffer, op: string): number {
+    this.alive(w, op);
+    if (w.dtype === "i32") throw new TensorShapeError(op, "weights must be f32, f16 or bf16");
+    return DTYPE_CODE[w.dtype];
+  }
+
+  private alive(b: DeviceBuffer, op: string): void {
+    if (b.released) throw new TensorShapeError(op, "buffer was freed");
+  }
+
+  private p(x: Ptr, needBytes: number, what: string): number {
+    if (typeof x === "number") {
+      if (!Number.isSafeInteger(x) || x <= 0)
+        throw new TensorShapeError("device", `${what}: not a device address`);
+      return x;
+    }
+    if (x instanceof DeviceBuffer) this.alive(x, what);
+    if (x.bytes < needBytes)
+      throw new TensorShapeError("device", `${what}: buffer of ${x.bytes} bytes, needs ${needBytes}`);
+    return x.ptr;
+  }
+}
