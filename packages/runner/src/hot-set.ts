@@ -4,10 +4,10 @@ import { kvGather } from "@smallkv/tensor";
  * The hot working set of one layer: what attention reads, separate from the cold full
  * store. Per kv head, rows in slot order with a position <-> slot map. Applying a new
  * selection moves only the difference (new rows gathered from the cold store, dropped
- * rows' slots refilled from the end).
+ * rows' slots refilled from the end). This class keeps the bookkeeping; subclasses hold
+ * the rows (host arrays here, device memory in the device backend), with planes of type P.
  */
-export class HotRows {
-  buf: Float32Array[];
+export abstract class HotSlots<P> {
   cap = 0;
   readonly count: Int32Array;
   /** slot -> position, per kv head. */
@@ -18,20 +18,19 @@ export class HotRows {
   moved = 0;
 
   constructor(
-    private readonly Hkv: number,
-    private readonly D: number,
+    protected readonly Hkv: number,
+    protected readonly D: number,
     /** Number of parallel buffers per row (2 for K and V, 1 for V only). */
     readonly planes: number,
     /**
      * Hot head -> cold kv head, when the hot set has its own rows per query head
      * (per-query-head selection); null: hot head g is cold kv head g.
      */
-    private readonly headMap: Int32Array | null = null,
+    protected readonly headMap: Int32Array | null = null,
     /** Kv heads of the cold store and of appended rows (defaults to Hkv). */
-    private readonly srcHeads = Hkv,
+    protected readonly srcHeads = Hkv,
   ) {
     this.count = new Int32Array(Hkv);
-    this.buf = Array.from({ length: planes }, () => new Float32Array(0));
     this.pos = Array.from({ length: Hkv }, () => new Int32Array(0));
     this.slotOf = Array.from({ length: Hkv }, () => new Int32Array(0));
   }
@@ -40,13 +39,7 @@ export class HotRows {
     if (n <= this.cap) return;
     let cap = Math.max(16, this.cap);
     while (cap < n) cap *= 2;
-    const { Hkv, D } = this;
-    this.buf = this.buf.map((old) => {
-      const next = new Float32Array(Hkv * cap * D);
-      for (let g = 0; g < Hkv; g++)
-        next.set(old.subarray(g * this.cap * D, (g * this.cap + this.count[g]) * D), g * cap * D);
-      return next;
-    });
+    this.resizePlanes(this.cap, cap);
     this.pos = this.pos.map((old) => {
       const next = new Int32Array(cap);
       next.set(old);
@@ -69,8 +62,8 @@ export class HotRows {
    * Make the rows of kv head g exactly `want[g]` (positions), moving only the difference.
    * `cold` are the cold store planes ([Hkv][ccap][D] each) for the same planes order.
    */
-  apply(want: Int32Array[], cold: Float32Array[], ccap: number, maxPosition: number): void {
-    const { Hkv, D } = this;
+  apply(want: Int32Array[], cold: P[], ccap: number, maxPosition: number): void {
+    const { Hkv } = this;
     this.ensurePositions(maxPosition);
     let need = 0;
     for (let g = 0; g < Hkv; g++) need = Math.max(need, want[g].length);
@@ -92,8 +85,7 @@ export class HotRows {
         const last = n - 1;
         slotOf[this.pos[g][s]] = 0;
         if (s !== last) {
-          for (const b of this.buf)
-            b.copyWithin((g * this.cap + s) * D, (g * this.cap + last) * D, (g * this.cap + last + 1) * D);
+          this.copySlot(g, s, last);
           this.pos[g][s] = this.pos[g][last];
           slotOf[this.pos[g][s]] = s + 1;
           keep[s] = keep[last];
@@ -103,6 +95,7 @@ export class HotRows {
       this.count[g] = n;
       add.push(adds);
     }
+    this.endCopies();
     const total = add.reduce((a, x) => a + x.length, 0);
     if (total > 0) {
       const idx = new Int32Array(total);
@@ -113,28 +106,7 @@ export class HotRows {
         off[g + 1] = off[g] + add[g].length;
         start[g] = this.count[g];
       }
-      if (!this.headMap)
-        this.buf.forEach((b, i) => kvGather(cold[i], ccap, b, this.cap, Hkv, D, idx, off, start));
-      else {
-        // Each hot head gathers from its own cold kv head: one single-head gather per head.
-        for (let g = 0; g < Hkv; g++) {
-          const src = this.headMap[g];
-          const one = Int32Array.of(0, off[g + 1] - off[g]);
-          this.buf.forEach((b, i) =>
-            kvGather(
-              cold[i].subarray(src * ccap * D, (src + 1) * ccap * D),
-              ccap,
-              b.subarray(g * this.cap * D, (g + 1) * this.cap * D),
-              this.cap,
-              1,
-              D,
-              idx.subarray(off[g], off[g + 1]),
-              one,
-              start.subarray(g, g + 1),
-            ),
-          );
-        }
-      }
+      this.gather(cold, ccap, idx, off, start);
       for (let g = 0; g < Hkv; g++) {
         for (const p of add[g]) {
           const s = this.count[g]++;
@@ -147,28 +119,46 @@ export class HotRows {
   }
 
   /** Append T new rows src[plane][T][srcHeads][D] at positions start.. to every hot head. */
-  append(src: Float32Array[], start: number, T: number): void {
-    const { Hkv, D } = this;
+  append(src: P[], start: number, T: number): void {
+    const { Hkv } = this;
     this.ensurePositions(start + T);
     let need = 0;
     for (let g = 0; g < Hkv; g++) need = Math.max(need, this.count[g] + T);
     this.ensureRows(need);
+    this.appendPlanes(src, T);
     for (let g = 0; g < Hkv; g++) {
       for (let t = 0; t < T; t++) {
         const s = this.count[g] + t;
-        const sg = this.headMap ? this.headMap[g] : g;
-        src.forEach((rows, i) => {
-          this.buf[i].set(
-            rows.subarray((t * this.srcHeads + sg) * D, (t * this.srcHeads + sg + 1) * D),
-            (g * this.cap + s) * D,
-          );
-        });
         this.pos[g][s] = start + t;
         this.slotOf[g][start + t] = s + 1;
       }
       this.count[g] += T;
     }
   }
+
+  /** The cold kv head that hot head g reads from. */
+  protected source(g: number): number {
+    return this.headMap ? this.headMap[g] : g;
+  }
+
+  /** Grow every plane from oldCap to cap rows per head, keeping each head's first count[g] rows. */
+  protected abstract resizePlanes(oldCap: number, cap: number): void;
+  /** Copy row `src` of hot head g to row `dst` in every plane (hole refill during apply). */
+  protected abstract copySlot(g: number, dst: number, src: number): void;
+  /** All copySlot calls of one apply have been made. */
+  protected endCopies(): void {}
+  /** Gather rows idx[off[g]..off[g+1]) of cold head source(g) into hot head g from row start[g]. */
+  protected abstract gather(
+    cold: P[],
+    ccap: number,
+    idx: Int32Array,
+    off: Int32Array,
+    start: Int32Array,
+  ): void;
+  /** Write T new rows src[plane][T][srcHeads][D] at rows count[g].. of each hot head. */
+  protected abstract appendPlanes(src: P[], T: number): void;
+  /** Free the planes' memory. */
+  protected abstract freePlanes(): void;
 
   /** Rows of kv head g in slot order (positions). */
   positions(g: number): Int32Array {
@@ -189,10 +179,87 @@ export class HotRows {
   }
 
   release(): void {
-    this.buf = this.buf.map(() => new Float32Array(0));
+    this.freePlanes();
     this.pos = this.pos.map(() => new Int32Array(0));
     this.slotOf = this.slotOf.map(() => new Int32Array(0));
     this.count.fill(0);
     this.cap = 0;
+  }
+}
+
+/** Hot rows in host memory, read by the CPU attention kernel. */
+export class HotRows extends HotSlots<Float32Array> {
+  buf: Float32Array[];
+
+  constructor(Hkv: number, D: number, planes: number, headMap: Int32Array | null = null, srcHeads = Hkv) {
+    super(Hkv, D, planes, headMap, srcHeads);
+    this.buf = Array.from({ length: planes }, () => new Float32Array(0));
+  }
+
+  protected resizePlanes(oldCap: number, cap: number): void {
+    const { Hkv, D } = this;
+    this.buf = this.buf.map((old) => {
+      const next = new Float32Array(Hkv * cap * D);
+      for (let g = 0; g < Hkv; g++)
+        next.set(old.subarray(g * oldCap * D, (g * oldCap + this.count[g]) * D), g * cap * D);
+      return next;
+    });
+  }
+
+  protected copySlot(g: number, dst: number, src: number): void {
+    const { D, cap } = this;
+    for (const b of this.buf) b.copyWithin((g * cap + dst) * D, (g * cap + src) * D, (g * cap + src + 1) * D);
+  }
+
+  protected gather(
+    cold: Float32Array[],
+    ccap: number,
+    idx: Int32Array,
+    off: Int32Array,
+    start: Int32Array,
+  ): void {
+    const { Hkv, D } = this;
+    if (!this.headMap) {
+      this.buf.forEach((b, i) => kvGather(cold[i], ccap, b, this.cap, Hkv, D, idx, off, start));
+      return;
+    }
+    // Each hot head gathers from its own cold kv head: one single-head gather per head.
+    for (let g = 0; g < Hkv; g++) {
+      const src = this.source(g);
+      const one = Int32Array.of(0, off[g + 1] - off[g]);
+      this.buf.forEach((b, i) =>
+        kvGather(
+          cold[i].subarray(src * ccap * D, (src + 1) * ccap * D),
+          ccap,
+          b.subarray(g * this.cap * D, (g + 1) * this.cap * D),
+          this.cap,
+          1,
+          D,
+          idx.subarray(off[g], off[g + 1]),
+          one,
+          start.subarray(g, g + 1),
+        ),
+      );
+    }
+  }
+
+  protected appendPlanes(src: Float32Array[], T: number): void {
+    const { Hkv, D } = this;
+    for (let g = 0; g < Hkv; g++) {
+      const sg = this.source(g);
+      for (let t = 0; t < T; t++) {
+        const s = this.count[g] + t;
+        src.forEach((rows, i) => {
+          this.buf[i].set(
+            rows.subarray((t * this.srcHeads + sg) * D, (t * this.srcHeads + sg + 1) * D),
+            (g * this.cap + s) * D,
+          );
+        });
+      }
+    }
+  }
+
+  protected freePlanes(): void {
+    this.buf = this.buf.map(() => new Float32Array(0));
   }
 }

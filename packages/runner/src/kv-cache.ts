@@ -10,11 +10,11 @@ export class KvCache {
   readonly v: Float32Array[] = [];
   cap = 0;
   length = 0;
-  private readonly Hkv: number;
-  private readonly D: number;
+  protected readonly Hkv: number;
+  protected readonly D: number;
 
   constructor(
-    private readonly config: ModelConfig,
+    protected readonly config: ModelConfig,
     initialCap = 64,
   ) {
     this.Hkv = config.numKvHeads;
@@ -30,7 +30,7 @@ export class KvCache {
     this.grow(Math.min(cap, Math.max(n, this.config.maxPositions)));
   }
 
-  private grow(cap: number): void {
+  protected grow(cap: number): void {
     const { Hkv, D } = this;
     for (let l = 0; l < this.config.numLayers; l++) {
       for (const store of [this.k, this.v]) {

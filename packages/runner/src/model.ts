@@ -1,19 +1,35 @@
 import { availableParallelism } from "node:os";
 import { basename, resolve } from "node:path";
-import { attention, rope, type VOnlyRows } from "@smallkv/tensor";
-import ort from "onnxruntime-node";
+import { attention, Device, DeviceError, rope, type VOnlyRows } from "@smallkv/tensor";
+import type Ort from "onnxruntime-node";
+import {
+  attentionRequest,
+  matchHotMode,
+  observeAttention,
+  selectFor,
+  vOnlyWeightsInSlotOrder,
+} from "./attend-policy.js";
 import { type ModelConfig, readConfig } from "./config.js";
+import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
-import type { HotRows } from "./hot-set.js";
 import { buildBlockGraphs } from "./onnx/blocks.js";
 import type { AttentionRequest, KvPolicyHook, LayerSelection, StepInfo } from "./policy-hook.js";
-import { Sequence } from "./sequence.js";
+import { type HostHot, Sequence } from "./sequence.js";
 import { TextTokenizer } from "./tokenizer.js";
 import { loadWeights } from "./weights.js";
+
+/** Where the model runs: the CPU (onnxruntime + @smallkv/tensor), a CUDA GPU, the first of those available, or the CPU emulator of the CUDA kernels (tests). */
+export type DeviceOption = "cpu" | "cuda" | "auto" | "emulator";
 
 export interface LoadOptions {
   /** Threads for onnxruntime's intra-op pool (default: all cores). */
   threads?: number;
+  /** Backend (default "cpu"). "auto" takes CUDA when a device opens and says why it fell back otherwise. */
+  device?: DeviceOption;
+  /** Weight storage on the device (default f32; f16/bf16 halve memory and use tensor cores). */
+  dtype?: WeightDtype;
+  /** Where "auto" reports its choice (default: stderr). */
+  onLog?: (message: string) => void;
 }
 
 /** One sequence's part of a forward step. */
@@ -27,7 +43,7 @@ export interface StepInput {
 /** Logits [rows][vocab] per step input (1 row for "last", T for "all", 0 for "none"). */
 export type StepOutput = Float32Array;
 
-type Session = ort.InferenceSession;
+type Session = Ort.InferenceSession;
 
 /**
  * A loaded Llama-family model: dense math in onnxruntime sessions, attention and the KV
@@ -41,10 +57,18 @@ export class Model {
     readonly tokenizer: TextTokenizer,
     private readonly embed: Float32Array,
     private readonly layers: Session[],
-    private readonly head: Session,
+    private readonly head: Session | null,
     /** Parameter count, for reports. */
     readonly parameters: number,
+    private readonly ort: typeof Ort | null,
+    /** The device backend, when the model runs on a GPU (or the emulator). */
+    readonly runner: DeviceRunner | null = null,
   ) {}
+
+  /** The device this model runs on (null: CPU). */
+  get device(): Device | null {
+    return this.runner?.dev ?? null;
+  }
 
   /**
    * Seconds spent since load (or the last reset): whole forward steps, and the part of them
@@ -62,9 +86,25 @@ export class Model {
     const config = readConfig(abs);
     const tokenizer = new TextTokenizer(abs);
     const weights = loadWeights(abs, config);
+    let parameters =
+      weights.embed.length +
+      weights.norm.length +
+      (weights.lmHead === weights.embed ? 0 : weights.lmHead.length);
+    for (const l of weights.layers) {
+      for (const a of Object.values(l)) parameters += (a as Float32Array).length;
+    }
+    if (opts.dtype !== undefined && !["f32", "f16", "bf16"].includes(opts.dtype))
+      throw new InvalidOptionError("dtype", `must be f32, f16 or bf16, got ${String(opts.dtype)}`);
+    const dev = openDevice(opts);
+    if (dev) {
+      const runner = DeviceRunner.create(dev, config, weights, opts.dtype ?? "f32");
+      return new Model(abs, config, tokenizer, weights.embed, [], null, parameters, null, runner);
+    }
+    // onnxruntime is loaded only here: the device backend never pulls in its 45 MB library.
+    const ort = (await import("onnxruntime-node")).default;
     const graphs = buildBlockGraphs(config, weights);
     const threads = opts.threads ?? availableParallelism();
-    const sessionOptions: ort.InferenceSession.SessionOptions = {
+    const sessionOptions: Ort.InferenceSession.SessionOptions = {
       executionProviders: ["cpu"],
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
@@ -78,14 +118,12 @@ export class Model {
     const layers: Session[] = [];
     for (const g of graphs.layers) layers.push(await ort.InferenceSession.create(g, sessionOptions));
     const head = await ort.InferenceSession.create(graphs.head, sessionOptions);
-    let parameters =
-      weights.embed.length +
-      weights.norm.length +
-      (weights.lmHead === weights.embed ? 0 : weights.lmHead.length);
-    for (const l of weights.layers) {
-      for (const a of Object.values(l)) parameters += (a as Float32Array).length;
-    }
-    return new Model(abs, config, tokenizer, weights.embed, layers, head, parameters);
+    return new Model(abs, config, tokenizer, weights.embed, layers, head, parameters, ort);
+  }
+
+  /** Free the device memory of a model on the device backend (the CPU backend needs nothing). */
+  close(): void {
+    this.runner?.release();
   }
 
   /** A new empty sequence (its own KV cache) governed by `policy` (default: keep everything). */
@@ -125,19 +163,12 @@ export class Model {
   }
 
   private async step(inputs: StepInput[], M: number): Promise<StepOutput[]> {
+    if (this.runner) return this.deviceStep(inputs, M);
     const c = this.config;
-    const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D, vocabSize: V } = c;
-    const tp = performance.now();
-    for (const { seq, tokens } of inputs) {
-      if (!seq.policy.prepare || seq.fault) continue;
-      try {
-        await seq.policy.prepare(seq, { start: seq.length, T: tokens.length });
-      } catch (e) {
-        seq.fault =
-          e instanceof PolicyError ? e : new PolicyError(seq.policy.name, "prepare", (e as Error).message);
-      }
-    }
-    this.timing.policy += (performance.now() - tp) / 1000;
+    const ort = this.ort as typeof Ort;
+    const head = this.head as Session;
+    const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D } = c;
+    await this.preparePolicies(inputs);
 
     const x = new Float32Array(M * d);
     const positions = new Int32Array(M);
@@ -188,16 +219,37 @@ export class Model {
       else if (logits === "last") rows.push(r + tokens.length - 1);
       r += tokens.length;
     }
-    const results: StepOutput[] = [];
     let logitsAll: Float32Array = new Float32Array(0);
     if (rows.length > 0) {
       const h = new Float32Array(rows.length * d);
       rows.forEach((src, i) => {
         h.set(final.subarray(src * d, (src + 1) * d), i * d);
       });
-      const o = await this.head.run({ resid: new ort.Tensor("float32", h, [rows.length, d]) });
+      const o = await head.run({ resid: new ort.Tensor("float32", h, [rows.length, d]) });
       logitsAll = o.logits.data as Float32Array;
     }
+    return this.splitLogits(inputs, logitsAll);
+  }
+
+  /** Each policy's per-step preparation (SmallKV runs its assistant here). */
+  private async preparePolicies(inputs: StepInput[]): Promise<void> {
+    const tp = performance.now();
+    for (const { seq, tokens } of inputs) {
+      if (!seq.policy.prepare || seq.fault) continue;
+      try {
+        await seq.policy.prepare(seq, { start: seq.length, T: tokens.length });
+      } catch (e) {
+        seq.fault =
+          e instanceof PolicyError ? e : new PolicyError(seq.policy.name, "prepare", (e as Error).message);
+      }
+    }
+    this.timing.policy += (performance.now() - tp) / 1000;
+  }
+
+  /** Cut the rows of logits [R][V] into one output per step input. */
+  private splitLogits(inputs: StepInput[], logitsAll: Float32Array): StepOutput[] {
+    const V = this.config.vocabSize;
+    const results: StepOutput[] = [];
     let lr = 0;
     for (const { tokens, logits = "last" } of inputs) {
       const n = logits === "all" ? tokens.length : logits === "last" ? 1 : 0;
@@ -205,6 +257,27 @@ export class Model {
       lr += n;
     }
     return results;
+  }
+
+  /** One step on the device backend: policies prepare, the runner computes, logits come back. */
+  private async deviceStep(inputs: StepInput[], M: number): Promise<StepOutput[]> {
+    const runner = this.runner as DeviceRunner;
+    await this.preparePolicies(inputs);
+    const parts = [];
+    const rows: number[] = [];
+    let r = 0;
+    for (const { seq, tokens, logits = "last" } of inputs) {
+      parts.push({ seq, tokens, row: r });
+      if (logits === "all") for (let i = 0; i < tokens.length; i++) rows.push(r + i);
+      else if (logits === "last") rows.push(r + tokens.length - 1);
+      r += tokens.length;
+    }
+    const logitsAll = runner.step(parts, M, rows);
+    for (const { seq, tokens } of inputs) {
+      seq.kv.length += tokens.length;
+      for (let i = 0; i < tokens.length; i++) seq.tokens.push(tokens[i]);
+    }
+    return this.splitLogits(inputs, logitsAll);
   }
 
   /** Attention of one sequence at one layer, through its policy's selection. */
@@ -224,21 +297,10 @@ export class Model {
     // Time in the policy and its hot-set moves (everything here but the attention kernel).
     let tPolicy = performance.now();
     const policy = seq.policy;
-    const sel = seq.fault ? null : this.selectFor(seq, layer, step);
-    let request: AttentionRequest = false;
-    if (!seq.fault && policy.wantsAttention) {
-      try {
-        request = policy.wantsAttention(seq, layer, step);
-      } catch (e) {
-        seq.fault = new PolicyError(policy.name, "wantsAttention", (e as Error).message);
-      }
-    }
-    if (sel && (sel.perQueryHead ?? false) !== seq.hot[layer].perQuery) {
-      seq.hot[layer].full.release();
-      seq.hot[layer].vOnly.release();
-      seq.hot[layer] = seq.newHot(sel.perQueryHead ?? false);
-    }
-    const hot = seq.hot[layer];
+    const sel = seq.fault ? null : selectFor(seq, layer, step);
+    const request = attentionRequest(seq, layer, step);
+    matchHotMode(seq, layer, sel);
+    const hot = seq.hot[layer] as HostHot;
     let result: ReturnType<typeof attention>;
     let keyPositions: Int32Array[] = [];
     let scores: Float32Array | undefined;
@@ -287,7 +349,7 @@ export class Model {
         hot.vOnly.apply(vsel, [seq.kv.v[layer]], seq.kv.cap, start + T);
         try {
           // The hot set keeps its own slot order; weights come in selection order, so reorder.
-          const weights = this.vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly);
+          const weights = vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly);
           vOnly = {
             v: hot.vOnly.buf[0],
             cap: hot.vOnly.cap,
@@ -322,135 +384,41 @@ export class Model {
       tPolicy = performance.now();
       if (request) keyPositions = Array.from({ length: HkvHot }, (_, g) => hot.full.positions(g).slice());
     }
-    if (request && policy.observe && !seq.fault) {
-      try {
-        policy.observe(seq, {
-          layer,
-          start,
-          T,
-          probs: result.probs,
-          scores,
-          Lmax: result.Lmax,
-          keyPositions,
-        });
-      } catch (e) {
-        seq.fault = new PolicyError(policy.name, "observe", (e as Error).message);
-      }
-    }
+    if (request)
+      observeAttention(seq, {
+        layer,
+        start,
+        T,
+        probs: result.probs,
+        scores,
+        Lmax: result.Lmax,
+        keyPositions,
+      });
     this.timing.policy += (performance.now() - tPolicy) / 1000;
-  }
-
-  /** The policy's selection for this layer and step, validated; a broken one faults the sequence. */
-  private selectFor(seq: Sequence, layer: number, step: StepInfo): LayerSelection | null {
-    const policy = seq.policy;
-    if (!policy.select) return null;
-    try {
-      const sel = policy.select(seq, layer, step);
-      if (sel)
-        validateSelection(
-          seq,
-          sel,
-          sel.perQueryHead ? this.config.numHeads : this.config.numKvHeads,
-          step.start,
-        );
-      return sel;
-    } catch (e) {
-      seq.fault = e instanceof PolicyError ? e : new PolicyError(policy.name, "select", (e as Error).message);
-      return null;
-    }
-  }
-
-  private vOnlyWeightsInSlotOrder(
-    seq: Sequence,
-    layer: number,
-    step: StepInfo,
-    sel: LayerSelection,
-    rows: HotRows,
-  ): Float32Array {
-    const Hq = this.config.numHeads;
-    const Hkv = sel.perQueryHead ? Hq : this.config.numKvHeads;
-    const group = Hq / Hkv;
-    const vsel = sel.vOnly!;
-    const vmax = Math.max(...vsel.map((x) => x.length));
-    const name = seq.policy.name;
-    if (!seq.policy.vOnlyWeights)
-      throw new PolicyError(
-        name,
-        "V-only weights",
-        "selection has V-only tokens but the policy has no vOnlyWeights",
-      );
-    let w: Float32Array;
-    try {
-      w = seq.policy.vOnlyWeights(seq, layer, step, sel);
-    } catch (e) {
-      throw new PolicyError(name, "vOnlyWeights", (e as Error).message);
-    }
-    const T = step.T;
-    if (!(w instanceof Float32Array) || w.length !== Hq * T * vmax) {
-      throw new PolicyError(
-        name,
-        "V-only weights",
-        `expected a Float32Array of Hq*T*vmax = ${Hq * T * vmax} weights`,
-      );
-    }
-    const out = new Float32Array(Hq * T * vmax);
-    for (let g = 0; g < Hkv; g++) {
-      const order = new Map<number, number>();
-      vsel[g].forEach((p, i) => order.set(p, i));
-      const slots = rows.positions(g);
-      for (let h = g * group; h < (g + 1) * group; h++) {
-        for (let t = 0; t < T; t++) {
-          const base = (h * T + t) * vmax;
-          for (let s = 0; s < slots.length; s++) {
-            const x = w[base + order.get(slots[s])!];
-            if (!Number.isFinite(x) || x < 0)
-              throw new PolicyError(
-                name,
-                "V-only weights",
-                `weight ${x} is not a finite non-negative number`,
-              );
-            out[base + s] = x;
-          }
-        }
-      }
-    }
-    return out;
   }
 }
 
-function validateSelection(seq: Sequence, sel: LayerSelection, Hkv: number, start: number): void {
-  const name = seq.policy.name;
-  const check = (lists: Int32Array[], what: string, seen: Set<number>[]) => {
-    if (!Array.isArray(lists) || lists.length !== Hkv) {
-      throw new PolicyError(
-        name,
-        "one list per kv head",
-        `${what}: got ${Array.isArray(lists) ? lists.length : typeof lists} lists for ${Hkv} kv heads`,
-      );
-    }
-    for (let g = 0; g < Hkv; g++) {
-      for (const p of lists[g]) {
-        if (!Number.isInteger(p) || p < 0 || p >= start) {
-          throw new PolicyError(
-            name,
-            "valid indices",
-            `${what}, kv head ${g}: position ${p} is outside the past tokens [0, ${start})`,
-          );
-        }
-        if (seen[g].has(p))
-          throw new PolicyError(name, "no duplicates", `${what}, kv head ${g}: position ${p} selected twice`);
-        seen[g].add(p);
+/** The device for `opts.device`, or null for the CPU. "auto" falls back to the CPU with a message. */
+function openDevice(opts: LoadOptions): Device | null {
+  const want = opts.device ?? "cpu";
+  const log = opts.onLog ?? ((m: string) => process.stderr.write(`[smallkv] ${m}\n`));
+  switch (want) {
+    case "cpu":
+      return null;
+    case "cuda":
+    case "emulator":
+      return Device.open(want);
+    case "auto":
+      try {
+        const dev = Device.open("cuda");
+        log(`device auto: running on CUDA (${dev.info.name})`);
+        return dev;
+      } catch (e) {
+        if (!(e instanceof DeviceError)) throw e;
+        log(`device auto: no usable CUDA device (${e.message}); running on the CPU`);
+        return null;
       }
-    }
-  };
-  const seen = Array.from({ length: Hkv }, () => new Set<number>());
-  check(sel.full, "full", seen);
-  if (sel.vOnly) check(sel.vOnly, "vOnly", seen);
-  if (sel.combine !== undefined && sel.combine !== "literal" && sel.combine !== "mass") {
-    throw new PolicyError(
-      name,
-      "combine mode",
-      `combine must be "literal" or "mass", got ${String(sel.combine)}`,
-    );
+    default:
+      throw new InvalidOptionError("device", `must be cpu, cuda, auto or emulator, got ${String(want)}`);
   }
 }

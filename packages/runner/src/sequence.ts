@@ -1,11 +1,23 @@
 import type { AssistantState } from "./assisted.js";
 import type { ModelConfig } from "./config.js";
-import { HotRows } from "./hot-set.js";
+import { DeviceHotRows, DeviceKvCache } from "./device/kv.js";
+import { HotRows, type HotSlots } from "./hot-set.js";
 import { KvCache } from "./kv-cache.js";
 import type { Model } from "./model.js";
 import { fullCache, type KvPolicyHook } from "./policy-hook.js";
 
 let nextId = 1;
+
+/** One layer's hot set: K+V rows, V-only rows (host arrays or device memory, per backend). */
+export interface HotLayer {
+  full: HotSlots<unknown>;
+  vOnly: HotSlots<unknown>;
+  active: boolean;
+  perQuery: boolean;
+}
+
+/** A hot layer of the CPU backend. */
+export type HostHot = HotLayer & { full: HotRows; vOnly: HotRows };
 
 /** What a sequence's KV occupies: the cold full store, the hot working set, and token classes. */
 export interface KvStats {
@@ -30,7 +42,7 @@ export class Sequence {
   /** Token ids seen so far (prompt and generated). */
   readonly tokens: number[] = [];
   /** Per layer: the K+V working set and the V-only rows, when the policy selects. */
-  readonly hot: { full: HotRows; vOnly: HotRows; active: boolean; perQuery: boolean }[];
+  readonly hot: HotLayer[];
   released = false;
   /** Set when the sequence's policy failed; the generator ends the request with this error. */
   fault: Error | null = null;
@@ -46,29 +58,30 @@ export class Sequence {
     /** The model that owns this sequence's cache. */
     readonly model: Model | null = null,
   ) {
-    this.kv = new KvCache(config);
+    const dev = model?.device;
+    this.kv = dev ? new DeviceKvCache(config, dev, policy.select !== undefined) : new KvCache(config);
     this.hot = Array.from({ length: config.numLayers }, () => this.newHot(false));
   }
 
   /** A layer's hot rows: per kv head, or per query head (each mapped to its kv head). */
-  newHot(perQuery: boolean): { full: HotRows; vOnly: HotRows; active: boolean; perQuery: boolean } {
+  newHot(perQuery: boolean): HotLayer {
     const c = this.config;
+    const dev = this.model?.device;
+    const rows = (heads: number, planes: number, map: Int32Array | null): HotSlots<unknown> =>
+      dev
+        ? (new DeviceHotRows(dev, heads, c.headDim, planes, map, c.numKvHeads) as HotSlots<unknown>)
+        : (new HotRows(heads, c.headDim, planes, map, c.numKvHeads) as HotSlots<unknown>);
     if (!perQuery) {
       return {
-        full: new HotRows(c.numKvHeads, c.headDim, 2),
-        vOnly: new HotRows(c.numKvHeads, c.headDim, 1),
+        full: rows(c.numKvHeads, 2, null),
+        vOnly: rows(c.numKvHeads, 1, null),
         active: false,
         perQuery,
       };
     }
     const group = c.numHeads / c.numKvHeads;
     const map = Int32Array.from({ length: c.numHeads }, (_, h) => Math.floor(h / group));
-    return {
-      full: new HotRows(c.numHeads, c.headDim, 2, map, c.numKvHeads),
-      vOnly: new HotRows(c.numHeads, c.headDim, 1, map, c.numKvHeads),
-      active: false,
-      perQuery,
-    };
+    return { full: rows(c.numHeads, 2, map), vOnly: rows(c.numHeads, 1, map), active: false, perQuery };
   }
 
   get length(): number {

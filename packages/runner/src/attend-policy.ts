@@ -1,0 +1,149 @@
+import { PolicyError } from "./errors.js";
+import type { HotSlots } from "./hot-set.js";
+import type { AttentionRequest, LayerSelection, StepInfo } from "./policy-hook.js";
+import type { Sequence } from "./sequence.js";
+
+// The policy side of one layer's attention, shared by the CPU and device backends: asking
+// for the selection and the attention outputs, checking what comes back, and reporting
+// the outcome. A failing policy faults its own sequence only.
+
+/** The policy's selection for this layer and step, validated; a broken one faults the sequence. */
+export function selectFor(seq: Sequence, layer: number, step: StepInfo): LayerSelection | null {
+  const config = seq.config;
+  const policy = seq.policy;
+  if (!policy.select) return null;
+  try {
+    const sel = policy.select(seq, layer, step);
+    if (sel) validateSelection(seq, sel, sel.perQueryHead ? config.numHeads : config.numKvHeads, step.start);
+    return sel;
+  } catch (e) {
+    seq.fault = e instanceof PolicyError ? e : new PolicyError(policy.name, "select", (e as Error).message);
+    return null;
+  }
+}
+
+export function vOnlyWeightsInSlotOrder(
+  seq: Sequence,
+  layer: number,
+  step: StepInfo,
+  sel: LayerSelection,
+  rows: HotSlots<unknown>,
+): Float32Array {
+  const config = seq.config;
+  const Hq = config.numHeads;
+  const Hkv = sel.perQueryHead ? Hq : config.numKvHeads;
+  const group = Hq / Hkv;
+  const vsel = sel.vOnly!;
+  const vmax = Math.max(...vsel.map((x) => x.length));
+  const name = seq.policy.name;
+  if (!seq.policy.vOnlyWeights)
+    throw new PolicyError(
+      name,
+      "V-only weights",
+      "selection has V-only tokens but the policy has no vOnlyWeights",
+    );
+  let w: Float32Array;
+  try {
+    w = seq.policy.vOnlyWeights(seq, layer, step, sel);
+  } catch (e) {
+    throw new PolicyError(name, "vOnlyWeights", (e as Error).message);
+  }
+  const T = step.T;
+  if (!(w instanceof Float32Array) || w.length !== Hq * T * vmax) {
+    throw new PolicyError(
+      name,
+      "V-only weights",
+      `expected a Float32Array of Hq*T*vmax = ${Hq * T * vmax} weights`,
+    );
+  }
+  const out = new Float32Array(Hq * T * vmax);
+  for (let g = 0; g < Hkv; g++) {
+    const order = new Map<number, number>();
+    vsel[g].forEach((p, i) => order.set(p, i));
+    const slots = rows.positions(g);
+    for (let h = g * group; h < (g + 1) * group; h++) {
+      for (let t = 0; t < T; t++) {
+        const base = (h * T + t) * vmax;
+        for (let s = 0; s < slots.length; s++) {
+          const x = w[base + order.get(slots[s])!];
+          if (!Number.isFinite(x) || x < 0)
+            throw new PolicyError(name, "V-only weights", `weight ${x} is not a finite non-negative number`);
+          out[base + s] = x;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** What the policy wants to observe of this layer's attention (false when nothing, or faulted). */
+export function attentionRequest(seq: Sequence, layer: number, step: StepInfo): AttentionRequest {
+  const policy = seq.policy;
+  if (seq.fault || !policy.wantsAttention) return false;
+  try {
+    return policy.wantsAttention(seq, layer, step);
+  } catch (e) {
+    seq.fault = new PolicyError(policy.name, "wantsAttention", (e as Error).message);
+    return false;
+  }
+}
+
+/** Hand the attention outputs to the policy. */
+export function observeAttention(
+  seq: Sequence,
+  obs: Parameters<NonNullable<Sequence["policy"]["observe"]>>[1],
+): void {
+  const policy = seq.policy;
+  if (!policy.observe || seq.fault) return;
+  try {
+    policy.observe(seq, obs);
+  } catch (e) {
+    seq.fault = new PolicyError(policy.name, "observe", (e as Error).message);
+  }
+}
+
+/** A selection switching between per-kv-head and per-query-head rows gets a fresh hot set. */
+export function matchHotMode(seq: Sequence, layer: number, sel: LayerSelection | null): void {
+  if (sel && (sel.perQueryHead ?? false) !== seq.hot[layer].perQuery) {
+    seq.hot[layer].full.release();
+    seq.hot[layer].vOnly.release();
+    seq.hot[layer] = seq.newHot(sel.perQueryHead ?? false);
+  }
+}
+
+function validateSelection(seq: Sequence, sel: LayerSelection, Hkv: number, start: number): void {
+  const name = seq.policy.name;
+  const check = (lists: Int32Array[], what: string, seen: Set<number>[]) => {
+    if (!Array.isArray(lists) || lists.length !== Hkv) {
+      throw new PolicyError(
+        name,
+        "one list per kv head",
+        `${what}: got ${Array.isArray(lists) ? lists.length : typeof lists} lists for ${Hkv} kv heads`,
+      );
+    }
+    for (let g = 0; g < Hkv; g++) {
+      for (const p of lists[g]) {
+        if (!Number.isInteger(p) || p < 0 || p >= start) {
+          throw new PolicyError(
+            name,
+            "valid indices",
+            `${what}, kv head ${g}: position ${p} is outside the past tokens [0, ${start})`,
+          );
+        }
+        if (seen[g].has(p))
+          throw new PolicyError(name, "no duplicates", `${what}, kv head ${g}: position ${p} selected twice`);
+        seen[g].add(p);
+      }
+    }
+  };
+  const seen = Array.from({ length: Hkv }, () => new Set<number>());
+  check(sel.full, "full", seen);
+  if (sel.vOnly) check(sel.vOnly, "vOnly", seen);
+  if (sel.combine !== undefined && sel.combine !== "literal" && sel.combine !== "mass") {
+    throw new PolicyError(
+      name,
+      "combine mode",
+      `combine must be "literal" or "mass", got ${String(sel.combine)}`,
+    );
+  }
+}

@@ -1,0 +1,300 @@
+import { type Device, type DeviceBuffer, toHalfBits } from "@smallkv/tensor";
+import {
+  attentionRequest,
+  matchHotMode,
+  observeAttention,
+  selectFor,
+  vOnlyWeightsInSlotOrder,
+} from "../attend-policy.js";
+import type { ModelConfig } from "../config.js";
+import type { Sequence } from "../sequence.js";
+import type { ModelWeights } from "../weights.js";
+import type { DeviceHotRows, DeviceKvCache } from "./kv.js";
+import { Staging } from "./staging.js";
+
+/** Weight storage on the device: f32 as loaded, or f16/bf16 for the tensor-core GEMM. */
+export type WeightDtype = "f32" | "f16" | "bf16";
+
+interface LayerBuffers {
+  inputNorm: DeviceBuffer;
+  postNorm: DeviceBuffer;
+  q: DeviceBuffer;
+  k: DeviceBuffer;
+  v: DeviceBuffer;
+  o: DeviceBuffer;
+  gate: DeviceBuffer;
+  up: DeviceBuffer;
+  down: DeviceBuffer;
+  qBias?: DeviceBuffer;
+  kBias?: DeviceBuffer;
+  vBias?: DeviceBuffer;
+}
+
+/** One step's sequence: its rows in the batch, and which logits it wants. */
+export interface DeviceStepPart {
+  seq: Sequence;
+  tokens: ArrayLike<number>;
+  row: number;
+}
+
+/**
+ * The device backend's forward pass: every weight, activation and hot KV row on the GPU;
+ * the host only runs the policies and receives logits. A step queues all its kernels on the
+ * compute stream and waits once, for the logits (policies that observe attention add one
+ * wait per observed layer).
+ */
+export class DeviceRunner {
+  private scratch = new Map<string, DeviceBuffer>();
+  private readonly staging: Staging;
+  /** Bytes of weights on the device. */
+  readonly weightBytes: number;
+
+  private constructor(
+    readonly dev: Device,
+    private readonly c: ModelConfig,
+    private readonly embed: DeviceBuffer,
+    private readonly norm: DeviceBuffer,
+    private readonly lmHead: DeviceBuffer,
+    private readonly layers: LayerBuffers[],
+  ) {
+    this.staging = new Staging(dev);
+    this.weightBytes = [
+      embed,
+      norm,
+      lmHead,
+      ...layers.flatMap((l) => Object.values(l) as DeviceBuffer[]),
+    ].reduce((a, b) => a + (b === lmHead && lmHead === embed ? 0 : b.bytes), 0);
+  }
+
+  static create(dev: Device, c: ModelConfig, w: ModelWeights, dtype: WeightDtype): DeviceRunner {
+    const mat = (a: Float32Array) =>
+      dtype === "f32" ? dev.upload(a) : dev.upload(toHalfBits(a, dtype), dtype);
+    const vec = (a: Float32Array) => dev.upload(a);
+    try {
+      const layers = w.layers.map((l) => {
+        const b: LayerBuffers = {
+          inputNorm: vec(l.inputNorm),
+          postNorm: vec(l.postNorm),
+          q: mat(l.q),
+          k: mat(l.k),
+          v: mat(l.v),
+          o: mat(l.o),
+          gate: mat(l.gate),
+          up: mat(l.up),
+          down: mat(l.down),
+        };
+        if (l.qBias) b.qBias = vec(l.qBias);
+        if (l.kBias) b.kBias = vec(l.kBias);
+        if (l.vBias) b.vBias = vec(l.vBias);
+        return b;
+      });
+      const embed = mat(w.embed);
+      const lmHead = w.lmHead === w.embed ? embed : mat(w.lmHead);
+      return new DeviceRunner(dev, c, embed, vec(w.norm), lmHead, layers);
+    } catch (e) {
+      dev.releaseAll();
+      throw e;
+    }
+  }
+
+  private buf(name: string, n: number): DeviceBuffer {
+    let b = this.scratch.get(name);
+    if (!b || b.length < n) {
+      b?.free();
+      b = this.dev.alloc(Math.max(n, 1024));
+      this.scratch.set(name, b);
+    }
+    return b;
+  }
+
+  /** Run the layers for M rows; returns the requested rows' logits [R][V]. */
+  step(parts: DeviceStepPart[], M: number, logitRows: number[]): Float32Array {
+    const c = this.c;
+    const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: I } = c;
+    const dev = this.dev;
+    const ids: number[] = [];
+    const pos: number[] = [];
+    for (const { seq, tokens } of parts) {
+      seq.kv.ensure(seq.length + tokens.length);
+      for (let i = 0; i < tokens.length; i++) {
+        ids.push(tokens[i]);
+        pos.push(seq.length + i);
+      }
+    }
+    const idsPtr = this.staging.ints("ids", ids);
+    const posPtr = this.staging.ints("pos", pos);
+    const x = this.buf("x", M * d);
+    const h = this.buf("h", M * d);
+    const q = this.buf("q", M * Hq * D);
+    const k = this.buf("k", M * Hkv * D);
+    const v = this.buf("v", M * Hkv * D);
+    const attn = this.buf("attn", M * Hq * D);
+    const gate = this.buf("gate", M * I);
+    const up = this.buf("up", M * I);
+    dev.embedding(x, this.embed, idsPtr, M, d);
+    for (let l = 0; l < c.numLayers; l++) {
+      const w = this.layers[l];
+      dev.rmsnorm(h, x, w.inputNorm, M, d, c.rmsNormEps);
+      dev.gemm({ y: q, x: h, w: w.q, bias: w.qBias, m: M, n: Hq * D, k: d });
+      dev.gemm({ y: k, x: h, w: w.k, bias: w.kBias, m: M, n: Hkv * D, k: d });
+      dev.gemm({ y: v, x: h, w: w.v, bias: w.vBias, m: M, n: Hkv * D, k: d });
+      dev.rope(q, posPtr, M, Hq, D, c.ropeTheta);
+      dev.rope(k, posPtr, M, Hkv, D, c.ropeTheta);
+      for (const { seq, tokens, row } of parts) {
+        this.attend(
+          seq,
+          l,
+          tokens.length,
+          q.at(row * Hq * D),
+          k.at(row * Hkv * D),
+          v.at(row * Hkv * D),
+          attn.at(row * Hq * D),
+        );
+      }
+      dev.gemm({ y: x, x: attn, w: w.o, m: M, n: d, k: Hq * D, accumulate: true });
+      dev.rmsnorm(h, x, w.postNorm, M, d, c.rmsNormEps);
+      dev.gemm({ y: gate, x: h, w: w.gate, m: M, n: I, k: d });
+      dev.gemm({ y: up, x: h, w: w.up, m: M, n: I, k: d });
+      dev.siluGate(gate, gate, up, M * I);
+      dev.gemm({ y: x, x: gate, w: w.down, m: M, n: d, k: I, accumulate: true });
+    }
+    const R = logitRows.length;
+    if (R === 0) {
+      dev.sync(0);
+      return new Float32Array(0);
+    }
+    const hs = this.buf("hsel", R * d);
+    logitRows.forEach((src, i) => dev.copy(hs.at(i * d), x.at(src * d), d * 4));
+    dev.rmsnorm(hs, hs, this.norm, R, d, c.rmsNormEps);
+    const logits = this.buf("logits", R * c.vocabSize);
+    dev.gemm({ y: logits, x: hs, w: this.lmHead, m: R, n: c.vocabSize, k: d });
+    return dev.read(logits, new Float32Array(R * c.vocabSize));
+  }
+
+  /** One sequence's attention at one layer, through its policy (device twin of Model.attend). */
+  private attend(
+    seq: Sequence,
+    layer: number,
+    T: number,
+    q: number,
+    k: number,
+    v: number,
+    out: number,
+  ): void {
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.c;
+    const dev = this.dev;
+    const kv = seq.kv as DeviceKvCache;
+    const start = seq.length;
+    const step = { start, T };
+    kv.writeDevice(layer, k, v, start, T);
+    const sel = seq.fault ? null : selectFor(seq, layer, step);
+    const request = attentionRequest(seq, layer, step);
+    matchHotMode(seq, layer, sel);
+    const hot = seq.hot[layer];
+    const st = kv.staging;
+    const wantProbs = request === "probs";
+    const scoreStart = typeof request === "object" ? (request.fromRow ?? 0) : 0;
+    let keyPositions: Int32Array[] = [];
+    let Lmax: number;
+    let probs: { ptr: number; view: Float32Array } | null = null;
+    let scores: { ptr: number; view: Float32Array } | null = null;
+    if (!sel) {
+      if (hot.active) {
+        hot.full.clear();
+        hot.vOnly.clear();
+        hot.active = false;
+      }
+      Lmax = start + T;
+      if (wantProbs) probs = st.floats(`probs${layer}`, Hq * T * Lmax);
+      if (typeof request === "object") scores = st.floats(`scores${layer}`, Hq * Lmax);
+      dev.attention({
+        q,
+        k: kv.dk[layer],
+        v: kv.dv[layer],
+        cap: kv.cap,
+        T,
+        past: st.ints(`past${layer}`, new Array(Hkv).fill(start)),
+        maxPast: start,
+        Hq,
+        Hkv,
+        D,
+        out,
+        probs: probs?.ptr,
+        scores: scores?.ptr,
+        scoreStart,
+      });
+      if (request) {
+        const all = Int32Array.from({ length: Lmax }, (_, i) => i);
+        keyPositions = Array.from({ length: Hkv }, () => all);
+      }
+    } else {
+      hot.active = true;
+      const HkvHot = sel.perQueryHead ? Hq : Hkv;
+      const full = hot.full as DeviceHotRows;
+      const vOnlyRows = hot.vOnly as DeviceHotRows;
+      full.apply(sel.full, [kv.dk[layer].ptr, kv.dv[layer].ptr], kv.cap, start + T);
+      full.append([k, v], start, T);
+      const past = sel.full.map((s) => s.length);
+      let vOnly = null;
+      const vsel = sel.vOnly;
+      if (vsel?.some((x) => x.length > 0)) {
+        vOnlyRows.apply(vsel, [kv.dv[layer].ptr], kv.cap, start + T);
+        try {
+          const weights = vOnlyWeightsInSlotOrder(seq, layer, step, sel, vOnlyRows);
+          const vmax = Math.max(...vsel.map((x) => x.length));
+          vOnly = {
+            v: vOnlyRows.planesBuf[0],
+            cap: vOnlyRows.cap,
+            counts: st.ints(`vcount${layer}`, vOnlyRows.count),
+            vmax,
+            weights: st.floats(`vw${layer}`, weights.length, weights).ptr,
+            mode: sel.combine ?? "mass",
+          };
+        } catch (e) {
+          seq.fault = e as Error;
+        }
+      } else vOnlyRows.clear();
+      const maxPast = Math.max(...past);
+      Lmax = maxPast + T;
+      if (wantProbs) probs = st.floats(`probs${layer}`, Hq * T * Lmax);
+      if (typeof request === "object") scores = st.floats(`scores${layer}`, Hq * Lmax);
+      dev.attention({
+        q,
+        k: full.planesBuf[0],
+        v: full.planesBuf[1],
+        cap: full.cap,
+        T,
+        past: st.ints(`past${layer}`, past),
+        maxPast,
+        Hq,
+        Hkv: HkvHot,
+        D,
+        out,
+        probs: probs?.ptr,
+        scores: scores?.ptr,
+        scoreStart,
+        vOnly,
+      });
+      if (request) keyPositions = Array.from({ length: HkvHot }, (_, g) => full.positions(g).slice());
+    }
+    if (request && seq.policy.observe && !seq.fault) {
+      dev.sync(0); // the policy reads this layer's probabilities or scores now
+      observeAttention(seq, {
+        layer,
+        start,
+        T,
+        probs: probs ? probs.view.slice() : undefined,
+        scores: scores ? scores.view.slice() : undefined,
+        Lmax,
+        keyPositions,
+      });
+    }
+  }
+
+  release(): void {
+    for (const b of this.scratch.values()) b.free();
+    this.scratch.clear();
+    this.staging.free();
+    this.dev.releaseAll();
+  }
+}

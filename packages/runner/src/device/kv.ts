@@ -1,0 +1,163 @@
+import type { Device, DeviceBuffer, PinnedBuffer, Ptr } from "@smallkv/tensor";
+import type { ModelConfig } from "../config.js";
+import { HotSlots } from "../hot-set.js";
+import { KvCache } from "../kv-cache.js";
+import { Staging } from "./staging.js";
+
+/**
+ * A sequence's full K/V for the device backend. Sequences whose policy selects keep it as
+ * the cold store in mapped pinned host memory (the host view k[l]/v[l] stays readable by
+ * policies; the device reads only the rows a selection moves into its hot set). Sequences
+ * without a selection keep it in device memory, where attention reads it directly.
+ */
+export class DeviceKvCache extends KvCache {
+  dk: (DeviceBuffer | PinnedBuffer)[] = [];
+  dv: (DeviceBuffer | PinnedBuffer)[] = [];
+  readonly staging: Staging;
+
+  constructor(
+    config: ModelConfig,
+    private readonly dev: Device,
+    /** Cold store in pinned host memory (true) or device memory (false). */
+    readonly pinned: boolean,
+  ) {
+    super(config, 0);
+    this.staging = new Staging(dev);
+    this.grow(Math.min(64, config.maxPositions));
+  }
+
+  protected override grow(cap: number): void {
+    if (!this.dev || cap === 0) return; // the base constructor's call, before this class is set up
+    const { Hkv, D } = this;
+    const n = this.config.numLayers;
+    if (this.dk.length > 0) {
+      this.dev.sync(0);
+      this.dev.sync(1);
+    }
+    for (const [dst, host] of [
+      [this.dk, this.k],
+      [this.dv, this.v],
+    ] as const) {
+      for (let l = 0; l < n; l++) {
+        const next = this.pinned ? this.dev.pinned(Hkv * cap * D) : this.dev.alloc(Hkv * cap * D);
+        const old = dst[l];
+        if (old) {
+          for (let g = 0; g < Hkv; g++)
+            this.dev.copy(next.at(g * cap * D), old.at(g * this.cap * D), this.length * D * 4);
+          this.dev.sync(0);
+          old.free();
+        }
+        dst[l] = next;
+        host[l] = "f32" in next ? next.f32 : new Float32Array(0);
+      }
+    }
+    this.cap = cap;
+  }
+
+  /** Write T new rows (device k/v [T][Hkv][D]) of one layer at positions start.. (stream 0). */
+  writeDevice(layer: number, kRows: Ptr, vRows: Ptr, start: number, T: number): void {
+    const dst = this.staging.ints(
+      `dst${layer}`,
+      Array.from({ length: T }, (_, t) => start + t),
+    );
+    this.dev.kvWrite(this.dk[layer], this.cap, this.Hkv, this.D, kRows, T, dst);
+    this.dev.kvWrite(this.dv[layer], this.cap, this.Hkv, this.D, vRows, T, dst);
+  }
+
+  override release(): void {
+    for (const b of [...this.dk, ...this.dv]) b.free();
+    this.dk = [];
+    this.dv = [];
+    this.staging.free();
+    super.release();
+  }
+}
+
+/**
+ * A layer's hot set in device memory. Only the difference between consecutive selections
+ * moves: hole refills within the set (one launch, made order-free by composing chains), then
+ * the new rows from the pinned cold store on the copy stream, which compute waits for.
+ */
+export class DeviceHotRows extends HotSlots<Ptr> {
+  planesBuf: DeviceBuffer[] = [];
+  private pending = new Map<number, number>();
+  private readonly staging: Staging;
+
+  constructor(
+    private readonly dev: Device,
+    Hkv: number,
+    D: number,
+    planes: number,
+    headMap: Int32Array | null = null,
+    srcHeads = Hkv,
+  ) {
+    super(Hkv, D, planes, headMap, srcHeads);
+    this.staging = new Staging(dev);
+  }
+
+  protected resizePlanes(oldCap: number, cap: number): void {
+    const { Hkv, D } = this;
+    this.planesBuf = Array.from({ length: this.planes }, (_, i) => {
+      const next = this.dev.alloc(Hkv * cap * D);
+      const old = this.planesBuf[i];
+      if (old) {
+        for (let g = 0; g < Hkv; g++)
+          if (this.count[g] > 0)
+            this.dev.copy(next.at(g * cap * D), old.at(g * oldCap * D), this.count[g] * D * 4);
+        this.dev.sync(0);
+        old.free();
+      }
+      return next;
+    });
+  }
+
+  protected copySlot(g: number, dst: number, src: number): void {
+    // Every source slot lies past the set's final size and every destination before it, so
+    // moves with their original sources can run in parallel.
+    const key = (s: number) => g * this.cap + s;
+    const origin = this.pending.get(key(src)) ?? src;
+    this.pending.delete(key(src));
+    this.pending.set(key(dst), origin);
+  }
+
+  protected override endCopies(): void {
+    if (this.pending.size === 0) return;
+    const moves: number[] = [];
+    for (const [k, origin] of this.pending) {
+      const g = Math.floor(k / this.cap);
+      moves.push(g, k - g * this.cap, g, origin);
+    }
+    this.pending.clear();
+    const ptr = this.staging.ints("refill", moves);
+    for (const b of this.planesBuf)
+      this.dev.kvMove(b, this.cap, b, this.cap, this.D, ptr, moves.length / 4, 0);
+  }
+
+  protected gather(cold: Ptr[], ccap: number, idx: Int32Array, off: Int32Array, start: Int32Array): void {
+    const moves: number[] = [];
+    for (let g = 0; g < this.Hkv; g++)
+      for (let i = off[g]; i < off[g + 1]; i++) moves.push(g, start[g] + i - off[g], this.source(g), idx[i]);
+    const ptr = this.staging.ints("gather", moves);
+    this.dev.streamWait(1, 0);
+    this.planesBuf.forEach((b, i) =>
+      this.dev.kvMove(b, this.cap, cold[i], ccap, this.D, ptr, moves.length / 4, 1),
+    );
+    this.dev.streamWait(0, 1);
+  }
+
+  protected appendPlanes(src: Ptr[], T: number): void {
+    const moves: number[] = [];
+    for (let g = 0; g < this.Hkv; g++)
+      for (let t = 0; t < T; t++) moves.push(g, this.count[g] + t, 0, t * this.srcHeads + this.source(g));
+    const ptr = this.staging.ints("append", moves);
+    this.planesBuf.forEach((b, i) =>
+      this.dev.kvMove(b, this.cap, src[i], 0, this.D, ptr, moves.length / 4, 0),
+    );
+  }
+
+  protected freePlanes(): void {
+    for (const b of this.planesBuf) b.free();
+    this.planesBuf = [];
+    this.staging.free();
+  }
+}
