@@ -13,7 +13,7 @@ import { type ModelConfig, readConfig } from "./config.js";
 import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
 import { buildBlockGraphs } from "./onnx/blocks.js";
-import type { AttentionRequest, KvPolicyHook, LayerSelection, StepInfo } from "./policy-hook.js";
+import type { KvPolicyHook } from "./policy-hook.js";
 import { type HostHot, Sequence } from "./sequence.js";
 import { TextTokenizer } from "./tokenizer.js";
 import { loadWeights } from "./weights.js";
@@ -296,7 +296,6 @@ export class Model {
     seq.kv.write(layer, k, v, start, T);
     // Time in the policy and its hot-set moves (everything here but the attention kernel).
     let tPolicy = performance.now();
-    const policy = seq.policy;
     const sel = seq.fault ? null : selectFor(seq, layer, step);
     const request = attentionRequest(seq, layer, step);
     matchHotMode(seq, layer, sel);

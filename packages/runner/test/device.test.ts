@@ -1,0 +1,190 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Device, DeviceError } from "@smallkv/tensor";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  type AttentionObservation,
+  Generator,
+  InvalidOptionError,
+  type KvPolicyHook,
+  type LayerSelection,
+  Model,
+  type Sequence,
+  type StepInfo,
+} from "../src/index.js";
+import { GOLDEN, golden, LLM, MODELS, maxAbsDiff } from "./helpers.js";
+
+// The device backend runs the CUDA kernels; without a GPU (CI) it runs them through the CPU
+// emulator, which checks the whole device path: weights, hot set moves, pinned cold store.
+const probe = Device.probe();
+if (!probe.available) console.log(`runner CUDA tests skipped: ${probe.reason}`);
+
+/** A policy that changes its selection every step and layer: sinks, a stride, recent rows; V-only for the rest of a window; per-query-head on odd layers. */
+function churn(mode: "literal" | "mass"): KvPolicyHook {
+  let step = 0;
+  return {
+    name: `churn-${mode}`,
+    select(seq: Sequence, layer: number, st: StepInfo): LayerSelection | null {
+      if (st.start < 4) return null;
+      if (layer === 0) step++;
+      const perQ = layer % 2 === 1;
+      const heads = perQ ? seq.config.numHeads : seq.config.numKvHeads;
+      const full: Int32Array[] = [];
+      const vOnly: Int32Array[] = [];
+      for (let g = 0; g < heads; g++) {
+        const f: number[] = [];
+        const v: number[] = [];
+        for (let p = 0; p < st.start; p++) {
+          const keep = p < 2 || p >= st.start - 3 || (p + g + step) % 3 === 0;
+          if (keep) f.push(p);
+          else if ((p + step) % 2 === 0) v.push(p);
+        }
+        full.push(Int32Array.from(f));
+        vOnly.push(Int32Array.from(v));
+      }
+      return { full, vOnly, perQueryHead: perQ, combine: mode };
+    },
+    vOnlyWeights(seq: Sequence, _layer: number, st: StepInfo, sel: LayerSelection): Float32Array {
+      const vsel = sel.vOnly as Int32Array[];
+      const vmax = Math.max(...vsel.map((x) => x.length));
+      const Hq = seq.config.numHeads;
+      const w = new Float32Array(Hq * st.T * vmax);
+      for (let i = 0; i < w.length; i++) w[i] = 0.01 + ((i * 7919) % 13) / 400;
+      return w;
+    },
+    wantsAttention: () => ({ fromRow: 0 }),
+  };
+}
+
+function deviceSuite(device: "emulator" | "cuda") {
+  let dev: Model;
+  let cpu: Model;
+  beforeAll(async () => {
+    dev = await Model.load(LLM, { device });
+    cpu = await Model.load(LLM);
+  });
+  afterAll(() => dev?.close());
+
+  const g = golden("stories260K");
+  it("last-position logits of every golden prompt within 1e-4", async () => {
+    for (const p of g.prompts) {
+      const [logits] = await dev.forward([{ seq: dev.newSequence(), tokens: p.ids }]);
+      expect(maxAbsDiff(logits, p.last_logits)).toBeLessThan(1e-4);
+    }
+  });
+
+  for (const i of [0, 2]) {
+    it(`greedy ids after golden prompt ${i} are exactly the golden ones`, async () => {
+      const p = g.prompts[i];
+      const r = await new Generator(dev).generate(p.ids, { temperature: 0, maxTokens: 64, stopTokens: [] });
+      expect(r.tokens).toEqual(p.greedy_ids);
+    });
+  }
+
+  it("the assistant checkpoints reproduce their golden greedy ids too", async () => {
+    for (const name of ["stories260K-slm", "stories260K-slm-l"]) {
+      const m = await Model.load(join(MODELS, name), { device });
+      const p = golden(name).prompts[1];
+      const r = await new Generator(m).generate(p.ids, { temperature: 0, maxTokens: 32, stopTokens: [] });
+      expect(r.tokens).toEqual(p.greedy_ids.slice(0, 32));
+      m.close();
+    }
+  });
+
+  it("attention probabilities seen by a policy match the golden matrices", async () => {
+    const [, H, T] = g.attention.shape;
+    const want = new Float32Array(readFileSync(join(GOLDEN, g.attention.file)).buffer.slice(0));
+    const seen: AttentionObservation[] = [];
+    const seq = dev.newSequence({ name: "observer", wantsAttention: () => "probs", observe: (_s, o) => seen.push(o) });
+    await dev.forward([{ seq, tokens: g.attention.ids }]);
+    let worst = 0;
+    for (const o of seen) worst = Math.max(worst, maxAbsDiff(o.probs as Float32Array, want.subarray(o.layer * H * T * T, (o.layer + 1) * H * T * T)));
+    expect(seen.length).toBe(dev.config.numLayers);
+    expect(worst).toBeLessThan(1e-5);
+  });
+
+  for (const mode of ["mass", "literal"] as const) {
+    it(`a selecting policy (${mode} V-only rows, per-query-head layers, scores) gives the CPU path's logits and scores at every step`, async () => {
+      const ids = cpu.tokenizer.encode("Once upon a time, there was a little girl named Lily. She loved to play.");
+      const obs: Record<string, AttentionObservation[]> = { cpu: [], dev: [] };
+      const watch = (key: string, p: KvPolicyHook): KvPolicyHook => ({ ...p, observe: (_s, o) => obs[key].push(o) });
+      const a = cpu.newSequence(watch("cpu", churn(mode)));
+      const b = dev.newSequence(watch("dev", churn(mode)));
+      let worst = 0;
+      let tokens: number[] = ids.slice(0, 6);
+      for (let stepNo = 0; stepNo < 12; stepNo++) {
+        const [la] = await cpu.forward([{ seq: a, tokens }]);
+        const [lb] = await dev.forward([{ seq: b, tokens }]);
+        expect(a.fault).toBeNull();
+        expect(b.fault).toBeNull();
+        worst = Math.max(worst, maxAbsDiff(la, lb));
+        tokens = [ids[6 + stepNo] ?? 1];
+      }
+      expect(worst).toBeLessThan(1e-4);
+      expect(obs.dev.length).toBe(obs.cpu.length);
+      for (let i = 0; i < obs.cpu.length; i++) {
+        expect(obs.dev[i].keyPositions.map((k) => Array.from(k).sort((x, y) => x - y))).toEqual(
+          obs.cpu[i].keyPositions.map((k) => Array.from(k).sort((x, y) => x - y)),
+        );
+      }
+      // The hot set moved only differences, and the same number of rows on both backends.
+      expect(b.stats().movedRows).toBe(a.stats().movedRows);
+      expect(b.stats().hotBytes).toBe(a.stats().hotBytes);
+    });
+  }
+
+  it("a batch of sequences with different policies equals each run alone", async () => {
+    const ids = cpu.tokenizer.encode("The cat sat on the mat and looked at the dog.");
+    const s1 = dev.newSequence(churn("mass"));
+    const s2 = dev.newSequence();
+    const r1 = cpu.newSequence(churn("mass"));
+    const r2 = cpu.newSequence();
+    const [d1, d2] = await dev.forward([{ seq: s1, tokens: ids }, { seq: s2, tokens: ids.slice(0, 5) }]);
+    const [c1] = await cpu.forward([{ seq: r1, tokens: ids }]);
+    const [c2] = await cpu.forward([{ seq: r2, tokens: ids.slice(0, 5) }]);
+    expect(maxAbsDiff(d1, c1)).toBeLessThan(1e-4);
+    expect(maxAbsDiff(d2, c2)).toBeLessThan(1e-4);
+    const [e1, e2] = await dev.forward([{ seq: s1, tokens: [42] }, { seq: s2, tokens: [43, 44] }]);
+    const [f1] = await cpu.forward([{ seq: r1, tokens: [42] }]);
+    const [f2] = await cpu.forward([{ seq: r2, tokens: [43, 44] }]);
+    expect(maxAbsDiff(e1, f1)).toBeLessThan(1e-4);
+    expect(maxAbsDiff(e2, f2)).toBeLessThan(1e-4);
+  });
+
+  it("f16 and bf16 weights stay close to f32 (stated tolerances 0.05 and 0.2 on logits)", async () => {
+    const p = g.prompts[2];
+    for (const [dtype, tol] of [
+      ["f16", 0.05],
+      ["bf16", 0.2],
+    ] as const) {
+      const m = await Model.load(LLM, { device, dtype });
+      const [logits] = await m.forward([{ seq: m.newSequence(), tokens: p.ids }]);
+      expect(maxAbsDiff(logits, p.last_logits)).toBeLessThan(tol);
+      m.close();
+    }
+  });
+}
+
+describe("device backend on the CPU emulator", () => deviceSuite("emulator"));
+describe.skipIf(!probe.available)(`device backend on CUDA (${probe.reason})`, () => deviceSuite("cuda"));
+
+describe("device selection", () => {
+  it("auto falls back to the CPU with a message when no GPU can be used", async () => {
+    const log: string[] = [];
+    const m = await Model.load(LLM, { device: "auto", onLog: (s) => log.push(s) });
+    expect(log).toHaveLength(1);
+    if (probe.available) expect(m.device?.info.kind).toBe("cuda");
+    else {
+      expect(m.device).toBeNull();
+      expect(log[0]).toMatch(/no usable CUDA device .*running on the CPU/);
+    }
+  });
+
+  it("cuda without a GPU is a DeviceError; unknown devices and dtypes are option errors", async () => {
+    if (!probe.available) await expect(Model.load(LLM, { device: "cuda" })).rejects.toBeInstanceOf(DeviceError);
+    // @ts-expect-error: not a device
+    await expect(Model.load(LLM, { device: "tpu" })).rejects.toBeInstanceOf(InvalidOptionError);
+    // @ts-expect-error: not a dtype
+    await expect(Model.load(LLM, { device: "emulator", dtype: "f8" })).rejects.toBeInstanceOf(InvalidOptionError);
+  });
+});
