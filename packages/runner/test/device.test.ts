@@ -95,19 +95,32 @@ function deviceSuite(device: "emulator" | "cuda") {
     const [, H, T] = g.attention.shape;
     const want = new Float32Array(readFileSync(join(GOLDEN, g.attention.file)).buffer.slice(0));
     const seen: AttentionObservation[] = [];
-    const seq = dev.newSequence({ name: "observer", wantsAttention: () => "probs", observe: (_s, o) => seen.push(o) });
+    const seq = dev.newSequence({
+      name: "observer",
+      wantsAttention: () => "probs",
+      observe: (_s, o) => seen.push(o),
+    });
     await dev.forward([{ seq, tokens: g.attention.ids }]);
     let worst = 0;
-    for (const o of seen) worst = Math.max(worst, maxAbsDiff(o.probs as Float32Array, want.subarray(o.layer * H * T * T, (o.layer + 1) * H * T * T)));
+    for (const o of seen)
+      worst = Math.max(
+        worst,
+        maxAbsDiff(o.probs as Float32Array, want.subarray(o.layer * H * T * T, (o.layer + 1) * H * T * T)),
+      );
     expect(seen.length).toBe(dev.config.numLayers);
     expect(worst).toBeLessThan(1e-5);
   });
 
   for (const mode of ["mass", "literal"] as const) {
     it(`a selecting policy (${mode} V-only rows, per-query-head layers, scores) gives the CPU path's logits and scores at every step`, async () => {
-      const ids = cpu.tokenizer.encode("Once upon a time, there was a little girl named Lily. She loved to play.");
+      const ids = cpu.tokenizer.encode(
+        "Once upon a time, there was a little girl named Lily. She loved to play.",
+      );
       const obs: Record<string, AttentionObservation[]> = { cpu: [], dev: [] };
-      const watch = (key: string, p: KvPolicyHook): KvPolicyHook => ({ ...p, observe: (_s, o) => obs[key].push(o) });
+      const watch = (key: string, p: KvPolicyHook): KvPolicyHook => ({
+        ...p,
+        observe: (_s, o) => obs[key].push(o),
+      });
       const a = cpu.newSequence(watch("cpu", churn(mode)));
       const b = dev.newSequence(watch("dev", churn(mode)));
       let worst = 0;
@@ -139,12 +152,18 @@ function deviceSuite(device: "emulator" | "cuda") {
     const s2 = dev.newSequence();
     const r1 = cpu.newSequence(churn("mass"));
     const r2 = cpu.newSequence();
-    const [d1, d2] = await dev.forward([{ seq: s1, tokens: ids }, { seq: s2, tokens: ids.slice(0, 5) }]);
+    const [d1, d2] = await dev.forward([
+      { seq: s1, tokens: ids },
+      { seq: s2, tokens: ids.slice(0, 5) },
+    ]);
     const [c1] = await cpu.forward([{ seq: r1, tokens: ids }]);
     const [c2] = await cpu.forward([{ seq: r2, tokens: ids.slice(0, 5) }]);
     expect(maxAbsDiff(d1, c1)).toBeLessThan(1e-4);
     expect(maxAbsDiff(d2, c2)).toBeLessThan(1e-4);
-    const [e1, e2] = await dev.forward([{ seq: s1, tokens: [42] }, { seq: s2, tokens: [43, 44] }]);
+    const [e1, e2] = await dev.forward([
+      { seq: s1, tokens: [42] },
+      { seq: s2, tokens: [43, 44] },
+    ]);
     const [f1] = await cpu.forward([{ seq: r1, tokens: [42] }]);
     const [f2] = await cpu.forward([{ seq: r2, tokens: [43, 44] }]);
     expect(maxAbsDiff(e1, f1)).toBeLessThan(1e-4);
@@ -181,10 +200,13 @@ describe("device selection", () => {
   });
 
   it("cuda without a GPU is a DeviceError; unknown devices and dtypes are option errors", async () => {
-    if (!probe.available) await expect(Model.load(LLM, { device: "cuda" })).rejects.toBeInstanceOf(DeviceError);
+    if (!probe.available)
+      await expect(Model.load(LLM, { device: "cuda" })).rejects.toBeInstanceOf(DeviceError);
     // @ts-expect-error: not a device
     await expect(Model.load(LLM, { device: "tpu" })).rejects.toBeInstanceOf(InvalidOptionError);
     // @ts-expect-error: not a dtype
-    await expect(Model.load(LLM, { device: "emulator", dtype: "f8" })).rejects.toBeInstanceOf(InvalidOptionError);
+    await expect(Model.load(LLM, { device: "emulator", dtype: "f8" })).rejects.toBeInstanceOf(
+      InvalidOptionError,
+    );
   });
 });
