@@ -247,7 +247,14 @@ export class Device {
   /** Open device `index` of `kind`. Throws DeviceError (ENOBUILD, ENODEV) when it cannot. */
   static open(kind: DeviceKind = "cuda", index = 0): Device {
     const b = binding(kind);
-    const raw = wrap(() => b.open(index));
+    let raw: string;
+    try {
+      raw = wrap(() => b.open(index));
+    } catch (e) {
+      if (e instanceof DeviceError && e.code === "ENODEV")
+        throw new DeviceError("ENODEV", `no usable CUDA device: ${e.message}`);
+      throw e;
+    }
     const [name, cc, total, sms, bw] = raw.split("|");
     return new Device(b, {
       kind,

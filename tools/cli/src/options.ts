@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 
 export function intArg(name: string, min = 0) {
   return (v: string): number => {
@@ -26,4 +26,29 @@ export async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
   return Buffer.concat(chunks).toString("utf8");
+}
+
+/** The backend flags every model-loading command takes. */
+export interface DeviceCliOptions {
+  device: "cpu" | "cuda" | "auto" | "emulator";
+  dtype?: "f32" | "f16" | "bf16";
+}
+
+export function addDeviceOptions<C extends Command>(cmd: C): C {
+  cmd.addOption(
+    new Option(
+      "--device <kind>",
+      "where the model runs (auto: CUDA when a GPU opens, else the CPU; emulator: the CUDA kernels on the CPU, slow, for checks)",
+    )
+      .choices(["cpu", "cuda", "auto", "emulator"])
+      .default("cpu"),
+  );
+  cmd.addOption(
+    new Option("--dtype <type>", "weight storage on the device (f16/bf16 use tensor cores)").choices([
+      "f32",
+      "f16",
+      "bf16",
+    ]),
+  );
+  return cmd;
 }

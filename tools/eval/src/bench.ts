@@ -3,7 +3,16 @@ import { join } from "node:path";
 import { type PolicyFactory, resolvePolicy } from "@smallkv/policies";
 import { AssistedModel, argmax, Model, type Sequence, type StepModel } from "@smallkv/runner";
 import { barSpec, renderPlot } from "./plots.js";
-import { LLM_100M, LLM_SMALL, randomTokens, SLM_10M, SLM_SMALL, syntheticCheckpoint } from "./synthetic.js";
+import {
+  LLM_100M,
+  LLM_GPU,
+  LLM_SMALL,
+  randomTokens,
+  SLM_10M,
+  SLM_GPU,
+  SLM_SMALL,
+  syntheticCheckpoint,
+} from "./synthetic.js";
 import { table, writeJson } from "./table.js";
 
 export interface BenchOptions {
@@ -15,6 +24,13 @@ export interface BenchOptions {
   /** Generated tokens per sequence (the first comes from prefill). */
   generate?: number;
   small?: boolean;
+  /** The ~0.45B GPU-scale layouts (LLM_GPU + SLM_GPU) instead of ~100M + ~10M. */
+  large?: boolean;
+  /** Explicit (batch, context, generated) triples instead of batches x contexts x generate. */
+  scenarios?: { batch: number; context: number; generate: number }[];
+  /** Backend of both models (default cpu). */
+  device?: "cpu" | "cuda" | "auto" | "emulator";
+  dtype?: "f32" | "f16" | "bf16";
   threads?: number;
   out?: string;
   /** Progress lines (stderr). */
@@ -111,16 +127,32 @@ export async function runBench(
   const batches = o.batches ?? [1, 8, 16];
   const contexts = o.contexts ?? [512, 2048];
   const G = o.generate ?? 128;
-  log(`preparing synthetic checkpoints (${o.small ? "small" : "~100M LLM + ~10M assistant"})...`);
-  const llmDir = syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M);
-  const slmDir = syntheticCheckpoint(o.small ? "slm-small" : "slm-10m", o.small ? SLM_SMALL : SLM_10M);
-  const llm = await Model.load(llmDir, { threads: o.threads });
-  const slm = await Model.load(slmDir, { threads: o.threads });
+  const size = o.small ? "small" : o.large ? "gpu" : "100m";
+  log(
+    `preparing synthetic checkpoints (${{ small: "small", gpu: "~0.45B LLM + ~30M assistant", "100m": "~100M LLM + ~10M assistant" }[size]})...`,
+  );
+  const llmDir = syntheticCheckpoint(
+    `llm-${size}`,
+    { small: LLM_SMALL, gpu: LLM_GPU, "100m": LLM_100M }[size],
+  );
+  const slmDir = syntheticCheckpoint(
+    `slm-${size}`,
+    { small: SLM_SMALL, gpu: SLM_GPU, "100m": SLM_10M }[size],
+  );
+  const llm = await Model.load(llmDir, { threads: o.threads, device: o.device, dtype: o.dtype });
+  // The assistant runs where the LLM landed (--device auto may fall back to the CPU).
+  const slm = await Model.load(slmDir, {
+    threads: o.threads,
+    device: llm.device?.info.kind ?? "cpu",
+    dtype: o.dtype,
+  });
   const pair = new AssistedModel(llm, slm);
   const factories = await Promise.all(policies.map((p) => resolvePolicy(p)));
   const rows: BenchRow[] = [];
-  for (const ctx of contexts) {
-    for (const B of batches) {
+  const scenarios =
+    o.scenarios ?? contexts.flatMap((context) => batches.map((batch) => ({ batch, context, generate: G })));
+  for (const { batch: B, context: ctx, generate: G } of scenarios) {
+    {
       const group: BenchRow[] = [];
       for (const f of factories) {
         log(`  ${f.name}: batch ${B}, context ${ctx} + ${G}`);
@@ -138,11 +170,14 @@ export async function runBench(
       rows.push(...group);
     }
   }
+  llm.close();
+  slm.close();
   const out = o.out ?? "bench-results";
   mkdirSync(out, { recursive: true });
   const json = writeJson(out, "bench.json", {
     kind: "smallkv.bench",
     budget: String(budget),
+    device: llm.device ? llm.device.info : { kind: "cpu" },
     llm: { dir: llmDir, parameters: llm.parameters, config: llm.config },
     assistant: { dir: slmDir, parameters: slm.parameters, config: slm.config },
     rows,

@@ -16,10 +16,12 @@ export { barSpec, heatmapSpec, lineSpec, renderPlot } from "./plots.js";
 export { writeResultsPage } from "./results-page.js";
 export {
   LLM_100M,
+  LLM_GPU,
   LLM_SMALL,
   randomTokens,
   type Shape,
   SLM_10M,
+  SLM_GPU,
   SLM_SMALL,
   syntheticCheckpoint,
 } from "./synthetic.js";

@@ -31,6 +31,33 @@ export const SLM_10M: Shape = {
   seed: 200,
 };
 
+/**
+ * GPU-scale layouts for the paper's scenarios (batch 64 x 2048+256, batch 4 x 16384+512):
+ * ~0.45B parameters, head dim 128, GQA 3:1, 32K positions; the assistant ~30M.
+ */
+export const LLM_GPU: Shape = {
+  hiddenSize: 1536,
+  intermediateSize: 4096,
+  numLayers: 16,
+  numHeads: 12,
+  numKvHeads: 4,
+  vocabSize: 32000,
+  maxPositions: 32768,
+  tieWordEmbeddings: true,
+  seed: 300,
+};
+export const SLM_GPU: Shape = {
+  hiddenSize: 512,
+  intermediateSize: 1376,
+  numLayers: 8,
+  numHeads: 8,
+  numKvHeads: 2,
+  vocabSize: 32000,
+  maxPositions: 32768,
+  tieWordEmbeddings: true,
+  seed: 301,
+};
+
 /** Small layouts for quick runs (`--small`) and tests. */
 export const LLM_SMALL: Shape = {
   hiddenSize: 128,

@@ -1,6 +1,6 @@
 import { formatBench, runBench } from "@smallkv/eval";
-import type { Command } from "commander";
-import { intArg } from "../options.js";
+import { type Command, InvalidArgumentError } from "commander";
+import { addDeviceOptions, type DeviceCliOptions, intArg } from "../options.js";
 import { benchRunner } from "./bench-runner.js";
 import { benchServer } from "./bench-server.js";
 
@@ -15,7 +15,7 @@ export function registerBench(program: Command): void {
   const bench = program
     .command("bench")
     .description("benchmarks (tables on stdout, JSON and plots under --out)");
-  bench
+  const kv = bench
     .command("kv", { isDefault: true })
     .description(
       "throughput and KV memory of policies (Full, H2O, SnapKV, StreamingLLM, SmallKV, yours) on a synthetic ~100M LLM + ~10M assistant",
@@ -27,9 +27,17 @@ export function registerBench(program: Command): void {
     .option("--generate <n>", "generated tokens per sequence", intArg("--generate", 2), 128)
     .option("--small", "small synthetic models (quick check)")
     .option("--threads <n>", "CPU threads", intArg("--threads", 1))
-    .option("--out <dir>", "output folder", "bench-results")
-    .action(
-      async (o: {
+    .option("--large", "GPU-scale synthetic models (~0.45B LLM, 32K positions)")
+    .option(
+      "--scenario <name>",
+      "paper: the paper's two scenarios, batch 64 x (2048+256) and batch 4 x (16384+512), on the GPU-scale models (overrides --batches/--contexts/--generate)",
+    )
+    .option("--out <dir>", "output folder", "bench-results");
+  addDeviceOptions(kv).action(
+    async (
+      o: DeviceCliOptions & {
+        large?: boolean;
+        scenario?: string;
         policies: string;
         budget: string;
         batches: string;
@@ -38,20 +46,25 @@ export function registerBench(program: Command): void {
         small?: boolean;
         threads?: number;
         out: string;
-      }) => {
-        const r = await runBench({
-          policies: list(o.policies),
-          budget: o.budget,
-          batches: ints(o.batches),
-          contexts: ints(o.contexts),
-          generate: o.generate,
-          small: o.small,
-          threads: o.threads,
-          out: o.out,
-        });
-        process.stdout.write(`${formatBench(r.rows)}\n\nJSON: ${r.json}\nplots: ${r.plots.join(", ")}\n`);
       },
-    );
+    ) => {
+      const r = await runBench({
+        policies: list(o.policies),
+        budget: o.budget,
+        batches: ints(o.batches),
+        contexts: ints(o.contexts),
+        generate: o.generate,
+        small: o.small,
+        large: o.large || o.scenario === "paper",
+        scenarios: scenarioList(o.scenario),
+        device: o.device,
+        dtype: o.dtype,
+        threads: o.threads,
+        out: o.out,
+      });
+      process.stdout.write(`${formatBench(r.rows)}\n\nJSON: ${r.json}\nplots: ${r.plots.join(", ")}\n`);
+    },
+  );
   bench
     .command("server")
     .description(
@@ -69,7 +82,7 @@ export function registerBench(program: Command): void {
     .option("--url <url>", "an already running server instead of starting one")
     .option("--out <dir>", "output folder", "bench-results")
     .action(benchServer);
-  bench
+  const runner = bench
     .command("runner")
     .description(
       "prefill and decode throughput of the runner on a synthetic ~100M Llama checkpoint, with the batch-1 roofline ratio",
@@ -80,6 +93,19 @@ export function registerBench(program: Command): void {
     .option("--steps <n>", "decode steps measured", intArg("--steps", 1), 32)
     .option("--batches <list>", "decode batch sizes", "1,4,16")
     .option("--threads <n>", "CPU threads", intArg("--threads", 1))
-    .option("--out <dir>", "output folder", "bench-results")
-    .action(benchRunner);
+    .option("--out <dir>", "output folder", "bench-results");
+  addDeviceOptions(runner).action(benchRunner);
+}
+
+/** Named scenario sets of `bench kv`. */
+function scenarioList(
+  name: string | undefined,
+): { batch: number; context: number; generate: number }[] | undefined {
+  if (name === undefined) return undefined;
+  if (name === "paper")
+    return [
+      { batch: 64, context: 2048, generate: 256 },
+      { batch: 4, context: 16384, generate: 512 },
+    ];
+  throw new InvalidArgumentError(`unknown --scenario ${name} (known: paper)`);
 }

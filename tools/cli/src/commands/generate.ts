@@ -8,10 +8,10 @@ import {
   type StepModel,
 } from "@smallkv/runner";
 import type { Command } from "commander";
-import { collect, floatArg, intArg, readStdin } from "../options.js";
+import { addDeviceOptions, collect, type DeviceCliOptions, floatArg, intArg, readStdin } from "../options.js";
 import { addPolicyOptions, formatStats, type PolicyCliOptions, policyFromCli } from "../policy-options.js";
 
-export interface GenerateCliOptions extends PolicyCliOptions {
+export interface GenerateCliOptions extends PolicyCliOptions, DeviceCliOptions {
   model: string;
   assistant?: string;
   prompt?: string;
@@ -33,9 +33,13 @@ export async function loadStepModel(
   model: string,
   assistant: string | undefined,
   threads?: number,
+  device?: Partial<DeviceCliOptions>,
 ): Promise<StepModel> {
-  const llm = await Model.load(resolveModelDir(model), { threads });
-  return assistant ? new AssistedModel(llm, await Model.load(resolveModelDir(assistant), { threads })) : llm;
+  const opts = { threads, device: device?.device, dtype: device?.dtype };
+  const llm = await Model.load(resolveModelDir(model), opts);
+  // With --device auto the assistant follows wherever the LLM landed.
+  const slmOpts = { ...opts, device: llm.device ? llm.device.info.kind : "cpu" } as const;
+  return assistant ? new AssistedModel(llm, await Model.load(resolveModelDir(assistant), slmOpts)) : llm;
 }
 
 export function registerGenerate(program: Command): void {
@@ -62,7 +66,7 @@ export function registerGenerate(program: Command): void {
       "--stats",
       "print hot/cold KV bytes and token classes per step (stderr; with --json, a per-step array)",
     );
-  addPolicyOptions(cmd).action(async (o: GenerateCliOptions) => {
+  addPolicyOptions(addDeviceOptions(cmd)).action(async (o: GenerateCliOptions) => {
     const policy = await policyFromCli(o);
     if (policy.name === "smallkv" && !o.assistant) {
       throw new InvalidOptionError(
@@ -70,7 +74,7 @@ export function registerGenerate(program: Command): void {
         "the smallkv policy needs an assistant model (--assistant <dir>)",
       );
     }
-    const model = await loadStepModel(o.model, o.assistant, o.threads);
+    const model = await loadStepModel(o.model, o.assistant, o.threads, o);
     const prompt = o.prompt ?? (await readStdin());
     const stream = new Generator(model).submit(prompt, {
       maxTokens: o.maxTokens,

@@ -2,9 +2,9 @@ import { parsePolicyOptions } from "@smallkv/policies";
 import { Model, resolveModelDir } from "@smallkv/runner";
 import { createServer, playground } from "@smallkv/server";
 import type { Command } from "commander";
-import { collect, intArg } from "../options.js";
+import { addDeviceOptions, collect, type DeviceCliOptions, intArg } from "../options.js";
 
-interface ServeCli {
+interface ServeCli extends DeviceCliOptions {
   model: string;
   assistant?: string;
   policy: string;
@@ -24,7 +24,7 @@ interface ServeCli {
 }
 
 export function registerServe(program: Command): void {
-  program
+  const cmd = program
     .command("serve")
     .description("run the OpenAI-compatible server (loopback by default)")
     .requiredOption("-m, --model <dir>", "the model")
@@ -47,45 +47,53 @@ export function registerServe(program: Command): void {
       10_000,
     )
     .option("--threads <n>", "CPU threads", intArg("--threads", 1))
-    .option("--quiet", "no request logs")
-    .action(async (o: ServeCli) => {
-      const model = await Model.load(resolveModelDir(o.model), { threads: o.threads });
-      const assistant = o.assistant
-        ? await Model.load(resolveModelDir(o.assistant), { threads: o.threads })
-        : undefined;
-      const defaultPolicy = o.policy === "smallkv" && !assistant ? undefined : o.policy;
-      if (o.policy === "smallkv" && !assistant) throw new Error("--policy smallkv needs --assistant");
-      const server = await createServer({
-        model,
-        assistant,
-        defaultPolicy,
-        defaultBudget: o.budget,
-        defaultPolicyOptions: parsePolicyOptions(o.policyOption, o.policy),
-        apiKey: o.apiKey ?? process.env.SMALLKV_API_KEY,
-        maxBatch: o.maxBatch,
-        maxQueue: o.maxQueue,
-        maxTokensLimit: o.maxTokens,
-        requestTimeoutMs: o.timeout,
-        bodyLimit: o.bodyLimit,
-        logger: o.quiet ? false : { level: "info" },
-        plugins: [playground],
-      });
-      const address = await server.app.listen({ host: o.host, port: o.port });
-      process.stderr.write(
-        `smallkv serving ${server.modelId}${assistant ? ` (assistant ${assistant.name})` : ""} at ${address} (default policy ${o.policy} @ ${o.budget})\n`,
-      );
-      let stopping = false;
-      const stop = (signal: string) => {
-        if (stopping) return;
-        stopping = true;
-        process.stderr.write(`${signal}: finishing in-flight requests (up to ${o.shutdownTimeout} ms)\n`);
-        server.shutdown(o.shutdownTimeout).then(
-          () => process.exit(0),
-          () => process.exit(0),
-        );
-      };
-      process.on("SIGTERM", () => stop("SIGTERM"));
-      process.on("SIGINT", () => stop("SIGINT"));
-      await new Promise(() => {});
+    .option("--quiet", "no request logs");
+  addDeviceOptions(cmd).action(async (o: ServeCli) => {
+    const model = await Model.load(resolveModelDir(o.model), {
+      threads: o.threads,
+      device: o.device,
+      dtype: o.dtype,
     });
+    const assistant = o.assistant
+      ? await Model.load(resolveModelDir(o.assistant), {
+          threads: o.threads,
+          device: model.device ? model.device.info.kind : "cpu",
+          dtype: o.dtype,
+        })
+      : undefined;
+    const defaultPolicy = o.policy === "smallkv" && !assistant ? undefined : o.policy;
+    if (o.policy === "smallkv" && !assistant) throw new Error("--policy smallkv needs --assistant");
+    const server = await createServer({
+      model,
+      assistant,
+      defaultPolicy,
+      defaultBudget: o.budget,
+      defaultPolicyOptions: parsePolicyOptions(o.policyOption, o.policy),
+      apiKey: o.apiKey ?? process.env.SMALLKV_API_KEY,
+      maxBatch: o.maxBatch,
+      maxQueue: o.maxQueue,
+      maxTokensLimit: o.maxTokens,
+      requestTimeoutMs: o.timeout,
+      bodyLimit: o.bodyLimit,
+      logger: o.quiet ? false : { level: "info" },
+      plugins: [playground],
+    });
+    const address = await server.app.listen({ host: o.host, port: o.port });
+    process.stderr.write(
+      `smallkv serving ${server.modelId}${assistant ? ` (assistant ${assistant.name})` : ""} at ${address} (default policy ${o.policy} @ ${o.budget})\n`,
+    );
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      process.stderr.write(`${signal}: finishing in-flight requests (up to ${o.shutdownTimeout} ms)\n`);
+      server.shutdown(o.shutdownTimeout).then(
+        () => process.exit(0),
+        () => process.exit(0),
+      );
+    };
+    process.on("SIGTERM", () => stop("SIGTERM"));
+    process.on("SIGINT", () => stop("SIGINT"));
+    await new Promise(() => {});
+  });
 }
