@@ -414,7 +414,7 @@ function openDevice(opts: LoadOptions): Device | null {
         return dev;
       } catch (e) {
         if (!(e instanceof DeviceError)) throw e;
-        log(`device auto: no usable CUDA device (${e.message}); running on the CPU`);
+        log(`device auto: ${e.message}; running on the CPU`);
         return null;
       }
     default:

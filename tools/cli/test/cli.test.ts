@@ -42,6 +42,46 @@ describe("smallkv generate", () => {
     });
   }
 
+  it("--device emulator (the CUDA kernels on the CPU) with SmallKV gives the CPU's greedy text; --device auto says where it runs", () => {
+    const args = [
+      "generate",
+      "--model",
+      join(models, "stories260K"),
+      "--assistant",
+      join(models, "stories260K-slm"),
+    ];
+    const common = [
+      "--policy",
+      "smallkv",
+      "--budget",
+      "0.3",
+      "--policy-option",
+      "minContext=16",
+      "--policy-option",
+      "window=16",
+    ];
+    const prompt = [
+      "--prompt",
+      "Once upon a time, there was a little girl named Lily. She",
+      "-n",
+      "24",
+      "--greedy",
+      "--json",
+    ];
+    const cpu = cli([...args, ...common, ...prompt]);
+    const emu = cli([...args, ...common, ...prompt, "--device", "emulator"]);
+    expect(emu.code).toBe(0);
+    expect(JSON.parse(emu.stdout).ids).toEqual(JSON.parse(cpu.stdout).ids);
+    const auto = cli([...args, ...prompt, "--device", "auto"]);
+    expect(auto.code).toBe(0);
+    expect(auto.stderr).toMatch(
+      /device auto: (running on CUDA|(no usable CUDA device|.*built without CUDA).* running on the CPU)/,
+    );
+    const bad = cli([...args, ...prompt, "--device", "tpu"]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/Allowed choices are cpu, cuda, auto, emulator/);
+  });
+
   it("reads the prompt from stdin and streams text", () => {
     const r = cli(
       ["generate", "-m", join(models, "stories260K"), "-n", "20", "--greedy"],
