@@ -348,9 +348,12 @@ export class Device {
     return p;
   }
 
-  zero(buf: DeviceBuffer, stream = 0): void {
+  /** Zero the first `length` elements of `buf` (all by default), queued on `stream`. */
+  zero(buf: DeviceBuffer, stream = 0, length = buf.length): void {
     this.alive(buf, "Device.zero");
-    wrap(() => this.b.memset(buf.ptr, 0, buf.bytes, stream));
+    if (length < 0 || length > buf.length)
+      throw new TensorShapeError("Device.zero", `length ${length} outside [0, ${buf.length}]`);
+    wrap(() => this.b.memset(buf.ptr, 0, length * BYTES[buf.dtype], stream));
   }
 
   copy(dst: Ptr, src: Ptr, bytes: number, stream = 0): void {

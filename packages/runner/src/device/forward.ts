@@ -196,8 +196,17 @@ export class DeviceRunner {
     const scoreStart = typeof request === "object" ? (request.fromRow ?? 0) : 0;
     let keyPositions: Int32Array[] = [];
     let Lmax: number;
-    let probs: { ptr: number; view: Float32Array } | null = null;
-    let scores: { ptr: number; view: Float32Array } | null = null;
+    // Probabilities and scores land in device memory (atomics on mapped host memory are not
+    // safe on every platform) and are read back once, after the kernel.
+    type Out = { buf: DeviceBuffer; n: number } | null;
+    let probs: Out = null;
+    let scores: Out = null;
+    const outputs = (L: number): [Out, Out] => {
+      const p = wantProbs ? { buf: this.buf("probs", Hq * T * L), n: Hq * T * L } : null;
+      const sc = typeof request === "object" ? { buf: this.buf("scores", Hq * L), n: Hq * L } : null;
+      if (sc) dev.zero(sc.buf, 0, sc.n);
+      return [p, sc];
+    };
     if (!sel) {
       if (hot.active) {
         hot.full.clear();
@@ -205,8 +214,7 @@ export class DeviceRunner {
         hot.active = false;
       }
       Lmax = start + T;
-      if (wantProbs) probs = st.floats(`probs${layer}`, Hq * T * Lmax);
-      if (typeof request === "object") scores = st.floats(`scores${layer}`, Hq * Lmax);
+      [probs, scores] = outputs(Lmax);
       dev.attention({
         q,
         k: kv.dk[layer],
@@ -219,8 +227,8 @@ export class DeviceRunner {
         Hkv,
         D,
         out,
-        probs: probs?.ptr,
-        scores: scores?.ptr,
+        probs: probs?.buf,
+        scores: scores?.buf,
         scoreStart,
       });
       if (request) {
@@ -256,8 +264,7 @@ export class DeviceRunner {
       } else vOnlyRows.clear();
       const maxPast = Math.max(...past);
       Lmax = maxPast + T;
-      if (wantProbs) probs = st.floats(`probs${layer}`, Hq * T * Lmax);
-      if (typeof request === "object") scores = st.floats(`scores${layer}`, Hq * Lmax);
+      [probs, scores] = outputs(Lmax);
       dev.attention({
         q,
         k: full.planesBuf[0],
@@ -270,21 +277,23 @@ export class DeviceRunner {
         Hkv: HkvHot,
         D,
         out,
-        probs: probs?.ptr,
-        scores: scores?.ptr,
+        probs: probs?.buf,
+        scores: scores?.buf,
         scoreStart,
         vOnly,
       });
       if (request) keyPositions = Array.from({ length: HkvHot }, (_, g) => full.positions(g).slice());
     }
     if (request && seq.policy.observe && !seq.fault) {
-      dev.sync(0); // the policy reads this layer's probabilities or scores now
+      // The policy reads this layer's probabilities or scores now (read waits for stream 0).
+      const p: Out = probs;
+      const s: Out = scores;
       observeAttention(seq, {
         layer,
         start,
         T,
-        probs: probs ? probs.view.slice() : undefined,
-        scores: scores ? scores.view.slice() : undefined,
+        probs: p ? dev.read(p.buf, new Float32Array(p.n)) : undefined,
+        scores: s ? dev.read(s.buf, new Float32Array(s.n)) : undefined,
         Lmax,
         keyPositions,
       });

@@ -40,7 +40,9 @@ int skv_dev_open(int device, char* info, int info_len) {
   if (device < 0 || device >= n) return skv_rt::set_error(SKV_ENODEV, "CUDA device %d does not exist (%d found)", device, n);
   CK_CALL(cudaSetDevice(device), "cudaSetDevice");
   if (!g_open) {
-    CK_CALL(cudaSetDeviceFlags(cudaDeviceMapHost), "cudaSetDeviceFlags");
+    // Mapped pinned memory is automatic with unified addressing (every 64-bit platform);
+    // the flag matters only elsewhere and fails harmlessly once the context exists.
+    if (cudaSetDeviceFlags(cudaDeviceMapHost) != cudaSuccess) (void)cudaGetLastError();
     CK_CALL(cudaStreamCreateWithFlags(&g_streams[0], cudaStreamNonBlocking), "cudaStreamCreate");
     CK_CALL(cudaStreamCreateWithFlags(&g_streams[1], cudaStreamNonBlocking), "cudaStreamCreate");
     g_open = true;
