@@ -309,33 +309,13 @@ export class Device {
 
   /** Copy host data into `buf` from element `offset` (synchronous with stream 0). */
   write(buf: DeviceBuffer, data: Float32Array | Int32Array | Uint16Array, offset = 0): void {
-    if (BYTES[buf.dtype] !== data.BYTES_PER_ELEMENT)
-      throw new TensorShapeError(
-        "Device.write",
-        `a ${data.constructor.name} cannot fill a ${buf.dtype} buffer`,
-      );
-    if (offset < 0 || offset + data.length > buf.length)
-      throw new TensorShapeError(
-        "Device.write",
-        `${data.length} elements at ${offset} overflow a buffer of ${buf.length}`,
-      );
-    this.alive(buf, "Device.write");
+    this.hostSpan("Device.write", buf, data, offset);
     if (data.length > 0) wrap(() => this.b.upload(buf.at(offset), data));
   }
 
   /** Copy `out.length` elements of `buf` from element `offset` to the host, after stream 0's queued work. */
   read<A extends Float32Array | Int32Array | Uint16Array>(buf: DeviceBuffer, out: A, offset = 0): A {
-    if (BYTES[buf.dtype] !== out.BYTES_PER_ELEMENT)
-      throw new TensorShapeError(
-        "Device.read",
-        `a ${out.constructor.name} cannot receive a ${buf.dtype} buffer`,
-      );
-    if (offset < 0 || offset + out.length > buf.length)
-      throw new TensorShapeError(
-        "Device.read",
-        `${out.length} elements at ${offset} overflow a buffer of ${buf.length}`,
-      );
-    this.alive(buf, "Device.read");
+    this.hostSpan("Device.read", buf, out, offset);
     if (out.length > 0) wrap(() => this.b.download(out, buf.at(offset)));
     return out;
   }
@@ -526,6 +506,23 @@ export class Device {
     this.alive(w, op);
     if (w.dtype === "i32") throw new TensorShapeError(op, "weights must be f32, f16 or bf16");
     return DTYPE_CODE[w.dtype];
+  }
+
+  /** A host array and a span of a device buffer must agree in element size and fit. */
+  private hostSpan(
+    op: string,
+    buf: DeviceBuffer,
+    host: ArrayBufferView & { length: number; BYTES_PER_ELEMENT: number },
+    offset: number,
+  ): void {
+    if (BYTES[buf.dtype] !== host.BYTES_PER_ELEMENT)
+      throw new TensorShapeError(op, `a ${host.constructor.name} does not match a ${buf.dtype} buffer`);
+    if (offset < 0 || offset + host.length > buf.length)
+      throw new TensorShapeError(
+        op,
+        `${host.length} elements at ${offset} overflow a buffer of ${buf.length}`,
+      );
+    this.alive(buf, op);
   }
 
   private alive(b: DeviceBuffer, op: string): void {

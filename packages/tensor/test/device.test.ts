@@ -149,8 +149,9 @@ function kernelSuite(kind: DeviceKind) {
         dv = d().upload(v),
         dp = d().upload(past);
       const out = d().alloc(T * Hq * D);
+      const base = { q: dq, k: dk, v: dv, cap, T, past: dp, maxPast, Hq, Hkv, D, out };
       // Flash path (no probabilities wanted).
-      d().attention({ q: dq, k: dk, v: dv, cap, T, past: dp, maxPast, Hq, Hkv, D, out });
+      d().attention(base);
       const ref = reference.attentionRef({ q, k, v, cap, T, past, Hq, Hkv, D, probs: true });
       expect(maxAbsDiff(d().read(out, new Float32Array(T * Hq * D)), ref.out)).toBeLessThan(1e-5);
       // Exact two-pass path with probabilities and scores from row 1.
@@ -159,17 +160,7 @@ function kernelSuite(kind: DeviceKind) {
       const s0 = d().read(scores, new Float32Array(Hq * Lmax));
       const scoreStart = Math.min(1, T - 1);
       d().attention({
-        q: dq,
-        k: dk,
-        v: dv,
-        cap,
-        T,
-        past: dp,
-        maxPast,
-        Hq,
-        Hkv,
-        D,
-        out,
+        ...base,
         probs,
         scores,
         scoreStart,
@@ -191,17 +182,7 @@ function kernelSuite(kind: DeviceKind) {
       const w = new Float32Array(Hq * T * vmax).map(() => r() * 0.05);
       for (const mode of ["literal", "mass"] as const) {
         d().attention({
-          q: dq,
-          k: dk,
-          v: dv,
-          cap,
-          T,
-          past: dp,
-          maxPast,
-          Hq,
-          Hkv,
-          D,
-          out,
+          ...base,
           vOnly: {
             v: d().upload(vo),
             cap: vcap,
