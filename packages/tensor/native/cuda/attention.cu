@@ -31,6 +31,7 @@ struct AttnArgs {
   float* probs;
   float* scores;
   int scoreStart, Lmax;
+  int t0;  // first query row of this launch (grid.y is limited to 65535 rows)
 };
 
 // Logits of keys [j0, j0 + cnt) into s[]: one warp per key, lanes across the head dim.
@@ -49,7 +50,7 @@ __global__ void attention_kernel(AttnArgs a) {
   CK_SHARED float qs[kMaxD];
   CK_SHARED float s[kTile];
   CK_SHARED float red[32];
-  const int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
+  const int h = blockIdx.x, t = a.t0 + static_cast<int>(blockIdx.y), tid = threadIdx.x;
   const int g = h / (a.Hq / a.Hkv), D = a.D;
   const int n = a.past[g] + t + 1;
   const float* kh = a.k + static_cast<int64_t>(g) * a.cap * D;
@@ -146,7 +147,13 @@ extern "C" int skv_k_attention(const float* q, const float* k, const float* v, i
   if (Hkv <= 0 || Hq % Hkv != 0) return skv_arg_error("attention: query heads must be a multiple of kv heads");
   if (vo != nullptr && (nV == nullptr || w == nullptr)) return skv_arg_error("attention: V-only rows need counts and weights");
   AttnArgs a{q, k, v, cap, T, past, Hq, Hkv, D, scale, vo, vcap, nV, vmax, w, mode, out, probs, scores, scoreStart,
-             maxPast + T};
-  CK_LAUNCH(attention_kernel, dim3(Hq, T), kThreads, 0, skv_stream(stream), a);
-  return skv_check_launch("attention");
+             maxPast + T, 0};
+  for (int t0 = 0; t0 < T; t0 += 65535) {
+    a.t0 = t0;
+    const unsigned rows = static_cast<unsigned>(T - t0 < 65535 ? T - t0 : 65535);
+    CK_LAUNCH(attention_kernel, dim3(Hq, rows), kThreads, 0, skv_stream(stream), a);
+    const int rc = skv_check_launch("attention");
+    if (rc != SKV_OK) return rc;
+  }
+  return SKV_OK;
 }
