@@ -142,6 +142,51 @@ export async function writeResultsPage(o: {
       "",
     );
   }
+  parts.push(...gpuSection(o.benchDir && join(o.benchDir, "gpu")));
   writeFileSync(o.out, `${parts.join("\n")}\n`);
   return o.out;
+}
+
+/** The GPU runs (`--device cuda --out bench-results/gpu`), or a plain statement that there are none. */
+function gpuSection(dir: string | undefined): string[] {
+  const runner = dir && join(dir, "runner.json");
+  const bench = dir && join(dir, "bench.json");
+  const out = ["## GPU", ""];
+  if (!(runner && existsSync(runner)) && !(bench && existsSync(bench))) {
+    out.push(
+      "_No GPU measurements: no machine this page was built on had an NVIDIA GPU. The CUDA kernels and the device backend are checked on the CPU emulator in every test run. On a GPU machine: `pnpm bench runner --device cuda --dtype bf16 --out bench-results/gpu` and `pnpm bench --device cuda --dtype bf16 --scenario paper --policies full,h2o,smallkv --out bench-results/gpu`, then `pnpm results`._",
+      "",
+    );
+    return out;
+  }
+  if (runner && existsSync(runner)) {
+    const j = JSON.parse(readFileSync(runner, "utf8"));
+    out.push(
+      `${j.device?.name ?? "GPU"}: peak bandwidth ${fmt(j.bandwidthBytesPerSecond / 1e9)} GB/s, ${j.model.dtype} weights, batch-1 decode roofline ${fmt(j.rooflineTokensPerSecond)} tok/s.`,
+      "",
+      markdownTable(
+        ["phase", "batch", "tokens/s", "of roofline"],
+        j.results.map(
+          (r: { phase: string; batch: number; tokensPerSecond: number; rooflineRatio?: number | null }) => [
+            r.phase,
+            r.batch,
+            r.tokensPerSecond,
+            r.rooflineRatio ? `${(r.rooflineRatio * 100).toFixed(1)}%` : "-",
+          ],
+        ),
+      ),
+      "",
+    );
+  }
+  if (bench && existsSync(bench)) {
+    const b = JSON.parse(readFileSync(bench, "utf8"));
+    const bt = benchTable(b.rows as BenchRow[]);
+    out.push(
+      `Policies on ${b.device?.name ?? "the GPU"}, budget ${b.budget}:`,
+      "",
+      markdownTable(bt.headers, bt.rows),
+      "",
+    );
+  }
+  return out;
 }
