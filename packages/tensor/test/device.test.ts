@@ -239,6 +239,19 @@ function kernelSuite(kind: DeviceKind) {
     }
   });
 
+  it("an allocation beyond the device's memory is a DeviceError EOOM, and the device stays usable", () => {
+    let err: unknown;
+    try {
+      d().alloc(2 ** 43); // 32 TiB of float32
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(DeviceError);
+    expect((err as DeviceError).code).toBe("EOOM");
+    const b = d().upload(Float32Array.of(1, 2, 3));
+    expect(d().read(b, new Float32Array(3))).toEqual(Float32Array.of(1, 2, 3));
+  });
+
   it("rejects bad arguments with typed errors", () => {
     const b = d().alloc(4);
     expect(() => d().rmsnorm(b, b, b, 2, 4, 1e-5)).toThrow(TensorShapeError);
