@@ -128,17 +128,7 @@ export async function writeResultsPage(o: {
       "",
       `Read bandwidth ${fmt(j.bandwidthBytesPerSecond / 1e9)} GB/s, batch-1 decode roofline ${fmt(j.rooflineTokensPerSecond)} tok/s.`,
       "",
-      markdownTable(
-        ["phase", "batch", "tokens/s", "of roofline"],
-        j.results.map(
-          (r: { phase: string; batch: number; tokensPerSecond: number; rooflineRatio?: number | null }) => [
-            r.phase,
-            r.batch,
-            r.tokensPerSecond,
-            r.rooflineRatio ? `${(r.rooflineRatio * 100).toFixed(1)}%` : "-",
-          ],
-        ),
-      ),
+      runnerTable(j.results),
       "",
     );
   }
@@ -164,17 +154,7 @@ function gpuSection(dir: string | undefined): string[] {
     out.push(
       `${j.device?.name ?? "GPU"}: peak bandwidth ${fmt(j.bandwidthBytesPerSecond / 1e9)} GB/s, ${j.model.dtype} weights, batch-1 decode roofline ${fmt(j.rooflineTokensPerSecond)} tok/s.`,
       "",
-      markdownTable(
-        ["phase", "batch", "tokens/s", "of roofline"],
-        j.results.map(
-          (r: { phase: string; batch: number; tokensPerSecond: number; rooflineRatio?: number | null }) => [
-            r.phase,
-            r.batch,
-            r.tokensPerSecond,
-            r.rooflineRatio ? `${(r.rooflineRatio * 100).toFixed(1)}%` : "-",
-          ],
-        ),
-      ),
+      runnerTable(j.results),
       "",
     );
   }
@@ -189,4 +169,23 @@ function gpuSection(dir: string | undefined): string[] {
     );
   }
   return out;
+}
+
+interface RunnerResult {
+  phase: string;
+  batch: number;
+  tokensPerSecond: number;
+  rooflineRatio?: number | null;
+}
+
+function runnerTable(results: RunnerResult[]): string {
+  return markdownTable(
+    ["phase", "batch", "tokens/s", "of roofline"],
+    results.map((r) => [
+      r.phase,
+      r.batch,
+      r.tokensPerSecond,
+      r.rooflineRatio ? `${(r.rooflineRatio * 100).toFixed(1)}%` : "-",
+    ]),
+  );
 }
