@@ -255,7 +255,7 @@ export class DeviceRunner {
             cap: vOnlyRows.cap,
             counts: st.ints(`vcount${layer}`, vOnlyRows.count),
             vmax,
-            weights: st.floats(`vw${layer}`, weights.length, weights).ptr,
+            weights: st.floats(`vw${layer}`, weights),
             mode: sel.combine ?? "mass",
           };
         } catch (e) {

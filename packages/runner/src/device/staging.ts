@@ -1,8 +1,8 @@
 import type { Device, PinnedBuffer } from "@smallkv/tensor";
 
 /**
- * Small per-owner arrays (indices, counts, weights, score rows) in pinned host memory that
- * kernels read or write in place: no upload, no synchronisation. Each slot is reused only
+ * Small per-owner arrays (indices, counts, moves, V-only weights) in pinned host memory
+ * that kernels read in place: no upload, no synchronisation. Each slot is reused only
  * at its owner's next step, by which time the step that used it has completed.
  */
 export class Staging {
@@ -29,13 +29,10 @@ export class Staging {
     return b.ptr;
   }
 
-  /** A zeroed float array of n the kernels write; `view` reads it after a sync. */
-  floats(name: string, n: number, data?: Float32Array): { ptr: number; view: Float32Array } {
-    const b = this.slot(name, n);
-    const view = b.f32.subarray(0, n);
-    if (data) view.set(data);
-    else view.fill(0);
-    return { ptr: b.ptr, view };
+  floats(name: string, data: Float32Array): number {
+    const b = this.slot(name, data.length);
+    b.f32.set(data);
+    return b.ptr;
   }
 
   free(): void {
