@@ -8,7 +8,7 @@ import type { Sequence } from "./sequence.js";
 // the outcome. A failing policy faults its own sequence only.
 
 /** The policy's selection for this layer and step, validated; a broken one faults the sequence. */
-export function selectFor(seq: Sequence, layer: number, step: StepInfo): LayerSelection | null {
+function selectFor(seq: Sequence, layer: number, step: StepInfo): LayerSelection | null {
   const config = seq.config;
   const policy = seq.policy;
   if (!policy.select) return null;
@@ -76,8 +76,58 @@ export function vOnlyWeightsInSlotOrder(
   return out;
 }
 
+/** What one layer's attention does for a sequence, as its policy decided. */
+export interface LayerPlan {
+  /** The selection (validated), or null: attend over the whole cold store. */
+  sel: LayerSelection | null;
+  request: AttentionRequest;
+  wantProbs: boolean;
+  scoreStart: number;
+}
+
+/**
+ * Ask the policy about this layer: the selection and what it wants to observe. The layer's
+ * hot set follows the selection's mode, and is emptied when there is no selection.
+ */
+export function planLayer(seq: Sequence, layer: number, step: StepInfo): LayerPlan {
+  const sel = seq.fault ? null : selectFor(seq, layer, step);
+  const request = attentionRequest(seq, layer, step);
+  matchHotMode(seq, layer, sel);
+  const hot = seq.hot[layer];
+  if (sel) hot.active = true;
+  else if (hot.active) {
+    hot.full.clear();
+    hot.vOnly.clear();
+    hot.active = false;
+  }
+  return {
+    sel,
+    request,
+    wantProbs: request === "probs",
+    scoreStart: typeof request === "object" ? (request.fromRow ?? 0) : 0,
+  };
+}
+
+/** The key positions behind each attended head's scores: all L without a selection, else the hot rows in slot order. */
+export function observedPositions(
+  seq: Sequence,
+  layer: number,
+  sel: LayerSelection | null,
+  L: number,
+): Int32Array[] {
+  const c = seq.config;
+  if (!sel) {
+    const all = Int32Array.from({ length: L }, (_, i) => i);
+    return Array.from({ length: c.numKvHeads }, () => all);
+  }
+  const full = seq.hot[layer].full;
+  return Array.from({ length: sel.perQueryHead ? c.numHeads : c.numKvHeads }, (_, g) =>
+    full.positions(g).slice(),
+  );
+}
+
 /** What the policy wants to observe of this layer's attention (false when nothing, or faulted). */
-export function attentionRequest(seq: Sequence, layer: number, step: StepInfo): AttentionRequest {
+function attentionRequest(seq: Sequence, layer: number, step: StepInfo): AttentionRequest {
   const policy = seq.policy;
   if (seq.fault || !policy.wantsAttention) return false;
   try {
@@ -103,7 +153,7 @@ export function observeAttention(
 }
 
 /** A selection switching between per-kv-head and per-query-head rows gets a fresh hot set. */
-export function matchHotMode(seq: Sequence, layer: number, sel: LayerSelection | null): void {
+function matchHotMode(seq: Sequence, layer: number, sel: LayerSelection | null): void {
   if (sel && (sel.perQueryHead ?? false) !== seq.hot[layer].perQuery) {
     seq.hot[layer].full.release();
     seq.hot[layer].vOnly.release();

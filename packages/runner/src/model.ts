@@ -2,13 +2,7 @@ import { availableParallelism } from "node:os";
 import { basename, resolve } from "node:path";
 import { attention, Device, DeviceError, rope, type VOnlyRows } from "@smallkv/tensor";
 import type Ort from "onnxruntime-node";
-import {
-  attentionRequest,
-  matchHotMode,
-  observeAttention,
-  selectFor,
-  vOnlyWeightsInSlotOrder,
-} from "./attend-policy.js";
+import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder } from "./attend-policy.js";
 import { type ModelConfig, readConfig } from "./config.js";
 import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
@@ -296,21 +290,11 @@ export class Model {
     seq.kv.write(layer, k, v, start, T);
     // Time in the policy and its hot-set moves (everything here but the attention kernel).
     let tPolicy = performance.now();
-    const sel = seq.fault ? null : selectFor(seq, layer, step);
-    const request = attentionRequest(seq, layer, step);
-    matchHotMode(seq, layer, sel);
+    const { sel, request, wantProbs, scoreStart } = planLayer(seq, layer, step);
     const hot = seq.hot[layer] as HostHot;
     let result: ReturnType<typeof attention>;
-    let keyPositions: Int32Array[] = [];
     let scores: Float32Array | undefined;
-    const wantProbs = request === "probs";
-    const scoreStart = typeof request === "object" ? (request.fromRow ?? 0) : 0;
     if (!sel) {
-      if (hot.active) {
-        hot.full.clear();
-        hot.vOnly.clear();
-        hot.active = false;
-      }
       const L = start + T;
       if (typeof request === "object") scores = new Float32Array(Hq * L);
       this.timing.policy += (performance.now() - tPolicy) / 1000;
@@ -330,12 +314,7 @@ export class Model {
         scoreStart,
       });
       tPolicy = performance.now();
-      if (request) {
-        const all = Int32Array.from({ length: L }, (_, i) => i);
-        keyPositions = Array.from({ length: Hkv }, () => all);
-      }
     } else {
-      hot.active = true;
       // Per-query-head selections attend with one hot "kv head" per query head.
       const HkvHot = sel.perQueryHead ? Hq : Hkv;
       const cold = [seq.kv.k[layer], seq.kv.v[layer]];
@@ -381,7 +360,6 @@ export class Model {
         vOnly,
       });
       tPolicy = performance.now();
-      if (request) keyPositions = Array.from({ length: HkvHot }, (_, g) => hot.full.positions(g).slice());
     }
     if (request)
       observeAttention(seq, {
@@ -391,7 +369,7 @@ export class Model {
         probs: result.probs,
         scores,
         Lmax: result.Lmax,
-        keyPositions,
+        keyPositions: observedPositions(seq, layer, sel, result.Lmax),
       });
     this.timing.policy += (performance.now() - tPolicy) / 1000;
   }

@@ -1,11 +1,5 @@
 import { type Device, type DeviceBuffer, toHalfBits } from "@smallkv/tensor";
-import {
-  attentionRequest,
-  matchHotMode,
-  observeAttention,
-  selectFor,
-  vOnlyWeightsInSlotOrder,
-} from "../attend-policy.js";
+import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder } from "../attend-policy.js";
 import type { ModelConfig } from "../config.js";
 import type { Sequence } from "../sequence.js";
 import type { ModelWeights } from "../weights.js";
@@ -187,14 +181,9 @@ export class DeviceRunner {
     const start = seq.length;
     const step = { start, T };
     kv.writeDevice(layer, k, v, start, T);
-    const sel = seq.fault ? null : selectFor(seq, layer, step);
-    const request = attentionRequest(seq, layer, step);
-    matchHotMode(seq, layer, sel);
+    const { sel, request, wantProbs, scoreStart } = planLayer(seq, layer, step);
     const hot = seq.hot[layer];
     const st = kv.staging;
-    const wantProbs = request === "probs";
-    const scoreStart = typeof request === "object" ? (request.fromRow ?? 0) : 0;
-    let keyPositions: Int32Array[] = [];
     let Lmax: number;
     // Probabilities and scores land in device memory (atomics on mapped host memory are not
     // safe on every platform) and are read back once, after the kernel.
@@ -208,11 +197,6 @@ export class DeviceRunner {
       return [p, sc];
     };
     if (!sel) {
-      if (hot.active) {
-        hot.full.clear();
-        hot.vOnly.clear();
-        hot.active = false;
-      }
       Lmax = start + T;
       [probs, scores] = outputs(Lmax);
       dev.attention({
@@ -231,12 +215,7 @@ export class DeviceRunner {
         scores: scores?.buf,
         scoreStart,
       });
-      if (request) {
-        const all = Int32Array.from({ length: Lmax }, (_, i) => i);
-        keyPositions = Array.from({ length: Hkv }, () => all);
-      }
     } else {
-      hot.active = true;
       const HkvHot = sel.perQueryHead ? Hq : Hkv;
       const full = hot.full as DeviceHotRows;
       const vOnlyRows = hot.vOnly as DeviceHotRows;
@@ -282,7 +261,6 @@ export class DeviceRunner {
         scoreStart,
         vOnly,
       });
-      if (request) keyPositions = Array.from({ length: HkvHot }, (_, g) => full.positions(g).slice());
     }
     if (request && seq.policy.observe && !seq.fault) {
       // The policy reads this layer's probabilities or scores now (read waits for stream 0).
@@ -295,7 +273,7 @@ export class DeviceRunner {
         probs: p ? dev.read(p.buf, new Float32Array(p.n)) : undefined,
         scores: s ? dev.read(s.buf, new Float32Array(s.n)) : undefined,
         Lmax,
-        keyPositions,
+        keyPositions: observedPositions(seq, layer, sel, Lmax),
       });
     }
   }

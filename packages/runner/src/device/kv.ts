@@ -30,10 +30,7 @@ export class DeviceKvCache extends KvCache {
     if (!this.dev || cap === 0) return; // the base constructor's call, before this class is set up
     const { Hkv, D } = this;
     const n = this.config.numLayers;
-    if (this.dk.length > 0) {
-      this.dev.sync(0);
-      this.dev.sync(1);
-    }
+    const olds: (DeviceBuffer | PinnedBuffer)[] = [];
     for (const [dst, host] of [
       [this.dk, this.k],
       [this.dv, this.v],
@@ -44,12 +41,18 @@ export class DeviceKvCache extends KvCache {
         if (old) {
           for (let g = 0; g < Hkv; g++)
             this.dev.copy(next.at(g * cap * D), old.at(g * this.cap * D), this.length * D * 4);
-          this.dev.sync(0);
-          old.free();
+          olds.push(old);
         }
         dst[l] = next;
         host[l] = "f32" in next ? next.f32 : new Float32Array(0);
       }
+    }
+    // The old stores are freed once the copies (stream 0) and any gather still reading them
+    // (stream 1) are done: one wait for the whole growth.
+    if (olds.length > 0) {
+      this.dev.sync(0);
+      this.dev.sync(1);
+      for (const o of olds) o.free();
     }
     this.cap = cap;
   }
@@ -97,18 +100,20 @@ export class DeviceHotRows extends HotSlots<Ptr> {
 
   protected resizePlanes(oldCap: number, cap: number): void {
     const { Hkv, D } = this;
+    const olds = this.planesBuf;
     this.planesBuf = Array.from({ length: this.planes }, (_, i) => {
       const next = this.dev.alloc(Hkv * cap * D);
-      const old = this.planesBuf[i];
-      if (old) {
+      const old = olds[i];
+      if (old)
         for (let g = 0; g < Hkv; g++)
           if (this.count[g] > 0)
             this.dev.copy(next.at(g * cap * D), old.at(g * oldCap * D), this.count[g] * D * 4);
-        this.dev.sync(0);
-        old.free();
-      }
       return next;
     });
+    if (olds.length > 0) {
+      this.dev.sync(0); // the copies are done (stream 0 already waited for any gather into the old rows)
+      for (const o of olds) o.free();
+    }
   }
 
   protected copySlot(g: number, dst: number, src: number): void {
