@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import type { KvPolicyHook, Model } from "@smallkv/runner";
-import { columnSums, jaccard, rowCosine, topSet } from "./similarity.js";
+import { columnSums, jaccard, oldRowTops, ownTops, rowCosine, rowCoverage, rowTops, topSet } from "./similarity.js";
 
 /** Full attention matrices of every layer of a model on some tokens: probs[layer] is [H][T][T]. */
 export interface AttentionSet {
@@ -53,7 +53,12 @@ export function identityOf(model: Model): ModelIdentity {
   };
 }
 
-export type MatchMetric = "jaccard" | "cosine";
+/**
+ * "jaccard": TopK of column sums (the paper's); "cosine": mean row cosine; "coverage": share
+ * of the LLM head's row mass on the SLM head's top tokens of the same row.
+ */
+export type MatchMetric = "jaccard" | "cosine" | "coverage";
+export const MATCH_METRICS: readonly MatchMetric[] = ["jaccard", "cosine", "coverage"];
 
 export interface MatchOptions {
   /** What picks the SLM head (default "jaccard", the paper's). */
@@ -70,6 +75,21 @@ export interface HeadMatch {
   /** Jaccard of the TopK token sets and mean row cosine of the matched pair. */
   jaccard: number;
   cosine: number;
+  /**
+   * Share of the LLM head's attention mass (per row, averaged) on the matched SLM head's
+   * top tokens of that row: what a selection by this SLM head keeps of the LLM head's
+   * current attention. Missing in files saved before it existed.
+   */
+  coverage?: number;
+  /**
+   * Old-token coverage (the step's own token left out) of the LLM head's attention by the
+   * matched SLM head's current row, and by the LLM head's own past mean attention: where
+   * the second is higher, the assistant predicts this head worse than the LLM itself.
+   */
+  assistantOldCoverage?: number;
+  ownOldCoverage?: number;
+  /** The next best SLM heads by the metric, best first (for rankings that pool several heads). */
+  runnersUp?: { slmLayer: number; slmHead: number; score: number }[];
 }
 
 export interface SimilarityStats {
@@ -87,6 +107,9 @@ export interface MatchingReport {
   /** How many LLM heads map to each SLM layer. */
   slmLayerUse: number[];
 }
+
+/** How many next-best SLM heads a match records. */
+const RUNNERS_UP = 3;
 
 export class MatchingMismatchError extends Error {
   override readonly name = "MatchingMismatchError";
@@ -133,11 +156,25 @@ export class HeadMatching {
     if (slmAttn.T !== T) throw new MatchingMismatchError(`attention of ${T} vs ${slmAttn.T} tokens`);
     const k = Math.max(1, Math.round(topkRatio * T));
     const head = (a: AttentionSet, l: number, h: number) => a.probs[l].subarray(h * T * T, (h + 1) * T * T);
-    const slmHeads: { layer: number; head: number; probs: Float32Array; top: Set<number> }[] = [];
+    const slmHeads: {
+      layer: number;
+      head: number;
+      probs: Float32Array;
+      top: Set<number>;
+      rows: Int32Array[];
+      oldRows: Int32Array[];
+    }[] = [];
     for (let l = 0; l < slmAttn.numLayers; l++) {
       for (let h = 0; h < slmAttn.numHeads; h++) {
         const p = head(slmAttn, l, h);
-        slmHeads.push({ layer: l, head: h, probs: p, top: topSet(columnSums(p, T), k) });
+        slmHeads.push({
+          layer: l,
+          head: h,
+          probs: p,
+          top: topSet(columnSums(p, T), k),
+          rows: rowTops(p, T, topkRatio),
+          oldRows: oldRowTops(p, T, topkRatio),
+        });
       }
     }
     const matches: HeadMatch[] = [];
@@ -145,20 +182,43 @@ export class HeadMatching {
       for (let h = 0; h < llmAttn.numHeads; h++) {
         const p = head(llmAttn, l, h);
         const top = topSet(columnSums(p, T), k);
-        let best: HeadMatch | null = null;
-        let bestScore = Number.NEGATIVE_INFINITY;
-        for (const s of slmHeads) {
-          const j = jaccard(top, s.top);
-          // Cosine is computed for the winner only under the Jaccard metric (it is O(T^2) per pair).
-          const c = metric === "cosine" ? rowCosine(p, s.probs, T) : Number.NaN;
-          const score = metric === "jaccard" ? j : c;
-          if (score > bestScore) {
-            bestScore = score;
-            best = { llmLayer: l, llmHead: h, slmLayer: s.layer, slmHead: s.head, jaccard: j, cosine: c };
+        // Ties on the metric (common for Jaccard of small sets) go to the second metric,
+        // then to the earlier head: never silently to the lowest index alone.
+        const primary = (sh: (typeof slmHeads)[number]) =>
+          metric === "jaccard"
+            ? jaccard(top, sh.top)
+            : metric === "cosine"
+              ? rowCosine(p, sh.probs, T)
+              : rowCoverage(p, sh.rows, T);
+        const scores = slmHeads.map(primary);
+        const bestScore = Math.max(...scores);
+        const tied = slmHeads.filter((_, i) => scores[i] >= bestScore - 1e-12);
+        let s = tied[0];
+        if (tied.length > 1) {
+          const second = (sh: (typeof slmHeads)[number]) =>
+            metric === "cosine" ? rowCoverage(p, sh.rows, T) : rowCosine(p, sh.probs, T);
+          let bestSecond = Number.NEGATIVE_INFINITY;
+          for (const c of tied) {
+            const v = second(c);
+            if (v > bestSecond + 1e-12) [bestSecond, s] = [v, c];
           }
         }
-        const b = best!;
-        if (Number.isNaN(b.cosine)) b.cosine = rowCosine(p, head(slmAttn, b.slmLayer, b.slmHead), T);
+        const b: HeadMatch = {
+          llmLayer: l,
+          llmHead: h,
+          slmLayer: s.layer,
+          slmHead: s.head,
+          jaccard: jaccard(top, s.top),
+          cosine: rowCosine(p, s.probs, T),
+          coverage: rowCoverage(p, s.rows, T),
+          assistantOldCoverage: rowCoverage(p, s.oldRows, T),
+          ownOldCoverage: rowCoverage(p, ownTops(p, T, topkRatio), T),
+          runnersUp: slmHeads
+            .map((c, i) => ({ slmLayer: c.layer, slmHead: c.head, score: scores[i] }))
+            .filter((c) => c.slmLayer !== s.layer || c.slmHead !== s.head)
+            .sort((x, y) => y.score - x.score)
+            .slice(0, RUNNERS_UP),
+        };
         matches.push(b);
       }
     }
@@ -169,6 +229,25 @@ export class HeadMatching {
   slmHeadOf(layer: number, head: number): { layer: number; head: number } {
     const m = this.matches[layer * this.llm.numHeads + head];
     return { layer: m.slmLayer, head: m.slmHead };
+  }
+
+  /** The best `n` SLM heads of LLM head (layer, head), best first (fewer when the file has no runners-up). */
+  slmHeadsOf(layer: number, head: number, n: number): { layer: number; head: number }[] {
+    const m = this.matches[layer * this.llm.numHeads + head];
+    const rest = (m.runnersUp ?? []).slice(0, Math.max(0, n - 1)).map((r) => ({ layer: r.slmLayer, head: r.slmHead }));
+    return [{ layer: m.slmLayer, head: m.slmHead }, ...rest];
+  }
+
+  /** True when the matched SLM head predicts LLM head (layer, head) at least as well as its own past attention (true when unknown). */
+  assistantHelps(layer: number, head: number): boolean {
+    const m = this.matches[layer * this.llm.numHeads + head];
+    if (m.assistantOldCoverage === undefined || m.ownOldCoverage === undefined) return true;
+    return m.assistantOldCoverage >= m.ownOldCoverage;
+  }
+
+  /** The measured coverage of LLM head (layer, head) by its SLM head (NaN when unknown). */
+  coverageOf(layer: number, head: number): number {
+    return this.matches[layer * this.llm.numHeads + head].coverage ?? Number.NaN;
   }
 
   report(): MatchingReport {

@@ -42,3 +42,61 @@ export function rowCosine(a: ArrayLike<number>, b: ArrayLike<number>, T: number)
   }
   return T > 1 ? total / (T - 1) : 1;
 }
+
+/**
+ * Per row u (1..T-1) of an attention matrix, the indices of its k highest weights (k = ratio
+ * of the row's length, at least 1; ties to the earlier token), concatenated.
+ */
+export function rowTops(probs: ArrayLike<number>, T: number, ratio: number): Int32Array[] {
+  const out: Int32Array[] = [new Int32Array(0)];
+  for (let u = 1; u < T; u++) {
+    const n = u + 1;
+    const k = Math.max(1, Math.round(ratio * n));
+    const x = new Float32Array(n);
+    for (let v = 0; v < n; v++) x[v] = probs[u * T + v];
+    out.push(topk(x, n, k));
+  }
+  return out;
+}
+
+/**
+ * Mean share of head a's attention mass that falls on head b's top tokens, row by row
+ * (rows 1..T-1, b's tops from `rowTops`): how much of a's current attention b's choice of
+ * tokens would keep exactly.
+ */
+export function rowCoverage(a: ArrayLike<number>, bTops: Int32Array[], T: number): number {
+  let total = 0;
+  for (let u = 1; u < T; u++) {
+    const top = bTops[u];
+    for (let i = 0; i < top.length; i++) total += a[u * T + top[i]];
+  }
+  return T > 1 ? total / (T - 1) : 1;
+}
+
+/**
+ * Per row u (1..T-1), the top old tokens (v < u; k = ratio of u, at least 1) that the
+ * head's own past attention predicts: column sums over rows < u divided by the number of
+ * those rows that could attend each token (the reversible control's ranking).
+ */
+export function ownTops(probs: ArrayLike<number>, T: number, ratio: number): Int32Array[] {
+  const out: Int32Array[] = [new Int32Array(0)];
+  const cs = new Float64Array(T);
+  for (let u = 1; u < T; u++) {
+    for (let v = 0; v < u; v++) cs[v] += probs[(u - 1) * T + v];
+    const x = new Float32Array(u);
+    for (let v = 0; v < u; v++) x[v] = cs[v] / (u - v);
+    out.push(topk(x, u, Math.max(1, Math.round(ratio * u))));
+  }
+  return out;
+}
+
+/** Per row u (1..T-1), the top old tokens (v < u) of the row itself (k = ratio of u, at least 1). */
+export function oldRowTops(probs: ArrayLike<number>, T: number, ratio: number): Int32Array[] {
+  const out: Int32Array[] = [new Int32Array(0)];
+  for (let u = 1; u < T; u++) {
+    const x = new Float32Array(u);
+    for (let v = 0; v < u; v++) x[v] = probs[u * T + v];
+    out.push(topk(x, u, Math.max(1, Math.round(ratio * u))));
+  }
+  return out;
+}

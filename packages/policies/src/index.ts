@@ -3,7 +3,10 @@ export { full } from "./builtin/full.js";
 export { h2o } from "./builtin/h2o.js";
 export { pod } from "./builtin/pod.js";
 export { pyramidInfer } from "./builtin/pyramid-infer.js";
-export { type SmallKvOptions, smallKv, splitBudget } from "./builtin/smallkv.js";
+export { reversible } from "./builtin/reversible.js";
+export { type SmallKvOptions, smallKv, smallKvPaper } from "./builtin/smallkv/policy.js";
+export { SCORE_MODES, type ScoreMode } from "./builtin/smallkv/scoring.js";
+export { adaptiveSplit, type ClassSizes, parseRatio, splitBudget } from "./builtin/smallkv/split.js";
 export { pyramidKv, snapKv } from "./builtin/snapkv.js";
 export { streamingLlm } from "./builtin/streaming-llm.js";
 export { tova } from "./builtin/tova.js";
@@ -25,7 +28,7 @@ export {
   resolvePolicy,
 } from "./registry.js";
 export { type ScorerDefinition, type ScorerState, scorerPolicy } from "./scorer.js";
-export { ScoreTable } from "./scores.js";
+export { MeanAttention, ScoreTable } from "./scores.js";
 export {
   definePolicy,
   type OptionSchema,

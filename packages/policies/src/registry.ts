@@ -5,7 +5,8 @@ import { full } from "./builtin/full.js";
 import { h2o } from "./builtin/h2o.js";
 import { pod } from "./builtin/pod.js";
 import { pyramidInfer } from "./builtin/pyramid-infer.js";
-import { smallKv } from "./builtin/smallkv.js";
+import { reversible } from "./builtin/reversible.js";
+import { smallKv, smallKvPaper } from "./builtin/smallkv/policy.js";
 import { pyramidKv, snapKv } from "./builtin/snapkv.js";
 import { streamingLlm } from "./builtin/streaming-llm.js";
 import { tova } from "./builtin/tova.js";
@@ -14,7 +15,19 @@ import type { OptionValue, PolicyFactory, PolicyInstance } from "./sdk.js";
 
 /** The built-in policies by name. */
 export const builtinPolicies: Record<string, PolicyFactory> = Object.fromEntries(
-  [full, streamingLlm, h2o, snapKv, pyramidKv, pyramidInfer, tova, pod, smallKv].map((p) => [
+  [
+    full,
+    streamingLlm,
+    h2o,
+    snapKv,
+    pyramidKv,
+    pyramidInfer,
+    tova,
+    pod,
+    reversible,
+    smallKv,
+    smallKvPaper,
+  ].map((p) => [
     p.name,
     p as unknown as PolicyFactory,
   ]),

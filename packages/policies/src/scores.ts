@@ -61,3 +61,50 @@ export class ScoreTable {
     return this.acc[layer][g].subarray(0, n);
   }
 }
+
+/**
+ * The LLM's own attention per layer and kv head, normalised by how many queries actually
+ * saw each token: accumulated column sums over the rows that attended it exactly, divided
+ * by the number of such rows. Unlike raw sums it has no positional bias, and a token that
+ * was dropped keeps the mean it earned while it was read (reversible policies re-select it).
+ */
+export class MeanAttention {
+  private readonly sums: ScoreTable;
+  private readonly counts: Float64Array[][];
+
+  constructor(
+    numLayers: number,
+    private readonly numKvHeads: number,
+    group: number,
+  ) {
+    this.sums = new ScoreTable(numLayers, numKvHeads, group);
+    this.counts = Array.from({ length: numLayers }, () =>
+      Array.from({ length: numKvHeads }, () => new Float64Array(64)),
+    );
+  }
+
+  /** Add an observation made with `{ scores: true, fromRow }`. */
+  add(obs: AttentionObservation, fromRow = 0): void {
+    this.sums.add(obs);
+    const { layer, keyPositions, start, T } = obs;
+    for (let g = 0; g < this.numKvHeads; g++) {
+      let c = this.counts[layer][g];
+      if (c.length < start + T) {
+        const next = new Float64Array(Math.max(start + T, c.length * 2));
+        next.set(c);
+        this.counts[layer][g] = c = next;
+      }
+      const pos = keyPositions[g];
+      for (let j = 0; j < pos.length; j++) c[pos[j]] += T - Math.max(fromRow, pos[j] - start);
+    }
+  }
+
+  /** Mean attention of kv head g's tokens [0, n) (summed over the group's query heads). */
+  get(layer: number, g: number, n: number): Float64Array {
+    const s = this.sums.get(layer, g, n);
+    const c = this.counts[layer][g];
+    const out = new Float64Array(n);
+    for (let p = 0; p < n; p++) out[p] = p < c.length && c[p] > 0 ? s[p] / c[p] : 0;
+    return out;
+  }
+}

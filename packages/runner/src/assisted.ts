@@ -81,8 +81,12 @@ export class AssistantState {
   }
 }
 
-/** Steps up to this many tokens give the policy the assistant's full rows; longer (prefill) steps only accumulate. */
-const ROWS_UP_TO = 16;
+/**
+ * The assistant keeps a step's full attention rows (what SmallKV's current-row ranking and
+ * V-only weights read) when they hold at most this many floats per layer; a longer step
+ * (a long prefill) only accumulates column sums, and the policy falls back for that step.
+ */
+export const ASSISTANT_ROWS_MAX_FLOATS = 1 << 22;
 
 /**
  * An LLM with an assistant SLM of the same family and tokenizer. Each step runs the SLM on
@@ -128,7 +132,10 @@ export class AssistedModel implements StepModel {
 
     const observer: KvPolicyHook = {
       name: "assistant-observer",
-      wantsAttention: (_s, _l, step) => (step.T <= ROWS_UP_TO ? "probs" : { scores: true }),
+      wantsAttention: (_s, _l, step) =>
+        this.slm.config.numHeads * step.T * (step.start + step.T) <= ASSISTANT_ROWS_MAX_FLOATS
+          ? "probs"
+          : { scores: true },
       observe: (_s, o) => state!.observe(o),
     };
     const slmSeq = this.slm.newSequence(observer);

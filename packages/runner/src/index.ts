@@ -1,5 +1,11 @@
 export { assetsDir, resolveModelDir } from "./assets.js";
-export { AssistantMismatchError, AssistantState, AssistedModel, type StepModel } from "./assisted.js";
+export {
+  ASSISTANT_ROWS_MAX_FLOATS,
+  AssistantMismatchError,
+  AssistantState,
+  AssistedModel,
+  type StepModel,
+} from "./assisted.js";
 export {
   type Architecture,
   type ModelConfig,

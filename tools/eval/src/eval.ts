@@ -251,7 +251,8 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
   for (const spec of o.policies ?? DEFAULT_POLICIES) {
     const { name, options } = parseSpec(spec);
     const factory = o.factories?.[name] ?? (await resolvePolicy(name));
-    if (factory.name === "smallkv") {
+    // Policies that read an assistant run once per assistant.
+    if (factory.create({ budget: 1, options }).usesAssistant) {
       if (assistants.length === 0) throw new Error(`policy ${spec} needs --assistant`);
       for (const a of assistants)
         entries.push({

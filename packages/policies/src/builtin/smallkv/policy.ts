@@ -1,0 +1,371 @@
+import {
+  collectAttention,
+  DEFAULT_WINDOW,
+  HeadMatching,
+  identityOf,
+  MATCH_METRICS,
+  type MatchMetric,
+  matchingWindow,
+} from "@smallkv/matching";
+import type { AssistantState, LayerSelection } from "@smallkv/runner";
+import { PolicyOptionError } from "../../errors.js";
+import { MeanAttention } from "../../scores.js";
+import { definePolicy, type PolicyContext, type PolicyFactory } from "../../sdk.js";
+import { Evictions, maskOf, range, topPositions, union } from "../../select.js";
+import { accumulated, currentRow, DecayedScores, hasRows, SCORE_MODES, type ScoreMode } from "./scoring.js";
+import { adaptiveSplit, type ClassSizes, parseRatio, splitBudget } from "./split.js";
+
+export interface SmallKvOptions {
+  [k: string]: string | number | boolean;
+  /** "mass": (1 - m_M) O_c + O_m; "literal": O_c + O_m (as the paper writes it). */
+  mode: string;
+  /** "adaptive" (per head, from the predicted masses), or a fixed critical:recent:marginal ratio like 2:1:2. */
+  split: string;
+  /** At least this many of the newest old tokens are read exactly (0: none). */
+  recent: number;
+  /** How the assistant ranks tokens: sum (the paper), mean, current or decay. */
+  scores: string;
+  /** Half-life in steps of `scores=decay`. */
+  halfLife: number;
+  /** "kv": select per kv head with the mean of the matched SLM scores of its query heads; "query": per query head (same memory). */
+  gqa: string;
+  /** Ablation switch: false = no marginal compensation (M empty, the budget all to critical + recent). */
+  marginal: boolean;
+  /** Marginal (V-only) tokens only for LLM heads whose matched SLM head covers at least this share of their attention. */
+  gate: number;
+  /** Heads whose matched SLM head covers less than this share rank by the LLM's own mean attention instead (0: never). */
+  trust: number;
+  /**
+   * Heads whose matched SLM head predicted their attention worse than their own past mean
+   * attention did (measured on the matching window) rank by the LLM's own mean attention:
+   * a weak assistant degrades to the assistant-free reversible selection.
+   */
+  fallback: boolean;
+  /** Current-row ranking pools the rows of this many best-matched SLM heads per LLM head. */
+  pool: number;
+  /** Weight of the LLM's own mean attention blended into the assistant's ranking (0: assistant only). */
+  own: number;
+  /** Adaptive split: exact slots until they hold this share of the predicted mass, then V-only. */
+  exactShare: number;
+  /** Adaptive split: V-only only for tokens with at least this predicted mass. */
+  negligible: number;
+  /** Ablation switch: false = no saliency-shift compensation (irreversible eviction). */
+  saliency: boolean;
+  metric: string;
+  /** TopK (Jaccard) and per-row top share (coverage) as a fraction of the window or row. */
+  topk: number;
+  minContext: number;
+  maxContext: number;
+  window: number;
+  windowFrom: string;
+  /** A saved head matching (smallkv match --out); empty: match each sequence on its own tokens. */
+  mapping: string;
+}
+
+interface SmallKvState {
+  matching: HeadMatching | null;
+  evicted: Evictions;
+  decayed: DecayedScores;
+  /** The LLM's own mean attention (kept when `trust` > 0). */
+  own: MeanAttention | null;
+  counts: { critical: number; recent: number; marginal: number };
+  layers: number;
+  /** Positions in the recent window at the last step (for traces). */
+  lastRecent: number;
+  /** Per LLM layer and query head: may use V-only tokens / trusts its matched SLM head. */
+  gated: boolean[][] | null;
+  trusted: boolean[][] | null;
+}
+
+function assistantOf(ctx: PolicyContext<SmallKvState, SmallKvOptions>): AssistantState {
+  const a = ctx.seq.assistant;
+  if (!a)
+    throw new PolicyOptionError(
+      "smallkv",
+      "needs an assistant model: run it through an AssistedModel (CLI: --assistant <dir>)",
+    );
+  return a;
+}
+
+function validate(name: string, o: SmallKvOptions): void {
+  const bad = (msg: string) => {
+    throw new PolicyOptionError(name, msg);
+  };
+  if (o.mode !== "mass" && o.mode !== "literal") bad(`mode must be mass or literal, got ${o.mode}`);
+  if (o.gqa !== "kv" && o.gqa !== "query") bad(`gqa must be kv or query, got ${o.gqa}`);
+  if (!MATCH_METRICS.includes(o.metric as MatchMetric))
+    bad(`metric must be one of ${MATCH_METRICS.join(", ")}, got ${o.metric}`);
+  if (o.windowFrom !== "first" && o.windowFrom !== "last") bad("windowFrom must be first or last");
+  if (!SCORE_MODES.includes(o.scores as ScoreMode))
+    bad(`scores must be one of ${SCORE_MODES.join(", ")}, got ${o.scores}`);
+  if (o.split !== "adaptive" && !parseRatio(o.split))
+    bad(`split must be adaptive or three non-negative numbers like 2:1:2, got ${JSON.stringify(o.split)}`);
+  if (!(o.halfLife > 0)) bad(`halfLife must be > 0, got ${o.halfLife}`);
+  if (!(o.recent >= 0)) bad(`recent must be >= 0, got ${o.recent}`);
+  for (const k of ["gate", "trust", "own", "exactShare", "topk"] as const)
+    if (!(o[k] >= 0 && o[k] <= 1)) bad(`${k} must be in [0, 1], got ${o[k]}`);
+  if (!(Number.isInteger(o.pool) && o.pool >= 1 && o.pool <= 4)) bad(`pool must be 1 to 4, got ${o.pool}`);
+  if (!(o.negligible >= 0)) bad(`negligible must be >= 0, got ${o.negligible}`);
+  if (!(o.minContext >= 1 && o.window >= 1 && o.maxContext >= o.minContext))
+    bad("minContext and window must be >= 1 and maxContext >= minContext");
+}
+
+const savedMatchings = new Map<string, HeadMatching>();
+
+/** Per LLM (layer, head): whether the matched SLM head's measured coverage reaches `threshold`. */
+function headsAbove(m: HeadMatching, threshold: number): boolean[][] {
+  return Array.from({ length: m.llm.numLayers }, (_, l) =>
+    Array.from({ length: m.llm.numHeads }, (_, h) => {
+      if (threshold <= 0) return true;
+      const c = m.coverageOf(l, h);
+      return Number.isFinite(c) ? c >= threshold : true;
+    }),
+  );
+}
+
+/** Normalise to a distribution over [0, n) (all zero stays zero). */
+function normalised(x: Float64Array): Float64Array {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i];
+  if (s > 0) for (let i = 0; i < x.length; i++) x[i] /= s;
+  return x;
+}
+
+/**
+ * SmallKV (Zhao, Peng et al. 2025, arXiv 2508.02751): an assistant SLM with a full cache
+ * decides, every step and for every head, which tokens the LLM attends to exactly, which it
+ * approximates with the SLM's current attention weights (marginal, V only), and which it
+ * skips; dropped tokens come back from the cold store when they matter again.
+ * `smallkv` ranks by the matched SLM heads' attention at the current step with an adaptive
+ * split (what the evaluation found best); `smallkv-paper` keeps the paper's rules.
+ */
+function makeSmallKv(name: string, description: string, defaults: SmallKvOptions): PolicyFactory<SmallKvOptions> {
+  return definePolicy<SmallKvState, SmallKvOptions>({
+    name,
+    description,
+    options: defaults,
+    usesAssistant: true,
+    warmupTokens: (o) => o.minContext,
+
+    init(seq, o) {
+      validate(name, o);
+      const c = seq.config;
+      const lists = o.gqa === "query" ? c.numHeads : c.numKvHeads;
+      return {
+        matching: null,
+        evicted: new Evictions(c.numLayers, lists),
+        decayed: new DecayedScores(c.numLayers, lists),
+        own: o.trust > 0 || o.own > 0 || o.fallback ? new MeanAttention(c.numLayers, c.numKvHeads, c.numHeads / c.numKvHeads) : null,
+        counts: { critical: 0, recent: 0, marginal: 0 },
+        layers: c.numLayers,
+        lastRecent: 0,
+        gated: null,
+        trusted: null,
+      };
+    },
+    async prepare(ctx) {
+      if (ctx.state.matching) return;
+      const a = assistantOf(ctx);
+      const o = ctx.options;
+      let m: HeadMatching | undefined;
+      if (o.mapping) {
+        m = savedMatchings.get(o.mapping);
+        if (!m) {
+          m = HeadMatching.load(o.mapping, { llm: ctx.seq.model ?? undefined, slm: a.model });
+          savedMatchings.set(o.mapping, m);
+        }
+      } else {
+        // Match on the sequence's own tokens once the context reaches the window (even mid-decoding).
+        const win = matchingWindow(ctx.step.start, {
+          minTokens: o.minContext,
+          maxTokens: o.maxContext,
+          size: o.window,
+          from: o.windowFrom as "first" | "last",
+        });
+        if (!win || !ctx.seq.model) return;
+        const ids = ctx.seq.tokens.slice(win[0], win[1]);
+        const [la, sa] = [await collectAttention(ctx.seq.model, ids), await collectAttention(a.model, ids)];
+        m = HeadMatching.compute(
+          la,
+          sa,
+          { llm: identityOf(ctx.seq.model), slm: identityOf(a.model), window: win },
+          { metric: o.metric as MatchMetric, topkRatio: o.topk },
+        );
+      }
+      ctx.state.matching = m;
+      ctx.state.gated = headsAbove(m, o.gate);
+      const above = headsAbove(m, o.trust);
+      ctx.state.trusted = above.map((row, l) => row.map((t, h) => t && (!o.fallback || m!.assistantHelps(l, h))));
+    },
+    wantsAttention: (ctx) => (ctx.state.own ? { scores: true } : false),
+    observe: (ctx, obs) => ctx.state.own?.add(obs),
+    describe: (s) => ({
+      matched: s.matching !== null,
+      // matching[layer][head] = [slmLayer, slmHead]
+      matching: s.matching
+        ? Array.from({ length: s.matching.llm.numLayers }, (_, l) =>
+            Array.from({ length: s.matching!.llm.numHeads }, (_, h) => {
+              const m = s.matching!.slmHeadOf(l, h);
+              return [m.layer, m.head];
+            }),
+          )
+        : null,
+      recent: s.lastRecent,
+    }),
+    // Per layer and kv head (or query head), averaged over layers.
+    classCounts: (s) => ({
+      critical: s.counts.critical / s.layers,
+      recent: s.counts.recent / s.layers,
+      marginal: s.counts.marginal / s.layers,
+    }),
+    select(ctx): LayerSelection | null {
+      const st = ctx.state;
+      const m = st.matching;
+      if (!m) return null;
+      const a = assistantOf(ctx);
+      const o = ctx.options;
+      const { start, T } = ctx.step;
+      const { numHeads: Hq, numKvHeads: Hkv } = ctx.config;
+      const perQuery = o.gqa === "query";
+      const lists = perQuery ? Hq : Hkv;
+      const group = Hq / lists;
+      // Per-query-head lists share their kv head's memory: each gets 1/group of its old budget.
+      const oldUnits = perQuery ? ctx.oldBudget / (Hq / Hkv) : ctx.oldBudget;
+      // Without the assistant's rows (a long step), V-only weights are unknown and
+      // current-row scores fall back to the position-normalised accumulation.
+      const rows = hasRows(a, T, start + T);
+      const mode = (o.scores as ScoreMode) === "sum" || (o.scores as ScoreMode) === "mean" || rows
+        ? (o.scores as ScoreMode)
+        : "mean";
+      const adaptive = o.split === "adaptive";
+      let sizes: ClassSizes;
+      if (adaptive) sizes = { critical: 0, recent: Math.min(start, Math.floor(o.recent), Math.floor(oldUnits)), marginal: 0 };
+      else {
+        sizes = splitBudget(Math.floor(oldUnits) + T, T, parseRatio(o.split)!, o.marginal && rows);
+        sizes = { ...sizes, recent: Math.max(sizes.recent - T, Math.min(start, Math.floor(o.recent))) };
+        sizes.critical = Math.max(0, Math.min(sizes.critical, Math.floor(oldUnits) - sizes.recent));
+      }
+      const recentOld = Math.min(start, sizes.recent);
+      const recent = range(start - recentOld, start);
+      st.lastRecent = recentOld;
+      const full: Int32Array[] = [];
+      const vOnly: Int32Array[] = [];
+      const factor = 0.5 ** (1 / o.halfLife);
+      for (let g = 0; g < lists; g++) {
+        const heads = Array.from({ length: group }, (_, i) => g * group + i);
+        const trusted = heads.filter((h) => st.trusted![ctx.layer][h]);
+        const marginalOk = o.marginal && rows && heads.some((h) => st.gated![ctx.layer][h]);
+        let score: Float64Array;
+        if (mode === "current") score = currentRow(a, m, ctx.layer, heads, start, T, o.pool);
+        else if (mode === "decay")
+          score = st.decayed.update(ctx.layer, g, start, start, currentRow(a, m, ctx.layer, heads, start, T, o.pool), factor);
+        else score = accumulated(a, m, ctx.layer, heads, start, mode === "mean");
+        // A weak match: rank by the LLM's own mean attention (the reversible control's rule).
+        if (st.own && (trusted.length < heads.length || o.own > 0)) {
+          const kv = perQuery ? Math.floor(g / (Hq / Hkv)) : g;
+          const own = normalised(st.own.get(ctx.layer, kv, start));
+          const mine = normalised(Float64Array.from(score));
+          const w = (trusted.length / heads.length) * (1 - o.own);
+          score = mine.map((x, p) => w * x + (1 - w) * own[p]);
+        }
+        const exclude = maskOf(start, recent);
+        if (!o.saliency) st.evicted.excludeInto(ctx.layer, g, exclude, start);
+        let nCrit: number;
+        let nMarg: number;
+        let order: Int32Array;
+        if (adaptive) {
+          const units = Math.max(0, oldUnits - recentOld);
+          const cand = topPositions(score, start, 2 * Math.ceil(units) + 1, exclude);
+          order = Int32Array.from(cand).sort((x, y) => score[y] - score[x] || x - y);
+          const s = adaptiveSplit(order, score, units, {
+            vOnly: marginalOk,
+            exactShare: o.exactShare,
+            negligible: o.negligible,
+          });
+          nCrit = s.exact;
+          nMarg = s.vOnly;
+        } else {
+          const room = Math.max(0, Math.floor(2 * (oldUnits - recentOld - sizes.critical) + 1e-9));
+          const nM = marginalOk ? Math.min(sizes.marginal, room) : 0;
+          const nC = sizes.critical + (marginalOk ? 0 : Math.floor(sizes.marginal / 2));
+          const cand = topPositions(score, start, nC + nM, exclude);
+          order = Int32Array.from(cand).sort((x, y) => score[y] - score[x] || x - y);
+          nCrit = nC;
+          nMarg = nM;
+        }
+        const critical = order.slice(0, nCrit).sort();
+        const marginal = order.slice(nCrit, nCrit + nMarg).sort();
+        const keep = union(critical, recent);
+        if (!o.saliency) st.evicted.keepOnly(ctx.layer, g, start, keep, marginal);
+        full.push(keep);
+        vOnly.push(marginal);
+      }
+      if (ctx.layer === 0) st.counts = { critical: 0, recent: 0, marginal: 0 };
+      st.counts.critical += (full.reduce((x, l) => x + l.length, 0) - recent.length * lists) / lists;
+      st.counts.recent += recent.length + T;
+      st.counts.marginal += vOnly.reduce((x, l) => x + l.length, 0) / lists;
+      const hasMarginal = vOnly.some((l) => l.length > 0);
+      return {
+        full,
+        vOnly: hasMarginal ? vOnly : undefined,
+        combine: o.mode as "mass" | "literal",
+        perQueryHead: perQuery,
+      };
+    },
+    vOnlyWeights(ctx, sel) {
+      const st = ctx.state;
+      const m = st.matching!;
+      const a = assistantOf(ctx);
+      const { numHeads: Hq } = ctx.config;
+      const T = ctx.step.T;
+      const lists = sel.vOnly!;
+      const group = Hq / lists.length;
+      const vmax = Math.max(...lists.map((l) => l.length));
+      const w = new Float32Array(Hq * T * vmax);
+      for (let h = 0; h < Hq; h++) {
+        // A head whose match does not cover its attention ignores the V-only tokens (weight 0).
+        if (!st.gated![ctx.layer][h]) continue;
+        const sh = m.slmHeadOf(ctx.layer, h);
+        const list = lists[Math.floor(h / group)];
+        for (let t = 0; t < T; t++) {
+          // The matched SLM head's softmax row at this step (it ran on the same token first).
+          const row = a.row(sh.layer, sh.head, t);
+          for (let i = 0; i < list.length; i++) w[(h * T + t) * vmax + i] = row[list[i]];
+        }
+      }
+      return w;
+    },
+  });
+}
+
+const COMMON = {
+  mode: "mass",
+  gqa: "kv",
+  marginal: true,
+  saliency: true,
+  halfLife: 8,
+  fallback: true,
+  pool: 1,
+  exactShare: 0.9,
+  negligible: 0.002,
+  topk: 0.2,
+  minContext: DEFAULT_WINDOW.minTokens,
+  maxContext: DEFAULT_WINDOW.maxTokens,
+  window: DEFAULT_WINDOW.size,
+  windowFrom: DEFAULT_WINDOW.from,
+  mapping: "",
+};
+
+/** SmallKV with the rules the evaluation found best (see docs/results.md). */
+export const smallKv = makeSmallKv(
+  "smallkv",
+  "assistant-guided selection re-chosen every step: the matched SLM heads' current attention ranks tokens, exact / V-only / dropped by predicted mass",
+  { ...COMMON, split: "adaptive", recent: 2, scores: "current", gate: 0.5, trust: 0, own: 0, metric: "coverage" },
+);
+
+/** SmallKV exactly as the paper writes it: accumulated column sums, 2:1:2 split, Jaccard matching. */
+export const smallKvPaper = makeSmallKv(
+  "smallkv-paper",
+  "SmallKV as the paper gives it: accumulated SLM column sums, critical:recent:marginal 2:1:2, Jaccard matching",
+  { ...COMMON, split: "2:1:2", recent: 0, scores: "sum", fallback: false, gate: 0, trust: 0, own: 0, metric: "jaccard" },
+);
