@@ -14,7 +14,7 @@ import {
   writeSyntheticCheckpoint,
 } from "@smallkv/runner";
 import { beforeAll, describe, expect, it } from "vitest";
-import { smallKv, splitBudget } from "../src/index.js";
+import { smallKv, smallKvPaper, splitBudget } from "../src/index.js";
 import { conformancePair, runConformance } from "../src/testing/index.js";
 
 const models = join(assetsDir(), "models");
@@ -100,7 +100,7 @@ function h2oReference(
   return out;
 }
 
-async function selectAt(p: ReturnType<typeof smallKv.create>, seq: Sequence, start: number) {
+async function selectAt(p: ReturnType<typeof smallKvPaper.create>, seq: Sequence, start: number) {
   await p.prepare!(seq, { start, T: 1 });
   return p.select!(seq, 0, { start, T: 1 })!;
 }
@@ -108,7 +108,7 @@ async function selectAt(p: ReturnType<typeof smallKv.create>, seq: Sequence, sta
 describe("SmallKV selection on hand-made scores", () => {
   it("with M empty and saliency compensation off, the selection equals H2O on the SLM's scores", async () => {
     const { seq, mapping, setScores } = handMade(60);
-    const p = smallKv.create({ budget: 15, options: { marginal: false, saliency: false, mapping } });
+    const p = smallKvPaper.create({ budget: 15, options: { marginal: false, saliency: false, mapping } });
     const steps = [
       (x: number) => (x % 7 === 0 ? 5 : x / 1000),
       (x: number) => (x === 3 ? 100 : x % 7 === 0 ? 5 : x / 1000), // 3 was evicted: it must not return
@@ -128,9 +128,9 @@ describe("SmallKV selection on hand-made scores", () => {
     expect(want[1]).not.toContain(3);
   });
 
-  it("by default the next ranks become V-only marginal tokens weighted by the SLM's current row, and dropped tokens can return", async () => {
+  it("under the paper's rules the next ranks become V-only marginal tokens weighted by the SLM's current row, and dropped tokens can return", async () => {
     const { seq, mapping, setScores } = handMade(60);
-    const p = smallKv.create({ budget: 20, options: { mapping } });
+    const p = smallKvPaper.create({ budget: 20, options: { mapping } });
     setScores((x) => 100 - x); // earlier tokens score higher
     // Current SLM rows (T = 1, n = 51) for both heads.
     seq.assistant!.rows[0] = Float32Array.from({ length: 2 * 51 }, (_, i) => (i % 51) / 1000);
@@ -179,12 +179,12 @@ describe("SmallKV with real models", () => {
     }
   });
 
-  it("at 20% it compresses (hot ~ 20% of cold, marginal V-only tokens present) and stays fluent", async () => {
+  it("at 20% under the paper's rules it compresses (hot ~ 20% of cold, marginal V-only tokens present) and stays fluent", async () => {
     const pair = new AssistedModel(llm, slm);
     const prompt = llm.tokenizer.encode(
       "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big red ball in the tree. She wanted to get it, but it was too high.",
     );
-    const policy = smallKv.create({ budget: 0.2 });
+    const policy = smallKvPaper.create({ budget: 0.2 });
     const s = new Generator(pair).submit(prompt, { temperature: 0, maxTokens: 120, stopTokens: [], policy });
     for await (const _ of s);
     const r = await s.result;
@@ -229,10 +229,16 @@ describe("SmallKV passes the conformance kit (synthetic pair, short matching win
     ["per query head", { gqa: "query" }],
     ["without marginal compensation", { marginal: false }],
     ["without saliency-shift compensation", { saliency: false }],
+    ["scores=mean with a fixed 2:1:2 split", { scores: "mean", split: "2:1:2" }],
+    ["scores=decay, slots shared across the layer", { scores: "decay", halfLife: 4, allocate: "layer" }],
+    ["adaptive V-only tokens (no gate)", { gate: 0, exactShare: 0.5 }],
+    ["the paper's preset (smallkv-paper)", { paper: true }],
   ] as const) {
     it(label, async () => {
       const model = await conformancePair();
-      const r = await runConformance(smallKv, { model, options: { ...base, ...options } });
+      const { paper, ...rest } = { paper: false, ...options } as Record<string, unknown>;
+      const factory = paper ? smallKvPaper : smallKv;
+      const r = await runConformance(factory, { model, options: { ...base, ...rest } as never });
       expect(r.failures).toEqual([]);
     });
   }

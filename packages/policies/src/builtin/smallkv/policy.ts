@@ -41,6 +41,8 @@ export interface SmallKvOptions {
    * a weak assistant degrades to the assistant-free reversible selection.
    */
   fallback: boolean;
+  /** "head": every kv head gets the same slots; "layer": a layer's slots go where the predicted mass is (adaptive split). */
+  allocate: string;
   /** Current-row ranking pools the rows of this many best-matched SLM heads per LLM head. */
   pool: number;
   /** Weight of the LLM's own mean attention blended into the assistant's ranking (0: assistant only). */
@@ -100,6 +102,7 @@ function validate(name: string, o: SmallKvOptions): void {
     bad(`scores must be one of ${SCORE_MODES.join(", ")}, got ${o.scores}`);
   if (o.split !== "adaptive" && !parseRatio(o.split))
     bad(`split must be adaptive or three non-negative numbers like 2:1:2, got ${JSON.stringify(o.split)}`);
+  if (o.allocate !== "head" && o.allocate !== "layer") bad(`allocate must be head or layer, got ${o.allocate}`);
   if (!(o.halfLife > 0)) bad(`halfLife must be > 0, got ${o.halfLife}`);
   if (!(o.recent >= 0)) bad(`recent must be >= 0, got ${o.recent}`);
   for (const k of ["gate", "trust", "own", "exactShare", "topk"] as const)
@@ -121,6 +124,28 @@ function headsAbove(m: HeadMatching, threshold: number): boolean[][] {
       return Number.isFinite(c) ? c >= threshold : true;
     }),
   );
+}
+
+/**
+ * Share `perList` × lists old-token units among the lists of a layer by predicted mass:
+ * the highest normalised scores over all lists win (memory per layer unchanged, a head
+ * with spread attention gets more slots than a head that looks at few tokens).
+ */
+function shareByMass(scores: Float64Array[], recent: Int32Array, perList: number, start: number): number[] {
+  const total = Math.floor(perList * scores.length + 1e-9);
+  const lo = recent.length ? recent[0] : start;
+  const cand: { g: number; m: number }[] = [];
+  scores.forEach((s, g) => {
+    let sum = 0;
+    for (let p = 0; p < lo; p++) sum += s[p];
+    const k = Math.min(lo, total);
+    const top = topPositions(s, lo, k);
+    for (const p of top) cand.push({ g, m: sum > 0 ? s[p] / sum : 0 });
+  });
+  cand.sort((x, y) => y.m - x.m || x.g - y.g);
+  const out = scores.map(() => 0);
+  for (let i = 0; i < Math.min(total, cand.length); i++) out[cand[i].g]++;
+  return out;
 }
 
 /** Normalise to a distribution over [0, n) (all zero stays zero). */
@@ -230,7 +255,10 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
       const lists = perQuery ? Hq : Hkv;
       const group = Hq / lists;
       // Per-query-head lists share their kv head's memory: each gets 1/group of its old budget.
-      const oldUnits = perQuery ? ctx.oldBudget / (Hq / Hkv) : ctx.oldBudget;
+      // (each list also holds the step's own rows, so those are paid group times).
+      const oldUnits = perQuery
+        ? Math.max(0, (ctx.oldBudget - (Hq / Hkv - 1) * T) / (Hq / Hkv))
+        : ctx.oldBudget;
       // Without the assistant's rows (a long step), V-only weights are unknown and
       // current-row scores fall back to the position-normalised accumulation.
       const rows = hasRows(a, T, start + T);
@@ -242,7 +270,8 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
       if (adaptive) sizes = { critical: 0, recent: Math.min(start, Math.floor(o.recent), Math.floor(oldUnits)), marginal: 0 };
       else {
         sizes = splitBudget(Math.floor(oldUnits) + T, T, parseRatio(o.split)!, o.marginal && rows);
-        sizes = { ...sizes, recent: Math.max(sizes.recent - T, Math.min(start, Math.floor(o.recent))) };
+        const recentOld = Math.max(sizes.recent - T, Math.min(start, Math.floor(o.recent)));
+        sizes = { ...sizes, recent: Math.min(recentOld, Math.floor(oldUnits)) };
         sizes.critical = Math.max(0, Math.min(sizes.critical, Math.floor(oldUnits) - sizes.recent));
       }
       const recentOld = Math.min(start, sizes.recent);
@@ -251,6 +280,8 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
       const full: Int32Array[] = [];
       const vOnly: Int32Array[] = [];
       const factor = 0.5 ** (1 / o.halfLife);
+      const scores: Float64Array[] = [];
+      const marginalOks: boolean[] = [];
       for (let g = 0; g < lists; g++) {
         const heads = Array.from({ length: group }, (_, i) => g * group + i);
         const trusted = heads.filter((h) => st.trusted![ctx.layer][h]);
@@ -268,16 +299,25 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
           const w = (trusted.length / heads.length) * (1 - o.own);
           score = mine.map((x, p) => w * x + (1 - w) * own[p]);
         }
+        scores.push(score);
+        marginalOks.push(marginalOk);
+      }
+      // Units per list: the same for every list, or (allocate=layer, adaptive split) the
+      // layer's old-token units shared out by predicted mass, each list keeping its recent window.
+      const base = Math.max(0, oldUnits - recentOld);
+      const units = adaptive && o.allocate === "layer" ? shareByMass(scores, recent, base, start) : scores.map(() => base);
+      for (let g = 0; g < lists; g++) {
+        const score = scores[g];
+        const marginalOk = marginalOks[g];
         const exclude = maskOf(start, recent);
         if (!o.saliency) st.evicted.excludeInto(ctx.layer, g, exclude, start);
         let nCrit: number;
         let nMarg: number;
         let order: Int32Array;
         if (adaptive) {
-          const units = Math.max(0, oldUnits - recentOld);
-          const cand = topPositions(score, start, 2 * Math.ceil(units) + 1, exclude);
+          const cand = topPositions(score, start, 2 * Math.ceil(units[g]) + 1, exclude);
           order = Int32Array.from(cand).sort((x, y) => score[y] - score[x] || x - y);
-          const s = adaptiveSplit(order, score, units, {
+          const s = adaptiveSplit(order, score, units[g], {
             vOnly: marginalOk,
             exactShare: o.exactShare,
             negligible: o.negligible,
@@ -287,7 +327,10 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
         } else {
           const room = Math.max(0, Math.floor(2 * (oldUnits - recentOld - sizes.critical) + 1e-9));
           const nM = marginalOk ? Math.min(sizes.marginal, room) : 0;
-          const nC = sizes.critical + (marginalOk ? 0 : Math.floor(sizes.marginal / 2));
+          const nC = Math.min(
+            sizes.critical + (marginalOk ? 0 : Math.floor(sizes.marginal / 2)),
+            Math.max(0, Math.floor(oldUnits - recentOld - nM / 2 + 1e-9)),
+          );
           const cand = topPositions(score, start, nC + nM, exclude);
           order = Int32Array.from(cand).sort((x, y) => score[y] - score[x] || x - y);
           nCrit = nC;
@@ -344,6 +387,7 @@ const COMMON = {
   marginal: true,
   saliency: true,
   halfLife: 8,
+  allocate: "head",
   fallback: true,
   pool: 1,
   exactShare: 0.9,

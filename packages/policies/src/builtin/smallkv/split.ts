@@ -22,7 +22,10 @@ export function splitBudget(
   const unit = total / (c + r + costM);
   let critical = Math.floor(unit * c + 1e-9);
   let recent = Math.max(T, Math.floor(unit * r + 1e-9));
-  if (!marginal) return { critical: Math.max(0, Math.min(critical, total - recent)), recent, marginal: 0 };
+  if (!marginal) {
+    recent = Math.max(T, total - critical);
+    return { critical: Math.max(0, Math.min(critical, total - recent)), recent, marginal: 0 };
+  }
   let marg = Math.floor(unit * m + 1e-9);
   // Too small a budget: recent and marginal shrink first (proportionally), critical keeps its share.
   if (critical + recent + marg / 2 > total) {
