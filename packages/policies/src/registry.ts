@@ -5,7 +5,10 @@ import { full } from "./builtin/full.js";
 import { h2o } from "./builtin/h2o.js";
 import { pod } from "./builtin/pod.js";
 import { pyramidInfer } from "./builtin/pyramid-infer.js";
+import { omniKv } from "./builtin/omnikv.js";
+import { quest } from "./builtin/quest.js";
 import { reversible } from "./builtin/reversible.js";
+import { specKv } from "./builtin/speckv.js";
 import { smallKv, smallKvPaper } from "./builtin/smallkv/policy.js";
 import { pyramidKv, snapKv } from "./builtin/snapkv.js";
 import { streamingLlm } from "./builtin/streaming-llm.js";
@@ -25,6 +28,9 @@ export const builtinPolicies: Record<string, PolicyFactory> = Object.fromEntries
     tova,
     pod,
     reversible,
+    quest,
+    omniKv,
+    specKv,
     smallKv,
     smallKvPaper,
   ].map((p) => [

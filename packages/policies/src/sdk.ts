@@ -37,6 +37,8 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
   readonly options?: O;
   /** The policy reads the assistant model's attention (run it through an AssistedModel). */
   readonly usesAssistant?: boolean;
+  /** `select` reads the layer's current queries (ctx.step.query, [T][Hq][D] after RoPE). */
+  readonly wantsQuery?: boolean;
   /** The uncompressed reference (Full): keeps everything whatever the budget. */
   readonly uncompressed?: boolean;
   /**
@@ -166,6 +168,7 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
       const hook: PolicyInstance<O> = {
         name: def.name,
         usesAssistant: def.usesAssistant ?? false,
+        wantsQuery: def.wantsQuery ?? false,
         budget,
 
         options,

@@ -290,7 +290,11 @@ export class Model {
     seq.kv.write(layer, k, v, start, T);
     // Time in the policy and its hot-set moves (everything here but the attention kernel).
     let tPolicy = performance.now();
-    const { sel, request, wantProbs, scoreStart } = planLayer(seq, layer, step);
+    const { sel, request, wantProbs, scoreStart } = planLayer(
+      seq,
+      layer,
+      seq.policy.wantsQuery ? { ...step, query: q } : step,
+    );
     const hot = seq.hot[layer] as HostHot;
     let result: ReturnType<typeof attention>;
     let scores: Float32Array | undefined;

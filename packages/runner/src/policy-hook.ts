@@ -4,6 +4,11 @@ import type { Sequence } from "./sequence.js";
 export interface StepInfo {
   start: number;
   T: number;
+  /**
+   * The layer's queries after RoPE, [T][Hq][D], given to `select` of a policy that sets
+   * `wantsQuery` (query-aware selection such as Quest); absent otherwise.
+   */
+  query?: Float32Array;
 }
 
 /** What one layer's attention reads at one step, per kv head. */
@@ -53,6 +58,8 @@ export interface KvPolicyHook {
   readonly name: string;
   /** The policy reads the assistant model's attention (an AssistedModel runs the SLM only for such sequences). */
   readonly usesAssistant?: boolean;
+  /** `select` reads the layer's current queries (`step.query`); the device backend copies them back for it. */
+  readonly wantsQuery?: boolean;
 
   /**
    * Before layer `layer` attends at this step: the old tokens (positions < step.start)

@@ -39,6 +39,8 @@ export interface DeviceStepPart {
  */
 export class DeviceRunner {
   private scratch = new Map<string, DeviceBuffer>();
+  /** This step's query buffer (query-aware policies read their rows back). */
+  private queryBuf!: DeviceBuffer;
   private readonly staging: Staging;
   /** Bytes of weights on the device. */
   readonly weightBytes: number;
@@ -120,6 +122,7 @@ export class DeviceRunner {
     const x = this.buf("x", M * d);
     const h = this.buf("h", M * d);
     const q = this.buf("q", M * Hq * D);
+    this.queryBuf = q;
     const k = this.buf("k", M * Hkv * D);
     const v = this.buf("v", M * Hkv * D);
     const attn = this.buf("attn", M * Hq * D);
@@ -181,7 +184,12 @@ export class DeviceRunner {
     const start = seq.length;
     const step = { start, T };
     kv.writeDevice(layer, k, v, start, T);
-    const { sel, request, wantProbs, scoreStart } = planLayer(seq, layer, step);
+    // A query-aware policy reads this sequence's queries on the host (T x Hq x D floats).
+    let query: Float32Array | undefined;
+    if (seq.policy.wantsQuery) {
+      query = dev.read(this.queryBuf, new Float32Array(T * Hq * D), (q - this.queryBuf.ptr) / 4);
+    }
+    const { sel, request, wantProbs, scoreStart } = planLayer(seq, layer, query ? { ...step, query } : step);
     const hot = seq.hot[layer];
     const st = kv.staging;
     let Lmax: number;

@@ -1,0 +1,94 @@
+import { collectAttention } from "@smallkv/matching";
+import { argmax } from "@smallkv/runner";
+import { PolicyOptionError } from "../errors.js";
+import { definePolicy } from "../sdk.js";
+import { avgPool, range, topPositions, union } from "../select.js";
+
+interface SpecState {
+  prompt: number;
+  /** votes[layer][g][pos] over the prompt; empty until scored. */
+  votes: Float64Array[][];
+}
+
+type SpecOptions = { lookahead: number; window: number; kernel: number };
+
+/**
+ * SpecKV (Galim et al. 2025, arXiv 2506.08373): a small draft model writes `lookahead`
+ * tokens after the prompt; the LLM's attention from those approximate future queries (and
+ * the last `window` prompt queries) onto the prompt, pooled as in SnapKV, scores the KV once.
+ * The kept prompt tokens, the window and every generated token are read afterwards (SnapKV's
+ * rule when the budget runs short). The draft is the assistant model (run it through an
+ * AssistedModel); scoring costs one extra LLM pass over prompt + draft.
+ */
+export const specKv = definePolicy<SpecState, SpecOptions>({
+  name: "speckv",
+  description: "draft (assistant) lookahead queries score the prompt once through the LLM's attention, SnapKV-style",
+  options: { lookahead: 16, window: 8, kernel: 5 },
+  usesAssistant: true,
+  init(seq, o) {
+    if (!(Number.isInteger(o.lookahead) && o.lookahead >= 1 && o.lookahead <= 256))
+      throw new PolicyOptionError("speckv", `lookahead must be an integer in [1, 256], got ${o.lookahead}`);
+    if (!(Number.isInteger(o.window) && o.window >= 0))
+      throw new PolicyOptionError("speckv", `window must be an integer >= 0, got ${o.window}`);
+    if (!(Number.isInteger(o.kernel) && o.kernel >= 1 && o.kernel % 2 === 1))
+      throw new PolicyOptionError("speckv", `kernel must be an odd integer >= 1, got ${o.kernel}`);
+    return { prompt: 0, votes: Array.from({ length: seq.config.numLayers }, () => []) };
+  },
+  async prepare(ctx) {
+    const st = ctx.state;
+    const { start } = ctx.step;
+    if (start === 0 || st.prompt > 0) return;
+    const a = ctx.seq.assistant;
+    if (!a || !ctx.seq.model)
+      throw new PolicyOptionError("speckv", "needs a draft model: run it through an AssistedModel (CLI: --assistant <dir>)");
+    const prompt = ctx.seq.tokens.slice(0, start);
+    const room = Math.min(ctx.options.lookahead, ctx.seq.config.maxPositions - start);
+    // The draft writes ahead greedily from the prompt.
+    const draft: number[] = [];
+    const dseq = a.model.newSequence();
+    try {
+      let out = (await a.model.forward([{ seq: dseq, tokens: prompt }]))[0];
+      for (let i = 0; i < room; i++) {
+        draft.push(argmax(out));
+        if (i + 1 < room) out = (await a.model.forward([{ seq: dseq, tokens: [draft[i]] }]))[0];
+      }
+    } finally {
+      dseq.release();
+    }
+    const ids = [...prompt, ...draft];
+    const N = ids.length;
+    const att = await collectAttention(ctx.seq.model, ids);
+    const { numHeads: Hq, numKvHeads: Hkv, numLayers: L } = ctx.seq.config;
+    const group = Hq / Hkv;
+    const from = Math.max(0, start - ctx.options.window);
+    for (let l = 0; l < L; l++) {
+      const probs = att.probs[l];
+      st.votes[l] = Array.from({ length: Hkv }, (_, g) => {
+        const v = new Float64Array(start);
+        for (let h = g * group; h < (g + 1) * group; h++)
+          for (let u = from; u < N; u++) {
+            const row = (h * N + u) * N;
+            for (let j = 0; j < Math.min(start, u + 1); j++) v[j] += probs[row + j];
+          }
+        return avgPool(v, start, ctx.options.kernel);
+      });
+    }
+    st.prompt = start;
+  },
+  select(ctx) {
+    const { start } = ctx.step;
+    const P = Math.min(ctx.state.prompt, start);
+    const winStart = Math.max(0, P - ctx.options.window);
+    const B = ctx.oldBudget;
+    const full: Int32Array[] = [];
+    for (let g = 0; g < ctx.config.numKvHeads; g++) {
+      const mandatory = start - winStart;
+      if (mandatory >= B || P === 0) {
+        full.push(range(Math.max(0, start - B), start));
+        continue;
+      }
+      full.push(union(topPositions(ctx.state.votes[ctx.layer][g], winStart, B - mandatory), range(winStart, start)));
+    }
+    return { full };
+  },
+});
