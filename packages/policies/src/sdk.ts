@@ -54,6 +54,8 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
   prepare?(ctx: PolicyContext<S, O>): Promise<void> | void;
   /** JSON-serialisable facts about the sequence's state (shown by traces and the playground). */
   describe?(state: S): Record<string, unknown>;
+  /** Bytes kept resident besides the KV (metadata), reported beside the hot KV. */
+  residentBytes?(state: S, seq: Sequence): number;
   /** Token counts per class of the sequence at its last step (e.g. critical/recent/marginal). */
   classCounts?(state: S): Record<string, number>;
   wantsAttention?(ctx: PolicyContext<S, O>): AttentionRequest;
@@ -195,6 +197,12 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
         hook.describe = (seq) => {
           const st = states.get(seq);
           return st === undefined ? {} : def.describe!(st);
+        };
+      }
+      if (def.residentBytes) {
+        hook.residentBytes = (seq) => {
+          const st = states.get(seq);
+          return st === undefined ? 0 : def.residentBytes!(st, seq);
         };
       }
       if (def.classCounts) {

@@ -79,6 +79,8 @@ export interface KvPolicyHook {
   describe?(seq: Sequence): Record<string, unknown>;
   /** Token counts by the policy's own classes at the last step (for stats and traces). */
   classCounts?(seq: Sequence): Record<string, number>;
+  /** Bytes the policy keeps resident for the sequence besides the KV (e.g. Quest's page metadata), for honest memory reports. */
+  residentBytes?(seq: Sequence): number;
   /** Called when the sequence is released (free per-sequence state). */
   release?(seq: Sequence): void;
 }

@@ -12,6 +12,7 @@ import {
   type StepModel,
 } from "@smallkv/runner";
 import cliProgress from "cli-progress";
+import { type CoverageTotals, FullRows, probe } from "./coverage.js";
 import { makeWindows, type Window } from "./documents.js";
 import { heatmapSpec, lineSpec, renderPlot } from "./plots.js";
 import { markdownTable, table, writeJson } from "./table.js";
@@ -24,7 +25,12 @@ export const DEFAULT_POLICIES = [
   "pyramidinfer",
   "tova",
   "pod",
+  "reversible",
+  "quest",
+  "omnikv",
+  "speckv",
   "smallkv",
+  "smallkv-paper",
 ];
 export const DEFAULT_BUDGETS = [0.05, 0.1, 0.2, 0.4, 1];
 
@@ -53,6 +59,8 @@ export interface EvalOptions {
   loaded?: { model: Model; assistants?: Model[] };
   /** Extra policy factories by name (tests, library users). */
   factories?: Record<string, PolicyFactory>;
+  /** Also run the plain policies at the total resident KV of SmallKV's default rows (default true). */
+  isoMemory?: boolean;
 }
 
 export interface Metrics {
@@ -70,6 +78,26 @@ export interface Metrics {
   hotBytes: number;
   coldBytes: number;
   hotFraction: number;
+  /**
+   * Mean bytes kept resident per decode step besides the LLM's hot KV: the assistant's
+   * full KV cache and the policy's metadata (e.g. Quest's pages); and all of it together
+   * (hot + these) as a share of Full's KV.
+   */
+  assistantKvBytes: number;
+  metadataBytes: number;
+  residentFraction: number;
+  /** Share of Full's current attention mass (per step, layer and query head) on the tokens read exactly. */
+  coverage: number;
+  /** Mean L1 distance between the policy's effective attention row (exact + V-only) and Full's. */
+  attentionL1: number;
+  /**
+   * The long-range tokens: continuation tokens (of three or more letters) that occurred
+   * earlier in the window but not in the 64 tokens before them. Perplexity (and its ratio
+   * to Full's on the same tokens) and top-1 agreement with the true token on them.
+   */
+  longRangePerplexity: number;
+  longRangePplRatio: number;
+  longRangeTop1: number;
 }
 
 export interface EvalRow extends Metrics {
@@ -110,8 +138,14 @@ interface RunOutput {
   greedy: number[][];
   hot: number;
   cold: number;
+  assistantKv: number;
+  metadata: number;
   steps: number;
+  coverage: CoverageTotals;
 }
+
+/** How a run takes part in the attention comparison: Full records its rows, a policy is compared. */
+type Probe = { record: FullRows } | { compare: FullRows };
 
 /** Teacher-forced continuation and greedy generation for all windows as one batch. */
 async function run(
@@ -122,21 +156,35 @@ async function run(
   greedy: number,
   makePolicy: () => import("@smallkv/runner").KvPolicyHook | undefined,
   tick: () => void,
+  probeWith?: Probe,
 ): Promise<RunOutput> {
-  const V = model.config.vocabSize;
   let hot = 0;
   let cold = 0;
+  let assistantKv = 0;
+  let metadata = 0;
   let steps = 0;
+  const coverage: CoverageTotals = { covered: 0, l1: 0, count: 0 };
   const account = (seqs: Sequence[]) => {
     for (const s of seqs) {
       const st = s.stats();
       hot += st.hotBytes;
       cold += st.coldBytes;
+      assistantKv += s.assistant ? s.assistant.seq.stats().coldBytes : 0;
+      metadata += s.policy.residentBytes?.(s) ?? 0;
       steps++;
     }
   };
-  // Teacher forcing.
-  const seqs = windows.map(() => model.newSequence(makePolicy()));
+  // Teacher forcing (where the attention comparison happens).
+  const teacherPolicy = () => {
+    if (probeWith && "record" in probeWith) return probeWith.record.recorder();
+    const p = makePolicy();
+    return p && probeWith && "compare" in probeWith ? probe(p, probeWith.compare, coverage) : p;
+  };
+  const seqs = windows.map(() => model.newSequence(teacherPolicy()));
+  if (probeWith) {
+    const rows = "record" in probeWith ? probeWith.record : probeWith.compare;
+    seqs.forEach((s, i) => rows.windowOf.set(s, i));
+  }
   const logp: Float64Array[][] = windows.map(() => []);
   let out = await model.forward(seqs.map((seq, i) => ({ seq, tokens: windows[i].ids.slice(0, prefix) })));
   tick();
@@ -162,8 +210,44 @@ async function run(
     account(gseqs);
   }
   for (const s of gseqs) s.release();
-  void V;
-  return { logp, greedy: gen, hot: steps ? hot / steps : 0, cold: steps ? cold / steps : 0, steps };
+  const per = (x: number) => (steps ? x / steps : 0);
+  return {
+    logp,
+    greedy: gen,
+    hot: per(hot),
+    cold: per(cold),
+    assistantKv: per(assistantKv),
+    metadata: per(metadata),
+    steps,
+    coverage,
+  };
+}
+
+/** Per window, the continuation offsets t whose token needs context more than `gap` tokens back. */
+export function longRangePositions(
+  windows: Window[],
+  prefix: number,
+  cont: number,
+  isWord: (id: number) => boolean,
+  gap = 64,
+): number[][] {
+  return windows.map((w) => {
+    const out: number[] = [];
+    for (let t = 0; t < cont; t++) {
+      const P = prefix + t;
+      const id = w.ids[P];
+      if (!isWord(id)) continue;
+      let far = false;
+      let near = false;
+      for (let j = 0; j < P; j++) {
+        if (w.ids[j] !== id) continue;
+        if (j < P - gap) far = true;
+        else near = true;
+      }
+      if (far && !near) out.push(t);
+    }
+    return out;
+  });
 }
 
 function metrics(
@@ -172,7 +256,22 @@ function metrics(
   windows: Window[],
   prefix: number,
   refPpl: number | null,
+  longRange: number[][],
+  refLongPpl: number | null,
 ): Metrics {
+  let lrNll = 0;
+  let lrTop1 = 0;
+  let lrN = 0;
+  longRange.forEach((ts, i) => {
+    for (const t of ts) {
+      const lp = r.logp[i][t];
+      const id = windows[i].ids[prefix + t];
+      lrNll -= lp[id];
+      if (argmax(lp) === id) lrTop1++;
+      lrN++;
+    }
+  });
+  const lrPpl = lrN ? Math.exp(lrNll / lrN) : Number.NaN;
   let nll = 0;
   let kl = 0;
   let top1 = 0;
@@ -211,6 +310,14 @@ function metrics(
     hotBytes: r.hot,
     coldBytes: r.cold,
     hotFraction: r.cold ? r.hot / r.cold : 1,
+    assistantKvBytes: r.assistantKv,
+    metadataBytes: r.metadata,
+    residentFraction: r.cold ? (r.hot + r.assistantKv + r.metadata) / r.cold : 1,
+    coverage: r.coverage.count ? r.coverage.covered / r.coverage.count : 1,
+    attentionL1: r.coverage.count ? r.coverage.l1 / r.coverage.count : 0,
+    longRangePerplexity: lrPpl,
+    longRangePplRatio: refLongPpl ? lrPpl / refLongPpl : 1,
+    longRangeTop1: lrN ? lrTop1 / lrN : Number.NaN,
   };
 }
 
@@ -221,6 +328,20 @@ export interface EvalResult {
   json?: string;
   plots: string[];
   matchings: { assistant: string; jaccard: number[][]; mean: number }[];
+  /** Each assistant-reading row beside the plain policies run at the same total resident KV. */
+  isoMemory: IsoRow[];
+}
+
+/** One comparison at equal total resident KV (share of Full's KV). */
+export interface IsoRow {
+  /** The assistant-reading row (label, LLM budget) and its total resident KV (hot + assistant KV + metadata). */
+  label: string;
+  budget: number;
+  resident: number;
+  pplRatio: number;
+  kl: number;
+  /** Plain policies at LLM budget = that resident share: label -> [pplRatio, kl, their resident share]. */
+  rivals: Record<string, [number, number, number]>;
 }
 
 /** Quality of every policy and budget against the Full run of the same invocation. */
@@ -280,8 +401,11 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
   bar?.start(totalTicks, 0, { label: "full" });
   const tick = () => bar?.increment();
 
-  const ref = await run(model, windows, prefix, cont, greedy, () => undefined, tick);
-  const fullMetrics = metrics(ref, ref, windows, prefix, null);
+  const fullRows = new FullRows();
+  const ref = await run(model, windows, prefix, cont, greedy, () => undefined, tick, { record: fullRows });
+  const isWord = (id: number) => (model.tokenizer.decode([id]).match(/[A-Za-z]/g)?.length ?? 0) >= 3;
+  const longRange = longRangePositions(windows, prefix, cont, isWord);
+  const fullMetrics = metrics(ref, ref, windows, prefix, null, longRange, null);
   const rows: EvalRow[] = [];
   for (const e of entries) {
     for (const b of budgets) {
@@ -295,6 +419,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
         greedy,
         () => e.factory.create({ budget: b, options: e.options }),
         tick,
+        { compare: fullRows },
       );
       rows.push({
         label: e.label,
@@ -302,8 +427,39 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
         assistant: e.assistant?.name ?? null,
         options: e.options,
         budget: b,
-        ...metrics(ref, r, windows, prefix, fullMetrics.perplexity),
+        ...metrics(ref, r, windows, prefix, fullMetrics.perplexity, longRange, fullMetrics.longRangePerplexity),
       });
+    }
+  }
+  // Iso-memory: the plain policies get the whole resident share an assistant row uses.
+  const isoMemory: IsoRow[] = [];
+  if (o.isoMemory !== false) {
+    const plain = entries.filter((e) => !e.assistant);
+    const cache = new Map<string, EvalRow>();
+    // SmallKV's default rows (one per assistant and budget) against every plain policy.
+    for (const row of rows.filter((x) => x.assistant && x.policy === "smallkv" && Object.keys(x.options).length === 0)) {
+      const total = Math.min(1, Math.round(row.residentFraction * 100) / 100);
+      const rivals: IsoRow["rivals"] = {};
+      for (const e of plain) {
+        const key = `${e.label}@${total}`;
+        let hit = cache.get(key);
+        if (!hit) {
+          bar?.update({ label: `iso-memory ${e.label} @ ${total}` });
+          const r = await run(model, windows, prefix, cont, greedy, () =>
+            e.factory.create({ budget: total, options: e.options }), () => {});
+          hit = {
+            label: e.label,
+            policy: e.factory.name,
+            assistant: null,
+            options: e.options,
+            budget: total,
+            ...metrics(ref, r, windows, prefix, fullMetrics.perplexity, longRange, fullMetrics.longRangePerplexity),
+          };
+          cache.set(key, hit);
+        }
+        rivals[e.label] = [hit.pplRatio, hit.kl, hit.residentFraction];
+      }
+      isoMemory.push({ label: row.label, budget: row.budget, resident: row.residentFraction, pplRatio: row.pplRatio, kl: row.kl, rivals });
     }
   }
   bar?.stop();
@@ -320,7 +476,14 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
     matchings.push({ assistant: a.name, jaccard: jac, mean: mm.report().jaccard.mean });
   }
 
-  const result: EvalResult = { rows, full: fullMetrics, windows: windows.length, plots: [], matchings };
+  const result: EvalResult = {
+    rows,
+    full: fullMetrics,
+    windows: windows.length,
+    plots: [],
+    matchings,
+    isoMemory,
+  };
   if (o.out) {
     mkdirSync(o.out, { recursive: true });
     result.json = writeJson(o.out, "eval.json", {
@@ -341,6 +504,8 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
       full: fullMetrics,
       rows,
       matchings,
+      isoMemory,
+      longRangeTokens: longRange.reduce((a, x) => a + x.length, 0),
     });
     if (o.plot !== false) result.plots = await plotEval(result, o.out);
   }
@@ -356,6 +521,8 @@ export async function plotEval(r: EvalResult, out: string): Promise<string[]> {
     ["eval-kl", "kl", "KL(Full || policy), nats (lower is better)", false],
     ["eval-top1", "top1", "top-1 agreement with Full (higher is better)", false],
     ["eval-greedy-match", "greedyMatch", "greedy token match with Full (higher is better)", false],
+    ["eval-coverage", "coverage", "share of Full's current attention read exactly (higher is better)", false],
+    ["eval-long-range", "longRangePplRatio", "long-range tokens: perplexity / Full's (lower is better)", true],
   ];
   for (const [file, y, title, logY] of plots) {
     const p = await renderPlot(
@@ -408,5 +575,19 @@ export function formatEval(r: EvalResult, metric: keyof Metrics = "pplRatio", ma
       )[],
   );
   const headers = ["policy", ...budgets.map((b) => `${+(b * 100).toFixed(2)}%`)];
+  return markdown ? markdownTable(headers, rows) : table(headers, rows);
+}
+
+/** The iso-memory comparison as a table: each assistant row beside the plain policies at its total resident KV. */
+export function formatIsoMemory(r: EvalResult, markdown = false): string {
+  if (!r.isoMemory.length) return "";
+  const rivals = Object.keys(r.isoMemory[0].rivals);
+  const headers = ["policy @ LLM budget", "total resident KV", "ppl ratio", ...rivals.map((x) => `${x} (ppl ratio)`)];
+  const rows = r.isoMemory.map((x) => [
+    `${x.label} @ ${+(x.budget * 100).toFixed(2)}%`,
+    `${(x.resident * 100).toFixed(1)}%`,
+    x.pplRatio,
+    ...rivals.map((k) => x.rivals[k]?.[0] ?? null),
+  ]);
   return markdown ? markdownTable(headers, rows) : table(headers, rows);
 }

@@ -2,7 +2,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from
 import { basename, dirname, join, relative } from "node:path";
 import { type BenchRow, benchTable } from "./bench.js";
 import type { EvalResult } from "./eval.js";
-import { formatEval, plotEval } from "./eval.js";
+import { formatEval, formatIsoMemory, plotEval } from "./eval.js";
 import { fmt, markdownTable } from "./table.js";
 
 /**
@@ -46,6 +46,7 @@ export async function writeResultsPage(o: {
       windows: e.settings.windows,
       plots: [],
       matchings: e.matchings,
+      isoMemory: e.isoMemory ?? [],
     };
     // Re-draw from the JSON so the page's plots always match its tables.
     await plotEval(r, o.evalDir!);
@@ -78,10 +79,52 @@ export async function writeResultsPage(o: {
       "",
       img(join(o.evalDir!, "eval-greedy-match.png"), "greedy agreement vs budget"),
       "",
+      "### Attention coverage: share of Full's current attention on the tokens read exactly",
+      "",
+      "Per teacher-forced decode step, layer and query head, the share of Full's attention row (same tokens, same step) that falls on the tokens the policy attends to exactly; mean over all of them. Higher is better.",
+      "",
+      formatEval(r, "coverage", true),
+      "",
+      img(join(o.evalDir!, "eval-coverage.png"), "attention coverage vs budget"),
+      "",
+      "### L1 distance between the policy's effective attention row and Full's",
+      "",
+      "The effective row is the exact softmax over the tokens read (scaled by 1 − m in mass mode) plus the V-only weights. 0 is Full's row; 2 is disjoint. Lower is better.",
+      "",
+      formatEval(r, "attentionL1", true),
+      "",
+      "### Long-range tokens",
+      "",
+      `Continuation tokens of three or more letters that occurred earlier in the window but not in the 64 tokens before them (${e.longRangeTokens ?? "?"} tokens over all windows: re-mentioned names and words), where eviction bites. Perplexity ratio to Full on those tokens:`,
+      "",
+      formatEval(r, "longRangePplRatio", true),
+      "",
+      img(join(o.evalDir!, "eval-long-range.png"), "long-range perplexity ratio vs budget"),
+      "",
+      "Top-1 accuracy on those tokens (Full: " + fmt(e.full.longRangeTop1) + "):",
+      "",
+      formatEval(r, "longRangeTop1", true),
+      "",
       "### Hot / cold KV bytes actually used",
       "",
       formatEval(r, "hotFraction", true),
       "",
+      "### Everything resident, as a share of Full's KV",
+      "",
+      "The LLM's hot KV plus the assistant's full KV cache (SmallKV, SpecKV) plus policy metadata (Quest's per-page key bounds). The assistant's weights come on top (see the iso-memory section).",
+      "",
+      formatEval(r, "residentFraction", true),
+      "",
+      ...(r.isoMemory.length
+        ? [
+            "### Iso-memory: the plain policies given the same total resident KV",
+            "",
+            "Each row that reads an assistant, beside every plain policy run with an LLM budget equal to that row's total resident share (hot + assistant KV + metadata). Perplexity ratios.",
+            "",
+            formatIsoMemory(r, true),
+            "",
+          ]
+        : []),
       "### Matched head similarity",
       "",
       ...r.matchings.map((m) => `- \`${m.assistant}\`: mean Jaccard of top-20% token sets ${fmt(m.mean)}`),

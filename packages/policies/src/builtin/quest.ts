@@ -3,7 +3,7 @@ import { definePolicy } from "../sdk.js";
 
 interface QuestState {
   /** Per layer and kv head: per-page channel minima and maxima of the keys, [pages][D] each. */
-  pages: { min: Float32Array; max: Float32Array; full: number }[][];
+  pages: { min: Float32Array; max: Float32Array; full: number; count: number; D: number }[][];
 }
 
 /**
@@ -28,10 +28,14 @@ export const quest = definePolicy<QuestState, { pageSize: number }>({
           min: new Float32Array(0),
           max: new Float32Array(0),
           full: 0,
+          count: 0,
+          D: seq.config.headDim,
         })),
       ),
     };
   },
+  // Per layer and kv head: a min and a max of D floats for every page summarised so far.
+  residentBytes: (st) => st.pages.reduce((a, layer) => a + layer.reduce((b, m) => b + 2 * m.count * m.D * 4, 0), 0),
   select(ctx) {
     const { start, T, query } = ctx.step;
     if (!query) throw new PolicyOptionError("quest", "the runner gave no queries (wantsQuery)");
@@ -70,6 +74,7 @@ export const quest = definePolicy<QuestState, { pageSize: number }>({
         }
         if (to - from === P) meta.full = pg + 1;
       }
+      meta.count = nPages;
       const bound = new Float64Array(nPages);
       for (let pg = 0; pg < nPages; pg++) {
         let s = 0;

@@ -1,5 +1,5 @@
 import { join } from "node:path";
-import { DEFAULT_BUDGETS, DEFAULT_POLICIES, formatEval, runEval } from "@smallkv/eval";
+import { DEFAULT_BUDGETS, DEFAULT_POLICIES, formatEval, formatIsoMemory, runEval } from "@smallkv/eval";
 import { assetsDir } from "@smallkv/runner";
 import type { Command } from "commander";
 import { intArg } from "../options.js";
@@ -19,6 +19,7 @@ interface EvalCli {
   threads?: number;
   out: string;
   json?: boolean;
+  isoMemory: boolean;
 }
 
 export function registerEval(program: Command): void {
@@ -30,16 +31,20 @@ export function registerEval(program: Command): void {
     .option("-m, --model <dir>", "the model", "stories260K")
     .option(
       "-a, --assistant <list>",
-      "assistant(s) for SmallKV, comma-separated (each reported separately)",
-      "stories260K-slm,stories260K-slm-l",
+      "assistant(s) for policies that read one (SmallKV, SpecKV), comma-separated, each reported separately; the first is the aligned one, the other two the weak regime",
+      "stories260K-slm-a,stories260K-slm,stories260K-slm-l",
     )
     .option("--text <file>", "evaluation text", join(assetsDir(), "data", "tinystories-valid.txt"))
     .option(
       "--policies <list>",
       "policy specs separated by ';' (name or name:k=v,k=v; a name may be a module path)",
-      [...DEFAULT_POLICIES, "smallkv:mode=literal", "smallkv:marginal=false", "smallkv:saliency=false"].join(
-        ";",
-      ),
+      [
+        ...DEFAULT_POLICIES,
+        "smallkv:scores=mean",
+        "smallkv:fallback=false",
+        "smallkv-paper:marginal=false",
+        "smallkv-paper:saliency=false",
+      ].join(";"),
     )
     .option("--budgets <list>", "budgets (fractions)", DEFAULT_BUDGETS.join(","))
     .option("--prefix <n>", "prefix tokens prefilled with the policy active", intArg("--prefix", 1), 192)
@@ -51,6 +56,7 @@ export function registerEval(program: Command): void {
     .option("--threads <n>", "CPU threads", intArg("--threads", 1))
     .option("--out <dir>", "output folder (JSON, SVG and PNG plots)", "eval-results")
     .option("--json", "print the JSON rows instead of tables")
+    .option("--no-iso-memory", "skip the plain policies' runs at each assistant row's total resident KV")
     .action(async (o: EvalCli) => {
       const r = await runEval({
         model: o.model,
@@ -69,6 +75,7 @@ export function registerEval(program: Command): void {
         seed: o.seed,
         threads: o.threads,
         out: o.out,
+        isoMemory: o.isoMemory,
       });
       if (o.json) {
         process.stdout.write(`${JSON.stringify(r.rows, null, 2)}\n`);
@@ -81,10 +88,16 @@ export function registerEval(program: Command): void {
         ["kl", "KL(Full || policy), nats/token (lower is better)"],
         ["top1", "top-1 agreement with Full"],
         ["greedyMatch", "greedy token match with Full"],
+        ["coverage", "share of Full's current attention read exactly"],
+        ["attentionL1", "L1 distance of the effective attention row to Full's"],
+        ["longRangePplRatio", "long-range tokens: perplexity ratio to Full"],
         ["hotFraction", "hot / cold KV bytes"],
+        ["residentFraction", "everything resident (hot + assistant KV + metadata) / Full's KV"],
       ] as const) {
         process.stdout.write(`${title}\n${formatEval(r, metric)}\n\n`);
       }
+      const iso = formatIsoMemory(r);
+      if (iso) process.stdout.write(`iso-memory: plain policies at each assistant row's total resident KV (ppl ratio)\n${iso}\n\n`);
       for (const m of r.matchings)
         process.stdout.write(`matched head similarity (${m.assistant}): mean Jaccard ${m.mean.toFixed(3)}\n`);
       process.stdout.write(
