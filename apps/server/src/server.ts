@@ -190,9 +190,9 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
         `unknown kv_policy ${JSON.stringify(name)}; available: ${Object.keys(policies).join(", ")}`,
         "kv_policy",
       );
-    if (factory.name === "smallkv" && !o.assistant)
+    if (!o.assistant && factory.create({ budget: 1 }).usesAssistant)
       throw badRequest(
-        "kv_policy smallkv needs the server to run with an assistant model (--assistant)",
+        `kv_policy ${name} needs the server to run with an assistant model (--assistant)`,
         "kv_policy",
       );
     try {

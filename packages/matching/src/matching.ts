@@ -1,6 +1,17 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import type { KvPolicyHook, Model } from "@smallkv/runner";
-import { columnSums, jaccard, oldRowTops, ownTops, rowCosine, rowCoverage, rowTops, topSet } from "./similarity.js";
+import {
+  columnSums,
+  jaccard,
+  nnls,
+  oldRowTops,
+  ownRows,
+  ownTops,
+  rowCosine,
+  rowCoverage,
+  rowTops,
+  topSet,
+} from "./similarity.js";
 
 /** Full attention matrices of every layer of a model on some tokens: probs[layer] is [H][T][T]. */
 export interface AttentionSet {
@@ -65,6 +76,8 @@ export interface MatchOptions {
   metric?: MatchMetric;
   /** K of the Jaccard TopK as a fraction of the window (default 0.2). */
   topkRatio?: number;
+  /** Also fit each LLM head's non-negative mixture of SLM head rows (+ its own past attention). */
+  fit?: boolean;
 }
 
 export interface HeadMatch {
@@ -88,6 +101,12 @@ export interface HeadMatch {
    */
   assistantOldCoverage?: number;
   ownOldCoverage?: number;
+  /**
+   * Fitted mixture (with MatchOptions.fit): non-negative weights of every SLM head's row
+   * (index slmLayer * slmHeads + slmHead) and, last, of the LLM head's own past mean
+   * attention, that best reproduce this head's attention over old tokens on the window.
+   */
+  weights?: number[];
   /** The next best SLM heads by the metric, best first (for rankings that pool several heads). */
   runnersUp?: { slmLayer: number; slmHead: number; score: number }[];
 }
@@ -106,6 +125,48 @@ export interface MatchingReport {
   perLayer: { layer: number; jaccard: SimilarityStats; cosine: SimilarityStats }[];
   /** How many LLM heads map to each SLM layer. */
   slmLayerUse: number[];
+}
+
+/**
+ * For every LLM head, the non-negative mixture of all SLM heads' rows and its own past mean
+ * attention that best fits its attention over old tokens (v < u) on the window (least squares).
+ */
+function fitMixtures(llmAttn: AttentionSet, slmAttn: AttentionSet, matches: HeadMatch[]): void {
+  const T = llmAttn.T;
+  const feats: ArrayLike<number>[] = [];
+  for (let l = 0; l < slmAttn.numLayers; l++)
+    for (let h = 0; h < slmAttn.numHeads; h++)
+      feats.push(slmAttn.probs[l].subarray(h * T * T, (h + 1) * T * T));
+  const S = feats.length;
+  const n = S + 1;
+  // The SLM part of the Gram matrix is shared by every LLM head.
+  const Gs = new Float64Array(S * S);
+  for (let j = 0; j < S; j++)
+    for (let k = j; k < S; k++) {
+      let g = 0;
+      for (let u = 1; u < T; u++) for (let v = 0; v < u; v++) g += feats[j][u * T + v] * feats[k][u * T + v];
+      Gs[j * S + k] = Gs[k * S + j] = g;
+    }
+  for (const m of matches) {
+    const A = llmAttn.probs[m.llmLayer].subarray(m.llmHead * T * T, (m.llmHead + 1) * T * T);
+    const own = ownRows(A, T);
+    const all = [...feats, own];
+    const G = new Float64Array(n * n);
+    const b = new Float64Array(n);
+    for (let j = 0; j < S; j++) for (let k = 0; k < S; k++) G[j * n + k] = Gs[j * S + k];
+    for (let j = 0; j < n; j++) {
+      let gb = 0;
+      let go = 0;
+      for (let u = 1; u < T; u++)
+        for (let v = 0; v < u; v++) {
+          gb += all[j][u * T + v] * A[u * T + v];
+          go += all[j][u * T + v] * own[u * T + v];
+        }
+      b[j] = gb;
+      G[j * n + S] = G[S * n + j] = go;
+    }
+    m.weights = Array.from(nnls(G, b, n));
+  }
 }
 
 /** How many next-best SLM heads a match records. */
@@ -222,6 +283,7 @@ export class HeadMatching {
         matches.push(b);
       }
     }
+    if (o.fit) fitMixtures(llmAttn, slmAttn, matches);
     return new HeadMatching(ids.llm, ids.slm, metric, topkRatio, ids.window ?? [0, T], matches);
   }
 
@@ -234,7 +296,9 @@ export class HeadMatching {
   /** The best `n` SLM heads of LLM head (layer, head), best first (fewer when the file has no runners-up). */
   slmHeadsOf(layer: number, head: number, n: number): { layer: number; head: number }[] {
     const m = this.matches[layer * this.llm.numHeads + head];
-    const rest = (m.runnersUp ?? []).slice(0, Math.max(0, n - 1)).map((r) => ({ layer: r.slmLayer, head: r.slmHead }));
+    const rest = (m.runnersUp ?? [])
+      .slice(0, Math.max(0, n - 1))
+      .map((r) => ({ layer: r.slmLayer, head: r.slmHead }));
     return [{ layer: m.slmLayer, head: m.slmHead }, ...rest];
   }
 
@@ -243,6 +307,11 @@ export class HeadMatching {
     const m = this.matches[layer * this.llm.numHeads + head];
     if (m.assistantOldCoverage === undefined || m.ownOldCoverage === undefined) return true;
     return m.assistantOldCoverage >= m.ownOldCoverage;
+  }
+
+  /** The fitted mixture of LLM head (layer, head), or undefined when the matching has none. */
+  weightsOf(layer: number, head: number): number[] | undefined {
+    return this.matches[layer * this.llm.numHeads + head].weights;
   }
 
   /** The measured coverage of LLM head (layer, head) by its SLM head (NaN when unknown). */

@@ -100,3 +100,47 @@ export function oldRowTops(probs: ArrayLike<number>, T: number, ratio: number): 
   }
   return out;
 }
+
+/**
+ * Non-negative least squares by coordinate descent: min ||X w - y||^2 subject to w >= 0,
+ * given the Gram matrix G = X'X (n x n, row-major) and b = X'y.
+ */
+export function nnls(G: Float64Array, b: Float64Array, n: number, iterations = 200): Float64Array {
+  const w = new Float64Array(n);
+  // Gradient of 0.5 w'Gw - b'w is Gw - b; keep r = b - Gw up to date.
+  const r = Float64Array.from(b);
+  for (let it = 0; it < iterations; it++) {
+    let change = 0;
+    for (let j = 0; j < n; j++) {
+      const gjj = G[j * n + j];
+      if (gjj <= 0) continue;
+      const next = Math.max(0, w[j] + r[j] / gjj);
+      const d = next - w[j];
+      if (d === 0) continue;
+      w[j] = next;
+      for (let k = 0; k < n; k++) r[k] -= d * G[k * n + j];
+      change = Math.max(change, Math.abs(d));
+    }
+    if (change < 1e-9) break;
+  }
+  return w;
+}
+
+/**
+ * Per row u (1..T-1), the head's own past mean attention over old tokens v < u (column sums
+ * over rows < u divided by the rows that could attend), normalised to sum 1: the feature the
+ * reversible control ranks by. Returned as one [T][T] matrix (zeros elsewhere).
+ */
+export function ownRows(probs: ArrayLike<number>, T: number): Float32Array {
+  const out = new Float32Array(T * T);
+  const cs = new Float64Array(T);
+  for (let u = 1; u < T; u++) {
+    let sum = 0;
+    for (let v = 0; v < u; v++) {
+      cs[v] += probs[(u - 1) * T + v];
+      sum += cs[v] / (u - v);
+    }
+    if (sum > 0) for (let v = 0; v < u; v++) out[u * T + v] = cs[v] / (u - v) / sum;
+  }
+  return out;
+}

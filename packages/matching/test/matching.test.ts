@@ -12,6 +12,7 @@ import {
   MatchingMismatchError,
   matchingWindow,
   matchModels,
+  nnls,
   rowCosine,
   topSet,
 } from "../src/index.js";
@@ -51,7 +52,8 @@ describe("head matching on the shipped models", () => {
   beforeAll(async () => {
     llm = await Model.load(join(models, "stories260K"));
     slm = await Model.load(join(models, "stories260K-slm"));
-    ids = llm.tokenizer.encode(text).slice(0, 128);
+    // 128 tokens need only the first few KB of the text, not all 622 KB.
+    ids = llm.tokenizer.encode(text.slice(0, 4000)).slice(0, 128);
   });
 
   it("matching a model with itself maps every head to itself with Jaccard 1", async () => {
@@ -110,5 +112,80 @@ describe("head matching on the shipped models", () => {
     expect(r.slmLayerUse.reduce((a, b) => a + b, 0)).toBe(llm.config.numLayers * llm.config.numHeads);
     expect(r.jaccard.min).toBeLessThanOrEqual(r.jaccard.mean);
     expect(r.jaccard.mean).toBeLessThanOrEqual(r.jaccard.max);
+  });
+});
+
+describe("fitted head mixtures", () => {
+  it("nnls recovers non-negative weights and clips negative ones to zero", () => {
+    // X = [[1,0],[0,1],[1,1]], y = X [2, 0.5] -> w = [2, 0.5]
+    const X = [
+      [1, 0],
+      [0, 1],
+      [1, 1],
+    ];
+    const gram = (y: number[]) => {
+      const G = new Float64Array(4);
+      const b = new Float64Array(2);
+      for (const [i, row] of X.entries())
+        for (let j = 0; j < 2; j++) {
+          b[j] += row[j] * y[i];
+          for (let k = 0; k < 2; k++) G[j * 2 + k] += row[j] * row[k];
+        }
+      return { G, b };
+    };
+    const a = gram([2, 0.5, 2.5]);
+    const w = nnls(a.G, a.b, 2);
+    expect(w[0]).toBeCloseTo(2, 6);
+    expect(w[1]).toBeCloseTo(0.5, 6);
+    const c = gram([1, -1, 0]); // the unconstrained answer is [1, -1]
+    const v = nnls(c.G, c.b, 2);
+    expect(v[1]).toBe(0);
+    expect(v[0]).toBeGreaterThan(0);
+  });
+
+  it("an LLM head equal to one SLM head gets (almost) all of its weight on that head", () => {
+    const T = 12;
+    const head = (seed: number) => {
+      const p = new Float32Array(T * T);
+      let s = seed;
+      for (let u = 0; u < T; u++) {
+        let sum = 0;
+        for (let v = 0; v <= u; v++) {
+          s = (s * 1103515245 + 12345) % 2147483648;
+          p[u * T + v] = 0.05 + (s % 1000) / 1000;
+          sum += p[u * T + v];
+        }
+        for (let v = 0; v <= u; v++) p[u * T + v] /= sum;
+      }
+      return p;
+    };
+    const slm = {
+      numLayers: 1,
+      numHeads: 3,
+      T,
+      probs: [Float32Array.from([...head(1), ...head(2), ...head(3)])],
+    };
+    const llm = { numLayers: 1, numHeads: 1, T, probs: [head(2)] };
+    const id = (name: string, heads: number) => ({
+      name,
+      numLayers: 1,
+      numHeads: heads,
+      numKvHeads: 1,
+      hiddenSize: 8,
+      vocabSize: 8,
+      tokenizer: "t",
+    });
+    const m = HeadMatching.compute(
+      llm,
+      slm,
+      { llm: id("l", 1), slm: id("s", 3) },
+      { fit: true, metric: "cosine" },
+    );
+    const w = m.weightsOf(0, 0)!;
+    expect(w.length).toBe(4);
+    expect(w[1]).toBeGreaterThan(0.95);
+    expect(w[0] + w[2] + w[3]).toBeLessThan(0.05);
+    expect(m.slmHeadOf(0, 0)).toEqual({ layer: 0, head: 1 });
+    expect(m.coverageOf(0, 0)).toBeGreaterThan(0);
   });
 });

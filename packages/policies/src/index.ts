@@ -1,16 +1,16 @@
 export { Budget } from "./budget.js";
 export { full } from "./builtin/full.js";
 export { h2o } from "./builtin/h2o.js";
+export { omniKv } from "./builtin/omnikv.js";
 export { pod } from "./builtin/pod.js";
 export { pyramidInfer } from "./builtin/pyramid-infer.js";
-export { omniKv } from "./builtin/omnikv.js";
 export { quest } from "./builtin/quest.js";
 export { reversible } from "./builtin/reversible.js";
-export { specKv } from "./builtin/speckv.js";
 export { type SmallKvOptions, smallKv, smallKvPaper } from "./builtin/smallkv/policy.js";
 export { SCORE_MODES, type ScoreMode } from "./builtin/smallkv/scoring.js";
 export { adaptiveSplit, type ClassSizes, parseRatio, splitBudget } from "./builtin/smallkv/split.js";
 export { pyramidKv, snapKv } from "./builtin/snapkv.js";
+export { specKv } from "./builtin/speckv.js";
 export { streamingLlm } from "./builtin/streaming-llm.js";
 export { tova } from "./builtin/tova.js";
 export { BudgetError, PolicyOptionError } from "./errors.js";

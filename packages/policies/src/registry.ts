@@ -3,14 +3,14 @@ import { pathToFileURL } from "node:url";
 import type { Budget } from "./budget.js";
 import { full } from "./builtin/full.js";
 import { h2o } from "./builtin/h2o.js";
+import { omniKv } from "./builtin/omnikv.js";
 import { pod } from "./builtin/pod.js";
 import { pyramidInfer } from "./builtin/pyramid-infer.js";
-import { omniKv } from "./builtin/omnikv.js";
 import { quest } from "./builtin/quest.js";
 import { reversible } from "./builtin/reversible.js";
-import { specKv } from "./builtin/speckv.js";
 import { smallKv, smallKvPaper } from "./builtin/smallkv/policy.js";
 import { pyramidKv, snapKv } from "./builtin/snapkv.js";
+import { specKv } from "./builtin/speckv.js";
 import { streamingLlm } from "./builtin/streaming-llm.js";
 import { tova } from "./builtin/tova.js";
 import { PolicyOptionError } from "./errors.js";
@@ -33,10 +33,7 @@ export const builtinPolicies: Record<string, PolicyFactory> = Object.fromEntries
     specKv,
     smallKv,
     smallKvPaper,
-  ].map((p) => [
-    p.name,
-    p as unknown as PolicyFactory,
-  ]),
+  ].map((p) => [p.name, p as unknown as PolicyFactory]),
 );
 
 /** Register another policy under its name (SmallKV registers itself this way). */

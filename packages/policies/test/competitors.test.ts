@@ -1,4 +1,3 @@
-
 import type { ModelConfig, Sequence } from "@smallkv/runner";
 import { describe, expect, it } from "vitest";
 import { Budget, omniKv, quest, specKv } from "../src/index.js";

@@ -427,7 +427,15 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
         assistant: e.assistant?.name ?? null,
         options: e.options,
         budget: b,
-        ...metrics(ref, r, windows, prefix, fullMetrics.perplexity, longRange, fullMetrics.longRangePerplexity),
+        ...metrics(
+          ref,
+          r,
+          windows,
+          prefix,
+          fullMetrics.perplexity,
+          longRange,
+          fullMetrics.longRangePerplexity,
+        ),
       });
     }
   }
@@ -437,7 +445,9 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
     const plain = entries.filter((e) => !e.assistant);
     const cache = new Map<string, EvalRow>();
     // SmallKV's default rows (one per assistant and budget) against every plain policy.
-    for (const row of rows.filter((x) => x.assistant && x.policy === "smallkv" && Object.keys(x.options).length === 0)) {
+    for (const row of rows.filter(
+      (x) => x.assistant && x.policy === "smallkv" && Object.keys(x.options).length === 0,
+    )) {
       const total = Math.min(1, Math.round(row.residentFraction * 100) / 100);
       const rivals: IsoRow["rivals"] = {};
       for (const e of plain) {
@@ -445,21 +455,43 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
         let hit = cache.get(key);
         if (!hit) {
           bar?.update({ label: `iso-memory ${e.label} @ ${total}` });
-          const r = await run(model, windows, prefix, cont, greedy, () =>
-            e.factory.create({ budget: total, options: e.options }), () => {});
+          const r = await run(
+            model,
+            windows,
+            prefix,
+            cont,
+            greedy,
+            () => e.factory.create({ budget: total, options: e.options }),
+            () => {},
+          );
           hit = {
             label: e.label,
             policy: e.factory.name,
             assistant: null,
             options: e.options,
             budget: total,
-            ...metrics(ref, r, windows, prefix, fullMetrics.perplexity, longRange, fullMetrics.longRangePerplexity),
+            ...metrics(
+              ref,
+              r,
+              windows,
+              prefix,
+              fullMetrics.perplexity,
+              longRange,
+              fullMetrics.longRangePerplexity,
+            ),
           };
           cache.set(key, hit);
         }
         rivals[e.label] = [hit.pplRatio, hit.kl, hit.residentFraction];
       }
-      isoMemory.push({ label: row.label, budget: row.budget, resident: row.residentFraction, pplRatio: row.pplRatio, kl: row.kl, rivals });
+      isoMemory.push({
+        label: row.label,
+        budget: row.budget,
+        resident: row.residentFraction,
+        pplRatio: row.pplRatio,
+        kl: row.kl,
+        rivals,
+      });
     }
   }
   bar?.stop();
@@ -522,7 +554,12 @@ export async function plotEval(r: EvalResult, out: string): Promise<string[]> {
     ["eval-top1", "top1", "top-1 agreement with Full (higher is better)", false],
     ["eval-greedy-match", "greedyMatch", "greedy token match with Full (higher is better)", false],
     ["eval-coverage", "coverage", "share of Full's current attention read exactly (higher is better)", false],
-    ["eval-long-range", "longRangePplRatio", "long-range tokens: perplexity / Full's (lower is better)", true],
+    [
+      "eval-long-range",
+      "longRangePplRatio",
+      "long-range tokens: perplexity / Full's (lower is better)",
+      true,
+    ],
   ];
   for (const [file, y, title, logY] of plots) {
     const p = await renderPlot(
@@ -582,7 +619,12 @@ export function formatEval(r: EvalResult, metric: keyof Metrics = "pplRatio", ma
 export function formatIsoMemory(r: EvalResult, markdown = false): string {
   if (!r.isoMemory.length) return "";
   const rivals = Object.keys(r.isoMemory[0].rivals);
-  const headers = ["policy @ LLM budget", "total resident KV", "ppl ratio", ...rivals.map((x) => `${x} (ppl ratio)`)];
+  const headers = [
+    "policy @ LLM budget",
+    "total resident KV",
+    "ppl ratio",
+    ...rivals.map((x) => `${x} (ppl ratio)`),
+  ];
   const rows = r.isoMemory.map((x) => [
     `${x.label} @ ${+(x.budget * 100).toFixed(2)}%`,
     `${(x.resident * 100).toFixed(1)}%`,

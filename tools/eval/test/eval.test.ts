@@ -4,7 +4,14 @@ import { join } from "node:path";
 import { definePolicy, everyHead } from "@smallkv/policies";
 import { assetsDir, Model } from "@smallkv/runner";
 import { beforeAll, describe, expect, it } from "vitest";
-import { formatEval, makeWindows, runEval, splitDocuments } from "../src/index.js";
+import {
+  formatEval,
+  formatIsoMemory,
+  longRangePositions,
+  makeWindows,
+  runEval,
+  splitDocuments,
+} from "../src/index.js";
 
 const models = join(assetsDir(), "models");
 const textFile = join(assetsDir(), "data", "tinystories-valid.txt");
@@ -98,9 +105,38 @@ describe("smallkv eval", () => {
     // Outputs: JSON, SVG + PNG plots, the matching heatmap.
     const json = JSON.parse(readFileSync(r.json!, "utf8"));
     expect(json.rows.length).toBe(6);
-    expect(r.plots.filter((p) => p.endsWith(".png")).length).toBe(5);
+    expect(r.plots.filter((p) => p.endsWith(".png")).length).toBe(7);
     for (const p of r.plots) expect(existsSync(p)).toBe(true);
     expect(formatEval(r)).toMatch(/last-only/);
+    // Attention coverage: Full's rows at 100%, almost nothing when only the current token is read.
+    for (const row of r.rows.filter((x) => x.budget === 1 && x.policy !== "last-only")) {
+      expect(row.coverage).toBeCloseTo(1, 6);
+      expect(row.attentionL1).toBeLessThan(1e-4);
+    }
+    expect(bad.coverage).toBeLessThan(0.5);
+    expect(bad.attentionL1).toBeGreaterThan(0.5);
+    expect(h.coverage).toBeGreaterThan(bad.coverage);
+    // The assistant's KV is resident on top of SmallKV's hot KV; iso-memory rows compare at that total.
+    const s = r.rows.find((x) => x.policy === "smallkv" && x.budget === 0.2)!;
+    expect(s.assistantKvBytes).toBeGreaterThan(0);
+    expect(s.residentFraction).toBeGreaterThan(s.hotFraction + 0.2);
+    expect(h.residentFraction).toBeCloseTo(h.hotFraction, 9);
+    const iso = r.isoMemory.find((x) => x.label === "smallkv" && x.budget === 0.2)!;
+    expect(Object.keys(iso.rivals)).toEqual(["h2o", "last-only"]);
+    expect(iso.rivals.h2o[2]).toBeGreaterThan(s.residentFraction - 0.05);
+    expect(formatIsoMemory(r)).toMatch(/smallkv @ 20%/);
+  });
+
+  it("finds the long-range tokens: seen more than 64 tokens back but not since", () => {
+    const ids = Array.from({ length: 200 }, (_, i) => 1000 + i);
+    ids[10] = 7; // far occurrence
+    ids[150] = 7; // target at continuation offset 0 (prefix 150): long-range
+    ids[151] = 8;
+    ids[120] = 8; // 8 occurred 31 tokens back: not long-range
+    ids[152] = 9; // never seen before: not long-range
+    const w = [{ ids, document: 0 }] as never;
+    expect(longRangePositions(w, 150, 3, () => true)).toEqual([[0]]);
+    expect(longRangePositions(w, 150, 3, (id) => id !== 7)).toEqual([[]]);
   });
 
   it("is deterministic for a fixed seed", async () => {

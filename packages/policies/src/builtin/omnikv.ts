@@ -81,6 +81,8 @@ export const omniKv = definePolicy<OmniState, { filters: string; budgeted: boole
     }
     // Scores not yet seen (before the first filter layer has run once): the newest tokens.
     const scores = st.scoresAt >= 0 ? st.scores : Float64Array.from({ length: start }, (_, p) => p);
-    return { full: everyHead(ctx.config.numKvHeads, topPositions(scores, Math.min(start, scores.length), old)) };
+    return {
+      full: everyHead(ctx.config.numKvHeads, topPositions(scores, Math.min(start, scores.length), old)),
+    };
   },
 });

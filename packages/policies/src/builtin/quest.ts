@@ -35,7 +35,8 @@ export const quest = definePolicy<QuestState, { pageSize: number }>({
     };
   },
   // Per layer and kv head: a min and a max of D floats for every page summarised so far.
-  residentBytes: (st) => st.pages.reduce((a, layer) => a + layer.reduce((b, m) => b + 2 * m.count * m.D * 4, 0), 0),
+  residentBytes: (st) =>
+    st.pages.reduce((a, layer) => a + layer.reduce((b, m) => b + 2 * m.count * m.D * 4, 0), 0),
   select(ctx) {
     const { start, T, query } = ctx.step;
     if (!query) throw new PolicyOptionError("quest", "the runner gave no queries (wantsQuery)");

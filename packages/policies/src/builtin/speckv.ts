@@ -22,7 +22,8 @@ type SpecOptions = { lookahead: number; window: number; kernel: number };
  */
 export const specKv = definePolicy<SpecState, SpecOptions>({
   name: "speckv",
-  description: "draft (assistant) lookahead queries score the prompt once through the LLM's attention, SnapKV-style",
+  description:
+    "draft (assistant) lookahead queries score the prompt once through the LLM's attention, SnapKV-style",
   options: { lookahead: 16, window: 8, kernel: 5 },
   usesAssistant: true,
   init(seq, o) {
@@ -40,7 +41,10 @@ export const specKv = definePolicy<SpecState, SpecOptions>({
     if (start === 0 || st.prompt > 0) return;
     const a = ctx.seq.assistant;
     if (!a || !ctx.seq.model)
-      throw new PolicyOptionError("speckv", "needs a draft model: run it through an AssistedModel (CLI: --assistant <dir>)");
+      throw new PolicyOptionError(
+        "speckv",
+        "needs a draft model: run it through an AssistedModel (CLI: --assistant <dir>)",
+      );
     const prompt = ctx.seq.tokens.slice(0, start);
     const room = Math.min(ctx.options.lookahead, ctx.seq.config.maxPositions - start);
     // The draft writes ahead greedily from the prompt.
@@ -87,7 +91,9 @@ export const specKv = definePolicy<SpecState, SpecOptions>({
         full.push(range(Math.max(0, start - B), start));
         continue;
       }
-      full.push(union(topPositions(ctx.state.votes[ctx.layer][g], winStart, B - mandatory), range(winStart, start)));
+      full.push(
+        union(topPositions(ctx.state.votes[ctx.layer][g], winStart, B - mandatory), range(winStart, start)),
+      );
     }
     return { full };
   },

@@ -71,7 +71,7 @@ export function registerBench(program: Command): void {
       "bounded load runs against the reference server: requests/s, tokens/s, p50/p99 latency, errors",
     )
     .option("-m, --model <dir>", "model (when the server is started here)", "stories260K")
-    .option("-a, --assistant <dir>", "assistant (for smallkv)", "stories260K-slm")
+    .option("-a, --assistant <dir>", "assistant (for smallkv)", "stories260K-slm-a")
     .option("--policies <list>", "kv_policy of the requests", "full,smallkv")
     .option("--budget <b>", "kv_budget of the requests", "0.2")
     .option("--concurrency <list>", "concurrent clients", "1,8,32")

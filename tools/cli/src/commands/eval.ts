@@ -97,7 +97,10 @@ export function registerEval(program: Command): void {
         process.stdout.write(`${title}\n${formatEval(r, metric)}\n\n`);
       }
       const iso = formatIsoMemory(r);
-      if (iso) process.stdout.write(`iso-memory: plain policies at each assistant row's total resident KV (ppl ratio)\n${iso}\n\n`);
+      if (iso)
+        process.stdout.write(
+          `iso-memory: plain policies at each assistant row's total resident KV (ppl ratio)\n${iso}\n\n`,
+        );
       for (const m of r.matchings)
         process.stdout.write(`matched head similarity (${m.assistant}): mean Jaccard ${m.mean.toFixed(3)}\n`);
       process.stdout.write(

@@ -68,10 +68,10 @@ export function registerGenerate(program: Command): void {
     );
   addPolicyOptions(addDeviceOptions(cmd)).action(async (o: GenerateCliOptions) => {
     const policy = await policyFromCli(o);
-    if (policy.name === "smallkv" && !o.assistant) {
+    if (policy.usesAssistant && !o.assistant) {
       throw new InvalidOptionError(
         "--assistant",
-        "the smallkv policy needs an assistant model (--assistant <dir>)",
+        `the ${policy.name} policy needs an assistant model (--assistant <dir>)`,
       );
     }
     const model = await loadStepModel(o.model, o.assistant, o.threads, o);

@@ -1,4 +1,4 @@
-import { parsePolicyOptions } from "@smallkv/policies";
+import { parsePolicyOptions, resolvePolicy } from "@smallkv/policies";
 import { Model, resolveModelDir } from "@smallkv/runner";
 import { createServer, playground } from "@smallkv/server";
 import type { Command } from "commander";
@@ -61,8 +61,11 @@ export function registerServe(program: Command): void {
           dtype: o.dtype,
         })
       : undefined;
-    const defaultPolicy = o.policy === "smallkv" && !assistant ? undefined : o.policy;
-    if (o.policy === "smallkv" && !assistant) throw new Error("--policy smallkv needs --assistant");
+    const needsAssistant = o.policy
+      ? (await resolvePolicy(o.policy)).create({ budget: 1 }).usesAssistant
+      : false;
+    const defaultPolicy = needsAssistant && !assistant ? undefined : o.policy;
+    if (needsAssistant && !assistant) throw new Error(`--policy ${o.policy} needs --assistant`);
     const server = await createServer({
       model,
       assistant,

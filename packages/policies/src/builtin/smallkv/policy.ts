@@ -12,7 +12,15 @@ import { PolicyOptionError } from "../../errors.js";
 import { MeanAttention } from "../../scores.js";
 import { definePolicy, type PolicyContext, type PolicyFactory } from "../../sdk.js";
 import { Evictions, maskOf, range, topPositions, union } from "../../select.js";
-import { accumulated, currentRow, DecayedScores, hasRows, SCORE_MODES, type ScoreMode } from "./scoring.js";
+import {
+  accumulated,
+  currentRow,
+  DecayedScores,
+  fittedRow,
+  hasRows,
+  SCORE_MODES,
+  type ScoreMode,
+} from "./scoring.js";
 import { adaptiveSplit, type ClassSizes, parseRatio, splitBudget } from "./split.js";
 
 export interface SmallKvOptions {
@@ -41,6 +49,11 @@ export interface SmallKvOptions {
    * a weak assistant degrades to the assistant-free reversible selection.
    */
   fallback: boolean;
+  /**
+   * "match": each LLM head reads its matched SLM head's row; "fit": a non-negative mixture of
+   * every SLM head's row and the head's own past attention, fitted on the matching window.
+   */
+  heads: string;
   /** "head": every kv head gets the same slots; "layer": a layer's slots go where the predicted mass is (adaptive split). */
   allocate: string;
   /** Current-row ranking pools the rows of this many best-matched SLM heads per LLM head. */
@@ -102,7 +115,10 @@ function validate(name: string, o: SmallKvOptions): void {
     bad(`scores must be one of ${SCORE_MODES.join(", ")}, got ${o.scores}`);
   if (o.split !== "adaptive" && !parseRatio(o.split))
     bad(`split must be adaptive or three non-negative numbers like 2:1:2, got ${JSON.stringify(o.split)}`);
-  if (o.allocate !== "head" && o.allocate !== "layer") bad(`allocate must be head or layer, got ${o.allocate}`);
+  if (o.heads !== "match" && o.heads !== "fit" && o.heads !== "auto")
+    bad(`heads must be match, fit or auto, got ${o.heads}`);
+  if (o.allocate !== "head" && o.allocate !== "layer")
+    bad(`allocate must be head or layer, got ${o.allocate}`);
   if (!(o.halfLife > 0)) bad(`halfLife must be > 0, got ${o.halfLife}`);
   if (!(o.recent >= 0)) bad(`recent must be >= 0, got ${o.recent}`);
   for (const k of ["gate", "trust", "own", "exactShare", "topk"] as const)
@@ -164,7 +180,11 @@ function normalised(x: Float64Array): Float64Array {
  * `smallkv` ranks by the matched SLM heads' attention at the current step with an adaptive
  * split (what the evaluation found best); `smallkv-paper` keeps the paper's rules.
  */
-function makeSmallKv(name: string, description: string, defaults: SmallKvOptions): PolicyFactory<SmallKvOptions> {
+function makeSmallKv(
+  name: string,
+  description: string,
+  defaults: SmallKvOptions,
+): PolicyFactory<SmallKvOptions> {
   return definePolicy<SmallKvState, SmallKvOptions>({
     name,
     description,
@@ -180,7 +200,10 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
         matching: null,
         evicted: new Evictions(c.numLayers, lists),
         decayed: new DecayedScores(c.numLayers, lists),
-        own: o.trust > 0 || o.own > 0 || o.fallback ? new MeanAttention(c.numLayers, c.numKvHeads, c.numHeads / c.numKvHeads) : null,
+        own:
+          o.trust > 0 || o.own > 0 || o.fallback || o.heads !== "match"
+            ? new MeanAttention(c.numLayers, c.numKvHeads, c.numHeads / c.numKvHeads)
+            : null,
         counts: { critical: 0, recent: 0, marginal: 0 },
         layers: c.numLayers,
         lastRecent: 0,
@@ -214,13 +237,20 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
           la,
           sa,
           { llm: identityOf(ctx.seq.model), slm: identityOf(a.model), window: win },
-          { metric: o.metric as MatchMetric, topkRatio: o.topk },
+          { metric: o.metric as MatchMetric, topkRatio: o.topk, fit: o.heads !== "match" },
         );
       }
+      if (o.heads !== "match" && m.weightsOf(0, 0) === undefined)
+        throw new PolicyOptionError(
+          name,
+          `heads=${o.heads} needs a matching with fitted weights (made on the sequence, not a saved mapping without them)`,
+        );
       ctx.state.matching = m;
       ctx.state.gated = headsAbove(m, o.gate);
       const above = headsAbove(m, o.trust);
-      ctx.state.trusted = above.map((row, l) => row.map((t, h) => t && (!o.fallback || m!.assistantHelps(l, h))));
+      ctx.state.trusted = above.map((row, l) =>
+        row.map((t, h) => t && (!o.fallback || m!.assistantHelps(l, h))),
+      );
     },
     wantsAttention: (ctx) => (ctx.state.own ? { scores: true } : false),
     observe: (ctx, obs) => ctx.state.own?.add(obs),
@@ -262,12 +292,18 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
       // Without the assistant's rows (a long step), V-only weights are unknown and
       // current-row scores fall back to the position-normalised accumulation.
       const rows = hasRows(a, T, start + T);
-      const mode = (o.scores as ScoreMode) === "sum" || (o.scores as ScoreMode) === "mean" || rows
-        ? (o.scores as ScoreMode)
-        : "mean";
+      const mode =
+        (o.scores as ScoreMode) === "sum" || (o.scores as ScoreMode) === "mean" || rows
+          ? (o.scores as ScoreMode)
+          : "mean";
       const adaptive = o.split === "adaptive";
       let sizes: ClassSizes;
-      if (adaptive) sizes = { critical: 0, recent: Math.min(start, Math.floor(o.recent), Math.floor(oldUnits)), marginal: 0 };
+      if (adaptive)
+        sizes = {
+          critical: 0,
+          recent: Math.min(start, Math.floor(o.recent), Math.floor(oldUnits)),
+          marginal: 0,
+        };
       else {
         sizes = splitBudget(Math.floor(oldUnits) + T, T, parseRatio(o.split)!, o.marginal && rows);
         const recentOld = Math.max(sizes.recent - T, Math.min(start, Math.floor(o.recent)));
@@ -287,12 +323,33 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
         const trusted = heads.filter((h) => st.trusted![ctx.layer][h]);
         const marginalOk = o.marginal && rows && heads.some((h) => st.gated![ctx.layer][h]);
         let score: Float64Array;
-        if (mode === "current") score = currentRow(a, m, ctx.layer, heads, start, T, o.pool);
+        const fit = o.heads !== "match" && mode === "current";
+        if (fit) {
+          const kv = perQuery ? Math.floor(g / (Hq / Hkv)) : g;
+          const own = normalised(st.own!.get(ctx.layer, kv, start));
+          score = new Float64Array(start);
+          // "auto": heads the matched SLM head predicts well read it; the others their fitted mixture.
+          for (const h of heads) {
+            const r =
+              o.heads === "auto" && st.trusted![ctx.layer][h]
+                ? currentRow(a, m, ctx.layer, [h], start, T, o.pool)
+                : fittedRow(a, m, ctx.layer, [h], start, T, own);
+            const rn = normalised(r);
+            for (let p = 0; p < start; p++) score[p] += rn[p] / heads.length;
+          }
+        } else if (mode === "current") score = currentRow(a, m, ctx.layer, heads, start, T, o.pool);
         else if (mode === "decay")
-          score = st.decayed.update(ctx.layer, g, start, start, currentRow(a, m, ctx.layer, heads, start, T, o.pool), factor);
+          score = st.decayed.update(
+            ctx.layer,
+            g,
+            start,
+            start,
+            currentRow(a, m, ctx.layer, heads, start, T, o.pool),
+            factor,
+          );
         else score = accumulated(a, m, ctx.layer, heads, start, mode === "mean");
         // A weak match: rank by the LLM's own mean attention (the reversible control's rule).
-        if (st.own && (trusted.length < heads.length || o.own > 0)) {
+        if (!fit && st.own && (trusted.length < heads.length || o.own > 0)) {
           const kv = perQuery ? Math.floor(g / (Hq / Hkv)) : g;
           const own = normalised(st.own.get(ctx.layer, kv, start));
           const mine = normalised(Float64Array.from(score));
@@ -305,7 +362,10 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
       // Units per list: the same for every list, or (allocate=layer, adaptive split) the
       // layer's old-token units shared out by predicted mass, each list keeping its recent window.
       const base = Math.max(0, oldUnits - recentOld);
-      const units = adaptive && o.allocate === "layer" ? shareByMass(scores, recent, base, start) : scores.map(() => base);
+      const units =
+        adaptive && o.allocate === "layer"
+          ? shareByMass(scores, recent, base, start)
+          : scores.map(() => base);
       for (let g = 0; g < lists; g++) {
         const score = scores[g];
         const marginalOk = marginalOks[g];
@@ -387,6 +447,7 @@ const COMMON = {
   marginal: true,
   saliency: true,
   halfLife: 8,
+  heads: "match",
   allocate: "head",
   fallback: true,
   pool: 1,
@@ -404,12 +465,31 @@ const COMMON = {
 export const smallKv = makeSmallKv(
   "smallkv",
   "assistant-guided selection re-chosen every step: the matched SLM heads' current attention ranks tokens, exact / V-only / dropped by predicted mass",
-  { ...COMMON, split: "adaptive", recent: 2, scores: "current", gate: 0.5, trust: 0, own: 0, metric: "coverage" },
+  {
+    ...COMMON,
+    split: "adaptive",
+    recent: 2,
+    scores: "current",
+    gate: 0.5,
+    trust: 0,
+    own: 0,
+    metric: "coverage",
+  },
 );
 
 /** SmallKV exactly as the paper writes it: accumulated column sums, 2:1:2 split, Jaccard matching. */
 export const smallKvPaper = makeSmallKv(
   "smallkv-paper",
   "SmallKV as the paper gives it: accumulated SLM column sums, critical:recent:marginal 2:1:2, Jaccard matching",
-  { ...COMMON, split: "2:1:2", recent: 0, scores: "sum", fallback: false, gate: 0, trust: 0, own: 0, metric: "jaccard" },
+  {
+    ...COMMON,
+    split: "2:1:2",
+    recent: 0,
+    scores: "sum",
+    fallback: false,
+    gate: 0,
+    trust: 0,
+    own: 0,
+    metric: "jaccard",
+  },
 );

@@ -19,7 +19,9 @@ export class DecayedScores {
   private readonly lastStep: number[][];
 
   constructor(numLayers: number, lists: number) {
-    this.acc = Array.from({ length: numLayers }, () => Array.from({ length: lists }, () => new Float64Array(0)));
+    this.acc = Array.from({ length: numLayers }, () =>
+      Array.from({ length: lists }, () => new Float64Array(0)),
+    );
     this.lastStep = Array.from({ length: numLayers }, () => new Array(lists).fill(-1));
   }
 
@@ -88,6 +90,39 @@ export function accumulated(
     const sh = m.slmHeadOf(layer, h);
     const s = a.score(sh.layer, sh.head, start);
     for (let p = 0; p < start; p++) out[p] += (mean ? s[p] / (rows - p) : s[p]) / heads.length;
+  }
+  return out;
+}
+
+/**
+ * Predicted attention of query heads `heads` over old positions [0, start) from each head's
+ * fitted mixture: the weighted rows of every SLM head at this step plus the weighted own
+ * past mean attention (`own`, normalised), averaged over the heads.
+ */
+export function fittedRow(
+  a: AssistantState,
+  m: HeadMatching,
+  layer: number,
+  heads: readonly number[],
+  start: number,
+  T: number,
+  own: Float64Array | null,
+): Float64Array {
+  const out = new Float64Array(start);
+  const H = a.model.config.numHeads;
+  for (const h of heads) {
+    const w = m.weightsOf(layer, h);
+    if (!w) throw new Error(`the head matching has no fitted weights for layer ${layer} head ${h}`);
+    for (let j = 0; j < w.length - 1; j++) {
+      if (w[j] === 0) continue;
+      const f = w[j] / heads.length;
+      for (let t = 0; t < T; t++) {
+        const row = a.row(Math.floor(j / H), j % H, t);
+        for (let p = 0; p < start; p++) out[p] += row[p] * f;
+      }
+    }
+    const wo = w[w.length - 1];
+    if (own && wo > 0) for (let p = 0; p < start; p++) out[p] += (wo * T * own[p]) / heads.length;
   }
   return out;
 }
