@@ -406,6 +406,14 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
   const isWord = (id: number) => (model.tokenizer.decode([id]).match(/[A-Za-z]/g)?.length ?? 0) >= 3;
   const longRange = longRangePositions(windows, prefix, cont, isWord);
   const fullMetrics = metrics(ref, ref, windows, prefix, null, longRange, null);
+  const rowOf = (e: Entry, budget: number, r: RunOutput): EvalRow => ({
+    label: e.label,
+    policy: e.factory.name,
+    assistant: e.assistant?.name ?? null,
+    options: e.options,
+    budget,
+    ...metrics(ref, r, windows, prefix, fullMetrics.perplexity, longRange, fullMetrics.longRangePerplexity),
+  });
   const rows: EvalRow[] = [];
   for (const e of entries) {
     for (const b of budgets) {
@@ -421,22 +429,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
         tick,
         { compare: fullRows },
       );
-      rows.push({
-        label: e.label,
-        policy: e.factory.name,
-        assistant: e.assistant?.name ?? null,
-        options: e.options,
-        budget: b,
-        ...metrics(
-          ref,
-          r,
-          windows,
-          prefix,
-          fullMetrics.perplexity,
-          longRange,
-          fullMetrics.longRangePerplexity,
-        ),
-      });
+      rows.push(rowOf(e, b, r));
     }
   }
   // Iso-memory: the plain policies get the whole resident share an assistant row uses.
@@ -464,22 +457,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
             () => e.factory.create({ budget: total, options: e.options }),
             () => {},
           );
-          hit = {
-            label: e.label,
-            policy: e.factory.name,
-            assistant: null,
-            options: e.options,
-            budget: total,
-            ...metrics(
-              ref,
-              r,
-              windows,
-              prefix,
-              fullMetrics.perplexity,
-              longRange,
-              fullMetrics.longRangePerplexity,
-            ),
-          };
+          hit = rowOf(e, total, r);
           cache.set(key, hit);
         }
         rivals[e.label] = [hit.pplRatio, hit.kl, hit.residentFraction];

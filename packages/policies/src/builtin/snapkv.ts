@@ -2,7 +2,7 @@ import type { PolicyContext } from "../sdk.js";
 import { definePolicy } from "../sdk.js";
 import { avgPool, range, topPositions, union } from "../select.js";
 
-interface SnapState {
+export interface SnapState {
   /** Prompt length (the first step's token count). */
   prompt: number;
   /** votes[layer][g][pos]: pooled attention of the observation window, prompt positions. */
@@ -45,7 +45,7 @@ function snapObserve(
  * tokens; when the budget no longer holds all of them, the prompt picks go first, then
  * the oldest generated tokens.
  */
-function snapSelect(ctx: PolicyContext<SnapState, SnapOptions>) {
+export function snapSelect(ctx: PolicyContext<SnapState, SnapOptions>) {
   const { start } = ctx.step;
   const P = Math.min(ctx.state.prompt, start);
   const winStart = Math.max(0, P - ctx.options.window);

@@ -2,13 +2,11 @@ import { collectAttention } from "@smallkv/matching";
 import { argmax } from "@smallkv/runner";
 import { PolicyOptionError } from "../errors.js";
 import { definePolicy } from "../sdk.js";
-import { avgPool, range, topPositions, union } from "../select.js";
+import { avgPool } from "../select.js";
+import { type SnapState, snapSelect } from "./snapkv.js";
 
-interface SpecState {
-  prompt: number;
-  /** votes[layer][g][pos] over the prompt; empty until scored. */
-  votes: Float64Array[][];
-}
+/** SnapKV's state: the prompt length and votes[layer][g][pos] over the prompt (empty until scored). */
+type SpecState = SnapState;
 
 type SpecOptions = { lookahead: number; window: number; kernel: number };
 
@@ -79,22 +77,6 @@ export const specKv = definePolicy<SpecState, SpecOptions>({
     }
     st.prompt = start;
   },
-  select(ctx) {
-    const { start } = ctx.step;
-    const P = Math.min(ctx.state.prompt, start);
-    const winStart = Math.max(0, P - ctx.options.window);
-    const B = ctx.oldBudget;
-    const full: Int32Array[] = [];
-    for (let g = 0; g < ctx.config.numKvHeads; g++) {
-      const mandatory = start - winStart;
-      if (mandatory >= B || P === 0) {
-        full.push(range(Math.max(0, start - B), start));
-        continue;
-      }
-      full.push(
-        union(topPositions(ctx.state.votes[ctx.layer][g], winStart, B - mandatory), range(winStart, start)),
-      );
-    }
-    return { full };
-  },
+  // SnapKV's keep rule on the lookahead votes.
+  select: snapSelect,
 });
