@@ -524,10 +524,19 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
 
 /** Draw the eval plots (SVG + PNG) from a result into `out`. */
 export async function plotEval(r: EvalResult, out: string): Promise<string[]> {
-  const values = r.rows.map((x) => ({ ...x, budgetPct: x.budget * 100 }));
+  const all = r.rows.map((x) => ({ ...x, budgetPct: x.budget * 100 }));
+  // The readable view: every policy with its defaults, assistant-reading ones with the first assistant.
+  const first = r.rows.find((x) => x.assistant)?.assistant;
+  const main = all.filter((x) => !x.label.includes(":") && (!x.assistant || x.assistant === first));
   const files: string[] = [];
-  const plots: [string, string, string, boolean][] = [
-    ["eval-ppl-ratio", "pplRatio", "perplexity / Full's (lower is better)", true],
+  const plots: [string, string, string, boolean, boolean?][] = [
+    [
+      "eval-ppl-ratio",
+      "pplRatio",
+      `perplexity / Full's (lower is better)${first ? `; assistant ${first}` : ""}`,
+      true,
+    ],
+    ["eval-ppl-ratio-all", "pplRatio", "perplexity / Full's, every row (lower is better)", true, true],
     ["eval-kl", "kl", "KL(Full || policy), nats (lower is better)", false],
     ["eval-top1", "top1", "top-1 agreement with Full (higher is better)", false],
     ["eval-greedy-match", "greedyMatch", "greedy token match with Full (higher is better)", false],
@@ -539,11 +548,11 @@ export async function plotEval(r: EvalResult, out: string): Promise<string[]> {
       true,
     ],
   ];
-  for (const [file, y, title, logY] of plots) {
+  for (const [file, y, title, logY, everything] of plots) {
     const p = await renderPlot(
       lineSpec({
         title,
-        values,
+        values: everything ? all : main,
         x: "budgetPct",
         y,
         series: "label",

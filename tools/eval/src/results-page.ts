@@ -15,6 +15,18 @@ export async function writeResultsPage(o: {
   out: string;
 }): Promise<string> {
   const outDir = dirname(o.out);
+  // A section whose inputs are missing here keeps what the page already says (with a note),
+  // so rebuilding the page after a new eval does not drop the bench tables.
+  const previous = existsSync(o.out) ? readFileSync(o.out, "utf8") : "";
+  const kept = (title: string): string[] | null => {
+    const i = previous.indexOf(`\n${title}\n`);
+    if (i < 0) return null;
+    const rest = previous.slice(i + 1);
+    const j = rest.indexOf("\n## ", title.length);
+    const body = (j < 0 ? rest : rest.slice(0, j)).trimEnd().split("\n");
+    const note = "_(kept from the previous page: its inputs were not found when this page was rebuilt)_";
+    return [...body.filter((l) => l !== note), "", note, ""];
+  };
   const assets = join(outDir, "results");
   mkdirSync(assets, { recursive: true });
   const img = (src: string, alt: string) => {
@@ -55,11 +67,15 @@ export async function writeResultsPage(o: {
       "",
       `Model \`${e.model}\`, assistants ${e.assistants.map((a: string) => `\`${a}\``).join(", ")}, text \`${e.text}\`: ${e.settings.windows} windows of ${e.settings.prefix} prefix + ${e.settings.continuation} teacher-forced tokens (greedy agreement over ${e.settings.greedy} tokens), seed ${e.settings.seed}. Full perplexity ${fmt(e.full.perplexity)}.`,
       "",
+      "`smallkv` is SmallKV with the rules the evaluation chose (the matched assistant heads' attention at the current step ranks tokens; adaptive split; per-head fallback to the LLM's own attention where the assistant predicts worse); `smallkv-paper` is SmallKV as the paper writes it (`scores=sum`, split 2:1:2, Jaccard matching). Policies that read an assistant run once per assistant: `stories260K-slm-a` is the attention-aligned one, `stories260K-slm` and `stories260K-slm-l` the weakly aligned regime. How each rule was chosen, with every alternative measured: [smallkv-rules.md](smallkv-rules.md).",
+      "",
       "### Perplexity ratio to Full (lower is better)",
       "",
       formatEval(r, "pplRatio", true),
       "",
       img(join(o.evalDir!, "eval-ppl-ratio.png"), "perplexity ratio vs budget"),
+      "",
+      img(join(o.evalDir!, "eval-ppl-ratio-all.png"), "perplexity ratio vs budget, every row"),
       "",
       "### KL(Full ‖ policy), nats per token",
       "",
@@ -158,10 +174,12 @@ export async function writeResultsPage(o: {
     );
   } else
     parts.push(
-      "## Throughput and memory",
-      "",
-      "_No bench results: run `pnpm bench --out bench-results`._",
-      "",
+      ...(kept("## Throughput and memory") ?? [
+        "## Throughput and memory",
+        "",
+        "_No bench results: run `pnpm bench --out bench-results`._",
+        "",
+      ]),
     );
   const runnerJson = o.benchDir && join(o.benchDir, "runner.json");
   if (runnerJson && existsSync(runnerJson)) {
@@ -174,7 +192,7 @@ export async function writeResultsPage(o: {
       runnerTable(j.results),
       "",
     );
-  }
+  } else parts.push(...(kept("## Runner") ?? []));
   parts.push(...gpuSection(o.benchDir && join(o.benchDir, "gpu")));
   writeFileSync(o.out, `${parts.join("\n")}\n`);
   return o.out;

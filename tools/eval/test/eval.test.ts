@@ -105,7 +105,7 @@ describe("smallkv eval", () => {
     // Outputs: JSON, SVG + PNG plots, the matching heatmap.
     const json = JSON.parse(readFileSync(r.json!, "utf8"));
     expect(json.rows.length).toBe(6);
-    expect(r.plots.filter((p) => p.endsWith(".png")).length).toBe(7);
+    expect(r.plots.filter((p) => p.endsWith(".png")).length).toBe(8);
     for (const p of r.plots) expect(existsSync(p)).toBe(true);
     expect(formatEval(r)).toMatch(/last-only/);
     // Attention coverage: Full's rows at 100%, almost nothing when only the current token is read.
