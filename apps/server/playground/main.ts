@@ -104,7 +104,8 @@ async function init() {
   $("assistant-name").textContent = model.assistant ?? "none";
   setupLayers();
   const policy = $<HTMLSelectElement>("policy");
-  for (const p of model.kv_policies) if (p !== "smallkv" || model.assistant) option(policy, p);
+  // The server lists only the policies it can run (assistant-reading ones need its --assistant).
+  for (const p of model.kv_policies) option(policy, p);
   policy.value = model.kv_policies.includes("smallkv") && model.assistant ? "smallkv" : "h2o";
   $<HTMLTextAreaElement>("prompt").value = EXAMPLE;
   $("example").addEventListener("click", () => ($<HTMLTextAreaElement>("prompt").value = EXAMPLE));

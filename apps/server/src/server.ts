@@ -499,7 +499,10 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
           owned_by: "smallkv",
           max_model_len: ctx,
           assistant: o.assistant?.name ?? null,
-          kv_policies: Object.keys(policies),
+          // Only what this server can run: assistant-reading policies need --assistant.
+          kv_policies: Object.keys(policies).filter(
+            (n) => o.assistant || !policies[n].create({ budget: 1 }).usesAssistant,
+          ),
           num_layers: llm.config.numLayers,
           num_heads: llm.config.numHeads,
           num_kv_heads: llm.config.numKvHeads,

@@ -51,7 +51,8 @@ describe("playground page (headless Chromium)", () => {
           'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball stuck in a tall tree. She wanted to get the ball, but the tree was too high. She asked her friend Tom to help her. Tom was a kind boy who liked to climb. He said, "I can help you, Lily!"';
         await page.fill("#prompt", "");
         await page.type("#prompt", story, { delay: 0 });
-        await page.selectOption("#policy", "smallkv");
+        // The paper's rules make all four classes (the default rarely makes V-only tokens: see docs/smallkv-rules.md).
+        await page.selectOption("#policy", "smallkv-paper");
         await page.selectOption("#budget", "0.2");
         await page.fill("#max-tokens", "60");
         await page.keyboard.press("Tab");

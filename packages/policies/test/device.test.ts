@@ -29,6 +29,8 @@ describe("policies on the device backend (CUDA emulator) equal the CPU path step
     ["h2o", {}],
     ["snapkv", {}],
     ["pod", {}],
+    // Query-aware: the device backend copies the layer's queries back for select.
+    ["quest", { pageSize: 4 }],
   ] as [string, Record<string, OptionValue>][]) {
     it(`${name} ${JSON.stringify(options)} at 20%: same logits (1e-4) and same hot set at every step`, async () => {
       const a = new AssistedModel(cpu.llm as Model, cpu.slm as Model);
