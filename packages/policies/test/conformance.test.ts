@@ -15,6 +15,24 @@ describe("every built-in policy passes the conformance kit", () => {
   }
 });
 
+describe("the reversible control's rankings pass the kit", () => {
+  for (const scores of ["sum", "current", "decay"]) {
+    it(`scores=${scores}`, async () => {
+      const report = await runConformance(builtinPolicies.reversible, { options: { scores } });
+      expect(report.failures).toEqual([]);
+    });
+  }
+  it("refuses an unknown ranking", () => {
+    expect(() =>
+      builtinPolicies.reversible.create({ budget: 0.2, options: { scores: "weird" } }).select!(
+        { config: { numLayers: 1, numHeads: 1, numKvHeads: 1 } } as never,
+        0,
+        { start: 4, T: 1 },
+      ),
+    ).toThrow(/scores must be one of/);
+  });
+});
+
 describe("the kit catches broken policies", () => {
   it("one that exceeds its budget", async () => {
     const greedy = definePolicy({

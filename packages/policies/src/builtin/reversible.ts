@@ -1,40 +1,67 @@
-import { MeanAttention } from "../scores.js";
+import { PolicyOptionError } from "../errors.js";
+import { MeanAttention, ScoreTable } from "../scores.js";
 import { definePolicy } from "../sdk.js";
 import { maskOf, range, topPositions, union } from "../select.js";
 
 interface ReversibleState {
-  attention: MeanAttention;
+  /** `scores=mean`: accumulated attention per query that read each token. */
+  mean: MeanAttention | null;
+  /** `sum`, `current` and `decay`: accumulated, last-row, or decayed attention. */
+  table: ScoreTable | null;
 }
+
+const MODES = ["mean", "sum", "current", "decay"];
 
 /**
  * The assistant-free reversible control: per kv head, rank old tokens by the LLM's own
- * position-normalised accumulated attention (mean over the queries that read each token)
- * and re-select every step from the cold store, with a small recent window. Nothing is
- * lost for good; no assistant is needed. SmallKV falls back to this ranking where its
- * assistant does not predict the LLM's attention.
+ * attention and re-select every step from the cold store, with a small recent window.
+ * Nothing is lost for good; no assistant is needed. `scores` names the ranking: `mean`
+ * (default: accumulated attention divided by the queries that read each token, no
+ * positional bias), `sum` (raw accumulated column sums), `current` (the last step's row)
+ * or `decay` (accumulation with a half-life of `halfLife` steps). SmallKV falls back to
+ * the `mean` ranking where its assistant does not predict the LLM's attention.
  */
-export const reversible = definePolicy<ReversibleState, { recent: number }>({
-  name: "reversible",
-  description: "LLM's own mean accumulated attention, re-selected every step from the cold store",
-  options: { recent: 2 },
-  init: (seq) => ({
-    attention: new MeanAttention(
-      seq.config.numLayers,
-      seq.config.numKvHeads,
-      seq.config.numHeads / seq.config.numKvHeads,
-    ),
-  }),
-  wantsAttention: () => ({ scores: true }),
-  observe: (ctx, obs) => ctx.state.attention.add(obs),
-  select(ctx) {
-    const { start } = ctx.step;
-    const r = Math.min(start, ctx.oldBudget, Math.max(0, Math.floor(ctx.options.recent)));
-    const rec = range(start - r, start);
-    const full: Int32Array[] = [];
-    for (let g = 0; g < ctx.config.numKvHeads; g++) {
-      const s = ctx.state.attention.get(ctx.layer, g, start);
-      full.push(union(rec, topPositions(s, start, ctx.oldBudget - r, maskOf(start, rec))));
-    }
-    return { full };
+export const reversible = definePolicy<ReversibleState, { recent: number; scores: string; halfLife: number }>(
+  {
+    name: "reversible",
+    description: "LLM's own (mean) accumulated attention, re-selected every step from the cold store",
+    options: { recent: 2, scores: "mean", halfLife: 8 },
+    init: (seq, o) => {
+      if (!MODES.includes(o.scores))
+        throw new PolicyOptionError(
+          "reversible",
+          `scores must be one of ${MODES.join(", ")}, got ${o.scores}`,
+        );
+      if (!(o.halfLife > 0))
+        throw new PolicyOptionError("reversible", `halfLife must be > 0, got ${o.halfLife}`);
+      if (!(o.recent >= 0)) throw new PolicyOptionError("reversible", `recent must be >= 0, got ${o.recent}`);
+      const c = seq.config;
+      const group = c.numHeads / c.numKvHeads;
+      return o.scores === "mean"
+        ? { mean: new MeanAttention(c.numLayers, c.numKvHeads, group), table: null }
+        : { mean: null, table: new ScoreTable(c.numLayers, c.numKvHeads, group) };
+    },
+    wantsAttention: (ctx) =>
+      ctx.options.scores === "current" ? { scores: true, fromRow: ctx.step.T - 1 } : { scores: true },
+    observe: (ctx, obs) => {
+      const { mean, table } = ctx.state;
+      if (mean) return mean.add(obs);
+      if (ctx.options.scores === "current") table!.reset(obs.layer);
+      if (ctx.options.scores === "decay") table!.scale(obs.layer, 0.5 ** (obs.T / ctx.options.halfLife));
+      table!.add(obs);
+    },
+    select(ctx) {
+      const { start } = ctx.step;
+      const r = Math.min(start, ctx.oldBudget, Math.max(0, Math.floor(ctx.options.recent)));
+      const rec = range(start - r, start);
+      const full: Int32Array[] = [];
+      for (let g = 0; g < ctx.config.numKvHeads; g++) {
+        const s = ctx.state.mean
+          ? ctx.state.mean.get(ctx.layer, g, start)
+          : ctx.state.table!.get(ctx.layer, g, start);
+        full.push(union(rec, topPositions(s, start, ctx.oldBudget - r, maskOf(start, rec))));
+      }
+      return { full };
+    },
   },
-});
+);
