@@ -516,6 +516,14 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
       matchings,
       isoMemory,
       longRangeTokens: longRange.reduce((a, x) => a + x.length, 0),
+      // What each model keeps resident besides its hot KV: fp32 weights and KV bytes per token.
+      residents: [model, ...assistants].map((m) => ({
+        model: m.name,
+        role: m === model ? "llm" : "assistant",
+        parameters: m.parameters,
+        weightBytes: m.parameters * 4,
+        kvBytesPerToken: 2 * m.config.numLayers * m.config.numKvHeads * m.config.headDim * 4,
+      })),
     });
     if (o.plot !== false) result.plots = await plotEval(result, o.out);
   }

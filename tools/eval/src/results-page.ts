@@ -25,7 +25,9 @@ export async function writeResultsPage(o: {
     const j = rest.indexOf("\n## ", title.length);
     const body = (j < 0 ? rest : rest.slice(0, j)).trimEnd().split("\n");
     const note = "_(kept from the previous page: its inputs were not found when this page was rebuilt)_";
-    return [...body.filter((l) => l !== note), "", note, ""];
+    const lines = body.filter((l) => l !== note);
+    while (lines.length && lines[lines.length - 1] === "") lines.pop();
+    return [...lines, "", note, ""];
   };
   const assets = join(outDir, "results");
   mkdirSync(assets, { recursive: true });
@@ -35,6 +37,21 @@ export async function writeResultsPage(o: {
     copyFileSync(src, dst);
     return `![${alt}](${relative(outDir, dst)})`;
   };
+  const section = (
+    title: string,
+    intro: string,
+    metric: keyof import("./eval.js").Metrics,
+    ...plots: [string, string][]
+  ): string[] => [
+    title,
+    "",
+    ...(intro ? [intro, ""] : []),
+    formatEval(evalResult!, metric, true),
+    "",
+    ...plots.flatMap(([file, alt]) => [img(join(evalDirOf!, `${file}.png`), alt), ""]),
+  ];
+  let evalResult: EvalResult | null = null;
+  let evalDirOf: string | null = null;
   const parts: string[] = [
     "# SmallKV results",
     "",
@@ -60,6 +77,8 @@ export async function writeResultsPage(o: {
       matchings: e.matchings,
       isoMemory: e.isoMemory ?? [],
     };
+    evalResult = r;
+    evalDirOf = o.evalDir!;
     // Re-draw from the JSON so the page's plots always match its tables.
     await plotEval(r, o.evalDir!);
     parts.push(
@@ -69,55 +88,37 @@ export async function writeResultsPage(o: {
       "",
       "`smallkv` is SmallKV with the rules the evaluation chose (the matched assistant heads' attention at the current step ranks tokens; adaptive split; per-head fallback to the LLM's own attention where the assistant predicts worse); `smallkv-paper` is SmallKV as the paper writes it (`scores=sum`, split 2:1:2, Jaccard matching). Policies that read an assistant run once per assistant: `stories260K-slm-a` is the attention-aligned one, `stories260K-slm` and `stories260K-slm-l` the weakly aligned regime. How each rule was chosen, with every alternative measured: [smallkv-rules.md](smallkv-rules.md).",
       "",
-      "### Perplexity ratio to Full (lower is better)",
-      "",
-      formatEval(r, "pplRatio", true),
-      "",
-      img(join(o.evalDir!, "eval-ppl-ratio.png"), "perplexity ratio vs budget"),
-      "",
-      img(join(o.evalDir!, "eval-ppl-ratio-all.png"), "perplexity ratio vs budget, every row"),
-      "",
-      "### KL(Full ‖ policy), nats per token",
-      "",
-      formatEval(r, "kl", true),
-      "",
-      img(join(o.evalDir!, "eval-kl.png"), "KL vs budget"),
-      "",
-      "### Top-1 agreement with Full",
-      "",
-      formatEval(r, "top1", true),
-      "",
-      img(join(o.evalDir!, "eval-top1.png"), "top-1 agreement vs budget"),
-      "",
-      "### Greedy agreement with Full (share of matching tokens)",
-      "",
-      formatEval(r, "greedyMatch", true),
-      "",
-      img(join(o.evalDir!, "eval-greedy-match.png"), "greedy agreement vs budget"),
-      "",
-      "### Attention coverage: share of Full's current attention on the tokens read exactly",
-      "",
-      "Per teacher-forced decode step, layer and query head, the share of Full's attention row (same tokens, same step) that falls on the tokens the policy attends to exactly; mean over all of them. Higher is better.",
-      "",
-      formatEval(r, "coverage", true),
-      "",
-      img(join(o.evalDir!, "eval-coverage.png"), "attention coverage vs budget"),
-      "",
-      "### L1 distance between the policy's effective attention row and Full's",
-      "",
-      "The effective row is the exact softmax over the tokens read (scaled by 1 − m in mass mode) plus the V-only weights. 0 is Full's row; 2 is disjoint. Lower is better.",
-      "",
-      formatEval(r, "attentionL1", true),
-      "",
-      "### Long-range tokens",
-      "",
-      `Continuation tokens of three or more letters that occurred earlier in the window but not in the 64 tokens before them (${e.longRangeTokens ?? "?"} tokens over all windows: re-mentioned names and words), where eviction bites. Perplexity ratio to Full on those tokens:`,
-      "",
-      formatEval(r, "longRangePplRatio", true),
-      "",
-      img(join(o.evalDir!, "eval-long-range.png"), "long-range perplexity ratio vs budget"),
-      "",
-      "Top-1 accuracy on those tokens (Full: " + fmt(e.full.longRangeTop1) + "):",
+      ...section(
+        "### Perplexity ratio to Full (lower is better)",
+        "",
+        "pplRatio",
+        ["eval-ppl-ratio", "perplexity ratio vs budget"],
+        ["eval-ppl-ratio-all", "perplexity ratio vs budget, every row"],
+      ),
+      ...section("### KL(Full ‖ policy), nats per token", "", "kl", ["eval-kl", "KL vs budget"]),
+      ...section("### Top-1 agreement with Full", "", "top1", ["eval-top1", "top-1 agreement vs budget"]),
+      ...section("### Greedy agreement with Full (share of matching tokens)", "", "greedyMatch", [
+        "eval-greedy-match",
+        "greedy agreement vs budget",
+      ]),
+      ...section(
+        "### Attention coverage: share of Full's current attention on the tokens read exactly",
+        "Per teacher-forced decode step, layer and query head, the share of Full's attention row (same tokens, same step) that falls on the tokens the policy attends to exactly; mean over all of them. Higher is better.",
+        "coverage",
+        ["eval-coverage", "attention coverage vs budget"],
+      ),
+      ...section(
+        "### L1 distance between the policy's effective attention row and Full's",
+        "The effective row is the exact softmax over the tokens read (scaled by 1 − m in mass mode) plus the V-only weights. 0 is Full's row; 2 is disjoint. Lower is better.",
+        "attentionL1",
+      ),
+      ...section(
+        "### Long-range tokens",
+        `Continuation tokens of three or more letters that occurred earlier in the window but not in the 64 tokens before them (${e.longRangeTokens ?? "?"} tokens over all windows: re-mentioned names and words), where eviction bites. Perplexity ratio to Full on those tokens:`,
+        "longRangePplRatio",
+        ["eval-long-range", "long-range perplexity ratio vs budget"],
+      ),
+      `Top-1 accuracy on those tokens (Full: ${fmt(e.full.longRangeTop1)}):`,
       "",
       formatEval(r, "longRangeTop1", true),
       "",
@@ -127,8 +128,31 @@ export async function writeResultsPage(o: {
       "",
       "### Everything resident, as a share of Full's KV",
       "",
-      "The LLM's hot KV plus the assistant's full KV cache (SmallKV, SpecKV) plus policy metadata (Quest's per-page key bounds). The assistant's weights come on top (see the iso-memory section).",
+      "The LLM's hot KV plus the assistant's full KV cache (SmallKV, SpecKV) plus policy metadata (Quest's per-page key bounds). The models' weights come on top:",
       "",
+      ...(e.residents
+        ? [
+            markdownTable(
+              ["model", "role", "parameters", "fp32 weights", "KV per token"],
+              e.residents.map(
+                (m: {
+                  model: string;
+                  role: string;
+                  parameters: number;
+                  weightBytes: number;
+                  kvBytesPerToken: number;
+                }) => [
+                  m.model,
+                  m.role,
+                  m.parameters,
+                  `${fmt(m.weightBytes / 1024)} KiB`,
+                  `${m.kvBytesPerToken} B`,
+                ],
+              ),
+            ),
+            "",
+          ]
+        : []),
       formatEval(r, "residentFraction", true),
       "",
       ...(r.isoMemory.length
