@@ -190,7 +190,7 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
         `unknown kv_policy ${JSON.stringify(name)}; available: ${Object.keys(policies).join(", ")}`,
         "kv_policy",
       );
-    if (!o.assistant && factory.create({ budget: 1 }).usesAssistant)
+    if (!o.assistant && factory.usesAssistant)
       throw badRequest(
         `kv_policy ${name} needs the server to run with an assistant model (--assistant)`,
         "kv_policy",
@@ -500,9 +500,7 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
           max_model_len: ctx,
           assistant: o.assistant?.name ?? null,
           // Only what this server can run: assistant-reading policies need --assistant.
-          kv_policies: Object.keys(policies).filter(
-            (n) => o.assistant || !policies[n].create({ budget: 1 }).usesAssistant,
-          ),
+          kv_policies: Object.keys(policies).filter((n) => o.assistant || !policies[n].usesAssistant),
           num_layers: llm.config.numLayers,
           num_heads: llm.config.numHeads,
           num_kv_heads: llm.config.numKvHeads,

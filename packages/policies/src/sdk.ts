@@ -82,6 +82,8 @@ export interface PolicyFactory<O extends OptionSchema = OptionSchema> {
   readonly name: string;
   readonly description: string;
   readonly defaults: O;
+  /** Its instances read the assistant model (run them through an AssistedModel). */
+  readonly usesAssistant?: boolean;
   create(config: {
     budget: Budget | string | number;
     options?: Partial<Record<keyof O, OptionValue>>;
@@ -130,6 +132,7 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
     name: def.name,
     description: def.description ?? "",
     defaults,
+    usesAssistant: def.usesAssistant ?? false,
     create({ budget: b, options: given }) {
       const budget = Budget.parse(b);
       const options = parseOptions(def.name, defaults, given as Record<string, OptionValue>);

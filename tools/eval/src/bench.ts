@@ -156,7 +156,7 @@ export async function runBench(
       const group: BenchRow[] = [];
       for (const f of factories) {
         log(`  ${f.name}: batch ${B}, context ${ctx} + ${G}`);
-        const model = f.create({ budget: 1 }).usesAssistant ? pair : llm;
+        const model = f.usesAssistant ? pair : llm;
         // SmallKV's matching window is the first 128 tokens; synthetic prompts are long enough.
         const r = await runOne(model, llm, f, budget, B, ctx, G, 1000 * B + ctx);
         group.push({ policy: f.name, batch: B, context: ctx, generated: G, ...r, vsFull: null, vsH2o: null });

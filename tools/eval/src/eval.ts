@@ -373,7 +373,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
     const { name, options } = parseSpec(spec);
     const factory = o.factories?.[name] ?? (await resolvePolicy(name));
     // Policies that read an assistant run once per assistant.
-    if (factory.create({ budget: 1, options }).usesAssistant) {
+    if (factory.usesAssistant) {
       if (assistants.length === 0) throw new Error(`policy ${spec} needs --assistant`);
       for (const a of assistants)
         entries.push({

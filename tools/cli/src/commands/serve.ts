@@ -61,9 +61,7 @@ export function registerServe(program: Command): void {
           dtype: o.dtype,
         })
       : undefined;
-    const needsAssistant = o.policy
-      ? (await resolvePolicy(o.policy)).create({ budget: 1 }).usesAssistant
-      : false;
+    const needsAssistant = o.policy ? (await resolvePolicy(o.policy)).usesAssistant : false;
     const defaultPolicy = needsAssistant && !assistant ? undefined : o.policy;
     if (needsAssistant && !assistant) throw new Error(`--policy ${o.policy} needs --assistant`);
     const server = await createServer({

@@ -251,6 +251,10 @@ function makeSmallKv(
       ctx.state.trusted = above.map((row, l) =>
         row.map((t, h) => t && (!o.fallback || m!.assistantHelps(l, h))),
       );
+      // Every head trusts its assistant and nothing blends or fits the LLM's own view: stop
+      // collecting it (no fused scores on the decode path from here on).
+      if (o.own === 0 && o.heads === "match" && ctx.state.trusted.every((row) => row.every(Boolean)))
+        ctx.state.own = null;
     },
     wantsAttention: (ctx) => (ctx.state.own ? { scores: true } : false),
     observe: (ctx, obs) => ctx.state.own?.add(obs),

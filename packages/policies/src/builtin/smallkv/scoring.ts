@@ -63,15 +63,24 @@ export function currentRow(
   const out = new Float64Array(start);
   for (const h of heads) {
     const shs = m.slmHeadsOf(layer, h, pool);
-    for (const sh of shs) {
-      const f = 1 / (heads.length * shs.length);
-      for (let t = 0; t < T; t++) {
-        const row = a.row(sh.layer, sh.head, t);
-        for (let p = 0; p < start; p++) out[p] += row[p] * f;
-      }
-    }
+    for (const sh of shs) addRows(out, a, sh.layer, sh.head, T, 1 / (heads.length * shs.length));
   }
   return out;
+}
+
+/** out[p] += f * (SLM head's rows of this step, summed over the step's T rows), p < out.length. */
+function addRows(
+  out: Float64Array,
+  a: AssistantState,
+  layer: number,
+  head: number,
+  T: number,
+  f: number,
+): void {
+  for (let t = 0; t < T; t++) {
+    const row = a.row(layer, head, t);
+    for (let p = 0; p < out.length; p++) out[p] += row[p] * f;
+  }
 }
 
 /** Accumulated assistant attention of the matched heads over [0, start), raw or per attending query. */
@@ -114,12 +123,7 @@ export function fittedRow(
     const w = m.weightsOf(layer, h);
     if (!w) throw new Error(`the head matching has no fitted weights for layer ${layer} head ${h}`);
     for (let j = 0; j < w.length - 1; j++) {
-      if (w[j] === 0) continue;
-      const f = w[j] / heads.length;
-      for (let t = 0; t < T; t++) {
-        const row = a.row(Math.floor(j / H), j % H, t);
-        for (let p = 0; p < start; p++) out[p] += row[p] * f;
-      }
+      if (w[j] > 0) addRows(out, a, Math.floor(j / H), j % H, T, w[j] / heads.length);
     }
     const wo = w[w.length - 1];
     if (own && wo > 0) for (let p = 0; p < start; p++) out[p] += (wo * T * own[p]) / heads.length;
