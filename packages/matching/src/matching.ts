@@ -1,5 +1,5 @@
-import { readFileSync, writeFileSync } from "node:fs";
-import type { KvPolicyHook, Model } from "@smallkv/runner";
+import { writeFileSync } from "node:fs";
+import { type KvPolicyHook, type Model, readSmallTextFile } from "@smallkv/runner";
 import {
   columnSums,
   jaccard,
@@ -356,11 +356,11 @@ export class HeadMatching {
   static load(path: string, check?: { llm?: Model; slm?: Model }): HeadMatching {
     let j: ReturnType<HeadMatching["toJSON"]>;
     try {
-      j = JSON.parse(readFileSync(path, "utf8"));
+      j = JSON.parse(readSmallTextFile(path));
     } catch (e) {
       throw new MatchingMismatchError(`cannot read the head matching ${path}: ${(e as Error).message}`);
     }
-    if (j.kind !== "smallkv.head-matching" || !Array.isArray(j.matches))
+    if (!j || typeof j !== "object" || j.kind !== "smallkv.head-matching" || !Array.isArray(j.matches))
       throw new MatchingMismatchError(`${path} is not a head-matching file`);
     const same = (a: ModelIdentity, b: ModelIdentity) =>
       a.numLayers === b.numLayers &&
@@ -373,9 +373,9 @@ export class HeadMatching {
       ["llm", check?.llm],
       ["slm", check?.slm],
     ] as const) {
-      if (m && !same(j[role], identityOf(m))) {
+      if (m && (!j[role] || !same(j[role], identityOf(m)))) {
         throw new MatchingMismatchError(
-          `${path} was made for ${role} ${j[role].name}, not for ${m.name} (shapes or tokenizer differ)`,
+          `${path} was made for ${role} ${j[role]?.name}, not for ${m.name} (shapes or tokenizer differ)`,
         );
       }
     }

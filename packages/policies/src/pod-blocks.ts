@@ -1,5 +1,5 @@
-import { readFileSync, writeFileSync } from "node:fs";
-import type { AttentionObservation, KvPolicyHook, Model } from "@smallkv/runner";
+import { writeFileSync } from "node:fs";
+import { type AttentionObservation, type KvPolicyHook, type Model, readSmallTextFile } from "@smallkv/runner";
 import { PolicyOptionError } from "./errors.js";
 
 /** PoD's layer blocks for one model: consecutive layers sharing the attention weights of distant tokens. */
@@ -99,11 +99,11 @@ export function savePodBlocks(path: string, b: PodBlocks): void {
 export function loadPodBlocks(path: string): PodBlocks {
   let b: PodBlocks;
   try {
-    b = JSON.parse(readFileSync(path, "utf8"));
+    b = JSON.parse(readSmallTextFile(path));
   } catch (e) {
     throw new PolicyOptionError("pod", `cannot read layer blocks from ${path}: ${(e as Error).message}`);
   }
-  if (b.kind !== "smallkv.pod-blocks" || !Array.isArray(b.blocks))
+  if (!b || typeof b !== "object" || b.kind !== "smallkv.pod-blocks" || !Array.isArray(b.blocks))
     throw new PolicyOptionError("pod", `${path} is not a PoD layer-block file`);
   return b;
 }

@@ -46,6 +46,22 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
    * until the context reaches its window). Default 0.
    */
   warmupTokens?(options: O): number;
+  /**
+   * Options whose values name files (a saved matching, calibrated blocks). A server takes
+   * them as configuration at start and lets a request select one by name only.
+   */
+  readonly fileOptions?: readonly (keyof O & string)[];
+  /**
+   * Check option values when the policy is configured (not at the first step), so a bad
+   * value is the caller's error at once. `config` is given when the model is known.
+   * Throw PolicyOptionError.
+   */
+  validate?(options: O, config?: ModelConfig): void;
+  /**
+   * Load and check a file option once (server start), so that steps never read files:
+   * later instances given the same path use what this loaded.
+   */
+  preload?(option: keyof O & string, path: string, models: PreloadModels): void;
   /** Per-sequence state, created at the sequence's first step. */
   init?(seq: Sequence, options: O): S;
   /** Relative budget of a layer (default 1 everywhere); normalised so that the mean over layers is 1. */
@@ -78,15 +94,30 @@ export interface PolicyInstance<O extends OptionSchema = OptionSchema> extends K
   readonly warmupTokens: number;
 }
 
+/** The models a file option is checked against when it is preloaded. */
+export interface PreloadModels {
+  llm: import("@smallkv/runner").Model;
+  assistant?: import("@smallkv/runner").Model;
+}
+
 export interface PolicyFactory<O extends OptionSchema = OptionSchema> {
   readonly name: string;
   readonly description: string;
   readonly defaults: O;
   /** Its instances read the assistant model (run them through an AssistedModel). */
   readonly usesAssistant?: boolean;
+  /** Options whose values are file paths (see PolicyDefinition.fileOptions). */
+  readonly fileOptions?: readonly string[];
+  /** Load and check a file option's file once (see PolicyDefinition.preload). */
+  preload?(option: string, path: string, models: PreloadModels): void;
+  /**
+   * Configure an instance. Every option value is checked here (PolicyOptionError), against
+   * `modelConfig` too when it is given.
+   */
   create(config: {
     budget: Budget | string | number;
     options?: Partial<Record<keyof O, OptionValue>>;
+    modelConfig?: ModelConfig;
   }): PolicyInstance<O>;
 }
 
@@ -99,7 +130,8 @@ export function parseOptions<O extends OptionSchema>(
   const out: Record<string, OptionValue> = { ...defaults };
   for (const [k, v] of Object.entries(given)) {
     if (v === undefined) continue;
-    if (!(k in defaults)) {
+    // Own properties only: "constructor" or "__proto__" are not options.
+    if (!Object.hasOwn(defaults, k)) {
       const known = Object.keys(defaults);
       throw new PolicyOptionError(
         policy,
@@ -107,8 +139,10 @@ export function parseOptions<O extends OptionSchema>(
       );
     }
     const d = defaults[k];
+    if (typeof v !== "string" && typeof v !== "number" && typeof v !== "boolean")
+      throw new PolicyOptionError(policy, `option "${k}" must be a string, number or boolean`);
     if (typeof d === "number") {
-      const n = typeof v === "number" ? v : Number(v);
+      const n = typeof v === "number" ? v : typeof v === "string" && v.trim() !== "" ? Number(v) : Number.NaN;
       if (!Number.isFinite(n))
         throw new PolicyOptionError(policy, `option "${k}" must be a number, got ${JSON.stringify(v)}`);
       out[k] = n;
@@ -133,9 +167,20 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
     description: def.description ?? "",
     defaults,
     usesAssistant: def.usesAssistant ?? false,
-    create({ budget: b, options: given }) {
+    fileOptions: def.fileOptions ?? [],
+    ...(def.preload
+      ? {
+          preload(option: string, path: string, models: PreloadModels) {
+            if (!(def.fileOptions ?? []).includes(option as keyof O & string))
+              throw new PolicyOptionError(def.name, `option "${option}" does not name a file`);
+            def.preload!(option as keyof O & string, path, models);
+          },
+        }
+      : {}),
+    create({ budget: b, options: given, modelConfig }) {
       const budget = Budget.parse(b);
       const options = parseOptions(def.name, defaults, given as Record<string, OptionValue>);
+      def.validate?.(options, modelConfig);
       const states = new WeakMap<Sequence, S>();
       const finalCounts = new WeakMap<Sequence, Record<string, number>>();
 

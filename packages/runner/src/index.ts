@@ -53,3 +53,4 @@ export { type SyntheticModelOptions, writeRandomTwin, writeSyntheticCheckpoint }
 export { TextStream } from "./text-stream.js";
 export { TextTokenizer } from "./tokenizer.js";
 export { type LayerWeights, loadWeights, type ModelWeights } from "./weights.js";
+export { readSmallTextFile } from "./small-file.js";

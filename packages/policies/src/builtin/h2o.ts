@@ -1,3 +1,4 @@
+import { optionChecks } from "../option-checks.js";
 import { definePolicy } from "../sdk.js";
 import { type EvictionState, evictionState, heavyPlusRecent } from "./eviction.js";
 
@@ -11,6 +12,7 @@ export const h2o = definePolicy<EvictionState, { heavyRatio: number }>({
   name: "h2o",
   description: "heavy hitters by accumulated attention + recent window, evicted for good",
   options: { heavyRatio: 0.5 },
+  validate: (o) => optionChecks("h2o", o).number("heavyRatio", 0, 1),
   init: evictionState,
   wantsAttention: () => ({ scores: true }),
   observe: (ctx, obs) => ctx.state.scores.add(obs),

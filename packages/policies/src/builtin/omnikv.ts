@@ -44,6 +44,9 @@ export const omniKv = definePolicy<OmniState, { filters: string; budgeted: boole
     "filter layers of the LLM attend fully; their current attention picks the tokens the following layers read (reversible)",
   // The paper's filter layers sit early in the stack; for this 5-layer model, layer 1.
   options: { filters: "1", budgeted: true },
+  validate(o, config) {
+    parseFilters(o.filters, config?.numLayers ?? Number.POSITIVE_INFINITY);
+  },
   init(seq, o) {
     const f = parseFilters(o.filters, seq.config.numLayers);
     return { filters: new Set(f), first: Math.min(...f), scores: new Float64Array(0), scoresAt: -1 };

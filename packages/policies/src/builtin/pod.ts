@@ -1,3 +1,4 @@
+import { optionChecks } from "../option-checks.js";
 import type { LayerSelection } from "@smallkv/runner";
 import { loadPodBlocks, validateBlocks } from "../pod-blocks.js";
 import { ScoreTable } from "../scores.js";
@@ -13,6 +14,17 @@ interface PodState {
   distant: Int32Array[][];
   /** The first layer's attention probabilities at this step, with its key positions. */
   firstProbs: { probs: Float32Array; Lmax: number; T: number; keyPositions: Int32Array[] }[];
+}
+
+/** Layer-block files by path, read once (a server preloads them at start). */
+const loadedBlocks = new Map<string, number[][]>();
+function blocksFile(path: string): number[][] {
+  let b = loadedBlocks.get(path);
+  if (!b) {
+    b = loadPodBlocks(path).blocks;
+    loadedBlocks.set(path, b);
+  }
+  return b;
 }
 
 type PodOptions = { sinks: number; recentRatio: number; blocks: string; blockSize: number };
@@ -31,10 +43,21 @@ export const pod = definePolicy<PodState, PodOptions>({
   description:
     "proximal tokens full; distant tokens: one K per layer block, V everywhere, weights shared in the block",
   options: { sinks: 4, recentRatio: 0.25, blocks: "", blockSize: 2 },
+  fileOptions: ["blocks"],
+  validate(o, config) {
+    const c = optionChecks("pod", o);
+    c.number("sinks", 0, 1 << 20, true);
+    c.number("recentRatio", 0, 1);
+    c.number("blockSize", 1, 1024, true);
+    if (o.blocks && config) validateBlocks(blocksFile(o.blocks), config.numLayers);
+  },
+  preload(_option, path, models) {
+    validateBlocks(blocksFile(path), models.llm.config.numLayers);
+  },
   init(seq, o) {
     const c = seq.config;
     let blocks: number[][];
-    if (o.blocks) blocks = loadPodBlocks(o.blocks).blocks;
+    if (o.blocks) blocks = blocksFile(o.blocks);
     else
       blocks = Array.from({ length: Math.ceil(c.numLayers / o.blockSize) }, (_, b) =>
         range(b * o.blockSize, Math.min(c.numLayers, (b + 1) * o.blockSize)),

@@ -1,3 +1,4 @@
+import { optionChecks } from "../option-checks.js";
 import { definePolicy } from "../sdk.js";
 import { type EvictionState, evictionState, heavyPlusRecent } from "./eviction.js";
 
@@ -14,6 +15,13 @@ export const pyramidInfer = definePolicy<
   name: "pyramidinfer",
   description: "recent-query attention (decayed), layer budgets shrinking with depth, evicted for good",
   options: { window: 32, decay: 0.9, layerDecay: 0.85, recentRatio: 0.25 },
+  validate(o) {
+    const c = optionChecks("pyramidinfer", o);
+    c.number("window", 1, 1 << 20, true);
+    c.above("decay", 0, 1);
+    c.above("layerDecay", 0, 1);
+    c.number("recentRatio", 0, 1);
+  },
   init: evictionState,
   layerShare: (layer, _L, o) => o.layerDecay ** layer,
   wantsAttention: (ctx) => ({

@@ -1,3 +1,4 @@
+import { optionChecks } from "../option-checks.js";
 import { PolicyOptionError } from "../errors.js";
 import { definePolicy } from "../sdk.js";
 
@@ -19,9 +20,8 @@ export const quest = definePolicy<QuestState, { pageSize: number }>({
   description: "query-aware page selection from per-page key min/max bounds, every step (reversible)",
   options: { pageSize: 16 },
   wantsQuery: true,
-  init(seq, o) {
-    if (!(Number.isInteger(o.pageSize) && o.pageSize >= 1))
-      throw new PolicyOptionError("quest", `pageSize must be an integer >= 1, got ${o.pageSize}`);
+  validate: (o) => optionChecks("quest", o).number("pageSize", 1, 4096, true),
+  init(seq) {
     return {
       pages: Array.from({ length: seq.config.numLayers }, () =>
         Array.from({ length: seq.config.numKvHeads }, () => ({

@@ -1,4 +1,4 @@
-import { PolicyOptionError } from "../errors.js";
+import { optionChecks } from "../option-checks.js";
 import { MeanAttention, ScoreTable } from "../scores.js";
 import { definePolicy } from "../sdk.js";
 import { maskOf, range, topPositions, union } from "../select.js";
@@ -26,15 +26,13 @@ export const reversible = definePolicy<ReversibleState, { recent: number; scores
     name: "reversible",
     description: "LLM's own (mean) accumulated attention, re-selected every step from the cold store",
     options: { recent: 2, scores: "mean", halfLife: 8 },
+    validate(o) {
+      const c = optionChecks("reversible", o);
+      c.oneOf("scores", MODES);
+      c.above("halfLife", 0);
+      c.number("recent", 0, 1 << 20, true);
+    },
     init: (seq, o) => {
-      if (!MODES.includes(o.scores))
-        throw new PolicyOptionError(
-          "reversible",
-          `scores must be one of ${MODES.join(", ")}, got ${o.scores}`,
-        );
-      if (!(o.halfLife > 0))
-        throw new PolicyOptionError("reversible", `halfLife must be > 0, got ${o.halfLife}`);
-      if (!(o.recent >= 0)) throw new PolicyOptionError("reversible", `recent must be >= 0, got ${o.recent}`);
       const c = seq.config;
       const group = c.numHeads / c.numKvHeads;
       return o.scores === "mean"

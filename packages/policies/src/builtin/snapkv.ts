@@ -1,3 +1,4 @@
+import { optionChecks } from "../option-checks.js";
 import type { PolicyContext } from "../sdk.js";
 import { definePolicy } from "../sdk.js";
 import { avgPool, range, topPositions, union } from "../select.js";
@@ -10,6 +11,13 @@ export interface SnapState {
 }
 
 type SnapOptions = { window: number; kernel: number };
+
+export function snapValidate(name: string, o: SnapOptions): void {
+  const c = optionChecks(name, o);
+  c.number("window", 1, 1 << 20, true);
+  c.number("kernel", 1, 1023, true);
+  if (o.kernel % 2 !== 1) c.bad(`kernel must be odd, got ${o.kernel}`);
+}
 
 function snapInit(seq: { config: { numLayers: number } }): SnapState {
   return { prompt: 0, votes: Array.from({ length: seq.config.numLayers }, () => []) };
@@ -68,6 +76,7 @@ export const snapKv = definePolicy<SnapState, SnapOptions>({
   name: "snapkv",
   description: "observation-window votes with 1-D pooling at prefill; window and generated tokens kept",
   options: { window: 32, kernel: 5 },
+  validate: (o) => snapValidate("snapkv", o),
   init: snapInit,
   wantsAttention: snapWants,
   observe: snapObserve,
@@ -79,6 +88,10 @@ export const pyramidKv = definePolicy<SnapState, SnapOptions & { beta: number }>
   name: "pyramidkv",
   description: "SnapKV votes; layer budgets decreasing linearly from the bottom layer to the top (beta)",
   options: { window: 32, kernel: 5, beta: 20 },
+  validate(o) {
+    snapValidate("pyramidkv", o);
+    optionChecks("pyramidkv", o).number("beta", 1, 1e6);
+  },
   init: snapInit,
   layerShare(layer, L, o) {
     if (L === 1) return 1;

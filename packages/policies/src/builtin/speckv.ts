@@ -1,3 +1,4 @@
+import { optionChecks } from "../option-checks.js";
 import { collectAttention } from "@smallkv/matching";
 import { argmax } from "@smallkv/runner";
 import { PolicyOptionError } from "../errors.js";
@@ -24,13 +25,14 @@ export const specKv = definePolicy<SpecState, SpecOptions>({
     "draft (assistant) lookahead queries score the prompt once through the LLM's attention, SnapKV-style",
   options: { lookahead: 16, window: 8, kernel: 5 },
   usesAssistant: true,
-  init(seq, o) {
-    if (!(Number.isInteger(o.lookahead) && o.lookahead >= 1 && o.lookahead <= 256))
-      throw new PolicyOptionError("speckv", `lookahead must be an integer in [1, 256], got ${o.lookahead}`);
-    if (!(Number.isInteger(o.window) && o.window >= 0))
-      throw new PolicyOptionError("speckv", `window must be an integer >= 0, got ${o.window}`);
-    if (!(Number.isInteger(o.kernel) && o.kernel >= 1 && o.kernel % 2 === 1))
-      throw new PolicyOptionError("speckv", `kernel must be an odd integer >= 1, got ${o.kernel}`);
+  validate(o) {
+    const c = optionChecks("speckv", o);
+    c.number("lookahead", 1, 256, true);
+    c.number("window", 0, 1 << 20, true);
+    c.number("kernel", 1, 1023, true);
+    if (o.kernel % 2 !== 1) c.bad(`kernel must be odd, got ${o.kernel}`);
+  },
+  init(seq) {
     return { prompt: 0, votes: Array.from({ length: seq.config.numLayers }, () => []) };
   },
   async prepare(ctx) {

@@ -1,3 +1,4 @@
+import { optionChecks } from "../option-checks.js";
 import { definePolicy } from "../sdk.js";
 import { everyHead, range, union } from "../select.js";
 
@@ -6,6 +7,7 @@ export const streamingLlm = definePolicy({
   name: "streamingllm",
   description: "the first `sinks` tokens plus a window of the most recent ones",
   options: { sinks: 4 },
+  validate: (o) => optionChecks("streamingllm", o).number("sinks", 0, 1 << 20, true),
   select(ctx) {
     const { start } = ctx.step;
     const sinks = Math.min(ctx.options.sinks, ctx.oldBudget, start);

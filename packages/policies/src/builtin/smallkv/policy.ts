@@ -191,9 +191,15 @@ function makeSmallKv(
     options: defaults,
     usesAssistant: true,
     warmupTokens: (o) => o.minContext,
+    fileOptions: ["mapping"],
+    validate: (o) => validate(name, o),
+    preload(_option, path, models) {
+      if (!models.assistant)
+        throw new PolicyOptionError(name, "a saved matching needs the assistant model it was made for");
+      savedMatchings.set(path, HeadMatching.load(path, { llm: models.llm, slm: models.assistant }));
+    },
 
     init(seq, o) {
-      validate(name, o);
       const c = seq.config;
       const lists = o.gqa === "query" ? c.numHeads : c.numKvHeads;
       return {
