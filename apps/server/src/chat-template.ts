@@ -30,6 +30,18 @@ export class ChatFormatter {
 
   /** Token ids of the rendered conversation, ready for generation. */
   encode(messages: ChatMessage[]): number[] {
+    const [text, special] = this.render(messages);
+    return this.tok.encode(text, special);
+  }
+
+  /** `encode` with long conversations tokenised off the event loop. */
+  encodeAsync(messages: ChatMessage[]): Promise<number[]> {
+    const [text, special] = this.render(messages);
+    return this.tok.encodeAsync(text, special);
+  }
+
+  /** The conversation's text, and whether the tokenizer adds its special tokens (no template). */
+  private render(messages: ChatMessage[]): [string, boolean] {
     if (this.template) {
       const tokenName = (v: unknown) =>
         typeof v === "string" ? v : ((v as { content?: string } | undefined)?.content ?? "");
@@ -39,10 +51,10 @@ export class ChatFormatter {
         bos_token: tokenName(this.tok.config.bos_token),
         eos_token: tokenName(this.tok.config.eos_token),
       });
-      return this.tok.encode(text, false);
+      return [text, false];
     }
     const cap = (r: string) => r.charAt(0).toUpperCase() + r.slice(1);
     const text = `${messages.map((m) => `${cap(m.role)}: ${m.content}`).join("\n")}\nAssistant:`;
-    return this.tok.encode(text, true);
+    return [text, true];
   }
 }

@@ -4,5 +4,7 @@ export { ApiError } from "./errors.js";
 export { type LoadOptions, type LoadResult, runLoad } from "./load.js";
 export { ServerMetrics } from "./metrics.js";
 export { PLAYGROUND_DIR, playground } from "./playground.js";
+export type { PolicyFiles } from "./policy-request.js";
 export { type Job, Scheduler } from "./scheduler.js";
-export { createServer, type ServerOptions, type SmallKvServer, traceOf } from "./server.js";
+export { createServer, type ServerOptions, type SmallKvServer } from "./server.js";
+export { traceOf } from "./trace.js";

@@ -1,5 +1,6 @@
 // JSON schemas of the request bodies (Fastify validates with Ajv; failures become 400s
-// naming the field). Unknown fields are ignored, as OpenAI does.
+// naming the field). An unknown field is a 400 naming it (no parameter is silently
+// ignored), except the metadata fields OpenAI-compatible servers ignore (IGNORED).
 const stop = {
   anyOf: [{ type: "string" }, { type: "array", items: { type: "string" }, maxItems: 16 }, { type: "null" }],
 };
@@ -18,23 +19,64 @@ const kv = {
   },
   kv_trace: { type: "boolean" },
 };
+/** Accepted and ignored (README: "Ignored parameters"). */
+const IGNORED = {
+  user: { type: "string", maxLength: 256 },
+  metadata: { anyOf: [{ type: "object", maxProperties: 16 }, { type: "null" }] },
+  store: { anyOf: [{ type: "boolean" }, { type: "null" }] },
+  service_tier: { anyOf: [{ type: "string", maxLength: 32 }, { type: "null" }] },
+};
+
+/** Known OpenAI parameters the server refuses by name when they are used (completions.ts). */
+const UNSUPPORTED = Object.fromEntries(
+  [
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "modalities",
+    "audio",
+    "prediction",
+  ].map((k) => [k, {}]),
+);
+
 const sampling = {
   model: { type: "string", minLength: 1 },
   max_tokens: { anyOf: [{ type: "integer", minimum: 0 }, { type: "null" }] },
   temperature: { anyOf: [{ type: "number", minimum: 0, maximum: 2 }, { type: "null" }] },
   top_p: { anyOf: [{ type: "number", exclusiveMinimum: 0, maximum: 1 }, { type: "null" }] },
   top_k: { anyOf: [{ type: "integer", minimum: 0 }, { type: "null" }] },
-  seed: { anyOf: [{ type: "integer" }, { type: "null" }] },
+  // The sampler's seed is a safe integer (larger ones would lose bits).
+  seed: {
+    anyOf: [
+      { type: "integer", minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER },
+      { type: "null" },
+    ],
+  },
   stop,
-  n: { anyOf: [{ type: "integer", minimum: 1, maximum: 1 }, { type: "null" }] },
+  logit_bias: {
+    anyOf: [
+      {
+        type: "object",
+        maxProperties: 1024,
+        propertyNames: { pattern: "^[0-9]{1,9}$" },
+        additionalProperties: { type: "number", minimum: -100, maximum: 100 },
+      },
+      { type: "null" },
+    ],
+  },
   stream: { anyOf: [{ type: "boolean" }, { type: "null" }] },
   stream_options: {
     anyOf: [{ type: "object", properties: { include_usage: { type: "boolean" } } }, { type: "null" }],
   },
-  presence_penalty: { anyOf: [{ type: "number", minimum: 0, maximum: 0 }, { type: "null" }] },
-  frequency_penalty: { anyOf: [{ type: "number", minimum: 0, maximum: 0 }, { type: "null" }] },
-  user: { type: "string" },
   ...kv,
+  ...IGNORED,
+  ...UNSUPPORTED,
 };
 
 export const completionBody = {
@@ -46,12 +88,15 @@ export const completionBody = {
       anyOf: [
         { type: "string" },
         { type: "array", items: { type: "string" }, minItems: 1, maxItems: 1 },
-        { type: "array", items: { type: "integer", minimum: 0 }, minItems: 1 },
+        { type: "array", items: { type: "integer", minimum: 0 }, minItems: 1, maxItems: 1 << 20 },
       ],
     },
     logprobs: { anyOf: [{ type: "integer", minimum: 0, maximum: 5 }, { type: "null" }] },
-    echo: { anyOf: [{ type: "boolean", const: false }, { type: "null" }] },
+    echo: {},
+    suffix: {},
+    best_of: {},
   },
+  additionalProperties: false,
 };
 
 export const chatBody = {
@@ -88,6 +133,7 @@ export const chatBody = {
     logprobs: { anyOf: [{ type: "boolean" }, { type: "null" }] },
     top_logprobs: { anyOf: [{ type: "integer", minimum: 0, maximum: 20 }, { type: "null" }] },
   },
+  additionalProperties: false,
 };
 
 export const tokenizeBody = {

@@ -29,8 +29,13 @@ export interface GenerateOptions extends SamplingOptions {
 
 export interface TokenEvent {
   token: number;
-  /** Text that became final with this token (may be empty). */
+  /** Text that became final with this token (may be empty; stop-string candidates are held back). */
   text: string;
+  /**
+   * This token's own text in context, leading space included (empty while it ends an
+   * incomplete UTF-8 character; the completing token carries the character).
+   */
+  piece?: string;
   logprob?: number;
   topLogprobs?: { token: number; logprob: number }[];
   /** What `inspect` returned for this token. */
@@ -44,7 +49,13 @@ export interface GenerationResult {
   tokens: number[];
   text: string;
   finishReason: FinishReason;
-  logprobs?: { token: number; logprob: number; topLogprobs?: { token: number; logprob: number }[] }[];
+  logprobs?: {
+    token: number;
+    /** The token's own text in context (see TokenEvent.piece). */
+    piece: string;
+    logprob: number;
+    topLogprobs?: { token: number; logprob: number }[];
+  }[];
   /** Seconds from submission to the first token, and per output token after it. */
   timeToFirstToken: number;
   timePerOutputToken: number;
@@ -123,6 +134,9 @@ export class Generator {
       throw new InvalidOptionError("logprobs", `must be an integer in [0, 20], got ${o.logprobs}`);
     }
     const sampler = new Sampler(o);
+    for (const k of Object.keys(o.logitBias ?? {}))
+      if (Number(k) >= c.vocabSize)
+        throw new InvalidOptionError("logitBias", `token id ${k} is outside [0, ${c.vocabSize})`);
     const seq = model.newSequence(o.policy);
     let resolve!: (r: GenerationResult) => void;
     const result = new Promise<GenerationResult>((r) => (resolve = r));
@@ -133,7 +147,7 @@ export class Generator {
       prefilled: false,
       last: -1,
       sampler,
-      text: new TextStream(model.tokenizer, o.stop ?? []),
+      text: new TextStream(model.tokenizer, o.stop ?? [], ids),
       stopTokens: new Set(o.stopTokens ?? c.eosTokenIds),
       // Never past the context: generation ends with "length" there.
       maxTokens: Math.min(maxTokens, c.maxPositions - ids.length),
@@ -240,11 +254,12 @@ export class Generator {
     }
   }
 
-  private accept(a: Active, logits: Float32Array): void {
+  private accept(a: Active, raw: Float32Array): void {
     if (a.seq.fault) {
       this.fail(a, a.seq.fault);
       return;
     }
+    const logits = a.sampler.adjust(raw);
     const token = a.sampler.next(logits);
     if (a.firstAt === 0) a.firstAt = performance.now();
     if (a.stopTokens.has(token)) {
@@ -263,11 +278,13 @@ export class Generator {
           .slice(0, a.logprobs);
         ev.topLogprobs = top.map((t) => ({ token: t, logprob: lp[t] }));
       }
-      a.out.logprobs!.push({ token, logprob: ev.logprob, topLogprobs: ev.topLogprobs });
     }
     if (a.inspect) ev.trace = a.inspect(a.seq, token);
-    const { delta, stopped } = a.text.push(token);
+    const { delta, stopped, piece } = a.text.push(token);
     ev.text = delta;
+    ev.piece = piece;
+    if (ev.logprob !== undefined)
+      a.out.logprobs!.push({ token, piece, logprob: ev.logprob, topLogprobs: ev.topLogprobs });
     a.out.text += delta;
     this.emit(a, ev);
     if (stopped) this.finish(a, "stop");

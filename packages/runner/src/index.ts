@@ -49,8 +49,8 @@ export {
 } from "./safetensors.js";
 export { argmax, logSoftmax, Sampler, type SamplingOptions, seededRandom } from "./sampler.js";
 export { type KvStats, Sequence } from "./sequence.js";
+export { readSmallTextFile } from "./small-file.js";
 export { type SyntheticModelOptions, writeRandomTwin, writeSyntheticCheckpoint } from "./synthetic.js";
 export { TextStream } from "./text-stream.js";
 export { TextTokenizer } from "./tokenizer.js";
 export { type LayerWeights, loadWeights, type ModelWeights } from "./weights.js";
-export { readSmallTextFile } from "./small-file.js";

@@ -9,6 +9,8 @@ export interface SamplingOptions {
   topP?: number;
   /** Seed of the request's random stream, for reproducible sampling. */
   seed?: number;
+  /** Added to the logits of these token ids before sampling (OpenAI's logit_bias: -100 bans, +100 forces). */
+  logitBias?: Record<number, number>;
 }
 
 export function validateSampling(o: SamplingOptions): void {
@@ -23,6 +25,12 @@ export function validateSampling(o: SamplingOptions): void {
   }
   if (o.seed !== undefined && !Number.isSafeInteger(o.seed)) {
     throw new InvalidOptionError("seed", `must be an integer, got ${o.seed}`);
+  }
+  for (const [k, v] of Object.entries(o.logitBias ?? {})) {
+    if (!/^\d+$/.test(k))
+      throw new InvalidOptionError("logitBias", `keys must be token ids, got ${JSON.stringify(k)}`);
+    if (!(typeof v === "number" && v >= -100 && v <= 100))
+      throw new InvalidOptionError("logitBias", `values must be numbers in [-100, 100], got ${v} for ${k}`);
   }
 }
 
@@ -78,6 +86,20 @@ export class Sampler {
     validateSampling(o);
     this.greedy = (o.temperature ?? 1) === 0;
     this.random = seededRandom(o.seed ?? Math.floor(Math.random() * 2 ** 32));
+  }
+
+  /** The logits with `logitBias` added (a copy), or the same row when there is none. */
+  adjust(logits: Float32Array): Float32Array {
+    const bias = this.o.logitBias;
+    if (!bias) return logits;
+    let out: Float32Array | null = null;
+    for (const [k, v] of Object.entries(bias)) {
+      const t = Number(k);
+      if (t >= logits.length) continue;
+      out ??= logits.slice();
+      out[t] += v;
+    }
+    return out ?? logits;
   }
 
   next(logits: ArrayLike<number>): number {

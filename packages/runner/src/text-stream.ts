@@ -5,6 +5,9 @@ import type { TextTokenizer } from "./tokenizer.js";
  * text and without splitting multi-byte characters (byte-fallback tokens), and holds
  * back text that may be the start of a stop string.
  */
+/** Prompt tokens decoded with the new ones (enough for a leading space or a split character). */
+const CONTEXT_TOKENS = 6;
+
 export class TextStream {
   private readonly ids: number[] = [];
   private prefixOffset = 0;
@@ -13,18 +16,34 @@ export class TextStream {
   private text = "";
   private emitted = 0;
 
+  /**
+   * `context`: the prompt's ids. Its last few tokens are decoded with the new ones, so a
+   * token's leading space (which a SentencePiece decoder strips at the start of a text)
+   * is kept: prompt text + generated text == decode(prompt ids + generated ids).
+   */
   constructor(
     private readonly tok: TextTokenizer,
     private readonly stops: string[] = [],
-  ) {}
+    context: readonly number[] = [],
+  ) {
+    const tail = context.slice(Math.max(0, context.length - CONTEXT_TOKENS));
+    this.ids.push(...tail);
+    this.readOffset = tail.length;
+  }
 
-  /** Add one token; returns the new text that can be shown and whether a stop string matched. */
-  push(id: number): { delta: string; stopped: boolean } {
+  /**
+   * Add one token; returns the new text that can be shown, whether a stop string matched,
+   * and the token's own text in context (empty while it ends an incomplete character; the
+   * token completing the character carries all of it).
+   */
+  push(id: number): { delta: string; stopped: boolean; piece: string } {
     this.ids.push(id);
     const prefix = this.tok.decode(this.ids.slice(this.prefixOffset, this.readOffset));
     const full = this.tok.decode(this.ids.slice(this.prefixOffset));
+    let piece = "";
     if (full.length > prefix.length && !full.endsWith("\uFFFD")) {
-      this.text += full.slice(prefix.length);
+      piece = full.slice(prefix.length);
+      this.text += piece;
       this.prefixOffset = this.readOffset;
       this.readOffset = this.ids.length;
     }
@@ -32,7 +51,7 @@ export class TextStream {
       const at = this.text.indexOf(s, Math.max(0, this.emitted - s.length));
       if (at >= 0) {
         this.text = this.text.slice(0, at);
-        return { delta: this.flush(this.text.length), stopped: true };
+        return { delta: this.flush(this.text.length), stopped: true, piece };
       }
     }
     // Hold back the longest tail that could still grow into a stop string.
@@ -45,7 +64,7 @@ export class TextStream {
         }
       }
     }
-    return { delta: this.flush(this.text.length - hold), stopped: false };
+    return { delta: this.flush(this.text.length - hold), stopped: false, piece };
   }
 
   /** Everything left (at the end of generation). */

@@ -1,5 +1,5 @@
-import { optionChecks } from "../option-checks.js";
 import type { LayerSelection } from "@smallkv/runner";
+import { optionChecks } from "../option-checks.js";
 import { loadPodBlocks, validateBlocks } from "../pod-blocks.js";
 import { ScoreTable } from "../scores.js";
 import { definePolicy } from "../sdk.js";

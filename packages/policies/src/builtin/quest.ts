@@ -1,5 +1,5 @@
-import { optionChecks } from "../option-checks.js";
 import { PolicyOptionError } from "../errors.js";
+import { optionChecks } from "../option-checks.js";
 import { definePolicy } from "../sdk.js";
 
 interface QuestState {

@@ -1,7 +1,7 @@
-import { optionChecks } from "../option-checks.js";
 import { collectAttention } from "@smallkv/matching";
 import { argmax } from "@smallkv/runner";
 import { PolicyOptionError } from "../errors.js";
+import { optionChecks } from "../option-checks.js";
 import { definePolicy } from "../sdk.js";
 import { avgPool } from "../select.js";
 import { type SnapState, snapSelect } from "./snapkv.js";

@@ -1,0 +1,27 @@
+import type { Model, StepModel } from "@smallkv/runner";
+import type { FastifyRequest } from "fastify";
+import type { ChatFormatter } from "./chat-template.js";
+import type { ServerMetrics } from "./metrics.js";
+import type { PolicyResolver } from "./policy-request.js";
+import type { Scheduler } from "./scheduler.js";
+
+/** What the route handlers share: the models, the scheduler, the policies and the checks. */
+export interface ServerContext {
+  llm: Model;
+  model: StepModel;
+  assistant?: Model;
+  modelId: string;
+  /** The model's context length. */
+  ctx: number;
+  maxTokensLimit: number;
+  requestTimeoutMs: number;
+  metrics: ServerMetrics;
+  scheduler: Scheduler;
+  chat: ChatFormatter;
+  policies: PolicyResolver;
+  isClosing(): boolean;
+  /** Throws 503 while shutting down, 401 without the API key. */
+  authed(req: FastifyRequest): void;
+  /** Throws 404 for a model this server does not serve. */
+  checkModel(model: string | undefined): void;
+}
