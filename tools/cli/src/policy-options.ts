@@ -40,3 +40,24 @@ export function formatStats(step: number, s: KvStats & { policyClasses?: Record<
       : "";
   return `step ${String(step).padStart(4)}  tokens ${String(s.tokens).padStart(5)}  hot ${mib(s.hotBytes)} MiB  cold ${mib(s.coldBytes)} MiB  hot/cold ${(s.hotBytes / Math.max(1, s.coldBytes)).toFixed(3)}  K+V ${s.classes.full}  V-only ${s.classes.vOnly}  dropped ${s.classes.dropped}  moved ${s.movedRows}${pc}`;
 }
+
+/**
+ * The closing line of `--stats`: tokens, speed, mean hot/cold KV, and from which step the
+ * policy compressed (a policy may keep everything while the context is short: SmallKV
+ * waits for its matching window).
+ */
+export function formatSummary(
+  steps: KvStats[],
+  r: { tokens: number; seconds: number; ttft: number; policy: string; warmup: number; promptTokens: number },
+): string {
+  const mib = (b: number) => (b / 2 ** 20).toFixed(3);
+  const n = Math.max(1, steps.length);
+  const hot = steps.reduce((a, s) => a + s.hotBytes, 0) / n;
+  const cold = steps.reduce((a, s) => a + s.coldBytes, 0) / n;
+  const first = steps.findIndex((s) => s.hotBytes < s.coldBytes);
+  const active =
+    first < 0
+      ? `never compressed (${steps.length ? `context reached ${steps[steps.length - 1].tokens} tokens` : "no steps"}${Number.isFinite(r.warmup) && r.warmup > 0 ? `; it waits for ${r.warmup} tokens` : ""})`
+      : `compressing from step ${first + 1} (${steps[first].tokens} tokens)`;
+  return `summary  tokens ${r.tokens}  prompt ${r.promptTokens}  ${(r.tokens / Math.max(1e-9, r.seconds)).toFixed(1)} tok/s  ttft ${r.ttft.toFixed(3)} s  mean hot ${mib(hot)} MiB  mean cold ${mib(cold)} MiB  hot/cold ${(hot / Math.max(1, cold)).toFixed(3)}  policy ${r.policy} ${active}`;
+}

@@ -9,7 +9,13 @@ import {
 } from "@smallkv/runner";
 import type { Command } from "commander";
 import { addDeviceOptions, collect, type DeviceCliOptions, floatArg, intArg, readStdin } from "../options.js";
-import { addPolicyOptions, formatStats, type PolicyCliOptions, policyFromCli } from "../policy-options.js";
+import {
+  addPolicyOptions,
+  formatStats,
+  formatSummary,
+  type PolicyCliOptions,
+  policyFromCli,
+} from "../policy-options.js";
 
 export interface GenerateCliOptions extends PolicyCliOptions, DeviceCliOptions {
   model: string;
@@ -87,17 +93,28 @@ export function registerGenerate(program: Command): void {
       policy,
     });
     const steps: (KvStats & { policyClasses?: Record<string, number> })[] = [];
+    // On one terminal, stats printed as they come would cut into the text: hold them until
+    // the text is done. Piped apart, they stream to stderr, one line each.
+    const holdStats = !o.json && !!process.stdout.isTTY && !!process.stderr.isTTY;
+    const t0 = performance.now();
     for await (const ev of stream) {
       if (!o.json) process.stdout.write(ev.text);
       if (o.stats && ev.token >= 0) {
         const st = { ...stream.sequence.stats(), policyClasses: policy.classCounts?.(stream.sequence) };
         steps.push(st);
-        if (!o.json) process.stderr.write(`${formatStats(steps.length, st)}\n`);
+        if (!o.json && !holdStats) process.stderr.write(`${formatStats(steps.length, st)}\n`);
       }
     }
     if (!o.json) process.stdout.write("\n");
     const r = await stream.result;
     if (r.error) throw r.error;
+    if (o.stats && !o.json) {
+      if (holdStats)
+        for (const [i, st] of steps.entries()) process.stderr.write(`${formatStats(i + 1, st)}\n`);
+      process.stderr.write(
+        `${formatSummary(steps, { tokens: r.tokens.length, seconds: (performance.now() - t0) / 1000, ttft: r.timeToFirstToken, policy: `${policy.name}@${policy.budget}`, warmup: policy.warmupTokens, promptTokens: r.promptTokens.length })}\n`,
+      );
+    }
     if (o.json) {
       process.stdout.write(
         `${JSON.stringify({

@@ -1,3 +1,4 @@
+import { resolve } from "node:path";
 import { parsePolicyOptions, resolvePolicy } from "@smallkv/policies";
 import { Model, resolveModelDir } from "@smallkv/runner";
 import { createServer, playground } from "@smallkv/server";
@@ -21,6 +22,22 @@ interface ServeCli extends DeviceCliOptions {
   shutdownTimeout: number;
   threads?: number;
   quiet?: boolean;
+  mapping?: string[];
+  podBlocks?: string[];
+  allowUnauthenticated?: boolean;
+}
+
+const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost", "::ffff:127.0.0.1"]);
+
+/** Repeated NAME=path flags into a name → path table (paths resolved from the working folder). */
+function namedFiles(flag: string, pairs: string[] = []): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const p of pairs) {
+    const i = p.indexOf("=");
+    if (i <= 0) throw new Error(`${flag} ${JSON.stringify(p)}: expected NAME=path`);
+    out[p.slice(0, i)] = resolve(p.slice(i + 1));
+  }
+  return out;
 }
 
 export function registerServe(program: Command): void {
@@ -47,8 +64,31 @@ export function registerServe(program: Command): void {
       10_000,
     )
     .option("--threads <n>", "CPU threads", intArg("--threads", 1))
+    .option(
+      "--mapping <name=path>",
+      "a saved SmallKV head matching (smallkv match --out) that requests select with kv_policy_options.mapping = name (repeatable)",
+      collect,
+    )
+    .option(
+      "--pod-blocks <name=path>",
+      "PoD layer blocks (smallkv calibrate-pod) that requests select with kv_policy_options.blocks = name (repeatable)",
+      collect,
+    )
+    .option(
+      "--allow-unauthenticated",
+      "allow a non-loopback --host without an API key (anyone who can reach the port may use the model)",
+    )
     .option("--quiet", "no request logs");
   addDeviceOptions(cmd).action(async (o: ServeCli) => {
+    const apiKey = o.apiKey ?? process.env.SMALLKV_API_KEY;
+    if (!LOOPBACK.has(o.host) && !apiKey && !o.allowUnauthenticated)
+      throw new Error(
+        `--host ${o.host} would serve beyond this machine without an API key: give --api-key (or SMALLKV_API_KEY), or --allow-unauthenticated to do it anyway`,
+      );
+    const policyFiles = {
+      ...(o.mapping ? { mapping: namedFiles("--mapping", o.mapping) } : {}),
+      ...(o.podBlocks ? { blocks: namedFiles("--pod-blocks", o.podBlocks) } : {}),
+    };
     const model = await Model.load(resolveModelDir(o.model), {
       threads: o.threads,
       device: o.device,
@@ -70,7 +110,8 @@ export function registerServe(program: Command): void {
       defaultPolicy,
       defaultBudget: o.budget,
       defaultPolicyOptions: parsePolicyOptions(o.policyOption, o.policy),
-      apiKey: o.apiKey ?? process.env.SMALLKV_API_KEY,
+      apiKey,
+      policyFiles,
       maxBatch: o.maxBatch,
       maxQueue: o.maxQueue,
       maxTokensLimit: o.maxTokens,
@@ -79,7 +120,15 @@ export function registerServe(program: Command): void {
       logger: o.quiet ? false : { level: "info" },
       plugins: [playground],
     });
-    const address = await server.app.listen({ host: o.host, port: o.port });
+    await server.app.listen({ host: o.host, port: o.port });
+    // The address actually bound (0.0.0.0 stays 0.0.0.0, port 0 becomes the real port).
+    const bound = server.app.server.address();
+    const address =
+      bound && typeof bound === "object"
+        ? `http://${bound.family === "IPv6" ? `[${bound.address}]` : bound.address}:${bound.port}`
+        : String(bound);
+    if (!LOOPBACK.has(o.host) && !apiKey)
+      process.stderr.write(`warning: serving ${address} without an API key (--allow-unauthenticated)\n`);
     process.stderr.write(
       `smallkv serving ${server.modelId}${assistant ? ` (assistant ${assistant.name})` : ""} at ${address} (default policy ${o.policy} @ ${o.budget})\n`,
     );
@@ -95,6 +144,14 @@ export function registerServe(program: Command): void {
     };
     process.on("SIGTERM", () => stop("SIGTERM"));
     process.on("SIGINT", () => stop("SIGINT"));
+    process.on("SIGHUP", () => stop("SIGHUP"));
+    // A launcher that dies without passing the signal on (`pnpm smallkv serve` got SIGTERM)
+    // leaves this process re-parented: stop as if signalled, rather than serve orphaned.
+    const parent = process.ppid;
+    const watch = setInterval(() => {
+      if (process.ppid !== parent) stop("parent process exited");
+    }, 250);
+    watch.unref();
     await new Promise(() => {});
   });
 }
