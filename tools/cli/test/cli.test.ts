@@ -3,7 +3,7 @@ import { copyFileSync, mkdirSync, readFileSync, truncateSync, writeFileSync } fr
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { assetsDir } from "@smallkv/runner";
+import { assetsDir, TextTokenizer } from "@smallkv/runner";
 import { describe, expect, it } from "vitest";
 
 const bin = join(dirname(fileURLToPath(import.meta.url)), "..", "dist", "bin.js");
@@ -80,6 +80,90 @@ describe("smallkv generate", () => {
     const bad = cli([...args, ...prompt, "--device", "tpu"]);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/Allowed choices are cpu, cuda, auto, emulator/);
+  });
+
+  it("--json text is exact: prompt + text == decode(prompt ids + ids), the first token's space kept", () => {
+    const tok = new TextTokenizer(join(models, "stories260K"));
+    for (const prompt of ["Once upon", "Lily and Tom"]) {
+      const r = cli(["generate", "-m", "stories260K", "-p", prompt, "-n", "12", "--greedy", "--json"]);
+      expect(r.code, r.stderr).toBe(0);
+      const j = JSON.parse(r.stdout);
+      expect(prompt + j.text).toBe(tok.decode([...j.prompt_ids, ...j.ids]));
+    }
+    const once = JSON.parse(
+      cli(["generate", "-m", "stories260K", "-p", "Once upon", "-n", "3", "--greedy", "--json"]).stdout,
+    );
+    expect(once.text.startsWith(" ")).toBe(true);
+  });
+
+  it("--stats piped: stats on stderr one per line, then a summary that says when the policy became active", () => {
+    const args = [
+      "generate",
+      "-m",
+      "stories260K",
+      "-a",
+      "stories260K-slm-a",
+      "--policy",
+      "smallkv",
+      "--budget",
+      "0.2",
+    ];
+    const r = cli([
+      ...args,
+      "-n",
+      "30",
+      "--greedy",
+      "--stats",
+      "--policy-option",
+      "minContext=16",
+      "-p",
+      "Once upon a time, there was a little girl named Lily.",
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stderr.trim().split("\n");
+    expect(lines.filter((l) => /^step +\d+ /.test(l))).toHaveLength(30);
+    const summary = lines[lines.length - 1];
+    expect(summary).toMatch(
+      /^summary {2}tokens 30 .* tok\/s .* mean hot [\d.]+ MiB .* policy smallkv@20% compressing from step \d+ \(\d+ tokens\)$/,
+    );
+    expect(r.stdout).not.toMatch(/step|summary/);
+    const waiting = cli([...args, "-n", "5", "--greedy", "--stats", "-p", "Once upon a time"]);
+    expect(waiting.stderr).toMatch(
+      /never compressed \(context reached \d+ tokens; it waits for 100 tokens\)/,
+    );
+  });
+
+  it("--stats on a terminal: the text is not cut by stats lines (they follow it)", () => {
+    const cmd = [
+      process.execPath,
+      bin,
+      "generate",
+      "-m",
+      "stories260K",
+      "-n",
+      "20",
+      "--greedy",
+      "--stats",
+      "-p",
+      "'Once upon a time'",
+    ].join(" ");
+    const r = spawnSync("script", ["-qec", cmd, "/dev/null"], { encoding: "utf8", timeout: 120_000 });
+    expect(r.status, r.stderr).toBe(0);
+    const out = r.stdout.replace(/\r/g, "");
+    const text = cli([
+      "generate",
+      "-m",
+      "stories260K",
+      "-n",
+      "20",
+      "--greedy",
+      "-p",
+      "Once upon a time",
+    ]).stdout.trim();
+    // The generated text appears whole, before the first stats line.
+    expect(out.indexOf(text)).toBeGreaterThanOrEqual(0);
+    expect(out.indexOf(text)).toBeLessThan(out.indexOf("step    1"));
+    expect(out).toMatch(/summary {2}tokens 20/);
   });
 
   it("reads the prompt from stdin and streams text", () => {

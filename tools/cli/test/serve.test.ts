@@ -4,11 +4,26 @@ import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 
 const bin = join(dirname(fileURLToPath(import.meta.url)), "..", "dist", "bin.js");
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 
-function serve(args: string[]) {
-  const p = spawn(process.execPath, [bin, "serve", "-m", "stories260K", "--port", "0", ...args], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+/** Whether a process is alive. */
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+function serve(args: string[], launcher?: string[]) {
+  const argv = [bin, "serve", "-m", "stories260K", "--port", "0", ...args];
+  const p = launcher
+    ? spawn(launcher[0], [...launcher.slice(1), ...argv.slice(1)], {
+        stdio: ["ignore", "pipe", "pipe"],
+        cwd: root,
+      })
+    : spawn(process.execPath, argv, { stdio: ["ignore", "pipe", "pipe"] });
   let err = "";
   let out = "";
   p.stdout.on("data", (d) => (out += d));
@@ -86,5 +101,37 @@ describe("smallkv serve", () => {
     const r = await pending;
     expect([200, 503]).toContain(r.status);
     expect(await s.exit).toBe(0);
+  });
+
+  it("refuses a non-loopback --host without an API key; --allow-unauthenticated binds it and the banner says where", async () => {
+    const refused = serve(["--host", "0.0.0.0"]);
+    await expect(refused.url).rejects.toThrow(/without an API key/);
+    expect(await refused.exit).not.toBe(0);
+    const s = serve(["--host", "0.0.0.0", "--allow-unauthenticated"]);
+    const url = await s.url;
+    expect(url).toMatch(/^http:\/\/0\.0\.0\.0:\d+$/);
+    expect(s.logs()).toMatch(/warning: serving .* without an API key/);
+    s.p.kill("SIGTERM");
+    expect(await s.exit).toBe(0);
+  });
+
+  it("the README's form (pnpm smallkv serve): SIGTERM to pnpm stops the node server too", async () => {
+    const s = serve([], ["pnpm", "-s", "smallkv"]);
+    const url = await s.url;
+    const port = new URL(url).port;
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+    // The server process is the node child serving on that port.
+    const { execFileSync } = await import("node:child_process");
+    const pids = execFileSync("pgrep", ["-f", `bin.js serve -m stories260K --port 0`], { encoding: "utf8" })
+      .trim()
+      .split("\n")
+      .map(Number)
+      .filter((pid) => pid !== s.p.pid);
+    s.p.kill("SIGTERM");
+    await s.exit.catch(() => null);
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline && pids.some(alive)) await new Promise((r) => setTimeout(r, 100));
+    expect(pids.filter(alive)).toEqual([]);
+    await expect(fetch(`http://127.0.0.1:${port}/health`)).rejects.toThrow();
   });
 });
