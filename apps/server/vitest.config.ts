@@ -1,5 +1,5 @@
 import { defineProject } from "vitest/config";
 
 export default defineProject({
-  test: { name: "server", pool: "forks", testTimeout: 180_000 },
+  test: { name: "server", pool: "forks", testTimeout: 300_000, hookTimeout: 300_000 },
 });

@@ -1,5 +1,5 @@
 import { defineProject } from "vitest/config";
 
 export default defineProject({
-  test: { name: "runner", pool: "forks", testTimeout: 120_000 },
+  test: { name: "runner", pool: "forks", testTimeout: 300_000, hookTimeout: 300_000 },
 });

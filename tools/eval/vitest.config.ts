@@ -1,5 +1,5 @@
 import { defineProject } from "vitest/config";
 
 export default defineProject({
-  test: { name: "eval", pool: "forks", testTimeout: 300_000 },
+  test: { name: "eval", pool: "forks", testTimeout: 300_000, hookTimeout: 300_000 },
 });

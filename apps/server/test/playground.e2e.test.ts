@@ -58,7 +58,7 @@ describe("playground page (headless Chromium)", () => {
         await page.keyboard.press("Tab");
         await page.focus("#run");
         await page.keyboard.press("Enter");
-        await page.waitForSelector("#status[data-done=true]", { timeout: 60_000 });
+        await page.waitForSelector("#status[data-done=true]", { timeout: 240_000 });
         // Pick a layer whose selection is active and check the strip.
         const classes = await page.$$eval("#strip .tok", (els) => [
           ...new Set(els.map((e) => e.className.replace("tok ", ""))),

@@ -10,7 +10,7 @@ const bin = join(dirname(fileURLToPath(import.meta.url)), "..", "dist", "bin.js"
 const models = join(assetsDir(), "models");
 
 function cli(args: string[], input?: string) {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", input, timeout: 120_000 });
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", input, timeout: 280_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -147,7 +147,7 @@ describe("smallkv generate", () => {
       "-p",
       "'Once upon a time'",
     ].join(" ");
-    const r = spawnSync("script", ["-qec", cmd, "/dev/null"], { encoding: "utf8", timeout: 120_000 });
+    const r = spawnSync("script", ["-qec", cmd, "/dev/null"], { encoding: "utf8", timeout: 280_000 });
     expect(r.status, r.stderr).toBe(0);
     const out = r.stdout.replace(/\r/g, "");
     const text = cli([
