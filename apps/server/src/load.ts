@@ -7,6 +7,8 @@ export interface LoadOptions {
   body: (i: number) => Record<string, unknown>;
   path?: string;
   headers?: Record<string, string>;
+  /** Stream each response (SSE): a request succeeds when it ends with [DONE] and no error event. */
+  stream?: boolean;
 }
 
 export interface LoadResult {
@@ -14,7 +16,9 @@ export interface LoadResult {
   seconds: number;
   requests: number;
   errors: number;
-  /** Status codes of failed requests, with counts. */
+  /** Failed requests that were not 429 (capacity refusals are the server working as meant). */
+  errorsNon429: number;
+  /** Status codes of failed requests, with counts ("stream:<code>" for an error event mid-stream). */
   errorStatuses: Record<string, number>;
   requestsPerSecond: number;
   tokensPerSecond: number;
@@ -43,18 +47,34 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
       const i = n++;
       const s = performance.now();
       try {
+        const body = o.stream
+          ? { ...o.body(i), stream: true, stream_options: { include_usage: true } }
+          : o.body(i);
         const r = await fetch(`${o.url}${path}`, {
           method: "POST",
           headers: { "content-type": "application/json", ...o.headers },
-          body: JSON.stringify(o.body(i)),
+          body: JSON.stringify(body),
         });
-        const j = (await r.json()) as { usage?: { completion_tokens?: number } };
+        const text = await r.text();
         if (r.status !== 200) {
           errors++;
           statuses[r.status] = (statuses[r.status] ?? 0) + 1;
           continue;
         }
-        tokens += j.usage?.completion_tokens ?? 0;
+        let used: number | undefined;
+        if (o.stream) {
+          const bad = /^event: error\ndata: (.*)$/m.exec(text);
+          if (bad || !text.trimEnd().endsWith("data: [DONE]")) {
+            errors++;
+            const code = bad ? (JSON.parse(bad[1]).error?.code ?? "error") : "unterminated";
+            statuses[`stream:${code}`] = (statuses[`stream:${code}`] ?? 0) + 1;
+            continue;
+          }
+          const u = /"usage":\{[^}]*"completion_tokens":(\d+)/.exec(text);
+          used = u ? Number(u[1]) : 0;
+        } else
+          used = (JSON.parse(text) as { usage?: { completion_tokens?: number } }).usage?.completion_tokens;
+        tokens += used ?? 0;
         lat.push((performance.now() - s) / 1000);
       } catch {
         errors++;
@@ -70,6 +90,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     seconds,
     requests: lat.length,
     errors,
+    errorsNon429: errors - (statuses["429"] ?? 0),
     errorStatuses: statuses,
     requestsPerSecond: lat.length / seconds,
     tokensPerSecond: tokens / seconds,

@@ -80,6 +80,13 @@ export function registerBench(program: Command): void {
     .option("--max-batch <n>", "server batch size", intArg("--max-batch", 1), 32)
     .option("--max-queue <n>", "server queue", intArg("--max-queue"), 64)
     .option("--url <url>", "an already running server instead of starting one")
+    .option("--stream", "stream every response (SSE)")
+    .option(
+      "--rounds <n>",
+      "soak: this many rounds per concurrency, policies mixed request by request, RSS after each",
+      intArg("--rounds", 1),
+      1,
+    )
     .option("--out <dir>", "output folder", "bench-results")
     .action(benchServer);
   const runner = bench
