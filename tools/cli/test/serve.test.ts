@@ -120,13 +120,23 @@ describe("smallkv serve", () => {
     const url = await s.url;
     const port = new URL(url).port;
     expect((await fetch(`${url}/health`)).status).toBe(200);
-    // The server process is the node child serving on that port.
+    // The launcher's descendants (a shell, then node serving): all must be gone after the signal.
     const { execFileSync } = await import("node:child_process");
-    const pids = execFileSync("pgrep", ["-f", `bin.js serve -m stories260K --port 0`], { encoding: "utf8" })
-      .trim()
-      .split("\n")
-      .map(Number)
-      .filter((pid) => pid !== s.p.pid);
+    const children = (pid: number): number[] => {
+      let out = "";
+      try {
+        out = execFileSync("ps", ["-o", "pid=", "--ppid", String(pid)], { encoding: "utf8" });
+      } catch {
+        return [];
+      }
+      const kids = out
+        .split("\n")
+        .map((x) => Number(x.trim()))
+        .filter((x) => x > 0);
+      return kids.flatMap((k) => [k, ...children(k)]);
+    };
+    const pids = children(s.p.pid!);
+    expect(pids.length).toBeGreaterThan(0);
     s.p.kill("SIGTERM");
     await s.exit.catch(() => null);
     const deadline = Date.now() + 60_000;
