@@ -100,9 +100,12 @@ export class AssistedModel implements StepModel {
   ) {
     const a = llm.tokenizer;
     const b = slm.tokenizer;
-    if (a.fingerprint !== b.fingerprint || llm.config.vocabSize !== slm.config.vocabSize) {
+    // Same tokenizer vocabulary; the embedding tables may be padded to different sizes
+    // (Qwen2.5-0.5B has 151936 rows, Qwen2.5-14B 152064): every token id must fit both.
+    const fits = a.vocabSize <= Math.min(llm.config.vocabSize, slm.config.vocabSize);
+    if (a.fingerprint !== b.fingerprint || !fits) {
       throw new AssistantMismatchError(
-        `the assistant ${slm.name} does not share the tokenizer of ${llm.name} (tokenizer ${b.fingerprint} vs ${a.fingerprint}, vocab ${slm.config.vocabSize} vs ${llm.config.vocabSize}); SmallKV needs a same-family pair`,
+        `the assistant ${slm.name} does not share the tokenizer of ${llm.name} (tokenizer vocabulary ${b.fingerprint} vs ${a.fingerprint}, ${a.vocabSize} tokens, embedding rows ${slm.config.vocabSize} vs ${llm.config.vocabSize}); SmallKV needs a same-family pair`,
       );
     }
     if (slm.config.maxPositions < llm.config.maxPositions) {

@@ -1,9 +1,19 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { CheckpointError } from "./errors.js";
+import { parseRope, type RopeConfig } from "./rope.js";
 
-export type Architecture = "LlamaForCausalLM" | "Qwen2ForCausalLM";
-export const SUPPORTED_ARCHITECTURES: readonly Architecture[] = ["LlamaForCausalLM", "Qwen2ForCausalLM"];
+export type Architecture =
+  | "LlamaForCausalLM"
+  | "Qwen2ForCausalLM"
+  | "Qwen3ForCausalLM"
+  | "MistralForCausalLM";
+export const SUPPORTED_ARCHITECTURES: readonly Architecture[] = [
+  "LlamaForCausalLM",
+  "Qwen2ForCausalLM",
+  "Qwen3ForCausalLM",
+  "MistralForCausalLM",
+];
 
 /** The model hyper-parameters the runner needs, normalised from a Hugging Face config.json. */
 export interface ModelConfig {
@@ -18,9 +28,17 @@ export interface ModelConfig {
   maxPositions: number;
   rmsNormEps: number;
   ropeTheta: number;
+  /** The rotary embedding (variant, scaled frequencies, attention factor). */
+  rope: RopeConfig;
   tieWordEmbeddings: boolean;
-  /** q/k/v projections carry a bias (Qwen2, or Llama with attention_bias). */
+  /** q/k/v projections carry a bias (Qwen2; Llama and Qwen3 with attention_bias). */
   qkvBias: boolean;
+  /** o_proj carries a bias (Llama and Qwen3 with attention_bias; never Qwen2). */
+  oBias: boolean;
+  /** gate/up/down projections carry a bias (Llama's mlp_bias). */
+  mlpBias: boolean;
+  /** RMSNorm of each head's q and k over head_dim before RoPE (Qwen3). */
+  qkNorm: boolean;
   bosTokenId: number | null;
   eosTokenIds: number[];
 }
@@ -49,6 +67,73 @@ function num(raw: Record<string, unknown>, key: string, path: string, fallback: 
   return v;
 }
 
+function flag(r: Record<string, unknown>, key: string, path: string): boolean {
+  const v = r[key] ?? false;
+  if (typeof v !== "boolean")
+    throw new CheckpointError("CONFIG_INVALID", `config.json: "${key}" must be true or false`, path);
+  return v;
+}
+
+const refuse = (path: string, msg: string): never => {
+  throw new CheckpointError("UNSUPPORTED_ARCHITECTURE", msg, path);
+};
+
+/**
+ * Fields that change the forward pass in ways this runner does not implement: each is
+ * refused by name rather than ignored (the runner README lists them).
+ */
+function refuseUnsupported(r: Record<string, unknown>, path: string): void {
+  if (r.text_config != null || r.vision_config != null || r.audio_config != null)
+    refuse(path, "multimodal configs (text_config / vision_config) are not supported");
+  for (const k of ["num_experts", "num_local_experts", "n_routed_experts"])
+    if (typeof r[k] === "number" && (r[k] as number) > 0)
+      refuse(path, `mixture-of-experts layers (${k}) are not supported`);
+  for (const k of ["attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar"])
+    if (r[k] != null) refuse(path, `${k} (Gemma-style attention) is not supported`);
+  if (Array.isArray(r.layer_types)) {
+    const other = (r.layer_types as unknown[]).find(
+      (t) => t !== "full_attention" && t !== "sliding_attention",
+    );
+    if (other !== undefined)
+      refuse(path, `layer type ${JSON.stringify(other)} (e.g. linear attention) is not supported`);
+  }
+  if (r.use_qk_norm === true) refuse(path, "use_qk_norm is only supported as Qwen3's q_norm/k_norm");
+}
+
+/**
+ * Sliding-window attention (a query at i sees keys in (i − w, i]) changes the math of the
+ * layers it applies to. This runner does not implement it yet: a config whose window is in
+ * effect on some layer (Mistral's sliding_window below its context; Qwen2/Qwen3 with
+ * use_sliding_window; sliding_attention layer types) is refused, never run with full
+ * attention. A window at least as long as the context is no window.
+ */
+function refuseSlidingWindow(
+  r: Record<string, unknown>,
+  arch: Architecture,
+  L: number,
+  maxPositions: number,
+  path: string,
+): void {
+  const w = r.sliding_window;
+  const window = typeof w === "number" && w > 0 ? w : null;
+  let sliding: boolean[];
+  if (Array.isArray(r.layer_types))
+    sliding = (r.layer_types as unknown[]).map((t) => t === "sliding_attention");
+  else if (arch === "MistralForCausalLM") sliding = Array(L).fill(window !== null);
+  else if (arch === "Qwen2ForCausalLM" || arch === "Qwen3ForCausalLM") {
+    const use = r.use_sliding_window === true;
+    const from = typeof r.max_window_layers === "number" ? r.max_window_layers : L;
+    sliding = Array.from({ length: L }, (_, l) => use && l >= from);
+  } else sliding = Array(L).fill(false);
+  const inEffect = sliding.some((s) => s) && (window === null || window < maxPositions);
+  if (inEffect && window !== null)
+    throw new CheckpointError(
+      "SLIDING_WINDOW_UNSUPPORTED",
+      `sliding-window attention (window ${window} on layers ${sliding.flatMap((s, l) => (s ? [l] : [])).join(", ")}) is not supported yet; it would change the logits`,
+      path,
+    );
+}
+
 /** Parse and validate a config.json object. */
 export function parseConfig(raw: unknown, path = "config.json"): ModelConfig {
   if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
@@ -56,7 +141,13 @@ export function parseConfig(raw: unknown, path = "config.json"): ModelConfig {
   }
   const r = raw as Record<string, unknown>;
   const archs = Array.isArray(r.architectures) ? (r.architectures as unknown[]) : [];
-  const byType: Record<string, Architecture> = { llama: "LlamaForCausalLM", qwen2: "Qwen2ForCausalLM" };
+  const byType: Record<string, Architecture> = {
+    llama: "LlamaForCausalLM",
+    qwen2: "Qwen2ForCausalLM",
+    qwen3: "Qwen3ForCausalLM",
+    mistral: "MistralForCausalLM",
+  };
+  refuseUnsupported(r, path);
   const arch =
     (archs.find((a) => SUPPORTED_ARCHITECTURES.includes(a as Architecture)) as Architecture | undefined) ??
     (archs.length === 0 && typeof r.model_type === "string" ? byType[r.model_type] : undefined);
@@ -67,18 +158,6 @@ export function parseConfig(raw: unknown, path = "config.json"): ModelConfig {
       `unsupported architecture ${named}; supported: ${SUPPORTED_ARCHITECTURES.join(", ")}`,
       path,
     );
-  }
-  if (r.rope_scaling != null) {
-    const t =
-      (r.rope_scaling as Record<string, unknown>).rope_type ??
-      (r.rope_scaling as Record<string, unknown>).type;
-    if (t !== "default") {
-      throw new CheckpointError(
-        "UNSUPPORTED_ARCHITECTURE",
-        `rope_scaling of type ${JSON.stringify(t)} is not supported`,
-        path,
-      );
-    }
   }
   if (r.hidden_act != null && r.hidden_act !== "silu") {
     throw new CheckpointError(
@@ -97,7 +176,8 @@ export function parseConfig(raw: unknown, path = "config.json"): ModelConfig {
       path,
     );
   }
-  const headDim = int(r, "head_dim", path, hiddenSize / numHeads);
+  // Qwen3's config defaults head_dim to 128 when absent; the others to hidden / heads.
+  const headDim = int(r, "head_dim", path, arch === "Qwen3ForCausalLM" ? 128 : hiddenSize / numHeads);
   if (headDim % 2 !== 0)
     throw new CheckpointError("CONFIG_INVALID", `head_dim must be even for RoPE, got ${headDim}`, path);
   const eos = r.eos_token_id;
@@ -106,20 +186,31 @@ export function parseConfig(raw: unknown, path = "config.json"): ModelConfig {
     : Number.isInteger(eos)
       ? [eos as number]
       : [];
+  const maxPositions = int(r, "max_position_embeddings", path);
+  const rope = parseRope(r, headDim, maxPositions, path);
+  const numLayers = int(r, "num_hidden_layers", path);
+  refuseSlidingWindow(r, arch, numLayers, maxPositions, path);
+  const attentionBias = flag(r, "attention_bias", path);
+  if (arch === "MistralForCausalLM" && attentionBias)
+    throw new CheckpointError("UNSUPPORTED_ARCHITECTURE", "Mistral has no attention biases", path);
   return {
     architecture: arch,
     hiddenSize,
     intermediateSize: int(r, "intermediate_size", path),
-    numLayers: int(r, "num_hidden_layers", path),
+    numLayers,
     numHeads,
     numKvHeads,
     headDim,
     vocabSize: int(r, "vocab_size", path),
-    maxPositions: int(r, "max_position_embeddings", path),
+    maxPositions,
     rmsNormEps: num(r, "rms_norm_eps", path, 1e-6),
-    ropeTheta: num(r, "rope_theta", path, 10000),
-    tieWordEmbeddings: Boolean(r.tie_word_embeddings ?? false),
-    qkvBias: arch === "Qwen2ForCausalLM" ? true : Boolean(r.attention_bias),
+    ropeTheta: rope.theta,
+    rope,
+    tieWordEmbeddings: flag(r, "tie_word_embeddings", path),
+    qkvBias: arch === "Qwen2ForCausalLM" ? true : attentionBias,
+    oBias: arch === "Qwen2ForCausalLM" ? false : attentionBias,
+    mlpBias: arch === "LlamaForCausalLM" ? flag(r, "mlp_bias", path) : false,
+    qkNorm: arch === "Qwen3ForCausalLM",
     bosTokenId: Number.isInteger(r.bos_token_id) ? (r.bos_token_id as number) : null,
     eosTokenIds,
   };

@@ -8,6 +8,7 @@ import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
 import { buildBlockGraphs } from "./onnx/blocks.js";
 import type { KvPolicyHook } from "./policy-hook.js";
+import { ropeKernelArgs } from "./rope.js";
 import { type HostHot, Sequence } from "./sequence.js";
 import { TextTokenizer } from "./tokenizer.js";
 import { loadWeights } from "./weights.js";
@@ -69,6 +70,13 @@ export class Model {
    * inside KV policies (their callbacks and the hot-set moves they cause).
    */
   readonly timing = { forward: 0, policy: 0, steps: 0 };
+
+  /** The RoPE kernels' frequency table and factor (undefined: plain RoPE), made on first use. */
+  private ropeArgsCache: ReturnType<typeof ropeKernelArgs> | null = null;
+  private get ropeArgs() {
+    this.ropeArgsCache ??= ropeKernelArgs(this.config.rope, this.config.headDim, 0) ?? null;
+    return this.ropeArgsCache ?? undefined;
+  }
 
   /** A short name for reports: the checkpoint folder's name. */
   get name(): string {
@@ -183,8 +191,7 @@ export class Model {
       const q = out.q.data as Float32Array;
       const k = out.k.data as Float32Array;
       const v = out.v.data as Float32Array;
-      rope(q, positions, Hq, D, c.ropeTheta);
-      rope(k, positions, Hkv, D, c.ropeTheta);
+      this.applyRope(inputs, positions, q, k);
       const attn = new Float32Array(M * Hq * D);
       let row = 0;
       for (const { seq, tokens } of inputs) {
@@ -223,6 +230,26 @@ export class Model {
       logitsAll = o.logits.data as Float32Array;
     }
     return this.splitLogits(inputs, logitsAll);
+  }
+
+  /** RoPE on this step's q and k rows (dynamic NTK: per sequence, from its own length). */
+  private applyRope(inputs: StepInput[], positions: Int32Array, q: Float32Array, k: Float32Array): void {
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: D, rope: r, ropeTheta } = this.config;
+    if (!r.dynamic) {
+      const f = this.ropeArgs ?? undefined;
+      rope(q, positions, Hq, D, ropeTheta, f);
+      rope(k, positions, Hkv, D, ropeTheta, f);
+      return;
+    }
+    let row = 0;
+    for (const { seq, tokens } of inputs) {
+      const T = tokens.length;
+      const f = ropeKernelArgs(r, D, seq.length + T);
+      const p = positions.subarray(row, row + T);
+      rope(q.subarray(row * Hq * D, (row + T) * Hq * D), p, Hq, D, ropeTheta, f);
+      rope(k.subarray(row * Hkv * D, (row + T) * Hkv * D), p, Hkv, D, ropeTheta, f);
+      row += T;
+    }
   }
 
   /** Each policy's per-step preparation (SmallKV runs its assistant here). */

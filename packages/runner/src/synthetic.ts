@@ -16,8 +16,15 @@ export interface SyntheticModelOptions {
   vocabSize: number;
   maxPositions: number;
   tieWordEmbeddings?: boolean;
-  /** q/k/v bias (always on for Qwen2). */
+  /** q/k/v bias (always on for Qwen2); for Llama and Qwen3 this is attention_bias (o_proj too). */
   qkvBias?: boolean;
+  /** Llama's mlp_bias (gate/up/down biases). */
+  mlpBias?: boolean;
+  /** Written as config.json's rope_scaling (e.g. { rope_type: "llama3", ... }). */
+  ropeScaling?: Record<string, unknown>;
+  ropeTheta?: number;
+  /** More config.json fields (written last). */
+  extraConfig?: Record<string, unknown>;
   dtype?: DType;
   /** Split the weights into this many safetensors shards with an index (default: one file). */
   shards?: number;
@@ -40,6 +47,9 @@ export function writeSyntheticCheckpoint(
   const arch = o.architecture ?? "LlamaForCausalLM";
   const headDim = o.headDim ?? o.hiddenSize / o.numHeads;
   const qkvBias = arch === "Qwen2ForCausalLM" || (o.qkvBias ?? false);
+  // Llama and Qwen3's attention_bias puts a bias on o_proj as well; Qwen2 never has one.
+  const oBias = arch !== "Qwen2ForCausalLM" && (o.qkvBias ?? false);
+  const mlpBias = arch === "LlamaForCausalLM" && (o.mlpBias ?? false);
   const tied = o.tieWordEmbeddings ?? false;
   const dtype = o.dtype ?? "F32";
   const rand = seededRandom(o.seed ?? 1);
@@ -75,10 +85,20 @@ export function writeSyntheticCheckpoint(
       put(`${p}self_attn.k_proj.bias`, [kvd], randn(kvd));
       put(`${p}self_attn.v_proj.bias`, [kvd], randn(kvd));
     }
+    if (arch === "Qwen3ForCausalLM") {
+      put(`${p}self_attn.q_norm.weight`, [headDim], ones(headDim));
+      put(`${p}self_attn.k_norm.weight`, [headDim], ones(headDim));
+    }
     put(`${p}self_attn.o_proj.weight`, [d, qd], randn(d * qd));
+    if (oBias) put(`${p}self_attn.o_proj.bias`, [d], randn(d));
     put(`${p}mlp.gate_proj.weight`, [I, d], randn(I * d));
     put(`${p}mlp.up_proj.weight`, [I, d], randn(I * d));
     put(`${p}mlp.down_proj.weight`, [d, I], randn(d * I));
+    if (mlpBias) {
+      put(`${p}mlp.gate_proj.bias`, [I], randn(I));
+      put(`${p}mlp.up_proj.bias`, [I], randn(I));
+      put(`${p}mlp.down_proj.bias`, [d], randn(d));
+    }
   }
   put("model.norm.weight", [d], ones(d));
   if (!tied) put("lm_head.weight", [o.vocabSize, d], randn(o.vocabSize * d));
@@ -94,7 +114,10 @@ export function writeSyntheticCheckpoint(
 
   const config: Record<string, unknown> = {
     architectures: [arch],
-    model_type: arch === "Qwen2ForCausalLM" ? "qwen2" : "llama",
+    model_type:
+      { Qwen2ForCausalLM: "qwen2", Qwen3ForCausalLM: "qwen3", MistralForCausalLM: "mistral" }[
+        arch as string
+      ] ?? "llama",
     hidden_size: d,
     intermediate_size: I,
     num_hidden_layers: o.numLayers,
@@ -104,14 +127,17 @@ export function writeSyntheticCheckpoint(
     vocab_size: o.vocabSize,
     max_position_embeddings: o.maxPositions,
     rms_norm_eps: 1e-5,
-    rope_theta: 10000,
+    rope_theta: o.ropeTheta ?? 10000,
+    rope_scaling: o.ropeScaling ?? null,
     hidden_act: "silu",
     tie_word_embeddings: tied,
     bos_token_id: 1,
     eos_token_id: 2,
     torch_dtype: dtype === "F32" ? "float32" : dtype === "F16" ? "float16" : "bfloat16",
   };
-  if (arch === "LlamaForCausalLM") config.attention_bias = qkvBias;
+  if (arch === "LlamaForCausalLM" || arch === "Qwen3ForCausalLM") config.attention_bias = qkvBias;
+  if (arch === "LlamaForCausalLM") config.mlp_bias = mlpBias;
+  Object.assign(config, o.extraConfig ?? {});
   writeFileSync(join(dir, "config.json"), JSON.stringify(config, null, 2));
   for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
     const src = join(o.tokenizerFrom, f);
@@ -142,6 +168,8 @@ export function writeRandomTwin(
     maxPositions: c.maxPositions,
     tieWordEmbeddings: c.tieWordEmbeddings,
     qkvBias: c.qkvBias,
+    mlpBias: c.mlpBias,
+    ropeTheta: c.ropeTheta,
     seed,
     tokenizerFrom: model.dir,
   });

@@ -71,7 +71,10 @@ export class TextTokenizer {
     this.eosTokenId = eos !== undefined ? (this.tok.token_to_id(eos) ?? null) : null;
     this.addBos = cfg.add_bos_token === true;
     this.vocabSize = this.tok.get_vocab(true).size;
-    this.fingerprint = fnv1a(JSON.stringify(tj.model ?? tj) + JSON.stringify(tj.normalizer ?? null));
+    // The vocabulary itself (every token and its id, added tokens included), not file bytes:
+    // two checkpoints of a family share it even when their files differ in layout.
+    const vocab = [...this.tok.get_vocab(true).entries()].sort((a, b) => a[1] - b[1]);
+    this.fingerprint = fnv1a(JSON.stringify(vocab) + JSON.stringify(tj.normalizer ?? null));
   }
 
   /** Token ids of `text`, with the model's BOS when `addSpecial` (the default). */

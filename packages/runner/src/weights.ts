@@ -15,6 +15,13 @@ export interface LayerWeights {
   qBias?: Float32Array;
   kBias?: Float32Array;
   vBias?: Float32Array;
+  oBias?: Float32Array;
+  gateBias?: Float32Array;
+  upBias?: Float32Array;
+  downBias?: Float32Array;
+  /** Qwen3: RMSNorm weights [head_dim] of each head's q and k. */
+  qNorm?: Float32Array;
+  kNorm?: Float32Array;
 }
 
 export interface ModelWeights {
@@ -50,6 +57,16 @@ export function loadWeights(dir: string, c: ModelConfig): ModelWeights {
       w.qBias = st.read(`${p}self_attn.q_proj.bias`, [qd]);
       w.kBias = st.read(`${p}self_attn.k_proj.bias`, [kvd]);
       w.vBias = st.read(`${p}self_attn.v_proj.bias`, [kvd]);
+    }
+    if (c.oBias) w.oBias = st.read(`${p}self_attn.o_proj.bias`, [d]);
+    if (c.mlpBias) {
+      w.gateBias = st.read(`${p}mlp.gate_proj.bias`, [I]);
+      w.upBias = st.read(`${p}mlp.up_proj.bias`, [I]);
+      w.downBias = st.read(`${p}mlp.down_proj.bias`, [d]);
+    }
+    if (c.qkNorm) {
+      w.qNorm = st.read(`${p}self_attn.q_norm.weight`, [c.headDim]);
+      w.kNorm = st.read(`${p}self_attn.k_norm.weight`, [c.headDim]);
     }
     layers.push(w);
   }

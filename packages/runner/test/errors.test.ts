@@ -79,12 +79,12 @@ describe("bad checkpoints get clear, typed errors", () => {
   it("unsupported architecture", async () => {
     const dir = copyModel();
     const c = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
-    c.architectures = ["MistralForCausalLM"];
-    c.model_type = "mistral";
+    c.architectures = ["GPTNeoXForCausalLM"];
+    c.model_type = "gpt_neox";
     writeFileSync(join(dir, "config.json"), JSON.stringify(c));
     const e = await loadError(dir);
     expect(e.code).toBe("UNSUPPORTED_ARCHITECTURE");
-    expect(e.message).toMatch(/MistralForCausalLM/);
+    expect(e.message).toMatch(/GPTNeoXForCausalLM/);
   });
 
   it("truncated safetensors", async () => {

@@ -61,7 +61,7 @@ struct Args {
   }
 };
 
-// rope(x, pos, T, H, D, theta)
+// rope(x, pos, T, H, D, theta, invFreq|null, scale)
 Napi::Value Rope(const Napi::CallbackInfo& info) {
   Args a{info};
   const int T = a.integer(2, "T"), H = a.integer(3, "H", 1), D = a.integer(4, "D", 2);
@@ -69,8 +69,10 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   if (!a.failed && D % 2 != 0) a.fail("D must be even");
   float* x = a.f32(0, "x", size_t(T) * H * D);
   int32_t* pos = a.i32(1, "pos", T);
+  const float* inv = info.Length() > 6 ? a.f32(6, "invFreq", size_t(D / 2), true) : nullptr;
+  const double scale = info.Length() > 7 ? a.number(7, "scale") : 1.0;
   if (a.failed) return info.Env().Undefined();
-  skv::rope_f32(x, pos, T, H, D, theta);
+  skv::rope_f32(x, pos, T, H, D, theta, inv, scale);
   return info.Env().Undefined();
 }
 

@@ -10,7 +10,8 @@
 namespace skv {
 
 // HF rotate-half RoPE, in place: x' = x*cos + rotate_half(x)*sin, angle = pos * theta^(-2i/D).
-void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta);
+void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta, const float* inv_freq = nullptr,
+              double scale = 1.0);
 
 // Causal grouped-query attention of T new queries over a KV store.
 // Query t of kv head g sees keys [0, past[g] + t] (past[g] keys precede the new ones).

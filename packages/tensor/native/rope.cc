@@ -5,18 +5,21 @@
 
 namespace skv {
 
-void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta) {
+void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta, const float* inv_freq,
+              double scale) {
   const int half = D / 2;
+  // Frequencies: theta^(-2i/D), or a given table (scaled RoPE: linear, NTK, llama3, YaRN);
+  // `scale` multiplies cos and sin (YaRN's attention factor).
   std::vector<double> inv(half);
-  for (int i = 0; i < half; ++i) inv[i] = std::pow(theta, -2.0 * i / D);
+  for (int i = 0; i < half; ++i) inv[i] = inv_freq ? static_cast<double>(inv_freq[i]) : std::pow(theta, -2.0 * i / D);
 #pragma omp parallel for schedule(static) if (T * H * D > 16384)
   for (int t = 0; t < T; ++t) {
     // cos/sin per token, computed in double then rounded: matches an fp32 reference to ~1e-7.
     std::vector<float> c(half), s(half);
     for (int i = 0; i < half; ++i) {
       const double a = static_cast<double>(pos[t]) * inv[i];
-      c[i] = static_cast<float>(std::cos(a));
-      s[i] = static_cast<float>(std::sin(a));
+      c[i] = static_cast<float>(std::cos(a) * scale);
+      s[i] = static_cast<float>(std::sin(a) * scale);
     }
     for (int h = 0; h < H; ++h) {
       float* r = x + (static_cast<int64_t>(t) * H + h) * D;

@@ -126,7 +126,17 @@ interface DeviceBinding {
     acc: number,
     stream: number,
   ): void;
-  rope(x: number, pos: number, T: number, H: number, D: number, theta: number, stream: number): void;
+  rope(
+    x: number,
+    pos: number,
+    T: number,
+    H: number,
+    D: number,
+    theta: number,
+    invFreq: number | null,
+    scale: number,
+    stream: number,
+  ): void;
   siluGate(out: number, gate: number, up: number, n: number, stream: number): void;
   add(y: number, x: number, n: number, stream: number): void;
   attention(...args: (number | null)[]): void;
@@ -412,8 +422,33 @@ export class Device {
     );
   }
 
-  rope(x: Ptr, pos: Ptr, T: number, H: number, D: number, theta: number, stream = 0): void {
-    wrap(() => this.b.rope(this.p(x, T * H * D * 4, "x"), this.p(pos, T * 4, "pos"), T, H, D, theta, stream));
+  /**
+   * HF rotate-half RoPE in place on x[T][H][D]. `freq`: a table of D/2 frequencies on the
+   * device replacing theta^(-2i/D) (scaled RoPE), and a factor on cos and sin (YaRN).
+   */
+  rope(
+    x: Ptr,
+    pos: Ptr,
+    T: number,
+    H: number,
+    D: number,
+    theta: number,
+    stream = 0,
+    freq?: { invFreq: Ptr; scale: number },
+  ): void {
+    wrap(() =>
+      this.b.rope(
+        this.p(x, T * H * D * 4, "x"),
+        this.p(pos, T * 4, "pos"),
+        T,
+        H,
+        D,
+        theta,
+        freq ? this.p(freq.invFreq, (D / 2) * 4, "invFreq") : null,
+        freq?.scale ?? 1,
+        stream,
+      ),
+    );
   }
 
   siluGate(out: Ptr, gate: Ptr, up: Ptr, n: number, stream = 0): void {

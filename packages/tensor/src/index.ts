@@ -29,6 +29,7 @@ export {
   kvGather,
   kvWrite,
   mixedAttention,
+  type RopeFrequencies,
   rope,
   setThreads,
   sum,

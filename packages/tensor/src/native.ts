@@ -4,7 +4,16 @@ import { fileURLToPath } from "node:url";
 
 /** The raw binding (internal: argument checking happens in ops.ts and again in C++). */
 export interface NativeBinding {
-  rope(x: Float32Array, pos: Int32Array, T: number, H: number, D: number, theta: number): void;
+  rope(
+    x: Float32Array,
+    pos: Int32Array,
+    T: number,
+    H: number,
+    D: number,
+    theta: number,
+    invFreq?: Float32Array | null,
+    scale?: number,
+  ): void;
   attention(
     q: Float32Array,
     k: Float32Array,

@@ -2,7 +2,20 @@ import { expectDim, expectF32, expectI32, TensorShapeError } from "./errors.js";
 import { native } from "./native.js";
 
 /** RoPE in place on x[T][H][D] (Hugging Face rotate-half convention). */
-export function rope(x: Float32Array, positions: Int32Array, H: number, D: number, theta = 10000): void {
+/** Scaled RoPE: D/2 frequencies replacing theta^(-2i/D), and a factor on cos and sin. */
+export interface RopeFrequencies {
+  invFreq: Float32Array;
+  scale: number;
+}
+
+export function rope(
+  x: Float32Array,
+  positions: Int32Array,
+  H: number,
+  D: number,
+  theta = 10000,
+  freq?: RopeFrequencies,
+): void {
   const op = "rope";
   expectDim(op, "H", H, 1);
   expectDim(op, "D", D, 2);
@@ -13,7 +26,14 @@ export function rope(x: Float32Array, positions: Int32Array, H: number, D: numbe
   if (x.length !== T * H * D)
     throw new TensorShapeError(op, `x has ${x.length} elements, expected T*H*D = ${T * H * D}`);
   if (!(theta > 0)) throw new TensorShapeError(op, `theta must be > 0, got ${theta}`);
-  native.rope(x, positions, T, H, D, theta);
+  if (freq) {
+    expectF32(op, "invFreq", freq.invFreq, D / 2);
+    if (freq.invFreq.length !== D / 2)
+      throw new TensorShapeError(op, `invFreq has ${freq.invFreq.length} entries, expected D/2 = ${D / 2}`);
+    if (!Number.isFinite(freq.scale))
+      throw new TensorShapeError(op, `scale must be finite, got ${freq.scale}`);
+  }
+  native.rope(x, positions, T, H, D, theta, freq?.invFreq ?? null, freq?.scale ?? 1);
 }
 
 export interface AttentionArgs {

@@ -1,15 +1,22 @@
 // Plain TypeScript references of every kernel: slow, obvious, and the ground truth the
 // native kernels are tested against. Same layouts and semantics as ops.ts.
 
-export function ropeRef(x: Float32Array, positions: Int32Array, H: number, D: number, theta = 10000): void {
+export function ropeRef(
+  x: Float32Array,
+  positions: Int32Array,
+  H: number,
+  D: number,
+  theta = 10000,
+  freq?: { invFreq: Float32Array; scale: number },
+): void {
   const half = D / 2;
   for (let t = 0; t < positions.length; t++) {
     for (let h = 0; h < H; h++) {
       const base = (t * H + h) * D;
       for (let i = 0; i < half; i++) {
-        const a = positions[t] * theta ** ((-2 * i) / D);
-        const c = Math.cos(a);
-        const s = Math.sin(a);
+        const a = positions[t] * (freq ? freq.invFreq[i] : theta ** ((-2 * i) / D));
+        const c = Math.cos(a) * (freq?.scale ?? 1);
+        const s = Math.sin(a) * (freq?.scale ?? 1);
         const x1 = x[base + i];
         const x2 = x[base + i + half];
         x[base + i] = x1 * c - x2 * s;

@@ -3,7 +3,7 @@ import { copyFileSync, mkdirSync, readFileSync, truncateSync, writeFileSync } fr
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { assetsDir, TextTokenizer } from "@smallkv/runner";
+import { assetsDir, TextTokenizer, writeSyntheticCheckpoint } from "@smallkv/runner";
 import { describe, expect, it } from "vitest";
 
 const bin = join(dirname(fileURLToPath(import.meta.url)), "..", "dist", "bin.js");
@@ -280,5 +280,83 @@ describe("bad input gives a clear error and a non-zero exit", () => {
     const r2 = cli(["generate", "-m", join(models, "stories260K"), "-n", "many"]);
     expect(r2.code).toBe(2);
     expect(r2.stderr).toMatch(/--max-tokens must be an integer/);
+  });
+});
+
+describe("SmallKV on newer model families, end to end through the CLI", () => {
+  const pair = (arch: "Qwen3ForCausalLM" | "LlamaForCausalLM", extra: Record<string, unknown>) => {
+    const root = join(tmpdir(), `smallkv-pair-${arch}-${process.pid}`);
+    const common = {
+      architecture: arch,
+      vocabSize: 512,
+      maxPositions: 256,
+      tokenizerFrom: join(models, "stories260K"),
+      scale: 0.2,
+      ...extra,
+    };
+    writeSyntheticCheckpoint(join(root, "llm"), {
+      ...common,
+      hiddenSize: 64,
+      intermediateSize: 96,
+      numLayers: 3,
+      numHeads: 4,
+      numKvHeads: 2,
+      headDim: 16,
+      seed: 1,
+    });
+    writeSyntheticCheckpoint(join(root, "slm"), {
+      ...common,
+      hiddenSize: 32,
+      intermediateSize: 48,
+      numLayers: 2,
+      numHeads: 2,
+      numKvHeads: 1,
+      headDim: 16,
+      seed: 2,
+    });
+    return root;
+  };
+  it.each([
+    ["a Qwen3-shaped pair (q/k norm, head_dim 16)", pair("Qwen3ForCausalLM", {})],
+    [
+      "a Llama-3-shaped pair (llama3 RoPE, GQA)",
+      pair("LlamaForCausalLM", {
+        ropeTheta: 500000,
+        ropeScaling: {
+          rope_type: "llama3",
+          factor: 8,
+          low_freq_factor: 1,
+          high_freq_factor: 4,
+          original_max_position_embeddings: 64,
+        },
+      }),
+    ],
+  ])("generate --policy smallkv with %s", (_name, root) => {
+    const r = cli([
+      "generate",
+      "-m",
+      join(root, "llm"),
+      "-a",
+      join(root, "slm"),
+      "--policy",
+      "smallkv",
+      "--budget",
+      "0.2",
+      "--policy-option",
+      "minContext=16",
+      "-n",
+      "24",
+      "--greedy",
+      "--stats",
+      "--json",
+      "-p",
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.",
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.ids.length).toBeGreaterThan(0);
+    // The policy compressed: the hot set is smaller than the full store at the last step.
+    const last = j.steps[j.steps.length - 1];
+    expect(last.hotBytes).toBeLessThan(last.coldBytes);
   });
 });

@@ -1,6 +1,7 @@
 import { type Device, type DeviceBuffer, toHalfBits } from "@smallkv/tensor";
 import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder } from "../attend-policy.js";
 import type { ModelConfig } from "../config.js";
+import { ropeKernelArgs } from "../rope.js";
 import type { Sequence } from "../sequence.js";
 import type { ModelWeights } from "../weights.js";
 import type { DeviceHotRows, DeviceKvCache } from "./kv.js";
@@ -22,6 +23,12 @@ interface LayerBuffers {
   qBias?: DeviceBuffer;
   kBias?: DeviceBuffer;
   vBias?: DeviceBuffer;
+  oBias?: DeviceBuffer;
+  gateBias?: DeviceBuffer;
+  upBias?: DeviceBuffer;
+  downBias?: DeviceBuffer;
+  qNorm?: DeviceBuffer;
+  kNorm?: DeviceBuffer;
 }
 
 /** One step's sequence: its rows in the batch, and which logits it wants. */
@@ -79,9 +86,20 @@ export class DeviceRunner {
           up: mat(l.up),
           down: mat(l.down),
         };
-        if (l.qBias) b.qBias = vec(l.qBias);
-        if (l.kBias) b.kBias = vec(l.kBias);
-        if (l.vBias) b.vBias = vec(l.vBias);
+        for (const key of [
+          "qBias",
+          "kBias",
+          "vBias",
+          "oBias",
+          "gateBias",
+          "upBias",
+          "downBias",
+          "qNorm",
+          "kNorm",
+        ] as const) {
+          const a = l[key];
+          if (a) b[key] = vec(a);
+        }
         return b;
       });
       const embed = mat(w.embed);
@@ -135,8 +153,12 @@ export class DeviceRunner {
       dev.gemm({ y: q, x: h, w: w.q, bias: w.qBias, m: M, n: Hq * D, k: d });
       dev.gemm({ y: k, x: h, w: w.k, bias: w.kBias, m: M, n: Hkv * D, k: d });
       dev.gemm({ y: v, x: h, w: w.v, bias: w.vBias, m: M, n: Hkv * D, k: d });
-      dev.rope(q, posPtr, M, Hq, D, c.ropeTheta);
-      dev.rope(k, posPtr, M, Hkv, D, c.ropeTheta);
+      if (w.qNorm && w.kNorm) {
+        // Qwen3: RMSNorm of every head vector (rows of head_dim) before RoPE.
+        dev.rmsnorm(q, q, w.qNorm, M * Hq, D, c.rmsNormEps);
+        dev.rmsnorm(k, k, w.kNorm, M * Hkv, D, c.rmsNormEps);
+      }
+      this.rope(parts, q, k, posPtr, M);
       for (const { seq, tokens, row } of parts) {
         this.attend(
           seq,
@@ -148,12 +170,12 @@ export class DeviceRunner {
           attn.at(row * Hq * D),
         );
       }
-      dev.gemm({ y: x, x: attn, w: w.o, m: M, n: d, k: Hq * D, accumulate: true });
+      dev.gemm({ y: x, x: attn, w: w.o, bias: w.oBias, m: M, n: d, k: Hq * D, accumulate: true });
       dev.rmsnorm(h, x, w.postNorm, M, d, c.rmsNormEps);
-      dev.gemm({ y: gate, x: h, w: w.gate, m: M, n: I, k: d });
-      dev.gemm({ y: up, x: h, w: w.up, m: M, n: I, k: d });
+      dev.gemm({ y: gate, x: h, w: w.gate, bias: w.gateBias, m: M, n: I, k: d });
+      dev.gemm({ y: up, x: h, w: w.up, bias: w.upBias, m: M, n: I, k: d });
       dev.siluGate(gate, gate, up, M * I);
-      dev.gemm({ y: x, x: gate, w: w.down, m: M, n: d, k: I, accumulate: true });
+      dev.gemm({ y: x, x: gate, w: w.down, bias: w.downBias, m: M, n: d, k: I, accumulate: true });
     }
     const R = logitRows.length;
     if (R === 0) {
@@ -166,6 +188,26 @@ export class DeviceRunner {
     const logits = this.buf("logits", R * c.vocabSize);
     dev.gemm({ y: logits, x: hs, w: this.lmHead, m: R, n: c.vocabSize, k: d });
     return dev.read(logits, new Float32Array(R * c.vocabSize));
+  }
+
+  /** RoPE on the step's q and k (a frequency table for scaled RoPE; dynamic NTK per sequence). */
+  private rope(parts: DeviceStepPart[], q: DeviceBuffer, k: DeviceBuffer, posPtr: number, M: number): void {
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: D, rope: r, ropeTheta } = this.c;
+    const table = (name: string, f: { invFreq: Float32Array; scale: number } | undefined) =>
+      f ? { invFreq: this.staging.floats(name, f.invFreq), scale: f.scale } : undefined;
+    if (!r.dynamic) {
+      const f = table("ropeFreq", ropeKernelArgs(r, D, 0));
+      this.dev.rope(q, posPtr, M, Hq, D, ropeTheta, 0, f);
+      this.dev.rope(k, posPtr, M, Hkv, D, ropeTheta, 0, f);
+      return;
+    }
+    parts.forEach(({ seq, tokens, row }, i) => {
+      const T = tokens.length;
+      const f = table(`ropeFreq${i}`, ropeKernelArgs(r, D, seq.length + T));
+      const p = posPtr + row * 4;
+      this.dev.rope(q.at(row * Hq * D), p, T, Hq, D, ropeTheta, 0, f);
+      this.dev.rope(k.at(row * Hkv * D), p, T, Hkv, D, ropeTheta, 0, f);
+    });
   }
 
   /** One sequence's attention at one layer, through its policy (device twin of Model.attend). */

@@ -44,8 +44,27 @@ function preAttention(
   if (w.qBias && w.kBias && w.vBias)
     inputs.push(g.init(`l${l}_bqkv`, concatRows(w.qBias, w.kBias, w.vBias), [qd + 2 * kvd]));
   const qkv = g.one("Gemm", inputs, { transB: 1 });
-  const [q, k, v] = g.node("Split", [qkv, g.initInt64(`l${l}_split`, [qd, kvd, kvd])], { axis: 1 }, 3);
+  let [q, k, v] = g.node("Split", [qkv, g.initInt64(`l${l}_split`, [qd, kvd, kvd])], { axis: 1 }, 3);
+  if (w.qNorm && w.kNorm) {
+    // Qwen3: RMSNorm over each head's head_dim (rows [M·H, D]), before RoPE.
+    q = headNorm(g, q, w.qNorm, c, c.numHeads, `l${l}_qn`);
+    k = headNorm(g, k, w.kNorm, c, c.numKvHeads, `l${l}_kn`);
+  }
   return [q, k, v];
+}
+
+/** RMSNorm of every head vector of x [M, H·D] with weights [D]. */
+function headNorm(
+  g: GraphBuilder,
+  x: string,
+  w: Float32Array,
+  c: ModelConfig,
+  H: number,
+  tag: string,
+): string {
+  const heads = g.one("Reshape", [x, g.initInt64(`${tag}_heads`, [-1, H, c.headDim])]);
+  const n = rmsNorm(g, heads, w, c.rmsNormEps, tag);
+  return g.one("Reshape", [n, g.initInt64(`${tag}_flat`, [-1, H * c.headDim])]);
 }
 
 /** Appends layer l's post-attention part; returns the new residual stream. */
@@ -59,13 +78,25 @@ function postAttention(
 ): string {
   const d = c.hiddenSize;
   const I = c.intermediateSize;
-  const o = g.one("Gemm", [attn, g.init(`l${l}_wo`, w.o, [d, c.numHeads * c.headDim])], { transB: 1 });
+  const bias = (name: string, b: Float32Array | undefined) => (b ? [g.init(name, b, [b.length])] : []);
+  const o = g.one(
+    "Gemm",
+    [attn, g.init(`l${l}_wo`, w.o, [d, c.numHeads * c.headDim]), ...bias(`l${l}_bo`, w.oBias)],
+    { transB: 1 },
+  );
   const r2 = g.one("Add", [resid, o]);
   const h = rmsNorm(g, r2, w.postNorm, c.rmsNormEps, `l${l}_post`);
-  const gu = g.one("Gemm", [h, g.init(`l${l}_wgu`, concatRows(w.gate, w.up), [2 * I, d])], { transB: 1 });
+  const guBias = w.gateBias && w.upBias ? concatRows(w.gateBias, w.upBias) : undefined;
+  const gu = g.one(
+    "Gemm",
+    [h, g.init(`l${l}_wgu`, concatRows(w.gate, w.up), [2 * I, d]), ...bias(`l${l}_bgu`, guBias)],
+    { transB: 1 },
+  );
   const [gate, up] = g.node("Split", [gu, g.initInt64(`l${l}_gusplit`, [I, I])], { axis: 1 }, 2);
   const act = g.one("Mul", [g.one("Mul", [gate, g.one("Sigmoid", [gate])]), up]);
-  const down = g.one("Gemm", [act, g.init(`l${l}_wd`, w.down, [d, I])], { transB: 1 });
+  const down = g.one("Gemm", [act, g.init(`l${l}_wd`, w.down, [d, I]), ...bias(`l${l}_bd`, w.downBias)], {
+    transB: 1,
+  });
   return g.one("Add", [r2, down]);
 }
 

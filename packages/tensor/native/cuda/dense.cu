@@ -127,13 +127,16 @@ __global__ void gemm_simt_kernel(float* y, const float* x, const float* w, const
     }
 }
 
-__global__ void rope_kernel(float* x, const int32_t* pos, int H, int D, float theta) {
+__global__ void rope_kernel(float* x, const int32_t* pos, int H, int D, float theta, const float* inv_freq,
+                            float scale) {
   const int t = blockIdx.x / H, h = blockIdx.x % H, half = D / 2;
   float* r = x + (static_cast<int64_t>(t) * H + h) * D;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     // Angles in double, as the CPU kernel: positions reach 1e5 and float angles drift.
-    const double a = static_cast<double>(pos[t]) * pow(static_cast<double>(theta), -2.0 * i / D);
-    const float c = static_cast<float>(cos(a)), s = static_cast<float>(sin(a));
+    // A frequency table (scaled RoPE) replaces theta^(-2i/D); `scale` multiplies cos and sin.
+    const double f = inv_freq ? static_cast<double>(inv_freq[i]) : pow(static_cast<double>(theta), -2.0 * i / D);
+    const double a = static_cast<double>(pos[t]) * f;
+    const float c = static_cast<float>(cos(a) * scale), s = static_cast<float>(sin(a) * scale);
     const float x1 = r[i], x2 = r[i + half];
     r[i] = x1 * c - x2 * s;
     r[i + half] = x2 * c + x1 * s;
@@ -210,11 +213,12 @@ int skv_k_gemm(float* y, const float* x, const void* w, int dtype, const float* 
   return skv_check_launch("gemm");
 }
 
-int skv_k_rope(float* x, const int32_t* pos, int T, int H, int D, float theta, int stream) {
+int skv_k_rope(float* x, const int32_t* pos, int T, int H, int D, float theta, const float* inv_freq, float scale,
+               int stream) {
   if (T <= 0) return SKV_OK;
   if (D % 2 != 0) return skv_arg_error("rope: head dim must be even");
   const int threads = D / 2 < 128 ? ((D / 2 + 31) / 32) * 32 : 128;
-  CK_LAUNCH(rope_kernel, T * H, threads, 0, skv_stream(stream), x, pos, H, D, theta);
+  CK_LAUNCH(rope_kernel, T * H, threads, 0, skv_stream(stream), x, pos, H, D, theta, inv_freq, scale);
   return skv_check_launch("rope");
 }
 

@@ -1,0 +1,278 @@
+// Model families beyond default-RoPE Llama: the fixtures in $SMALLKV_ASSETS/models/arch (made
+// by an independent implementation that follows the transformers source, cross-checked
+// against transformers itself), on the CPU path and on the emulator; random checkpoints of
+// the remaining variants against the TypeScript reference; every refused field by its error.
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import {
+  assetsDir,
+  CheckpointError,
+  Generator,
+  Model,
+  parseConfig,
+  readConfig,
+  type SyntheticModelOptions,
+  writeSyntheticCheckpoint,
+} from "../src/index.js";
+import { LLM, maxAbsDiff, tempDir } from "./helpers.js";
+import { referenceForward } from "./reference-model.js";
+
+const ARCH = join(assetsDir(), "models", "arch");
+const CASES = ["llama3", "qwen3", "qwen2-untied-bias"];
+
+interface Expected {
+  suggested_tolerance: { last_logits_abs: number };
+  resolved: { inv_freq: number[]; head_dim: number; attention_factor: number };
+  prompts: { name: string; ids: number[]; last_logits: number[]; greedy_ids: number[] }[];
+}
+const expected = (c: string): Expected => JSON.parse(readFileSync(join(ARCH, c, "expected.json"), "utf8"));
+
+async function check(model: Model, e: Expected) {
+  const rows: { prompt: string; maxDelta: number; greedy: boolean }[] = [];
+  for (const p of e.prompts) {
+    const seq = model.newSequence();
+    const [logits] = await model.forward([{ seq, tokens: p.ids, logits: "last" }]);
+    seq.release();
+    const maxDelta = maxAbsDiff(logits, p.last_logits);
+    const g = await new Generator(model).generate(p.ids, { maxTokens: 16, temperature: 0, stopTokens: [] });
+    rows.push({
+      prompt: p.name,
+      maxDelta,
+      greedy: JSON.stringify(g.tokens) === JSON.stringify(p.greedy_ids),
+    });
+  }
+  return rows;
+}
+
+describe("the arch fixtures match the independent reference", () => {
+  for (const c of CASES) {
+    for (const device of ["cpu", "emulator"] as const) {
+      it(`${c} on the ${device === "cpu" ? "CPU path" : "emulator (the CUDA kernels)"}`, async () => {
+        const e = expected(c);
+        const model = await Model.load(join(ARCH, c), { device, threads: 1 });
+        try {
+          const rows = await check(model, e);
+          console.log(`${c} ${device}: ${JSON.stringify(rows)}`);
+          for (const r of rows) {
+            expect(r.maxDelta, `${r.prompt} logits`).toBeLessThan(e.suggested_tolerance.last_logits_abs);
+            expect(r.greedy, `${r.prompt} greedy ids`).toBe(true);
+          }
+        } finally {
+          model.close();
+        }
+      });
+    }
+  }
+
+  it("llama3 RoPE frequencies equal the reference's resolved inv_freq", () => {
+    const e = expected("llama3");
+    const c = readConfig(join(ARCH, "llama3"));
+    expect(c.rope.type).toBe("llama3");
+    const inv = Array.from(c.rope.invFreq!);
+    e.resolved.inv_freq.forEach((f, i) => expect(Math.abs(inv[i] - f) / f).toBeLessThan(1e-12));
+    expect(c.headDim).toBe(16);
+    expect(c.eosTokenIds).toEqual([2, 3]);
+  });
+
+  it("resolved fields: qwen3 q/k norm and head_dim 16 > hidden/heads; qwen2 biases, untied, window ignored", () => {
+    const q3 = readConfig(join(ARCH, "qwen3"));
+    expect([q3.qkNorm, q3.headDim, q3.qkvBias, q3.oBias, q3.tieWordEmbeddings]).toEqual([
+      true,
+      16,
+      false,
+      false,
+      true,
+    ]);
+    const q2 = readConfig(join(ARCH, "qwen2-untied-bias"));
+    expect([q2.qkvBias, q2.oBias, q2.tieWordEmbeddings, q2.headDim]).toEqual([true, false, false, 12]);
+  });
+});
+
+const base: SyntheticModelOptions = {
+  hiddenSize: 32,
+  intermediateSize: 40,
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+  vocabSize: 512,
+  maxPositions: 64,
+  tokenizerFrom: LLM,
+  scale: 0.2,
+};
+
+const variants: [string, Partial<SyntheticModelOptions>][] = [
+  ["Llama, linear RoPE scaling", { ropeScaling: { type: "linear", factor: 4 } }],
+  [
+    "Llama, YaRN RoPE (attention factor)",
+    { ropeScaling: { rope_type: "yarn", factor: 4, original_max_position_embeddings: 16 } },
+  ],
+  [
+    "Llama, YaRN RoPE without original_max_position_embeddings",
+    { ropeScaling: { rope_type: "yarn", factor: 2, beta_fast: 16 } },
+  ],
+  [
+    "Llama, dynamic NTK RoPE (prefill past the trained context)",
+    { ropeScaling: { rope_type: "dynamic", factor: 2, original_max_position_embeddings: 4 } },
+  ],
+  [
+    "Llama, llama3 RoPE via rope_parameters",
+    {
+      extraConfig: {
+        rope_scaling: undefined,
+        rope_parameters: {
+          rope_type: "llama3",
+          rope_theta: 500000,
+          factor: 8,
+          low_freq_factor: 1,
+          high_freq_factor: 4,
+          original_max_position_embeddings: 8,
+        },
+      },
+    },
+  ],
+  ["Llama, attention_bias (q/k/v/o) and mlp_bias", { qkvBias: true, mlpBias: true }],
+  [
+    "Qwen3, q/k norm and attention_bias, head_dim 16",
+    { architecture: "Qwen3ForCausalLM", headDim: 16, qkvBias: true },
+  ],
+  [
+    "Mistral, sliding_window null",
+    { architecture: "MistralForCausalLM", extraConfig: { sliding_window: null } },
+  ],
+  [
+    "Mistral, sliding_window at least the context (no window)",
+    { architecture: "MistralForCausalLM", extraConfig: { sliding_window: 64 } },
+  ],
+];
+
+describe("random checkpoints of the other variants match the TypeScript reference (CPU and emulator)", () => {
+  for (const [name, o] of variants) {
+    it(name, async () => {
+      const dir = tempDir();
+      const tensors = writeSyntheticCheckpoint(dir, { ...base, ...o, seed: name.length });
+      const config = readConfig(dir);
+      const ids = [1, 17, 300, 42, 5, 99, 250, 7, 8, 400, 3];
+      const want = referenceForward(config, tensors, ids);
+      for (const device of ["cpu", "emulator"] as const) {
+        const model = await Model.load(dir, { threads: 1, device });
+        const seq = model.newSequence();
+        const [pre] = await model.forward([{ seq, tokens: ids, logits: "all" }]);
+        let worst = 0;
+        for (let t = 0; t < ids.length; t++)
+          worst = Math.max(worst, maxAbsDiff(pre.subarray(t * 512, (t + 1) * 512), want[t]));
+        model.close();
+        expect(worst, device).toBeLessThan(2e-4);
+      }
+      expect(Math.max(...want[3]) - Math.min(...want[3])).toBeGreaterThan(0.1);
+    });
+  }
+});
+
+describe("every config field that changes the math and is not implemented is refused by name", () => {
+  const llama = JSON.parse(readFileSync(join(ARCH, "llama3", "config.json"), "utf8"));
+  const refusals: [string, Record<string, unknown>, string, RegExp][] = [
+    [
+      "Mistral with a sliding window",
+      {
+        architectures: ["MistralForCausalLM"],
+        model_type: "mistral",
+        rope_scaling: null,
+        sliding_window: 16,
+      },
+      "SLIDING_WINDOW_UNSUPPORTED",
+      /sliding-window attention \(window 16 on layers 0, 1\)/,
+    ],
+    [
+      "Qwen2 with use_sliding_window",
+      {
+        architectures: ["Qwen2ForCausalLM"],
+        rope_scaling: null,
+        use_sliding_window: true,
+        sliding_window: 16,
+        max_window_layers: 1,
+      },
+      "SLIDING_WINDOW_UNSUPPORTED",
+      /window 16 on layers 1\)/,
+    ],
+    [
+      "sliding_attention layer types",
+      { layer_types: ["full_attention", "sliding_attention"], sliding_window: 8 },
+      "SLIDING_WINDOW_UNSUPPORTED",
+      /on layers 1\)/,
+    ],
+    [
+      "linear-attention layers",
+      { layer_types: ["linear_attention", "full_attention"] },
+      "UNSUPPORTED_ARCHITECTURE",
+      /layer type "linear_attention"/,
+    ],
+    [
+      "Gemma 3 softcapping",
+      { attn_logit_softcapping: 50 },
+      "UNSUPPORTED_ARCHITECTURE",
+      /attn_logit_softcapping/,
+    ],
+    [
+      "Gemma 3 scaled queries",
+      { query_pre_attn_scalar: 256 },
+      "UNSUPPORTED_ARCHITECTURE",
+      /query_pre_attn_scalar/,
+    ],
+    [
+      "Gemma 3 architecture",
+      { architectures: ["Gemma3ForCausalLM"], model_type: "gemma3" },
+      "UNSUPPORTED_ARCHITECTURE",
+      /unsupported architecture Gemma3ForCausalLM/,
+    ],
+    ["a multimodal config", { text_config: { hidden_size: 8 } }, "UNSUPPORTED_ARCHITECTURE", /multimodal/],
+    ["mixture of experts", { num_local_experts: 8 }, "UNSUPPORTED_ARCHITECTURE", /mixture-of-experts/],
+    ["partial rotary", { partial_rotary_factor: 0.5 }, "UNSUPPORTED_ARCHITECTURE", /partial_rotary_factor/],
+    [
+      "longrope",
+      { rope_scaling: { rope_type: "longrope", factor: 2 } },
+      "UNSUPPORTED_ARCHITECTURE",
+      /rope type "longrope" is not supported/,
+    ],
+    ["gelu MLP", { hidden_act: "gelu" }, "UNSUPPORTED_ARCHITECTURE", /hidden_act "gelu"/],
+    [
+      "Mistral with attention_bias",
+      { architectures: ["MistralForCausalLM"], rope_scaling: null, attention_bias: true },
+      "UNSUPPORTED_ARCHITECTURE",
+      /Mistral has no attention biases/,
+    ],
+    [
+      "a llama3 rope without its fields",
+      { rope_scaling: { rope_type: "llama3", factor: 8 } },
+      "CONFIG_INVALID",
+      /"low_freq_factor" must be a positive number/,
+    ],
+  ];
+  it.each(refusals)("%s", (_name, patch, code, message) => {
+    let err: unknown;
+    try {
+      parseConfig({ ...llama, ...patch });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(CheckpointError);
+    expect((err as CheckpointError).code).toBe(code);
+    expect((err as Error).message).toMatch(message);
+  });
+
+  it("a refused checkpoint fails at load with the same error (not at the first step)", async () => {
+    const dir = tempDir();
+    writeSyntheticCheckpoint(dir, {
+      ...base,
+      architecture: "MistralForCausalLM",
+      extraConfig: { sliding_window: 8 },
+    });
+    await expect(Model.load(dir)).rejects.toThrow(/SLIDING_WINDOW|sliding-window/);
+    writeFileSync(join(dir, "config.json"), JSON.stringify({ ...readConfigRaw(dir), sliding_window: null }));
+    await expect(Model.load(dir)).resolves.toBeTruthy();
+  });
+});
+
+function readConfigRaw(dir: string) {
+  return JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
+}
