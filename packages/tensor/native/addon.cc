@@ -77,7 +77,7 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
 }
 
 // attention(q, k, v, cap, T, past, Hq, Hkv, D, scale, out, probs|null, scores|null, scoreStart,
-//           vo|null, vcap, nV|null, w|null, mode)
+//           vo|null, vcap, nV|null, w|null, mode, window)
 Napi::Value Attention(const Napi::CallbackInfo& info) {
   Args a{info};
   const int cap = a.integer(3, "cap"), T = a.integer(4, "T", 1), Hq = a.integer(6, "Hq", 1),
@@ -115,9 +115,10 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     }
     w = a.f32(17, "w", size_t(Hq) * T * vmax);
   }
+  const int window = info.Length() > 19 ? a.integer(19, "window") : 0;
   if (a.failed) return info.Env().Undefined();
   skv::mixed_attention_f32(q, k, v, cap, T, past, Hq, Hkv, D, static_cast<float>(scale), vo, vcap, nV, w, mode, out,
-                           probs, scores, scoreStart);
+                           probs, scores, scoreStart, window);
   return info.Env().Undefined();
 }
 

@@ -68,7 +68,7 @@ inline void add_vonly(float* o, const float* vh, int n, const float* w, int D, i
 
 void mixed_attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past, int Hq,
                          int Hkv, int D, float scale, const float* vo, int vcap, const int32_t* nV, const float* w,
-                         int mode, float* out, float* probs, float* scores, int scoreStart) {
+                         int mode, float* out, float* probs, float* scores, int scoreStart, int window) {
   const int group = Hq / Hkv;
   int maxPast = 0, vmax = 0;
   for (int g = 0; g < Hkv; ++g) {
@@ -79,17 +79,22 @@ void mixed_attention_f32(const float* q, const float* k, const float* v, int cap
   const int64_t headStride = static_cast<int64_t>(cap) * D;
   const int64_t vStride = static_cast<int64_t>(vcap) * D;
 
-  auto row = [&](int h, int t, float* wbuf) {
+  // Query row t sees keys [lo, n): all earlier ones, or the last `window` (sliding window).
+  auto row = [&](int h, int t, float* wbuf, int* lo_out) {
     const int g = h / group;
     const int n = past[g] + t + 1;
+    const int lo = window > 0 && n > window ? n - window : 0;
     float* o = out + (static_cast<int64_t>(t) * Hq + h) * D;
-    attend_row(q + (static_cast<int64_t>(t) * Hq + h) * D, k + g * headStride, v + g * headStride, n, D, scale, wbuf, o);
+    attend_row(q + (static_cast<int64_t>(t) * Hq + h) * D, k + g * headStride + static_cast<int64_t>(lo) * D,
+               v + g * headStride + static_cast<int64_t>(lo) * D, n - lo, D, scale, wbuf, o);
     if (vo != nullptr) add_vonly(o, vo + g * vStride, nV[g], w + (static_cast<int64_t>(h) * T + t) * vmax, D, mode);
     if (probs != nullptr) {
       float* pr = probs + (static_cast<int64_t>(h) * T + t) * Lmax;
-      std::memcpy(pr, wbuf, sizeof(float) * n);
+      std::memset(pr, 0, sizeof(float) * lo);
+      std::memcpy(pr + lo, wbuf, sizeof(float) * (n - lo));
       std::memset(pr + n, 0, sizeof(float) * (Lmax - n));
     }
+    *lo_out = lo;
     return n;
   };
 
@@ -102,9 +107,10 @@ void mixed_attention_f32(const float* q, const float* k, const float* v, int cap
       for (int h = 0; h < Hq; ++h) {
         float* sr = scores + static_cast<int64_t>(h) * Lmax;
         for (int t = 0; t < T; ++t) {
-          const int n = row(h, t, wbuf.data());
+          int lo = 0;
+          const int n = row(h, t, wbuf.data(), &lo);
           if (t >= scoreStart)
-            for (int j = 0; j < n; ++j) sr[j] += wbuf[j];
+            for (int j = lo; j < n; ++j) sr[j] += wbuf[j - lo];
         }
       }
     }
@@ -115,14 +121,17 @@ void mixed_attention_f32(const float* q, const float* k, const float* v, int cap
     std::vector<float> wbuf(Lmax);
 #pragma omp for collapse(2) schedule(static)
     for (int h = 0; h < Hq; ++h)
-      for (int t = 0; t < T; ++t) row(h, t, wbuf.data());
+      for (int t = 0; t < T; ++t) {
+        int lo = 0;
+        row(h, t, wbuf.data(), &lo);
+      }
   }
 }
 
 void attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past, int Hq,
-                   int Hkv, int D, float scale, float* out, float* probs, float* scores, int scoreStart) {
+                   int Hkv, int D, float scale, float* out, float* probs, float* scores, int scoreStart, int window) {
   mixed_attention_f32(q, k, v, cap, T, past, Hq, Hkv, D, scale, nullptr, 0, nullptr, nullptr, 0, out, probs, scores,
-                      scoreStart);
+                      scoreStart, window);
 }
 
 }  // namespace skv

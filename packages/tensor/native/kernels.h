@@ -19,8 +19,10 @@ void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta, c
 //   probs  (optional) [Hq][T][Lmax], Lmax = max(past)+T, zero beyond each row's length
 //   scores (optional) [Hq][Lmax], += column sums of the probabilities of query rows
 //          t >= scoreStart (fused H2O/SnapKV-style accumulation: no materialised matrix)
+// window > 0: query t sees only its last `window` keys, [max(0, past+t+1-window), past+t] (sliding window).
 void attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past,
-                   int Hq, int Hkv, int D, float scale, float* out, float* probs, float* scores, int scoreStart);
+                   int Hq, int Hkv, int D, float scale, float* out, float* probs, float* scores, int scoreStart,
+                   int window = 0);
 
 // The mixed step shared by SmallKV and PoD: exact attention as above over the K+V rows,
 // plus V-only rows whose attention weights come from elsewhere (the small model, or the
@@ -31,7 +33,8 @@ void attention_f32(const float* q, const float* k, const float* v, int cap, int 
 //   mode 1 "mass":     o = (1 - sum_k w_k) O_exact + sum_k w_k v_k
 void mixed_attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past,
                          int Hq, int Hkv, int D, float scale, const float* vo, int vcap, const int32_t* nV,
-                         const float* w, int mode, float* out, float* probs, float* scores, int scoreStart);
+                         const float* w, int mode, float* out, float* probs, float* scores, int scoreStart,
+                         int window = 0);
 
 // Write T rows src[T][Hkv][D] into store[Hkv][cap][D] at slots dst[T].
 void kv_write_f32(float* store, int cap, int Hkv, int D, const float* src, int T, const int32_t* dst);

@@ -235,6 +235,8 @@ export interface DeviceAttentionArgs {
   probs?: NullablePtr;
   scores?: NullablePtr;
   scoreStart?: number;
+  /** > 0: each query sees only its last `window` keys (sliding window). */
+  window?: number;
   vOnly?: { v: Ptr; cap: number; counts: Ptr; vmax: number; weights: Ptr; mode: "literal" | "mass" } | null;
   stream?: number;
 }
@@ -500,6 +502,7 @@ export class Device {
         a.probs == null ? null : this.p(a.probs, Hq * T * Lmax * 4, "probs"),
         a.scores == null ? null : this.p(a.scores, Hq * Lmax * 4, "scores"),
         a.scoreStart ?? 0,
+        a.window ?? 0,
         a.stream ?? 0,
       ),
     );

@@ -34,6 +34,7 @@ export interface NativeBinding {
     nV: Int32Array | null,
     w: Float32Array | null,
     mode: number,
+    window?: number,
   ): void;
   kvWrite(
     store: Float32Array,

@@ -57,6 +57,8 @@ export interface AttentionArgs {
   probs?: boolean | Float32Array;
   /** A buffer [Hq][Lmax] to which the column sums of the probabilities are added. */
   scores?: Float32Array;
+  /** > 0: query t sees only its last `window` keys (a sliding-window layer; default 0 = all). */
+  window?: number;
   /** Only query rows t >= scoreStart add to `scores` (an observation window; default 0). */
   scoreStart?: number;
   /** V-only rows with externally supplied weights (the SmallKV / PoD mixed step). */
@@ -146,6 +148,7 @@ export function attention(a: AttentionArgs): AttentionResult {
     vo ? vo.counts : null,
     vo ? vo.weights : null,
     vo?.mode === "mass" ? 1 : 0,
+    expectDim(op, "window", a.window ?? 0),
   );
   return { out, probs, Lmax };
 }

@@ -38,6 +38,8 @@ export interface AttentionRefArgs {
   D: number;
   scale?: number;
   scoreStart?: number;
+  /** > 0: query t sees only keys j > past+t-window. */
+  window?: number;
   vOnly?: {
     v: Float32Array;
     cap: number;
@@ -65,20 +67,21 @@ export function attentionRef(a: AttentionRefArgs): {
     const g = Math.floor(h / group);
     for (let t = 0; t < T; t++) {
       const n = past[g] + t + 1;
-      const logits = new Float64Array(n);
+      const lo = a.window && n > a.window ? n - a.window : 0;
+      const logits = new Float64Array(n).fill(-Infinity);
       let m = -Infinity;
-      for (let j = 0; j < n; j++) {
+      for (let j = lo; j < n; j++) {
         let s = 0;
         for (let d = 0; d < D; d++) s += q[(t * Hq + h) * D + d] * k[(g * cap + j) * D + d];
         logits[j] = s * scale;
         m = Math.max(m, logits[j]);
       }
       let sum = 0;
-      for (let j = 0; j < n; j++) {
+      for (let j = lo; j < n; j++) {
         logits[j] = Math.exp(logits[j] - m);
         sum += logits[j];
       }
-      for (let j = 0; j < n; j++) {
+      for (let j = lo; j < n; j++) {
         const p = logits[j] / sum;
         probs[(h * T + t) * Lmax + j] = p;
         if (t >= (a.scoreStart ?? 0)) scores[h * Lmax + j] += p;

@@ -252,6 +252,47 @@ function kernelSuite(kind: DeviceKind) {
     expect(d().read(b, new Float32Array(3))).toEqual(Float32Array.of(1, 2, 3));
   });
 
+  it.each([
+    [3, 4],
+    [130, 200],
+    [5, 1],
+  ])("sliding window %i (T=%i): output, probabilities and scores match the reference", (window, T) => {
+    const r = rng(window + T);
+    const [Hq, Hkv, D] = [4, 2, 16];
+    const pasts = [9, 140];
+    const maxPast = 140;
+    const cap = maxPast + T + 2;
+    const Lmax = maxPast + T;
+    const q = randn(T * Hq * D, r);
+    const k = randn(Hkv * cap * D, r);
+    const v = randn(Hkv * cap * D, r);
+    const past = Int32Array.from(pasts);
+    const ref = reference.attentionRef({ q, k, v, cap, T, past, Hq, Hkv, D, window });
+    const base = {
+      q: d().upload(q),
+      k: d().upload(k),
+      v: d().upload(v),
+      cap,
+      T,
+      past: d().upload(past),
+      maxPast,
+      Hq,
+      Hkv,
+      D,
+      window,
+      out: d().alloc(T * Hq * D),
+    };
+    d().attention(base);
+    expect(maxAbsDiff(d().read(base.out, new Float32Array(T * Hq * D)), ref.out)).toBeLessThan(1e-5);
+    const probs = d().alloc(Hq * T * Lmax);
+    const scores = d().alloc(Hq * Lmax);
+    d().zero(scores, 0, Hq * Lmax);
+    d().attention({ ...base, probs, scores });
+    expect(maxAbsDiff(d().read(base.out, new Float32Array(T * Hq * D)), ref.out)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(d().read(probs, new Float32Array(Hq * T * Lmax)), ref.probs)).toBeLessThan(1e-6);
+    expect(maxAbsDiff(d().read(scores, new Float32Array(Hq * Lmax)), ref.scores)).toBeLessThan(1e-4);
+  });
+
   it("rejects bad arguments with typed errors", () => {
     const b = d().alloc(4);
     expect(() => d().rmsnorm(b, b, b, 2, 4, 1e-5)).toThrow(TensorShapeError);

@@ -84,6 +84,32 @@ describe("attention", () => {
     });
   }
 
+  it.each([
+    [1, 5],
+    [3, 3],
+    [4, 20],
+    [7, 1],
+  ])("a sliding window of %i keys (T=%i) matches the reference: probs, scores, output", (window, T) => {
+    const r = rng(window * 100 + T);
+    const [Hq, Hkv, D] = [4, 2, 8];
+    const past = Int32Array.of(6, 11);
+    const cap = 11 + T + 2;
+    const Lmax = 11 + T;
+    const q = randn(T * Hq * D, r);
+    const k = randn(Hkv * cap * D, r);
+    const v = randn(Hkv * cap * D, r);
+    const scores = new Float32Array(Hq * Lmax);
+    const got = attention({ q, k, v, cap, T, past, Hq, Hkv, D, probs: true, scores, window });
+    const want = reference.attentionRef({ q, k, v, cap, T, past, Hq, Hkv, D, window });
+    expect(maxAbsDiff(got.out, want.out)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(got.probs!, want.probs)).toBeLessThan(1e-6);
+    expect(maxAbsDiff(scores, want.scores)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(attention({ q, k, v, cap, T, past, Hq, Hkv, D, window }).out, want.out)).toBeLessThan(1e-5);
+    // The window changes the result unless it covers every key.
+    const all = reference.attentionRef({ q, k, v, cap, T, past, Hq, Hkv, D });
+    if (window < 7) expect(maxAbsDiff(all.out, want.out)).toBeGreaterThan(1e-4);
+  });
+
   it("supports a different number of past keys per kv head", () => {
     const r = rng(7);
     const [Hq, Hkv, D, T, cap] = [4, 2, 8, 2, 12];

@@ -32,6 +32,7 @@ struct AttnArgs {
   float* scores;
   int scoreStart, Lmax;
   int t0;  // first query row of this launch (grid.y is limited to 65535 rows)
+  int window;  // > 0: each query sees only its last `window` keys (sliding window)
 };
 
 // Logits of keys [j0, j0 + cnt) into s[]: one warp per key, lanes across the head dim.
@@ -53,6 +54,7 @@ __global__ void attention_kernel(AttnArgs a) {
   const int h = blockIdx.x, t = a.t0 + static_cast<int>(blockIdx.y), tid = threadIdx.x;
   const int g = h / (a.Hq / a.Hkv), D = a.D;
   const int n = a.past[g] + t + 1;
+  const int lo = a.window > 0 && n > a.window ? n - a.window : 0;
   const float* kh = a.k + static_cast<int64_t>(g) * a.cap * D;
   const float* vh = a.v + static_cast<int64_t>(g) * a.cap * D;
   const float* qr = a.q + (static_cast<int64_t>(t) * a.Hq + h) * D;
@@ -63,7 +65,7 @@ __global__ void attention_kernel(AttnArgs a) {
   const bool exact = a.probs != nullptr || wantScores;
   float m = -INFINITY, l = 0.f;
   if (exact) {  // pass 1: row max and normaliser
-    for (int j0 = 0; j0 < n; j0 += kTile) {
+    for (int j0 = lo; j0 < n; j0 += kTile) {
       const int cnt = n - j0 < kTile ? n - j0 : kTile;
       tile_logits(qs, kh, j0, cnt, D, s);
       __syncthreads();
@@ -79,7 +81,7 @@ __global__ void attention_kernel(AttnArgs a) {
   float acc[kMaxD / kThreads] = {0.f, 0.f};
   float* pr = a.probs ? a.probs + (static_cast<int64_t>(h) * a.T + t) * a.Lmax : nullptr;
   float* sr = wantScores ? a.scores + static_cast<int64_t>(h) * a.Lmax : nullptr;
-  for (int j0 = 0; j0 < n; j0 += kTile) {
+  for (int j0 = lo; j0 < n; j0 += kTile) {
     const int cnt = n - j0 < kTile ? n - j0 : kTile;
     tile_logits(qs, kh, j0, cnt, D, s);
     __syncthreads();
@@ -113,8 +115,10 @@ __global__ void attention_kernel(AttnArgs a) {
     }
     __syncthreads();  // s[] is rewritten by the next tile
   }
-  if (pr)
+  if (pr) {
+    for (int j = tid; j < lo; j += blockDim.x) pr[j] = 0.f;
     for (int j = n + tid; j < a.Lmax; j += blockDim.x) pr[j] = 0.f;
+  }
 
   const float norm = exact ? 1.f : 1.f / l;
   float* o = a.out + (static_cast<int64_t>(t) * a.Hq + h) * D;
@@ -141,13 +145,13 @@ __global__ void attention_kernel(AttnArgs a) {
 extern "C" int skv_k_attention(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past,
                                int maxPast, int Hq, int Hkv, int D, float scale, const float* vo, int vcap,
                                const int32_t* nV, int vmax, const float* w, int mode, float* out, float* probs,
-                               float* scores, int scoreStart, int stream) {
+                               float* scores, int scoreStart, int window, int stream) {
   if (T <= 0) return SKV_OK;
   if (D <= 0 || D > kMaxD) return skv_arg_error("attention: head dim must be in [1, 256]");
   if (Hkv <= 0 || Hq % Hkv != 0) return skv_arg_error("attention: query heads must be a multiple of kv heads");
   if (vo != nullptr && (nV == nullptr || w == nullptr)) return skv_arg_error("attention: V-only rows need counts and weights");
   AttnArgs a{q, k, v, cap, T, past, Hq, Hkv, D, scale, vo, vcap, nV, vmax, w, mode, out, probs, scores, scoreStart,
-             maxPast + T, 0};
+             maxPast + T, 0, window};
   for (int t0 = 0; t0 < T; t0 += 65535) {
     a.t0 = t0;
     const unsigned rows = static_cast<unsigned>(T - t0 < 65535 ? T - t0 : 65535);

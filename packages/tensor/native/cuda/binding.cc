@@ -181,12 +181,12 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Attention(const Napi::CallbackInfo& info) {
-  ARGS(22);
+  ARGS(23);
   check(env, skv_k_attention(ptr<float>(info[0]), ptr<float>(info[1]), ptr<float>(info[2]), i32(info[3]), i32(info[4]),
                              ptr<int32_t>(info[5]), i32(info[6]), i32(info[7]), i32(info[8]), i32(info[9]),
                              f32(info[10]), ptr<float>(info[11]), i32(info[12]), ptr<int32_t>(info[13]), i32(info[14]),
                              ptr<float>(info[15]), i32(info[16]), ptr<float>(info[17]), ptr<float>(info[18]),
-                             ptr<float>(info[19]), i32(info[20]), i32(info[21])));
+                             ptr<float>(info[19]), i32(info[20]), i32(info[21]), i32(info[22])));
   return env.Undefined();
 }
 

@@ -50,7 +50,7 @@ int skv_k_add(float* y, const float* x, int64_t n, int stream);
 int skv_k_attention(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past,
                     int maxPast, int Hq, int Hkv, int D, float scale, const float* vo, int vcap,
                     const int32_t* nV, int vmax, const float* w, int mode, float* out, float* probs,
-                    float* scores, int scoreStart, int stream);
+                    float* scores, int scoreStart, int window, int stream);
 // store[Hkv][cap][D] rows dst[t] = src[T][Hkv][D] rows t.
 int skv_k_kv_write(float* store, int cap, int Hkv, int D, const float* src, int T, const int32_t* dst,
                    int stream);
