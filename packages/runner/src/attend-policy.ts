@@ -83,6 +83,8 @@ export interface LayerPlan {
   request: AttentionRequest;
   wantProbs: boolean;
   scoreStart: number;
+  /** The attention kernel's sliding window (0: none), for the no-selection path. */
+  window: number;
 }
 
 /**
@@ -90,7 +92,9 @@ export interface LayerPlan {
  * hot set follows the selection's mode, and is emptied when there is no selection.
  */
 export function planLayer(seq: Sequence, layer: number, step: StepInfo): LayerPlan {
-  const sel = seq.fault ? null : selectFor(seq, layer, step);
+  let sel = seq.fault ? null : selectFor(seq, layer, step);
+  const window = seq.config.slidingWindow?.[layer] ?? null;
+  if (sel && window !== null) sel = withinWindow(sel, step, window);
   const request = attentionRequest(seq, layer, step);
   matchHotMode(seq, layer, sel);
   const hot = seq.hot[layer];
@@ -105,7 +109,22 @@ export function planLayer(seq: Sequence, layer: number, step: StepInfo): LayerPl
     request,
     wantProbs: request === "probs",
     scoreStart: typeof request === "object" ? (request.fromRow ?? 0) : 0,
+    // Without a selection the kernel applies the window over the whole store.
+    window: sel ? 0 : (window ?? 0),
   };
+}
+
+/**
+ * A policy's selection on a sliding-window layer, narrowed to the window: at a one-token step
+ * the query at `start` sees keys from start − window + 1, so older selected tokens are
+ * dropped (a policy can only narrow what the window keeps). A multi-token step reads its
+ * whole window from the store (null: each query row has its own window there).
+ */
+function withinWindow(sel: LayerSelection, step: StepInfo, window: number): LayerSelection | null {
+  if (step.T > 1) return null;
+  const lo = step.start - window + 1;
+  const keep = (xs: Int32Array) => xs.filter((p) => p >= lo);
+  return { ...sel, full: sel.full.map(keep), vOnly: sel.vOnly?.map(keep) };
 }
 
 /** The key positions behind each attended head's scores: all L without a selection, else the hot rows in slot order. */

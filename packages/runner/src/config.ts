@@ -39,6 +39,11 @@ export interface ModelConfig {
   mlpBias: boolean;
   /** RMSNorm of each head's q and k over head_dim before RoPE (Qwen3). */
   qkNorm: boolean;
+  /**
+   * Per layer: its sliding window w (a query at position i sees keys in (i − w, i]), or null
+   * for full causal attention. Policies see it here; the runner narrows their selections to it.
+   */
+  slidingWindow: (number | null)[];
   bosTokenId: number | null;
   eosTokenIds: number[];
 }
@@ -101,37 +106,39 @@ function refuseUnsupported(r: Record<string, unknown>, path: string): void {
 }
 
 /**
- * Sliding-window attention (a query at i sees keys in (i − w, i]) changes the math of the
- * layers it applies to. This runner does not implement it yet: a config whose window is in
- * effect on some layer (Mistral's sliding_window below its context; Qwen2/Qwen3 with
- * use_sliding_window; sliding_attention layer types) is refused, never run with full
- * attention. A window at least as long as the context is no window.
+ * Per layer, the sliding window in effect (a query at i sees keys in (i − w, i]), or null for
+ * full causal attention. transformers' rules: Mistral's `sliding_window` applies to every
+ * layer (null: none); Qwen2/Qwen3 slide only with `use_sliding_window`, on layers from
+ * `max_window_layers` on; `layer_types` names the sliding layers when present. A window at
+ * least as long as the context is no window.
  */
-function refuseSlidingWindow(
+function slidingWindows(
   r: Record<string, unknown>,
   arch: Architecture,
   L: number,
   maxPositions: number,
   path: string,
-): void {
+): (number | null)[] {
   const w = r.sliding_window;
-  const window = typeof w === "number" && w > 0 ? w : null;
+  if (w != null && !(typeof w === "number" && Number.isInteger(w) && w > 0))
+    throw new CheckpointError(
+      "CONFIG_INVALID",
+      `config.json: "sliding_window" must be a positive integer or null`,
+      path,
+    );
+  const window = typeof w === "number" && w < maxPositions ? w : null;
   let sliding: boolean[];
-  if (Array.isArray(r.layer_types))
+  if (Array.isArray(r.layer_types)) {
+    if (r.layer_types.length !== L)
+      throw new CheckpointError("CONFIG_INVALID", `config.json: "layer_types" must list ${L} layers`, path);
     sliding = (r.layer_types as unknown[]).map((t) => t === "sliding_attention");
-  else if (arch === "MistralForCausalLM") sliding = Array(L).fill(window !== null);
+  } else if (arch === "MistralForCausalLM") sliding = Array(L).fill(true);
   else if (arch === "Qwen2ForCausalLM" || arch === "Qwen3ForCausalLM") {
     const use = r.use_sliding_window === true;
     const from = typeof r.max_window_layers === "number" ? r.max_window_layers : L;
     sliding = Array.from({ length: L }, (_, l) => use && l >= from);
   } else sliding = Array(L).fill(false);
-  const inEffect = sliding.some((s) => s) && (window === null || window < maxPositions);
-  if (inEffect && window !== null)
-    throw new CheckpointError(
-      "SLIDING_WINDOW_UNSUPPORTED",
-      `sliding-window attention (window ${window} on layers ${sliding.flatMap((s, l) => (s ? [l] : [])).join(", ")}) is not supported yet; it would change the logits`,
-      path,
-    );
+  return sliding.map((s) => (s ? window : null));
 }
 
 /** Parse and validate a config.json object. */
@@ -189,7 +196,7 @@ export function parseConfig(raw: unknown, path = "config.json"): ModelConfig {
   const maxPositions = int(r, "max_position_embeddings", path);
   const rope = parseRope(r, headDim, maxPositions, path);
   const numLayers = int(r, "num_hidden_layers", path);
-  refuseSlidingWindow(r, arch, numLayers, maxPositions, path);
+  const slidingWindow = slidingWindows(r, arch, numLayers, maxPositions, path);
   const attentionBias = flag(r, "attention_bias", path);
   if (arch === "MistralForCausalLM" && attentionBias)
     throw new CheckpointError("UNSUPPORTED_ARCHITECTURE", "Mistral has no attention biases", path);
@@ -211,6 +218,7 @@ export function parseConfig(raw: unknown, path = "config.json"): ModelConfig {
     oBias: arch === "Qwen2ForCausalLM" ? false : attentionBias,
     mlpBias: arch === "LlamaForCausalLM" ? flag(r, "mlp_bias", path) : false,
     qkNorm: arch === "Qwen3ForCausalLM",
+    slidingWindow,
     bosTokenId: Number.isInteger(r.bos_token_id) ? (r.bos_token_id as number) : null,
     eosTokenIds,
   };

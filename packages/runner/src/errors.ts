@@ -10,8 +10,7 @@ export type CheckpointErrorCode =
   | "SHAPE_MISMATCH"
   | "TENSOR_MISSING"
   | "TOKENIZER_MISSING"
-  | "TOKENIZER_INVALID"
-  | "SLIDING_WINDOW_UNSUPPORTED";
+  | "TOKENIZER_INVALID";
 
 /** A checkpoint directory that cannot be loaded. The message names the file and the problem. */
 export class CheckpointError extends Error {

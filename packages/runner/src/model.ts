@@ -317,7 +317,7 @@ export class Model {
     seq.kv.write(layer, k, v, start, T);
     // Time in the policy and its hot-set moves (everything here but the attention kernel).
     let tPolicy = performance.now();
-    const { sel, request, wantProbs, scoreStart } = planLayer(
+    const { sel, request, wantProbs, scoreStart, window } = planLayer(
       seq,
       layer,
       seq.policy.wantsQuery ? { ...step, query: q } : step,
@@ -343,6 +343,7 @@ export class Model {
         probs: wantProbs,
         scores,
         scoreStart,
+        window,
       });
       tPolicy = performance.now();
     } else {

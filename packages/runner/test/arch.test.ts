@@ -169,37 +169,110 @@ describe("random checkpoints of the other variants match the TypeScript referenc
   }
 });
 
+describe("sliding-window layers (Mistral, Qwen2/Qwen3 use_sliding_window, layer_types)", () => {
+  const windowed: [string, Partial<SyntheticModelOptions>, (number | null)[]][] = [
+    [
+      "Mistral, sliding_window 4 on every layer",
+      { architecture: "MistralForCausalLM", extraConfig: { sliding_window: 4 } },
+      [4, 4],
+    ],
+    [
+      "Qwen2, use_sliding_window with max_window_layers 1",
+      {
+        architecture: "Qwen2ForCausalLM",
+        extraConfig: { use_sliding_window: true, sliding_window: 3, max_window_layers: 1 },
+      },
+      [null, 3],
+    ],
+    [
+      "Qwen3, layer_types",
+      {
+        architecture: "Qwen3ForCausalLM",
+        headDim: 8,
+        extraConfig: { layer_types: ["sliding_attention", "full_attention"], sliding_window: 5 },
+      },
+      [5, null],
+    ],
+  ];
+  for (const [name, o, want] of windowed) {
+    it(`${name}: prefill and one-token decode steps match the reference (CPU and emulator)`, async () => {
+      const dir = tempDir();
+      const tensors = writeSyntheticCheckpoint(dir, { ...base, ...o, seed: name.length });
+      const config = readConfig(dir);
+      expect(config.slidingWindow).toEqual(want);
+      const ids = [1, 17, 300, 42, 5, 99, 250, 7, 8, 400, 3, 12, 77];
+      const ref = referenceForward(config, tensors, ids);
+      // Without the window the logits differ: the test has teeth.
+      const full = referenceForward(
+        { ...config, slidingWindow: config.slidingWindow.map(() => null) },
+        tensors,
+        ids,
+      );
+      expect(maxAbsDiff(full[12], ref[12])).toBeGreaterThan(1e-3);
+      for (const device of ["cpu", "emulator"] as const) {
+        const model = await Model.load(dir, { threads: 1, device });
+        const seq = model.newSequence();
+        const [pre] = await model.forward([{ seq, tokens: ids.slice(0, 7), logits: "all" }]);
+        let worst = 0;
+        for (let t = 0; t < 7; t++)
+          worst = Math.max(worst, maxAbsDiff(pre.subarray(t * 512, (t + 1) * 512), ref[t]));
+        for (let t = 7; t < ids.length; t++) {
+          const [l] = await model.forward([{ seq, tokens: [ids[t]] }]);
+          worst = Math.max(worst, maxAbsDiff(l, ref[t]));
+        }
+        model.close();
+        expect(worst, device).toBeLessThan(2e-4);
+      }
+    });
+  }
+
+  it("a policy's selection on a sliding layer is narrowed to the window (a policy that keeps everything gives the windowed logits)", async () => {
+    const dir = tempDir();
+    const tensors = writeSyntheticCheckpoint(dir, {
+      ...base,
+      architecture: "MistralForCausalLM",
+      extraConfig: { sliding_window: 4 },
+      seed: 9,
+    });
+    const config = readConfig(dir);
+    const ids = [1, 17, 300, 42, 5, 99, 250, 7, 8, 400, 3];
+    const ref = referenceForward(config, tensors, ids);
+    const keepAll = {
+      name: "keep-all",
+      select: (_s: unknown, _l: number, step: { start: number }) => ({
+        full: Array.from({ length: config.numKvHeads }, () =>
+          Int32Array.from({ length: step.start }, (_, i) => i),
+        ),
+      }),
+    };
+    const model = await Model.load(dir, { threads: 1 });
+    const seq = model.newSequence(keepAll as never);
+    await model.forward([{ seq, tokens: ids.slice(0, 5) }]);
+    let worst = 0;
+    for (let t = 5; t < ids.length; t++) {
+      const [l] = await model.forward([{ seq, tokens: [ids[t]] }]);
+      worst = Math.max(worst, maxAbsDiff(l, ref[t]));
+    }
+    // The hot set holds the window only (4 keys per layer and kv head: 3 old + the new one).
+    expect(seq.hot[0].full.count[0]).toBeLessThanOrEqual(4);
+    expect(worst).toBeLessThan(2e-4);
+  });
+});
+
 describe("every config field that changes the math and is not implemented is refused by name", () => {
   const llama = JSON.parse(readFileSync(join(ARCH, "llama3", "config.json"), "utf8"));
   const refusals: [string, Record<string, unknown>, string, RegExp][] = [
     [
-      "Mistral with a sliding window",
-      {
-        architectures: ["MistralForCausalLM"],
-        model_type: "mistral",
-        rope_scaling: null,
-        sliding_window: 16,
-      },
-      "SLIDING_WINDOW_UNSUPPORTED",
-      /sliding-window attention \(window 16 on layers 0, 1\)/,
+      "a sliding window that is not a positive integer",
+      { sliding_window: -3 },
+      "CONFIG_INVALID",
+      /"sliding_window" must be a positive integer or null/,
     ],
     [
-      "Qwen2 with use_sliding_window",
-      {
-        architectures: ["Qwen2ForCausalLM"],
-        rope_scaling: null,
-        use_sliding_window: true,
-        sliding_window: 16,
-        max_window_layers: 1,
-      },
-      "SLIDING_WINDOW_UNSUPPORTED",
-      /window 16 on layers 1\)/,
-    ],
-    [
-      "sliding_attention layer types",
-      { layer_types: ["full_attention", "sliding_attention"], sliding_window: 8 },
-      "SLIDING_WINDOW_UNSUPPORTED",
-      /on layers 1\)/,
+      "layer_types of the wrong length",
+      { layer_types: ["full_attention"] },
+      "CONFIG_INVALID",
+      /"layer_types" must list 2 layers/,
     ],
     [
       "linear-attention layers",
@@ -262,13 +335,12 @@ describe("every config field that changes the math and is not implemented is ref
 
   it("a refused checkpoint fails at load with the same error (not at the first step)", async () => {
     const dir = tempDir();
-    writeSyntheticCheckpoint(dir, {
-      ...base,
-      architecture: "MistralForCausalLM",
-      extraConfig: { sliding_window: 8 },
-    });
-    await expect(Model.load(dir)).rejects.toThrow(/SLIDING_WINDOW|sliding-window/);
-    writeFileSync(join(dir, "config.json"), JSON.stringify({ ...readConfigRaw(dir), sliding_window: null }));
+    writeSyntheticCheckpoint(dir, { ...base, extraConfig: { attn_logit_softcapping: 30 } });
+    await expect(Model.load(dir)).rejects.toThrow(/attn_logit_softcapping/);
+    writeFileSync(
+      join(dir, "config.json"),
+      JSON.stringify({ ...readConfigRaw(dir), attn_logit_softcapping: null }),
+    );
     await expect(Model.load(dir)).resolves.toBeTruthy();
   });
 });

@@ -104,7 +104,14 @@ export function referenceForward(c: ModelConfig, t: Tensors, ids: number[]): Flo
       const kv = Math.floor(hh / (H / Hkv));
       for (let i = 0; i < T; i++) {
         const s: number[] = [];
+        // A sliding-window layer: the query at i sees keys in (i − w, i].
+        const w = c.slidingWindow?.[l] ?? null;
+        const lo = w !== null ? Math.max(0, i - w + 1) : 0;
         for (let j = 0; j <= i; j++) {
+          if (j < lo) {
+            s.push(Number.NEGATIVE_INFINITY);
+            continue;
+          }
           let dot = 0;
           for (let e = 0; e < D; e++) dot += q[i][hh * D + e] * k[j][kv * D + e];
           s.push(dot / Math.sqrt(D));

@@ -104,7 +104,9 @@ describe("attention", () => {
     expect(maxAbsDiff(got.out, want.out)).toBeLessThan(1e-5);
     expect(maxAbsDiff(got.probs!, want.probs)).toBeLessThan(1e-6);
     expect(maxAbsDiff(scores, want.scores)).toBeLessThan(1e-5);
-    expect(maxAbsDiff(attention({ q, k, v, cap, T, past, Hq, Hkv, D, window }).out, want.out)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(attention({ q, k, v, cap, T, past, Hq, Hkv, D, window }).out, want.out)).toBeLessThan(
+      1e-5,
+    );
     // The window changes the result unless it covers every key.
     const all = reference.attentionRef({ q, k, v, cap, T, past, Hq, Hkv, D });
     if (window < 7) expect(maxAbsDiff(all.out, want.out)).toBeGreaterThan(1e-4);

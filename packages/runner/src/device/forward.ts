@@ -231,7 +231,11 @@ export class DeviceRunner {
     if (seq.policy.wantsQuery) {
       query = dev.read(this.queryBuf, new Float32Array(T * Hq * D), (q - this.queryBuf.ptr) / 4);
     }
-    const { sel, request, wantProbs, scoreStart } = planLayer(seq, layer, query ? { ...step, query } : step);
+    const { sel, request, wantProbs, scoreStart, window } = planLayer(
+      seq,
+      layer,
+      query ? { ...step, query } : step,
+    );
     const hot = seq.hot[layer];
     const st = kv.staging;
     let Lmax: number;
@@ -264,6 +268,7 @@ export class DeviceRunner {
         probs: probs?.buf,
         scores: scores?.buf,
         scoreStart,
+        window,
       });
     } else {
       const HkvHot = sel.perQueryHead ? Hq : Hkv;
