@@ -11,7 +11,10 @@ describe("Quest", () => {
     const cap = 16;
     const k = new Float32Array(cap * 2);
     for (let p = 0; p < 12; p++) k.set(p >= 4 && p < 8 ? [1, 0] : [-1, p % 2], p * 2);
-    const seq = { config, kv: { k: [k, k, k], cap } } as unknown as Sequence;
+    const seq = {
+      config,
+      kv: { k: [k, k, k], cap, base: [0, 0, 0], capOf: () => cap },
+    } as unknown as Sequence;
     const p = quest.create({ budget: 5, options: { pageSize: 4 } });
     const query = Float32Array.from([1, 0, 1, 0]); // T = 1, 2 query heads
     const sel = p.select!(seq, 0, { start: 12, T: 1, query })!;
@@ -22,7 +25,7 @@ describe("Quest", () => {
     expect(Array.from(sel2.full[0])).not.toContain(4);
   });
   it("refuses to run without queries", () => {
-    const seq = { config, kv: { k: [], cap: 0 } } as unknown as Sequence;
+    const seq = { config, kv: { k: [], cap: 0, base: [0, 0, 0], capOf: () => 0 } } as unknown as Sequence;
     const p = quest.create({ budget: 2 });
     expect(() => p.select!(seq, 0, { start: 12, T: 1 })).toThrow(/no queries/);
   });

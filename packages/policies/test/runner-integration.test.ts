@@ -1,5 +1,7 @@
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { assetsDir, Generator, Model, PolicyError } from "@smallkv/runner";
+import { assetsDir, Generator, Model, PolicyError, writeSyntheticCheckpoint } from "@smallkv/runner";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
   Budget,
@@ -97,4 +99,43 @@ describe("policies in the runner", () => {
     const r = await runConformance(keyNorm);
     expect(r.failures).toEqual([]);
   });
+});
+
+describe("policies on a model with sliding-window layers", () => {
+  it.each(["h2o", "tova", "snapkv", "quest", "reversible", "omnikv", "streamingllm", "pod"])(
+    "%s at 30% runs 120 tokens on a Mistral-shaped model with a window of 8 (selections narrowed, stores bounded)",
+    async (name) => {
+      const dir = mkdtempSync(join(tmpdir(), "smallkv-sliding-"));
+      writeSyntheticCheckpoint(dir, {
+        architecture: "MistralForCausalLM",
+        hiddenSize: 32,
+        intermediateSize: 48,
+        numLayers: 2,
+        numHeads: 4,
+        numKvHeads: 2,
+        vocabSize: 512,
+        maxPositions: 256,
+        tokenizerFrom: LLM,
+        scale: 0.2,
+        extraConfig: { sliding_window: 8 },
+      });
+      const m = await Model.load(dir, { threads: 1 });
+      const policy = await createPolicy(name, 0.3);
+      const g = new Generator(m);
+      const stream = g.submit("Once upon a time, there was a little girl named Lily.", {
+        temperature: 0,
+        maxTokens: 120,
+        stopTokens: [],
+        policy,
+      });
+      const seq = stream.sequence;
+      let held = 0;
+      for await (const ev of stream) if (ev.token >= 0) held = Math.max(held, seq.kv.heldRows(0));
+      const r = await stream.result;
+      expect(r.error).toBeUndefined();
+      expect(r.tokens).toHaveLength(120);
+      // Each layer's store never held more than the window (plus the prompt's step).
+      expect(held).toBeLessThanOrEqual(8 + 20);
+    },
+  );
 });

@@ -62,7 +62,8 @@ export abstract class HotSlots<P> {
    * Make the rows of kv head g exactly `want[g]` (positions), moving only the difference.
    * `cold` are the cold store planes ([Hkv][ccap][D] each) for the same planes order.
    */
-  apply(want: Int32Array[], cold: P[], ccap: number, maxPosition: number): void {
+  /** `base`: the cold store's row 0 is position `base` (a sliding layer's store). */
+  apply(want: Int32Array[], cold: P[], ccap: number, maxPosition: number, base = 0): void {
     const { Hkv } = this;
     this.ensurePositions(maxPosition);
     let need = 0;
@@ -102,7 +103,7 @@ export abstract class HotSlots<P> {
       const off = new Int32Array(Hkv + 1);
       const start = new Int32Array(Hkv);
       for (let g = 0; g < Hkv; g++) {
-        idx.set(add[g], off[g]);
+        idx.set(base ? add[g].map((p) => p - base) : add[g], off[g]);
         off[g + 1] = off[g] + add[g].length;
         start[g] = this.count[g];
       }

@@ -325,17 +325,20 @@ export class Model {
     const hot = seq.hot[layer] as HostHot;
     let result: ReturnType<typeof attention>;
     let scores: Float32Array | undefined;
+    // A sliding layer's store starts at position `base` (older rows were dropped).
+    const base = seq.kv.base[layer];
+    const ccap = seq.kv.capOf(layer);
     if (!sel) {
-      const L = start + T;
+      const L = start + T - base;
       if (typeof request === "object") scores = new Float32Array(Hq * L);
       this.timing.policy += (performance.now() - tPolicy) / 1000;
       result = attention({
         q,
         k: seq.kv.k[layer],
         v: seq.kv.v[layer],
-        cap: seq.kv.cap,
+        cap: ccap,
         T,
-        past: start,
+        past: start - base,
         Hq,
         Hkv,
         D,
@@ -350,13 +353,13 @@ export class Model {
       // Per-query-head selections attend with one hot "kv head" per query head.
       const HkvHot = sel.perQueryHead ? Hq : Hkv;
       const cold = [seq.kv.k[layer], seq.kv.v[layer]];
-      hot.full.apply(sel.full, cold, seq.kv.cap, start + T);
+      hot.full.apply(sel.full, cold, ccap, start + T, base);
       hot.full.append([k, v], start, T);
       const past = Int32Array.from(sel.full, (s) => s.length);
       let vOnly: VOnlyRows | undefined;
       const vsel = sel.vOnly;
       if (vsel?.some((x) => x.length > 0)) {
-        hot.vOnly.apply(vsel, [seq.kv.v[layer]], seq.kv.cap, start + T);
+        hot.vOnly.apply(vsel, [seq.kv.v[layer]], ccap, start + T, base);
         try {
           // The hot set keeps its own slot order; weights come in selection order, so reorder.
           const weights = vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly);
@@ -393,18 +396,45 @@ export class Model {
       });
       tPolicy = performance.now();
     }
-    if (request)
+    if (request) {
+      // Policies see positions: a sliding layer's rows from `base` are shifted back in place.
+      const o = !sel && base > 0 ? toPositions(result.probs, scores, Hq, T, result.Lmax, base) : null;
+      const Lmax = o ? result.Lmax + base : result.Lmax;
       observeAttention(seq, {
         layer,
         start,
         T,
-        probs: result.probs,
-        scores,
-        Lmax: result.Lmax,
-        keyPositions: observedPositions(seq, layer, sel, result.Lmax),
+        probs: o ? o.probs : result.probs,
+        scores: o ? o.scores : scores,
+        Lmax,
+        keyPositions: observedPositions(seq, layer, sel, Lmax),
       });
+    }
     this.timing.policy += (performance.now() - tPolicy) / 1000;
   }
+}
+
+/** Probabilities [Hq][T][L] and scores [Hq][L] over rows from position `base`, as [.][base + L] over positions. */
+function toPositions(
+  probs: Float32Array | undefined,
+  scores: Float32Array | undefined,
+  Hq: number,
+  T: number,
+  L: number,
+  base: number,
+): { probs?: Float32Array; scores?: Float32Array } {
+  const P = L + base;
+  let p: Float32Array | undefined;
+  if (probs) {
+    p = new Float32Array(Hq * T * P);
+    for (let r = 0; r < Hq * T; r++) p.set(probs.subarray(r * L, (r + 1) * L), r * P + base);
+  }
+  let s: Float32Array | undefined;
+  if (scores) {
+    s = new Float32Array(Hq * P);
+    for (let h = 0; h < Hq; h++) s.set(scores.subarray(h * L, (h + 1) * L), h * P + base);
+  }
+  return { probs: p, scores: s };
 }
 
 /** The device for `opts.device`, or null for the CPU. "auto" falls back to the CPU with a message. */

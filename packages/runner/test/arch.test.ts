@@ -226,6 +226,37 @@ describe("sliding-window layers (Mistral, Qwen2/Qwen3 use_sliding_window, layer_
     });
   }
 
+  it("a sliding layer's store stays about its window (rows it can no longer read are dropped), and the logits stay right", async () => {
+    const dir = tempDir();
+    const o = { ...base, maxPositions: 256, seed: 21 };
+    const tensors = writeSyntheticCheckpoint(dir, {
+      ...o,
+      architecture: "Qwen2ForCausalLM",
+      extraConfig: { use_sliding_window: true, sliding_window: 4, max_window_layers: 1 },
+    });
+    const config = readConfig(dir);
+    const ids = Array.from({ length: 150 }, (_, i) => (i * 37 + 11) % 500);
+    const ref = referenceForward(config, tensors, ids);
+    const model = await Model.load(dir, { threads: 1 });
+    const seq = model.newSequence();
+    const [pre] = await model.forward([{ seq, tokens: ids.slice(0, 10), logits: "all" }]);
+    let worst = maxAbsDiff(pre.subarray(9 * 512, 10 * 512), ref[9]);
+    for (let t = 10; t < ids.length; t++) {
+      const [l] = await model.forward([{ seq, tokens: [ids[t]] }]);
+      worst = Math.max(worst, maxAbsDiff(l, ref[t]));
+    }
+    expect(worst).toBeLessThan(2e-4);
+    // Layer 0 is full attention: every token; layer 1 slides: its window only.
+    expect(seq.kv.heldRows(0)).toBe(150);
+    expect(seq.kv.heldRows(1)).toBe(4);
+    expect(seq.kv.capOf(1)).toBeLessThanOrEqual(64);
+    expect(seq.kv.capOf(0)).toBeGreaterThanOrEqual(150);
+    // The stats count what is held: one full layer of 150 rows plus 4 rows.
+    const rowBytes = 2 * config.numKvHeads * config.headDim * 4;
+    expect(seq.stats().coldBytes).toBe((150 + 4) * rowBytes);
+    seq.release();
+  });
+
   it("a policy's selection on a sliding layer is narrowed to the window (a policy that keeps everything gives the windowed logits)", async () => {
     const dir = tempDir();
     const tensors = writeSyntheticCheckpoint(dir, {

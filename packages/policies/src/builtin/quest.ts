@@ -59,21 +59,24 @@ export const quest = definePolicy<QuestState, { pageSize: number }>({
       }
       // Complete pages are summarised once; the last, partial page again each step.
       const keys = kv.k[ctx.layer];
+      // A sliding layer's store starts at position `base`: older rows are gone (and outside the window).
+      const base = kv.base[ctx.layer];
+      const cap = kv.capOf(ctx.layer);
       for (let pg = meta.full; pg < nPages; pg++) {
-        const from = pg * P;
-        const to = Math.min(start, from + P);
+        const from = Math.max(pg * P, base);
+        const to = Math.min(start, pg * P + P);
         for (let d = 0; d < D; d++) {
-          let lo = Number.POSITIVE_INFINITY;
-          let hi = Number.NEGATIVE_INFINITY;
+          let lo = from < to ? Number.POSITIVE_INFINITY : 0;
+          let hi = from < to ? Number.NEGATIVE_INFINITY : 0;
           for (let p = from; p < to; p++) {
-            const x = keys[(g * kv.cap + p) * D + d];
+            const x = keys[(g * cap + p - base) * D + d];
             if (x < lo) lo = x;
             if (x > hi) hi = x;
           }
           meta.min[pg * D + d] = lo;
           meta.max[pg * D + d] = hi;
         }
-        if (to - from === P) meta.full = pg + 1;
+        if (to - pg * P === P) meta.full = pg + 1;
       }
       meta.count = nPages;
       const bound = new Float64Array(nPages);

@@ -11,6 +11,9 @@ import { Staging } from "./staging.js";
  * without a selection keep it in device memory, where attention reads it directly.
  */
 export class DeviceKvCache extends KvCache {
+  // The device store keeps every position of every layer (sliding layers read their window
+  // through the attention kernel's window; their rows are not dropped here).
+  protected override readonly bounded = false;
   dk: (DeviceBuffer | PinnedBuffer)[] = [];
   dv: (DeviceBuffer | PinnedBuffer)[] = [];
   readonly staging: Staging;
