@@ -52,21 +52,18 @@ const anyValue = fc.oneof(
   fc.array(hostileNumber, { maxLength: 4 }),
   fc.dictionary(hostileString, hostileNumber, { maxKeys: 3 }),
 );
-const policyName = fc.oneof(
-  fc.constantFrom(
-    "full",
-    "h2o",
-    "tova",
-    "snapkv",
-    "pod",
-    "quest",
-    "omnikv",
-    "reversible",
-    "smallkv",
-    "speckv",
-  ),
-  hostileString,
-);
+const POLICIES = [
+  "full",
+  "h2o",
+  "tova",
+  "snapkv",
+  "pod",
+  "quest",
+  "omnikv",
+  "reversible",
+  "smallkv",
+  "speckv",
+];
 const optionKey = fc.constantFrom(
   "mapping",
   "blocks",
@@ -112,20 +109,7 @@ const sampling = {
       maxKeys: 3,
     }),
   ),
-  kv_policy: mostly(
-    fc.constantFrom(
-      "full",
-      "h2o",
-      "tova",
-      "snapkv",
-      "pod",
-      "quest",
-      "omnikv",
-      "reversible",
-      "smallkv",
-      "speckv",
-    ),
-  ),
+  kv_policy: mostly(fc.constantFrom(...POLICIES)),
   kv_budget: mostly(
     fc.oneof(fc.double({ min: 0.05, max: 1, noNaN: true }), fc.constantFrom("20%", "64", "0.5")),
   ),

@@ -134,32 +134,12 @@ describe("smallkv generate", () => {
   });
 
   it("--stats on a terminal: the text is not cut by stats lines (they follow it)", () => {
-    const cmd = [
-      process.execPath,
-      bin,
-      "generate",
-      "-m",
-      "stories260K",
-      "-n",
-      "20",
-      "--greedy",
-      "--stats",
-      "-p",
-      "'Once upon a time'",
-    ].join(" ");
+    const args = ["generate", "-m", "stories260K", "-n", "20", "--greedy"];
+    const cmd = [process.execPath, bin, ...args, "--stats", "-p", "'Once upon a time'"].join(" ");
     const r = spawnSync("script", ["-qec", cmd, "/dev/null"], { encoding: "utf8", timeout: 280_000 });
     expect(r.status, r.stderr).toBe(0);
     const out = r.stdout.replace(/\r/g, "");
-    const text = cli([
-      "generate",
-      "-m",
-      "stories260K",
-      "-n",
-      "20",
-      "--greedy",
-      "-p",
-      "Once upon a time",
-    ]).stdout.trim();
+    const text = cli([...args, "-p", "Once upon a time"]).stdout.trim();
     // The generated text appears whole, before the first stats line.
     expect(out.indexOf(text)).toBeGreaterThanOrEqual(0);
     expect(out.indexOf(text)).toBeLessThan(out.indexOf("step    1"));
