@@ -41,6 +41,14 @@ export {
   type StepInfo,
 } from "./policy-hook.js";
 export {
+  dequantize,
+  type QuantizedMatrix,
+  quantize,
+  quantizedBytes,
+  WEIGHT_TYPES,
+  type WeightType,
+} from "./quant.js";
+export {
   readSafetensorsHeader,
   SafetensorsStore,
   type TensorInfo,

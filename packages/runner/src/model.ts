@@ -6,12 +6,13 @@ import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder
 import { type ModelConfig, readConfig } from "./config.js";
 import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
-import { buildBlockGraphs } from "./onnx/blocks.js";
+import { BlockGraphs } from "./onnx/blocks.js";
 import type { KvPolicyHook } from "./policy-hook.js";
+import { WEIGHT_TYPES, type WeightType } from "./quant.js";
 import { ropeKernelArgs } from "./rope.js";
 import { type HostHot, Sequence } from "./sequence.js";
 import { TextTokenizer } from "./tokenizer.js";
-import { loadWeights } from "./weights.js";
+import { loadWeights, openWeights } from "./weights.js";
 
 /** Where the model runs: the CPU (onnxruntime + @smallkv/tensor), a CUDA GPU, the first of those available, or the CPU emulator of the CUDA kernels (tests). */
 export type DeviceOption = "cpu" | "cuda" | "auto" | "emulator";
@@ -23,6 +24,13 @@ export interface LoadOptions {
   device?: DeviceOption;
   /** Weight storage on the device (default f32; f16/bf16 halve memory and use tensor cores). */
   dtype?: WeightDtype;
+  /**
+   * Weights of the projections and the MLP on the CPU (default f32): int8 or int4 with
+   * group-wise scales and zero points, quantized at load (embedding and LM head stay float32).
+   */
+  weights?: WeightType;
+  /** Inputs per quantization group (a power of two >= 16; default 32 for int4, 64 for int8). */
+  groupSize?: number;
   /** Where "auto" reports its choice (default: stderr). */
   onLog?: (message: string) => void;
 }
@@ -71,6 +79,11 @@ export class Model {
    */
   readonly timing = { forward: 0, policy: 0, steps: 0 };
 
+  /** How the projection and MLP weights are held on the CPU (f32, int8, int4). */
+  weightType: WeightType = "f32";
+  /** Bytes of weights this model holds (as stored: quantized matrices count their packed size). */
+  weightBytes = 0;
+
   /** The RoPE kernels' frequency table and factor (undefined: plain RoPE), made on first use. */
   private ropeArgsCache: ReturnType<typeof ropeKernelArgs> | null = null;
   private get ropeArgs() {
@@ -87,24 +100,48 @@ export class Model {
     const abs = resolve(dir);
     const config = readConfig(abs);
     const tokenizer = new TextTokenizer(abs);
-    const weights = loadWeights(abs, config);
-    let parameters =
-      weights.embed.length +
-      weights.norm.length +
-      (weights.lmHead === weights.embed ? 0 : weights.lmHead.length);
-    for (const l of weights.layers) {
-      for (const a of Object.values(l)) parameters += (a as Float32Array).length;
-    }
     if (opts.dtype !== undefined && !["f32", "f16", "bf16"].includes(opts.dtype))
       throw new InvalidOptionError("dtype", `must be f32, f16 or bf16, got ${String(opts.dtype)}`);
+    const weightType = opts.weights ?? "f32";
+    if (!WEIGHT_TYPES.includes(weightType))
+      throw new InvalidOptionError(
+        "weights",
+        `must be ${WEIGHT_TYPES.join(", ")}, got ${String(weightType)}`,
+      );
+    const groupSize = opts.groupSize ?? (weightType === "int4" ? 32 : 64);
+    if (!(Number.isInteger(groupSize) && groupSize >= 16 && (groupSize & (groupSize - 1)) === 0))
+      throw new InvalidOptionError("groupSize", `must be a power of two >= 16, got ${groupSize}`);
     const dev = openDevice(opts);
     if (dev) {
+      const weights = loadWeights(abs, config);
+      let parameters =
+        weights.embed.length +
+        weights.norm.length +
+        (weights.lmHead === weights.embed ? 0 : weights.lmHead.length);
+      for (const l of weights.layers)
+        for (const a of Object.values(l)) parameters += (a as Float32Array).length;
+      if (weightType !== "f32")
+        throw new InvalidOptionError(
+          "weights",
+          `${weightType} weights are for the CPU backend; on the device use --dtype f16 or bf16`,
+        );
       const runner = DeviceRunner.create(dev, config, weights, opts.dtype ?? "f32");
-      return new Model(abs, config, tokenizer, weights.embed, [], null, parameters, null, runner);
+      const model = new Model(abs, config, tokenizer, weights.embed, [], null, parameters, null, runner);
+      model.weightBytes = runner.weightBytes;
+      return model;
     }
+    if (opts.dtype !== undefined && opts.dtype !== "f32")
+      throw new InvalidOptionError(
+        "dtype",
+        `${opts.dtype} weights are for the device backend; on the CPU use --weights int8 or int4 (or f32)`,
+      );
     // onnxruntime is loaded only here: the device backend never pulls in its 45 MB library.
     const ort = (await import("onnxruntime-node")).default;
-    const graphs = buildBlockGraphs(config, weights);
+    const quant = weightType === "f32" ? null : { bits: (weightType === "int8" ? 8 : 4) as 4 | 8, groupSize };
+    // Layers are read from the checkpoint as their graphs are made (a few at a time).
+    const weights = openWeights(abs, config);
+    const parameters = weights.parameters;
+    const graphs = new BlockGraphs(config, weights, quant);
     const threads = opts.threads ?? availableParallelism();
     const sessionOptions: Ort.InferenceSession.SessionOptions = {
       executionProviders: ["cpu"],
@@ -117,10 +154,17 @@ export class Model {
       enableMemPattern: false,
       extra: { session: { intra_op: { allow_spinning: "0" } } },
     };
+    // One graph at a time: onnxruntime copies its weights, then the graph's bytes and the
+    // layer's float32 arrays are dropped, so the weights are held once (not three times).
     const layers: Session[] = [];
-    for (const g of graphs.layers) layers.push(await ort.InferenceSession.create(g, sessionOptions));
-    const head = await ort.InferenceSession.create(graphs.head, sessionOptions);
-    return new Model(abs, config, tokenizer, weights.embed, layers, head, parameters, ort);
+    for (let i = 0; i < graphs.count; i++)
+      layers.push(await ort.InferenceSession.create(graphs.layer(i), sessionOptions));
+    const head = await ort.InferenceSession.create(graphs.head(), sessionOptions);
+    const model = new Model(abs, config, tokenizer, weights.embed, layers, head, parameters, ort);
+    model.weightType = weightType;
+    // The embedding table stays in JS for the lookup, beside the graphs' weights.
+    model.weightBytes = graphs.bytes.n + weights.embed.byteLength;
+    return model;
   }
 
   /** Free the device memory of a model on the device backend (the CPU backend needs nothing). */

@@ -6,8 +6,55 @@
 //   head:    resid -> final RMSNorm -> LM head
 // One ORT call per layer plus two per step, whatever the batch.
 import type { ModelConfig } from "../config.js";
-import type { LayerWeights, ModelWeights } from "../weights.js";
+import { quantize, quantizedBytes } from "../quant.js";
+import type { LayeredWeights, LayerWeights } from "../weights.js";
 import { GraphBuilder } from "./graph.js";
+
+/** Quantized projections: onnxruntime's MatMulNBits with group-wise scales and zero points. */
+export interface GraphQuant {
+  bits: 4 | 8;
+  groupSize: number;
+}
+
+/**
+ * y = x · Wᵀ (+ bias) for W [N][K]: a Gemm over float32 weights, or MatMulNBits over
+ * quantized ones (activations quantized to int8 per group inside the kernel:
+ * accuracy_level 4, the fast path on x86). Adds the bytes the weights occupy to `bytes`.
+ */
+function linear(
+  g: GraphBuilder,
+  x: string,
+  w: Float32Array,
+  N: number,
+  K: number,
+  bias: Float32Array | undefined,
+  tag: string,
+  quant: GraphQuant | null,
+  bytes: { n: number },
+): string {
+  if (!quant) {
+    bytes.n += w.byteLength + (bias?.byteLength ?? 0);
+    const inputs = [x, g.init(`${tag}_w`, w, [N, K])];
+    if (bias) inputs.push(g.init(`${tag}_b`, bias, [N]));
+    return g.one("Gemm", inputs, { transB: 1 });
+  }
+  const q = quantize(w, N, K, quant.bits, quant.groupSize);
+  bytes.n += quantizedBytes(q) + (bias?.byteLength ?? 0);
+  const G = Math.ceil(K / quant.groupSize);
+  const y = g.node(
+    "MatMulNBits",
+    [
+      x,
+      g.initUint8(`${tag}_q`, q.packed, [N, G, (quant.groupSize * quant.bits) / 8]),
+      g.init(`${tag}_s`, q.scales, [N * G]),
+      g.initUint8(`${tag}_z`, q.zeroPoints, [q.zeroPoints.length]),
+    ],
+    { K, N, bits: quant.bits, block_size: quant.groupSize, accuracy_level: 4 },
+    1,
+    "com.microsoft",
+  )[0];
+  return bias ? g.one("Add", [y, g.init(`${tag}_b`, bias, [N])]) : y;
+}
 
 function concatRows(...parts: Float32Array[]): Float32Array {
   const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
@@ -34,16 +81,15 @@ function preAttention(
   w: LayerWeights,
   l: number,
   resid: string,
+  quant: GraphQuant | null,
+  bytes: { n: number },
 ): [string, string, string] {
   const d = c.hiddenSize;
   const qd = c.numHeads * c.headDim;
   const kvd = c.numKvHeads * c.headDim;
   const h = rmsNorm(g, resid, w.inputNorm, c.rmsNormEps, `l${l}_in`);
-  const W = g.init(`l${l}_wqkv`, concatRows(w.q, w.k, w.v), [qd + 2 * kvd, d]);
-  const inputs = [h, W];
-  if (w.qBias && w.kBias && w.vBias)
-    inputs.push(g.init(`l${l}_bqkv`, concatRows(w.qBias, w.kBias, w.vBias), [qd + 2 * kvd]));
-  const qkv = g.one("Gemm", inputs, { transB: 1 });
+  const b = w.qBias && w.kBias && w.vBias ? concatRows(w.qBias, w.kBias, w.vBias) : undefined;
+  const qkv = linear(g, h, concatRows(w.q, w.k, w.v), qd + 2 * kvd, d, b, `l${l}_qkv`, quant, bytes);
   let [q, k, v] = g.node("Split", [qkv, g.initInt64(`l${l}_split`, [qd, kvd, kvd])], { axis: 1 }, 3);
   if (w.qNorm && w.kNorm) {
     // Qwen3: RMSNorm over each head's head_dim (rows [M·H, D]), before RoPE.
@@ -75,65 +121,76 @@ function postAttention(
   l: number,
   resid: string,
   attn: string,
+  quant: GraphQuant | null,
+  bytes: { n: number },
 ): string {
   const d = c.hiddenSize;
   const I = c.intermediateSize;
-  const bias = (name: string, b: Float32Array | undefined) => (b ? [g.init(name, b, [b.length])] : []);
-  const o = g.one(
-    "Gemm",
-    [attn, g.init(`l${l}_wo`, w.o, [d, c.numHeads * c.headDim]), ...bias(`l${l}_bo`, w.oBias)],
-    { transB: 1 },
-  );
+  const o = linear(g, attn, w.o, d, c.numHeads * c.headDim, w.oBias, `l${l}_o`, quant, bytes);
   const r2 = g.one("Add", [resid, o]);
   const h = rmsNorm(g, r2, w.postNorm, c.rmsNormEps, `l${l}_post`);
   const guBias = w.gateBias && w.upBias ? concatRows(w.gateBias, w.upBias) : undefined;
-  const gu = g.one(
-    "Gemm",
-    [h, g.init(`l${l}_wgu`, concatRows(w.gate, w.up), [2 * I, d]), ...bias(`l${l}_bgu`, guBias)],
-    { transB: 1 },
-  );
+  const gu = linear(g, h, concatRows(w.gate, w.up), 2 * I, d, guBias, `l${l}_gu`, quant, bytes);
   const [gate, up] = g.node("Split", [gu, g.initInt64(`l${l}_gusplit`, [I, I])], { axis: 1 }, 2);
   const act = g.one("Mul", [g.one("Mul", [gate, g.one("Sigmoid", [gate])]), up]);
-  const down = g.one("Gemm", [act, g.init(`l${l}_wd`, w.down, [d, I]), ...bias(`l${l}_bd`, w.downBias)], {
-    transB: 1,
-  });
+  const down = linear(g, act, w.down, d, I, w.downBias, `l${l}_d`, quant, bytes);
   return g.one("Add", [r2, down]);
 }
 
-export interface BlockGraphs {
-  /** graphs[0] = first, graphs[1..L-1] = mid, graphs[L] = last. */
-  layers: Uint8Array[];
-  head: Uint8Array;
-}
+/**
+ * The model's graphs, made one at a time (so that a loader can hand each to onnxruntime and
+ * drop its bytes and weights before making the next: the weights are held once).
+ * layer(0) = first, layer(1..L−1) = mid, layer(L) = last; then head().
+ */
+export class BlockGraphs {
+  /** Bytes of the weights in the graphs made so far, as stored (quantized or float32). */
+  readonly bytes = { n: 0 };
 
-export function buildBlockGraphs(c: ModelConfig, w: ModelWeights): BlockGraphs {
-  const d = c.hiddenSize;
-  const qd = c.numHeads * c.headDim;
-  const kvd = c.numKvHeads * c.headDim;
-  const L = c.numLayers;
-  const qkvOutputs = (g: GraphBuilder, [q, k, v]: [string, string, string]) => {
-    g.output(q, "q", ["M", qd]);
-    g.output(k, "k", ["M", kvd]);
-    g.output(v, "v", ["M", kvd]);
-  };
-  const layers: Uint8Array[] = [];
-  for (let i = 0; i <= L; i++) {
+  constructor(
+    private readonly c: ModelConfig,
+    private readonly w: Pick<LayeredWeights, "norm" | "lmHead" | "layer">,
+    private readonly quant: GraphQuant | null = null,
+  ) {}
+
+  get count(): number {
+    return this.c.numLayers + 1;
+  }
+
+  layer(i: number): Uint8Array {
+    const { c, w, quant, bytes } = this;
+    const d = c.hiddenSize;
+    const qd = c.numHeads * c.headDim;
+    const kvd = c.numKvHeads * c.headDim;
+    const L = c.numLayers;
     const g = new GraphBuilder(i === 0 ? "first" : i === L ? "last" : `mid${i}`);
     let resid = g.input("resid", ["M", d]);
     if (i > 0) {
       const attn = g.input("attn", ["M", qd]);
-      resid = postAttention(g, c, w.layers[i - 1], i - 1, resid, attn);
+      resid = postAttention(g, c, w.layer(i - 1), i - 1, resid, attn, quant, bytes);
       g.output(resid, "resid_out", ["M", d]);
     }
-    if (i < L) qkvOutputs(g, preAttention(g, c, w.layers[i], i, resid));
-    layers.push(g.encode());
+    if (i < L) {
+      const [q, k, v] = preAttention(g, c, w.layer(i), i, resid, quant, bytes);
+      g.output(q, "q", ["M", qd]);
+      g.output(k, "k", ["M", kvd]);
+      g.output(v, "v", ["M", kvd]);
+    }
+    return g.encode();
   }
-  const g = new GraphBuilder("head");
-  const x = g.input("resid", ["M", d]);
-  const h = rmsNorm(g, x, w.norm, c.rmsNormEps, "final");
-  g.output(g.one("Gemm", [h, g.init("lm_head", w.lmHead, [c.vocabSize, d])], { transB: 1 }), "logits", [
-    "M",
-    c.vocabSize,
-  ]);
-  return { layers, head: g.encode() };
+
+  /** Final norm and LM head (quantized like the layers when they are: it is the largest matrix a step reads). */
+  head(): Uint8Array {
+    const { c, w, quant, bytes } = this;
+    const d = c.hiddenSize;
+    const g = new GraphBuilder("head");
+    const x = g.input("resid", ["M", d]);
+    const h = rmsNorm(g, x, w.norm, c.rmsNormEps, "final");
+    bytes.n += w.norm.byteLength;
+    // int4 models keep an int8 LM head (as llama.cpp keeps a wider output matrix): the
+    // logits are where 4-bit error shows most.
+    const headQuant = quant && { bits: 8 as const, groupSize: Math.max(quant.groupSize, 64) };
+    const logits = linear(g, h, w.lmHead, c.vocabSize, d, undefined, "lm_head", headQuant, bytes);
+    g.output(logits, "logits", ["M", c.vocabSize]);
+    return g.encode();
+  }
 }

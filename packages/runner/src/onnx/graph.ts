@@ -41,6 +41,13 @@ export class GraphBuilder {
     return name;
   }
 
+  initUint8(name: string, data: Uint8Array, dims: number[]): string {
+    this.initializers.push(
+      onnx.TensorProto.create({ name, dataType: onnx.TensorProto.DataType.UINT8, dims, rawData: data }),
+    );
+    return name;
+  }
+
   initInt64(name: string, values: number[]): string {
     this.initializers.push(
       onnx.TensorProto.create({
@@ -58,6 +65,7 @@ export class GraphBuilder {
     inputs: string[],
     attrs: Record<string, number | number[]> = {},
     outputs?: string[] | number,
+    domain = "",
   ): string[] {
     const outs = Array.isArray(outputs)
       ? outputs
@@ -70,7 +78,14 @@ export class GraphBuilder {
           : onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.FLOAT, f: v }),
     );
     this.nodes.push(
-      onnx.NodeProto.create({ opType: op, input: inputs, output: outs, name: this.fresh(op), attribute }),
+      onnx.NodeProto.create({
+        opType: op,
+        domain,
+        input: inputs,
+        output: outs,
+        name: this.fresh(op),
+        attribute,
+      }),
     );
     return outs;
   }
@@ -83,7 +98,11 @@ export class GraphBuilder {
   encode(): Uint8Array {
     const model = onnx.ModelProto.create({
       irVersion: 8,
-      opsetImport: [{ domain: "", version: 17 }],
+      // com.microsoft: onnxruntime's contrib ops (MatMulNBits for quantized weights).
+      opsetImport: [
+        { domain: "", version: 17 },
+        { domain: "com.microsoft", version: 1 },
+      ],
       producerName: "@smallkv/runner",
       graph: {
         name: this.name,

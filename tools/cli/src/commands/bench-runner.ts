@@ -1,6 +1,9 @@
-import { availableParallelism, cpus } from "node:os";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { availableParallelism, cpus, tmpdir } from "node:os";
+import { join } from "node:path";
 import { LLM_100M, LLM_SMALL, randomTokens, syntheticCheckpoint, table, writeJson } from "@smallkv/eval";
-import { Model } from "@smallkv/runner";
+import { Model, WEIGHT_TYPES, type WeightType } from "@smallkv/runner";
 import { buildInfo, sum } from "@smallkv/tensor";
 
 interface Opts {
@@ -13,6 +16,41 @@ interface Opts {
   out: string;
   device?: "cpu" | "cuda" | "auto" | "emulator";
   dtype?: "f32" | "f16" | "bf16";
+  /** Weight types to compare on the CPU (each measured in its own process, for its peak RSS). */
+  weights: string;
+  /** Inputs per quantization group (default: 32 for int4, 64 for int8). */
+  groupSize?: number;
+  /** Internal: measure one weight type in this process and write its JSON here. */
+  childOut?: string;
+}
+
+/**
+ * This process's peak resident set in bytes: VmHWM on Linux (its own address space; the
+ * rusage maximum would include the parent's size at fork, which execve keeps).
+ */
+function peakRss(): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
+    if (m) return Number(m[1]) * 1024;
+  } catch {
+    // not Linux
+  }
+  return process.resourceUsage().maxRSS * 1024;
+}
+
+/** One weight type's measurements (one process). */
+interface Measured {
+  weights: WeightType;
+  weightBytes: number;
+  /** Weight bytes a decode step reads (every matrix once; one embedding row). */
+  streamedBytes: number;
+  bandwidth: number;
+  prefill: { tokens: number; seconds: number; tokensPerSecond: number };
+  decode: { batch: number; steps: number; secondsPerStep: number; tokensPerSecond: number }[];
+  /** Peak resident set of the process (bytes), and the KV bytes of the largest decode batch. */
+  peakRss: number;
+  kvBytes: number;
+  loadSeconds: number;
 }
 
 /** Read bandwidth in bytes/s: best of several passes over a buffer far larger than the caches. */
@@ -27,87 +65,198 @@ export function measureReadBandwidth(bytes = 512 * 1024 * 1024, passes = 5): num
   return bytes / (best / 1000);
 }
 
-export async function benchRunner(o: Opts): Promise<void> {
+async function measure(o: Opts, weights: WeightType, bandwidth: number): Promise<Measured> {
   const shape = o.small ? LLM_SMALL : LLM_100M;
-  process.stderr.write(`preparing synthetic checkpoint (${o.small ? "small" : "~100M"})...\n`);
   const dir = syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", shape);
-  const model = await Model.load(dir, { threads: o.threads, device: o.device, dtype: o.dtype });
+  const t0 = performance.now();
+  const model = await Model.load(dir, {
+    threads: o.threads,
+    device: o.device,
+    dtype: o.dtype,
+    weights,
+    groupSize: o.groupSize,
+  });
+  const loadSeconds = (performance.now() - t0) / 1000;
   const c = model.config;
   const V = c.vocabSize;
-  const dev = model.device;
-  // Bytes of weights a decode step streams: every matrix once (the tied table serves as LM
-  // head; the embedding lookup reads one row).
-  const weightBytes = model.runner ? model.runner.weightBytes : model.parameters * 4;
-  // On a GPU the roofline uses the memory's peak bandwidth (clock x bus width); on the CPU a
-  // measured streaming read. The emulator has neither, so its ratio is left out.
-  const bandwidth = dev ? dev.info.bandwidthGBs * 1e9 : measureReadBandwidth();
-  const roofline = bandwidth / weightBytes;
-
+  // The JS embedding table is read one row per token; everything else once per step.
+  const streamedBytes = model.runner ? model.weightBytes : model.weightBytes - V * c.hiddenSize * 4;
   const prompt = randomTokens(o.prefill, V, 1);
   let prefillBest = Number.POSITIVE_INFINITY;
   for (let rep = 0; rep < 2; rep++) {
     const seq = model.newSequence();
-    const t0 = performance.now();
+    const p0 = performance.now();
     await model.forward([{ seq, tokens: prompt }]);
-    prefillBest = Math.min(prefillBest, performance.now() - t0);
+    prefillBest = Math.min(prefillBest, performance.now() - p0);
     seq.release();
   }
-  const prefillTps = o.prefill / (prefillBest / 1000);
-
-  const rows: (string | number)[][] = [["prefill", 1, o.prefill, prefillTps, prefillBest / 1000, "-"]];
-  const results: Record<string, unknown>[] = [
-    {
-      phase: "prefill",
-      batch: 1,
-      tokens: o.prefill,
-      tokensPerSecond: prefillTps,
-      seconds: prefillBest / 1000,
-    },
-  ];
+  const decode: Measured["decode"] = [];
+  let kvBytes = 0;
   for (const B of o.batches.split(",").map(Number)) {
     const seqs = Array.from({ length: B }, () => model.newSequence());
     await model.forward(seqs.map((seq, i) => ({ seq, tokens: randomTokens(o.context, V, 10 + i) })));
     const next = seqs.map((_, i) => randomTokens(o.steps + 1, V, 100 + i));
     await model.forward(seqs.map((seq, i) => ({ seq, tokens: [next[i][0]] }))); // warm-up step
-    const t0 = performance.now();
+    const d0 = performance.now();
     for (let s = 1; s <= o.steps; s++)
       await model.forward(seqs.map((seq, i) => ({ seq, tokens: [next[i][s]] })));
-    const secs = (performance.now() - t0) / 1000;
-    const tps = (B * o.steps) / secs;
-    const ratio = B === 1 && bandwidth > 0 ? tps / roofline : null;
-    rows.push([
-      `decode`,
-      B,
-      o.steps,
-      tps,
-      secs / o.steps,
-      ratio === null ? "-" : `${(ratio * 100).toFixed(1)}%`,
-    ]);
-    results.push({
-      phase: "decode",
+    const secs = (performance.now() - d0) / 1000;
+    decode.push({
       batch: B,
       steps: o.steps,
-      context: o.context,
-      tokensPerSecond: tps,
       secondsPerStep: secs / o.steps,
-      rooflineRatio: ratio,
+      tokensPerSecond: (B * o.steps) / secs,
     });
+    kvBytes = Math.max(
+      kvBytes,
+      seqs.reduce((a, s) => a + s.stats().coldBytes, 0),
+    );
     for (const s of seqs) s.release();
   }
+  model.close();
+  return {
+    weights,
+    weightBytes: model.weightBytes,
+    streamedBytes,
+    bandwidth,
+    prefill: {
+      tokens: o.prefill,
+      seconds: prefillBest / 1000,
+      tokensPerSecond: o.prefill / (prefillBest / 1000),
+    },
+    decode,
+    peakRss: peakRss(),
+    kvBytes,
+    loadSeconds,
+  };
+}
+
+/**
+ * Prefill and decode throughput per weight type, each in its own process (so that its peak
+ * RSS is its own), with ratios to f32 from the same run and each type's roofline from the
+ * weight bytes it streams per token and the measured read bandwidth.
+ */
+export async function benchRunner(o: Opts): Promise<void> {
+  const types = o.weights.split(",").map((x) => x.trim()) as WeightType[];
+  for (const t of types)
+    if (!WEIGHT_TYPES.includes(t))
+      throw new Error(`--weights: ${t} is not one of ${WEIGHT_TYPES.join(", ")}`);
+  if (o.childOut) {
+    const m = await measure(
+      o,
+      types[0],
+      Number(process.env.SMALLKV_BENCH_BANDWIDTH) || measureReadBandwidth(),
+    );
+    writeFileSync(o.childOut, JSON.stringify(m));
+    return;
+  }
+  const device = o.device && o.device !== "cpu";
+  process.stderr.write(`preparing synthetic checkpoint (${o.small ? "small" : "~100M"})...\n`);
+  syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M);
+  let results: Measured[];
+  let bandwidth: number;
+  let deviceInfo: unknown = { kind: "cpu" };
+  if (device) {
+    // The device backend: one weight type (its dtype), in this process.
+    const probe = await Model.load(
+      syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M),
+      { device: o.device, dtype: o.dtype },
+    );
+    const dev = probe.device!;
+    bandwidth = dev.info.bandwidthGBs * 1e9;
+    deviceInfo = dev.info;
+    probe.close();
+    results = [await measure(o, "f32", bandwidth)];
+  } else {
+    bandwidth = measureReadBandwidth();
+    const tmp = mkdtempSync(join(tmpdir(), "smallkv-bench-runner-"));
+    results = [];
+    for (const t of types) {
+      process.stderr.write(`  ${t} weights...\n`);
+      const out = join(tmp, `${t}.json`);
+      const args = [
+        process.argv[1],
+        "bench",
+        "runner",
+        "--weights",
+        t,
+        "--child-out",
+        out,
+        "--prefill",
+        String(o.prefill),
+        "--context",
+        String(o.context),
+        "--steps",
+        String(o.steps),
+        "--batches",
+        o.batches,
+      ];
+      if (o.small) args.push("--small");
+      if (o.threads) args.push("--threads", String(o.threads));
+      if (o.groupSize) args.push("--group-size", String(o.groupSize));
+      execFileSync(process.execPath, args, {
+        stdio: ["ignore", "ignore", "inherit"],
+        env: { ...process.env, SMALLKV_BENCH_BANDWIDTH: String(bandwidth) },
+      });
+      results.push(JSON.parse(readFileSync(out, "utf8")));
+    }
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  const base = results.find((r) => r.weights === "f32") ?? results[0];
+  const mib = (b: number) => (b / 2 ** 20).toFixed(0);
+  const rows: (string | number)[][] = [];
+  for (const r of results) {
+    const roofline = bandwidth / r.streamedBytes;
+    rows.push([
+      r.weights,
+      "prefill",
+      1,
+      r.prefill.tokensPerSecond,
+      r.prefill.tokensPerSecond / base.prefill.tokensPerSecond,
+      "-",
+      mib(r.weightBytes),
+      mib(r.peakRss),
+      (r.peakRss / (r.weightBytes + r.kvBytes)).toFixed(2),
+    ]);
+    for (const d of r.decode) {
+      const b = base.decode.find((x) => x.batch === d.batch)!;
+      rows.push([
+        r.weights,
+        "decode",
+        d.batch,
+        d.tokensPerSecond,
+        d.tokensPerSecond / b.tokensPerSecond,
+        d.batch === 1
+          ? `${((d.tokensPerSecond / roofline) * 100).toFixed(0)}% of ${roofline.toFixed(0)}`
+          : "-",
+        "",
+        "",
+        "",
+      ]);
+    }
+  }
+  const c = JSON.parse(
+    readFileSync(
+      join(
+        syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M),
+        "config.json",
+      ),
+      "utf8",
+    ),
+  );
   const header =
-    `model: synthetic ${(model.parameters / 1e6).toFixed(1)}M params (${c.numLayers}L d${c.hiddenSize} ${c.numHeads}h/${c.numKvHeads}kv, vocab ${V}), ${o.dtype ?? "f32"} weights ${(weightBytes / 2 ** 20).toFixed(0)} MiB\n` +
-    (dev
-      ? `device: ${dev.info.name} (${dev.info.kind}, sm ${dev.info.computeCapability}, ${(dev.info.totalBytes / 2 ** 30).toFixed(1)} GiB); peak bandwidth ${(bandwidth / 1e9).toFixed(0)} GB/s -> batch-1 decode roofline ${bandwidth > 0 ? roofline.toFixed(1) : "-"} tok/s`
-      : `machine: ${cpus()[0]?.model ?? "cpu"} x${availableParallelism()}, kernels ${buildInfo().simd}; read bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s -> batch-1 decode roofline ${roofline.toFixed(1)} tok/s`);
+    `model: synthetic ${o.small ? "small" : "~100M"} (${c.num_hidden_layers}L d${c.hidden_size} ${c.num_attention_heads}h/${c.num_key_value_heads}kv, vocab ${c.vocab_size}); ${device ? `${o.dtype ?? "f32"} weights on ${o.device}` : "projections and MLP in the listed weight type, embedding and LM head f32"}\n` +
+    (device
+      ? `device peak bandwidth ${(bandwidth / 1e9).toFixed(0)} GB/s`
+      : `machine: ${cpus()[0]?.model ?? "cpu"} x${availableParallelism()}, kernels ${buildInfo().simd}; read bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s; roofline = bandwidth / weight bytes streamed per token`);
   process.stdout.write(
-    `${header}\n\n${table(["phase", "batch", "tokens/steps", "tokens/s", "s (per step)", "of roofline"], rows)}\n`,
+    `${header}\n\n${table(["weights", "phase", "batch", "tokens/s", "x f32", "batch-1 roofline tok/s", "weights MiB", "peak RSS MiB", "RSS/(weights+KV)"], rows)}\n`,
   );
   const path = writeJson(o.out, "runner.json", {
-    model: { parameters: model.parameters, config: c, weightBytes, dtype: o.dtype ?? "f32" },
-    device: dev ? dev.info : { kind: "cpu" },
+    model: { config: c, dtype: o.dtype ?? "f32" },
+    device: deviceInfo,
     bandwidthBytesPerSecond: bandwidth,
-    rooflineTokensPerSecond: roofline,
-    results,
+    results: results.map((r) => ({ ...r, rooflineTokensPerSecond: bandwidth / r.streamedBytes })),
   });
   process.stdout.write(`\nJSON: ${path}\n`);
 }

@@ -1,5 +1,5 @@
 import { formatBench, runBench } from "@smallkv/eval";
-import { type Command, InvalidArgumentError } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import { addDeviceOptions, type DeviceCliOptions, intArg } from "../options.js";
 import { benchRunner } from "./bench-runner.js";
 import { benchServer } from "./bench-server.js";
@@ -100,6 +100,17 @@ export function registerBench(program: Command): void {
     .option("--steps <n>", "decode steps measured", intArg("--steps", 1), 32)
     .option("--batches <list>", "decode batch sizes", "1,4,16")
     .option("--threads <n>", "CPU threads", intArg("--threads", 1))
+    .option(
+      "--weights <list>",
+      "CPU weight types to compare, each in its own process (f32,int8,int4)",
+      "f32,int8,int4",
+    )
+    .option(
+      "--group-size <n>",
+      "inputs per quantization group (default 32 for int4, 64 for int8)",
+      intArg("--group-size", 16),
+    )
+    .addOption(new Option("--child-out <file>").hideHelp())
     .option("--out <dir>", "output folder", "bench-results");
   addDeviceOptions(runner).action(benchRunner);
 }
