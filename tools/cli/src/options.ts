@@ -52,3 +52,35 @@ export function addDeviceOptions<C extends Command>(cmd: C): C {
   );
   return cmd;
 }
+
+/** The CPU weight flags of a model-loading command. */
+export interface WeightCliOptions {
+  weights: "f32" | "int8" | "int4";
+  groupSize?: number;
+  assistantWeights?: "f32" | "int8" | "int4";
+}
+
+export function addWeightOptions<C extends Command>(cmd: C, assistant = true): C {
+  cmd.addOption(
+    new Option(
+      "--weights <type>",
+      "weights of the projections and MLP on the CPU: f32, or int8/int4 quantized at load (group-wise; LM head int8 for int4; embedding f32)",
+    )
+      .choices(["f32", "int8", "int4"])
+      .default("f32"),
+  );
+  cmd.option(
+    "--group-size <n>",
+    "inputs per quantization group (power of two >= 16; default 32 for int4, 64 for int8)",
+    intArg("--group-size", 16),
+  );
+  if (assistant)
+    cmd.addOption(
+      new Option("--assistant-weights <type>", "weights of the assistant (default: as --weights)").choices([
+        "f32",
+        "int8",
+        "int4",
+      ]),
+    );
+  return cmd;
+}

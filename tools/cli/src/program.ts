@@ -11,6 +11,7 @@ import { Command, CommanderError } from "commander";
 import { registerBench } from "./commands/bench.js";
 import { registerCalibratePod } from "./commands/calibrate-pod.js";
 import { registerEval } from "./commands/eval.js";
+import { registerEvalWeights } from "./commands/eval-weights.js";
 import { registerGenerate } from "./commands/generate.js";
 import { registerMatch } from "./commands/match.js";
 import { registerResults } from "./commands/results.js";
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   registerGenerate(program);
   registerScore(program);
+  registerEvalWeights(program);
   registerBench(program);
   registerCalibratePod(program);
   registerMatch(program);

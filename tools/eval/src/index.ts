@@ -29,3 +29,4 @@ export {
   syntheticCheckpoint,
 } from "./synthetic.js";
 export { fmt, markdownTable, table, writeJson } from "./table.js";
+export { runWeightsEval, type WeightsEvalOptions, type WeightsEvalRow } from "./weights-eval.js";

@@ -8,7 +8,16 @@ import {
   type StepModel,
 } from "@smallkv/runner";
 import type { Command } from "commander";
-import { addDeviceOptions, collect, type DeviceCliOptions, floatArg, intArg, readStdin } from "../options.js";
+import {
+  addDeviceOptions,
+  addWeightOptions,
+  collect,
+  type DeviceCliOptions,
+  floatArg,
+  intArg,
+  readStdin,
+  type WeightCliOptions,
+} from "../options.js";
 import {
   addPolicyOptions,
   formatStats,
@@ -17,7 +26,7 @@ import {
   policyFromCli,
 } from "../policy-options.js";
 
-export interface GenerateCliOptions extends PolicyCliOptions, DeviceCliOptions {
+export interface GenerateCliOptions extends PolicyCliOptions, DeviceCliOptions, Partial<WeightCliOptions> {
   model: string;
   assistant?: string;
   prompt?: string;
@@ -39,12 +48,22 @@ export async function loadStepModel(
   model: string,
   assistant: string | undefined,
   threads?: number,
-  device?: Partial<DeviceCliOptions>,
+  device?: Partial<DeviceCliOptions> & Partial<WeightCliOptions>,
 ): Promise<StepModel> {
-  const opts = { threads, device: device?.device, dtype: device?.dtype };
+  const opts = {
+    threads,
+    device: device?.device,
+    dtype: device?.dtype,
+    weights: device?.weights,
+    groupSize: device?.groupSize,
+  };
   const llm = await Model.load(resolveModelDir(model), opts);
   // With --device auto the assistant follows wherever the LLM landed.
-  const slmOpts = { ...opts, device: llm.device ? llm.device.info.kind : "cpu" } as const;
+  const slmOpts = {
+    ...opts,
+    device: llm.device ? llm.device.info.kind : "cpu",
+    weights: device?.assistantWeights ?? device?.weights,
+  } as const;
   return assistant ? new AssistedModel(llm, await Model.load(resolveModelDir(assistant), slmOpts)) : llm;
 }
 
@@ -72,7 +91,7 @@ export function registerGenerate(program: Command): void {
       "--stats",
       "print hot/cold KV bytes and token classes per step (stderr; with --json, a per-step array)",
     );
-  addPolicyOptions(addDeviceOptions(cmd)).action(async (o: GenerateCliOptions) => {
+  addPolicyOptions(addWeightOptions(addDeviceOptions(cmd))).action(async (o: GenerateCliOptions) => {
     const policy = await policyFromCli(o);
     if (policy.usesAssistant && !o.assistant) {
       throw new InvalidOptionError(

@@ -1,19 +1,26 @@
 import { readFileSync } from "node:fs";
 import { logSoftmax, Model, resolveModelDir } from "@smallkv/runner";
 import type { Command } from "commander";
-import { intArg, readStdin } from "../options.js";
+import { addWeightOptions, intArg, readStdin, type WeightCliOptions } from "../options.js";
 
 export function registerScore(program: Command): void {
-  program
+  const cmd = program
     .command("score")
     .description("per-token log-probabilities of a text under the model")
     .requiredOption("-m, --model <dir>", "checkpoint folder")
     .option("--text <text>", "text to score (default: --file or stdin)")
     .option("--file <path>", "read the text from a file")
     .option("--json", "print JSON")
-    .option("--threads <n>", "CPU threads", intArg("--threads", 1))
-    .action(async (o: { model: string; text?: string; file?: string; json?: boolean; threads?: number }) => {
-      const model = await Model.load(resolveModelDir(o.model), { threads: o.threads });
+    .option("--threads <n>", "CPU threads", intArg("--threads", 1));
+  addWeightOptions(cmd, false).action(
+    async (
+      o: { model: string; text?: string; file?: string; json?: boolean; threads?: number } & WeightCliOptions,
+    ) => {
+      const model = await Model.load(resolveModelDir(o.model), {
+        threads: o.threads,
+        weights: o.weights,
+        groupSize: o.groupSize,
+      });
       const text = o.text ?? (o.file ? readFileSync(o.file, "utf8") : await readStdin());
       const ids = model.tokenizer.encode(text);
       const seq = model.newSequence();
@@ -47,5 +54,6 @@ export function registerScore(program: Command): void {
         );
       }
       seq.release();
-    });
+    },
+  );
 }

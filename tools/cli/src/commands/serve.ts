@@ -3,9 +3,16 @@ import { parsePolicyOptions, resolvePolicy } from "@smallkv/policies";
 import { Model, resolveModelDir } from "@smallkv/runner";
 import { createServer, playground } from "@smallkv/server";
 import type { Command } from "commander";
-import { addDeviceOptions, collect, type DeviceCliOptions, intArg } from "../options.js";
+import {
+  addDeviceOptions,
+  addWeightOptions,
+  collect,
+  type DeviceCliOptions,
+  intArg,
+  type WeightCliOptions,
+} from "../options.js";
 
-interface ServeCli extends DeviceCliOptions {
+interface ServeCli extends DeviceCliOptions, WeightCliOptions {
   model: string;
   assistant?: string;
   policy: string;
@@ -79,7 +86,7 @@ export function registerServe(program: Command): void {
       "allow a non-loopback --host without an API key (anyone who can reach the port may use the model)",
     )
     .option("--quiet", "no request logs");
-  addDeviceOptions(cmd).action(async (o: ServeCli) => {
+  addWeightOptions(addDeviceOptions(cmd)).action(async (o: ServeCli) => {
     const apiKey = o.apiKey ?? process.env.SMALLKV_API_KEY;
     if (!LOOPBACK.has(o.host) && !apiKey && !o.allowUnauthenticated)
       throw new Error(
@@ -93,12 +100,16 @@ export function registerServe(program: Command): void {
       threads: o.threads,
       device: o.device,
       dtype: o.dtype,
+      weights: o.weights,
+      groupSize: o.groupSize,
     });
     const assistant = o.assistant
       ? await Model.load(resolveModelDir(o.assistant), {
           threads: o.threads,
           device: model.device ? model.device.info.kind : "cpu",
           dtype: o.dtype,
+          weights: o.assistantWeights ?? o.weights,
+          groupSize: o.groupSize,
         })
       : undefined;
     const needsAssistant = o.policy ? (await resolvePolicy(o.policy)).usesAssistant : false;
