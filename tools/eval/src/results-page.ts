@@ -211,7 +211,7 @@ export async function writeResultsPage(o: {
     parts.push(
       "## Runner",
       "",
-      `Read bandwidth ${fmt(j.bandwidthBytesPerSecond / 1e9)} GB/s, batch-1 decode roofline ${fmt(j.rooflineTokensPerSecond)} tok/s.`,
+      `Read bandwidth ${fmt(j.bandwidthBytesPerSecond / 1e9)} GB/s; each weight type's batch-1 decode roofline is that bandwidth over the weight bytes it streams per token. Each weight type ran in its own process (peak RSS from VmHWM).`,
       "",
       runnerTable(j.results),
       "",
@@ -237,7 +237,7 @@ function gpuSection(dir: string | undefined): string[] {
   if (runner && existsSync(runner)) {
     const j = JSON.parse(readFileSync(runner, "utf8"));
     out.push(
-      `${j.device?.name ?? "GPU"}: peak bandwidth ${fmt(j.bandwidthBytesPerSecond / 1e9)} GB/s, ${j.model.dtype} weights, batch-1 decode roofline ${fmt(j.rooflineTokensPerSecond)} tok/s.`,
+      `${j.device?.name ?? "GPU"}: peak bandwidth ${fmt(j.bandwidthBytesPerSecond / 1e9)} GB/s, ${j.model.dtype} weights.`,
       "",
       runnerTable(j.results),
       "",
@@ -256,21 +256,50 @@ function gpuSection(dir: string | undefined): string[] {
   return out;
 }
 
+/** A weight type's measurements in runner.json (`pnpm bench runner`). */
 interface RunnerResult {
-  phase: string;
-  batch: number;
-  tokensPerSecond: number;
-  rooflineRatio?: number | null;
+  weights: string;
+  weightBytes: number;
+  peakRss: number;
+  kvBytes: number;
+  rooflineTokensPerSecond: number;
+  prefill: { tokensPerSecond: number };
+  decode: { batch: number; tokensPerSecond: number }[];
 }
 
 function runnerTable(results: RunnerResult[]): string {
+  const base = results.find((r) => r.weights === "f32") ?? results[0];
+  const rows: (string | number)[][] = [];
+  for (const r of results) {
+    const mib = (b: number) => (b / 2 ** 20).toFixed(0);
+    rows.push([
+      r.weights,
+      "prefill",
+      1,
+      r.prefill.tokensPerSecond,
+      fmt(r.prefill.tokensPerSecond / base.prefill.tokensPerSecond),
+      "-",
+      mib(r.weightBytes),
+      mib(r.peakRss),
+    ]);
+    for (const d of r.decode) {
+      const b = base.decode.find((x) => x.batch === d.batch);
+      rows.push([
+        r.weights,
+        "decode",
+        d.batch,
+        d.tokensPerSecond,
+        b ? fmt(d.tokensPerSecond / b.tokensPerSecond) : "-",
+        d.batch === 1
+          ? `${((d.tokensPerSecond / r.rooflineTokensPerSecond) * 100).toFixed(0)}% of ${fmt(r.rooflineTokensPerSecond)}`
+          : "-",
+        "",
+        "",
+      ]);
+    }
+  }
   return markdownTable(
-    ["phase", "batch", "tokens/s", "of roofline"],
-    results.map((r) => [
-      r.phase,
-      r.batch,
-      r.tokensPerSecond,
-      r.rooflineRatio ? `${(r.rooflineRatio * 100).toFixed(1)}%` : "-",
-    ]),
+    ["weights", "phase", "batch", "tokens/s", "x f32", "batch-1 roofline", "weights MiB", "peak RSS MiB"],
+    rows,
   );
 }
