@@ -8,7 +8,7 @@ import { describe, expect, it } from "vitest";
 const bin = join(dirname(fileURLToPath(import.meta.url)), "..", "dist", "bin.js");
 
 describe("smallkv bench runner", () => {
-  it("prints a table and writes JSON (small synthetic model)", () => {
+  it("compares f32, int8 and int4 weights, each in its own process, and writes JSON with the weight bytes used (small synthetic model)", () => {
     const out = mkdtempSync(join(tmpdir(), "smallkv-bench-"));
     const r = spawnSync(
       process.execPath,
@@ -25,6 +25,8 @@ describe("smallkv bench runner", () => {
         "4",
         "--batches",
         "1,2",
+        "--rounds",
+        "1",
         "--out",
         out,
       ],
@@ -33,15 +35,19 @@ describe("smallkv bench runner", () => {
         env: { ...process.env, SMALLKV_BENCH_CACHE: join(out, "cache") },
       },
     );
-    expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/of roofline/);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/batch-1 roofline/);
     const json = JSON.parse(readFileSync(join(out, "runner.json"), "utf8"));
-    expect(json.results.map((x: { phase: string; batch: number }) => `${x.phase}${x.batch}`)).toEqual([
-      "prefill1",
-      "decode1",
-      "decode2",
-    ]);
-    for (const x of json.results) expect(x.tokensPerSecond).toBeGreaterThan(0);
+    expect(json.results.map((x: { weights: string }) => x.weights)).toEqual(["f32", "int8", "int4"]);
+    for (const x of json.results) {
+      expect(x.prefill.tokensPerSecond).toBeGreaterThan(0);
+      expect(x.decode.map((d: { batch: number }) => d.batch)).toEqual([1, 2]);
+      expect(x.peakRss).toBeGreaterThan(x.weightBytes);
+    }
+    // Quantized weights occupy fewer bytes than float32 ones, int4 fewer than int8.
+    const [f32, int8, int4] = json.results;
+    expect(int8.weightBytes).toBeLessThan(f32.weightBytes);
+    expect(int4.weightBytes).toBeLessThan(int8.weightBytes);
     expect(json.bandwidthBytesPerSecond).toBeGreaterThan(1e8);
   });
 });

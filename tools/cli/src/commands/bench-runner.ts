@@ -18,6 +18,8 @@ interface Opts {
   dtype?: "f32" | "f16" | "bf16";
   /** Weight types to compare on the CPU (each measured in its own process, for its peak RSS). */
   weights: string;
+  /** Interleaved rounds over the weight types (best round kept per type). */
+  rounds: number;
   /** Inputs per quantization group (default: 32 for int4, 64 for int8). */
   groupSize?: number;
   /** Internal: measure one weight type in this process and write its JSON here. */
@@ -170,36 +172,50 @@ export async function benchRunner(o: Opts): Promise<void> {
   } else {
     bandwidth = measureReadBandwidth();
     const tmp = mkdtempSync(join(tmpdir(), "smallkv-bench-runner-"));
-    results = [];
-    for (const t of types) {
-      process.stderr.write(`  ${t} weights...\n`);
-      const out = join(tmp, `${t}.json`);
-      const args = [
-        process.argv[1],
-        "bench",
-        "runner",
-        "--weights",
-        t,
-        "--child-out",
-        out,
-        "--prefill",
-        String(o.prefill),
-        "--context",
-        String(o.context),
-        "--steps",
-        String(o.steps),
-        "--batches",
-        o.batches,
-      ];
-      if (o.small) args.push("--small");
-      if (o.threads) args.push("--threads", String(o.threads));
-      if (o.groupSize) args.push("--group-size", String(o.groupSize));
-      execFileSync(process.execPath, args, {
-        stdio: ["ignore", "ignore", "inherit"],
-        env: { ...process.env, SMALLKV_BENCH_BANDWIDTH: String(bandwidth) },
-      });
-      results.push(JSON.parse(readFileSync(out, "utf8")));
+    // Interleaved rounds (f32, int8, int4, f32, ...): each type keeps its best round, so a
+    // noisy neighbour on a shared machine does not decide a ratio.
+    const best = new Map<WeightType, Measured>();
+    for (let round = 1; round <= o.rounds; round++) {
+      for (const t of types) {
+        process.stderr.write(`  ${t} weights (round ${round}/${o.rounds})...\n`);
+        const out = join(tmp, `${t}.json`);
+        const args = [
+          process.argv[1],
+          "bench",
+          "runner",
+          "--weights",
+          t,
+          "--child-out",
+          out,
+          "--prefill",
+          String(o.prefill),
+          "--context",
+          String(o.context),
+          "--steps",
+          String(o.steps),
+          "--batches",
+          o.batches,
+        ];
+        if (o.small) args.push("--small");
+        if (o.threads) args.push("--threads", String(o.threads));
+        if (o.groupSize) args.push("--group-size", String(o.groupSize));
+        execFileSync(process.execPath, args, {
+          stdio: ["ignore", "ignore", "inherit"],
+          env: { ...process.env, SMALLKV_BENCH_BANDWIDTH: String(bandwidth) },
+        });
+        const m: Measured = JSON.parse(readFileSync(out, "utf8"));
+        const prev = best.get(t);
+        if (!prev) best.set(t, m);
+        else {
+          if (m.prefill.tokensPerSecond > prev.prefill.tokensPerSecond) prev.prefill = m.prefill;
+          prev.decode = prev.decode.map((d, i) =>
+            m.decode[i].tokensPerSecond > d.tokensPerSecond ? m.decode[i] : d,
+          );
+          prev.peakRss = Math.max(prev.peakRss, m.peakRss);
+        }
+      }
     }
+    results = types.map((t) => best.get(t)!);
     rmSync(tmp, { recursive: true, force: true });
   }
   const base = results.find((r) => r.weights === "f32") ?? results[0];

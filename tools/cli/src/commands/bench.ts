@@ -110,6 +110,12 @@ export function registerBench(program: Command): void {
       "inputs per quantization group (default 32 for int4, 64 for int8)",
       intArg("--group-size", 16),
     )
+    .option(
+      "--rounds <n>",
+      "interleaved rounds over the weight types (best kept per type)",
+      intArg("--rounds", 1),
+      2,
+    )
     .addOption(new Option("--child-out <file>").hideHelp())
     .option("--out <dir>", "output folder", "bench-results");
   addDeviceOptions(runner).action(benchRunner);
