@@ -22,8 +22,8 @@ export interface QuantizedMatrix {
 }
 
 /** The 4-bit clipping search: ranges shrunk by up to CLIP_RANGE in CLIP_STEPS steps. */
-const CLIP_STEPS = 20;
-const CLIP_RANGE = 0.4;
+const CLIP_STEPS = 8;
+const CLIP_RANGE = 0.32;
 
 export function groupsOf(K: number, groupSize: number): number {
   return Math.ceil(K / groupSize);
