@@ -1,18 +1,19 @@
 import { availableParallelism } from "node:os";
-import { basename, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { attention, Device, DeviceError, rope, type VOnlyRows } from "@smallkv/tensor";
 import type Ort from "onnxruntime-node";
 import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder } from "./attend-policy.js";
 import { type ModelConfig, readConfig } from "./config.js";
 import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
+import { graphFolder } from "./graph-cache.js";
 import { BlockGraphs } from "./onnx/blocks.js";
 import type { KvPolicyHook } from "./policy-hook.js";
 import { WEIGHT_TYPES, type WeightType } from "./quant.js";
 import { ropeKernelArgs } from "./rope.js";
 import { type HostHot, Sequence } from "./sequence.js";
 import { TextTokenizer } from "./tokenizer.js";
-import { loadWeights, openWeights } from "./weights.js";
+import { loadWeights, openWeights, readEmbedding } from "./weights.js";
 
 /** Where the model runs: the CPU (onnxruntime + @smallkv/tensor), a CUDA GPU, the first of those available, or the CPU emulator of the CUDA kernels (tests). */
 export type DeviceOption = "cpu" | "cuda" | "auto" | "emulator";
@@ -138,10 +139,6 @@ export class Model {
     // onnxruntime is loaded only here: the device backend never pulls in its 45 MB library.
     const ort = (await import("onnxruntime-node")).default;
     const quant = weightType === "f32" ? null : { bits: (weightType === "int8" ? 8 : 4) as 4 | 8, groupSize };
-    // Layers are read from the checkpoint as their graphs are made (a few at a time).
-    const weights = openWeights(abs, config);
-    const parameters = weights.parameters;
-    const graphs = new BlockGraphs(config, weights, quant);
     const threads = opts.threads ?? availableParallelism();
     const sessionOptions: Ort.InferenceSession.SessionOptions = {
       executionProviders: ["cpu"],
@@ -154,16 +151,36 @@ export class Model {
       enableMemPattern: false,
       extra: { session: { intra_op: { allow_spinning: "0" } } },
     };
-    // One graph at a time: onnxruntime copies its weights, then the graph's bytes and the
-    // layer's float32 arrays are dropped, so the weights are held once (not three times).
+    // The graphs live on disk with their weights as external data, keyed by the checkpoint and
+    // the options: onnxruntime reads each layer's weights from its file (held about once in
+    // memory), and a second start finds them built (no reading or quantizing of the layers).
+    const folder = graphFolder(abs, { weights: weightType, groupSize: quant ? groupSize : null });
+    let meta = folder.hit;
+    let embed: Float32Array;
+    let files = folder.dir;
+    if (meta) embed = readEmbedding(abs, config);
+    else {
+      // Layers are read from the checkpoint as their graphs are made (a few at a time).
+      const weights = openWeights(abs, config);
+      embed = weights.embed;
+      const graphs = new BlockGraphs(config, weights, quant);
+      for (let i = 0; i < graphs.count; i++) graphs.writeLayer(i, folder.dir);
+      graphs.writeHead(folder.dir);
+      // The embedding table stays in JS for the lookup, beside the graphs' weights.
+      meta = { layers: graphs.count, weightBytes: graphs.bytes.n, parameters: weights.parameters, key: "" };
+      files = folder.commit({
+        layers: meta.layers,
+        weightBytes: meta.weightBytes,
+        parameters: meta.parameters,
+      });
+    }
     const layers: Session[] = [];
-    for (let i = 0; i < graphs.count; i++)
-      layers.push(await ort.InferenceSession.create(graphs.layer(i), sessionOptions));
-    const head = await ort.InferenceSession.create(graphs.head(), sessionOptions);
-    const model = new Model(abs, config, tokenizer, weights.embed, layers, head, parameters, ort);
+    for (let i = 0; i < meta.layers; i++)
+      layers.push(await ort.InferenceSession.create(join(files, `layer${i}.onnx`), sessionOptions));
+    const head = await ort.InferenceSession.create(join(files, "head.onnx"), sessionOptions);
+    const model = new Model(abs, config, tokenizer, embed, layers, head, meta.parameters, ort);
     model.weightType = weightType;
-    // The embedding table stays in JS for the lookup, beside the graphs' weights.
-    model.weightBytes = graphs.bytes.n + weights.embed.byteLength;
+    model.weightBytes = meta.weightBytes + embed.byteLength;
     return model;
   }
 

@@ -79,6 +79,11 @@ export interface LayeredWeights {
   parameters: number;
 }
 
+/** Only the embedding table (the lookup a CPU model keeps in JS). */
+export function readEmbedding(dir: string, c: ModelConfig): Float32Array {
+  return new SafetensorsStore(dir).read("model.embed_tokens.weight", [c.vocabSize, c.hiddenSize]);
+}
+
 /** Open a checkpoint; layer l is read when asked for (the last two asked for are kept). */
 export function openWeights(dir: string, c: ModelConfig): LayeredWeights {
   const st = new SafetensorsStore(dir);

@@ -119,3 +119,35 @@ describe("quantized models", () => {
     await expect(Model.load(dir, { weights: "int3" as never })).rejects.toThrow(/f32, int8, int4/);
   });
 });
+
+describe("the graph cache", () => {
+  it("a second load finds the built graphs; a changed checkpoint or option builds new ones", async () => {
+    const { findGraphs } = await import("../src/graph-cache.js");
+    const { cpSync, mkdtempSync, writeFileSync, readFileSync } = await import("node:fs");
+    const { tmpdir } = await import("node:os");
+    const cache = mkdtempSync(join(tmpdir(), "smallkv-cache-"));
+    const dir = mkdtempSync(join(tmpdir(), "smallkv-ckpt-"));
+    cpSync(join(MODELS, "stories260K"), dir, { recursive: true });
+    const before = process.env.SMALLKV_CACHE;
+    process.env.SMALLKV_CACHE = cache;
+    try {
+      const opts = { weights: "int8", groupSize: 64 };
+      expect(findGraphs(dir, opts)).toBeNull();
+      const a = await Model.load(dir, { threads: 1, weights: "int8" });
+      expect(findGraphs(dir, opts)).not.toBeNull();
+      const b = await Model.load(dir, { threads: 1, weights: "int8" });
+      const ids = golden("stories260K").prompts[1].ids;
+      const o = { temperature: 0, maxTokens: 16, stopTokens: [] };
+      expect((await new Generator(b).generate(ids, o)).tokens).toEqual(
+        (await new Generator(a).generate(ids, o)).tokens,
+      );
+      expect(findGraphs(dir, { weights: "int4", groupSize: 32 })).toBeNull();
+      const cfg = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
+      writeFileSync(join(dir, "config.json"), JSON.stringify({ ...cfg, rms_norm_eps: 1e-6 }));
+      expect(findGraphs(dir, opts)).toBeNull();
+    } finally {
+      if (before === undefined) delete process.env.SMALLKV_CACHE;
+      else process.env.SMALLKV_CACHE = before;
+    }
+  });
+});

@@ -157,6 +157,19 @@ export class BlockGraphs {
   }
 
   layer(i: number): Uint8Array {
+    return this.layerGraph(i).encode();
+  }
+
+  /** Layer graph i written to `dir` with external weights (see GraphBuilder.writeTo). */
+  writeLayer(i: number, dir: string): string {
+    return this.layerGraph(i).writeTo(dir, `layer${i}`);
+  }
+
+  writeHead(dir: string): string {
+    return this.headGraph().writeTo(dir, "head");
+  }
+
+  private layerGraph(i: number): GraphBuilder {
     const { c, w, quant, bytes } = this;
     const d = c.hiddenSize;
     const qd = c.numHeads * c.headDim;
@@ -175,11 +188,15 @@ export class BlockGraphs {
       g.output(k, "k", ["M", kvd]);
       g.output(v, "v", ["M", kvd]);
     }
-    return g.encode();
+    return g;
   }
 
   /** Final norm and LM head (quantized like the layers when they are: it is the largest matrix a step reads). */
   head(): Uint8Array {
+    return this.headGraph().encode();
+  }
+
+  private headGraph(): GraphBuilder {
     const { c, w, quant, bytes } = this;
     const d = c.hiddenSize;
     const g = new GraphBuilder("head");
@@ -191,6 +208,6 @@ export class BlockGraphs {
     const headQuant = quant && { bits: 8 as const, groupSize: Math.max(quant.groupSize, 64) };
     const logits = linear(g, h, w.lmHead, c.vocabSize, d, undefined, "lm_head", headQuant, bytes);
     g.output(logits, "logits", ["M", c.vocabSize]);
-    return g.encode();
+    return g;
   }
 }
