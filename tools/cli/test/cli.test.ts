@@ -146,6 +146,35 @@ describe("smallkv generate", () => {
     expect(out).toMatch(/summary {2}tokens 20/);
   });
 
+  it("--weights int8 with --assistant-weights int4: SmallKV runs with both models quantized", () => {
+    const r = cli([
+      "generate",
+      "-m",
+      "stories260K",
+      "-a",
+      "stories260K-slm-a",
+      "--policy",
+      "smallkv",
+      "--budget",
+      "0.2",
+      "--weights",
+      "int8",
+      "--assistant-weights",
+      "int4",
+      "-n",
+      "20",
+      "--greedy",
+      "--json",
+      "-p",
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.",
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).ids.length).toBeGreaterThan(0);
+    const bad = cli(["generate", "-m", "stories260K", "--weights", "int3", "-p", "x"]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/int3/);
+  });
+
   it("reads the prompt from stdin and streams text", () => {
     const r = cli(
       ["generate", "-m", join(models, "stories260K"), "-n", "20", "--greedy"],

@@ -10,6 +10,7 @@ import {
   resolveModelDir,
   type Sequence,
   type StepModel,
+  type WeightType,
 } from "@smallkv/runner";
 import cliProgress from "cli-progress";
 import { type CoverageTotals, FullRows, probe } from "./coverage.js";
@@ -52,6 +53,9 @@ export interface EvalOptions {
   windowsPerDocument?: number;
   seed?: number;
   threads?: number;
+  /** CPU weights of the LLM and of the assistants (default f32; see Model.load). */
+  weights?: WeightType;
+  assistantWeights?: WeightType;
   out?: string;
   plot?: boolean;
   progress?: boolean;
@@ -350,11 +354,15 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
   const cont = o.continuation ?? 64;
   const greedy = o.greedy ?? 32;
   const budgets = o.budgets ?? DEFAULT_BUDGETS;
-  const model = o.loaded?.model ?? (await Model.load(resolveModelDir(o.model), { threads: o.threads }));
+  const model =
+    o.loaded?.model ??
+    (await Model.load(resolveModelDir(o.model), { threads: o.threads, weights: o.weights }));
   const assistants =
     o.loaded?.assistants ??
     (await Promise.all(
-      (o.assistants ?? []).map((a) => Model.load(resolveModelDir(a), { threads: o.threads })),
+      (o.assistants ?? []).map((a) =>
+        Model.load(resolveModelDir(a), { threads: o.threads, weights: o.assistantWeights ?? o.weights }),
+      ),
     ));
   const pairs = new Map(assistants.map((a) => [a, new AssistedModel(model, a)]));
   const text = o.text ?? readFileSync(o.textFile!, "utf8");

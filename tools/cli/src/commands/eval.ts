@@ -2,9 +2,9 @@ import { join } from "node:path";
 import { DEFAULT_BUDGETS, DEFAULT_POLICIES, formatEval, formatIsoMemory, runEval } from "@smallkv/eval";
 import { assetsDir } from "@smallkv/runner";
 import type { Command } from "commander";
-import { intArg } from "../options.js";
+import { addWeightOptions, intArg, type WeightCliOptions } from "../options.js";
 
-interface EvalCli {
+interface EvalCli extends Partial<WeightCliOptions> {
   model: string;
   assistant?: string;
   text: string;
@@ -23,7 +23,7 @@ interface EvalCli {
 }
 
 export function registerEval(program: Command): void {
-  program
+  const cmd = program
     .command("eval")
     .description(
       "quality vs budget of every policy against the Full run (perplexity ratio, KL, top-1 and greedy agreement, hot/cold bytes)",
@@ -56,55 +56,57 @@ export function registerEval(program: Command): void {
     .option("--threads <n>", "CPU threads", intArg("--threads", 1))
     .option("--out <dir>", "output folder (JSON, SVG and PNG plots)", "eval-results")
     .option("--json", "print the JSON rows instead of tables")
-    .option("--no-iso-memory", "skip the plain policies' runs at each assistant row's total resident KV")
-    .action(async (o: EvalCli) => {
-      const r = await runEval({
-        model: o.model,
-        assistants: o.assistant ? o.assistant.split(",").filter(Boolean) : [],
-        textFile: o.text,
-        policies: o.policies
-          .split(";")
-          .map((x) => x.trim())
-          .filter(Boolean),
-        budgets: o.budgets.split(",").map(Number),
-        prefix: o.prefix,
-        continuation: o.continuation,
-        greedy: o.greedy,
-        documents: o.documents,
-        windowsPerDocument: o.windowsPerDoc,
-        seed: o.seed,
-        threads: o.threads,
-        out: o.out,
-        isoMemory: o.isoMemory,
-      });
-      if (o.json) {
-        process.stdout.write(`${JSON.stringify(r.rows, null, 2)}\n`);
-        return;
-      }
-      const f = r.full;
-      process.stdout.write(`${r.windows} windows; Full: perplexity ${f.perplexity.toFixed(3)}\n\n`);
-      for (const [metric, title] of [
-        ["pplRatio", "perplexity ratio to Full (lower is better)"],
-        ["kl", "KL(Full || policy), nats/token (lower is better)"],
-        ["top1", "top-1 agreement with Full"],
-        ["greedyMatch", "greedy token match with Full"],
-        ["coverage", "share of Full's current attention read exactly"],
-        ["attentionL1", "L1 distance of the effective attention row to Full's"],
-        ["longRangePplRatio", "long-range tokens: perplexity ratio to Full"],
-        ["hotFraction", "hot / cold KV bytes"],
-        ["residentFraction", "everything resident (hot + assistant KV + metadata) / Full's KV"],
-      ] as const) {
-        process.stdout.write(`${title}\n${formatEval(r, metric)}\n\n`);
-      }
-      const iso = formatIsoMemory(r);
-      if (iso)
-        process.stdout.write(
-          `iso-memory: plain policies at each assistant row's total resident KV (ppl ratio)\n${iso}\n\n`,
-        );
-      for (const m of r.matchings)
-        process.stdout.write(`matched head similarity (${m.assistant}): mean Jaccard ${m.mean.toFixed(3)}\n`);
-      process.stdout.write(
-        `\nJSON: ${r.json}\nplots: ${r.plots.filter((p) => p.endsWith(".png")).join(", ")}\n`,
-      );
+    .option("--no-iso-memory", "skip the plain policies' runs at each assistant row's total resident KV");
+  addWeightOptions(cmd).action(async (o: EvalCli) => {
+    const r = await runEval({
+      model: o.model,
+      assistants: o.assistant ? o.assistant.split(",").filter(Boolean) : [],
+      textFile: o.text,
+      policies: o.policies
+        .split(";")
+        .map((x) => x.trim())
+        .filter(Boolean),
+      budgets: o.budgets.split(",").map(Number),
+      prefix: o.prefix,
+      continuation: o.continuation,
+      greedy: o.greedy,
+      documents: o.documents,
+      windowsPerDocument: o.windowsPerDoc,
+      seed: o.seed,
+      threads: o.threads,
+      weights: o.weights,
+      assistantWeights: o.assistantWeights,
+      out: o.out,
+      isoMemory: o.isoMemory,
     });
+    if (o.json) {
+      process.stdout.write(`${JSON.stringify(r.rows, null, 2)}\n`);
+      return;
+    }
+    const f = r.full;
+    process.stdout.write(`${r.windows} windows; Full: perplexity ${f.perplexity.toFixed(3)}\n\n`);
+    for (const [metric, title] of [
+      ["pplRatio", "perplexity ratio to Full (lower is better)"],
+      ["kl", "KL(Full || policy), nats/token (lower is better)"],
+      ["top1", "top-1 agreement with Full"],
+      ["greedyMatch", "greedy token match with Full"],
+      ["coverage", "share of Full's current attention read exactly"],
+      ["attentionL1", "L1 distance of the effective attention row to Full's"],
+      ["longRangePplRatio", "long-range tokens: perplexity ratio to Full"],
+      ["hotFraction", "hot / cold KV bytes"],
+      ["residentFraction", "everything resident (hot + assistant KV + metadata) / Full's KV"],
+    ] as const) {
+      process.stdout.write(`${title}\n${formatEval(r, metric)}\n\n`);
+    }
+    const iso = formatIsoMemory(r);
+    if (iso)
+      process.stdout.write(
+        `iso-memory: plain policies at each assistant row's total resident KV (ppl ratio)\n${iso}\n\n`,
+      );
+    for (const m of r.matchings)
+      process.stdout.write(`matched head similarity (${m.assistant}): mean Jaccard ${m.mean.toFixed(3)}\n`);
+    process.stdout.write(
+      `\nJSON: ${r.json}\nplots: ${r.plots.filter((p) => p.endsWith(".png")).join(", ")}\n`,
+    );
+  });
 }
