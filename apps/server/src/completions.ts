@@ -1,6 +1,11 @@
 import { randomUUID } from "node:crypto";
 import type { OptionValue, PolicyInstance } from "@smallkv/policies";
-import type { GenerateOptions, GenerationResult, TokenEvent } from "@smallkv/runner";
+import {
+  type GenerateOptions,
+  type GenerationResult,
+  TEXT_CONTEXT_TOKENS,
+  type TokenEvent,
+} from "@smallkv/runner";
 import type { FastifyReply, FastifyRequest } from "fastify";
 import type { ChatMessage } from "./chat-template.js";
 import { ApiError, badRequest, internalError } from "./errors.js";
@@ -8,6 +13,7 @@ import { LogprobFormatter, type TokenLogprob } from "./logprobs.js";
 import { messageBytes, refuseIfSurelyTooLong } from "./prompt.js";
 import type { ServerContext } from "./server-context.js";
 import { traceOf } from "./trace.js";
+import { refuseUnsupported } from "./unsupported.js";
 
 export type CompletionBody = {
   model: string;
@@ -30,35 +36,6 @@ export type CompletionBody = {
   kv_policy_options?: Record<string, OptionValue>;
   kv_trace?: boolean;
 } & Record<string, unknown>;
-
-/**
- * Parameters of the OpenAI API this server does not implement: a request that uses one gets
- * a 400 naming it, never a silently different answer. (`user`, `metadata`, `store`,
- * `service_tier` are accepted and ignored, as the README lists.)
- */
-const UNSUPPORTED: [string, (v: unknown) => boolean][] = [
-  ["tools", (v) => v != null],
-  ["tool_choice", (v) => v != null && v !== "none"],
-  ["functions", (v) => v != null],
-  ["function_call", (v) => v != null && v !== "none"],
-  ["parallel_tool_calls", (v) => v != null],
-  ["response_format", (v) => v != null && (v as { type?: string }).type !== "text"],
-  ["suffix", (v) => v != null && v !== ""],
-  ["best_of", (v) => v != null && v !== 1],
-  ["echo", (v) => v === true],
-  ["n", (v) => v != null && v !== 1],
-  ["presence_penalty", (v) => v != null && v !== 0],
-  ["frequency_penalty", (v) => v != null && v !== 0],
-  ["modalities", (v) => v != null],
-  ["audio", (v) => v != null],
-  ["prediction", (v) => v != null],
-];
-
-function refuseUnsupported(b: CompletionBody): void {
-  for (const [k, used] of UNSUPPORTED)
-    if (Object.hasOwn(b, k) && used(b[k]))
-      throw badRequest(`${k} is not supported by this server (see its README for what is)`, k);
-}
 
 /** The completion and chat routes share one generation path. */
 export function completionHandlers(s: ServerContext) {
@@ -282,7 +259,7 @@ export function completionHandlers(s: ServerContext) {
       ],
     });
     let first = true;
-    const context = prompt.slice(-6);
+    const context = prompt.slice(-TEXT_CONTEXT_TOKENS);
     let offset = 0;
     for await (const ev of job) {
       if (res.destroyed) break;
@@ -293,7 +270,7 @@ export function completionHandlers(s: ServerContext) {
       }
       if (ev.token >= 0) {
         context.push(ev.token);
-        if (context.length > 6) context.shift();
+        if (context.length > TEXT_CONTEXT_TOKENS) context.shift();
       }
       const c = chunk(ev.text, lp, null, first);
       if (ev.trace) (c as Record<string, unknown>).kv_trace = ev.trace;

@@ -1,4 +1,4 @@
-import type { TextTokenizer } from "@smallkv/runner";
+import { TEXT_CONTEXT_TOKENS, type TextTokenizer } from "@smallkv/runner";
 
 /** One generated token with its log-probability, as the generator reports it. */
 export interface TokenLogprob {
@@ -37,54 +37,53 @@ export class LogprobFormatter {
   }
 
   /**
-   * Logprobs of `items` (the tokens from index `first` of the completion), with `context`
-   * the tokens before the first of them and `offset` the text length before it.
+   * Logprobs of `items` (consecutive generated tokens), with `context` the tokens before the
+   * first of them and `offset` the text length before it.
    */
   format(items: TokenLogprob[], context: number[], offset: number) {
-    const ctx = context.slice(-6);
+    const rows = this.withAlternatives(items, context);
     if (this.kind === "chat") {
-      const content = items.map((x) => {
-        const c = ctx.slice();
-        ctx.push(x.token);
-        if (ctx.length > 6) ctx.shift();
-        return {
-          token: x.piece,
-          logprob: x.logprob,
-          bytes: this.bytesOf(x.token, x.piece),
-          top_logprobs: (x.topLogprobs ?? []).map((alt) => {
-            const piece = alt.token === x.token ? x.piece : this.altPiece(c, alt.token);
-            return { token: piece, logprob: alt.logprob, bytes: this.bytesOf(alt.token, piece) };
-          }),
-        };
-      });
+      const content = rows.map(({ x, alts }) => ({
+        token: x.piece,
+        logprob: x.logprob,
+        bytes: this.bytesOf(x.token, x.piece),
+        top_logprobs: (alts ?? []).map((a) => ({
+          token: a.piece,
+          logprob: a.logprob,
+          bytes: this.bytesOf(a.token, a.piece),
+        })),
+      }));
       return { content };
     }
-    const out = {
-      tokens: [] as string[],
-      token_logprobs: [] as number[],
-      top_logprobs: [] as (Record<string, number> | null)[],
-      text_offset: [] as number[],
-    };
     let at = offset;
-    for (const x of items) {
-      const c = ctx.slice();
-      ctx.push(x.token);
-      if (ctx.length > 6) ctx.shift();
-      out.tokens.push(x.piece);
-      out.token_logprobs.push(x.logprob);
-      out.top_logprobs.push(
-        x.topLogprobs
-          ? Object.fromEntries(
-              x.topLogprobs.map((alt) => [
-                alt.token === x.token ? x.piece : this.altPiece(c, alt.token),
-                alt.logprob,
-              ]),
-            )
-          : null,
-      );
-      out.text_offset.push(at);
+    const textOffset = rows.map(({ x }) => {
+      const o = at;
       at += x.piece.length;
-    }
-    return out;
+      return o;
+    });
+    return {
+      tokens: rows.map(({ x }) => x.piece),
+      token_logprobs: rows.map(({ x }) => x.logprob),
+      top_logprobs: rows.map(({ alts }) =>
+        alts ? Object.fromEntries(alts.map((a) => [a.piece, a.logprob])) : null,
+      ),
+      text_offset: textOffset,
+    };
+  }
+
+  /** Each item with its alternatives' texts, each decoded after the tokens that preceded it. */
+  private withAlternatives(items: TokenLogprob[], context: number[]) {
+    const ctx = context.slice(-TEXT_CONTEXT_TOKENS);
+    return items.map((x) => {
+      const before = ctx.slice();
+      ctx.push(x.token);
+      if (ctx.length > TEXT_CONTEXT_TOKENS) ctx.shift();
+      const alts = x.topLogprobs?.map((alt) => ({
+        token: alt.token,
+        logprob: alt.logprob,
+        piece: alt.token === x.token ? x.piece : this.altPiece(before, alt.token),
+      }));
+      return { x, alts };
+    });
   }
 }

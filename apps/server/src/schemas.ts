@@ -1,6 +1,8 @@
 // JSON schemas of the request bodies (Fastify validates with Ajv; failures become 400s
 // naming the field). An unknown field is a 400 naming it (no parameter is silently
 // ignored), except the metadata fields OpenAI-compatible servers ignore (IGNORED).
+import { unsupportedProperties } from "./unsupported.js";
+
 const stop = {
   anyOf: [{ type: "string" }, { type: "array", items: { type: "string" }, maxItems: 16 }, { type: "null" }],
 };
@@ -26,24 +28,6 @@ const IGNORED = {
   store: { anyOf: [{ type: "boolean" }, { type: "null" }] },
   service_tier: { anyOf: [{ type: "string", maxLength: 32 }, { type: "null" }] },
 };
-
-/** Known OpenAI parameters the server refuses by name when they are used (completions.ts). */
-const UNSUPPORTED = Object.fromEntries(
-  [
-    "n",
-    "presence_penalty",
-    "frequency_penalty",
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "parallel_tool_calls",
-    "response_format",
-    "modalities",
-    "audio",
-    "prediction",
-  ].map((k) => [k, {}]),
-);
 
 const sampling = {
   model: { type: "string", minLength: 1 },
@@ -76,7 +60,7 @@ const sampling = {
   },
   ...kv,
   ...IGNORED,
-  ...UNSUPPORTED,
+  ...unsupportedProperties(false),
 };
 
 export const completionBody = {
@@ -92,9 +76,7 @@ export const completionBody = {
       ],
     },
     logprobs: { anyOf: [{ type: "integer", minimum: 0, maximum: 5 }, { type: "null" }] },
-    echo: {},
-    suffix: {},
-    best_of: {},
+    ...unsupportedProperties(true),
   },
   additionalProperties: false,
 };

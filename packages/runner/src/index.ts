@@ -59,6 +59,6 @@ export { argmax, logSoftmax, Sampler, type SamplingOptions, seededRandom } from 
 export { type KvStats, Sequence } from "./sequence.js";
 export { readSmallTextFile } from "./small-file.js";
 export { type SyntheticModelOptions, writeRandomTwin, writeSyntheticCheckpoint } from "./synthetic.js";
-export { TextStream } from "./text-stream.js";
+export { TEXT_CONTEXT_TOKENS, TextStream } from "./text-stream.js";
 export { TextTokenizer } from "./tokenizer.js";
 export { type LayerWeights, loadWeights, type ModelWeights } from "./weights.js";

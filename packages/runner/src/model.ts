@@ -9,7 +9,7 @@ import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js
 import { graphFolder } from "./graph-cache.js";
 import { BlockGraphs } from "./onnx/blocks.js";
 import type { KvPolicyHook } from "./policy-hook.js";
-import { WEIGHT_TYPES, type WeightType } from "./quant.js";
+import { isGroupSize, WEIGHT_TYPES, type WeightType } from "./quant.js";
 import { ropeKernelArgs } from "./rope.js";
 import { type HostHot, Sequence } from "./sequence.js";
 import { TextTokenizer } from "./tokenizer.js";
@@ -85,13 +85,6 @@ export class Model {
   /** Bytes of weights this model holds (as stored: quantized matrices count their packed size). */
   weightBytes = 0;
 
-  /** The RoPE kernels' frequency table and factor (undefined: plain RoPE), made on first use. */
-  private ropeArgsCache: ReturnType<typeof ropeKernelArgs> | null = null;
-  private get ropeArgs() {
-    this.ropeArgsCache ??= ropeKernelArgs(this.config.rope, this.config.headDim, 0) ?? null;
-    return this.ropeArgsCache ?? undefined;
-  }
-
   /** A short name for reports: the checkpoint folder's name. */
   get name(): string {
     return basename(this.dir);
@@ -110,22 +103,19 @@ export class Model {
         `must be ${WEIGHT_TYPES.join(", ")}, got ${String(weightType)}`,
       );
     const groupSize = opts.groupSize ?? (weightType === "int4" ? 32 : 64);
-    if (!(Number.isInteger(groupSize) && groupSize >= 16 && (groupSize & (groupSize - 1)) === 0))
+    if (!isGroupSize(groupSize))
       throw new InvalidOptionError("groupSize", `must be a power of two >= 16, got ${groupSize}`);
     const dev = openDevice(opts);
     if (dev) {
-      const weights = loadWeights(abs, config);
-      let parameters =
-        weights.embed.length +
-        weights.norm.length +
-        (weights.lmHead === weights.embed ? 0 : weights.lmHead.length);
-      for (const l of weights.layers)
-        for (const a of Object.values(l)) parameters += (a as Float32Array).length;
-      if (weightType !== "f32")
+      if (weightType !== "f32") {
+        dev.releaseAll();
         throw new InvalidOptionError(
           "weights",
           `${weightType} weights are for the CPU backend; on the device use --dtype f16 or bf16`,
         );
+      }
+      const weights = loadWeights(abs, config);
+      const parameters = weights.parameters;
       const runner = DeviceRunner.create(dev, config, weights, opts.dtype ?? "f32");
       const model = new Model(abs, config, tokenizer, weights.embed, [], null, parameters, null, runner);
       model.weightBytes = runner.weightBytes;
@@ -297,7 +287,7 @@ export class Model {
   private applyRope(inputs: StepInput[], positions: Int32Array, q: Float32Array, k: Float32Array): void {
     const { numHeads: Hq, numKvHeads: Hkv, headDim: D, rope: r, ropeTheta } = this.config;
     if (!r.dynamic) {
-      const f = this.ropeArgs ?? undefined;
+      const f = ropeKernelArgs(r, D, 0);
       rope(q, positions, Hq, D, ropeTheta, f);
       rope(k, positions, Hkv, D, ropeTheta, f);
       return;

@@ -25,6 +25,11 @@ export interface QuantizedMatrix {
 const CLIP_STEPS = 8;
 const CLIP_RANGE = 0.32;
 
+/** A group size MatMulNBits takes: a power of two, at least 16. */
+export function isGroupSize(n: number): boolean {
+  return Number.isInteger(n) && n >= 16 && (n & (n - 1)) === 0;
+}
+
 export function groupsOf(K: number, groupSize: number): number {
   return Math.ceil(K / groupSize);
 }
@@ -37,7 +42,7 @@ export function quantize(
   bits: 4 | 8,
   groupSize: number,
 ): QuantizedMatrix {
-  if (!(Number.isInteger(groupSize) && groupSize >= 16 && (groupSize & (groupSize - 1)) === 0))
+  if (!isGroupSize(groupSize))
     throw new RangeError(`group size must be a power of two >= 16, got ${groupSize}`);
   if (w.length !== N * K) throw new RangeError(`matrix has ${w.length} values, expected ${N}x${K}`);
   const G = groupsOf(K, groupSize);

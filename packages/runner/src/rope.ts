@@ -150,19 +150,26 @@ export function parseRope(
   return bad(path, `rope type ${type}`);
 }
 
+export type RopeKernelArgs = { invFreq: Float32Array; scale: number } | undefined;
+
+/** Tables already made, per RoPE config and effective length (0: independent of the length). */
+const madeTables = new WeakMap<RopeConfig, Map<number, RopeKernelArgs>>();
+
 /**
  * What the RoPE kernels take for a sequence of length `seqLen`: a float32 frequency table and
- * the cos/sin factor, or undefined for plain RoPE (the kernels' own theta^(-2i/D)).
+ * the cos/sin factor, or undefined for plain RoPE (the kernels' own theta^(-2i/D)). Made once
+ * per config (and per length for dynamic NTK), not at every layer of every step.
  */
-export function ropeKernelArgs(
-  r: RopeConfig,
-  D: number,
-  seqLen: number,
-): { invFreq: Float32Array; scale: number } | undefined {
-  if (r.dynamic) {
-    if (seqLen <= r.dynamic.maxPositions) return undefined;
-    return { invFreq: Float32Array.from(dynamicInvFreq(r, D, seqLen)), scale: 1 };
-  }
-  if (!r.invFreq && r.attentionFactor === 1) return undefined;
-  return { invFreq: Float32Array.from(r.invFreq ?? defaultInvFreq(r.theta, D)), scale: r.attentionFactor };
+export function ropeKernelArgs(r: RopeConfig, D: number, seqLen: number): RopeKernelArgs {
+  const key = r.dynamic && seqLen > r.dynamic.maxPositions ? seqLen : 0;
+  let made = madeTables.get(r);
+  if (!made) madeTables.set(r, (made = new Map()));
+  if (made.has(key)) return made.get(key);
+  if (made.size > 64) made.clear();
+  let args: RopeKernelArgs;
+  if (r.dynamic) args = key ? { invFreq: Float32Array.from(dynamicInvFreq(r, D, key)), scale: 1 } : undefined;
+  else if (r.invFreq || r.attentionFactor !== 1)
+    args = { invFreq: Float32Array.from(r.invFreq ?? defaultInvFreq(r.theta, D)), scale: r.attentionFactor };
+  made.set(key, args);
+  return args;
 }

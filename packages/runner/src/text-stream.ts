@@ -6,7 +6,7 @@ import type { TextTokenizer } from "./tokenizer.js";
  * back text that may be the start of a stop string.
  */
 /** Prompt tokens decoded with the new ones (enough for a leading space or a split character). */
-const CONTEXT_TOKENS = 6;
+export const TEXT_CONTEXT_TOKENS = 6;
 
 export class TextStream {
   private readonly ids: number[] = [];
@@ -26,7 +26,7 @@ export class TextStream {
     private readonly stops: string[] = [],
     context: readonly number[] = [],
   ) {
-    const tail = context.slice(Math.max(0, context.length - CONTEXT_TOKENS));
+    const tail = context.slice(Math.max(0, context.length - TEXT_CONTEXT_TOKENS));
     this.ids.push(...tail);
     this.readOffset = tail.length;
   }

@@ -30,6 +30,8 @@ export interface ModelWeights {
   /** The classifier [vocab][hidden]; the same array as `embed` when tied. */
   lmHead: Float32Array;
   layers: LayerWeights[];
+  /** Parameters of the whole model. */
+  parameters: number;
 }
 
 /** Layer l's weights, read from the checkpoint (names and shapes checked); 16-bit weights become float32. */
@@ -116,5 +118,5 @@ export function loadWeights(dir: string, c: ModelConfig): ModelWeights {
   const w = openWeights(dir, c);
   const layers: LayerWeights[] = [];
   for (let l = 0; l < c.numLayers; l++) layers.push(w.layer(l));
-  return { embed: w.embed, norm: w.norm, lmHead: w.lmHead, layers };
+  return { embed: w.embed, norm: w.norm, lmHead: w.lmHead, layers, parameters: w.parameters };
 }

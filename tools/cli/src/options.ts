@@ -1,3 +1,4 @@
+import { WEIGHT_TYPES, type WeightType } from "@smallkv/runner";
 import { type Command, InvalidArgumentError, Option } from "commander";
 
 export function intArg(name: string, min = 0) {
@@ -55,9 +56,9 @@ export function addDeviceOptions<C extends Command>(cmd: C): C {
 
 /** The CPU weight flags of a model-loading command. */
 export interface WeightCliOptions {
-  weights: "f32" | "int8" | "int4";
+  weights: WeightType;
   groupSize?: number;
-  assistantWeights?: "f32" | "int8" | "int4";
+  assistantWeights?: WeightType;
 }
 
 export function addWeightOptions<C extends Command>(cmd: C, assistant = true): C {
@@ -66,7 +67,7 @@ export function addWeightOptions<C extends Command>(cmd: C, assistant = true): C
       "--weights <type>",
       "weights of the projections and MLP on the CPU: f32, or int8/int4 quantized at load (group-wise; LM head int8 for int4; embedding f32)",
     )
-      .choices(["f32", "int8", "int4"])
+      .choices(WEIGHT_TYPES)
       .default("f32"),
   );
   cmd.option(
@@ -76,11 +77,9 @@ export function addWeightOptions<C extends Command>(cmd: C, assistant = true): C
   );
   if (assistant)
     cmd.addOption(
-      new Option("--assistant-weights <type>", "weights of the assistant (default: as --weights)").choices([
-        "f32",
-        "int8",
-        "int4",
-      ]),
+      new Option("--assistant-weights <type>", "weights of the assistant (default: as --weights)").choices(
+        WEIGHT_TYPES,
+      ),
     );
   return cmd;
 }

@@ -14,6 +14,19 @@ function cli(args: string[], input?: string) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** SmallKV at 20% with the aligned assistant, on the shipped model. */
+const SMALLKV_GENERATE = [
+  "generate",
+  "-m",
+  "stories260K",
+  "-a",
+  "stories260K-slm-a",
+  "--policy",
+  "smallkv",
+  "--budget",
+  "0.2",
+];
+
 function golden(name: string) {
   return JSON.parse(readFileSync(join(models, "golden", `${name}.json`), "utf8"));
 }
@@ -97,17 +110,7 @@ describe("smallkv generate", () => {
   });
 
   it("--stats piped: stats on stderr one per line, then a summary that says when the policy became active", () => {
-    const args = [
-      "generate",
-      "-m",
-      "stories260K",
-      "-a",
-      "stories260K-slm-a",
-      "--policy",
-      "smallkv",
-      "--budget",
-      "0.2",
-    ];
+    const args = SMALLKV_GENERATE;
     const r = cli([
       ...args,
       "-n",
@@ -148,15 +151,7 @@ describe("smallkv generate", () => {
 
   it("--weights int8 with --assistant-weights int4: SmallKV runs with both models quantized", () => {
     const r = cli([
-      "generate",
-      "-m",
-      "stories260K",
-      "-a",
-      "stories260K-slm-a",
-      "--policy",
-      "smallkv",
-      "--budget",
-      "0.2",
+      ...SMALLKV_GENERATE,
       "--weights",
       "int8",
       "--assistant-weights",

@@ -1,11 +1,14 @@
 import { type Device, type DeviceBuffer, toHalfBits } from "@smallkv/tensor";
 import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder } from "../attend-policy.js";
 import type { ModelConfig } from "../config.js";
-import { ropeKernelArgs } from "../rope.js";
+import { type RopeKernelArgs, ropeKernelArgs } from "../rope.js";
 import type { Sequence } from "../sequence.js";
 import type { ModelWeights } from "../weights.js";
 import type { DeviceHotRows, DeviceKvCache } from "./kv.js";
 import { Staging } from "./staging.js";
+
+/** A staged RoPE frequency table and its cos/sin factor (undefined: plain RoPE). */
+type DeviceRope = { invFreq: number; scale: number } | undefined;
 
 /** Weight storage on the device: f32 as loaded, or f16/bf16 for the tensor-core GEMM. */
 export type WeightDtype = "f32" | "f16" | "bf16";
@@ -147,6 +150,7 @@ export class DeviceRunner {
     const gate = this.buf("gate", M * I);
     const up = this.buf("up", M * I);
     dev.embedding(x, this.embed, idsPtr, M, d);
+    const ropeTables = this.ropeTables(parts);
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.layers[l];
       dev.rmsnorm(h, x, w.inputNorm, M, d, c.rmsNormEps);
@@ -158,7 +162,7 @@ export class DeviceRunner {
         dev.rmsnorm(q, q, w.qNorm, M * Hq, D, c.rmsNormEps);
         dev.rmsnorm(k, k, w.kNorm, M * Hkv, D, c.rmsNormEps);
       }
-      this.rope(parts, q, k, posPtr, M);
+      this.rope(parts, ropeTables, q, k, posPtr, M);
       for (const { seq, tokens, row } of parts) {
         this.attend(
           seq,
@@ -190,23 +194,40 @@ export class DeviceRunner {
     return dev.read(logits, new Float32Array(R * c.vocabSize));
   }
 
-  /** RoPE on the step's q and k (a frequency table for scaled RoPE; dynamic NTK per sequence). */
-  private rope(parts: DeviceStepPart[], q: DeviceBuffer, k: DeviceBuffer, posPtr: number, M: number): void {
-    const { numHeads: Hq, numKvHeads: Hkv, headDim: D, rope: r, ropeTheta } = this.c;
-    const table = (name: string, f: { invFreq: Float32Array; scale: number } | undefined) =>
+  /**
+   * The step's RoPE tables in pinned memory, staged once before the layers: one for the whole
+   * batch, or one per sequence with dynamic NTK (its frequencies follow its own length).
+   */
+  private ropeTables(parts: DeviceStepPart[]): DeviceRope[] {
+    const { headDim: D, rope: r } = this.c;
+    const stage = (name: string, f: RopeKernelArgs): DeviceRope =>
       f ? { invFreq: this.staging.floats(name, f.invFreq), scale: f.scale } : undefined;
+    if (!r.dynamic) return [stage("ropeFreq", ropeKernelArgs(r, D, 0))];
+    return parts.map(({ seq, tokens }, i) =>
+      stage(`ropeFreq${i}`, ropeKernelArgs(r, D, seq.length + tokens.length)),
+    );
+  }
+
+  /** RoPE on the step's q and k with the tables of `ropeTables`. */
+  private rope(
+    parts: DeviceStepPart[],
+    tables: DeviceRope[],
+    q: DeviceBuffer,
+    k: DeviceBuffer,
+    posPtr: number,
+    M: number,
+  ): void {
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: D, rope: r, ropeTheta } = this.c;
     if (!r.dynamic) {
-      const f = table("ropeFreq", ropeKernelArgs(r, D, 0));
-      this.dev.rope(q, posPtr, M, Hq, D, ropeTheta, 0, f);
-      this.dev.rope(k, posPtr, M, Hkv, D, ropeTheta, 0, f);
+      this.dev.rope(q, posPtr, M, Hq, D, ropeTheta, 0, tables[0]);
+      this.dev.rope(k, posPtr, M, Hkv, D, ropeTheta, 0, tables[0]);
       return;
     }
-    parts.forEach(({ seq, tokens, row }, i) => {
+    parts.forEach(({ tokens, row }, i) => {
       const T = tokens.length;
-      const f = table(`ropeFreq${i}`, ropeKernelArgs(r, D, seq.length + T));
       const p = posPtr + row * 4;
-      this.dev.rope(q.at(row * Hq * D), p, T, Hq, D, ropeTheta, 0, f);
-      this.dev.rope(k.at(row * Hkv * D), p, T, Hkv, D, ropeTheta, 0, f);
+      this.dev.rope(q.at(row * Hq * D), p, T, Hq, D, ropeTheta, 0, tables[i]);
+      this.dev.rope(k.at(row * Hkv * D), p, T, Hkv, D, ropeTheta, 0, tables[i]);
     });
   }
 

@@ -49,6 +49,8 @@ interface Measured {
   bandwidth: number;
   prefill: { tokens: number; seconds: number; tokensPerSecond: number };
   decode: { batch: number; steps: number; secondsPerStep: number; tokensPerSecond: number }[];
+  /** The device it ran on (absent: the CPU). */
+  device?: unknown;
   /** Peak resident set of the process (bytes), and the KV bytes of the largest decode batch. */
   peakRss: number;
   kvBytes: number;
@@ -67,9 +69,17 @@ export function measureReadBandwidth(bytes = 512 * 1024 * 1024, passes = 5): num
   return bytes / (best / 1000);
 }
 
-async function measure(o: Opts, weights: WeightType, bandwidth: number): Promise<Measured> {
-  const shape = o.small ? LLM_SMALL : LLM_100M;
-  const dir = syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", shape);
+/** The synthetic checkpoint the bench runs on (made once, then found in the bench cache). */
+function checkpoint(o: Opts): string {
+  return syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M);
+}
+
+/**
+ * One weight type's measurements. `bandwidth`: the CPU's measured read bandwidth; on a device
+ * its peak bandwidth is used instead.
+ */
+async function measure(o: Opts, weights: WeightType, cpuBandwidth: number | null): Promise<Measured> {
+  const dir = checkpoint(o);
   const t0 = performance.now();
   const model = await Model.load(dir, {
     threads: o.threads,
@@ -115,12 +125,15 @@ async function measure(o: Opts, weights: WeightType, bandwidth: number): Promise
     );
     for (const s of seqs) s.release();
   }
+  const device = model.device?.info;
+  const bandwidth = device ? device.bandwidthGBs * 1e9 : (cpuBandwidth ?? measureReadBandwidth());
   model.close();
   return {
     weights,
     weightBytes: model.weightBytes,
     streamedBytes,
     bandwidth,
+    device,
     prefill: {
       tokens: o.prefill,
       seconds: prefillBest / 1000,
@@ -144,31 +157,22 @@ export async function benchRunner(o: Opts): Promise<void> {
     if (!WEIGHT_TYPES.includes(t))
       throw new Error(`--weights: ${t} is not one of ${WEIGHT_TYPES.join(", ")}`);
   if (o.childOut) {
-    const m = await measure(
-      o,
-      types[0],
-      Number(process.env.SMALLKV_BENCH_BANDWIDTH) || measureReadBandwidth(),
-    );
+    const m = await measure(o, types[0], Number(process.env.SMALLKV_BENCH_BANDWIDTH) || null);
     writeFileSync(o.childOut, JSON.stringify(m));
     return;
   }
   const device = o.device && o.device !== "cpu";
   process.stderr.write(`preparing synthetic checkpoint (${o.small ? "small" : "~100M"})...\n`);
-  syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M);
+  const dir = checkpoint(o);
   let results: Measured[];
   let bandwidth: number;
   let deviceInfo: unknown = { kind: "cpu" };
   if (device) {
     // The device backend: one weight type (its dtype), in this process.
-    const probe = await Model.load(
-      syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M),
-      { device: o.device, dtype: o.dtype },
-    );
-    const dev = probe.device!;
-    bandwidth = dev.info.bandwidthGBs * 1e9;
-    deviceInfo = dev.info;
-    probe.close();
-    results = [await measure(o, "f32", bandwidth)];
+    const m = await measure(o, "f32", null);
+    bandwidth = m.bandwidth;
+    deviceInfo = m.device ?? deviceInfo;
+    results = [m];
   } else {
     bandwidth = measureReadBandwidth();
     const tmp = mkdtempSync(join(tmpdir(), "smallkv-bench-runner-"));
@@ -251,15 +255,7 @@ export async function benchRunner(o: Opts): Promise<void> {
       ]);
     }
   }
-  const c = JSON.parse(
-    readFileSync(
-      join(
-        syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M),
-        "config.json",
-      ),
-      "utf8",
-    ),
-  );
+  const c = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
   const header =
     `model: synthetic ${o.small ? "small" : "~100M"} (${c.num_hidden_layers}L d${c.hidden_size} ${c.num_attention_heads}h/${c.num_key_value_heads}kv, vocab ${c.vocab_size}); ${device ? `${o.dtype ?? "f32"} weights on ${o.device}` : "projections and MLP in the listed weight type, embedding and LM head f32"}\n` +
     (device
