@@ -1,17 +1,17 @@
 import { availableParallelism } from "node:os";
 import { basename, join, resolve } from "node:path";
-import { attention, Device, DeviceError, rope, type VOnlyRows } from "@smallkv/tensor";
+import { attentionBatch, Device, DeviceError, rope } from "@smallkv/tensor";
 import type Ort from "onnxruntime-node";
-import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder } from "./attend-policy.js";
 import { type ModelConfig, readConfig } from "./config.js";
 import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
 import { graphFolder } from "./graph-cache.js";
+import { type PlannedAttention, planHostAttention } from "./host-attend.js";
 import { BlockGraphs } from "./onnx/blocks.js";
 import type { KvPolicyHook } from "./policy-hook.js";
 import { isGroupSize, WEIGHT_TYPES, type WeightType } from "./quant.js";
 import { ropeKernelArgs } from "./rope.js";
-import { type HostHot, Sequence } from "./sequence.js";
+import { Sequence } from "./sequence.js";
 import { TextTokenizer } from "./tokenizer.js";
 import { loadWeights, openWeights, readEmbedding } from "./weights.js";
 
@@ -78,7 +78,8 @@ export class Model {
    * Seconds spent since load (or the last reset): whole forward steps, and the part of them
    * inside KV policies (their callbacks and the hot-set moves they cause).
    */
-  readonly timing = { forward: 0, policy: 0, steps: 0 };
+  /** Seconds: whole steps, policy work (selection, hot-set moves, observation), attention kernels. */
+  readonly timing = { forward: 0, policy: 0, attention: 0, steps: 0 };
 
   /** How the projection and MLP weights are held on the CPU (f32, int8, int4). */
   weightType: WeightType = "f32";
@@ -247,10 +248,43 @@ export class Model {
       let row = 0;
       for (const { seq, tokens } of inputs) {
         const T = tokens.length;
-        const rows = (a: Float32Array, w: number) => a.subarray(row * w, (row + T) * w);
-        this.attend(seq, l, T, rows(q, Hq * D), rows(k, Hkv * D), rows(v, Hkv * D), rows(attn, Hq * D));
+        seq.kv.write(
+          l,
+          k.subarray(row * Hkv * D, (row + T) * Hkv * D),
+          v.subarray(row * Hkv * D, (row + T) * Hkv * D),
+          seq.length,
+          T,
+        );
         row += T;
       }
+      // The policies plan every sequence, one kernel call attends them all, the policies observe.
+      let tp = performance.now();
+      const plans: PlannedAttention[] = [];
+      row = 0;
+      for (const { seq, tokens } of inputs) {
+        const T = tokens.length;
+        const rows = (a: Float32Array, w: number) => a.subarray(row * w, (row + T) * w);
+        plans.push(
+          planHostAttention(
+            seq,
+            l,
+            T,
+            rows(q, Hq * D),
+            rows(k, Hkv * D),
+            rows(v, Hkv * D),
+            rows(attn, Hq * D),
+          ),
+        );
+        row += T;
+      }
+      const tk = performance.now();
+      this.timing.policy += (tk - tp) / 1000;
+      const results = attentionBatch(plans.map((p) => p.args));
+      const ta = performance.now();
+      this.timing.attention += (ta - tk) / 1000;
+      tp = ta;
+      plans.forEach((p, i) => p.finish(results[i]));
+      this.timing.policy += (performance.now() - tp) / 1000;
       out = await this.layers[l + 1].run({
         resid: new ort.Tensor("float32", residIn, [M, d]),
         attn: new ort.Tensor("float32", attn, [M, Hq * D]),
@@ -351,141 +385,6 @@ export class Model {
     }
     return this.splitLogits(inputs, logitsAll);
   }
-
-  /** Attention of one sequence at one layer, through its policy's selection. */
-  private attend(
-    seq: Sequence,
-    layer: number,
-    T: number,
-    q: Float32Array,
-    k: Float32Array,
-    v: Float32Array,
-    out: Float32Array,
-  ): void {
-    const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.config;
-    const start = seq.length;
-    const step = { start, T };
-    seq.kv.write(layer, k, v, start, T);
-    // Time in the policy and its hot-set moves (everything here but the attention kernel).
-    let tPolicy = performance.now();
-    const { sel, request, wantProbs, scoreStart, window } = planLayer(
-      seq,
-      layer,
-      seq.policy.wantsQuery ? { ...step, query: q } : step,
-    );
-    const hot = seq.hot[layer] as HostHot;
-    let result: ReturnType<typeof attention>;
-    let scores: Float32Array | undefined;
-    // A sliding layer's store starts at position `base` (older rows were dropped).
-    const base = seq.kv.base[layer];
-    const ccap = seq.kv.capOf(layer);
-    if (!sel) {
-      const L = start + T - base;
-      if (typeof request === "object") scores = new Float32Array(Hq * L);
-      this.timing.policy += (performance.now() - tPolicy) / 1000;
-      result = attention({
-        q,
-        k: seq.kv.k[layer],
-        v: seq.kv.v[layer],
-        cap: ccap,
-        T,
-        past: start - base,
-        Hq,
-        Hkv,
-        D,
-        out,
-        probs: wantProbs,
-        scores,
-        scoreStart,
-        window,
-      });
-      tPolicy = performance.now();
-    } else {
-      // Per-query-head selections attend with one hot "kv head" per query head.
-      const HkvHot = sel.perQueryHead ? Hq : Hkv;
-      const cold = [seq.kv.k[layer], seq.kv.v[layer]];
-      hot.full.apply(sel.full, cold, ccap, start + T, base);
-      hot.full.append([k, v], start, T);
-      const past = Int32Array.from(sel.full, (s) => s.length);
-      let vOnly: VOnlyRows | undefined;
-      const vsel = sel.vOnly;
-      if (vsel?.some((x) => x.length > 0)) {
-        hot.vOnly.apply(vsel, [seq.kv.v[layer]], ccap, start + T, base);
-        try {
-          // The hot set keeps its own slot order; weights come in selection order, so reorder.
-          const weights = vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly);
-          vOnly = {
-            v: hot.vOnly.buf[0],
-            cap: hot.vOnly.cap,
-            counts: hot.vOnly.count,
-            weights,
-            mode: sel.combine ?? "mass",
-          };
-        } catch (e) {
-          // The request fails at the end of this step; its neighbours in the batch are unaffected.
-          seq.fault = e as Error;
-        }
-      } else hot.vOnly.clear();
-      const Lmax = Math.max(...past) + T;
-      if (typeof request === "object") scores = new Float32Array(Hq * Lmax);
-      this.timing.policy += (performance.now() - tPolicy) / 1000;
-      result = attention({
-        q,
-        k: hot.full.buf[0],
-        v: hot.full.buf[1],
-        cap: hot.full.cap,
-        T,
-        past,
-        Hq,
-        Hkv: HkvHot,
-        D,
-        out,
-        probs: wantProbs,
-        scores,
-        scoreStart,
-        vOnly,
-      });
-      tPolicy = performance.now();
-    }
-    if (request) {
-      // Policies see positions: a sliding layer's rows from `base` are shifted back in place.
-      const o = !sel && base > 0 ? toPositions(result.probs, scores, Hq, T, result.Lmax, base) : null;
-      const Lmax = o ? result.Lmax + base : result.Lmax;
-      observeAttention(seq, {
-        layer,
-        start,
-        T,
-        probs: o ? o.probs : result.probs,
-        scores: o ? o.scores : scores,
-        Lmax,
-        keyPositions: observedPositions(seq, layer, sel, Lmax),
-      });
-    }
-    this.timing.policy += (performance.now() - tPolicy) / 1000;
-  }
-}
-
-/** Probabilities [Hq][T][L] and scores [Hq][L] over rows from position `base`, as [.][base + L] over positions. */
-function toPositions(
-  probs: Float32Array | undefined,
-  scores: Float32Array | undefined,
-  Hq: number,
-  T: number,
-  L: number,
-  base: number,
-): { probs?: Float32Array; scores?: Float32Array } {
-  const P = L + base;
-  let p: Float32Array | undefined;
-  if (probs) {
-    p = new Float32Array(Hq * T * P);
-    for (let r = 0; r < Hq * T; r++) p.set(probs.subarray(r * L, (r + 1) * L), r * P + base);
-  }
-  let s: Float32Array | undefined;
-  if (scores) {
-    s = new Float32Array(Hq * P);
-    for (let h = 0; h < Hq; h++) s.set(scores.subarray(h * L, (h + 1) * L), h * P + base);
-  }
-  return { probs: p, scores: s };
 }
 
 /** The device for `opts.device`, or null for the CPU. "auto" falls back to the CPU with a message. */

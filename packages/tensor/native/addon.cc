@@ -4,30 +4,41 @@
 #include <omp.h>
 
 #include <string>
+#include <vector>
 
 #include "cuda_api.h"
 #include "kernels.h"
 
 namespace {
 
+// The arguments of one call, or of one job of a batched call (a JS array of the same list).
 struct Args {
-  const Napi::CallbackInfo& info;
+  Napi::Env env;
+  const Napi::CallbackInfo* call = nullptr;
+  Napi::Array list;
   bool failed = false;
+  std::string prefix;
+
+  explicit Args(const Napi::CallbackInfo& info) : env(info.Env()), call(&info) {}
+  Args(Napi::Env e, Napi::Array l, std::string p) : env(e), list(l), prefix(std::move(p)) {}
+
+  Napi::Value at(size_t i) const { return call ? (*call)[i] : list.Get(static_cast<uint32_t>(i)); }
+  size_t length() const { return call ? call->Length() : list.Length(); }
 
   void fail(const std::string& msg) {
-    if (!failed) Napi::RangeError::New(info.Env(), msg).ThrowAsJavaScriptException();
+    if (!failed) Napi::RangeError::New(env, prefix + msg).ThrowAsJavaScriptException();
     failed = true;
   }
 
   template <typename T, napi_typedarray_type Type>
   T* array(size_t i, const char* name, size_t minLen, bool optional = false) {
     if (failed) return nullptr;
-    if (optional && (info[i].IsNull() || info[i].IsUndefined())) return nullptr;
-    if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != Type) {
+    if (optional && (at(i).IsNull() || at(i).IsUndefined())) return nullptr;
+    if (!at(i).IsTypedArray() || at(i).As<Napi::TypedArray>().TypedArrayType() != Type) {
       fail(std::string(name) + ": expected a " + (Type == napi_float32_array ? "Float32Array" : "Int32Array"));
       return nullptr;
     }
-    auto a = info[i].As<Napi::TypedArrayOf<T>>();
+    auto a = at(i).As<Napi::TypedArrayOf<T>>();
     if (a.ElementLength() < minLen) {
       fail(std::string(name) + ": length " + std::to_string(a.ElementLength()) + " < required " +
            std::to_string(minLen));
@@ -43,21 +54,21 @@ struct Args {
   }
   int integer(size_t i, const char* name, int min = 0) {
     if (failed) return 0;
-    if (!info[i].IsNumber()) {
+    if (!at(i).IsNumber()) {
       fail(std::string(name) + ": expected a number");
       return 0;
     }
-    const int v = info[i].As<Napi::Number>().Int32Value();
+    const int v = at(i).As<Napi::Number>().Int32Value();
     if (v < min) fail(std::string(name) + ": " + std::to_string(v) + " < " + std::to_string(min));
     return v;
   }
   double number(size_t i, const char* name) {
     if (failed) return 0;
-    if (!info[i].IsNumber()) {
+    if (!at(i).IsNumber()) {
       fail(std::string(name) + ": expected a number");
       return 0;
     }
-    return info[i].As<Napi::Number>().DoubleValue();
+    return at(i).As<Napi::Number>().DoubleValue();
   }
 };
 
@@ -78,8 +89,8 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
 
 // attention(q, k, v, cap, T, past, Hq, Hkv, D, scale, out, probs|null, scores|null, scoreStart,
 //           vo|null, vcap, nV|null, w|null, mode, window)
-Napi::Value Attention(const Napi::CallbackInfo& info) {
-  Args a{info};
+// Parses and checks one attention's argument list into a job (false: a JS exception is set).
+bool ParseAttention(Args& a, skv::AttentionJob& job) {
   const int cap = a.integer(3, "cap"), T = a.integer(4, "T", 1), Hq = a.integer(6, "Hq", 1),
             Hkv = a.integer(7, "Hkv", 1), D = a.integer(8, "D", 1);
   const double scale = a.number(9, "scale");
@@ -115,11 +126,42 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     }
     w = a.f32(17, "w", size_t(Hq) * T * vmax);
   }
-  const int window = info.Length() > 19 ? a.integer(19, "window") : 0;
-  if (a.failed) return info.Env().Undefined();
-  skv::mixed_attention_f32(q, k, v, cap, T, past, Hq, Hkv, D, static_cast<float>(scale), vo, vcap, nV, w, mode, out,
-                           probs, scores, scoreStart, window);
+  const int window = a.length() > 19 ? a.integer(19, "window") : 0;
+  if (a.failed) return false;
+  job = skv::AttentionJob{q,   k,   v,  cap, T,    past,  Hq,     Hkv,        D,     static_cast<float>(scale),
+                          vo,  vcap, nV, w,   mode, out,   probs,  scores,     scoreStart, window};
+  return true;
+}
+
+Napi::Value Attention(const Napi::CallbackInfo& info) {
+  Args a{info};
+  skv::AttentionJob job{};
+  if (!ParseAttention(a, job)) return info.Env().Undefined();
+  skv::attention_batch_f32(&job, 1);
   return info.Env().Undefined();
+}
+
+// attentionBatch([args of attention, ...]): every job in one parallel region.
+Napi::Value AttentionBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    Napi::TypeError::New(env, "attentionBatch: expected an array of argument lists").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array jobs = info[0].As<Napi::Array>();
+  std::vector<skv::AttentionJob> parsed(jobs.Length());
+  for (uint32_t j = 0; j < jobs.Length(); ++j) {
+    Napi::Value item = jobs.Get(j);
+    if (!item.IsArray()) {
+      Napi::TypeError::New(env, "attentionBatch: job " + std::to_string(j) + " is not an argument list")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Args a{env, item.As<Napi::Array>(), "job " + std::to_string(j) + ": "};
+    if (!ParseAttention(a, parsed[j])) return env.Undefined();
+  }
+  skv::attention_batch_f32(parsed.data(), static_cast<int>(parsed.size()));
+  return env.Undefined();
 }
 
 // kvWrite(store, cap, Hkv, D, src, T, dst)
@@ -224,6 +266,7 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rope", Napi::Function::New(env, Rope));
   exports.Set("attention", Napi::Function::New(env, Attention));
+  exports.Set("attentionBatch", Napi::Function::New(env, AttentionBatch));
   exports.Set("kvWrite", Napi::Function::New(env, KvWrite));
   exports.Set("kvGather", Napi::Function::New(env, KvGather));
   exports.Set("topk", Napi::Function::New(env, TopK));

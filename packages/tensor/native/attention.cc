@@ -9,42 +9,71 @@ namespace skv {
 
 namespace {
 
-inline float dot(const float* a, const float* b, int n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+// e^x for x <= 0 (softmax after subtracting the row maximum), written so the compiler
+// vectorises the loop around it: range reduction to 2^n * e^r, |r| <= ln2/2, a degree-6
+// polynomial for e^r (relative error ~2e-7, like expf), 2^n through the exponent bits.
+inline float exp_neg(float x) {
+  x = std::max(x, -87.f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
 }
 
-// One query row against keys [0, n): writes the output row and leaves the normalised
-// probabilities in w[0..n).
-inline void attend_row(const float* qr, const float* kh, const float* vh, int n, int D, float scale, float* w,
-                       float* o) {
+// Softmax in place over w[0..n): returns nothing, leaves probabilities.
+inline void softmax(float* w, int n) {
   float m = -INFINITY;
-  for (int j = 0; j < n; ++j) {
-    const float s = dot(qr, kh + static_cast<int64_t>(j) * D, D) * scale;
-    w[j] = s;
-    m = std::max(m, s);
-  }
+  for (int j = 0; j < n; ++j) m = std::max(m, w[j]);
   float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
   for (int j = 0; j < n; ++j) {
-    w[j] = std::exp(w[j] - m);
-    sum += w[j];
+    const float e = exp_neg(w[j] - m);
+    w[j] = e;
+    sum += e;
   }
   const float inv = 1.f / sum;
-  std::memset(o, 0, sizeof(float) * D);
-  for (int j = 0; j < n; ++j) {
-    w[j] *= inv;
-    const float p = w[j];
-    const float* vr = vh + static_cast<int64_t>(j) * D;
 #pragma omp simd
-    for (int d = 0; d < D; ++d) o[d] += p * vr[d];
-  }
+  for (int j = 0; j < n; ++j) w[j] *= inv;
 }
 
-}  // namespace
-
-namespace {
+// The G query heads of one kv head, one query row, over keys kh/vh[0..n): each key and
+// value row is read once for the whole group. Leaves head i's probabilities in w[i*n..],
+// writes the output rows o[i*ostride ..].
+inline void attend_group(const float* const* qr, int G, const float* kh, const float* vh, int n, int D, float scale,
+                         float* w, float* const* o) {
+  for (int j = 0; j < n; ++j) {
+    const float* kr = kh + static_cast<int64_t>(j) * D;
+    for (int i = 0; i < G; ++i) {
+      const float* qi = qr[i];
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int d = 0; d < D; ++d) s += qi[d] * kr[d];
+      w[static_cast<int64_t>(i) * n + j] = s * scale;
+    }
+  }
+  for (int i = 0; i < G; ++i) {
+    softmax(w + static_cast<int64_t>(i) * n, n);
+    std::memset(o[i], 0, sizeof(float) * D);
+  }
+  for (int j = 0; j < n; ++j) {
+    const float* vr = vh + static_cast<int64_t>(j) * D;
+    for (int i = 0; i < G; ++i) {
+      const float p = w[static_cast<int64_t>(i) * n + j];
+      float* oi = o[i];
+#pragma omp simd
+      for (int d = 0; d < D; ++d) oi[d] += p * vr[d];
+    }
+  }
+}
 
 // Adds the V-only contribution of one (head, query row) to its output row.
 inline void add_vonly(float* o, const float* vh, int n, const float* w, int D, int mode) {
@@ -64,68 +93,106 @@ inline void add_vonly(float* o, const float* vh, int n, const float* w, int D, i
   }
 }
 
+// Below this many multiply-adds a call runs on the calling thread: waking the team costs
+// more than it saves (decode over a short hot set, small test shapes).
+constexpr int64_t kParallelWork = 1 << 17;
+
 }  // namespace
 
-void mixed_attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past, int Hq,
-                         int Hkv, int D, float scale, const float* vo, int vcap, const int32_t* nV, const float* w,
-                         int mode, float* out, float* probs, float* scores, int scoreStart, int window) {
-  const int group = Hq / Hkv;
-  int maxPast = 0, vmax = 0;
+namespace {
+
+// Query rows [t0, t1) of kv head g of one job: its group's heads see keys [lo, n), all
+// earlier ones or the last `window` (sliding window). wbuf holds group * Lmax floats.
+void attend_cell(const AttentionJob& a, int g, int t0, int t1, float* wbuf) {
+  const int group = a.Hq / a.Hkv;
+  const int64_t headStride = static_cast<int64_t>(a.cap) * a.D;
+  const int64_t vStride = static_cast<int64_t>(a.vcap) * a.D;
+  const int D = a.D;
+  for (int t = t0; t < t1; ++t) {
+    const int n = a.past[g] + t + 1;
+    const int lo = a.window > 0 && n > a.window ? n - a.window : 0;
+    const int len = n - lo;
+    const float* qr[64];
+    float* o[64];
+    for (int i = 0; i < group; i += 64) {
+      const int G = std::min(64, group - i);
+      for (int x = 0; x < G; ++x) {
+        const int64_t at = (static_cast<int64_t>(t) * a.Hq + g * group + i + x) * D;
+        qr[x] = a.q + at;
+        o[x] = a.out + at;
+      }
+      float* wi = wbuf + static_cast<int64_t>(i) * len;
+      attend_group(qr, G, a.k + g * headStride + static_cast<int64_t>(lo) * D,
+                   a.v + g * headStride + static_cast<int64_t>(lo) * D, len, D, a.scale, wi, o);
+      for (int x = 0; x < G; ++x) {
+        const int h = g * group + i + x;
+        if (a.vo != nullptr)
+          add_vonly(o[x], a.vo + g * vStride, a.nV[g], a.w + (static_cast<int64_t>(h) * a.T + t) * a.vmax, D, a.mode);
+        const float* wh = wi + static_cast<int64_t>(x) * len;
+        if (a.probs != nullptr) {
+          float* pr = a.probs + (static_cast<int64_t>(h) * a.T + t) * a.Lmax;
+          std::memset(pr, 0, sizeof(float) * lo);
+          std::memcpy(pr + lo, wh, sizeof(float) * len);
+          std::memset(pr + n, 0, sizeof(float) * (a.Lmax - n));
+        }
+        if (a.scores != nullptr && t >= a.scoreStart) {
+          float* sr = a.scores + static_cast<int64_t>(h) * a.Lmax + lo;
+#pragma omp simd
+          for (int j = 0; j < len; ++j) sr[j] += wh[j];
+        }
+      }
+    }
+  }
+}
+
+struct Cell {
+  int job, g, t0, t1;
+};
+
+}  // namespace
+
+void AttentionJob::finish() {
+  maxPast = 0;
+  vmax = 0;
   for (int g = 0; g < Hkv; ++g) {
     maxPast = std::max(maxPast, past[g]);
     if (vo != nullptr) vmax = std::max(vmax, nV[g]);
   }
-  const int Lmax = maxPast + T;
-  const int64_t headStride = static_cast<int64_t>(cap) * D;
-  const int64_t vStride = static_cast<int64_t>(vcap) * D;
+  Lmax = maxPast + T;
+}
 
-  // Query row t sees keys [lo, n): all earlier ones, or the last `window` (sliding window).
-  auto row = [&](int h, int t, float* wbuf, int* lo_out) {
-    const int g = h / group;
-    const int n = past[g] + t + 1;
-    const int lo = window > 0 && n > window ? n - window : 0;
-    float* o = out + (static_cast<int64_t>(t) * Hq + h) * D;
-    attend_row(q + (static_cast<int64_t>(t) * Hq + h) * D, k + g * headStride + static_cast<int64_t>(lo) * D,
-               v + g * headStride + static_cast<int64_t>(lo) * D, n - lo, D, scale, wbuf, o);
-    if (vo != nullptr) add_vonly(o, vo + g * vStride, nV[g], w + (static_cast<int64_t>(h) * T + t) * vmax, D, mode);
-    if (probs != nullptr) {
-      float* pr = probs + (static_cast<int64_t>(h) * T + t) * Lmax;
-      std::memset(pr, 0, sizeof(float) * lo);
-      std::memcpy(pr + lo, wbuf, sizeof(float) * (n - lo));
-      std::memset(pr + n, 0, sizeof(float) * (Lmax - n));
+void attention_batch_f32(AttentionJob* jobs, int n) {
+  // One team for all jobs (every sequence of a layer): waking the OpenMP team after an
+  // onnxruntime call costs about as much as a short attention, so it is paid once per layer.
+  std::vector<Cell> cells;
+  int64_t work = 0;
+  size_t wsize = 1;
+  for (int j = 0; j < n; ++j) {
+    AttentionJob& a = jobs[j];
+    a.finish();
+    work += static_cast<int64_t>(a.Hq) * a.T * (a.Lmax + a.vmax) * a.D * 2;
+    wsize = std::max(wsize, static_cast<size_t>(a.Hq / a.Hkv) * a.Lmax);
+    for (int g = 0; g < a.Hkv; ++g) {
+      // A job that accumulates scores keeps each kv head on one thread (its score rows).
+      if (a.scores != nullptr) cells.push_back({j, g, 0, a.T});
+      else
+        for (int t = 0; t < a.T; ++t) cells.push_back({j, g, t, t + 1});
     }
-    *lo_out = lo;
-    return n;
-  };
-
-  if (scores != nullptr) {
-    // Parallel over heads only: each head owns its score row, so accumulation is race-free.
-#pragma omp parallel
-    {
-      std::vector<float> wbuf(Lmax);
-#pragma omp for schedule(static)
-      for (int h = 0; h < Hq; ++h) {
-        float* sr = scores + static_cast<int64_t>(h) * Lmax;
-        for (int t = 0; t < T; ++t) {
-          int lo = 0;
-          const int n = row(h, t, wbuf.data(), &lo);
-          if (t >= scoreStart)
-            for (int j = lo; j < n; ++j) sr[j] += wbuf[j - lo];
-        }
-      }
-    }
-    return;
   }
-#pragma omp parallel
+  const int count = static_cast<int>(cells.size());
+#pragma omp parallel if (work >= kParallelWork && count > 1)
   {
-    std::vector<float> wbuf(Lmax);
-#pragma omp for collapse(2) schedule(static)
-    for (int h = 0; h < Hq; ++h)
-      for (int t = 0; t < T; ++t) {
-        int lo = 0;
-        row(h, t, wbuf.data(), &lo);
-      }
+    std::vector<float> wbuf(wsize);
+#pragma omp for schedule(dynamic, 1)
+    for (int c = 0; c < count; ++c) attend_cell(jobs[cells[c].job], cells[c].g, cells[c].t0, cells[c].t1, wbuf.data());
   }
+}
+
+void mixed_attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past, int Hq,
+                         int Hkv, int D, float scale, const float* vo, int vcap, const int32_t* nV, const float* w,
+                         int mode, float* out, float* probs, float* scores, int scoreStart, int window) {
+  AttentionJob a{q, k, v, cap, T, past, Hq, Hkv, D, scale, vo, vcap, nV, w, mode, out, probs, scores, scoreStart, window};
+  attention_batch_f32(&a, 1);
 }
 
 void attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past, int Hq,

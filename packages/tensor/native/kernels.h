@@ -36,6 +36,33 @@ void mixed_attention_f32(const float* q, const float* k, const float* v, int cap
                          const float* w, int mode, float* out, float* probs, float* scores, int scoreStart,
                          int window = 0);
 
+// One attention of a batch: the arguments of mixed_attention_f32 (vo = nullptr: none).
+struct AttentionJob {
+  const float* q;
+  const float* k;
+  const float* v;
+  int cap, T;
+  const int32_t* past;
+  int Hq, Hkv, D;
+  float scale;
+  const float* vo;
+  int vcap;
+  const int32_t* nV;
+  const float* w;
+  int mode;
+  float* out;
+  float* probs;
+  float* scores;
+  int scoreStart, window;
+  // Derived by finish(): max(past), max(nV), max(past) + T.
+  int maxPast = 0, vmax = 0, Lmax = 0;
+  void finish();
+};
+
+// Several independent attentions (e.g. every sequence of a batch at one layer) in one
+// parallel region. Each job is exactly mixed_attention_f32 of its arguments.
+void attention_batch_f32(AttentionJob* jobs, int n);
+
 // Write T rows src[T][Hkv][D] into store[Hkv][cap][D] at slots dst[T].
 void kv_write_f32(float* store, int cap, int Hkv, int D, const float* src, int T, const int32_t* dst);
 

@@ -23,6 +23,7 @@ export {
   type AttentionArgs,
   type AttentionResult,
   attention,
+  attentionBatch,
   buildInfo,
   type CudaInfo,
   cudaInfo,

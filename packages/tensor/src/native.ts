@@ -36,6 +36,8 @@ export interface NativeBinding {
     mode: number,
     window?: number,
   ): void;
+  /** Each job is the argument list of `attention`; all run in one parallel region. */
+  attentionBatch(jobs: unknown[][]): void;
   kvWrite(
     store: Float32Array,
     cap: number,

@@ -84,9 +84,8 @@ export interface AttentionResult {
   Lmax: number;
 }
 
-/** Causal grouped-query attention of T new queries over a KV store (prefill and decode). */
-export function attention(a: AttentionArgs): AttentionResult {
-  const op = "attention";
+/** Checks one attention's arguments; returns the native argument list and the result it will fill. */
+function attentionCall(a: AttentionArgs, op: string): { args: unknown[]; result: AttentionResult } {
   const T = expectDim(op, "T", a.T, 1);
   const Hq = expectDim(op, "Hq", a.Hq, 1);
   const Hkv = expectDim(op, "Hkv", a.Hkv, 1);
@@ -128,7 +127,7 @@ export function attention(a: AttentionArgs): AttentionResult {
     if (vo.mode !== "literal" && vo.mode !== "mass")
       throw new TensorShapeError(op, `vOnly.mode must be "literal" or "mass"`);
   }
-  native.attention(
+  const args = [
     a.q,
     a.k,
     a.v,
@@ -149,8 +148,26 @@ export function attention(a: AttentionArgs): AttentionResult {
     vo ? vo.weights : null,
     vo?.mode === "mass" ? 1 : 0,
     expectDim(op, "window", a.window ?? 0),
-  );
-  return { out, probs, Lmax };
+  ];
+  return { args, result: { out, probs, Lmax } };
+}
+
+/** Causal grouped-query attention of T new queries over a KV store (prefill and decode). */
+export function attention(a: AttentionArgs): AttentionResult {
+  const { args, result } = attentionCall(a, "attention");
+  (native.attention as (...x: unknown[]) => void)(...args);
+  return result;
+}
+
+/**
+ * Several independent attentions (e.g. every sequence of a batch at one layer) in one
+ * native call and one parallel region: each result equals `attention` of its arguments.
+ * Outputs must not overlap.
+ */
+export function attentionBatch(jobs: AttentionArgs[]): AttentionResult[] {
+  const calls = jobs.map((a, i) => attentionCall(a, `attentionBatch[${i}]`));
+  if (calls.length > 0) native.attentionBatch(calls.map((c) => c.args));
+  return calls.map((c) => c.result);
 }
 
 /** The mixed step: exact attention over the K+V rows plus V-only rows with given weights. */

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   attention,
+  attentionBatch,
   kvGather,
   kvWrite,
   mixedAttention,
@@ -332,5 +333,86 @@ describe("mixed attention (exact over C ∪ R plus weighted V-only rows)", () =>
         vOnly,
       }),
     ).toThrow(/vOnly.weights/);
+  });
+});
+
+describe("attentionBatch", () => {
+  // Jobs of different shapes in one call (every sequence of a layer): big enough that the
+  // batch runs in parallel, with per-head pasts, windows, V-only rows, probs and scores.
+  const shapes: Array<{
+    Hkv: number;
+    group: number;
+    D: number;
+    past: number[];
+    T: number;
+    window?: number;
+    vOnly?: number[];
+  }> = [
+    { Hkv: 4, group: 3, D: 64, past: [700, 650, 701, 10], T: 1 },
+    { Hkv: 2, group: 4, D: 32, past: [0, 0], T: 40 },
+    { Hkv: 4, group: 3, D: 64, past: [100, 99, 98, 97], T: 1, vOnly: [20, 0, 13, 31] },
+    { Hkv: 1, group: 8, D: 16, past: [300], T: 3, window: 64 },
+    { Hkv: 2, group: 1, D: 8, past: [2, 5], T: 2 },
+  ];
+  const make = (seed: number) =>
+    shapes.map((s, i) => {
+      const r = rng(seed * 100 + i);
+      const Hq = s.Hkv * s.group;
+      const cap = Math.max(...s.past) + s.T + 1;
+      const Lmax = Math.max(...s.past) + s.T;
+      const vcap = Math.max(1, ...(s.vOnly ?? [0]));
+      const vmax = Math.max(0, ...(s.vOnly ?? [0]));
+      return {
+        q: randn(s.T * Hq * s.D, r, 0.5),
+        k: randn(s.Hkv * cap * s.D, r, 0.5),
+        v: randn(s.Hkv * cap * s.D, r),
+        cap,
+        T: s.T,
+        past: Int32Array.from(s.past),
+        Hq,
+        Hkv: s.Hkv,
+        D: s.D,
+        window: s.window,
+        scores: i % 2 === 0 ? new Float32Array(Hq * Lmax) : undefined,
+        probs: i % 2 === 1 ? true : undefined,
+        vOnly: s.vOnly
+          ? {
+              v: randn(s.Hkv * vcap * s.D, r),
+              cap: vcap,
+              counts: Int32Array.from(s.vOnly),
+              weights: randn(Hq * s.T * vmax, r).map((x) => Math.abs(x) * 0.01),
+              mode: "mass" as const,
+            }
+          : undefined,
+      };
+    });
+
+  it("each job equals the reference (output, probs, scores)", () => {
+    const jobs = make(1);
+    const got = attentionBatch(jobs);
+    jobs.forEach((j, i) => {
+      const want = reference.attentionRef({ ...j, scoreStart: 0 });
+      expect(got[i].Lmax).toBe(want.Lmax);
+      expect(maxAbsDiff(got[i].out, want.out)).toBeLessThan(1e-5);
+      if (j.scores) expect(maxAbsDiff(j.scores, want.scores)).toBeLessThan(1e-5);
+      if (j.probs) expect(maxAbsDiff(got[i].probs!, want.probs)).toBeLessThan(1e-6);
+    });
+  });
+
+  it("each job equals attention of the same arguments, and an empty batch does nothing", () => {
+    const a = make(2);
+    const b = make(2);
+    const batched = attentionBatch(a);
+    b.forEach((j, i) => expect(maxAbsDiff(attention(j).out, batched[i].out)).toBeLessThan(1e-6));
+    expect(attentionBatch([])).toEqual([]);
+  });
+
+  it("a bad job is refused with its index before anything runs", () => {
+    const jobs = make(3);
+    expect(() => attentionBatch([jobs[0], { ...jobs[1], past: Int32Array.of(1e6, 0) }])).toThrow(
+      /attentionBatch\[1\].*past\[0\]/,
+    );
+    // The good job before it did not run either: its scores are still zero.
+    expect(jobs[0].scores!.every((x) => x === 0)).toBe(true);
   });
 });

@@ -1,0 +1,142 @@
+import type { AttentionArgs, AttentionResult, VOnlyRows } from "@smallkv/tensor";
+import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder } from "./attend-policy.js";
+import type { HostHot, Sequence } from "./sequence.js";
+
+// The CPU backend's attention of one sequence at one layer, in two halves around the kernel:
+// `planHostAttention` asks the policy, moves hot rows and returns the kernel's arguments;
+// the returned `finish` shows the policy what it asked to observe. The model runs the
+// kernels of every sequence of a layer in one call between the halves.
+
+/** One sequence's attention at one layer: the kernel's arguments, and what follows the kernel. */
+export interface PlannedAttention {
+  args: AttentionArgs;
+  finish(result: AttentionResult): void;
+}
+
+/** Plan the attention of `seq` at `layer` for its T new rows q/k/v (already written to its store). */
+export function planHostAttention(
+  seq: Sequence,
+  layer: number,
+  T: number,
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  out: Float32Array,
+): PlannedAttention {
+  const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = seq.config;
+  const start = seq.length;
+  const step = { start, T };
+  const { sel, request, wantProbs, scoreStart, window } = planLayer(
+    seq,
+    layer,
+    seq.policy.wantsQuery ? { ...step, query: q } : step,
+  );
+  const hot = seq.hot[layer] as HostHot;
+  // A sliding layer's store starts at position `base` (older rows were dropped).
+  const base = seq.kv.base[layer];
+  let scores: Float32Array | undefined;
+  let args: AttentionArgs;
+  if (!sel) {
+    const L = start + T - base;
+    if (typeof request === "object") scores = new Float32Array(Hq * L);
+    args = {
+      q,
+      k: seq.kv.k[layer],
+      v: seq.kv.v[layer],
+      cap: seq.kv.capOf(layer),
+      T,
+      past: start - base,
+      Hq,
+      Hkv,
+      D,
+      out,
+      probs: wantProbs,
+      scores,
+      scoreStart,
+      window,
+    };
+  } else {
+    const ccap = seq.kv.capOf(layer);
+    hot.full.apply(sel.full, [seq.kv.k[layer], seq.kv.v[layer]], ccap, start + T, base);
+    hot.full.append([k, v], start, T);
+    const past = Int32Array.from(sel.full, (s) => s.length);
+    let vOnly: VOnlyRows | undefined;
+    const vsel = sel.vOnly;
+    if (vsel?.some((x) => x.length > 0)) {
+      hot.vOnly.apply(vsel, [seq.kv.v[layer]], ccap, start + T, base);
+      try {
+        // The hot set keeps its own slot order; weights come in selection order, so reorder.
+        const weights = vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly);
+        vOnly = {
+          v: hot.vOnly.buf[0],
+          cap: hot.vOnly.cap,
+          counts: hot.vOnly.count,
+          weights,
+          mode: sel.combine ?? "mass",
+        };
+      } catch (e) {
+        // The request fails at the end of this step; its neighbours in the batch are unaffected.
+        seq.fault = e as Error;
+      }
+    } else hot.vOnly.clear();
+    let Lmax = T;
+    for (const p of past) Lmax = Math.max(Lmax, p + T);
+    if (typeof request === "object") scores = new Float32Array(Hq * Lmax);
+    args = {
+      q,
+      k: hot.full.buf[0],
+      v: hot.full.buf[1],
+      cap: hot.full.cap,
+      T,
+      past,
+      Hq,
+      // Per-query-head selections attend with one hot "kv head" per query head.
+      Hkv: sel.perQueryHead ? Hq : Hkv,
+      D,
+      out,
+      probs: wantProbs,
+      scores,
+      scoreStart,
+      vOnly,
+    };
+  }
+  const finish = (result: AttentionResult) => {
+    if (!request) return;
+    // Policies see positions: a sliding layer's rows from `base` are shifted back in place.
+    const o = !sel && base > 0 ? toPositions(result.probs, scores, Hq, T, result.Lmax, base) : null;
+    const Lmax = o ? result.Lmax + base : result.Lmax;
+    observeAttention(seq, {
+      layer,
+      start,
+      T,
+      probs: o ? o.probs : result.probs,
+      scores: o ? o.scores : scores,
+      Lmax,
+      keyPositions: observedPositions(seq, layer, sel, Lmax),
+    });
+  };
+  return { args, finish };
+}
+
+/** Probabilities [Hq][T][L] and scores [Hq][L] over rows from position `base`, as [.][base + L] over positions. */
+function toPositions(
+  probs: Float32Array | undefined,
+  scores: Float32Array | undefined,
+  Hq: number,
+  T: number,
+  L: number,
+  base: number,
+): { probs?: Float32Array; scores?: Float32Array } {
+  const P = L + base;
+  let p: Float32Array | undefined;
+  if (probs) {
+    p = new Float32Array(Hq * T * P);
+    for (let r = 0; r < Hq * T; r++) p.set(probs.subarray(r * L, (r + 1) * L), r * P + base);
+  }
+  let s: Float32Array | undefined;
+  if (scores) {
+    s = new Float32Array(Hq * P);
+    for (let h = 0; h < Hq; h++) s.set(scores.subarray(h * L, (h + 1) * L), h * P + base);
+  }
+  return { probs: p, scores: s };
+}
