@@ -1,4 +1,4 @@
-import { topk } from "@smallkv/tensor";
+import { topPositions as nativeTopPositions } from "@smallkv/tensor";
 
 /** Positions [from, to) as an Int32Array. */
 export function range(from: number, to: number): Int32Array {
@@ -10,27 +10,23 @@ export function range(from: number, to: number): Int32Array {
 
 /**
  * The k positions in [0, n) with the highest scores, skipping excluded ones (mask = 1), in
- * ascending position order. Ties go to the earlier position.
+ * ascending position order. Ties go to the earlier position. Typed scores go to the native
+ * selection as they are (no copy); other array-likes are copied once.
  */
 export function topPositions(
   scores: ArrayLike<number>,
   n: number,
   k: number,
   exclude?: Uint8Array,
+  /** Highest score first instead of ascending positions. */
+  byScore = false,
 ): Int32Array {
   if (k <= 0 || n <= 0) return new Int32Array(0);
-  const x = new Float32Array(n);
-  let available = 0;
-  for (let i = 0; i < n; i++) {
-    if (exclude?.[i]) x[i] = Number.NEGATIVE_INFINITY;
-    else {
-      x[i] = scores[i];
-      available++;
-    }
-  }
-  const kk = Math.min(k, available);
-  const idx = topk(x, n, kk);
-  return idx.sort();
+  const x =
+    scores instanceof Float64Array || scores instanceof Float32Array
+      ? scores
+      : Float64Array.from({ length: n }, (_, i) => scores[i]);
+  return nativeTopPositions(x, n, k, exclude, byScore);
 }
 
 /** A mask of length n with ones at the given positions. */
@@ -42,9 +38,15 @@ export function maskOf(n: number, ...lists: ArrayLike<number>[]): Uint8Array {
 
 /** Merge sorted-or-not position lists into one ascending, duplicate-free list. */
 export function union(...lists: ArrayLike<number>[]): Int32Array {
-  const s = new Set<number>();
-  for (const l of lists) for (let i = 0; i < l.length; i++) s.add(l[i]);
-  return Int32Array.from(s).sort();
+  let total = 0;
+  for (const l of lists) total += l.length;
+  const all = new Int32Array(total);
+  let at = 0;
+  for (const l of lists) for (let i = 0; i < l.length; i++) all[at++] = l[i];
+  all.sort();
+  let m = 0;
+  for (let i = 0; i < total; i++) if (i === 0 || all[i] !== all[i - 1]) all[m++] = all[i];
+  return m === total ? all : all.slice(0, m);
 }
 
 /** The same list for every kv head. */

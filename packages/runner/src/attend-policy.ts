@@ -180,34 +180,48 @@ function matchHotMode(seq: Sequence, layer: number, sel: LayerSelection | null):
   }
 }
 
+// Marks for the duplicate check: position p is taken in the current list when marks[p] equals
+// the current epoch (no Set per head and step on the decode path).
+let marks = new Uint32Array(1024);
+let epoch = 0;
+
 function validateSelection(seq: Sequence, sel: LayerSelection, Hkv: number, start: number): void {
   const name = seq.policy.name;
-  const check = (lists: Int32Array[], what: string, seen: Set<number>[]) => {
-    if (!Array.isArray(lists) || lists.length !== Hkv) {
+  const lists = (x: Int32Array[], what: string) => {
+    if (!Array.isArray(x) || x.length !== Hkv) {
       throw new PolicyError(
         name,
         "one list per kv head",
-        `${what}: got ${Array.isArray(lists) ? lists.length : typeof lists} lists for ${Hkv} kv heads`,
+        `${what}: got ${Array.isArray(x) ? x.length : typeof x} lists for ${Hkv} kv heads`,
       );
     }
-    for (let g = 0; g < Hkv; g++) {
-      for (const p of lists[g]) {
-        if (!Number.isInteger(p) || p < 0 || p >= start) {
-          throw new PolicyError(
-            name,
-            "valid indices",
-            `${what}, kv head ${g}: position ${p} is outside the past tokens [0, ${start})`,
-          );
-        }
-        if (seen[g].has(p))
-          throw new PolicyError(name, "no duplicates", `${what}, kv head ${g}: position ${p} selected twice`);
-        seen[g].add(p);
+  };
+  const check = (list: Int32Array, what: string, g: number) => {
+    for (let i = 0; i < list.length; i++) {
+      const p = list[i];
+      if (!Number.isInteger(p) || p < 0 || p >= start) {
+        throw new PolicyError(
+          name,
+          "valid indices",
+          `${what}, kv head ${g}: position ${p} is outside the past tokens [0, ${start})`,
+        );
       }
+      if (marks[p] === epoch)
+        throw new PolicyError(name, "no duplicates", `${what}, kv head ${g}: position ${p} selected twice`);
+      marks[p] = epoch;
     }
   };
-  const seen = Array.from({ length: Hkv }, () => new Set<number>());
-  check(sel.full, "full", seen);
-  if (sel.vOnly) check(sel.vOnly, "vOnly", seen);
+  lists(sel.full, "full");
+  if (sel.vOnly) lists(sel.vOnly, "vOnly");
+  if (marks.length < start) marks = new Uint32Array(Math.max(start, 2 * marks.length));
+  for (let g = 0; g < Hkv; g++) {
+    if (++epoch === 0xffffffff) {
+      marks.fill(0);
+      epoch = 1;
+    }
+    check(sel.full[g], "full", g);
+    if (sel.vOnly) check(sel.vOnly[g], "vOnly", g);
+  }
   if (sel.combine !== undefined && sel.combine !== "literal" && sel.combine !== "mass") {
     throw new PolicyError(
       name,

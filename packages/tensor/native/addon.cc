@@ -3,6 +3,7 @@
 #include <napi.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -216,6 +217,42 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// topPositions(scores: Float32Array|Float64Array, n, k, exclude: Uint8Array|null, out: Int32Array, byScore) -> count
+Napi::Value TopPositions(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a{info};
+  const int n = a.integer(1, "n"), k = a.integer(2, "k");
+  if (a.failed) return env.Undefined();
+  const Napi::Value xs = info[0];
+  const bool f64 = xs.IsTypedArray() && xs.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array;
+  const double* x64 = nullptr;
+  const float* x32 = nullptr;
+  if (f64) {
+    auto t = xs.As<Napi::Float64Array>();
+    if (t.ElementLength() < size_t(n)) a.fail("scores: shorter than n");
+    x64 = t.Data();
+  } else {
+    x32 = a.f32(0, "scores (Float32Array or Float64Array)", size_t(n));
+  }
+  const uint8_t* ex = nullptr;
+  if (!a.failed && !info[3].IsNull() && !info[3].IsUndefined()) {
+    if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      a.fail("exclude: expected a Uint8Array");
+    else {
+      auto m = info[3].As<Napi::Uint8Array>();
+      if (m.ElementLength() < size_t(n)) a.fail("exclude: shorter than n");
+      ex = m.Data();
+    }
+  }
+  int32_t* out = a.i32(4, "out", size_t(std::min(n, k)));
+  if (a.failed) return env.Undefined();
+  const bool byScore = info.Length() > 5 && info[5].ToBoolean().Value();
+  std::vector<int32_t> work(n);
+  const int m = f64 ? skv::top_positions_f64(x64, n, std::min(n, k), ex, out, work.data(), byScore)
+                    : skv::top_positions_f32(x32, n, std::min(n, k), ex, out, work.data(), byScore);
+  return Napi::Number::New(env, m);
+}
+
 Napi::Value Sum(const Napi::CallbackInfo& info) {
   Args a{info};
   const float* x = a.f32(0, "x", 0);
@@ -270,6 +307,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kvWrite", Napi::Function::New(env, KvWrite));
   exports.Set("kvGather", Napi::Function::New(env, KvGather));
   exports.Set("topk", Napi::Function::New(env, TopK));
+  exports.Set("topPositions", Napi::Function::New(env, TopPositions));
   exports.Set("sum", Napi::Function::New(env, Sum));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 
@@ -16,6 +17,48 @@ void topk_f32(const float* x, int rows, int n, int k, int32_t* out) {
     std::partial_sort(id.begin(), id.begin() + k, id.end(), better);
     std::copy(id.begin(), id.begin() + k, out + static_cast<int64_t>(r) * k);
   }
+}
+
+template <typename S>
+int top_positions(const S* x, int n, int k, const uint8_t* exclude, int32_t* out, int32_t* work, bool byScore) {
+  // Ranks as float32 (like topk_f32), NaN last; ties to the lower position.
+  auto key = [x](int32_t i) {
+    const float v = static_cast<float>(x[i]);
+    return v != v ? -INFINITY : v;
+  };
+  int m = 0;
+  for (int i = 0; i < n; ++i)
+    if (exclude == nullptr || exclude[i] == 0) work[m++] = i;
+  if (k < m) {
+    auto better = [&key](int32_t a, int32_t b) {
+      const float ka = key(a), kb = key(b);
+      return ka > kb || (ka == kb && a < b);
+    };
+    std::nth_element(work, work + k, work + m, better);
+    m = k;
+  }
+  if (byScore) {
+    // Highest first in the scores' own precision (NaN last), ties to the lower position.
+    auto full = [x](int32_t i) { return x[i] != x[i] ? -static_cast<S>(INFINITY) : x[i]; };
+    std::sort(work, work + m, [&full](int32_t a, int32_t b) {
+      const S ka = full(a), kb = full(b);
+      return ka > kb || (ka == kb && a < b);
+    });
+  } else if (m < n) {
+    std::sort(work, work + m);
+  }
+  std::copy(work, work + m, out);
+  return m;
+}
+
+int top_positions_f64(const double* x, int n, int k, const uint8_t* exclude, int32_t* out, int32_t* work,
+                      bool byScore) {
+  return top_positions(x, n, k, exclude, out, work, byScore);
+}
+
+int top_positions_f32(const float* x, int n, int k, const uint8_t* exclude, int32_t* out, int32_t* work,
+                      bool byScore) {
+  return top_positions(x, n, k, exclude, out, work, byScore);
 }
 
 double sum_f32(const float* x, int64_t n) {

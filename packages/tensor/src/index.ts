@@ -35,6 +35,7 @@ export {
   setThreads,
   sum,
   topk,
+  topPositions,
   type VOnlyRows,
 } from "./ops.js";
 export * as reference from "./reference.js";

@@ -36,6 +36,15 @@ export interface NativeBinding {
     mode: number,
     window?: number,
   ): void;
+  /** Writes the selected positions to out; returns how many. */
+  topPositions(
+    scores: Float32Array | Float64Array,
+    n: number,
+    k: number,
+    exclude: Uint8Array | null,
+    out: Int32Array,
+    byScore?: boolean,
+  ): number;
   /** Each job is the argument list of `attention`; all run in one parallel region. */
   attentionBatch(jobs: unknown[][]): void;
   kvWrite(

@@ -253,6 +253,34 @@ export function topk(x: Float32Array, n: number, k: number, rows = 1): Int32Arra
   return out;
 }
 
+/**
+ * The k highest-scoring positions of [0, n), skipping those with exclude[i] = 1, in
+ * ascending position order (fewer when fewer are left). Chosen by float32 rank, ties to
+ * the earlier position, NaN last. O(n): a selection, not a sort (the policies' hot path).
+ * `byScore`: return them highest score first instead (in the scores' own precision, ties
+ * to the earlier position).
+ */
+export function topPositions(
+  scores: Float32Array | Float64Array,
+  n: number,
+  k: number,
+  exclude?: Uint8Array,
+  byScore = false,
+): Int32Array {
+  const op = "topPositions";
+  expectDim(op, "n", n);
+  expectDim(op, "k", k);
+  if (!(scores instanceof Float32Array || scores instanceof Float64Array))
+    throw new TensorShapeError(op, "scores must be a Float32Array or a Float64Array");
+  if (scores.length < n) throw new TensorShapeError(op, `scores has ${scores.length} elements, needs ${n}`);
+  if (exclude !== undefined && (!(exclude instanceof Uint8Array) || exclude.length < n))
+    throw new TensorShapeError(op, `exclude must be a Uint8Array of at least ${n} elements`);
+  if (k === 0 || n === 0) return new Int32Array(0);
+  const out = new Int32Array(Math.min(n, k));
+  const m = native.topPositions(scores, n, k, exclude ?? null, out, byScore);
+  return m === out.length ? out : out.slice(0, m);
+}
+
 /** Sum of a float32 array (OpenMP, SIMD); it streams the array once, so benchmarks use it to measure read bandwidth. */
 export function sum(x: Float32Array): number {
   expectF32("sum", "x", x, 0);

@@ -148,6 +148,23 @@ export function topkRef(x: Float32Array, n: number, k: number, rows = 1): Int32A
   return out;
 }
 
+/** topPositions by a full sort: float32 ranking, ties to the lower position, NaN last, ascending output. */
+export function topPositionsRef(
+  scores: Float32Array | Float64Array,
+  n: number,
+  k: number,
+  exclude?: Uint8Array,
+  byScore = false,
+): Int32Array {
+  const rank = (f: (i: number) => number) => (a: number, b: number) => (f(b) > f(a) ? 1 : f(b) < f(a) ? -1 : a - b);
+  const nanLast = (v: number) => (Number.isNaN(v) ? Number.NEGATIVE_INFINITY : v);
+  const ids = Array.from({ length: n }, (_, i) => i).filter((i) => !exclude?.[i]);
+  ids.sort(rank((i) => nanLast(Math.fround(scores[i]))));
+  const top = ids.slice(0, k);
+  if (byScore) return Int32Array.from(top.sort(rank((i) => nanLast(scores[i]))));
+  return Int32Array.from(top).sort();
+}
+
 export function sumRef(x: Float32Array): number {
   let s = 0;
   for (let i = 0; i < x.length; i++) s += x[i];

@@ -10,6 +10,7 @@ import {
   sum,
   TensorShapeError,
   topk,
+  topPositions,
 } from "../src/index.js";
 import { maxAbsDiff, randn, rng } from "./rand.js";
 
@@ -218,6 +219,44 @@ describe("topk", () => {
     }
     expect(topk(new Float32Array(5), 5, 0).length).toBe(0);
     expect(() => topk(new Float32Array(5), 5, 6)).toThrow(TensorShapeError);
+  });
+});
+
+describe("topPositions", () => {
+  it("matches the reference: f32 and f64 scores, exclusions, ties, NaN, k above what is left", () => {
+    const r = rng(9);
+    for (const [n, k, excludeShare] of [
+      [1, 1, 0],
+      [17, 5, 0.3],
+      [1000, 100, 0.5],
+      [512, 600, 0.2],
+      [64, 64, 0],
+      [300, 7, 0.99],
+    ]) {
+      const f32 = randn(n, r).map((v) => Math.round(v * 8) / 8); // many ties
+      if (n > 10) f32[3] = Number.NaN;
+      // f64 scores that differ only below float32 precision rank as ties.
+      const f64 = Float64Array.from(f32, (v, i) => v + (i % 3) * 1e-12);
+      const exclude = Uint8Array.from({ length: n }, () => (r() < excludeShare ? 1 : 0));
+      for (const scores of [f32, f64]) {
+        expect(Array.from(topPositions(scores, n, k, exclude))).toEqual(
+          Array.from(reference.topPositionsRef(scores, n, k, exclude)),
+        );
+        expect(Array.from(topPositions(scores, n, k))).toEqual(
+          Array.from(reference.topPositionsRef(scores, n, k)),
+        );
+        expect(Array.from(topPositions(scores, n, k, exclude, true))).toEqual(
+          Array.from(reference.topPositionsRef(scores, n, k, exclude, true)),
+        );
+      }
+    }
+  });
+
+  it("refuses wrong inputs", () => {
+    expect(topPositions(new Float32Array(5), 5, 0).length).toBe(0);
+    expect(() => topPositions(new Float32Array(4), 5, 1)).toThrow(TensorShapeError);
+    expect(() => topPositions(new Float32Array(5), 5, 1, new Uint8Array(2))).toThrow(/exclude/);
+    expect(() => topPositions([1, 2] as unknown as Float32Array, 2, 1)).toThrow(/Float64Array/);
   });
 });
 

@@ -385,8 +385,7 @@ function makeSmallKv(
         let nMarg: number;
         let order: Int32Array;
         if (adaptive) {
-          const cand = topPositions(score, start, 2 * Math.ceil(units[g]) + 1, exclude);
-          order = Int32Array.from(cand).sort((x, y) => score[y] - score[x] || x - y);
+          order = topPositions(score, start, 2 * Math.ceil(units[g]) + 1, exclude, true);
           const s = adaptiveSplit(order, score, units[g], {
             vOnly: marginalOk,
             exactShare: o.exactShare,
@@ -401,8 +400,7 @@ function makeSmallKv(
             sizes.critical + (marginalOk ? 0 : Math.floor(sizes.marginal / 2)),
             Math.max(0, Math.floor(oldUnits - recentOld - nM / 2 + 1e-9)),
           );
-          const cand = topPositions(score, start, nC + nM, exclude);
-          order = Int32Array.from(cand).sort((x, y) => score[y] - score[x] || x - y);
+          order = topPositions(score, start, nC + nM, exclude, true);
           nCrit = nC;
           nMarg = nM;
         }
