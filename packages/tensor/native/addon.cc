@@ -247,7 +247,7 @@ Napi::Value TopPositions(const Napi::CallbackInfo& info) {
   int32_t* out = a.i32(4, "out", size_t(std::min(n, k)));
   if (a.failed) return env.Undefined();
   const bool byScore = info.Length() > 5 && info[5].ToBoolean().Value();
-  std::vector<int32_t> work(n);
+  std::vector<uint64_t> work(n);
   const int m = f64 ? skv::top_positions_f64(x64, n, std::min(n, k), ex, out, work.data(), byScore)
                     : skv::top_positions_f32(x32, n, std::min(n, k), ex, out, work.data(), byScore);
   return Napi::Number::New(env, m);

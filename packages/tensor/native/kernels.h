@@ -78,11 +78,11 @@ void topk_f32(const float* x, int rows, int n, int k, int32_t* out);
 // The k highest-scoring positions of [0, n) whose exclude[i] is 0 (exclude may be null), in
 // ascending position order (byScore: highest score first, in the scores' own precision, ties to
 // the lower position); fewer when fewer are left. Chosen by float32 rank, ties to the lower
-// position, NaN last; O(n) selection plus a sort of the k chosen. work holds n ints.
+// position, NaN last; O(n) selection plus a sort of the k chosen. work holds n keys.
 // Returns the count.
-int top_positions_f64(const double* x, int n, int k, const uint8_t* exclude, int32_t* out, int32_t* work,
+int top_positions_f64(const double* x, int n, int k, const uint8_t* exclude, int32_t* out, uint64_t* work,
                       bool byScore = false);
-int top_positions_f32(const float* x, int n, int k, const uint8_t* exclude, int32_t* out, int32_t* work,
+int top_positions_f32(const float* x, int n, int k, const uint8_t* exclude, int32_t* out, uint64_t* work,
                       bool byScore = false);
 
 // Sum of n floats (double accumulation per thread). Also the read-bandwidth probe of the

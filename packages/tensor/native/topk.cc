@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <numeric>
 #include <vector>
 
@@ -19,44 +21,57 @@ void topk_f32(const float* x, int rows, int n, int k, int32_t* out) {
   }
 }
 
+// A float32 rank as an unsigned key that orders like the float (NaN lowest), with the lower
+// position winning ties: one 64-bit integer per candidate, compared directly.
+inline uint64_t rank_key(float v, int32_t i) {
+  uint32_t b;
+  if (v != v) v = -INFINITY;
+  if (v == 0.f) v = 0.f;  // -0 ranks equal to +0
+  std::memcpy(&b, &v, sizeof b);
+  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return (static_cast<uint64_t>(b) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
+}
+
 template <typename S>
-int top_positions(const S* x, int n, int k, const uint8_t* exclude, int32_t* out, int32_t* work, bool byScore) {
-  // Ranks as float32 (like topk_f32), NaN last; ties to the lower position.
-  auto key = [x](int32_t i) {
-    const float v = static_cast<float>(x[i]);
-    return v != v ? -INFINITY : v;
-  };
+int top_positions(const S* x, int n, int k, const uint8_t* exclude, int32_t* out, uint64_t* work, bool byScore) {
   int m = 0;
   for (int i = 0; i < n; ++i)
-    if (exclude == nullptr || exclude[i] == 0) work[m++] = i;
+    if (exclude == nullptr || exclude[i] == 0) work[m++] = rank_key(static_cast<float>(x[i]), i);
   if (k < m) {
-    auto better = [&key](int32_t a, int32_t b) {
-      const float ka = key(a), kb = key(b);
-      return ka > kb || (ka == kb && a < b);
-    };
-    std::nth_element(work, work + k, work + m, better);
+    std::nth_element(work, work + k, work + m, std::greater<uint64_t>());
     m = k;
   }
+  auto pos = [](uint64_t key) { return static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(key)); };
   if (byScore) {
-    // Highest first in the scores' own precision (NaN last), ties to the lower position.
-    auto full = [x](int32_t i) { return x[i] != x[i] ? -static_cast<S>(INFINITY) : x[i]; };
-    std::sort(work, work + m, [&full](int32_t a, int32_t b) {
-      const S ka = full(a), kb = full(b);
-      return ka > kb || (ka == kb && a < b);
-    });
-  } else if (m < n) {
-    std::sort(work, work + m);
+    std::sort(work, work + m, std::greater<uint64_t>());
+    for (int j = 0; j < m; ++j) out[j] = pos(work[j]);
+    // Scores finer than float32: order within equal float32 ranks by the scores themselves.
+    if (sizeof(S) > sizeof(float)) {
+      auto full = [x](int32_t i) { return x[i] != x[i] ? -static_cast<S>(INFINITY) : x[i]; };
+      for (int lo = 0; lo < m;) {
+        int hi = lo + 1;
+        while (hi < m && (work[hi] >> 32) == (work[lo] >> 32)) ++hi;
+        if (hi - lo > 1)
+          std::sort(out + lo, out + hi, [&full](int32_t a, int32_t b) {
+            const S ka = full(a), kb = full(b);
+            return ka > kb || (ka == kb && a < b);
+          });
+        lo = hi;
+      }
+    }
+    return m;
   }
-  std::copy(work, work + m, out);
+  for (int j = 0; j < m; ++j) out[j] = pos(work[j]);
+  if (m < n) std::sort(out, out + m);
   return m;
 }
 
-int top_positions_f64(const double* x, int n, int k, const uint8_t* exclude, int32_t* out, int32_t* work,
+int top_positions_f64(const double* x, int n, int k, const uint8_t* exclude, int32_t* out, uint64_t* work,
                       bool byScore) {
   return top_positions(x, n, k, exclude, out, work, byScore);
 }
 
-int top_positions_f32(const float* x, int n, int k, const uint8_t* exclude, int32_t* out, int32_t* work,
+int top_positions_f32(const float* x, int n, int k, const uint8_t* exclude, int32_t* out, uint64_t* work,
                       bool byScore) {
   return top_positions(x, n, k, exclude, out, work, byScore);
 }

@@ -156,7 +156,8 @@ export function topPositionsRef(
   exclude?: Uint8Array,
   byScore = false,
 ): Int32Array {
-  const rank = (f: (i: number) => number) => (a: number, b: number) => (f(b) > f(a) ? 1 : f(b) < f(a) ? -1 : a - b);
+  const rank = (f: (i: number) => number) => (a: number, b: number) =>
+    f(b) > f(a) ? 1 : f(b) < f(a) ? -1 : a - b;
   const nanLast = (v: number) => (Number.isNaN(v) ? Number.NEGATIVE_INFINITY : v);
   const ids = Array.from({ length: n }, (_, i) => i).filter((i) => !exclude?.[i]);
   ids.sort(rank((i) => nanLast(Math.fround(scores[i]))));

@@ -364,7 +364,8 @@ function makeSmallKv(
           const own = normalised(st.own.get(ctx.layer, kv, start));
           const mine = normalised(Float64Array.from(score));
           const w = (trusted.length / heads.length) * (1 - o.own);
-          score = mine.map((x, p) => w * x + (1 - w) * own[p]);
+          for (let p = 0; p < mine.length; p++) mine[p] = w * mine[p] + (1 - w) * own[p];
+          score = mine;
         }
         scores.push(score);
         marginalOks.push(marginalOk);
