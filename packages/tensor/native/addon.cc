@@ -91,12 +91,41 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
 // attention(q, k, v, cap, T, past, Hq, Hkv, D, scale, out, probs|null, scores|null, scoreStart,
 //           vo|null, vcap, nV|null, w|null, mode, window)
 // Parses and checks one attention's argument list into a job (false: a JS exception is set).
+// An index list: off[0..lists] non-decreasing from 0, within idx, counts equal to `counts`
+// (when given), every slot in [0, limit).
+const int32_t* IndexList(Args& a, size_t iIdx, size_t iOff, const char* name, int lists, const int32_t* counts,
+                         int limit, const int32_t** offOut) {
+  if (a.failed) return nullptr;
+  const int32_t* off = a.i32(iOff, (std::string(name) + " offsets").c_str(), size_t(lists) + 1);
+  const int32_t* idx = a.i32(iIdx, name, 0);
+  if (a.failed) return nullptr;
+  const size_t len = a.at(iIdx).As<Napi::Int32Array>().ElementLength();
+  if (off[0] != 0) a.fail(std::string(name) + " offsets must start at 0");
+  for (int g = 0; g < lists && !a.failed; ++g) {
+    if (off[g + 1] < off[g] || size_t(off[g + 1]) > len) a.fail(std::string(name) + " offsets out of order or range");
+    else if (counts != nullptr && off[g + 1] - off[g] != counts[g])
+      a.fail(std::string(name) + ": list " + std::to_string(g) + " length differs from its count");
+  }
+  for (int32_t j = 0; j < (a.failed ? 0 : off[lists]); ++j)
+    if (idx[j] < 0 || idx[j] >= limit) {
+      a.fail(std::string(name) + ": slot " + std::to_string(idx[j]) + " outside the store");
+      break;
+    }
+  *offOut = off;
+  return idx;
+}
+
+// Parses and checks one attention's argument list into a job (false: a JS exception is set).
+// Arguments 20..25 (optional): idx, off, newAt, vidx, voff, storeHeads of an indexed job.
 bool ParseAttention(Args& a, skv::AttentionJob& job) {
   const int cap = a.integer(3, "cap"), T = a.integer(4, "T", 1), Hq = a.integer(6, "Hq", 1),
             Hkv = a.integer(7, "Hkv", 1), D = a.integer(8, "D", 1);
   const double scale = a.number(9, "scale");
   const int scoreStart = a.integer(13, "scoreStart");
   if (!a.failed && Hq % Hkv != 0) a.fail("Hq must be a multiple of Hkv");
+  const bool indexed = a.length() > 20 && !a.at(20).IsNull() && !a.at(20).IsUndefined();
+  const int storeHeads = indexed ? a.integer(25, "storeHeads", 1) : Hkv;
+  if (!a.failed && indexed && Hkv % storeHeads != 0) a.fail("lists must be a multiple of the store's kv heads");
   int32_t* past = a.i32(5, "past", Hkv);
   int maxPast = 0;
   if (!a.failed) {
@@ -107,15 +136,15 @@ bool ParseAttention(Args& a, skv::AttentionJob& job) {
   }
   const size_t Lmax = size_t(maxPast) + T;
   const float* q = a.f32(0, "q", size_t(T) * Hq * D);
-  const float* k = a.f32(1, "k", size_t(Hkv) * cap * D);
-  const float* v = a.f32(2, "v", size_t(Hkv) * cap * D);
+  const float* k = a.f32(1, "k", size_t(storeHeads) * cap * D);
+  const float* v = a.f32(2, "v", size_t(storeHeads) * cap * D);
   float* out = a.f32(10, "out", size_t(T) * Hq * D);
   float* probs = a.f32(11, "probs", size_t(Hq) * T * Lmax, true);
   float* scores = a.f32(12, "scores", size_t(Hq) * Lmax, true);
   const int vcap = a.integer(15, "vcap");
   const int mode = a.integer(18, "mode");
   if (!a.failed && mode > 1) a.fail("mode must be 0 (literal) or 1 (mass)");
-  const float* vo = a.f32(14, "vo", size_t(Hkv) * vcap * D, true);
+  const float* vo = a.f32(14, "vo", size_t(indexed ? storeHeads : Hkv) * vcap * D, true);
   const int32_t* nV = nullptr;
   const float* w = nullptr;
   if (vo != nullptr && !a.failed) {
@@ -128,9 +157,27 @@ bool ParseAttention(Args& a, skv::AttentionJob& job) {
     w = a.f32(17, "w", size_t(Hq) * T * vmax);
   }
   const int window = a.length() > 19 ? a.integer(19, "window") : 0;
+  const int32_t *idx = nullptr, *off = nullptr, *vidx = nullptr, *voff = nullptr;
+  int newAt = 0;
+  if (indexed && !a.failed) {
+    newAt = a.integer(22, "newAt");
+    if (!a.failed && newAt + T > cap) a.fail("newAt + T exceeds the store capacity");
+    if (!a.failed && window != 0) a.fail("an indexed attention has no window (its lists are the selection)");
+    idx = IndexList(a, 20, 21, "idx", Hkv, past, newAt, &off);
+    if (vo != nullptr && !a.failed) {
+      if (vcap != cap) a.fail("indexed V-only rows come from the store (vcap = cap)");
+      vidx = IndexList(a, 23, 24, "vidx", Hkv, nV, newAt, &voff);
+    }
+  }
   if (a.failed) return false;
   job = skv::AttentionJob{q,   k,   v,  cap, T,    past,  Hq,     Hkv,        D,     static_cast<float>(scale),
                           vo,  vcap, nV, w,   mode, out,   probs,  scores,     scoreStart, window};
+  job.idx = idx;
+  job.off = off;
+  job.newAt = newAt;
+  job.vidx = vidx;
+  job.voff = voff;
+  job.storeHeads = storeHeads;
   return true;
 }
 

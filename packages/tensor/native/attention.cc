@@ -45,13 +45,13 @@ inline void softmax(float* w, int n) {
   for (int j = 0; j < n; ++j) w[j] *= inv;
 }
 
-// The G query heads of one kv head, one query row, over keys kh/vh[0..n): each key and
-// value row is read once for the whole group. Leaves head i's probabilities in w[i*n..],
-// writes the output rows o[i*ostride ..].
-inline void attend_group(const float* const* qr, int G, const float* kh, const float* vh, int n, int D, float scale,
-                         float* w, float* const* o) {
+// The G query heads of one kv head, one query row, over n keys: row j of kh/vh (slots null)
+// or row slots[j] (an index list into the store). Each key and value row is read once for
+// the whole group. Leaves head i's probabilities in w[i*n..], writes the output rows o[i].
+inline void attend_group(const float* const* qr, int G, const float* kh, const float* vh, const int32_t* slots, int n,
+                         int D, float scale, float* w, float* const* o) {
   for (int j = 0; j < n; ++j) {
-    const float* kr = kh + static_cast<int64_t>(j) * D;
+    const float* kr = kh + static_cast<int64_t>(slots ? slots[j] : j) * D;
     for (int i = 0; i < G; ++i) {
       const float* qi = qr[i];
       float s = 0.f;
@@ -65,7 +65,7 @@ inline void attend_group(const float* const* qr, int G, const float* kh, const f
     std::memset(o[i], 0, sizeof(float) * D);
   }
   for (int j = 0; j < n; ++j) {
-    const float* vr = vh + static_cast<int64_t>(j) * D;
+    const float* vr = vh + static_cast<int64_t>(slots ? slots[j] : j) * D;
     for (int i = 0; i < G; ++i) {
       const float p = w[static_cast<int64_t>(i) * n + j];
       float* oi = o[i];
@@ -76,7 +76,7 @@ inline void attend_group(const float* const* qr, int G, const float* kh, const f
 }
 
 // Adds the V-only contribution of one (head, query row) to its output row.
-inline void add_vonly(float* o, const float* vh, int n, const float* w, int D, int mode) {
+inline void add_vonly(float* o, const float* vh, const int32_t* slots, int n, const float* w, int D, int mode) {
   if (n == 0 && mode == 0) return;
   float mass = 0.f;
   for (int j = 0; j < n; ++j) mass += w[j];
@@ -87,7 +87,7 @@ inline void add_vonly(float* o, const float* vh, int n, const float* w, int D, i
   }
   for (int j = 0; j < n; ++j) {
     const float p = w[j];
-    const float* vr = vh + static_cast<int64_t>(j) * D;
+    const float* vr = vh + static_cast<int64_t>(slots ? slots[j] : j) * D;
 #pragma omp simd
     for (int d = 0; d < D; ++d) o[d] += p * vr[d];
   }
@@ -101,16 +101,26 @@ constexpr int64_t kParallelWork = 1 << 17;
 
 namespace {
 
-// Query rows [t0, t1) of kv head g of one job: its group's heads see keys [lo, n), all
-// earlier ones or the last `window` (sliding window). wbuf holds group * Lmax floats.
-void attend_cell(const AttentionJob& a, int g, int t0, int t1, float* wbuf) {
+// Query rows [t0, t1) of list g of one job (a kv head, or a query head for per-query-head
+// lists): its query heads see keys [lo, n) of the store, all earlier ones or the last
+// `window`; or, for an indexed job, the list's store slots and then the step's own rows.
+// wbuf holds group * Lmax floats, sbuf Lmax slots.
+void attend_cell(const AttentionJob& a, int g, int t0, int t1, float* wbuf, int32_t* sbuf) {
   const int group = a.Hq / a.Hkv;
+  const int storeHeads = a.storeHeads > 0 ? a.storeHeads : a.Hkv;
+  const int sh = static_cast<int>(static_cast<int64_t>(g) * storeHeads / a.Hkv);
   const int64_t headStride = static_cast<int64_t>(a.cap) * a.D;
   const int64_t vStride = static_cast<int64_t>(a.vcap) * a.D;
   const int D = a.D;
+  const bool indexed = a.idx != nullptr;
+  if (indexed) {
+    const int nOld = a.past[g];
+    for (int j = 0; j < nOld; ++j) sbuf[j] = a.idx[a.off[g] + j];
+    for (int t = 0; t < a.T; ++t) sbuf[nOld + t] = a.newAt + t;
+  }
   for (int t = t0; t < t1; ++t) {
     const int n = a.past[g] + t + 1;
-    const int lo = a.window > 0 && n > a.window ? n - a.window : 0;
+    const int lo = !indexed && a.window > 0 && n > a.window ? n - a.window : 0;
     const int len = n - lo;
     const float* qr[64];
     float* o[64];
@@ -122,12 +132,18 @@ void attend_cell(const AttentionJob& a, int g, int t0, int t1, float* wbuf) {
         o[x] = a.out + at;
       }
       float* wi = wbuf + static_cast<int64_t>(i) * len;
-      attend_group(qr, G, a.k + g * headStride + static_cast<int64_t>(lo) * D,
-                   a.v + g * headStride + static_cast<int64_t>(lo) * D, len, D, a.scale, wi, o);
+      const float* kh = a.k + sh * headStride + static_cast<int64_t>(lo) * D;
+      const float* vh = a.v + sh * headStride + static_cast<int64_t>(lo) * D;
+      attend_group(qr, G, kh, vh, indexed ? sbuf : nullptr, len, D, a.scale, wi, o);
       for (int x = 0; x < G; ++x) {
         const int h = g * group + i + x;
-        if (a.vo != nullptr)
-          add_vonly(o[x], a.vo + g * vStride, a.nV[g], a.w + (static_cast<int64_t>(h) * a.T + t) * a.vmax, D, a.mode);
+        if (a.vo != nullptr) {
+          const float* wv = a.w + (static_cast<int64_t>(h) * a.T + t) * a.vmax;
+          if (a.vidx != nullptr)
+            add_vonly(o[x], a.vo + sh * vStride, a.vidx + a.voff[g], a.nV[g], wv, D, a.mode);
+          else
+            add_vonly(o[x], a.vo + g * vStride, nullptr, a.nV[g], wv, D, a.mode);
+        }
         const float* wh = wi + static_cast<int64_t>(x) * len;
         if (a.probs != nullptr) {
           float* pr = a.probs + (static_cast<int64_t>(h) * a.T + t) * a.Lmax;
@@ -167,14 +183,17 @@ void attention_batch_f32(AttentionJob* jobs, int n) {
   std::vector<Cell> cells;
   int64_t work = 0;
   size_t wsize = 1;
+  size_t lsize = 1;
   for (int j = 0; j < n; ++j) {
     AttentionJob& a = jobs[j];
     a.finish();
     work += static_cast<int64_t>(a.Hq) * a.T * (a.Lmax + a.vmax) * a.D * 2;
     wsize = std::max(wsize, static_cast<size_t>(a.Hq / a.Hkv) * a.Lmax);
+    lsize = std::max(lsize, static_cast<size_t>(a.Lmax));
     for (int g = 0; g < a.Hkv; ++g) {
-      // A job that accumulates scores keeps each kv head on one thread (its score rows).
-      if (a.scores != nullptr) cells.push_back({j, g, 0, a.T});
+      // A job that accumulates scores keeps each kv head on one thread (its score rows); an
+      // indexed job too (its slot list is built once per list).
+      if (a.scores != nullptr || a.idx != nullptr) cells.push_back({j, g, 0, a.T});
       else
         for (int t = 0; t < a.T; ++t) cells.push_back({j, g, t, t + 1});
     }
@@ -183,8 +202,10 @@ void attention_batch_f32(AttentionJob* jobs, int n) {
 #pragma omp parallel if (work >= kParallelWork && count > 1)
   {
     std::vector<float> wbuf(wsize);
+    std::vector<int32_t> sbuf(lsize);
 #pragma omp for schedule(dynamic, 1)
-    for (int c = 0; c < count; ++c) attend_cell(jobs[cells[c].job], cells[c].g, cells[c].t0, cells[c].t1, wbuf.data());
+    for (int c = 0; c < count; ++c)
+      attend_cell(jobs[cells[c].job], cells[c].g, cells[c].t0, cells[c].t1, wbuf.data(), sbuf.data());
   }
 }
 

@@ -54,6 +54,16 @@ struct AttentionJob {
   float* probs;
   float* scores;
   int scoreStart, window;
+  // Indexed job (idx non-null): Hkv counts lists (kv heads, or query heads), list g reads store
+  // head g * storeHeads / Hkv: K/V rows idx[off[g] .. off[g] + past[g]) and then the step's own
+  // rows [newAt, newAt + T); V-only rows are vo's rows vidx[voff[g] .. voff[g] + nV[g]) of the
+  // same store head (vcap = cap). Probability columns follow that order.
+  const int32_t* idx = nullptr;
+  const int32_t* off = nullptr;
+  int newAt = 0;
+  const int32_t* vidx = nullptr;
+  const int32_t* voff = nullptr;
+  int storeHeads = 0;
   // Derived by finish(): max(past), max(nV), max(past) + T.
   int maxPast = 0, vmax = 0, Lmax = 0;
   void finish();

@@ -27,6 +27,8 @@ export {
   buildInfo,
   type CudaInfo,
   cudaInfo,
+  type IndexedAttentionArgs,
+  indexedAttention,
   kvGather,
   kvWrite,
   mixedAttention,

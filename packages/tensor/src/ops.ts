@@ -84,6 +84,137 @@ export interface AttentionResult {
   Lmax: number;
 }
 
+/**
+ * Attention that reads its keys straight from the KV store through index lists (the CPU
+ * backend's selection: no hot copy). List i (a kv head, or a query head when there are Hq
+ * lists) reads store head i * Hkv / lists: the K/V rows at slots idx[off[i] .. off[i+1]),
+ * then the step's own T rows at slots [newAt, newAt + T) (query t sees the first t + 1).
+ * Probability and score columns follow that order; Lmax = the longest list + T.
+ */
+export interface IndexedAttentionArgs {
+  q: Float32Array;
+  /** The store: k[Hkv][cap][D], v[Hkv][cap][D]. */
+  k: Float32Array;
+  v: Float32Array;
+  cap: number;
+  T: number;
+  Hq: number;
+  /** The store's kv heads. */
+  Hkv: number;
+  D: number;
+  /** Number of lists: Hkv, or Hq (per-query-head selection). */
+  lists: number;
+  idx: Int32Array;
+  off: Int32Array;
+  newAt: number;
+  scale?: number;
+  out?: Float32Array;
+  probs?: boolean | Float32Array;
+  scores?: Float32Array;
+  scoreStart?: number;
+  /** V-only rows of the same store: V at slots vIdx[vOff[i] .. vOff[i+1]) for list i, weights [Hq][T][vmax] in list order. */
+  vOnly?: { idx: Int32Array; off: Int32Array; weights: Float32Array; mode: "literal" | "mass" };
+}
+
+/** Checks an index list (offsets from 0, non-decreasing, within idx, slots in [0, limit)); returns the counts. */
+function listCounts(
+  op: string,
+  name: string,
+  idx: unknown,
+  off: unknown,
+  lists: number,
+  limit: number,
+): Int32Array {
+  const o = expectI32(op, `${name} offsets`, off, lists + 1);
+  const x = expectI32(op, name, idx, 0);
+  if (o[0] !== 0) throw new TensorShapeError(op, `${name} offsets must start at 0`);
+  const counts = new Int32Array(lists);
+  for (let i = 0; i < lists; i++) {
+    if (o[i + 1] < o[i] || o[i + 1] > x.length)
+      throw new TensorShapeError(op, `${name} offsets out of order or beyond the list (${x.length})`);
+    counts[i] = o[i + 1] - o[i];
+  }
+  for (let j = 0; j < o[lists]; j++)
+    if (x[j] < 0 || x[j] >= limit)
+      throw new TensorShapeError(
+        op,
+        `${name}: slot ${x[j]} is outside the rows before the step [0, ${limit})`,
+      );
+  return counts;
+}
+
+/** The native argument list of an indexed attention, checked. */
+function indexedCall(a: IndexedAttentionArgs, op: string): { args: unknown[]; result: AttentionResult } {
+  const T = expectDim(op, "T", a.T, 1);
+  const Hq = expectDim(op, "Hq", a.Hq, 1);
+  const Hkv = expectDim(op, "Hkv", a.Hkv, 1);
+  const D = expectDim(op, "D", a.D, 1);
+  const cap = expectDim(op, "cap", a.cap, 0);
+  const lists = expectDim(op, "lists", a.lists, 1);
+  if (lists % Hkv !== 0 || Hq % lists !== 0)
+    throw new TensorShapeError(
+      op,
+      `lists (${lists}) must be a multiple of Hkv (${Hkv}) and divide Hq (${Hq})`,
+    );
+  const newAt = expectDim(op, "newAt", a.newAt);
+  if (newAt + T > cap)
+    throw new TensorShapeError(op, `newAt + T = ${newAt + T} exceeds the store capacity ${cap}`);
+  const past = listCounts(op, "idx", a.idx, a.off, lists, newAt);
+  const Lmax = Math.max(...past) + T;
+  expectF32(op, "q", a.q, T * Hq * D);
+  expectF32(op, "k", a.k, Hkv * cap * D);
+  expectF32(op, "v", a.v, Hkv * cap * D);
+  const out = a.out ? expectF32(op, "out", a.out, T * Hq * D) : new Float32Array(T * Hq * D);
+  let probs: Float32Array | undefined;
+  if (a.probs instanceof Float32Array) probs = expectF32(op, "probs", a.probs, Hq * T * Lmax);
+  else if (a.probs === true) probs = new Float32Array(Hq * T * Lmax);
+  const scores = a.scores ? expectF32(op, "scores", a.scores, Hq * Lmax) : null;
+  const vo = a.vOnly;
+  let nV: Int32Array | null = null;
+  if (vo) {
+    nV = listCounts(op, "vOnly.idx", vo.idx, vo.off, lists, newAt);
+    expectF32(op, "vOnly.weights", vo.weights, Hq * T * Math.max(0, ...nV));
+    if (vo.mode !== "literal" && vo.mode !== "mass")
+      throw new TensorShapeError(op, `vOnly.mode must be "literal" or "mass"`);
+  }
+  const args = [
+    a.q,
+    a.k,
+    a.v,
+    cap,
+    T,
+    past,
+    Hq,
+    lists,
+    D,
+    a.scale ?? 1 / Math.sqrt(D),
+    out,
+    probs ?? null,
+    scores,
+    expectDim(op, "scoreStart", a.scoreStart ?? 0),
+    vo ? a.v : null,
+    vo ? cap : 0,
+    nV,
+    vo ? vo.weights : null,
+    vo?.mode === "mass" ? 1 : 0,
+    0,
+    a.idx,
+    a.off,
+    newAt,
+    vo ? vo.idx : null,
+    vo ? vo.off : null,
+    Hkv,
+  ];
+  return { args, result: { out, probs, Lmax } };
+}
+
+/** Attention through index lists into the store (see IndexedAttentionArgs). */
+export function indexedAttention(a: IndexedAttentionArgs): AttentionResult {
+  const { args, result } = indexedCall(a, "indexedAttention");
+  native.attentionBatch([args]);
+  return result;
+}
+
 /** Checks one attention's arguments; returns the native argument list and the result it will fill. */
 function attentionCall(a: AttentionArgs, op: string): { args: unknown[]; result: AttentionResult } {
   const T = expectDim(op, "T", a.T, 1);
@@ -164,8 +295,10 @@ export function attention(a: AttentionArgs): AttentionResult {
  * native call and one parallel region: each result equals `attention` of its arguments.
  * Outputs must not overlap.
  */
-export function attentionBatch(jobs: AttentionArgs[]): AttentionResult[] {
-  const calls = jobs.map((a, i) => attentionCall(a, `attentionBatch[${i}]`));
+export function attentionBatch(jobs: (AttentionArgs | IndexedAttentionArgs)[]): AttentionResult[] {
+  const calls = jobs.map((a, i) =>
+    "lists" in a ? indexedCall(a, `attentionBatch[${i}]`) : attentionCall(a, `attentionBatch[${i}]`),
+  );
   if (calls.length > 0) native.attentionBatch(calls.map((c) => c.args));
   return calls.map((c) => c.result);
 }

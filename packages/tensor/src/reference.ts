@@ -214,3 +214,63 @@ export function rmsnormRef(
 export function siluGateRef(gate: Float32Array, up: Float32Array): Float32Array {
   return gate.map((g, i) => (g / (1 + Math.exp(-g))) * up[i]);
 }
+
+/** indexedAttention by copying each list's rows out of the store, then attentionRef over the copies. */
+export function indexedAttentionRef(a: {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  cap: number;
+  T: number;
+  Hq: number;
+  Hkv: number;
+  D: number;
+  lists: number;
+  idx: Int32Array;
+  off: Int32Array;
+  newAt: number;
+  scoreStart?: number;
+  vOnly?: { idx: Int32Array; off: Int32Array; weights: Float32Array; mode: "literal" | "mass" };
+}): ReturnType<typeof attentionRef> {
+  const { T, D, lists } = a;
+  const count = (off: Int32Array, i: number) => off[i + 1] - off[i];
+  const past = Int32Array.from({ length: lists }, (_, i) => count(a.off, i));
+  const cap = Math.max(...past) + T;
+  const k = new Float32Array(lists * cap * D);
+  const v = new Float32Array(lists * cap * D);
+  const copy = (dst: Float32Array, dcap: number, i: number, row: number, src: Float32Array, slot: number) => {
+    const sh = Math.floor((i * a.Hkv) / lists);
+    for (let d = 0; d < D; d++) dst[(i * dcap + row) * D + d] = src[(sh * a.cap + slot) * D + d];
+  };
+  for (let i = 0; i < lists; i++) {
+    const slots = [...a.idx.subarray(a.off[i], a.off[i + 1])];
+    for (let t = 0; t < T; t++) slots.push(a.newAt + t);
+    slots.forEach((slot, row) => {
+      copy(k, cap, i, row, a.k, slot);
+      copy(v, cap, i, row, a.v, slot);
+    });
+  }
+  let vOnly: AttentionRefArgs["vOnly"];
+  if (a.vOnly) {
+    const vo = a.vOnly;
+    const counts = Int32Array.from({ length: lists }, (_, i) => count(vo.off, i));
+    const vcap = Math.max(1, ...counts);
+    const rows = new Float32Array(lists * vcap * D);
+    for (let i = 0; i < lists; i++)
+      for (let j = 0; j < counts[i]; j++) copy(rows, vcap, i, j, a.v, vo.idx[vo.off[i] + j]);
+    vOnly = { v: rows, cap: vcap, counts, weights: vo.weights, mode: vo.mode };
+  }
+  return attentionRef({
+    q: a.q,
+    k,
+    v,
+    cap,
+    T,
+    past,
+    Hq: a.Hq,
+    Hkv: lists,
+    D,
+    scoreStart: a.scoreStart,
+    vOnly,
+  });
+}

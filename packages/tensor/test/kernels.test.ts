@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import {
   attention,
   attentionBatch,
+  indexedAttention,
   kvGather,
   kvWrite,
   mixedAttention,
@@ -453,5 +454,120 @@ describe("attentionBatch", () => {
     );
     // The good job before it did not run either: its scores are still zero.
     expect(jobs[0].scores!.every((x) => x === 0)).toBe(true);
+  });
+});
+
+describe("indexedAttention", () => {
+  // Selections read straight from the store: per-kv-head and per-query-head lists, V-only
+  // rows, prefill-style T > 1, empty lists; batched with a plain job.
+  const cases: Array<{
+    name: string;
+    Hkv: number;
+    group: number;
+    D: number;
+    lists: "kv" | "q";
+    n: number;
+    T: number;
+    vOnly: boolean;
+  }> = [
+    { name: "decode, GQA 3, V-only", Hkv: 4, group: 3, D: 64, lists: "kv", n: 600, T: 1, vOnly: true },
+    { name: "per query head lists", Hkv: 2, group: 4, D: 16, lists: "q", n: 90, T: 1, vOnly: true },
+    { name: "T = 5, no V-only", Hkv: 2, group: 2, D: 8, lists: "kv", n: 40, T: 5, vOnly: false },
+    { name: "an empty list", Hkv: 3, group: 1, D: 8, lists: "kv", n: 12, T: 2, vOnly: true },
+  ];
+  for (const c of cases) {
+    it(`${c.name}: equals the reference (output, probs, scores)`, () => {
+      const r = rng(c.n + c.T * 7 + c.D);
+      const Hq = c.Hkv * c.group;
+      const lists = c.lists === "kv" ? c.Hkv : Hq;
+      const cap = c.n + c.T + 3;
+      const k = randn(c.Hkv * cap * c.D, r, 0.5);
+      const v = randn(c.Hkv * cap * c.D, r);
+      const q = randn(c.T * Hq * c.D, r, 0.5);
+      const pick = (i: number, share: number) =>
+        Int32Array.from({ length: c.n }, (_, p) => p).filter(
+          (p) => r() < share && !(c.name === "an empty list" && i === 1),
+        );
+      const build = (share: number, avoid?: Int32Array[]) => {
+        const ls = Array.from({ length: lists }, (_, i) =>
+          pick(i, share).filter((p) => !avoid?.[i].includes(p)),
+        );
+        const off = new Int32Array(lists + 1);
+        ls.forEach((l, i) => {
+          off[i + 1] = off[i] + l.length;
+        });
+        // Lists need not be sorted: shuffle one to check order is the caller's.
+        const idx = new Int32Array(off[lists]);
+        ls.forEach((l, i) => idx.set(i === 0 ? l.slice().reverse() : l, off[i]));
+        return { ls, idx, off };
+      };
+      const full = build(0.3);
+      const vo = c.vOnly ? build(0.2, full.ls) : null;
+      const vmax = vo ? Math.max(0, ...vo.ls.map((l) => l.length)) : 0;
+      const vOnly = vo
+        ? {
+            idx: vo.idx,
+            off: vo.off,
+            weights: randn(Hq * c.T * vmax, r).map((x) => Math.abs(x) * 0.01),
+            mode: "mass" as const,
+          }
+        : undefined;
+      const args = {
+        q,
+        k,
+        v,
+        cap,
+        T: c.T,
+        Hq,
+        Hkv: c.Hkv,
+        D: c.D,
+        lists,
+        idx: full.idx,
+        off: full.off,
+        newAt: c.n,
+        vOnly,
+      };
+      const scores = new Float32Array(Hq * (Math.max(...full.ls.map((l) => l.length)) + c.T));
+      const got = indexedAttention({ ...args, probs: true, scores });
+      const want = reference.indexedAttentionRef(args);
+      expect(got.Lmax).toBe(want.Lmax);
+      expect(maxAbsDiff(got.out, want.out)).toBeLessThan(1e-5);
+      expect(maxAbsDiff(got.probs!, want.probs)).toBeLessThan(1e-6);
+      expect(maxAbsDiff(scores, want.scores)).toBeLessThan(1e-5);
+      // In a batch beside a plain job, the same answer.
+      const [again] = attentionBatch([args, { q, k, v, cap, T: 1, past: 3, Hq, Hkv: c.Hkv, D: c.D }]);
+      expect(maxAbsDiff(again.out, want.out)).toBeLessThan(1e-6);
+    });
+  }
+
+  it("refuses slots at or after the step's rows, bad offsets and list counts", () => {
+    const [Hq, Hkv, D, cap] = [2, 1, 4, 10];
+    const base = {
+      q: new Float32Array(Hq * D),
+      k: new Float32Array(cap * D),
+      v: new Float32Array(cap * D),
+      cap,
+      T: 1,
+      Hq,
+      Hkv,
+      D,
+      lists: 1,
+      newAt: 5,
+    };
+    expect(() => indexedAttention({ ...base, idx: Int32Array.of(5), off: Int32Array.of(0, 1) })).toThrow(
+      /slot 5/,
+    );
+    expect(() => indexedAttention({ ...base, idx: Int32Array.of(1), off: Int32Array.of(0, 2) })).toThrow(
+      /offsets/,
+    );
+    expect(() => indexedAttention({ ...base, idx: Int32Array.of(1), off: Int32Array.of(1, 1) })).toThrow(
+      /start at 0/,
+    );
+    expect(() =>
+      indexedAttention({ ...base, lists: 3, idx: Int32Array.of(), off: Int32Array.of(0, 0, 0, 0) }),
+    ).toThrow(/lists/);
+    expect(() =>
+      indexedAttention({ ...base, newAt: 10, idx: Int32Array.of(), off: Int32Array.of(0, 0) }),
+    ).toThrow(/newAt/);
   });
 });
