@@ -1,4 +1,4 @@
-import type { AttentionArgs, AttentionResult, VOnlyRows } from "@smallkv/tensor";
+import type { AttentionArgs, AttentionResult, IndexedAttentionArgs } from "@smallkv/tensor";
 import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder } from "./attend-policy.js";
 import type { HostHot, Sequence } from "./sequence.js";
 
@@ -9,7 +9,7 @@ import type { HostHot, Sequence } from "./sequence.js";
 
 /** One sequence's attention at one layer: the kernel's arguments, and what follows the kernel. */
 export interface PlannedAttention {
-  args: AttentionArgs;
+  args: AttentionArgs | IndexedAttentionArgs;
   finish(result: AttentionResult): void;
 }
 
@@ -35,7 +35,7 @@ export function planHostAttention(
   // A sliding layer's store starts at position `base` (older rows were dropped).
   const base = seq.kv.base[layer];
   let scores: Float32Array | undefined;
-  let args: AttentionArgs;
+  let args: AttentionArgs | IndexedAttentionArgs;
   if (!sel) {
     const L = start + T - base;
     if (typeof request === "object") scores = new Float32Array(Hq * L);
@@ -57,42 +57,41 @@ export function planHostAttention(
     };
   } else {
     const ccap = seq.kv.capOf(layer);
-    hot.full.apply(sel.full, [seq.kv.k[layer], seq.kv.v[layer]], ccap, start + T, base);
-    hot.full.append([k, v], start, T);
-    const past = Int32Array.from(sel.full, (s) => s.length);
-    let vOnly: VOnlyRows | undefined;
+    // The hot set's bookkeeping follows the selection; the kernel reads the rows in place.
+    hot.full.apply(sel.full, [], ccap, start + T, base);
+    hot.full.append([], start, T);
+    const lists = sel.perQueryHead ? Hq : Hkv;
+    const full = hot.full.lists(base, T);
+    let vOnly: IndexedAttentionArgs["vOnly"];
     const vsel = sel.vOnly;
     if (vsel?.some((x) => x.length > 0)) {
-      hot.vOnly.apply(vsel, [seq.kv.v[layer]], ccap, start + T, base);
+      hot.vOnly.apply(vsel, [], ccap, start + T, base);
       try {
         // The hot set keeps its own slot order; weights come in selection order, so reorder.
         const weights = vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly);
-        vOnly = {
-          v: hot.vOnly.buf[0],
-          cap: hot.vOnly.cap,
-          counts: hot.vOnly.count,
-          weights,
-          mode: sel.combine ?? "mass",
-        };
+        const rows = hot.vOnly.lists(base, 0);
+        vOnly = { idx: rows.idx, off: rows.off, weights, mode: sel.combine ?? "mass" };
       } catch (e) {
         // The request fails at the end of this step; its neighbours in the batch are unaffected.
         seq.fault = e as Error;
       }
     } else hot.vOnly.clear();
     let Lmax = T;
-    for (const p of past) Lmax = Math.max(Lmax, p + T);
+    for (let g = 0; g < lists; g++) Lmax = Math.max(Lmax, full.off[g + 1] - full.off[g] + T);
     if (typeof request === "object") scores = new Float32Array(Hq * Lmax);
     args = {
       q,
-      k: hot.full.buf[0],
-      v: hot.full.buf[1],
-      cap: hot.full.cap,
+      k: seq.kv.k[layer],
+      v: seq.kv.v[layer],
+      cap: ccap,
       T,
-      past,
       Hq,
-      // Per-query-head selections attend with one hot "kv head" per query head.
-      Hkv: sel.perQueryHead ? Hq : Hkv,
+      Hkv,
       D,
+      lists,
+      idx: full.idx,
+      off: full.off,
+      newAt: start - base,
       out,
       probs: wantProbs,
       scores,

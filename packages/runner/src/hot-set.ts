@@ -188,79 +188,31 @@ export abstract class HotSlots<P> {
   }
 }
 
-/** Hot rows in host memory, read by the CPU attention kernel. */
-export class HotRows extends HotSlots<Float32Array> {
-  buf: Float32Array[];
+/**
+ * The CPU backend's hot set: on a CPU both tiers sit in the same memory, so the hot set holds
+ * no rows of its own. It keeps the bookkeeping (which positions each head reads, in slot
+ * order, and how many entered since the start) and the attention kernel reads those rows
+ * straight from the cold store through `lists` (no copy, no second resident KV).
+ */
+export class IndexedRows extends HotSlots<Float32Array> {
+  protected resizePlanes(): void {}
+  protected copySlot(): void {}
+  protected gather(): void {}
+  protected appendPlanes(): void {}
+  protected freePlanes(): void {}
 
-  constructor(Hkv: number, D: number, planes: number, headMap: Int32Array | null = null, srcHeads = Hkv) {
-    super(Hkv, D, planes, headMap, srcHeads);
-    this.buf = Array.from({ length: planes }, () => new Float32Array(0));
-  }
-
-  protected resizePlanes(oldCap: number, cap: number): void {
-    const { Hkv, D } = this;
-    this.buf = this.buf.map((old) => {
-      const next = new Float32Array(Hkv * cap * D);
-      for (let g = 0; g < Hkv; g++)
-        next.set(old.subarray(g * oldCap * D, (g * oldCap + this.count[g]) * D), g * cap * D);
-      return next;
-    });
-  }
-
-  protected copySlot(g: number, dst: number, src: number): void {
-    const { D, cap } = this;
-    for (const b of this.buf) b.copyWithin((g * cap + dst) * D, (g * cap + src) * D, (g * cap + src + 1) * D);
-  }
-
-  protected gather(
-    cold: Float32Array[],
-    ccap: number,
-    idx: Int32Array,
-    off: Int32Array,
-    start: Int32Array,
-  ): void {
-    const { Hkv, D } = this;
-    if (!this.headMap) {
-      this.buf.forEach((b, i) => kvGather(cold[i], ccap, b, this.cap, Hkv, D, idx, off, start));
-      return;
+  /**
+   * Store slots of each head's rows before the step (slot order; position − base) as one
+   * index list with offsets: the last T rows of every head are the step's own.
+   */
+  lists(base: number, T: number): { idx: Int32Array; off: Int32Array } {
+    const off = new Int32Array(this.Hkv + 1);
+    for (let g = 0; g < this.Hkv; g++) off[g + 1] = off[g] + this.count[g] - T;
+    const idx = new Int32Array(off[this.Hkv]);
+    for (let g = 0; g < this.Hkv; g++) {
+      const pos = this.pos[g];
+      for (let j = 0, at = off[g]; j < this.count[g] - T; j++, at++) idx[at] = pos[j] - base;
     }
-    // Each hot head gathers from its own cold kv head: one single-head gather per head.
-    for (let g = 0; g < Hkv; g++) {
-      const src = this.source(g);
-      const one = Int32Array.of(0, off[g + 1] - off[g]);
-      this.buf.forEach((b, i) =>
-        kvGather(
-          cold[i].subarray(src * ccap * D, (src + 1) * ccap * D),
-          ccap,
-          b.subarray(g * this.cap * D, (g + 1) * this.cap * D),
-          this.cap,
-          1,
-          D,
-          idx.subarray(off[g], off[g + 1]),
-          one,
-          start.subarray(g, g + 1),
-        ),
-      );
-    }
-  }
-
-  protected appendPlanes(src: Float32Array[], T: number): void {
-    const { Hkv, D } = this;
-    for (let g = 0; g < Hkv; g++) {
-      const sg = this.source(g);
-      for (let t = 0; t < T; t++) {
-        const s = this.count[g] + t;
-        src.forEach((rows, i) => {
-          this.buf[i].set(
-            rows.subarray((t * this.srcHeads + sg) * D, (t * this.srcHeads + sg + 1) * D),
-            (g * this.cap + s) * D,
-          );
-        });
-      }
-    }
-  }
-
-  protected freePlanes(): void {
-    this.buf = this.buf.map(() => new Float32Array(0));
+    return { idx, off };
   }
 }

@@ -1,7 +1,7 @@
 import type { AssistantState } from "./assisted.js";
 import type { ModelConfig } from "./config.js";
 import { DeviceHotRows, DeviceKvCache } from "./device/kv.js";
-import { HotRows, type HotSlots } from "./hot-set.js";
+import { type HotSlots, IndexedRows } from "./hot-set.js";
 import { KvCache } from "./kv-cache.js";
 import type { Model } from "./model.js";
 import { fullCache, type KvPolicyHook } from "./policy-hook.js";
@@ -16,8 +16,8 @@ export interface HotLayer {
   perQuery: boolean;
 }
 
-/** A hot layer of the CPU backend. */
-export type HostHot = HotLayer & { full: HotRows; vOnly: HotRows };
+/** A hot layer of the CPU backend (read through index lists into the cold store). */
+export type HostHot = HotLayer & { full: IndexedRows; vOnly: IndexedRows };
 
 /** What a sequence's KV occupies: the cold full store, the hot working set, and token classes. */
 export interface KvStats {
@@ -70,7 +70,7 @@ export class Sequence {
     const rows = (heads: number, planes: number, map: Int32Array | null): HotSlots<unknown> =>
       dev
         ? (new DeviceHotRows(dev, heads, c.headDim, planes, map, c.numKvHeads) as HotSlots<unknown>)
-        : (new HotRows(heads, c.headDim, planes, map, c.numKvHeads) as HotSlots<unknown>);
+        : (new IndexedRows(heads, c.headDim, planes, map, c.numKvHeads) as HotSlots<unknown>);
     if (!perQuery) {
       return {
         full: rows(c.numKvHeads, 2, null),

@@ -50,8 +50,13 @@ inline void softmax(float* w, int n) {
 // the whole group. Leaves head i's probabilities in w[i*n..], writes the output rows o[i].
 inline void attend_group(const float* const* qr, int G, const float* kh, const float* vh, const int32_t* slots, int n,
                          int D, float scale, float* w, float* const* o) {
+  constexpr int kAhead = 6;  // rows prefetched ahead on an index list (random rows defeat the prefetcher)
   for (int j = 0; j < n; ++j) {
     const float* kr = kh + static_cast<int64_t>(slots ? slots[j] : j) * D;
+    if (slots && j + kAhead < n) {
+      const char* nx = reinterpret_cast<const char*>(kh + static_cast<int64_t>(slots[j + kAhead]) * D);
+      for (int b = 0; b < D * 4; b += 64) __builtin_prefetch(nx + b);
+    }
     for (int i = 0; i < G; ++i) {
       const float* qi = qr[i];
       float s = 0.f;
@@ -66,6 +71,10 @@ inline void attend_group(const float* const* qr, int G, const float* kh, const f
   }
   for (int j = 0; j < n; ++j) {
     const float* vr = vh + static_cast<int64_t>(slots ? slots[j] : j) * D;
+    if (slots && j + kAhead < n) {
+      const char* nx = reinterpret_cast<const char*>(vh + static_cast<int64_t>(slots[j + kAhead]) * D);
+      for (int b = 0; b < D * 4; b += 64) __builtin_prefetch(nx + b);
+    }
     for (int i = 0; i < G; ++i) {
       const float p = w[static_cast<int64_t>(i) * n + j];
       float* oi = o[i];
