@@ -1,4 +1,4 @@
-import { topk } from "@smallkv/tensor";
+import { topk, topkRagged } from "@smallkv/tensor";
 
 /**
  * Token scores of one head: column sums of its attention matrix probs[T][T] (row-major,
@@ -48,15 +48,16 @@ export function rowCosine(a: ArrayLike<number>, b: ArrayLike<number>, T: number)
  * of the row's length, at least 1; ties to the earlier token), concatenated.
  */
 export function rowTops(probs: ArrayLike<number>, T: number, ratio: number): Int32Array[] {
-  const out: Int32Array[] = [new Int32Array(0)];
+  const x = new Float32Array(T * T);
+  const lens = new Int32Array(T);
+  const ks = new Int32Array(T);
   for (let u = 1; u < T; u++) {
     const n = u + 1;
-    const k = Math.max(1, Math.round(ratio * n));
-    const x = new Float32Array(n);
-    for (let v = 0; v < n; v++) x[v] = probs[u * T + v];
-    out.push(topk(x, n, k));
+    for (let v = 0; v < n; v++) x[u * T + v] = probs[u * T + v];
+    lens[u] = n;
+    ks[u] = Math.max(1, Math.round(ratio * n));
   }
-  return out;
+  return topkRagged(x, T, lens, ks);
 }
 
 /**
@@ -79,26 +80,30 @@ export function rowCoverage(a: ArrayLike<number>, bTops: Int32Array[], T: number
  * those rows that could attend each token (the reversible control's ranking).
  */
 export function ownTops(probs: ArrayLike<number>, T: number, ratio: number): Int32Array[] {
-  const out: Int32Array[] = [new Int32Array(0)];
   const cs = new Float64Array(T);
+  const x = new Float32Array(T * T);
+  const lens = new Int32Array(T);
+  const ks = new Int32Array(T);
   for (let u = 1; u < T; u++) {
     for (let v = 0; v < u; v++) cs[v] += probs[(u - 1) * T + v];
-    const x = new Float32Array(u);
-    for (let v = 0; v < u; v++) x[v] = cs[v] / (u - v);
-    out.push(topk(x, u, Math.max(1, Math.round(ratio * u))));
+    for (let v = 0; v < u; v++) x[u * T + v] = cs[v] / (u - v);
+    lens[u] = u;
+    ks[u] = Math.max(1, Math.round(ratio * u));
   }
-  return out;
+  return topkRagged(x, T, lens, ks);
 }
 
 /** Per row u (1..T-1), the top old tokens (v < u) of the row itself (k = ratio of u, at least 1). */
 export function oldRowTops(probs: ArrayLike<number>, T: number, ratio: number): Int32Array[] {
-  const out: Int32Array[] = [new Int32Array(0)];
+  const x = new Float32Array(T * T);
+  const lens = new Int32Array(T);
+  const ks = new Int32Array(T);
   for (let u = 1; u < T; u++) {
-    const x = new Float32Array(u);
-    for (let v = 0; v < u; v++) x[v] = probs[u * T + v];
-    out.push(topk(x, u, Math.max(1, Math.round(ratio * u))));
+    for (let v = 0; v < u; v++) x[u * T + v] = probs[u * T + v];
+    lens[u] = u;
+    ks[u] = Math.max(1, Math.round(ratio * u));
   }
-  return out;
+  return topkRagged(x, T, lens, ks);
 }
 
 /**

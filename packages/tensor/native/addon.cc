@@ -300,6 +300,26 @@ Napi::Value TopPositions(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, m);
 }
 
+// topkRagged(x, rows, stride, lens, ks, off, out)
+Napi::Value TopKRagged(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int rows = a.integer(1, "rows"), stride = a.integer(2, "stride");
+  const float* x = a.f32(0, "x", size_t(rows) * stride);
+  const int32_t* lens = a.i32(3, "lens", rows);
+  const int32_t* ks = a.i32(4, "ks", rows);
+  const int32_t* off = a.i32(5, "off", size_t(rows) + 1);
+  int32_t* out = a.i32(6, "out", 0);
+  if (a.failed) return info.Env().Undefined();
+  const size_t outLen = info[6].As<Napi::Int32Array>().ElementLength();
+  for (int r = 0; r < rows && !a.failed; ++r) {
+    if (lens[r] < 0 || lens[r] > stride || ks[r] < 0 || ks[r] > lens[r]) a.fail("row " + std::to_string(r) + ": need 0 <= k <= len <= stride");
+    else if (off[r] < 0 || off[r + 1] - off[r] != ks[r] || size_t(off[r + 1]) > outLen) a.fail("row " + std::to_string(r) + ": bad output offsets");
+  }
+  if (a.failed) return info.Env().Undefined();
+  skv::topk_ragged_f32(x, rows, stride, lens, ks, off, out);
+  return info.Env().Undefined();
+}
+
 Napi::Value Sum(const Napi::CallbackInfo& info) {
   Args a{info};
   const float* x = a.f32(0, "x", 0);
@@ -355,6 +375,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kvGather", Napi::Function::New(env, KvGather));
   exports.Set("topk", Napi::Function::New(env, TopK));
   exports.Set("topPositions", Napi::Function::New(env, TopPositions));
+  exports.Set("topkRagged", Napi::Function::New(env, TopKRagged));
   exports.Set("sum", Napi::Function::New(env, Sum));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));

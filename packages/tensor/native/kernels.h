@@ -81,7 +81,7 @@ void kv_write_f32(float* store, int cap, int Hkv, int D, const float* src, int T
 void kv_gather_f32(const float* src, int scap, float* dst, int dcap, int Hkv, int D, const int32_t* idx,
                    const int32_t* off, const int32_t* dstStart);
 
-// Indices of the k largest values of each of `rows` rows x[rows][n], by descending value,
+// Indices of the k largest values of each of `rows` rows x[rows][n], by descending value (NaN lowest),
 // ties to the lower index. out[rows][k].
 void topk_f32(const float* x, int rows, int n, int k, int32_t* out);
 
@@ -94,6 +94,11 @@ int top_positions_f64(const double* x, int n, int k, const uint8_t* exclude, int
                       bool byScore = false);
 int top_positions_f32(const float* x, int n, int k, const uint8_t* exclude, int32_t* out, uint64_t* work,
                       bool byScore = false);
+
+// topk_f32 of ragged rows: row r is x[r*stride .. r*stride + lens[r]) and keeps its ks[r] largest
+// (ks[r] <= lens[r] <= stride), written to out[off[r] ..].
+void topk_ragged_f32(const float* x, int rows, int stride, const int32_t* lens, const int32_t* ks, const int32_t* off,
+                     int32_t* out);
 
 // Sum of n floats (double accumulation per thread). Also the read-bandwidth probe of the
 // benchmarks: it streams the array once.

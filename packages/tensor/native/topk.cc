@@ -9,18 +9,6 @@
 
 namespace skv {
 
-void topk_f32(const float* x, int rows, int n, int k, int32_t* out) {
-#pragma omp parallel for schedule(static) if (rows > 1 && static_cast<int64_t>(rows) * n > 8192)
-  for (int r = 0; r < rows; ++r) {
-    const float* xr = x + static_cast<int64_t>(r) * n;
-    std::vector<int32_t> id(n);
-    std::iota(id.begin(), id.end(), 0);
-    auto better = [xr](int32_t a, int32_t b) { return xr[a] > xr[b] || (xr[a] == xr[b] && a < b); };
-    std::partial_sort(id.begin(), id.begin() + k, id.end(), better);
-    std::copy(id.begin(), id.begin() + k, out + static_cast<int64_t>(r) * k);
-  }
-}
-
 // A float32 rank as an unsigned key that orders like the float (NaN lowest), with the lower
 // position winning ties: one 64-bit integer per candidate, compared directly.
 inline uint64_t rank_key(float v, int32_t i) {
@@ -30,6 +18,36 @@ inline uint64_t rank_key(float v, int32_t i) {
   std::memcpy(&b, &v, sizeof b);
   b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
   return (static_cast<uint64_t>(b) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
+}
+
+void topk_f32(const float* x, int rows, int n, int k, int32_t* out) {
+#pragma omp parallel for schedule(static) if (rows > 1 && static_cast<int64_t>(rows) * n > 65536)
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + static_cast<int64_t>(r) * n;
+    std::vector<uint64_t> keys(n);
+    for (int i = 0; i < n; ++i) keys[i] = rank_key(xr[i], i);
+    if (k < n) std::nth_element(keys.begin(), keys.begin() + k, keys.end(), std::greater<uint64_t>());
+    std::sort(keys.begin(), keys.begin() + k, std::greater<uint64_t>());
+    int32_t* o = out + static_cast<int64_t>(r) * k;
+    for (int j = 0; j < k; ++j) o[j] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(keys[j]));
+  }
+}
+
+void topk_ragged_f32(const float* x, int rows, int stride, const int32_t* lens, const int32_t* ks, const int32_t* off,
+                     int32_t* out) {
+#pragma omp parallel if (static_cast<int64_t>(rows) * stride > 65536)
+  {
+    std::vector<uint64_t> keys(stride);
+#pragma omp for schedule(static)
+    for (int r = 0; r < rows; ++r) {
+      const float* xr = x + static_cast<int64_t>(r) * stride;
+      const int n = lens[r], k = ks[r];
+      for (int i = 0; i < n; ++i) keys[i] = rank_key(xr[i], i);
+      if (k < n) std::nth_element(keys.begin(), keys.begin() + k, keys.begin() + n, std::greater<uint64_t>());
+      std::sort(keys.begin(), keys.begin() + k, std::greater<uint64_t>());
+      for (int j = 0; j < k; ++j) out[off[r] + j] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(keys[j]));
+    }
+  }
 }
 
 template <typename S>

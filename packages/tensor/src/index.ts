@@ -37,6 +37,7 @@ export {
   setThreads,
   sum,
   topk,
+  topkRagged,
   topPositions,
   type VOnlyRows,
 } from "./ops.js";

@@ -45,6 +45,15 @@ export interface NativeBinding {
     out: Int32Array,
     byScore?: boolean,
   ): number;
+  topkRagged(
+    x: Float32Array,
+    rows: number,
+    stride: number,
+    lens: Int32Array,
+    ks: Int32Array,
+    off: Int32Array,
+    out: Int32Array,
+  ): void;
   /** Each job is the argument list of `attention`; all run in one parallel region. */
   attentionBatch(jobs: unknown[][]): void;
   kvWrite(

@@ -414,6 +414,32 @@ export function topPositions(
   return m === out.length ? out : out.slice(0, m);
 }
 
+/**
+ * `topk` of many rows of different lengths in one call: row r is x[r*stride .. r*stride +
+ * lens[r]) and keeps its ks[r] largest (descending, ties to the lower index). Returns one
+ * index array per row.
+ */
+export function topkRagged(x: Float32Array, stride: number, lens: Int32Array, ks: Int32Array): Int32Array[] {
+  const op = "topkRagged";
+  expectDim(op, "stride", stride);
+  const rows = lens.length;
+  expectI32(op, "lens", lens, 0);
+  expectI32(op, "ks", ks, rows);
+  expectF32(op, "x", x, rows * stride);
+  const off = new Int32Array(rows + 1);
+  for (let r = 0; r < rows; r++) {
+    if (!(lens[r] >= 0 && lens[r] <= stride && ks[r] >= 0 && ks[r] <= lens[r]))
+      throw new TensorShapeError(
+        op,
+        `row ${r}: need 0 <= k (${ks[r]}) <= len (${lens[r]}) <= stride (${stride})`,
+      );
+    off[r + 1] = off[r] + ks[r];
+  }
+  const out = new Int32Array(off[rows]);
+  if (rows > 0) native.topkRagged(x, rows, stride, lens, ks, off, out);
+  return Array.from({ length: rows }, (_, r) => out.subarray(off[r], off[r + 1]));
+}
+
 /** Sum of a float32 array (OpenMP, SIMD); it streams the array once, so benchmarks use it to measure read bandwidth. */
 export function sum(x: Float32Array): number {
   expectF32("sum", "x", x, 0);

@@ -11,6 +11,7 @@ import {
   sum,
   TensorShapeError,
   topk,
+  topkRagged,
   topPositions,
 } from "../src/index.js";
 import { maxAbsDiff, randn, rng } from "./rand.js";
@@ -220,6 +221,23 @@ describe("topk", () => {
     }
     expect(topk(new Float32Array(5), 5, 0).length).toBe(0);
     expect(() => topk(new Float32Array(5), 5, 6)).toThrow(TensorShapeError);
+  });
+});
+
+describe("topkRagged", () => {
+  it("equals topk row by row on rows of different lengths (ties, empty rows, k = len)", () => {
+    const r = rng(13);
+    const stride = 40;
+    const lens = Int32Array.of(1, 40, 17, 0, 33, 5);
+    const ks = Int32Array.of(1, 8, 17, 0, 1, 5);
+    const x = randn(lens.length * stride, r).map((v) => Math.round(v * 4) / 4);
+    const got = topkRagged(x, stride, lens, ks);
+    lens.forEach((n, i) => {
+      const row = x.slice(i * stride, i * stride + n);
+      expect(Array.from(got[i])).toEqual(Array.from(reference.topkRef(row, n, ks[i])));
+    });
+    expect(() => topkRagged(x, stride, Int32Array.of(41), Int32Array.of(1))).toThrow(TensorShapeError);
+    expect(() => topkRagged(x, stride, Int32Array.of(3), Int32Array.of(4))).toThrow(TensorShapeError);
   });
 });
 

@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { type PolicyFactory, resolvePolicy } from "@smallkv/policies";
 import { AssistedModel, argmax, Model, type Sequence, type StepModel } from "@smallkv/runner";
+import { measureReadBandwidth } from "./bandwidth.js";
 import { barSpec, renderPlot } from "./plots.js";
 import {
   LLM_100M,
@@ -32,6 +33,8 @@ export interface BenchOptions {
   device?: "cpu" | "cuda" | "auto" | "emulator";
   dtype?: "f32" | "f16" | "bf16";
   threads?: number;
+  /** Read bandwidth (bytes/s) for the bytes-moved bound; measured when absent (CPU) or the device's peak. */
+  bandwidth?: number;
   out?: string;
   /** Progress lines (stderr). */
   log?: (msg: string) => void;
@@ -56,8 +59,21 @@ export interface BenchRow {
   /** Share of step time in the assistant (SmallKV) and in policy callbacks / hot-set moves. */
   slmShare: number;
   policyShare: number;
+  /** Mean bytes one decode step must move: weights streamed (LLM, and the assistant's when used) + KV attention read (hot rows, or the whole cache) + the assistant's KV. */
+  bytesPerStep: number;
+  /** bytesPerStep over the bandwidth: no decode step can be faster (seconds). */
+  boundSeconds: number;
+  /** Measured decode step over its bound (1 = at the bytes-moved limit). */
+  overBound: number;
+  /** Peak KV kept resident (cold store + the assistant's KV + rows a device hot set holds). */
+  residentKvBytes: number;
   vsFull: number | null;
   vsH2o: number | null;
+}
+
+/** Weight bytes a decode step streams: everything but the embedding table (only B rows of it are read). */
+function streamedWeightBytes(m: Model): number {
+  return m.runner ? m.weightBytes : m.weightBytes - m.config.vocabSize * m.config.hiddenSize * 4;
 }
 
 async function runOne(
@@ -69,6 +85,7 @@ async function runOne(
   ctx: number,
   G: number,
   seed: number,
+  bandwidth: number,
 ) {
   const V = model.config.vocabSize;
   const seqs: Sequence[] = Array.from({ length: B }, () => model.newSequence(factory.create({ budget })));
@@ -82,9 +99,13 @@ async function runOne(
   let peakHot = 0;
   let peakCold = 0;
   let assistantBytes = 0;
-  const t1 = performance.now();
+  let peakResident = 0;
+  let moved = 0;
+  let decode = 0;
   for (let s = 1; s < G; s++) {
+    const t1 = performance.now();
     logits = await model.forward(seqs.map((seq, i) => ({ seq, tokens: [argmax(logits[i])] })));
+    decode += (performance.now() - t1) / 1000;
     let hot = 0;
     let cold = 0;
     let ab = 0;
@@ -97,8 +118,13 @@ async function runOne(
     peakHot = Math.max(peakHot, hot);
     peakCold = Math.max(peakCold, cold);
     assistantBytes = Math.max(assistantBytes, ab);
+    // On the CPU the hot set holds no rows (attention reads the store in place).
+    peakResident = Math.max(peakResident, cold + ab + (llm.device ? hot : 0));
+    moved += hot + ab;
   }
-  const decode = (performance.now() - t1) / 1000;
+  const steps = Math.max(1, G - 1);
+  const weights = streamedWeightBytes(llm) + (pair ? streamedWeightBytes(pair.slm) : 0);
+  const bytesPerStep = weights + moved / steps;
   const fault = seqs.find((q) => q.fault)?.fault;
   for (const q of seqs) q.release();
   if (fault) throw fault;
@@ -114,6 +140,10 @@ async function runOne(
     assistantKvBytes: assistantBytes,
     slmShare: slm / (slm + llmT),
     policyShare: (llm.timing.policy - pol0) / llmT,
+    bytesPerStep,
+    boundSeconds: bytesPerStep / bandwidth,
+    overBound: decode / steps / (bytesPerStep / bandwidth),
+    residentKvBytes: peakResident,
   };
 }
 
@@ -147,6 +177,7 @@ export async function runBench(
     dtype: o.dtype,
   });
   const pair = new AssistedModel(llm, slm);
+  const bandwidth = o.bandwidth ?? (llm.device ? llm.device.info.bandwidthGBs * 1e9 : measureReadBandwidth());
   const factories = await Promise.all(policies.map((p) => resolvePolicy(p)));
   const rows: BenchRow[] = [];
   const scenarios =
@@ -158,7 +189,7 @@ export async function runBench(
         log(`  ${f.name}: batch ${B}, context ${ctx} + ${G}`);
         const model = f.usesAssistant ? pair : llm;
         // SmallKV's matching window is the first 128 tokens; synthetic prompts are long enough.
-        const r = await runOne(model, llm, f, budget, B, ctx, G, 1000 * B + ctx);
+        const r = await runOne(model, llm, f, budget, B, ctx, G, 1000 * B + ctx, bandwidth);
         group.push({ policy: f.name, batch: B, context: ctx, generated: G, ...r, vsFull: null, vsH2o: null });
       }
       const full = group.find((r) => r.policy === "full");
@@ -178,6 +209,7 @@ export async function runBench(
     kind: "smallkv.bench",
     budget: String(budget),
     device: llm.device ? llm.device.info : { kind: "cpu" },
+    bandwidthBytesPerSecond: bandwidth,
     llm: { dir: llmDir, parameters: llm.parameters, config: llm.config },
     assistant: { dir: slmDir, parameters: slm.parameters, config: slm.config },
     rows,
@@ -225,7 +257,9 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       "tok/s",
       "decode tok/s",
       "peak hot MiB",
-      "peak cold MiB",
+      "resident KV MiB",
+      "bound ms",
+      "step / bound",
       "SLM share",
       "policy share",
       "vs Full",
@@ -240,7 +274,9 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       r.tokensPerSecond,
       r.decodeTokensPerSecond,
       mib(r.peakHotBytes),
-      mib(r.peakColdBytes),
+      mib(r.residentKvBytes),
+      r.boundSeconds * 1000,
+      r.overBound,
       r.slmShare,
       r.policyShare,
       r.vsFull,

@@ -1,3 +1,4 @@
+export { measureReadBandwidth } from "./bandwidth.js";
 export { type BenchOptions, type BenchRow, formatBench, runBench } from "./bench.js";
 export { makeWindows, splitDocuments, type Window } from "./documents.js";
 export {

@@ -13,7 +13,8 @@ export const LLM_100M: Shape = {
   numHeads: 12,
   numKvHeads: 4,
   vocabSize: 32000,
-  maxPositions: 4096,
+  // Long enough for the long-context scenarios (batch 1 x 16384 + generation).
+  maxPositions: 16896,
   tieWordEmbeddings: true,
   seed: 100,
 };
@@ -26,7 +27,7 @@ export const SLM_10M: Shape = {
   numHeads: 4,
   numKvHeads: 2,
   vocabSize: 32000,
-  maxPositions: 4096,
+  maxPositions: 16896,
   tieWordEmbeddings: true,
   seed: 200,
 };

@@ -2,9 +2,17 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
-import { LLM_100M, LLM_SMALL, randomTokens, syntheticCheckpoint, table, writeJson } from "@smallkv/eval";
+import {
+  LLM_100M,
+  LLM_SMALL,
+  measureReadBandwidth,
+  randomTokens,
+  syntheticCheckpoint,
+  table,
+  writeJson,
+} from "@smallkv/eval";
 import { Model, WEIGHT_TYPES, type WeightType } from "@smallkv/runner";
-import { buildInfo, sum } from "@smallkv/tensor";
+import { buildInfo } from "@smallkv/tensor";
 
 interface Opts {
   small?: boolean;
@@ -55,18 +63,6 @@ interface Measured {
   peakRss: number;
   kvBytes: number;
   loadSeconds: number;
-}
-
-/** Read bandwidth in bytes/s: best of several passes over a buffer far larger than the caches. */
-export function measureReadBandwidth(bytes = 512 * 1024 * 1024, passes = 5): number {
-  const x = new Float32Array(bytes / 4).fill(1);
-  let best = Number.POSITIVE_INFINITY;
-  for (let i = 0; i < passes; i++) {
-    const t0 = performance.now();
-    sum(x);
-    best = Math.min(best, performance.now() - t0);
-  }
-  return bytes / (best / 1000);
 }
 
 /** The synthetic checkpoint the bench runs on (made once, then found in the bench cache). */

@@ -30,7 +30,7 @@ export function registerBench(program: Command): void {
     .option("--large", "GPU-scale synthetic models (~0.45B LLM, 32K positions)")
     .option(
       "--scenario <name>",
-      "paper: the paper's two scenarios, batch 64 x (2048+256) and batch 4 x (16384+512), on the GPU-scale models (overrides --batches/--contexts/--generate)",
+      "paper: the paper's two scenarios, batch 64 x (2048+256) and batch 4 x (16384+512), on the GPU-scale models; long: batch 16 x (4096+32) and batch 1 x (16384+32) on the ~100M models (overrides --batches/--contexts/--generate)",
     )
     .option("--out <dir>", "output folder", "bench-results");
   addDeviceOptions(kv).action(
@@ -131,5 +131,11 @@ function scenarioList(
       { batch: 64, context: 2048, generate: 256 },
       { batch: 4, context: 16384, generate: 512 },
     ];
-  throw new InvalidArgumentError(`unknown --scenario ${name} (known: paper)`);
+  // Where the KV cache dominates a decode step on the ~100M CPU model.
+  if (name === "long")
+    return [
+      { batch: 16, context: 4096, generate: 32 },
+      { batch: 1, context: 16384, generate: 32 },
+    ];
+  throw new InvalidArgumentError(`unknown --scenario ${name} (known: paper, long)`);
 }
