@@ -17,6 +17,7 @@ export function registerInfoRoutes(app: FastifyInstance, s: ServerContext): void
     const kv = s.scheduler.kvBytes();
     s.metrics.hotBytes.set(kv.hot);
     s.metrics.coldBytes.set(kv.cold);
+    s.metrics.assistantBytes.set(kv.assistant);
     s.metrics.running.set(s.scheduler.runningCount);
     s.metrics.queueDepth.set(s.scheduler.queued);
     return reply.type(s.metrics.registry.contentType).send(await s.metrics.registry.metrics());

@@ -51,6 +51,11 @@ export class ServerMetrics {
     help: "cold KV bytes of running sequences (the full store)",
     registers: [this.registry],
   });
+  readonly assistantBytes = new Gauge({
+    name: "smallkv_kv_assistant_bytes",
+    help: "KV bytes the assistant keeps for running sequences (SmallKV's full small-model cache); on the CPU resident KV = cold + assistant",
+    registers: [this.registry],
+  });
   readonly policyRequests = new Counter({
     name: "smallkv_policy_requests_total",
     help: "generation requests by KV policy",

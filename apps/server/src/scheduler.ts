@@ -51,15 +51,17 @@ export class Scheduler {
   }
 
   /** KV bytes of the running sequences. */
-  kvBytes(): { hot: number; cold: number } {
+  kvBytes(): { hot: number; cold: number; assistant: number } {
     let hot = 0;
     let cold = 0;
+    let assistant = 0;
     for (const s of this.running) {
       const st = s.sequence.stats();
       hot += st.hotBytes;
       cold += st.coldBytes;
+      assistant += s.sequence.assistant?.seq.stats().coldBytes ?? 0;
     }
-    return { hot, cold };
+    return { hot, cold, assistant };
   }
 
   submit(prompt: number[], opts: GenerateOptions): Job {

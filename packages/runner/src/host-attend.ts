@@ -7,6 +7,8 @@ import type { HostHot, Sequence } from "./sequence.js";
 // the returned `finish` shows the policy what it asked to observe. The model runs the
 // kernels of every sequence of a layer in one call between the halves.
 
+const EMPTY = new Float32Array(0);
+
 /** One sequence's attention at one layer: the kernel's arguments, and what follows the kernel. */
 export interface PlannedAttention {
   args: AttentionArgs | IndexedAttentionArgs;
@@ -32,6 +34,10 @@ export function planHostAttention(
     seq.policy.wantsQuery ? { ...step, query: q } : step,
   );
   const hot = seq.hot[layer] as HostHot;
+  // An int8 store is read in place by the kernels (its float planes are empty).
+  const int8 = seq.kv.int8Of(layer) ?? undefined;
+  const kStore = int8 ? EMPTY : seq.kv.k[layer];
+  const vStore = int8 ? EMPTY : seq.kv.v[layer];
   // A sliding layer's store starts at position `base` (older rows were dropped).
   const base = seq.kv.base[layer];
   let scores: Float32Array | undefined;
@@ -41,8 +47,9 @@ export function planHostAttention(
     if (typeof request === "object") scores = new Float32Array(Hq * L);
     args = {
       q,
-      k: seq.kv.k[layer],
-      v: seq.kv.v[layer],
+      k: kStore,
+      v: vStore,
+      int8,
       cap: seq.kv.capOf(layer),
       T,
       past: start - base,
@@ -81,8 +88,9 @@ export function planHostAttention(
     if (typeof request === "object") scores = new Float32Array(Hq * Lmax);
     args = {
       q,
-      k: seq.kv.k[layer],
-      v: seq.kv.v[layer],
+      k: kStore,
+      v: vStore,
+      int8,
       cap: ccap,
       T,
       Hq,

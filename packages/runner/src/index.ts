@@ -30,7 +30,7 @@ export {
   generateBatch,
   type TokenEvent,
 } from "./generate.js";
-export { KvCache } from "./kv-cache.js";
+export { KV_STORE_TYPES, KvCache, type KvStoreType } from "./kv-cache.js";
 export { type LoadOptions, Model, type StepInput, type StepOutput } from "./model.js";
 export {
   type AttentionObservation,

@@ -7,6 +7,7 @@ import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
 import { graphFolder } from "./graph-cache.js";
 import { type PlannedAttention, planHostAttention } from "./host-attend.js";
+import { KV_STORE_TYPES, type KvStoreType } from "./kv-cache.js";
 import { BlockGraphs } from "./onnx/blocks.js";
 import type { KvPolicyHook } from "./policy-hook.js";
 import { isGroupSize, WEIGHT_TYPES, type WeightType } from "./quant.js";
@@ -32,6 +33,12 @@ export interface LoadOptions {
   weights?: WeightType;
   /** Inputs per quantization group (a power of two >= 16; default 32 for int4, 64 for int8). */
   groupSize?: number;
+  /**
+   * How the CPU backend stores every sequence's K/V (default f32): int8 keeps each row with a
+   * scale per token and kv head (about 27% of the float bytes at head dim 64), and attention
+   * reads it in place. The device backend refuses it.
+   */
+  kvCold?: KvStoreType;
   /** Where "auto" reports its choice (default: stderr). */
   onLog?: (message: string) => void;
 }
@@ -83,6 +90,8 @@ export class Model {
 
   /** How the projection and MLP weights are held on the CPU (f32, int8, int4). */
   weightType: WeightType = "f32";
+  /** How sequences of this model store their K/V (the CPU backend). */
+  kvCold: KvStoreType = "f32";
   /** Bytes of weights this model holds (as stored: quantized matrices count their packed size). */
   weightBytes = 0;
 
@@ -106,8 +115,15 @@ export class Model {
     const groupSize = opts.groupSize ?? (weightType === "int4" ? 32 : 64);
     if (!isGroupSize(groupSize))
       throw new InvalidOptionError("groupSize", `must be a power of two >= 16, got ${groupSize}`);
+    const kvCold = opts.kvCold ?? "f32";
+    if (!KV_STORE_TYPES.includes(kvCold))
+      throw new InvalidOptionError("kvCold", `must be ${KV_STORE_TYPES.join(", ")}, got ${String(kvCold)}`);
     const dev = openDevice(opts);
     if (dev) {
+      if (kvCold !== "f32") {
+        dev.releaseAll();
+        throw new InvalidOptionError("kvCold", `an ${kvCold} KV store is for the CPU backend`);
+      }
       if (weightType !== "f32") {
         dev.releaseAll();
         throw new InvalidOptionError(
@@ -171,6 +187,7 @@ export class Model {
     const head = await ort.InferenceSession.create(join(files, "head.onnx"), sessionOptions);
     const model = new Model(abs, config, tokenizer, embed, layers, head, meta.parameters, ort);
     model.weightType = weightType;
+    model.kvCold = kvCold;
     model.weightBytes = meta.weightBytes + embed.byteLength;
     return model;
   }

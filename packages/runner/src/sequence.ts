@@ -59,7 +59,9 @@ export class Sequence {
     readonly model: Model | null = null,
   ) {
     const dev = model?.device;
-    this.kv = dev ? new DeviceKvCache(config, dev, policy.select !== undefined) : new KvCache(config);
+    this.kv = dev
+      ? new DeviceKvCache(config, dev, policy.select !== undefined)
+      : new KvCache(config, 64, model?.kvCold ?? "f32");
     this.hot = Array.from({ length: config.numLayers }, () => this.newHot(false));
   }
 
@@ -93,7 +95,8 @@ export class Sequence {
     if (this.finalStats) return this.finalStats;
     const c = this.config;
     const n = this.length;
-    const rowBytes = c.headDim * 4;
+    // Bytes of one K or V row as attention reads it (an int8 store's rows carry a scale).
+    const rowBytes = this.kv.rowBytes();
     let hotBytes = 0;
     let full = 0;
     let vOnly = 0;

@@ -136,18 +136,41 @@ bool ParseAttention(Args& a, skv::AttentionJob& job) {
   }
   const size_t Lmax = size_t(maxPast) + T;
   const float* q = a.f32(0, "q", size_t(T) * Hq * D);
-  const float* k = a.f32(1, "k", size_t(storeHeads) * cap * D);
-  const float* v = a.f32(2, "v", size_t(storeHeads) * cap * D);
+  // An int8 store (arguments 26..29: k8, v8, kScale, vScale) replaces the float k/v.
+  const bool q8 = a.length() > 26 && !a.at(26).IsNull() && !a.at(26).IsUndefined();
+  const size_t storeLen = size_t(storeHeads) * cap * D;
+  const float* k = a.f32(1, "k", q8 ? 0 : storeLen);
+  const float* v = a.f32(2, "v", q8 ? 0 : storeLen);
+  const int8_t *k8 = nullptr, *v8 = nullptr;
+  const float *kS = nullptr, *vS = nullptr;
+  if (q8 && !a.failed) {
+    auto i8 = [&](size_t i, const char* name) -> const int8_t* {
+      if (!a.at(i).IsTypedArray() || a.at(i).As<Napi::TypedArray>().TypedArrayType() != napi_int8_array) {
+        a.fail(std::string(name) + ": expected an Int8Array");
+        return nullptr;
+      }
+      auto t = a.at(i).As<Napi::Int8Array>();
+      if (t.ElementLength() < storeLen) a.fail(std::string(name) + ": shorter than the store");
+      return t.Data();
+    };
+    k8 = i8(26, "k8");
+    v8 = i8(27, "v8");
+    kS = a.f32(28, "kScale", size_t(storeHeads) * cap);
+    vS = a.f32(29, "vScale", size_t(storeHeads) * cap);
+    if (!a.failed && !indexed && storeHeads != Hkv) a.fail("an int8 store needs one list per kv head");
+  }
   float* out = a.f32(10, "out", size_t(T) * Hq * D);
   float* probs = a.f32(11, "probs", size_t(Hq) * T * Lmax, true);
   float* scores = a.f32(12, "scores", size_t(Hq) * Lmax, true);
   const int vcap = a.integer(15, "vcap");
   const int mode = a.integer(18, "mode");
   if (!a.failed && mode > 1) a.fail("mode must be 0 (literal) or 1 (mass)");
-  const float* vo = a.f32(14, "vo", size_t(indexed ? storeHeads : Hkv) * vcap * D, true);
+  const float* vo = q8 ? nullptr : a.f32(14, "vo", size_t(indexed ? storeHeads : Hkv) * vcap * D, true);
+  // With an int8 store, V-only rows (indexed only) come from v8: their counts say they are there.
+  const bool hasVOnly = vo != nullptr || (q8 && indexed && a.length() > 23 && !a.at(23).IsNull() && !a.at(23).IsUndefined());
   const int32_t* nV = nullptr;
   const float* w = nullptr;
-  if (vo != nullptr && !a.failed) {
+  if (hasVOnly && !a.failed) {
     nV = a.i32(16, "nV", Hkv);
     int vmax = 0;
     for (int g = 0; g < Hkv && !a.failed; ++g) {
@@ -164,7 +187,7 @@ bool ParseAttention(Args& a, skv::AttentionJob& job) {
     if (!a.failed && newAt + T > cap) a.fail("newAt + T exceeds the store capacity");
     if (!a.failed && window != 0) a.fail("an indexed attention has no window (its lists are the selection)");
     idx = IndexList(a, 20, 21, "idx", Hkv, past, newAt, &off);
-    if (vo != nullptr && !a.failed) {
+    if (hasVOnly && !a.failed) {
       if (vcap != cap) a.fail("indexed V-only rows come from the store (vcap = cap)");
       vidx = IndexList(a, 23, 24, "vidx", Hkv, nV, newAt, &voff);
     }
@@ -178,6 +201,10 @@ bool ParseAttention(Args& a, skv::AttentionJob& job) {
   job.vidx = vidx;
   job.voff = voff;
   job.storeHeads = storeHeads;
+  job.k8 = k8;
+  job.v8 = v8;
+  job.kS = kS;
+  job.vS = vS;
   return true;
 }
 
@@ -249,6 +276,27 @@ Napi::Value KvGather(const Napi::CallbackInfo& info) {
   }
   if (a.failed) return info.Env().Undefined();
   skv::kv_gather_f32(src, scap, dst, dcap, Hkv, D, idx, off, start);
+  return info.Env().Undefined();
+}
+
+// kvWriteQ8(store: Int8Array, scales, cap, Hkv, D, src, T, dst)
+Napi::Value KvWriteQ8(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int cap = a.integer(2, "cap"), Hkv = a.integer(3, "Hkv", 1), D = a.integer(4, "D", 1), T = a.integer(6, "T");
+  if (a.failed) return info.Env().Undefined();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int8_array) {
+    a.fail("store: expected an Int8Array");
+    return info.Env().Undefined();
+  }
+  auto st = info[0].As<Napi::Int8Array>();
+  if (st.ElementLength() < size_t(Hkv) * cap * D) a.fail("store: shorter than Hkv*cap*D");
+  float* scales = a.f32(1, "scales", size_t(Hkv) * cap);
+  const float* src = a.f32(5, "src", size_t(T) * Hkv * D);
+  const int32_t* dst = a.i32(7, "dst", T);
+  for (int t = 0; t < T && !a.failed; ++t)
+    if (dst[t] < 0 || dst[t] >= cap) a.fail("dst[" + std::to_string(t) + "] outside [0, cap)");
+  if (a.failed) return info.Env().Undefined();
+  skv::kv_write_q8(st.Data(), scales, cap, Hkv, D, src, T, dst);
   return info.Env().Undefined();
 }
 
@@ -376,6 +424,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("topk", Napi::Function::New(env, TopK));
   exports.Set("topPositions", Napi::Function::New(env, TopPositions));
   exports.Set("topkRagged", Napi::Function::New(env, TopKRagged));
+  exports.Set("kvWriteQ8", Napi::Function::New(env, KvWriteQ8));
   exports.Set("sum", Napi::Function::New(env, Sum));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));

@@ -102,6 +102,63 @@ inline void add_vonly(float* o, const float* vh, const int32_t* slots, int n, co
   }
 }
 
+// attend_group over an int8 store: row r of K is kh[r*D ..] * ksh[r] (a scale per token and
+// head), likewise V. Same order of work and the same softmax as the float path.
+inline void attend_group_q8(const float* const* qr, int G, const int8_t* kh, const float* ksh, const int8_t* vh,
+                            const float* vsh, const int32_t* slots, int n, int D, float scale, float* w,
+                            float* const* o) {
+  constexpr int kAhead = 8;
+  for (int j = 0; j < n; ++j) {
+    const int r = slots ? slots[j] : j;
+    const int8_t* kr = kh + static_cast<int64_t>(r) * D;
+    if (slots && j + kAhead < n) __builtin_prefetch(kh + static_cast<int64_t>(slots[j + kAhead]) * D);
+    const float f = ksh[r] * scale;
+    for (int i = 0; i < G; ++i) {
+      const float* qi = qr[i];
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int d = 0; d < D; ++d) s += qi[d] * static_cast<float>(kr[d]);
+      w[static_cast<int64_t>(i) * n + j] = s * f;
+    }
+  }
+  for (int i = 0; i < G; ++i) {
+    softmax(w + static_cast<int64_t>(i) * n, n);
+    std::memset(o[i], 0, sizeof(float) * D);
+  }
+  for (int j = 0; j < n; ++j) {
+    const int r = slots ? slots[j] : j;
+    const int8_t* vr = vh + static_cast<int64_t>(r) * D;
+    if (slots && j + kAhead < n) __builtin_prefetch(vh + static_cast<int64_t>(slots[j + kAhead]) * D);
+    const float f = vsh[r];
+    for (int i = 0; i < G; ++i) {
+      const float p = w[static_cast<int64_t>(i) * n + j] * f;
+      float* oi = o[i];
+#pragma omp simd
+      for (int d = 0; d < D; ++d) oi[d] += p * static_cast<float>(vr[d]);
+    }
+  }
+}
+
+// add_vonly over int8 rows of the store (indexed).
+inline void add_vonly_q8(float* o, const int8_t* vh, const float* vsh, const int32_t* slots, int n, const float* w,
+                         int D, int mode) {
+  if (n == 0 && mode == 0) return;
+  float mass = 0.f;
+  for (int j = 0; j < n; ++j) mass += w[j];
+  if (mode == 1) {
+    const float keep = 1.f - mass;
+#pragma omp simd
+    for (int d = 0; d < D; ++d) o[d] *= keep;
+  }
+  for (int j = 0; j < n; ++j) {
+    const int r = slots[j];
+    const float p = w[j] * vsh[r];
+    const int8_t* vr = vh + static_cast<int64_t>(r) * D;
+#pragma omp simd
+    for (int d = 0; d < D; ++d) o[d] += p * static_cast<float>(vr[d]);
+  }
+}
+
 // Below this many multiply-adds a call runs on the calling thread: waking the team costs
 // more than it saves (decode over a short hot set, small test shapes).
 constexpr int64_t kParallelWork = 1 << 17;
@@ -141,13 +198,20 @@ void attend_cell(const AttentionJob& a, int g, int t0, int t1, float* wbuf, int3
         o[x] = a.out + at;
       }
       float* wi = wbuf + static_cast<int64_t>(i) * len;
-      const float* kh = a.k + sh * headStride + static_cast<int64_t>(lo) * D;
-      const float* vh = a.v + sh * headStride + static_cast<int64_t>(lo) * D;
-      attend_group(qr, G, kh, vh, indexed ? sbuf : nullptr, len, D, a.scale, wi, o);
+      const int64_t rowAt = sh * headStride + static_cast<int64_t>(lo) * D;
+      const int64_t scaleAt = static_cast<int64_t>(sh) * a.cap + lo;
+      if (a.k8 != nullptr)
+        attend_group_q8(qr, G, a.k8 + rowAt, a.kS + scaleAt, a.v8 + rowAt, a.vS + scaleAt, indexed ? sbuf : nullptr,
+                        len, D, a.scale, wi, o);
+      else
+        attend_group(qr, G, a.k + rowAt, a.v + rowAt, indexed ? sbuf : nullptr, len, D, a.scale, wi, o);
       for (int x = 0; x < G; ++x) {
         const int h = g * group + i + x;
-        if (a.vo != nullptr) {
-          const float* wv = a.w + (static_cast<int64_t>(h) * a.T + t) * a.vmax;
+        const float* wv = a.w != nullptr ? a.w + (static_cast<int64_t>(h) * a.T + t) * a.vmax : nullptr;
+        if (a.vidx != nullptr && a.v8 != nullptr)
+          add_vonly_q8(o[x], a.v8 + sh * headStride, a.vS + static_cast<int64_t>(sh) * a.cap, a.vidx + a.voff[g],
+                       a.nV[g], wv, D, a.mode);
+        else if (a.vo != nullptr) {
           if (a.vidx != nullptr)
             add_vonly(o[x], a.vo + sh * vStride, a.vidx + a.voff[g], a.nV[g], wv, D, a.mode);
           else
@@ -181,7 +245,7 @@ void AttentionJob::finish() {
   vmax = 0;
   for (int g = 0; g < Hkv; ++g) {
     maxPast = std::max(maxPast, past[g]);
-    if (vo != nullptr) vmax = std::max(vmax, nV[g]);
+    if (nV != nullptr) vmax = std::max(vmax, nV[g]);
   }
   Lmax = maxPast + T;
 }

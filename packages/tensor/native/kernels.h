@@ -64,6 +64,12 @@ struct AttentionJob {
   const int32_t* vidx = nullptr;
   const int32_t* voff = nullptr;
   int storeHeads = 0;
+  // An int8 store (k8 non-null; k/v unused): row r of head g is k8[(g*cap + r)*D ..] times
+  // kS[g*cap + r] (a scale per token and head), likewise V; V-only rows (indexed) from v8.
+  const int8_t* k8 = nullptr;
+  const int8_t* v8 = nullptr;
+  const float* kS = nullptr;
+  const float* vS = nullptr;
   // Derived by finish(): max(past), max(nV), max(past) + T.
   int maxPast = 0, vmax = 0, Lmax = 0;
   void finish();
@@ -75,6 +81,10 @@ void attention_batch_f32(AttentionJob* jobs, int n);
 
 // Write T rows src[T][Hkv][D] into store[Hkv][cap][D] at slots dst[T].
 void kv_write_f32(float* store, int cap, int Hkv, int D, const float* src, int T, const int32_t* dst);
+
+// kv_write_f32 into an int8 store: each row (token, head) is scaled by max|x| / 127 and
+// rounded; its scale goes to scales[g*cap + slot].
+void kv_write_q8(int8_t* store, float* scales, int cap, int Hkv, int D, const float* src, int T, const int32_t* dst);
 
 // Per kv head g, copy rows idx[off[g] .. off[g+1]) of src[Hkv][scap][D] into
 // dst[Hkv][dcap][D] starting at row dstStart[g].

@@ -1,3 +1,5 @@
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "kernels.h"
@@ -9,6 +11,21 @@ void kv_write_f32(float* store, int cap, int Hkv, int D, const float* src, int T
     for (int g = 0; g < Hkv; ++g) {
       std::memcpy(store + (static_cast<int64_t>(g) * cap + dst[t]) * D, src + (static_cast<int64_t>(t) * Hkv + g) * D,
                   sizeof(float) * D);
+    }
+  }
+}
+
+void kv_write_q8(int8_t* store, float* scales, int cap, int Hkv, int D, const float* src, int T, const int32_t* dst) {
+  for (int t = 0; t < T; ++t) {
+    for (int g = 0; g < Hkv; ++g) {
+      const float* x = src + (static_cast<int64_t>(t) * Hkv + g) * D;
+      float amax = 0.f;
+      for (int d = 0; d < D; ++d) amax = std::max(amax, std::fabs(x[d]));
+      const float scale = amax > 0.f ? amax / 127.f : 1.f;
+      const float inv = 1.f / scale;
+      int8_t* q = store + (static_cast<int64_t>(g) * cap + dst[t]) * D;
+      for (int d = 0; d < D; ++d) q[d] = static_cast<int8_t>(std::lrintf(std::min(127.f, std::max(-127.f, x[d] * inv))));
+      scales[static_cast<int64_t>(g) * cap + dst[t]] = scale;
     }
   }
 }

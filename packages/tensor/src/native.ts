@@ -54,6 +54,16 @@ export interface NativeBinding {
     off: Int32Array,
     out: Int32Array,
   ): void;
+  kvWriteQ8(
+    store: Int8Array,
+    scales: Float32Array,
+    cap: number,
+    Hkv: number,
+    D: number,
+    src: Float32Array,
+    T: number,
+    dst: Int32Array,
+  ): void;
   /** Each job is the argument list of `attention`; all run in one parallel region. */
   attentionBatch(jobs: unknown[][]): void;
   kvWrite(

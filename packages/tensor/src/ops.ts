@@ -59,10 +59,23 @@ export interface AttentionArgs {
   scores?: Float32Array;
   /** > 0: query t sees only its last `window` keys (a sliding-window layer; default 0 = all). */
   window?: number;
+  /** The store in int8 (k and v are then not read; pass empty arrays). */
+  int8?: Int8Store;
   /** Only query rows t >= scoreStart add to `scores` (an observation window; default 0). */
   scoreStart?: number;
   /** V-only rows with externally supplied weights (the SmallKV / PoD mixed step). */
   vOnly?: VOnlyRows;
+}
+
+/**
+ * A KV store in int8: K row (g, r) is k[(g*cap + r)*D ..] times kScale[g*cap + r] (one scale per
+ * token and head), likewise V. Kernels read it in place (no float copy).
+ */
+export interface Int8Store {
+  k: Int8Array;
+  v: Int8Array;
+  kScale: Float32Array;
+  vScale: Float32Array;
 }
 
 /** Tokens whose V is kept but whose attention weights come from elsewhere. */
@@ -112,8 +125,26 @@ export interface IndexedAttentionArgs {
   probs?: boolean | Float32Array;
   scores?: Float32Array;
   scoreStart?: number;
+  /** The store in int8 (k and v are then not read; pass empty arrays). */
+  int8?: Int8Store;
   /** V-only rows of the same store: V at slots vIdx[vOff[i] .. vOff[i+1]) for list i, weights [Hq][T][vmax] in list order. */
   vOnly?: { idx: Int32Array; off: Int32Array; weights: Float32Array; mode: "literal" | "mass" };
+}
+
+/** Checks an int8 store of Hkv heads x cap rows; returns its native arguments (null: a float store). */
+function int8Args(op: string, q: Int8Store | undefined, Hkv: number, cap: number, D: number): unknown[] {
+  if (!q) return [null, null, null, null];
+  for (const [name, a] of [
+    ["int8.k", q.k],
+    ["int8.v", q.v],
+  ] as const) {
+    if (!(a instanceof Int8Array)) throw new TensorShapeError(op, `${name} must be an Int8Array`);
+    if (a.length < Hkv * cap * D)
+      throw new TensorShapeError(op, `${name} has ${a.length} elements, needs ${Hkv * cap * D}`);
+  }
+  expectF32(op, "int8.kScale", q.kScale, Hkv * cap);
+  expectF32(op, "int8.vScale", q.vScale, Hkv * cap);
+  return [q.k, q.v, q.kScale, q.vScale];
 }
 
 /** Checks an index list (offsets from 0, non-decreasing, within idx, slots in [0, limit)); returns the counts. */
@@ -162,8 +193,9 @@ function indexedCall(a: IndexedAttentionArgs, op: string): { args: unknown[]; re
   const past = listCounts(op, "idx", a.idx, a.off, lists, newAt);
   const Lmax = Math.max(...past) + T;
   expectF32(op, "q", a.q, T * Hq * D);
-  expectF32(op, "k", a.k, Hkv * cap * D);
-  expectF32(op, "v", a.v, Hkv * cap * D);
+  expectF32(op, "k", a.k, a.int8 ? 0 : Hkv * cap * D);
+  expectF32(op, "v", a.v, a.int8 ? 0 : Hkv * cap * D);
+  const q8 = int8Args(op, a.int8, Hkv, cap, D);
   const out = a.out ? expectF32(op, "out", a.out, T * Hq * D) : new Float32Array(T * Hq * D);
   let probs: Float32Array | undefined;
   if (a.probs instanceof Float32Array) probs = expectF32(op, "probs", a.probs, Hq * T * Lmax);
@@ -192,7 +224,7 @@ function indexedCall(a: IndexedAttentionArgs, op: string): { args: unknown[]; re
     probs ?? null,
     scores,
     expectDim(op, "scoreStart", a.scoreStart ?? 0),
-    vo ? a.v : null,
+    vo && !a.int8 ? a.v : null,
     vo ? cap : 0,
     nV,
     vo ? vo.weights : null,
@@ -204,6 +236,7 @@ function indexedCall(a: IndexedAttentionArgs, op: string): { args: unknown[]; re
     vo ? vo.idx : null,
     vo ? vo.off : null,
     Hkv,
+    ...q8,
   ];
   return { args, result: { out, probs, Lmax } };
 }
@@ -234,8 +267,11 @@ function attentionCall(a: AttentionArgs, op: string): { args: unknown[]; result:
   }
   const Lmax = maxPast + T;
   expectF32(op, "q", a.q, T * Hq * D);
-  expectF32(op, "k", a.k, Hkv * cap * D);
-  expectF32(op, "v", a.v, Hkv * cap * D);
+  expectF32(op, "k", a.k, a.int8 ? 0 : Hkv * cap * D);
+  expectF32(op, "v", a.v, a.int8 ? 0 : Hkv * cap * D);
+  const q8 = int8Args(op, a.int8, Hkv, cap, D);
+  if (a.int8 && a.vOnly)
+    throw new TensorShapeError(op, "V-only rows with an int8 store go through indexedAttention");
   const out = a.out ? expectF32(op, "out", a.out, T * Hq * D) : new Float32Array(T * Hq * D);
   let probs: Float32Array | undefined;
   if (a.probs instanceof Float32Array) probs = expectF32(op, "probs", a.probs, Hq * T * Lmax);
@@ -279,6 +315,13 @@ function attentionCall(a: AttentionArgs, op: string): { args: unknown[]; result:
     vo ? vo.weights : null,
     vo?.mode === "mass" ? 1 : 0,
     expectDim(op, "window", a.window ?? 0),
+    null,
+    null,
+    0,
+    null,
+    null,
+    Hkv,
+    ...q8,
   ];
   return { args, result: { out, probs, Lmax } };
 }
@@ -307,6 +350,32 @@ export function attentionBatch(jobs: (AttentionArgs | IndexedAttentionArgs)[]): 
 export function mixedAttention(a: AttentionArgs & { vOnly: VOnlyRows }): AttentionResult {
   if (!a.vOnly) throw new TensorShapeError("mixedAttention", "vOnly is required");
   return attention(a);
+}
+
+/** Write rows src[T][Hkv][D] into an int8 store at slots dst[T]: each row scaled by max|x| / 127. */
+export function kvWriteQ8(
+  store: Int8Array,
+  scales: Float32Array,
+  cap: number,
+  Hkv: number,
+  D: number,
+  src: Float32Array,
+  dst: Int32Array,
+): void {
+  const op = "kvWriteQ8";
+  expectDim(op, "cap", cap);
+  expectDim(op, "Hkv", Hkv, 1);
+  expectDim(op, "D", D, 1);
+  const T = dst.length;
+  if (!(store instanceof Int8Array) || store.length < Hkv * cap * D)
+    throw new TensorShapeError(op, `store must be an Int8Array of at least Hkv*cap*D = ${Hkv * cap * D}`);
+  expectF32(op, "scales", scales, Hkv * cap);
+  expectF32(op, "src", src, T * Hkv * D);
+  expectI32(op, "dst", dst, T);
+  for (let t = 0; t < T; t++)
+    if (dst[t] < 0 || dst[t] >= cap)
+      throw new TensorShapeError(op, `dst[${t}] = ${dst[t]} is outside [0, ${cap})`);
+  native.kvWriteQ8(store, scales, cap, Hkv, D, src, T, dst);
 }
 
 /** Write rows src[T][Hkv][D] into store[Hkv][cap][D] at slots dst[T] (KV append). */

@@ -274,3 +274,47 @@ export function indexedAttentionRef(a: {
     vOnly,
   });
 }
+
+/** kvWriteQ8 in plain TypeScript: per row, scale = max|x| / 127 (1 for a zero row), values rounded to nearest (ties to even, like lrintf). */
+export function kvWriteQ8Ref(
+  store: Int8Array,
+  scales: Float32Array,
+  cap: number,
+  Hkv: number,
+  D: number,
+  src: Float32Array,
+  dst: Int32Array,
+): void {
+  for (let t = 0; t < dst.length; t++) {
+    for (let g = 0; g < Hkv; g++) {
+      let amax = 0;
+      for (let d = 0; d < D; d++) amax = Math.max(amax, Math.abs(src[(t * Hkv + g) * D + d]));
+      const scale = amax > 0 ? Math.fround(amax / 127) : 1;
+      const inv = Math.fround(1 / scale);
+      for (let d = 0; d < D; d++) {
+        const x = Math.min(127, Math.max(-127, Math.fround(src[(t * Hkv + g) * D + d] * inv)));
+        // Round half to even, like lrintf in the default rounding mode.
+        const r = Math.round(x);
+        store[(g * cap + dst[t]) * D + d] = Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+      }
+      scales[g * cap + dst[t]] = scale;
+    }
+  }
+}
+
+/** The float rows an int8 store stands for: k/v[Hkv][cap][D]. */
+export function dequantizeStore(
+  s: { k: Int8Array; v: Int8Array; kScale: Float32Array; vScale: Float32Array },
+  Hkv: number,
+  cap: number,
+  D: number,
+): { k: Float32Array; v: Float32Array } {
+  const k = new Float32Array(Hkv * cap * D);
+  const v = new Float32Array(Hkv * cap * D);
+  for (let r = 0; r < Hkv * cap; r++)
+    for (let d = 0; d < D; d++) {
+      k[r * D + d] = s.k[r * D + d] * s.kScale[r];
+      v[r * D + d] = s.v[r * D + d] * s.vScale[r];
+    }
+  return { k, v };
+}

@@ -5,6 +5,7 @@ import {
   indexedAttention,
   kvGather,
   kvWrite,
+  kvWriteQ8,
   mixedAttention,
   reference,
   rope,
@@ -587,5 +588,119 @@ describe("indexedAttention", () => {
     expect(() =>
       indexedAttention({ ...base, newAt: 10, idx: Int32Array.of(), off: Int32Array.of(0, 0) }),
     ).toThrow(/newAt/);
+  });
+});
+
+describe("int8 KV store", () => {
+  const make = (Hkv: number, cap: number, D: number, seed: number) => {
+    const r = rng(seed);
+    const src = randn(cap * Hkv * D, r, 0.7);
+    // A zero row and a row with one large value: the scale rules at their edges.
+    src.fill(0, 0, D);
+    src[Hkv * D + 3] = 40;
+    const store = {
+      k: new Int8Array(Hkv * cap * D),
+      v: new Int8Array(Hkv * cap * D),
+      kScale: new Float32Array(Hkv * cap),
+      vScale: new Float32Array(Hkv * cap),
+    };
+    const dst = Int32Array.from({ length: cap }, (_, i) => i);
+    kvWriteQ8(store.k, store.kScale, cap, Hkv, D, src, dst);
+    kvWriteQ8(
+      store.v,
+      store.vScale,
+      cap,
+      Hkv,
+      D,
+      src.map((x) => -x * 0.5),
+      dst,
+    );
+    return { store, src, r };
+  };
+
+  it("kvWriteQ8 equals the reference bit for bit, and stays within half a step of the floats", () => {
+    const [Hkv, cap, D] = [3, 21, 16];
+    const { store, src } = make(Hkv, cap, D, 3);
+    const want = { k: new Int8Array(Hkv * cap * D), s: new Float32Array(Hkv * cap) };
+    reference.kvWriteQ8Ref(
+      want.k,
+      want.s,
+      cap,
+      Hkv,
+      D,
+      src,
+      Int32Array.from({ length: cap }, (_, i) => i),
+    );
+    expect(Array.from(store.k)).toEqual(Array.from(want.k));
+    expect(Array.from(store.kScale)).toEqual(Array.from(want.s));
+    const { k } = reference.dequantizeStore(store, Hkv, cap, D);
+    for (let t = 0; t < cap; t++)
+      for (let g = 0; g < Hkv; g++)
+        for (let d = 0; d < D; d++)
+          expect(Math.abs(k[(g * cap + t) * D + d] - src[(t * Hkv + g) * D + d])).toBeLessThanOrEqual(
+            store.kScale[g * cap + t] / 2 + 1e-6,
+          );
+    expect(() => kvWriteQ8(store.k, store.kScale, cap, Hkv, D, src, Int32Array.of(cap))).toThrow(
+      TensorShapeError,
+    );
+  });
+
+  it("attention over an int8 store equals the reference over its dequantized rows (probs, scores, window)", () => {
+    const [Hq, Hkv, D, T] = [6, 2, 16, 3];
+    const cap = 40;
+    const { store, r } = make(Hkv, cap, D, 5);
+    const past = Int32Array.of(30, 37);
+    const q = randn(T * Hq * D, r, 0.5);
+    const f = reference.dequantizeStore(store, Hkv, cap, D);
+    for (const window of [0, 9]) {
+      const scores = new Float32Array(Hq * (37 + T));
+      const got = attention({
+        q,
+        k: new Float32Array(0),
+        v: new Float32Array(0),
+        int8: store,
+        cap,
+        T,
+        past,
+        Hq,
+        Hkv,
+        D,
+        probs: true,
+        scores,
+        window,
+      });
+      const want = reference.attentionRef({ q, k: f.k, v: f.v, cap, T, past, Hq, Hkv, D, window });
+      expect(maxAbsDiff(got.out, want.out)).toBeLessThan(1e-5);
+      expect(maxAbsDiff(got.probs!, want.probs)).toBeLessThan(1e-6);
+      expect(maxAbsDiff(scores, want.scores)).toBeLessThan(1e-5);
+    }
+  });
+
+  it("indexedAttention over an int8 store, with V-only rows, equals the reference over its dequantized rows", () => {
+    const [Hq, Hkv, D, T] = [8, 2, 16, 1];
+    const cap = 64;
+    const { store, r } = make(Hkv, cap, D, 7);
+    const q = randn(T * Hq * D, r, 0.5);
+    const idx = Int32Array.of(0, 5, 9, 30, 2, 44, 17);
+    const off = Int32Array.of(0, 4, 7);
+    const vIdx = Int32Array.of(1, 3, 50, 6);
+    const vOff = Int32Array.of(0, 3, 4);
+    const weights = randn(Hq * T * 3, r).map((x) => Math.abs(x) * 0.02);
+    const vOnly = { idx: vIdx, off: vOff, weights, mode: "mass" as const };
+    const f = reference.dequantizeStore(store, Hkv, cap, D);
+    const args = { q, cap, T, Hq, Hkv, D, lists: Hkv, idx, off, newAt: 60, vOnly };
+    const got = indexedAttention({
+      ...args,
+      k: new Float32Array(0),
+      v: new Float32Array(0),
+      int8: store,
+      probs: true,
+    });
+    const want = reference.indexedAttentionRef({ ...args, k: f.k, v: f.v });
+    expect(maxAbsDiff(got.out, want.out)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(got.probs!, want.probs)).toBeLessThan(1e-6);
+    expect(() => indexedAttention({ ...args, k: new Float32Array(0), v: new Float32Array(0) })).toThrow(
+      TensorShapeError,
+    );
   });
 });

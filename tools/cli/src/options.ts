@@ -1,4 +1,4 @@
-import { WEIGHT_TYPES, type WeightType } from "@smallkv/runner";
+import { KV_STORE_TYPES, type KvStoreType, WEIGHT_TYPES, type WeightType } from "@smallkv/runner";
 import { type Command, InvalidArgumentError, Option } from "commander";
 
 export function intArg(name: string, min = 0) {
@@ -50,6 +50,23 @@ export function addDeviceOptions<C extends Command>(cmd: C): C {
       "f16",
       "bf16",
     ]),
+  );
+  return cmd;
+}
+
+/** The KV store flag of a command that runs sequences. */
+export interface KvCliOptions {
+  kvCold?: KvStoreType;
+}
+
+export function addKvOption<C extends Command>(cmd: C): C {
+  cmd.addOption(
+    new Option(
+      "--kv-cold <type>",
+      "how the CPU backend stores K/V (both models): f32, or int8 with a scale per token and kv head, read in place by attention",
+    )
+      .choices(KV_STORE_TYPES)
+      .default("f32"),
   );
   return cmd;
 }

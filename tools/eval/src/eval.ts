@@ -5,6 +5,7 @@ import { type OptionValue, type PolicyFactory, parsePolicyOptions, resolvePolicy
 import {
   AssistedModel,
   argmax,
+  type KvStoreType,
   logSoftmax,
   Model,
   resolveModelDir,
@@ -55,6 +56,8 @@ export interface EvalOptions {
   threads?: number;
   /** CPU weights of the LLM and of the assistants (default f32; see Model.load). */
   weights?: WeightType;
+  /** How both models store K/V on the CPU (default f32; see Model.load). */
+  kvCold?: KvStoreType;
   assistantWeights?: WeightType;
   out?: string;
   plot?: boolean;
@@ -356,12 +359,20 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
   const budgets = o.budgets ?? DEFAULT_BUDGETS;
   const model =
     o.loaded?.model ??
-    (await Model.load(resolveModelDir(o.model), { threads: o.threads, weights: o.weights }));
+    (await Model.load(resolveModelDir(o.model), {
+      threads: o.threads,
+      weights: o.weights,
+      kvCold: o.kvCold,
+    }));
   const assistants =
     o.loaded?.assistants ??
     (await Promise.all(
       (o.assistants ?? []).map((a) =>
-        Model.load(resolveModelDir(a), { threads: o.threads, weights: o.assistantWeights ?? o.weights }),
+        Model.load(resolveModelDir(a), {
+          threads: o.threads,
+          weights: o.assistantWeights ?? o.weights,
+          kvCold: o.kvCold,
+        }),
       ),
     ));
   const pairs = new Map(assistants.map((a) => [a, new AssistedModel(model, a)]));

@@ -31,9 +31,9 @@ export async function writeResultsPage(o: {
   };
   const assets = join(outDir, "results");
   mkdirSync(assets, { recursive: true });
-  const img = (src: string, alt: string) => {
+  const img = (src: string, alt: string, name = basename(src)) => {
     if (!existsSync(src)) return `_(plot ${basename(src)} missing)_`;
-    const dst = join(assets, basename(src));
+    const dst = join(assets, name);
     copyFileSync(src, dst);
     return `![${alt}](${relative(outDir, dst)})`;
   };
@@ -62,6 +62,7 @@ export async function writeResultsPage(o: {
     "pnpm smallkv eval --out eval-results          # stories260K + both assistants on ../shared/data, all policies",
     "pnpm bench --out bench-results                # synthetic ~100M LLM + ~10M assistant, batch x context grid",
     "pnpm bench runner --out bench-results         # runner throughput and roofline",
+    "pnpm bench --scenario long --policies full,h2o,smallkv --out bench-results/long   # KV-dominated decode",
     "pnpm results                                  # this page",
     "```",
     "",
@@ -205,6 +206,45 @@ export async function writeResultsPage(o: {
         "",
       ]),
     );
+  const longJson = o.benchDir && join(o.benchDir, "long", "bench.json");
+  if (longJson && existsSync(longJson)) {
+    const b = JSON.parse(readFileSync(longJson, "utf8"));
+    parts.push(
+      "## Long context",
+      "",
+      `Decode where the KV cache dominates a step, laid out like the paper's Table 2: the same synthetic pair, budget ${b.budget}. The bound is the bytes a decode step must move (weights streamed, KV read, the assistant's weights and KV) over the measured read bandwidth (${fmt(b.bandwidthBytesPerSecond / 1e9)} GB/s); resident KV counts the cold store and the assistant's KV (on the CPU the hot set reads the store in place).`,
+      "",
+      markdownTable(
+        [
+          "scenario",
+          "policy",
+          "TTFT s",
+          "TPOT ms",
+          "decode tok/s",
+          "decode vs Full",
+          "bound ms",
+          "step / bound",
+          "resident KV MiB",
+          "policy share",
+        ],
+        (b.rows as BenchRow[]).map((r) => [
+          `${r.batch} x ${r.context}`,
+          r.policy,
+          r.ttft,
+          r.tpot * 1000,
+          r.decodeTokensPerSecond,
+          r.decodeVsFull,
+          r.boundSeconds * 1000,
+          r.overBound,
+          r.residentKvBytes / 2 ** 20,
+          r.policyShare,
+        ]),
+      ),
+      "",
+      img(join(dirname(longJson), "bench-throughput.png"), "long-context throughput", "long-throughput.png"),
+      "",
+    );
+  } else parts.push(...(kept("## Long context") ?? []));
   const runnerJson = o.benchDir && join(o.benchDir, "runner.json");
   if (runnerJson && existsSync(runnerJson)) {
     const j = JSON.parse(readFileSync(runnerJson, "utf8"));

@@ -13,6 +13,8 @@ describe("smallkv bench", () => {
       batches: [1, 2],
       contexts: [160],
       generate: 6,
+      // A stated bandwidth: the bound is then exact arithmetic (and no 512 MB probe in a test).
+      bandwidth: 10e9,
       out,
       log: () => {},
     });
@@ -20,11 +22,23 @@ describe("smallkv bench", () => {
     expect(r.rows.map((x) => `${x.policy}/${x.batch}`)).toEqual(
       [1, 2].flatMap((b) => policies.map((p) => `${p}/${b}`)),
     );
+    const at = (p: string, b: number) => r.rows.find((x) => x.policy === p && x.batch === b)!;
+    for (const b of [1, 2]) {
+      // Full reads every row; H2O at 20% reads fewer, so its bound is lower; SmallKV adds the assistant.
+      expect(at("full", b).bytesPerStep).toBeGreaterThan(at("h2o", b).bytesPerStep);
+      expect(at("smallkv", b).bytesPerStep).toBeGreaterThan(at("h2o", b).bytesPerStep);
+      expect(at("smallkv", b).residentKvBytes).toBeGreaterThan(at("h2o", b).residentKvBytes);
+    }
     for (const row of r.rows) {
+      expect(row.boundSeconds).toBeCloseTo(row.bytesPerStep / 10e9, 12);
+      expect(row.overBound).toBeCloseTo(row.tpot / row.boundSeconds, 6);
+      expect(row.residentKvBytes).toBeGreaterThanOrEqual(row.peakColdBytes);
+      expect(row.firstDecode).toBeGreaterThan(0);
       expect(row.tokensPerSecond).toBeGreaterThan(0);
       expect(row.ttft).toBeGreaterThan(0);
       if (row.policy === "full") {
         expect(row.vsFull).toBe(1);
+        expect(row.decodeVsFull).toBe(1);
         expect(row.peakHotBytes).toBe(row.peakColdBytes);
       } else {
         expect(row.peakHotBytes).toBeLessThan(row.peakColdBytes * 0.3);

@@ -58,18 +58,18 @@ export const quest = definePolicy<QuestState, { pageSize: number }>({
         meta.max = grow(meta.max);
       }
       // Complete pages are summarised once; the last, partial page again each step.
-      const keys = kv.k[ctx.layer];
       // A sliding layer's store starts at position `base`: older rows are gone (and outside the window).
       const base = kv.base[ctx.layer];
-      const cap = kv.capOf(ctx.layer);
       for (let pg = meta.full; pg < nPages; pg++) {
         const from = Math.max(pg * P, base);
         const to = Math.min(start, pg * P + P);
+        // Float rows of the page (an int8 store dequantizes them).
+        const keys = kv.keyRows(ctx.layer, g, Math.max(0, from - base), Math.max(0, to - base));
         for (let d = 0; d < D; d++) {
           let lo = from < to ? Number.POSITIVE_INFINITY : 0;
           let hi = from < to ? Number.NEGATIVE_INFINITY : 0;
           for (let p = from; p < to; p++) {
-            const x = keys[(g * cap + p - base) * D + d];
+            const x = keys[(p - from) * D + d];
             if (x < lo) lo = x;
             if (x > hi) hi = x;
           }

@@ -1,6 +1,12 @@
 import { formatBench, runBench } from "@smallkv/eval";
 import { type Command, InvalidArgumentError, Option } from "commander";
-import { addDeviceOptions, type DeviceCliOptions, intArg } from "../options.js";
+import {
+  addDeviceOptions,
+  addKvOption,
+  type DeviceCliOptions,
+  intArg,
+  type KvCliOptions,
+} from "../options.js";
 import { benchRunner } from "./bench-runner.js";
 import { benchServer } from "./bench-server.js";
 
@@ -33,20 +39,21 @@ export function registerBench(program: Command): void {
       "paper: the paper's two scenarios, batch 64 x (2048+256) and batch 4 x (16384+512), on the GPU-scale models; long: batch 16 x (4096+32) and batch 1 x (16384+32) on the ~100M models (overrides --batches/--contexts/--generate)",
     )
     .option("--out <dir>", "output folder", "bench-results");
-  addDeviceOptions(kv).action(
+  addKvOption(addDeviceOptions(kv)).action(
     async (
-      o: DeviceCliOptions & {
-        large?: boolean;
-        scenario?: string;
-        policies: string;
-        budget: string;
-        batches: string;
-        contexts: string;
-        generate: number;
-        small?: boolean;
-        threads?: number;
-        out: string;
-      },
+      o: DeviceCliOptions &
+        KvCliOptions & {
+          large?: boolean;
+          scenario?: string;
+          policies: string;
+          budget: string;
+          batches: string;
+          contexts: string;
+          generate: number;
+          small?: boolean;
+          threads?: number;
+          out: string;
+        },
     ) => {
       const r = await runBench({
         policies: list(o.policies),
@@ -59,6 +66,7 @@ export function registerBench(program: Command): void {
         scenarios: scenarioList(o.scenario),
         device: o.device,
         dtype: o.dtype,
+        kvCold: o.kvCold,
         threads: o.threads,
         out: o.out,
       });

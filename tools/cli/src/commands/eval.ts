@@ -2,9 +2,15 @@ import { join } from "node:path";
 import { DEFAULT_BUDGETS, DEFAULT_POLICIES, formatEval, formatIsoMemory, runEval } from "@smallkv/eval";
 import { assetsDir } from "@smallkv/runner";
 import type { Command } from "commander";
-import { addWeightOptions, intArg, type WeightCliOptions } from "../options.js";
+import {
+  addKvOption,
+  addWeightOptions,
+  intArg,
+  type KvCliOptions,
+  type WeightCliOptions,
+} from "../options.js";
 
-interface EvalCli extends Partial<WeightCliOptions> {
+interface EvalCli extends Partial<WeightCliOptions>, KvCliOptions {
   model: string;
   assistant?: string;
   text: string;
@@ -57,7 +63,7 @@ export function registerEval(program: Command): void {
     .option("--out <dir>", "output folder (JSON, SVG and PNG plots)", "eval-results")
     .option("--json", "print the JSON rows instead of tables")
     .option("--no-iso-memory", "skip the plain policies' runs at each assistant row's total resident KV");
-  addWeightOptions(cmd).action(async (o: EvalCli) => {
+  addKvOption(addWeightOptions(cmd)).action(async (o: EvalCli) => {
     const r = await runEval({
       model: o.model,
       assistants: o.assistant ? o.assistant.split(",").filter(Boolean) : [],
@@ -76,6 +82,7 @@ export function registerEval(program: Command): void {
       threads: o.threads,
       weights: o.weights,
       assistantWeights: o.assistantWeights,
+      kvCold: o.kvCold,
       out: o.out,
       isoMemory: o.isoMemory,
     });

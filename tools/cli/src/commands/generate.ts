@@ -10,11 +10,13 @@ import {
 import type { Command } from "commander";
 import {
   addDeviceOptions,
+  addKvOption,
   addWeightOptions,
   collect,
   type DeviceCliOptions,
   floatArg,
   intArg,
+  type KvCliOptions,
   readStdin,
   type WeightCliOptions,
 } from "../options.js";
@@ -26,7 +28,11 @@ import {
   policyFromCli,
 } from "../policy-options.js";
 
-export interface GenerateCliOptions extends PolicyCliOptions, DeviceCliOptions, Partial<WeightCliOptions> {
+export interface GenerateCliOptions
+  extends PolicyCliOptions,
+    DeviceCliOptions,
+    Partial<WeightCliOptions>,
+    KvCliOptions {
   model: string;
   assistant?: string;
   prompt?: string;
@@ -48,7 +54,7 @@ export async function loadStepModel(
   model: string,
   assistant: string | undefined,
   threads?: number,
-  device?: Partial<DeviceCliOptions> & Partial<WeightCliOptions>,
+  device?: Partial<DeviceCliOptions> & Partial<WeightCliOptions> & KvCliOptions,
 ): Promise<StepModel> {
   const opts = {
     threads,
@@ -56,6 +62,7 @@ export async function loadStepModel(
     dtype: device?.dtype,
     weights: device?.weights,
     groupSize: device?.groupSize,
+    kvCold: device?.kvCold,
   };
   const llm = await Model.load(resolveModelDir(model), opts);
   // With --device auto the assistant follows wherever the LLM landed.
@@ -91,69 +98,71 @@ export function registerGenerate(program: Command): void {
       "--stats",
       "print hot/cold KV bytes and token classes per step (stderr; with --json, a per-step array)",
     );
-  addPolicyOptions(addWeightOptions(addDeviceOptions(cmd))).action(async (o: GenerateCliOptions) => {
-    const policy = await policyFromCli(o);
-    if (policy.usesAssistant && !o.assistant) {
-      throw new InvalidOptionError(
-        "--assistant",
-        `the ${policy.name} policy needs an assistant model (--assistant <dir>)`,
-      );
-    }
-    const model = await loadStepModel(o.model, o.assistant, o.threads, o);
-    const prompt = o.prompt ?? (await readStdin());
-    const stream = new Generator(model).submit(prompt, {
-      maxTokens: o.maxTokens,
-      temperature: o.greedy ? 0 : o.temperature,
-      topK: o.topK,
-      topP: o.topP,
-      seed: o.seed,
-      stop: o.stop,
-      stopTokens: o.stopToken?.map(Number),
-      policy,
-    });
-    const steps: (KvStats & { policyClasses?: Record<string, number> })[] = [];
-    // On one terminal, stats printed as they come would cut into the text: hold them until
-    // the text is done. Piped apart, they stream to stderr, one line each.
-    const holdStats = !o.json && !!process.stdout.isTTY && !!process.stderr.isTTY;
-    const t0 = performance.now();
-    for await (const ev of stream) {
-      if (!o.json) process.stdout.write(ev.text);
-      if (o.stats && ev.token >= 0) {
-        const st = { ...stream.sequence.stats(), policyClasses: policy.classCounts?.(stream.sequence) };
-        steps.push(st);
-        if (!o.json && !holdStats) process.stderr.write(`${formatStats(steps.length, st)}\n`);
+  addPolicyOptions(addKvOption(addWeightOptions(addDeviceOptions(cmd)))).action(
+    async (o: GenerateCliOptions) => {
+      const policy = await policyFromCli(o);
+      if (policy.usesAssistant && !o.assistant) {
+        throw new InvalidOptionError(
+          "--assistant",
+          `the ${policy.name} policy needs an assistant model (--assistant <dir>)`,
+        );
       }
-    }
-    if (!o.json) process.stdout.write("\n");
-    const r = await stream.result;
-    if (r.error) throw r.error;
-    if (o.stats && !o.json) {
-      if (holdStats)
-        for (const [i, st] of steps.entries()) process.stderr.write(`${formatStats(i + 1, st)}\n`);
-      process.stderr.write(
-        `${formatSummary(steps, { tokens: r.tokens.length, seconds: (performance.now() - t0) / 1000, ttft: r.timeToFirstToken, policy: `${policy.name}@${policy.budget}`, warmup: policy.warmupTokens, promptTokens: r.promptTokens.length })}\n`,
-      );
-    }
-    if (o.json) {
-      process.stdout.write(
-        `${JSON.stringify({
-          model: model.name,
-          assistant: o.assistant ?? null,
-          prompt,
-          prompt_ids: r.promptTokens,
-          ids: r.tokens,
-          text: r.text,
-          finish_reason: r.finishReason,
-          usage: { prompt_tokens: r.promptTokens.length, completion_tokens: r.tokens.length },
-          policy: { name: policy.name, budget: policy.budget.toString(), options: policy.options },
-          kv_stats: stream.sequence.stats(),
-          timings: {
-            time_to_first_token_s: r.timeToFirstToken,
-            time_per_output_token_s: r.timePerOutputToken,
-          },
-          ...(o.stats ? { steps } : {}),
-        })}\n`,
-      );
-    }
-  });
+      const model = await loadStepModel(o.model, o.assistant, o.threads, o);
+      const prompt = o.prompt ?? (await readStdin());
+      const stream = new Generator(model).submit(prompt, {
+        maxTokens: o.maxTokens,
+        temperature: o.greedy ? 0 : o.temperature,
+        topK: o.topK,
+        topP: o.topP,
+        seed: o.seed,
+        stop: o.stop,
+        stopTokens: o.stopToken?.map(Number),
+        policy,
+      });
+      const steps: (KvStats & { policyClasses?: Record<string, number> })[] = [];
+      // On one terminal, stats printed as they come would cut into the text: hold them until
+      // the text is done. Piped apart, they stream to stderr, one line each.
+      const holdStats = !o.json && !!process.stdout.isTTY && !!process.stderr.isTTY;
+      const t0 = performance.now();
+      for await (const ev of stream) {
+        if (!o.json) process.stdout.write(ev.text);
+        if (o.stats && ev.token >= 0) {
+          const st = { ...stream.sequence.stats(), policyClasses: policy.classCounts?.(stream.sequence) };
+          steps.push(st);
+          if (!o.json && !holdStats) process.stderr.write(`${formatStats(steps.length, st)}\n`);
+        }
+      }
+      if (!o.json) process.stdout.write("\n");
+      const r = await stream.result;
+      if (r.error) throw r.error;
+      if (o.stats && !o.json) {
+        if (holdStats)
+          for (const [i, st] of steps.entries()) process.stderr.write(`${formatStats(i + 1, st)}\n`);
+        process.stderr.write(
+          `${formatSummary(steps, { tokens: r.tokens.length, seconds: (performance.now() - t0) / 1000, ttft: r.timeToFirstToken, policy: `${policy.name}@${policy.budget}`, warmup: policy.warmupTokens, promptTokens: r.promptTokens.length })}\n`,
+        );
+      }
+      if (o.json) {
+        process.stdout.write(
+          `${JSON.stringify({
+            model: model.name,
+            assistant: o.assistant ?? null,
+            prompt,
+            prompt_ids: r.promptTokens,
+            ids: r.tokens,
+            text: r.text,
+            finish_reason: r.finishReason,
+            usage: { prompt_tokens: r.promptTokens.length, completion_tokens: r.tokens.length },
+            policy: { name: policy.name, budget: policy.budget.toString(), options: policy.options },
+            kv_stats: stream.sequence.stats(),
+            timings: {
+              time_to_first_token_s: r.timeToFirstToken,
+              time_per_output_token_s: r.timePerOutputToken,
+            },
+            ...(o.stats ? { steps } : {}),
+          })}\n`,
+        );
+      }
+    },
+  );
 }

@@ -1,7 +1,14 @@
 import { readFileSync } from "node:fs";
 import { logSoftmax, Model, resolveModelDir } from "@smallkv/runner";
 import type { Command } from "commander";
-import { addWeightOptions, intArg, readStdin, type WeightCliOptions } from "../options.js";
+import {
+  addKvOption,
+  addWeightOptions,
+  intArg,
+  type KvCliOptions,
+  readStdin,
+  type WeightCliOptions,
+} from "../options.js";
 
 export function registerScore(program: Command): void {
   const cmd = program
@@ -12,14 +19,22 @@ export function registerScore(program: Command): void {
     .option("--file <path>", "read the text from a file")
     .option("--json", "print JSON")
     .option("--threads <n>", "CPU threads", intArg("--threads", 1));
-  addWeightOptions(cmd, false).action(
+  addKvOption(addWeightOptions(cmd, false)).action(
     async (
-      o: { model: string; text?: string; file?: string; json?: boolean; threads?: number } & WeightCliOptions,
+      o: {
+        model: string;
+        text?: string;
+        file?: string;
+        json?: boolean;
+        threads?: number;
+      } & WeightCliOptions &
+        KvCliOptions,
     ) => {
       const model = await Model.load(resolveModelDir(o.model), {
         threads: o.threads,
         weights: o.weights,
         groupSize: o.groupSize,
+        kvCold: o.kvCold,
       });
       const text = o.text ?? (o.file ? readFileSync(o.file, "utf8") : await readStdin());
       const ids = model.tokenizer.encode(text);

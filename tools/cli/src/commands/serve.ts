@@ -5,14 +5,16 @@ import { createServer, playground } from "@smallkv/server";
 import type { Command } from "commander";
 import {
   addDeviceOptions,
+  addKvOption,
   addWeightOptions,
   collect,
   type DeviceCliOptions,
   intArg,
+  type KvCliOptions,
   type WeightCliOptions,
 } from "../options.js";
 
-interface ServeCli extends DeviceCliOptions, WeightCliOptions {
+interface ServeCli extends DeviceCliOptions, WeightCliOptions, KvCliOptions {
   model: string;
   assistant?: string;
   policy: string;
@@ -86,7 +88,7 @@ export function registerServe(program: Command): void {
       "allow a non-loopback --host without an API key (anyone who can reach the port may use the model)",
     )
     .option("--quiet", "no request logs");
-  addWeightOptions(addDeviceOptions(cmd)).action(async (o: ServeCli) => {
+  addKvOption(addWeightOptions(addDeviceOptions(cmd))).action(async (o: ServeCli) => {
     const apiKey = o.apiKey ?? process.env.SMALLKV_API_KEY;
     if (!LOOPBACK.has(o.host) && !apiKey && !o.allowUnauthenticated)
       throw new Error(
@@ -102,6 +104,7 @@ export function registerServe(program: Command): void {
       dtype: o.dtype,
       weights: o.weights,
       groupSize: o.groupSize,
+      kvCold: o.kvCold,
     });
     const assistant = o.assistant
       ? await Model.load(resolveModelDir(o.assistant), {
@@ -110,6 +113,7 @@ export function registerServe(program: Command): void {
           dtype: o.dtype,
           weights: o.assistantWeights ?? o.weights,
           groupSize: o.groupSize,
+          kvCold: o.kvCold,
         })
       : undefined;
     const needsAssistant = o.policy ? (await resolvePolicy(o.policy)).usesAssistant : false;
