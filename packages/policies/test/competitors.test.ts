@@ -13,7 +13,14 @@ describe("Quest", () => {
     for (let p = 0; p < 12; p++) k.set(p >= 4 && p < 8 ? [1, 0] : [-1, p % 2], p * 2);
     const seq = {
       config,
-      kv: { k: [k, k, k], cap, base: [0, 0, 0], capOf: () => cap },
+      kv: {
+        k: [k, k, k],
+        cap,
+        base: [0, 0, 0],
+        capOf: () => cap,
+        keyRows: (_l: number, g: number, from: number, to: number) =>
+          k.subarray((g * cap + from) * 2, (g * cap + to) * 2),
+      },
     } as unknown as Sequence;
     const p = quest.create({ budget: 5, options: { pageSize: 4 } });
     const query = Float32Array.from([1, 0, 1, 0]); // T = 1, 2 query heads
