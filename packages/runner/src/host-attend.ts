@@ -15,14 +15,12 @@ export interface PlannedAttention {
   finish(result: AttentionResult): void;
 }
 
-/** Plan the attention of `seq` at `layer` for its T new rows q/k/v (already written to its store). */
+/** Plan the attention of `seq` at `layer` for its T new query rows (their K/V already in its store). */
 export function planHostAttention(
   seq: Sequence,
   layer: number,
   T: number,
   q: Float32Array,
-  k: Float32Array,
-  v: Float32Array,
   out: Float32Array,
 ): PlannedAttention {
   const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = seq.config;

@@ -1,5 +1,3 @@
-import { kvGather } from "@smallkv/tensor";
-
 /**
  * The hot working set of one layer: what attention reads, separate from the cold full
  * store. Per kv head, rows in slot order with a position <-> slot map. Applying a new

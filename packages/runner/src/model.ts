@@ -281,17 +281,7 @@ export class Model {
       for (const { seq, tokens } of inputs) {
         const T = tokens.length;
         const rows = (a: Float32Array, w: number) => a.subarray(row * w, (row + T) * w);
-        plans.push(
-          planHostAttention(
-            seq,
-            l,
-            T,
-            rows(q, Hq * D),
-            rows(k, Hkv * D),
-            rows(v, Hkv * D),
-            rows(attn, Hq * D),
-          ),
-        );
+        plans.push(planHostAttention(seq, l, T, rows(q, Hq * D), rows(attn, Hq * D)));
         row += T;
       }
       const tk = performance.now();

@@ -84,8 +84,10 @@ inline void attend_group(const float* const* qr, int G, const float* kh, const f
   }
 }
 
-// Adds the V-only contribution of one (head, query row) to its output row.
-inline void add_vonly(float* o, const float* vh, const int32_t* slots, int n, const float* w, int D, int mode) {
+// Adds the V-only contribution of one (head, query row) to its output row: n rows, row j's
+// weight w[j] times the value row that `row(j)` gives (pointer and scale).
+template <typename Row>
+inline void add_vonly_rows(float* o, int n, const float* w, int D, int mode, Row row) {
   if (n == 0 && mode == 0) return;
   float mass = 0.f;
   for (int j = 0; j < n; ++j) mass += w[j];
@@ -94,12 +96,16 @@ inline void add_vonly(float* o, const float* vh, const int32_t* slots, int n, co
 #pragma omp simd
     for (int d = 0; d < D; ++d) o[d] *= keep;
   }
-  for (int j = 0; j < n; ++j) {
-    const float p = w[j];
+  for (int j = 0; j < n; ++j) row(j, w[j], o);
+}
+
+// Float value rows: row j of vh, or row slots[j].
+inline void add_vonly(float* o, const float* vh, const int32_t* slots, int n, const float* w, int D, int mode) {
+  add_vonly_rows(o, n, w, D, mode, [=](int j, float p, float* out) {
     const float* vr = vh + static_cast<int64_t>(slots ? slots[j] : j) * D;
 #pragma omp simd
-    for (int d = 0; d < D; ++d) o[d] += p * vr[d];
-  }
+    for (int d = 0; d < D; ++d) out[d] += p * vr[d];
+  });
 }
 
 // attend_group over an int8 store: row r of K is kh[r*D ..] * ksh[r] (a scale per token and
@@ -139,24 +145,16 @@ inline void attend_group_q8(const float* const* qr, int G, const int8_t* kh, con
   }
 }
 
-// add_vonly over int8 rows of the store (indexed).
+// add_vonly over int8 rows of the store (indexed): row slots[j] times its scale.
 inline void add_vonly_q8(float* o, const int8_t* vh, const float* vsh, const int32_t* slots, int n, const float* w,
                          int D, int mode) {
-  if (n == 0 && mode == 0) return;
-  float mass = 0.f;
-  for (int j = 0; j < n; ++j) mass += w[j];
-  if (mode == 1) {
-    const float keep = 1.f - mass;
-#pragma omp simd
-    for (int d = 0; d < D; ++d) o[d] *= keep;
-  }
-  for (int j = 0; j < n; ++j) {
+  add_vonly_rows(o, n, w, D, mode, [=](int j, float p, float* out) {
     const int r = slots[j];
-    const float p = w[j] * vsh[r];
+    const float f = p * vsh[r];
     const int8_t* vr = vh + static_cast<int64_t>(r) * D;
 #pragma omp simd
-    for (int d = 0; d < D; ++d) o[d] += p * static_cast<float>(vr[d]);
-  }
+    for (int d = 0; d < D; ++d) out[d] += f * static_cast<float>(vr[d]);
+  });
 }
 
 // Below this many multiply-adds a call runs on the calling thread: waking the team costs

@@ -131,6 +131,36 @@ export interface IndexedAttentionArgs {
   vOnly?: { idx: Int32Array; off: Int32Array; weights: Float32Array; mode: "literal" | "mass" };
 }
 
+/** The output buffers of an attention call, checked (probs/scores as asked). */
+function attentionOutputs(
+  op: string,
+  a: { out?: Float32Array; probs?: boolean | Float32Array; scores?: Float32Array },
+  T: number,
+  Hq: number,
+  D: number,
+  Lmax: number,
+): { out: Float32Array; probs: Float32Array | undefined; scores: Float32Array | null } {
+  const out = a.out ? expectF32(op, "out", a.out, T * Hq * D) : new Float32Array(T * Hq * D);
+  let probs: Float32Array | undefined;
+  if (a.probs instanceof Float32Array) probs = expectF32(op, "probs", a.probs, Hq * T * Lmax);
+  else if (a.probs === true) probs = new Float32Array(Hq * T * Lmax);
+  const scores = a.scores ? expectF32(op, "scores", a.scores, Hq * Lmax) : null;
+  return { out, probs, scores };
+}
+
+/** Checks the store arguments (float k/v, or an int8 store); returns the int8 native arguments. */
+function storeArgs(
+  op: string,
+  a: { k: unknown; v: unknown; int8?: Int8Store },
+  Hkv: number,
+  cap: number,
+  D: number,
+) {
+  expectF32(op, "k", a.k, a.int8 ? 0 : Hkv * cap * D);
+  expectF32(op, "v", a.v, a.int8 ? 0 : Hkv * cap * D);
+  return int8Args(op, a.int8, Hkv, cap, D);
+}
+
 /** Checks an int8 store of Hkv heads x cap rows; returns its native arguments (null: a float store). */
 function int8Args(op: string, q: Int8Store | undefined, Hkv: number, cap: number, D: number): unknown[] {
   if (!q) return [null, null, null, null];
@@ -193,14 +223,8 @@ function indexedCall(a: IndexedAttentionArgs, op: string): { args: unknown[]; re
   const past = listCounts(op, "idx", a.idx, a.off, lists, newAt);
   const Lmax = Math.max(...past) + T;
   expectF32(op, "q", a.q, T * Hq * D);
-  expectF32(op, "k", a.k, a.int8 ? 0 : Hkv * cap * D);
-  expectF32(op, "v", a.v, a.int8 ? 0 : Hkv * cap * D);
-  const q8 = int8Args(op, a.int8, Hkv, cap, D);
-  const out = a.out ? expectF32(op, "out", a.out, T * Hq * D) : new Float32Array(T * Hq * D);
-  let probs: Float32Array | undefined;
-  if (a.probs instanceof Float32Array) probs = expectF32(op, "probs", a.probs, Hq * T * Lmax);
-  else if (a.probs === true) probs = new Float32Array(Hq * T * Lmax);
-  const scores = a.scores ? expectF32(op, "scores", a.scores, Hq * Lmax) : null;
+  const q8 = storeArgs(op, a, Hkv, cap, D);
+  const { out, probs, scores } = attentionOutputs(op, a, T, Hq, D, Lmax);
   const vo = a.vOnly;
   let nV: Int32Array | null = null;
   if (vo) {
@@ -267,16 +291,10 @@ function attentionCall(a: AttentionArgs, op: string): { args: unknown[]; result:
   }
   const Lmax = maxPast + T;
   expectF32(op, "q", a.q, T * Hq * D);
-  expectF32(op, "k", a.k, a.int8 ? 0 : Hkv * cap * D);
-  expectF32(op, "v", a.v, a.int8 ? 0 : Hkv * cap * D);
-  const q8 = int8Args(op, a.int8, Hkv, cap, D);
+  const q8 = storeArgs(op, a, Hkv, cap, D);
   if (a.int8 && a.vOnly)
     throw new TensorShapeError(op, "V-only rows with an int8 store go through indexedAttention");
-  const out = a.out ? expectF32(op, "out", a.out, T * Hq * D) : new Float32Array(T * Hq * D);
-  let probs: Float32Array | undefined;
-  if (a.probs instanceof Float32Array) probs = expectF32(op, "probs", a.probs, Hq * T * Lmax);
-  else if (a.probs === true) probs = new Float32Array(Hq * T * Lmax);
-  const scores = a.scores ? expectF32(op, "scores", a.scores, Hq * Lmax) : null;
+  const { out, probs, scores } = attentionOutputs(op, a, T, Hq, D, Lmax);
   const scale = a.scale ?? 1 / Math.sqrt(D);
   const scoreStart = expectDim(op, "scoreStart", a.scoreStart ?? 0);
   const vo = a.vOnly;

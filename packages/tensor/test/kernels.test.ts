@@ -505,7 +505,7 @@ describe("indexedAttention", () => {
       const q = randn(c.T * Hq * c.D, r, 0.5);
       const pick = (i: number, share: number) =>
         Int32Array.from({ length: c.n }, (_, p) => p).filter(
-          (p) => r() < share && !(c.name === "an empty list" && i === 1),
+          () => r() < share && !(c.name === "an empty list" && i === 1),
         );
       const build = (share: number, avoid?: Int32Array[]) => {
         const ls = Array.from({ length: lists }, (_, i) =>

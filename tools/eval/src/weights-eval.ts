@@ -1,11 +1,11 @@
 import { readFileSync } from "node:fs";
-import { logSoftmax, Model, resolveModelDir, type WeightType } from "@smallkv/runner";
+import { type KvStoreType, logSoftmax, Model, resolveModelDir, type WeightType } from "@smallkv/runner";
 import { splitDocuments } from "./documents.js";
 
 export interface WeightsEvalOptions {
   model: string;
-  /** Quantized variants to compare with f32: [weights, groupSize?]. */
-  variants: { weights: WeightType; groupSize?: number }[];
+  /** Variants to compare with f32 weights and an f32 KV store: weights, group size, KV store. */
+  variants: { weights: WeightType; groupSize?: number; kvCold?: KvStoreType }[];
   textFile: string;
   documents?: number;
   /** Tokens per document (from its start). */
@@ -17,6 +17,8 @@ export interface WeightsEvalRow {
   model: string;
   weights: string;
   groupSize: number | null;
+  /** How the KV cache was stored (f32, or int8 with a scale per token and head). */
+  kvCold: KvStoreType;
   weightBytes: number;
   perplexity: number;
   /** Perplexity over the f32 model's, minus 1 (0.01 = 1% worse). */
@@ -29,7 +31,7 @@ export interface WeightsEvalRow {
 }
 
 /**
- * Quality of quantized weights against the f32 model on real text: teacher-forced perplexity,
+ * Quality of quantized weights (or of an int8 KV store) against the f32 model on real text: teacher-forced perplexity,
  * KL of the next-token distributions and top-1 agreement, position by position.
  */
 export async function runWeightsEval(o: WeightsEvalOptions): Promise<WeightsEvalRow[]> {
@@ -37,7 +39,7 @@ export async function runWeightsEval(o: WeightsEvalOptions): Promise<WeightsEval
   const ref = await Model.load(dir, { threads: o.threads });
   const models = await Promise.all(
     o.variants.map((v) =>
-      Model.load(dir, { threads: o.threads, weights: v.weights, groupSize: v.groupSize }),
+      Model.load(dir, { threads: o.threads, weights: v.weights, groupSize: v.groupSize, kvCold: v.kvCold }),
     ),
   );
   const docs = splitDocuments(readFileSync(o.textFile, "utf8"))
@@ -84,6 +86,7 @@ export async function runWeightsEval(o: WeightsEvalOptions): Promise<WeightsEval
       model: name,
       weights: "f32",
       groupSize: null,
+      kvCold: "f32",
       weightBytes: ref.weightBytes,
       perplexity: pplRef,
       pplIncrease: 0,
@@ -96,7 +99,9 @@ export async function runWeightsEval(o: WeightsEvalOptions): Promise<WeightsEval
       return {
         model: name,
         weights: m.weightType,
-        groupSize: o.variants[k].groupSize ?? (m.weightType === "int4" ? 32 : 64),
+        groupSize:
+          m.weightType === "f32" ? null : (o.variants[k].groupSize ?? (m.weightType === "int4" ? 32 : 64)),
+        kvCold: m.kvCold,
         weightBytes: m.weightBytes,
         perplexity: ppl,
         pplIncrease: ppl / pplRef - 1,

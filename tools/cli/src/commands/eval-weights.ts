@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { runWeightsEval, table, writeJson } from "@smallkv/eval";
-import { assetsDir, type WeightType } from "@smallkv/runner";
+import { assetsDir, type KvStoreType, type WeightType } from "@smallkv/runner";
 import type { Command } from "commander";
 import { intArg } from "../options.js";
 
@@ -10,7 +10,11 @@ export function registerEvalWeights(program: Command): void {
     .command("eval-weights")
     .description("quality of int8/int4 weights against f32: perplexity, KL and top-1 agreement on real text")
     .option("--models <list>", "models", "stories260K,stories260K-slm-a,stories260K-slm,stories260K-slm-l")
-    .option("--variants <list>", "weights[:groupSize] to compare with f32", "int8,int4")
+    .option(
+      "--variants <list>",
+      "weights[:groupSize][@kv] to compare with f32 weights and KV (f32@int8: an int8 KV store)",
+      "int8,int4,f32@int8",
+    )
     .option("--text <file>", "evaluation text", join(assetsDir(), "data", "tinystories-valid.txt"))
     .option("--documents <n>", "documents", intArg("--documents", 1), 24)
     .option("--tokens <n>", "tokens per document", intArg("--tokens", 2), 256)
@@ -27,8 +31,13 @@ export function registerEvalWeights(program: Command): void {
         out: string;
       }) => {
         const variants = o.variants.split(",").map((v) => {
-          const [weights, g] = v.split(":");
-          return { weights: weights as WeightType, groupSize: g ? Number(g) : undefined };
+          const [w, kv] = v.split("@");
+          const [weights, g] = w.split(":");
+          return {
+            weights: weights as WeightType,
+            groupSize: g ? Number(g) : undefined,
+            kvCold: (kv ?? "f32") as KvStoreType,
+          };
         });
         const rows = [];
         for (const model of o.models.split(","))
@@ -48,6 +57,7 @@ export function registerEvalWeights(program: Command): void {
               "model",
               "weights",
               "group",
+              "KV",
               "weights KiB",
               "perplexity",
               "vs f32",
@@ -59,6 +69,7 @@ export function registerEvalWeights(program: Command): void {
               r.model,
               r.weights,
               r.groupSize ?? "-",
+              r.kvCold,
               (r.weightBytes / 1024).toFixed(0),
               r.perplexity,
               `${(r.pplIncrease * 100).toFixed(2)}%`,
