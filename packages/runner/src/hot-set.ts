@@ -14,6 +14,8 @@ export abstract class HotSlots<P> {
   private slotOf: Int32Array[];
   /** Rows moved from the cold store since creation. */
   moved = 0;
+  /** Whether the planes hold the rows (false: attention reads them from the cold store in place). */
+  protected readonly holdsRows: boolean = true;
 
   constructor(
     protected readonly Hkv: number,
@@ -96,7 +98,8 @@ export abstract class HotSlots<P> {
     }
     this.endCopies();
     const total = add.reduce((a, x) => a + x.length, 0);
-    if (total > 0) {
+    // A hot set without rows of its own (the CPU's) only records where the new rows sit.
+    if (total > 0 && this.holdsRows) {
       const idx = new Int32Array(total);
       const off = new Int32Array(Hkv + 1);
       const start = new Int32Array(Hkv);
@@ -106,15 +109,15 @@ export abstract class HotSlots<P> {
         start[g] = this.count[g];
       }
       this.gather(cold, ccap, idx, off, start);
-      for (let g = 0; g < Hkv; g++) {
-        for (const p of add[g]) {
-          const s = this.count[g]++;
-          this.pos[g][s] = p;
-          this.slotOf[g][p] = s + 1;
-        }
-      }
-      this.moved += total;
     }
+    for (let g = 0; g < Hkv; g++) {
+      for (const p of add[g]) {
+        const s = this.count[g]++;
+        this.pos[g][s] = p;
+        this.slotOf[g][p] = s + 1;
+      }
+    }
+    this.moved += total;
   }
 
   /** Append T new rows src[plane][T][srcHeads][D] at positions start.. to every hot head. */
@@ -193,6 +196,7 @@ export abstract class HotSlots<P> {
  * straight from the cold store through `lists` (no copy, no second resident KV).
  */
 export class IndexedRows extends HotSlots<Float32Array> {
+  protected override readonly holdsRows = false;
   protected resizePlanes(): void {}
   protected copySlot(): void {}
   protected gather(): void {}

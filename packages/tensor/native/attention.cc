@@ -280,17 +280,4 @@ void attention_batch_f32(AttentionJob* jobs, int n) {
   }
 }
 
-void mixed_attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past, int Hq,
-                         int Hkv, int D, float scale, const float* vo, int vcap, const int32_t* nV, const float* w,
-                         int mode, float* out, float* probs, float* scores, int scoreStart, int window) {
-  AttentionJob a{q, k, v, cap, T, past, Hq, Hkv, D, scale, vo, vcap, nV, w, mode, out, probs, scores, scoreStart, window};
-  attention_batch_f32(&a, 1);
-}
-
-void attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past, int Hq,
-                   int Hkv, int D, float scale, float* out, float* probs, float* scores, int scoreStart, int window) {
-  mixed_attention_f32(q, k, v, cap, T, past, Hq, Hkv, D, scale, nullptr, 0, nullptr, nullptr, 0, out, probs, scores,
-                      scoreStart, window);
-}
-
 }  // namespace skv

@@ -20,10 +20,7 @@ void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta, c
 //   scores (optional) [Hq][Lmax], += column sums of the probabilities of query rows
 //          t >= scoreStart (fused H2O/SnapKV-style accumulation: no materialised matrix)
 // window > 0: query t sees only its last `window` keys, [max(0, past+t+1-window), past+t] (sliding window).
-void attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past,
-                   int Hq, int Hkv, int D, float scale, float* out, float* probs, float* scores, int scoreStart,
-                   int window = 0);
-
+//
 // The mixed step shared by SmallKV and PoD: exact attention as above over the K+V rows,
 // plus V-only rows whose attention weights come from elsewhere (the small model, or the
 // first layer of a PoD block):
@@ -31,12 +28,8 @@ void attention_f32(const float* q, const float* k, const float* v, int cap, int 
 //   w[Hq][T][vmax]     their weights per query head and query row (vmax = max nV)
 //   mode 0 "literal":  o = O_exact + sum_k w_k v_k
 //   mode 1 "mass":     o = (1 - sum_k w_k) O_exact + sum_k w_k v_k
-void mixed_attention_f32(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past,
-                         int Hq, int Hkv, int D, float scale, const float* vo, int vcap, const int32_t* nV,
-                         const float* w, int mode, float* out, float* probs, float* scores, int scoreStart,
-                         int window = 0);
 
-// One attention of a batch: the arguments of mixed_attention_f32 (vo = nullptr: none).
+// One attention as described above (vo = nullptr: no V-only rows); the unit of attention_batch_f32.
 struct AttentionJob {
   const float* q;
   const float* k;
@@ -76,7 +69,7 @@ struct AttentionJob {
 };
 
 // Several independent attentions (e.g. every sequence of a batch at one layer) in one
-// parallel region. Each job is exactly mixed_attention_f32 of its arguments.
+// parallel region. Each job's result is what it would be alone.
 void attention_batch_f32(AttentionJob* jobs, int n);
 
 // Write T rows src[T][Hkv][D] into store[Hkv][cap][D] at slots dst[T].

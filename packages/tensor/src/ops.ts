@@ -370,6 +370,27 @@ export function mixedAttention(a: AttentionArgs & { vOnly: VOnlyRows }): Attenti
   return attention(a);
 }
 
+/** Checks the shared arguments of a KV write (dims, source rows, destination slots); returns T. */
+function kvWriteRows(
+  op: string,
+  cap: number,
+  Hkv: number,
+  D: number,
+  src: Float32Array,
+  dst: Int32Array,
+): number {
+  expectDim(op, "cap", cap);
+  expectDim(op, "Hkv", Hkv, 1);
+  expectDim(op, "D", D, 1);
+  const T = dst.length;
+  expectI32(op, "dst", dst, T);
+  expectF32(op, "src", src, T * Hkv * D);
+  for (let t = 0; t < T; t++)
+    if (dst[t] < 0 || dst[t] >= cap)
+      throw new TensorShapeError(op, `dst[${t}] = ${dst[t]} is outside [0, ${cap})`);
+  return T;
+}
+
 /** Write rows src[T][Hkv][D] into an int8 store at slots dst[T]: each row scaled by max|x| / 127. */
 export function kvWriteQ8(
   store: Int8Array,
@@ -381,18 +402,10 @@ export function kvWriteQ8(
   dst: Int32Array,
 ): void {
   const op = "kvWriteQ8";
-  expectDim(op, "cap", cap);
-  expectDim(op, "Hkv", Hkv, 1);
-  expectDim(op, "D", D, 1);
-  const T = dst.length;
+  const T = kvWriteRows(op, cap, Hkv, D, src, dst);
   if (!(store instanceof Int8Array) || store.length < Hkv * cap * D)
     throw new TensorShapeError(op, `store must be an Int8Array of at least Hkv*cap*D = ${Hkv * cap * D}`);
   expectF32(op, "scales", scales, Hkv * cap);
-  expectF32(op, "src", src, T * Hkv * D);
-  expectI32(op, "dst", dst, T);
-  for (let t = 0; t < T; t++)
-    if (dst[t] < 0 || dst[t] >= cap)
-      throw new TensorShapeError(op, `dst[${t}] = ${dst[t]} is outside [0, ${cap})`);
   native.kvWriteQ8(store, scales, cap, Hkv, D, src, T, dst);
 }
 
@@ -406,17 +419,8 @@ export function kvWrite(
   dst: Int32Array,
 ): void {
   const op = "kvWrite";
-  expectDim(op, "cap", cap);
-  expectDim(op, "Hkv", Hkv, 1);
-  expectDim(op, "D", D, 1);
-  const T = dst.length;
-  expectI32(op, "dst", dst, T);
+  const T = kvWriteRows(op, cap, Hkv, D, src, dst);
   expectF32(op, "store", store, Hkv * cap * D);
-  expectF32(op, "src", src, T * Hkv * D);
-  for (let t = 0; t < T; t++) {
-    if (dst[t] < 0 || dst[t] >= cap)
-      throw new TensorShapeError(op, `dst[${t}] = ${dst[t]} is outside [0, ${cap})`);
-  }
   native.kvWrite(store, cap, Hkv, D, src, T, dst);
 }
 

@@ -45,7 +45,7 @@ int skv_k_rope(float* x, const int32_t* pos, int T, int H, int D, float theta, c
 int skv_k_silu_gate(float* out, const float* gate, const float* up, int64_t n, int stream);
 // y[i] += x[i]
 int skv_k_add(float* y, const float* x, int64_t n, int stream);
-// Mixed causal GQA attention with the semantics of the CPU mixed_attention_f32 (kernels.h);
+// Mixed causal GQA attention with the semantics of the CPU AttentionJob (kernels.h);
 // `past` and `nV` are device arrays, `probs`/`scores`/`vo` may be null.
 int skv_k_attention(const float* q, const float* k, const float* v, int cap, int T, const int32_t* past,
                     int maxPast, int Hq, int Hkv, int D, float scale, const float* vo, int vcap,
