@@ -37,6 +37,8 @@ export function scorerPolicy<O extends OptionSchema = Record<string, never>>(
   const acc = def.accumulate ?? "none";
   return definePolicy<ScorerState, O>({
     name: def.name,
+    // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
+    verify: "layerwise",
     description: def.description,
     options: def.options,
     init: (seq) => ({

@@ -9,6 +9,7 @@ import type {
 } from "@smallkv/runner";
 import { Budget } from "./budget.js";
 import { PolicyOptionError } from "./errors.js";
+import { copyState } from "./state-copy.js";
 
 export type OptionValue = string | number | boolean;
 /** A policy's named options, given by their defaults (which also fix their types). */
@@ -64,6 +65,19 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
   preload?(option: keyof O & string, path: string, models: PreloadModels): void;
   /** Per-sequence state, created at the sequence's first step. */
   init?(seq: Sequence, options: O): S;
+  /**
+   * A copy of the state that later steps cannot change (a rollback puts it back). Default: a
+   * deep copy of arrays, typed arrays, Maps, Sets and objects (models and sequences shared).
+   */
+  copyState?(state: S): S;
+  /** `prepare` has nothing to do for the steps at ctx.step's positions (see KvPolicyHook.prepareIdle). Default: false. */
+  prepareIdle?(ctx: PolicyContext<S, O>): boolean;
+  /**
+   * How a speculative verify step may run (KvPolicyHook.verify): "layerwise" when each
+   * layer's choices depend only on its own past and earlier layers of the same step; default
+   * "rows" (always exact, no batching of the verify rows' dense work).
+   */
+  readonly verify?: "layerwise" | "rows";
   /** Relative budget of a layer (default 1 everywhere); normalised so that the mean over layers is 1. */
   layerShare?(layer: number, numLayers: number, options: O): number;
   /** Async work before a step (e.g. running models); ctx.layer is -1. */
@@ -182,6 +196,7 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
       const options = parseOptions(def.name, defaults, given as Record<string, OptionValue>);
       def.validate?.(options, modelConfig);
       const states = new WeakMap<Sequence, S>();
+      const copyOf = (s: S): S => (def.copyState ? def.copyState(s) : copyState(s));
       const finalCounts = new WeakMap<Sequence, Record<string, number>>();
 
       let shares: number[] | null = null;
@@ -228,6 +243,15 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
           : def.warmupTokens
             ? def.warmupTokens(options)
             : 0,
+        verify: def.verify ?? "rows",
+        snapshot(seq) {
+          return states.has(seq) ? { state: copyOf(states.get(seq) as S) } : null;
+        },
+        restore(seq, snap) {
+          // A snapshot may be restored more than once: the state gets its own copy.
+          if (snap === null) states.delete(seq);
+          else states.set(seq, copyOf((snap as { state: S }).state));
+        },
         select(seq, layer, step) {
           const c = ctx(seq, layer, step);
           // The first step has no old tokens; a budget that covers every token is the full cache.
@@ -240,7 +264,10 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
           states.delete(seq);
         },
       };
-      if (def.prepare) hook.prepare = (seq, step) => def.prepare!(ctx(seq, 0, step));
+      if (def.prepare) {
+        hook.prepare = (seq, step) => def.prepare!(ctx(seq, 0, step));
+        hook.prepareIdle = (seq, step) => def.prepareIdle?.(ctx(seq, 0, step)) ?? false;
+      }
       if (def.describe) {
         hook.describe = (seq) => {
           const st = states.get(seq);

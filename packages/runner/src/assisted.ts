@@ -11,6 +11,12 @@ export interface StepModel {
   readonly tokenizer: TextTokenizer;
   newSequence(policy?: KvPolicyHook): Sequence;
   forward(inputs: StepInput[]): Promise<StepOutput[]>;
+  /** The model that drafts tokens for speculative decoding (an assistant), if any. */
+  readonly draftModel?: Model;
+  /** Roll sequences back to a length since their checkpoint (Model.rollback). */
+  rollback(items: { seq: Sequence; length: number }[]): void;
+  /** Close a sequence's checkpoint (Model.settle). */
+  settle(seq: Sequence): void;
 }
 
 /** Two models that cannot serve as a pair (different tokenizers or vocabularies). */
@@ -18,27 +24,65 @@ export class AssistantMismatchError extends Error {
   override readonly name = "AssistantMismatchError";
 }
 
+/** What the assistant shows the policy at one position: its attention rows and accumulated scores. */
+interface AssistantView {
+  rows: (Float32Array | null)[];
+  rowsT: number;
+  rowsN: number;
+  scores: Float64Array[][];
+  /** Tokens the assistant had processed (-1: its live sequence's length). */
+  length: number;
+}
+
 /**
  * The assistant's view for one LLM sequence: its own sequence (full KV cache), its current
  * attention rows and its accumulated attention, per SLM layer and query head.
+ *
+ * While it drafts ahead of the LLM (speculative decoding) it keeps its view after each drafted
+ * position: the LLM's verify rows each see it as of their own position (`viewAt`), exactly as
+ * one-token decoding would, and a rollback returns to any of them (`rollbackTo`).
  */
 export class AssistantState {
-  /** rows[layer]: the current step's attention rows [h][T][n] (n = tokens so far), or null. */
-  readonly rows: (Float32Array | null)[];
-  rowsT = 0;
-  rowsN = 0;
-  /** scores[layer][h]: accumulated attention (prefill column sums + every decode row) per position. */
-  readonly scores: Float64Array[][];
+  private readonly live: AssistantView;
+  private view: AssistantView;
+  /** Views by position while drafting (null otherwise). */
+  private drafted: Map<number, AssistantView> | null = null;
 
   constructor(
     readonly model: Model,
     readonly seq: Sequence,
   ) {
     const c = model.config;
-    this.rows = new Array(c.numLayers).fill(null);
-    this.scores = Array.from({ length: c.numLayers }, () =>
-      Array.from({ length: c.numHeads }, () => new Float64Array(64)),
-    );
+    this.live = {
+      rows: new Array(c.numLayers).fill(null),
+      rowsT: 0,
+      rowsN: 0,
+      length: -1,
+      scores: Array.from({ length: c.numLayers }, () =>
+        Array.from({ length: c.numHeads }, () => new Float64Array(64)),
+      ),
+    };
+    this.view = this.live;
+  }
+
+  /** rows[layer]: the current step's attention rows [h][T][n] (n = tokens so far), or null. */
+  get rows(): (Float32Array | null)[] {
+    return this.view.rows;
+  }
+  get rowsT(): number {
+    return this.view.rowsT;
+  }
+  get rowsN(): number {
+    return this.view.rowsN;
+  }
+  /** scores[layer][h]: accumulated attention (prefill column sums + every decode row) per position. */
+  get scores(): Float64Array[][] {
+    return this.view.scores;
+  }
+
+  /** Tokens the assistant has processed, as of the view shown. */
+  get length(): number {
+    return this.view.length < 0 ? this.seq.length : this.view.length;
   }
 
   /** Current attention row of SLM head h of `layer` for query row t (length rowsN). */
@@ -53,10 +97,48 @@ export class AssistantState {
     return this.scores[layer][h].subarray(0, n);
   }
 
+  /** Start keeping the view after each position the assistant processes from now on. */
+  beginDraft(): void {
+    this.drafted = new Map();
+  }
+
+  /** Stop keeping views (the draft round is over) and show the live state. */
+  endDraft(): void {
+    this.drafted = null;
+    this.view = this.live;
+  }
+
+  /** Show the view as of `position` (after the assistant processed it), or the live one (null). */
+  viewAt(position: number | null): void {
+    this.view = (position !== null && this.drafted?.get(position)) || this.live;
+  }
+
+  /**
+   * Cut the assistant back to its first n tokens: its sequence, and rows and scores as they
+   * were after position n − 1 (which it must have drafted this round).
+   */
+  rollbackTo(n: number): void {
+    if (n === this.seq.length) return;
+    const v = this.drafted?.get(n - 1);
+    if (!v) throw new Error(`the assistant kept no view at position ${n - 1} to roll back to`);
+    const live = this.live;
+    live.rows = v.rows.slice();
+    live.rowsT = v.rowsT;
+    live.rowsN = v.rowsN;
+    v.scores.forEach((layer, l) =>
+      layer.forEach((x, h) => {
+        if (live.scores[l][h].length < x.length) live.scores[l][h] = new Float64Array(x.length * 2);
+        live.scores[l][h].set(x);
+      }),
+    );
+    this.seq.truncateTo(n);
+  }
+
   observe(o: AttentionObservation): void {
     const H = this.model.config.numHeads;
     const n = o.start + o.T;
-    const acc = this.scores[o.layer];
+    const live = this.live;
+    const acc = live.scores[o.layer];
     for (let h = 0; h < H; h++) {
       if (acc[h].length < n) {
         const next = new Float64Array(Math.max(n, acc[h].length * 2));
@@ -65,9 +147,9 @@ export class AssistantState {
       }
     }
     if (o.probs) {
-      this.rows[o.layer] = o.probs;
-      this.rowsT = o.T;
-      this.rowsN = o.Lmax;
+      live.rows[o.layer] = o.probs;
+      live.rowsT = o.T;
+      live.rowsN = o.Lmax;
       for (let h = 0; h < H; h++) {
         for (let t = 0; t < o.T; t++) {
           const base = (h * o.T + t) * o.Lmax;
@@ -75,8 +157,21 @@ export class AssistantState {
         }
       }
     } else if (o.scores) {
-      this.rows[o.layer] = null;
+      live.rows[o.layer] = null;
       for (let h = 0; h < H; h++) for (let j = 0; j < o.Lmax; j++) acc[h][j] += o.scores[h * o.Lmax + j];
+    }
+    if (this.drafted) {
+      const pos = n - 1;
+      let v = this.drafted.get(pos);
+      if (!v) {
+        const L = this.model.config.numLayers;
+        v = { rows: new Array(L).fill(null), rowsT: 0, rowsN: 0, length: n, scores: new Array(L).fill([]) };
+        this.drafted.set(pos, v);
+      }
+      v.rows[o.layer] = live.rows[o.layer];
+      v.rowsT = live.rowsT;
+      v.rowsN = live.rowsN;
+      v.scores[o.layer] = acc.map((a) => a.slice(0, n));
     }
   }
 }
@@ -128,6 +223,19 @@ export class AssistedModel implements StepModel {
     return this.llm.tokenizer;
   }
 
+  /** The model that drafts for speculative decoding: the assistant. */
+  get draftModel(): Model {
+    return this.slm;
+  }
+
+  rollback(items: { seq: Sequence; length: number }[]): void {
+    this.llm.rollback(items);
+  }
+
+  settle(seq: Sequence): void {
+    this.llm.settle(seq);
+  }
+
   newSequence(policy?: KvPolicyHook): Sequence {
     // Sequences whose policy ignores the assistant cost nothing extra.
     if (!policy?.usesAssistant) return this.llm.newSequence(policy);
@@ -156,7 +264,8 @@ export class AssistedModel implements StepModel {
         throw new ContextLengthError(seq.length + tokens.length, this.config.maxPositions);
     }
     const t0 = performance.now();
-    const assisted = inputs.filter(({ seq }) => seq.assistant);
+    // A verify step's tokens were drafted by the assistant itself: it has seen them already.
+    const assisted = inputs.filter(({ seq, drafted }) => seq.assistant && !drafted);
     if (assisted.length) {
       await this.slm.forward(
         assisted.map(({ seq, tokens }) => ({ seq: seq.assistant!.seq, tokens, logits: "none" as const })),

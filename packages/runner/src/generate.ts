@@ -2,7 +2,15 @@ import type { StepModel } from "./assisted.js";
 import { ContextLengthError, InvalidOptionError } from "./errors.js";
 import type { KvPolicyHook } from "./policy-hook.js";
 import { logSoftmax, Sampler, type SamplingOptions } from "./sampler.js";
-import type { Sequence } from "./sequence.js";
+import { policyHasState, type Sequence } from "./sequence.js";
+import {
+  checkSpeculative,
+  DraftTuner,
+  type SpeculativeOptions,
+  type SpeculativeStats,
+  speculativeStats,
+  verifyDraft,
+} from "./speculative.js";
 import { TextStream } from "./text-stream.js";
 
 export interface GenerateOptions extends SamplingOptions {
@@ -25,6 +33,13 @@ export interface GenerateOptions extends SamplingOptions {
    * state that produced it; the return value travels with the event as `trace`.
    */
   inspect?: (seq: Sequence, token: number) => unknown;
+  /**
+   * Speculative decoding: the assistant (the generator's model must have one) drafts k tokens
+   * per round and the LLM verifies them in one step. Greedy output is identical to plain
+   * decoding; sampled output follows the same distribution (with a fixed k, the same seed
+   * gives the same text).
+   */
+  speculative?: SpeculativeOptions;
 }
 
 export interface TokenEvent {
@@ -60,6 +75,8 @@ export interface GenerationResult {
   timeToFirstToken: number;
   timePerOutputToken: number;
   error?: Error;
+  /** Acceptance of the drafts, when the request used speculative decoding. */
+  speculative?: SpeculativeStats;
 }
 
 /** A request in flight: async-iterate it for tokens, or await `result`. */
@@ -91,9 +108,30 @@ interface Active {
   firstAt: number;
   deadline: number;
   resolve: (r: GenerationResult) => void;
+  spec: SpecState | null;
+}
+
+/** A request's speculative decoding: its settings, its draft sequence and its counts. */
+interface SpecState {
+  k: number;
+  adaptive: boolean;
+  /** The draft model's sequence (the assistant's own when the policy reads it). */
+  draft: Sequence | null;
+  rounds: number;
+  drafted: number;
+  accepted: number;
+  /** Moving acceptance rate (adaptive k), and plain steps since the last round. */
+  alpha: number;
+  idle: number;
 }
 
 let nextRequest = 1;
+
+function argmaxOf(x: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
+  return best;
+}
 
 /**
  * Runs many generation requests over one model in shared batched steps. Requests join at
@@ -137,7 +175,24 @@ export class Generator {
     for (const k of Object.keys(o.logitBias ?? {}))
       if (Number(k) >= c.vocabSize)
         throw new InvalidOptionError("logitBias", `token id ${k} is outside [0, ${c.vocabSize})`);
+    let spec: SpecState | null = null;
+    if (o.speculative !== undefined) {
+      const { k, adaptive } = checkSpeculative(o.speculative);
+      if (!model.draftModel)
+        throw new InvalidOptionError(
+          "speculative",
+          "speculative decoding drafts with the assistant model: load one (CLI: --assistant <dir>)",
+        );
+      spec = { k, adaptive, draft: null, rounds: 0, drafted: 0, accepted: 0, alpha: 0.7, idle: 0 };
+    }
     const seq = model.newSequence(o.policy);
+    if (spec && !seq.canRollBack) {
+      seq.release();
+      throw new InvalidOptionError(
+        "speculative",
+        `the policy ${seq.policy.name} cannot roll back its state (no snapshot/restore), which speculative decoding needs`,
+      );
+    }
     let resolve!: (r: GenerationResult) => void;
     const result = new Promise<GenerationResult>((r) => (resolve = r));
     const a: Active = {
@@ -169,6 +224,7 @@ export class Generator {
       firstAt: 0,
       deadline: o.timeoutMs ? performance.now() + o.timeoutMs : Number.POSITIVE_INFINITY,
       resolve,
+      spec,
     };
     if (o.logprobs !== undefined) a.out.logprobs = [];
     if (o.signal) {
@@ -228,30 +284,237 @@ export class Generator {
       }
       const batch = this.active.slice(0, this.opts.maxBatch ?? this.active.length);
       if (batch.length === 0) break;
-      const t0 = performance.now();
-      let logits: Float32Array[];
-      try {
-        logits = await this.model.forward(
-          batch.map((a) => ({
-            seq: a.seq,
-            tokens: a.prefilled ? [a.last] : a.prompt,
-            logits: "last" as const,
+      const rounds = new Map<Active, number>();
+      for (const a of batch) {
+        const k = this.draftLength(a);
+        if (k > 0) rounds.set(a, k);
+      }
+      const plain = batch.filter((a) => !rounds.has(a));
+      if (plain.length) await this.plainStep(plain);
+      const spec = [...rounds].filter(([a]) => !a.done);
+      if (spec.length) await this.speculate(spec);
+    }
+  }
+
+  /** One ordinary step: prefill for new requests, one token for the others. */
+  private async plainStep(batch: Active[]): Promise<void> {
+    const t0 = performance.now();
+    let logits: Float32Array[];
+    try {
+      logits = await this.model.forward(
+        batch.map((a) => ({
+          seq: a.seq,
+          tokens: a.prefilled ? [a.last] : a.prompt,
+          logits: "last" as const,
+        })),
+      );
+    } catch (e) {
+      // Inputs are validated at submit, and policy failures are caught per sequence
+      // (seq.fault), so this is an internal error: fail this batch, keep serving.
+      for (const a of batch) this.fail(a, e as Error);
+      return;
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    let tokens = 0;
+    for (const a of batch) tokens += a.prefilled ? 1 : a.prompt.length;
+    if (batch.every((a) => a.prefilled)) this.tuner.notePlain(seconds);
+    batch.forEach((a, i) => {
+      if (a.spec && a.prefilled) a.spec.idle++;
+      a.prefilled = true;
+      this.accept(a, logits[i]);
+    });
+    this.opts.onStep?.({ batch: batch.length, tokens, seconds });
+  }
+
+  /** Costs measured across requests, for adaptive draft lengths. */
+  readonly tuner = new DraftTuner();
+
+  /** Tokens to draft for `a` this round (0: a plain step). */
+  private draftLength(a: Active): number {
+    const s = a.spec;
+    if (!s || !a.prefilled || a.seq.fault) return 0;
+    const seq = a.seq;
+    // Room for k drafts and the LLM's own token, in the request and in the context.
+    const room = Math.min(
+      a.maxTokens - a.out.tokens.length - 1,
+      this.model.config.maxPositions - seq.length - 1,
+    );
+    let k = Math.min(s.k, room);
+    if (s.adaptive) {
+      // Plain steps measure the baseline first; after that a chosen 0 still probes now and then.
+      if (this.tuner.plain === 0) return 0;
+      const best = this.tuner.choose(s.alpha, k);
+      k = best > 0 ? best : s.idle >= 16 ? 1 : 0;
+    }
+    if (k < 1) return 0;
+    const p = seq.policy;
+    if (p.prepare && !(p.prepareIdle?.(seq, { start: seq.length + 1, T: k }) ?? false)) return 0;
+    return k;
+  }
+
+  /**
+   * One speculative round for each given request: the assistant drafts k tokens, the LLM
+   * verifies them in one step (rows planned one by one where the policy needs it), each
+   * sequence keeps its accepted prefix and rolls back the rest.
+   */
+  private async speculate(items: [Active, number][]): Promise<void> {
+    const model = this.model;
+    const draftModel = model.draftModel!;
+    const V = model.config.vocabSize;
+    const t0 = performance.now();
+    const n = new Map<Active, number>();
+    const drafts = new Map<Active, number[]>();
+    const qs = new Map<Active, (Float64Array | null)[]>();
+    const feeds = new Map<Active, number[]>();
+    for (const [a] of items) {
+      const s = a.spec!;
+      n.set(a, a.seq.length);
+      drafts.set(a, []);
+      qs.set(a, []);
+      if (a.seq.assistant) {
+        s.draft = a.seq.assistant.seq;
+        a.seq.assistant.beginDraft();
+      } else s.draft ??= draftModel.newSequence();
+      // The draft sequence catches up on what the LLM has that it lacks (after a full accept).
+      feeds.set(a, [...a.seq.tokens.slice(s.draft.length), a.last]);
+    }
+    try {
+      // Draft: k steps; the assistant of a policy that reads it also runs on the last draft
+      // (the LLM's verify rows read its view at every position).
+      const steps = Math.max(...items.map(([a, k]) => k + (a.seq.assistant ? 1 : 0)));
+      let draftSeconds = 0;
+      for (let j = 0; j < steps; j++) {
+        const live = items.filter(([a, k]) => j < k + (a.seq.assistant ? 1 : 0));
+        const td = performance.now();
+        const outs = await draftModel.forward(
+          live.map(([a, k]) => ({
+            seq: a.spec!.draft!,
+            tokens: feeds.get(a)!,
+            logits: j < k ? ("last" as const) : ("none" as const),
           })),
         );
-      } catch (e) {
-        // Inputs are validated at submit, and policy failures are caught per sequence
-        // (seq.fault), so this is an internal error: fail this batch, keep serving.
-        for (const a of batch) this.fail(a, e as Error);
-        continue;
+        draftSeconds += (performance.now() - td) / 1000;
+        live.forEach(([a, k], i) => {
+          if (j >= k) return;
+          const logits = a.sampler.adjust(outs[i]);
+          let d: number;
+          if (a.sampler.greedy) {
+            d = argmaxOf(logits);
+            qs.get(a)!.push(null);
+          } else {
+            const q = a.sampler.distribution(logits);
+            d = a.sampler.sampleFrom(q);
+            qs.get(a)!.push(q);
+          }
+          drafts.get(a)!.push(d);
+          feeds.set(a, [d]);
+        });
       }
-      let tokens = 0;
-      batch.forEach((a, i) => {
-        tokens += a.prefilled ? 1 : a.prompt.length;
-        a.prefilled = true;
-        this.accept(a, logits[i]);
+      this.tuner.noteDraft(draftSeconds / steps);
+
+      // Verify: every drafted token at once (or as one-token steps where the policy must).
+      const tv = performance.now();
+      const rows = await this.verify(items, drafts);
+      const back = items.map(([a]) => ({ a, length: 0, next: 0, accepted: 0 }));
+      items.forEach(([a], i) => {
+        if (a.seq.fault) return;
+        const r = verifyDraft(a.sampler, rows[i], V, drafts.get(a)!, qs.get(a)!);
+        back[i].accepted = r.accepted;
+        back[i].next = r.next;
+        back[i].length = n.get(a)! + r.accepted + 1;
       });
-      this.opts.onStep?.({ batch: batch.length, tokens, seconds: (performance.now() - t0) / 1000 });
+      const ok = back.filter((b) => !b.a.seq.fault);
+      model.rollback(ok.map((b) => ({ seq: b.a.seq, length: b.length })));
+      for (const b of ok) {
+        const a = b.a;
+        a.seq.assistant?.rollbackTo(b.length);
+        const ds = a.spec!.draft!;
+        if (!a.seq.assistant && ds.length > b.length) ds.truncateTo(b.length);
+      }
+      const verifySeconds = (performance.now() - tv) / 1000;
+      const k = Math.max(...items.map(([, k]) => k));
+      this.tuner.noteVerify(verifySeconds, k);
+
+      items.forEach(([a, k], i) => {
+        const b = back[i];
+        const s = a.spec!;
+        this.close(a);
+        if (a.seq.fault) return this.fail(a, a.seq.fault);
+        s.rounds++;
+        s.drafted += k;
+        s.accepted += b.accepted;
+        s.alpha += 0.2 * (b.accepted / k - s.alpha);
+        s.idle = 0;
+        const d = drafts.get(a)!;
+        const r = rows[i];
+        for (let t = 0; t <= b.accepted && !a.done; t++)
+          this.emitToken(a, t < b.accepted ? d[t] : b.next, r.subarray(t * V, (t + 1) * V));
+      });
+      const tokens = items.reduce((x, [, k]) => x + k + 1, 0);
+      this.opts.onStep?.({ batch: items.length, tokens, seconds: (performance.now() - t0) / 1000 });
+    } catch (e) {
+      for (const [a] of items) {
+        this.close(a);
+        this.fail(a, e as Error);
+      }
     }
+  }
+
+  /** The LLM's rows [k + 1][V] for each request's last token and drafts. */
+  private async verify(items: [Active, number][], drafts: Map<Active, number[]>): Promise<Float32Array[]> {
+    const model = this.model;
+    const V = model.config.vocabSize;
+    const onDevice = (items[0][0].seq.model?.device ?? null) !== null;
+    const inputs = items.map(([a]) => {
+      const p = a.seq.policy;
+      // Per-row planning only where the policy has per-row work; one-token steps where its
+      // layers depend on later layers of the previous step (or on the device backend).
+      const mode = !policyHasState(p) ? "whole" : p.verify === "layerwise" && !onDevice ? "rowwise" : "rows";
+      return { a, mode, tokens: [a.last, ...drafts.get(a)!] };
+    });
+    const out = inputs.map(({ tokens }) => new Float32Array(tokens.length * V));
+    const once = inputs.filter((x) => x.mode !== "rows");
+    if (once.length) {
+      const res = await model.forward(
+        once.map(({ a, mode, tokens }) => ({
+          seq: a.seq,
+          tokens,
+          logits: "all" as const,
+          checkpoint: true,
+          rowwise: mode === "rowwise",
+          drafted: !!a.seq.assistant,
+        })),
+      );
+      once.forEach((x, i) => {
+        out[inputs.indexOf(x)].set(res[i]);
+      });
+    }
+    const rowsMode = inputs.filter((x) => x.mode === "rows");
+    const T = Math.max(0, ...rowsMode.map((x) => x.tokens.length));
+    for (let t = 0; t < T; t++) {
+      const live = rowsMode.filter((x) => t < x.tokens.length && !x.a.seq.fault);
+      if (!live.length) continue;
+      const res = await model.forward(
+        live.map(({ a, tokens }) => ({
+          seq: a.seq,
+          tokens: [tokens[t]],
+          logits: "last" as const,
+          checkpoint: true,
+          drafted: !!a.seq.assistant,
+        })),
+      );
+      live.forEach((x, i) => {
+        out[inputs.indexOf(x)].set(res[i], t * V);
+      });
+    }
+    return out;
+  }
+
+  /** End a request's round: close its checkpoint and its assistant's draft views. */
+  private close(a: Active): void {
+    if (a.seq.released) return;
+    this.model.settle(a.seq);
+    a.seq.assistant?.endDraft();
   }
 
   private accept(a: Active, raw: Float32Array): void {
@@ -260,7 +523,12 @@ export class Generator {
       return;
     }
     const logits = a.sampler.adjust(raw);
-    const token = a.sampler.next(logits);
+    this.emitToken(a, a.sampler.next(logits), raw);
+  }
+
+  /** Hand one chosen token to the request (stop checks, logprobs from its raw logits row). */
+  private emitToken(a: Active, token: number, raw: Float32Array): void {
+    const logits = a.sampler.adjust(raw);
     if (a.firstAt === 0) a.firstAt = performance.now();
     if (a.stopTokens.has(token)) {
       this.finish(a, "stop");
@@ -311,6 +579,11 @@ export class Generator {
       }
     }
     a.out.finishReason = reason;
+    const sp = a.spec;
+    if (sp) {
+      a.out.speculative = speculativeStats(sp.rounds, sp.drafted, sp.accepted);
+      if (sp.draft && !a.seq.assistant) sp.draft.release();
+    }
     const end = performance.now();
     a.out.timeToFirstToken = a.firstAt ? (a.firstAt - a.started) / 1000 : 0;
     const n = a.out.tokens.length;

@@ -145,3 +145,40 @@ function toPositions(
   }
   return { probs: p, scores: s };
 }
+
+/**
+ * Plan T rows of `seq` at `layer` from position `start` (at or past its length): while the
+ * policy plans and observes, the sequence and its assistant look as they did at that
+ * position, so a row of a verify step (or of a replay) is planned as its one-token step was.
+ */
+export function planAt(
+  seq: Sequence,
+  layer: number,
+  start: number,
+  T: number,
+  q: Float32Array,
+  out: Float32Array,
+): PlannedAttention {
+  const length = seq.kv.length;
+  const show = () => {
+    seq.kv.length = start;
+    seq.assistant?.viewAt(start + T - 1);
+  };
+  show();
+  try {
+    const p = planHostAttention(seq, layer, T, q, out);
+    return {
+      args: p.args,
+      finish(result) {
+        show();
+        try {
+          p.finish(result);
+        } finally {
+          seq.kv.length = length;
+        }
+      },
+    };
+  } finally {
+    seq.kv.length = length;
+  }
+}

@@ -1,3 +1,9 @@
+/** A hot set's bookkeeping at one moment (see HotSlots.snapshot). */
+export interface HotSnapshot {
+  pos: Int32Array[];
+  moved: number;
+}
+
 /**
  * The hot working set of one layer: what attention reads, separate from the cold full
  * store. Per kv head, rows in slot order with a position <-> slot map. Applying a new
@@ -165,6 +171,23 @@ export abstract class HotSlots<P> {
   /** Rows of kv head g in slot order (positions). */
   positions(g: number): Int32Array {
     return this.pos[g].subarray(0, this.count[g]);
+  }
+
+  /** The bookkeeping `restore` puts back: each head's positions in slot order, and the moved count. */
+  snapshot(): HotSnapshot {
+    return { pos: Array.from({ length: this.Hkv }, (_, g) => this.positions(g).slice()), moved: this.moved };
+  }
+
+  /**
+   * Put back a snapshot: the same positions in the same slots (slot order fixes the kernel's
+   * summation order). Rows are re-gathered from the cold store when the set holds its own.
+   */
+  restore(s: HotSnapshot, cold: P[], ccap: number, base = 0): void {
+    this.clear();
+    let max = 0;
+    for (const p of s.pos) for (let i = 0; i < p.length; i++) max = Math.max(max, p[i] + 1);
+    this.apply(s.pos, cold, ccap, max, base);
+    this.moved = s.moved;
   }
 
   rowsHeld(): number {

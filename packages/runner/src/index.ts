@@ -56,8 +56,19 @@ export {
   writeShardedSafetensors,
 } from "./safetensors.js";
 export { argmax, logSoftmax, Sampler, type SamplingOptions, seededRandom } from "./sampler.js";
-export { type KvStats, Sequence } from "./sequence.js";
+export { type KvStats, policyHasState, Sequence, type SequenceSnapshot } from "./sequence.js";
 export { readSmallTextFile } from "./small-file.js";
+export {
+  checkSpeculative,
+  DraftTuner,
+  expectedTokens,
+  MAX_DRAFT,
+  predictedSpeedup,
+  type SpeculativeOptions,
+  type SpeculativeStats,
+  speculativeStats,
+  verifyDraft,
+} from "./speculative.js";
 export { type SyntheticModelOptions, writeRandomTwin, writeSyntheticCheckpoint } from "./synthetic.js";
 export { TEXT_CONTEXT_TOKENS, TextStream } from "./text-stream.js";
 export { TextTokenizer } from "./tokenizer.js";

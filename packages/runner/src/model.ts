@@ -6,11 +6,12 @@ import { type ModelConfig, readConfig } from "./config.js";
 import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
 import { graphFolder } from "./graph-cache.js";
-import { type PlannedAttention, planHostAttention } from "./host-attend.js";
+import { type PlannedAttention, planAt } from "./host-attend.js";
 import { KV_STORE_TYPES, type KvStoreType } from "./kv-cache.js";
 import { BlockGraphs } from "./onnx/blocks.js";
 import type { KvPolicyHook } from "./policy-hook.js";
 import { isGroupSize, WEIGHT_TYPES, type WeightType } from "./quant.js";
+import { replaySteps } from "./replay.js";
 import { ropeKernelArgs } from "./rope.js";
 import { Sequence } from "./sequence.js";
 import { TextTokenizer } from "./tokenizer.js";
@@ -49,6 +50,19 @@ export interface StepInput {
   tokens: ArrayLike<number>;
   /** Which positions' logits to return: the last (default), all, or none. */
   logits?: "last" | "all" | "none";
+  /**
+   * Plan the tokens' attention one row at a time inside each layer, exactly as one-token steps
+   * would (the verify step of speculative decoding under a "layerwise" policy): the policy
+   * selects and observes per row while the dense work stays batched. CPU backend.
+   */
+  rowwise?: boolean;
+  /**
+   * Take a checkpoint before this step's layers (after its policy prepared): `rollback` can
+   * then return the sequence to any length from here on; `settle` closes the checkpoint.
+   */
+  checkpoint?: boolean;
+  /** The tokens were drafted by the sequence's own assistant, which has run on them already (AssistedModel). */
+  drafted?: boolean;
 }
 
 /** Logits [rows][vocab] per step input (1 row for "last", T for "all", 0 for "none"). */
@@ -223,6 +237,8 @@ export class Model {
       }
       M += tokens.length;
     }
+    if (this.runner && inputs.some((i) => i.rowwise))
+      throw new InvalidOptionError("rowwise", "row-by-row verify steps are for the CPU backend");
     if (M === 0) return [];
     const t0 = performance.now();
     try {
@@ -240,6 +256,7 @@ export class Model {
     const head = this.head as Session;
     const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D } = c;
     await this.preparePolicies(inputs);
+    this.openCheckpoints(inputs);
 
     const x = new Float32Array(M * d);
     const positions = new Int32Array(M);
@@ -261,6 +278,7 @@ export class Model {
       const k = out.k.data as Float32Array;
       const v = out.v.data as Float32Array;
       this.applyRope(inputs, positions, q, k);
+      this.journalQueries(inputs, l, q);
       const attn = new Float32Array(M * Hq * D);
       let row = 0;
       for (const { seq, tokens } of inputs) {
@@ -275,23 +293,33 @@ export class Model {
         row += T;
       }
       // The policies plan every sequence, one kernel call attends them all, the policies observe.
-      let tp = performance.now();
-      const plans: PlannedAttention[] = [];
-      row = 0;
-      for (const { seq, tokens } of inputs) {
-        const T = tokens.length;
-        const rows = (a: Float32Array, w: number) => a.subarray(row * w, (row + T) * w);
-        plans.push(planHostAttention(seq, l, T, rows(q, Hq * D), rows(attn, Hq * D)));
-        row += T;
+      // Rowwise inputs plan one row per round (as one-token steps would), the others in round 0.
+      let rounds = 1;
+      for (const i of inputs) if (i.rowwise) rounds = Math.max(rounds, i.tokens.length);
+      for (let r = 0; r < rounds; r++) {
+        let tp = performance.now();
+        const plans: PlannedAttention[] = [];
+        row = 0;
+        for (const { seq, tokens, rowwise } of inputs) {
+          const T = tokens.length;
+          const at = (t0: number, n: number) => {
+            const rows = (a: Float32Array) => a.subarray((row + t0) * Hq * D, (row + t0 + n) * Hq * D);
+            plans.push(planAt(seq, l, seq.length + t0, n, rows(q), rows(attn)));
+          };
+          if (rowwise) {
+            if (r < T) at(r, 1);
+          } else if (r === 0) at(0, T);
+          row += T;
+        }
+        const tk = performance.now();
+        this.timing.policy += (tk - tp) / 1000;
+        const results = attentionBatch(plans.map((p) => p.args));
+        const ta = performance.now();
+        this.timing.attention += (ta - tk) / 1000;
+        tp = ta;
+        plans.forEach((p, i) => p.finish(results[i]));
+        this.timing.policy += (performance.now() - tp) / 1000;
       }
-      const tk = performance.now();
-      this.timing.policy += (tk - tp) / 1000;
-      const results = attentionBatch(plans.map((p) => p.args));
-      const ta = performance.now();
-      this.timing.attention += (ta - tk) / 1000;
-      tp = ta;
-      plans.forEach((p, i) => p.finish(results[i]));
-      this.timing.policy += (performance.now() - tp) / 1000;
       out = await this.layers[l + 1].run({
         resid: new ort.Tensor("float32", residIn, [M, d]),
         attn: new ort.Tensor("float32", attn, [M, Hq * D]),
@@ -302,6 +330,7 @@ export class Model {
     for (const { seq, tokens } of inputs) {
       seq.kv.length += tokens.length;
       for (let i = 0; i < tokens.length; i++) seq.tokens.push(tokens[i]);
+      seq.assistant?.viewAt(null);
     }
 
     const final = residIn;
@@ -322,6 +351,87 @@ export class Model {
       logitsAll = o.logits.data as Float32Array;
     }
     return this.splitLogits(inputs, logitsAll);
+  }
+
+  /** Snapshots for the inputs that asked for a checkpoint; every journaled sequence logs this step. */
+  private openCheckpoints(inputs: StepInput[]): void {
+    const c = this.config;
+    for (const { seq, tokens, checkpoint, rowwise } of inputs) {
+      if (checkpoint) {
+        if (!seq.journal) seq.journal = { snaps: new Map(), start: seq.length, q: [], steps: [] };
+        seq.journal.snaps.set(seq.length, seq.snapshot());
+      }
+      const j = seq.journal;
+      if (!j) continue;
+      j.steps.push({ start: seq.length, T: tokens.length, rowwise: !!rowwise });
+      if (this.runner) continue;
+      const need = (seq.length + tokens.length - j.start) * c.numHeads * c.headDim;
+      for (let l = 0; l < c.numLayers; l++) {
+        const old = j.q[l] ?? new Float32Array(0);
+        if (old.length >= need) continue;
+        const next = new Float32Array(Math.max(need, 2 * old.length));
+        next.set(old);
+        j.q[l] = next;
+      }
+    }
+  }
+
+  /** Keep this layer's queries of journaled sequences (a rollback replays from them). */
+  private journalQueries(inputs: StepInput[], layer: number, q: Float32Array): void {
+    const w = this.config.numHeads * this.config.headDim;
+    let row = 0;
+    for (const { seq, tokens } of inputs) {
+      const j = seq.journal;
+      if (j) j.q[layer].set(q.subarray(row * w, (row + tokens.length) * w), (seq.length - j.start) * w);
+      row += tokens.length;
+    }
+  }
+
+  /**
+   * Roll sequences back to `length` tokens, anywhere from their checkpoint on: exactly the
+   * state one-token decoding would have there (KV length, hot sets, policy state). From the
+   * nearest snapshot at or below it, the policy's part of the later rows is replayed (their
+   * attention and the policy's choices; the dense layers are not run again). The assistant's
+   * view rolls back with AssistantState.rollbackTo.
+   */
+  rollback(items: { seq: Sequence; length: number }[]): void {
+    for (const { seq, length } of items) {
+      const j = seq.journal;
+      if (!j) throw new InvalidOptionError("rollback", `sequence ${seq.id} has no checkpoint`);
+      if (!(Number.isInteger(length) && length >= j.start && length <= seq.length))
+        throw new InvalidOptionError(
+          "rollback",
+          `length ${length} is outside [${j.start}, ${seq.length}] (checkpoint to current length)`,
+        );
+    }
+    for (const { seq, length } of items) {
+      if (length === seq.length) continue;
+      const j = seq.journal!;
+      let from = j.start;
+      for (const n of j.snaps.keys()) if (n <= length && n > from) from = n;
+      const tokens = seq.tokens.slice(0, length);
+      seq.restore(j.snaps.get(from)!);
+      for (const n of [...j.snaps.keys()]) if (n > length) j.snaps.delete(n);
+      if (from < length) {
+        if (this.runner)
+          throw new InvalidOptionError("rollback", "the device backend rolls back to its snapshots only");
+        const t0 = performance.now();
+        replaySteps(seq, j, from, length);
+        this.timing.policy += (performance.now() - t0) / 1000;
+      }
+      seq.kv.length = length;
+      seq.tokens.length = 0;
+      for (const t of tokens) seq.tokens.push(t);
+      j.steps = j.steps.filter((s) => s.start < length);
+      const last = j.steps[j.steps.length - 1];
+      if (last && last.start + last.T > length) last.T = length - last.start;
+      seq.assistant?.viewAt(null);
+    }
+  }
+
+  /** Close a sequence's checkpoint: what it has now stays. */
+  settle(seq: Sequence): void {
+    seq.journal = null;
   }
 
   /** RoPE on this step's q and k rows (dynamic NTK: per sequence, from its own length). */
@@ -347,10 +457,12 @@ export class Model {
   /** Each policy's per-step preparation (SmallKV runs its assistant here). */
   private async preparePolicies(inputs: StepInput[]): Promise<void> {
     const tp = performance.now();
-    for (const { seq, tokens } of inputs) {
+    for (const { seq, tokens, rowwise } of inputs) {
       if (!seq.policy.prepare || seq.fault) continue;
       try {
-        await seq.policy.prepare(seq, { start: seq.length, T: tokens.length });
+        // A rowwise step prepares as its first row's one-token step would (the later rows
+        // must have nothing to prepare: see KvPolicyHook.prepareIdle).
+        await seq.policy.prepare(seq, { start: seq.length, T: rowwise ? 1 : tokens.length });
       } catch (e) {
         seq.fault =
           e instanceof PolicyError ? e : new PolicyError(seq.policy.name, "prepare", (e as Error).message);
@@ -376,6 +488,7 @@ export class Model {
   private async deviceStep(inputs: StepInput[], M: number): Promise<StepOutput[]> {
     const runner = this.runner as DeviceRunner;
     await this.preparePolicies(inputs);
+    this.openCheckpoints(inputs);
     const parts = [];
     const rows: number[] = [];
     let r = 0;

@@ -81,6 +81,27 @@ export interface KvPolicyHook {
   classCounts?(seq: Sequence): Record<string, number>;
   /** Bytes the policy keeps resident for the sequence besides the KV (e.g. Quest's page metadata), for honest memory reports. */
   residentBytes?(seq: Sequence): number;
+  /**
+   * A copy of the policy's state for the sequence, and putting such a copy back: how a
+   * sequence rolls back (speculative decoding drops rejected draft tokens). A policy that
+   * keeps state without these cannot roll back, and speculation is refused for it.
+   */
+  snapshot?(seq: Sequence): unknown;
+  restore?(seq: Sequence, snapshot: unknown): void;
+  /**
+   * Whether `prepare` has nothing to do for steps at positions [step.start, step.start + step.T)
+   * (default: a policy with `prepare` may always have work). A verify step prepares for its
+   * first row only, so speculation waits while a later row would need preparing.
+   */
+  prepareIdle?(seq: Sequence, step: StepInfo): boolean;
+  /**
+   * How a multi-token verify step may run (speculative decoding): "layerwise" when a layer's
+   * choices at a step depend only on that layer's own past and on earlier layers of the same
+   * step (the runner interleaves the rows inside each layer: the dense work stays batched);
+   * "rows" (default) when a layer reads later layers of the previous step, so the rows run
+   * as one-token steps in order. Both give exactly what one-token decoding gives.
+   */
+  readonly verify?: "layerwise" | "rows";
   /** Called when the sequence is released (free per-sequence state). */
   release?(seq: Sequence): void;
 }

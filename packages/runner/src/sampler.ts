@@ -102,6 +102,59 @@ export class Sampler {
     return out ?? logits;
   }
 
+  /** A uniform draw in [0, 1) from the request's random stream. */
+  uniform(): number {
+    return this.random();
+  }
+
+  /**
+   * The distribution `next` samples from, as probabilities over the whole vocabulary
+   * (temperature, top-k and top-p applied; greedy: all mass on the argmax).
+   */
+  distribution(logits: ArrayLike<number>): Float64Array {
+    const V = logits.length;
+    const out = new Float64Array(V);
+    if (this.greedy) {
+      out[argmax(logits)] = 1;
+      return out;
+    }
+    const temp = this.o.temperature ?? 1;
+    const ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
+    const k = this.o.topK && this.o.topK > 0 ? Math.min(this.o.topK, V) : V;
+    const m = logits[ids[0]];
+    let sum = 0;
+    for (let i = 0; i < k; i++) sum += Math.exp((logits[ids[i]] - m) / temp);
+    let n = k;
+    const topP = this.o.topP ?? 1;
+    if (topP < 1) {
+      let cum = 0;
+      for (let i = 0; i < k; i++) {
+        cum += Math.exp((logits[ids[i]] - m) / temp) / sum;
+        if (cum >= topP) {
+          n = i + 1;
+          break;
+        }
+      }
+    }
+    let kept = 0;
+    for (let i = 0; i < n; i++) kept += Math.exp((logits[ids[i]] - m) / temp);
+    for (let i = 0; i < n; i++) out[ids[i]] = Math.exp((logits[ids[i]] - m) / temp) / kept;
+    return out;
+  }
+
+  /** A token drawn from probabilities `p` (summing to `total`, default 1). */
+  sampleFrom(p: ArrayLike<number>, total = 1): number {
+    let u = this.random() * total;
+    let last = 0;
+    for (let i = 0; i < p.length; i++) {
+      if (p[i] <= 0) continue;
+      last = i;
+      u -= p[i];
+      if (u < 0) return i;
+    }
+    return last;
+  }
+
   next(logits: ArrayLike<number>): number {
     if (this.greedy) return argmax(logits);
     const V = logits.length;

@@ -1,7 +1,8 @@
 import type { AssistantState } from "./assisted.js";
 import type { ModelConfig } from "./config.js";
 import { DeviceHotRows, DeviceKvCache } from "./device/kv.js";
-import { type HotSlots, IndexedRows } from "./hot-set.js";
+import { PolicyError } from "./errors.js";
+import { type HotSlots, type HotSnapshot, IndexedRows } from "./hot-set.js";
 import { KvCache } from "./kv-cache.js";
 import type { Model } from "./model.js";
 import { fullCache, type KvPolicyHook } from "./policy-hook.js";
@@ -35,6 +36,34 @@ export interface KvStats {
   movedRows: number;
 }
 
+/** A sequence's state at one length, for `Sequence.restore` (speculative decoding's rollback). */
+export interface SequenceSnapshot {
+  length: number;
+  hot: { perQuery: boolean; active: boolean; full: HotSnapshot; vOnly: HotSnapshot }[];
+  /** The policy's own copy of its state (KvPolicyHook.snapshot). */
+  policy: unknown;
+}
+
+/**
+ * What a sequence with an open checkpoint keeps to roll back: snapshots by length (taken
+ * before a step's layers, after its policy prepared), and every later step's queries per
+ * layer (after RoPE) so that a rollback between snapshots replays the policy's part.
+ */
+export interface Journal {
+  snaps: Map<number, SequenceSnapshot>;
+  /** Position of q row 0. */
+  start: number;
+  /** q[layer]: [position - start][Hq][D] (host backend only). */
+  q: Float32Array[];
+  /** The steps since the first snapshot, in order, and whether their rows were planned one by one. */
+  steps: { start: number; T: number; rowwise: boolean }[];
+}
+
+/** Whether a policy keeps per-sequence state (it decides, observes or prepares). */
+export function policyHasState(p: KvPolicyHook): boolean {
+  return !!(p.select || p.observe || p.prepare || p.wantsAttention);
+}
+
 /** One sequence's state in a model: cold KV store, hot working set per layer, policy. */
 export class Sequence {
   readonly id = nextId++;
@@ -49,6 +78,8 @@ export class Sequence {
   /** Free-form per-sequence state for the policy (the SDK keeps its accumulators here). */
   policyState: unknown = undefined;
   private finalStats: KvStats | null = null;
+  /** Open checkpoint (speculative decoding), managed by the model. */
+  journal: Journal | null = null;
   /** The assistant model's view, when the sequence belongs to an AssistedModel. */
   assistant: AssistantState | null = null;
 
@@ -128,6 +159,72 @@ export class Sequence {
     };
   }
 
+  /**
+   * Whether the sequence can be rolled back (speculative decoding): a policy with state must
+   * copy it (KvPolicyHook.snapshot and restore).
+   */
+  get canRollBack(): boolean {
+    return !policyHasState(this.policy) || (!!this.policy.snapshot && !!this.policy.restore);
+  }
+
+  /** Everything `restore` needs to bring the sequence back to its current length. */
+  snapshot(): SequenceSnapshot {
+    if (!this.canRollBack)
+      throw new PolicyError(
+        this.policy.name,
+        "snapshot",
+        "the policy keeps state but cannot copy it (no snapshot/restore), so its sequences cannot roll back",
+      );
+    return {
+      length: this.length,
+      hot: this.hot.map((h) => ({
+        perQuery: h.perQuery,
+        active: h.active,
+        full: h.full.snapshot(),
+        vOnly: h.vOnly.snapshot(),
+      })),
+      policy: this.policy.snapshot?.(this),
+    };
+  }
+
+  /**
+   * Bring the sequence back to a snapshot: length and tokens, the hot sets (same rows in the
+   * same slots) and the policy's state. K/V rows past the length stay in the store unread
+   * until new tokens overwrite them. The assistant's view is rolled back by its owner.
+   */
+  restore(s: SequenceSnapshot): void {
+    if (s.length > this.length)
+      throw new PolicyError(
+        this.policy.name,
+        "restore",
+        `cannot restore length ${s.length} > ${this.length}`,
+      );
+    this.truncateTo(s.length);
+    const dev = this.kv instanceof DeviceKvCache ? this.kv : null;
+    s.hot.forEach((h, l) => {
+      if (this.hot[l].perQuery !== h.perQuery) {
+        this.hot[l].full.release();
+        this.hot[l].vOnly.release();
+        this.hot[l] = this.newHot(h.perQuery);
+      }
+      const hot = this.hot[l];
+      hot.active = h.active;
+      const ccap = this.kv.capOf(l);
+      const base = this.kv.base[l];
+      hot.full.restore(h.full, dev ? [dev.dk[l].ptr, dev.dv[l].ptr] : [], ccap, base);
+      hot.vOnly.restore(h.vOnly, dev ? [dev.dv[l].ptr] : [], ccap, base);
+    });
+    if (this.policy.restore) this.policy.restore(this, s.policy);
+  }
+
+  /** Cut the sequence to its first n tokens (the store keeps the rows; they are overwritten later). */
+  truncateTo(n: number): void {
+    if (!(Number.isInteger(n) && n >= 0 && n <= this.length))
+      throw new PolicyError(this.policy.name, "truncate", `length ${n} is outside [0, ${this.length}]`);
+    this.kv.length = n;
+    this.tokens.length = n;
+  }
+
   /** Free the KV memory at once (cancelled or finished requests). */
   release(): void {
     if (this.released) return;
@@ -139,6 +236,7 @@ export class Sequence {
       h.vOnly.release();
     }
     this.released = true;
+    this.journal = null;
     try {
       this.policy.release?.(this);
     } catch {

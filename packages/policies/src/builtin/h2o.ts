@@ -10,6 +10,8 @@ import { type EvictionState, evictionState, heavyPlusRecent } from "./eviction.j
  */
 export const h2o = definePolicy<EvictionState, { heavyRatio: number }>({
   name: "h2o",
+  // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
+  verify: "layerwise",
   description: "heavy hitters by accumulated attention + recent window, evicted for good",
   options: { heavyRatio: 0.5 },
   validate: (o) => optionChecks("h2o", o).number("heavyRatio", 0, 1),

@@ -24,6 +24,8 @@ const MODES = ["mean", "sum", "current", "decay"];
 export const reversible = definePolicy<ReversibleState, { recent: number; scores: string; halfLife: number }>(
   {
     name: "reversible",
+    // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
+    verify: "layerwise",
     description: "LLM's own (mean) accumulated attention, re-selected every step from the cold store",
     options: { recent: 2, scores: "mean", halfLife: 8 },
     validate(o) {

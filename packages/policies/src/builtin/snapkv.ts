@@ -74,6 +74,8 @@ export function snapSelect(ctx: PolicyContext<SnapState, SnapOptions>) {
 /** SnapKV (Li et al. 2024): the last prompt queries vote (pooled), prefill-time selection per kv head. */
 export const snapKv = definePolicy<SnapState, SnapOptions>({
   name: "snapkv",
+  // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
+  verify: "layerwise",
   description: "observation-window votes with 1-D pooling at prefill; window and generated tokens kept",
   options: { window: 32, kernel: 5 },
   validate: (o) => snapValidate("snapkv", o),
@@ -86,6 +88,8 @@ export const snapKv = definePolicy<SnapState, SnapOptions>({
 /** PyramidKV (Cai et al. 2024): SnapKV scoring with per-layer budgets decreasing linearly with depth. */
 export const pyramidKv = definePolicy<SnapState, SnapOptions & { beta: number }>({
   name: "pyramidkv",
+  // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
+  verify: "layerwise",
   description: "SnapKV votes; layer budgets decreasing linearly from the bottom layer to the top (beta)",
   options: { window: 32, kernel: 5, beta: 20 },
   validate(o) {

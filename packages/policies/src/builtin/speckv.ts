@@ -21,6 +21,8 @@ type SpecOptions = { lookahead: number; window: number; kernel: number };
  */
 export const specKv = definePolicy<SpecState, SpecOptions>({
   name: "speckv",
+  // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
+  verify: "layerwise",
   description:
     "draft (assistant) lookahead queries score the prompt once through the LLM's attention, SnapKV-style",
   options: { lookahead: 16, window: 8, kernel: 5 },
@@ -35,6 +37,8 @@ export const specKv = definePolicy<SpecState, SpecOptions>({
   init(seq) {
     return { prompt: 0, votes: Array.from({ length: seq.config.numLayers }, () => []) };
   },
+  // Scored once, at the first step after the prompt.
+  prepareIdle: (ctx) => ctx.step.start === 0 || ctx.state.prompt > 0,
   async prepare(ctx) {
     const st = ctx.state;
     const { start } = ctx.step;

@@ -12,6 +12,7 @@ import { PolicyOptionError } from "../../errors.js";
 import { MeanAttention } from "../../scores.js";
 import { definePolicy, type PolicyContext, type PolicyFactory } from "../../sdk.js";
 import { Evictions, maskOf, range, topPositions, union } from "../../select.js";
+import { copyState } from "../../state-copy.js";
 import {
   accumulated,
   currentRow,
@@ -83,7 +84,8 @@ interface SmallKvState {
   decayed: DecayedScores;
   /** The LLM's own mean attention (kept when `trust` > 0). */
   own: MeanAttention | null;
-  counts: { critical: number; recent: number; marginal: number };
+  /** Per layer: token counts by class at its last step (per kv head or query head list). */
+  counts: { critical: number; recent: number; marginal: number }[];
   layers: number;
   /** Positions in the recent window at the last step (for traces). */
   lastRecent: number;
@@ -187,6 +189,9 @@ function makeSmallKv(
 ): PolicyFactory<SmallKvOptions> {
   return definePolicy<SmallKvState, SmallKvOptions>({
     name,
+    // Each layer reads only its own past and the assistant's view at the row's position: a
+    // verify step interleaves its rows inside each layer.
+    verify: "layerwise",
     description,
     options: defaults,
     usesAssistant: true,
@@ -210,12 +215,37 @@ function makeSmallKv(
           o.trust > 0 || o.own > 0 || o.fallback || o.heads !== "match"
             ? new MeanAttention(c.numLayers, c.numKvHeads, c.numHeads / c.numKvHeads)
             : null,
-        counts: { critical: 0, recent: 0, marginal: 0 },
+        counts: Array.from({ length: c.numLayers }, () => ({ critical: 0, recent: 0, marginal: 0 })),
         layers: c.numLayers,
         lastRecent: 0,
         gated: null,
         trusted: null,
       };
+    },
+    // The matching and the gates are fixed once made: shared, not copied.
+    copyState: (s) => ({
+      ...s,
+      evicted: copyState(s.evicted),
+      decayed: copyState(s.decayed),
+      own: s.own ? copyState(s.own) : null,
+      counts: s.counts.map((c) => ({ ...c })),
+    }),
+    // Nothing to prepare once matched, or while no step of these positions reaches the window.
+    prepareIdle(ctx) {
+      const o = ctx.options;
+      if (ctx.state.matching) return true;
+      if (o.mapping) return false;
+      for (let p = ctx.step.start; p < ctx.step.start + ctx.step.T; p++)
+        if (
+          matchingWindow(p, {
+            minTokens: o.minContext,
+            maxTokens: o.maxContext,
+            size: o.window,
+            from: o.windowFrom as "first" | "last",
+          })
+        )
+          return false;
+      return true;
     },
     async prepare(ctx) {
       if (ctx.state.matching) return;
@@ -278,11 +308,11 @@ function makeSmallKv(
       recent: s.lastRecent,
     }),
     // Per layer and kv head (or query head), averaged over layers.
-    classCounts: (s) => ({
-      critical: s.counts.critical / s.layers,
-      recent: s.counts.recent / s.layers,
-      marginal: s.counts.marginal / s.layers,
-    }),
+    classCounts: (s) => {
+      const sum = (k: "critical" | "recent" | "marginal") =>
+        s.counts.reduce((a, c) => a + c[k], 0) / s.layers;
+      return { critical: sum("critical"), recent: sum("recent"), marginal: sum("marginal") };
+    },
     select(ctx): LayerSelection | null {
       const st = ctx.state;
       const m = st.matching;
@@ -412,10 +442,11 @@ function makeSmallKv(
         full.push(keep);
         vOnly.push(marginal);
       }
-      if (ctx.layer === 0) st.counts = { critical: 0, recent: 0, marginal: 0 };
-      st.counts.critical += (full.reduce((x, l) => x + l.length, 0) - recent.length * lists) / lists;
-      st.counts.recent += recent.length + T;
-      st.counts.marginal += vOnly.reduce((x, l) => x + l.length, 0) / lists;
+      st.counts[ctx.layer] = {
+        critical: (full.reduce((x, l) => x + l.length, 0) - recent.length * lists) / lists,
+        recent: recent.length + T,
+        marginal: vOnly.reduce((x, l) => x + l.length, 0) / lists,
+      };
       const hasMarginal = vOnly.some((l) => l.length > 0);
       return {
         full,

@@ -94,7 +94,7 @@ export function accumulated(
 ): Float64Array {
   const out = new Float64Array(start);
   // Rows the assistant has seen (this step's included): position p had rows - p queries.
-  const rows = a.seq.length;
+  const rows = a.length;
   for (const h of heads) {
     const sh = m.slmHeadOf(layer, h);
     const s = a.score(sh.layer, sh.head, start);

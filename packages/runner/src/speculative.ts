@@ -1,0 +1,163 @@
+import { InvalidOptionError } from "./errors.js";
+import { argmax, type Sampler } from "./sampler.js";
+
+/**
+ * Speculative decoding with the assistant as the draft model: it writes k tokens ahead, the
+ * LLM checks them in one multi-token step, the longest agreeing prefix is kept plus one token
+ * of the LLM's own. Greedy keeps the argmax agreement; sampling keeps the LLM's distribution
+ * exactly (Leviathan et al. 2023; Chen et al. 2023).
+ */
+export interface SpeculativeOptions {
+  /** Who drafts: the assistant model (the only choice; it runs beside the LLM already). */
+  draft?: "assistant";
+  /** Tokens drafted per round (1 to 16; default 4). With `adaptive`, the largest it may use. */
+  k?: number;
+  /**
+   * Choose k per round from the measured acceptance and costs (0: plain decoding, with a
+   * probe now and then), so speculation turns itself off where it does not pay.
+   */
+  adaptive?: boolean;
+}
+
+export const MAX_DRAFT = 16;
+
+export function checkSpeculative(o: SpeculativeOptions): { k: number; adaptive: boolean } {
+  if (typeof o !== "object" || o === null)
+    throw new InvalidOptionError("speculative", "must be an object like { k: 4 }");
+  for (const key of Object.keys(o))
+    if (!["draft", "k", "adaptive"].includes(key))
+      throw new InvalidOptionError("speculative", `unknown field "${key}" (draft, k, adaptive)`);
+  if (o.draft !== undefined && o.draft !== "assistant")
+    throw new InvalidOptionError("speculative", `draft must be "assistant", got ${JSON.stringify(o.draft)}`);
+  const k = o.k ?? 4;
+  if (!(Number.isInteger(k) && k >= 1 && k <= MAX_DRAFT))
+    throw new InvalidOptionError("speculative", `k must be an integer in [1, ${MAX_DRAFT}], got ${o.k}`);
+  if (o.adaptive !== undefined && typeof o.adaptive !== "boolean")
+    throw new InvalidOptionError("speculative", "adaptive must be true or false");
+  return { k, adaptive: o.adaptive ?? false };
+}
+
+/** A request's speculation so far. */
+export interface SpeculativeStats {
+  /** Verify rounds run. */
+  rounds: number;
+  /** Draft tokens proposed, and accepted by the LLM. */
+  drafted: number;
+  accepted: number;
+  /** accepted / drafted (0 before any round). */
+  acceptanceRate: number;
+  /** Draft tokens accepted per round (the LLM adds one token of its own to each). */
+  meanAccepted: number;
+}
+
+export function speculativeStats(rounds: number, drafted: number, accepted: number): SpeculativeStats {
+  return {
+    rounds,
+    drafted,
+    accepted,
+    acceptanceRate: drafted ? accepted / drafted : 0,
+    meanAccepted: rounds ? accepted / rounds : 0,
+  };
+}
+
+/**
+ * Check k draft tokens against the LLM's rows [k + 1][V] (raw logits; row i follows the
+ * i-th token fed). `q[i]`: the draft distribution d[i] was sampled from (null when greedy).
+ * Returns how many drafts are kept and the token that follows them.
+ */
+export function verifyDraft(
+  sampler: Sampler,
+  rows: Float32Array,
+  V: number,
+  drafts: number[],
+  q: (Float64Array | null)[],
+): { accepted: number; next: number } {
+  for (let i = 0; i < drafts.length; i++) {
+    const logits = sampler.adjust(rows.subarray(i * V, (i + 1) * V));
+    const d = drafts[i];
+    if (sampler.greedy) {
+      const best = argmax(logits);
+      if (best === d) continue;
+      return { accepted: i, next: best };
+    }
+    const p = sampler.distribution(logits);
+    const qi = q[i]!;
+    // Keep d with probability min(1, p/q); else draw from the residual max(0, p - q).
+    if (qi[d] > 0 && sampler.uniform() * qi[d] < p[d]) continue;
+    let total = 0;
+    for (let t = 0; t < V; t++) {
+      p[t] = Math.max(0, p[t] - qi[t]);
+      total += p[t];
+    }
+    const next = total > 0 ? sampler.sampleFrom(p, total) : sampler.sampleFrom(sampler.distribution(logits));
+    return { accepted: i, next };
+  }
+  const k = drafts.length;
+  const last = sampler.adjust(rows.subarray(k * V, (k + 1) * V));
+  return {
+    accepted: k,
+    next: sampler.greedy ? argmax(last) : sampler.sampleFrom(sampler.distribution(last)),
+  };
+}
+
+/** Expected tokens per round when each draft is kept with probability alpha. */
+export function expectedTokens(alpha: number, k: number): number {
+  return alpha >= 1 ? k + 1 : (1 - alpha ** (k + 1)) / (1 - alpha);
+}
+
+/**
+ * The standard analysis (Leviathan et al. 2023): speedup over plain decoding when a draft
+ * step costs c LLM steps and verifying k + 1 tokens costs one LLM step.
+ */
+export function predictedSpeedup(alpha: number, k: number, c: number): number {
+  return expectedTokens(alpha, k) / (k * c + 1);
+}
+
+/**
+ * Adaptive draft length: measured costs (seconds, moving averages) of a plain decode step,
+ * a draft step, and each verified row beyond the first; per request, the acceptance rate.
+ * Picks the k with the best expected tokens per second, or 0 when none beats plain decoding.
+ */
+export class DraftTuner {
+  plain = 0;
+  draft = 0;
+  extraRow = 0;
+  private static readonly RATE = 0.2;
+
+  private mix(old: number, x: number): number {
+    return old === 0 ? x : old + DraftTuner.RATE * (x - old);
+  }
+
+  notePlain(seconds: number): void {
+    this.plain = this.mix(this.plain, seconds);
+  }
+  noteDraft(seconds: number): void {
+    this.draft = this.mix(this.draft, seconds);
+  }
+  /** A verify step (with its rollback) of k drafts took `seconds`. */
+  noteVerify(seconds: number, k: number): void {
+    if (this.plain > 0 && k > 0)
+      this.extraRow = this.mix(this.extraRow, Math.max(0, (seconds - this.plain) / k));
+  }
+
+  /** Predicted speedup of drafting k tokens at acceptance alpha (1 for k = 0). */
+  speedup(alpha: number, k: number): number {
+    if (k === 0 || this.plain === 0) return 1;
+    return (expectedTokens(alpha, k) * this.plain) / (k * (this.draft + this.extraRow) + this.plain);
+  }
+
+  /** The best k in [0, kMax] (until costs are measured: kMax). */
+  choose(alpha: number, kMax: number): number {
+    if (this.plain === 0 || this.draft === 0) return kMax;
+    let best = 0;
+    let bestGain = 1.02; // a prediction within noise of plain decoding is not worth the risk
+    for (let k = 1; k <= kMax; k++) {
+      const g = this.speedup(alpha, k);
+      if (g > bestGain) {
+        best = k;
+        bestGain = g;
+      }
+    }
+    return best;
+  }
+}
