@@ -128,6 +128,8 @@ export class AssistantState {
     v.scores.forEach((layer, l) =>
       layer.forEach((x, h) => {
         if (live.scores[l][h].length < x.length) live.scores[l][h] = new Float64Array(x.length * 2);
+        // Positions past n held what the rejected rows added: back to nothing.
+        live.scores[l][h].fill(0, x.length);
         live.scores[l][h].set(x);
       }),
     );

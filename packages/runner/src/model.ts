@@ -13,7 +13,7 @@ import type { KvPolicyHook } from "./policy-hook.js";
 import { isGroupSize, WEIGHT_TYPES, type WeightType } from "./quant.js";
 import { replaySteps } from "./replay.js";
 import { ropeKernelArgs } from "./rope.js";
-import { Sequence } from "./sequence.js";
+import { policyHasState, Sequence } from "./sequence.js";
 import { TextTokenizer } from "./tokenizer.js";
 import { loadWeights, openWeights, readEmbedding } from "./weights.js";
 
@@ -412,7 +412,8 @@ export class Model {
       const tokens = seq.tokens.slice(0, length);
       seq.restore(j.snaps.get(from)!);
       for (const n of [...j.snaps.keys()]) if (n > length) j.snaps.delete(n);
-      if (from < length) {
+      // A policy without state has nothing to replay: the KV rows are in the store already.
+      if (from < length && policyHasState(seq.policy)) {
         if (this.runner)
           throw new InvalidOptionError("rollback", "the device backend rolls back to its snapshots only");
         const t0 = performance.now();
