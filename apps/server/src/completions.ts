@@ -34,6 +34,7 @@ export type CompletionBody = {
   kv_policy?: string;
   kv_budget?: number | string;
   kv_policy_options?: Record<string, OptionValue>;
+  speculative_tokens?: number | "adaptive" | null;
   kv_trace?: boolean;
 } & Record<string, unknown>;
 
@@ -107,8 +108,16 @@ export function completionHandlers(s: ServerContext) {
         : b.logprobs == null
           ? undefined
           : Number(b.logprobs);
+    const spec = b.speculative_tokens;
+    if (spec != null && spec !== 0 && !s.assistant)
+      throw badRequest(
+        "speculative_tokens drafts with the assistant model: this server runs without one (--assistant)",
+        "speculative_tokens",
+      );
     const opts: GenerateOptions = {
       maxTokens,
+      speculative:
+        spec == null || spec === 0 ? undefined : spec === "adaptive" ? { k: 4, adaptive: true } : { k: spec },
       temperature: b.temperature ?? 1,
       topP: b.top_p ?? undefined,
       topK: b.top_k ?? undefined,
@@ -148,12 +157,20 @@ export function completionHandlers(s: ServerContext) {
       prompt_tokens: prompt.length,
       completion_tokens: r.tokens.length,
       total_tokens: prompt.length + r.tokens.length,
-      kv_stats: stats,
+      kv_stats: kvStats(r, stats),
     });
+    // The sequence's KV figures, with the request's draft acceptance when it speculated.
+    const kvStats = (r: GenerationResult, stats: Awaited<ReturnType<typeof statsOf>>) =>
+      stats && r.speculative ? { ...stats, speculative: r.speculative } : stats;
     const logLine = async (r: GenerationResult, status: number) => {
       s.metrics.requests.inc({ endpoint, status: String(status) });
       s.metrics.finished.inc({ reason: r.finishReason });
       s.metrics.generatedTokens.inc(r.tokens.length);
+      if (r.speculative) {
+        s.metrics.draftedTokens.inc(r.speculative.drafted);
+        s.metrics.acceptedTokens.inc(r.speculative.accepted);
+        s.metrics.speculativeRounds.inc(r.speculative.rounds);
+      }
       if (r.tokens.length > 0) s.metrics.ttft.observe(r.timeToFirstToken);
       if (r.tokens.length > 1) s.metrics.tpot.observe(r.timePerOutputToken);
       req.log.info(
@@ -226,7 +243,7 @@ export function completionHandlers(s: ServerContext) {
         model: s.modelId,
         choices: [choice],
         usage: usage(r, stats),
-        kv_stats: stats,
+        kv_stats: kvStats(r, stats),
       });
     }
 
@@ -300,7 +317,7 @@ export function completionHandlers(s: ServerContext) {
           model: s.modelId,
           choices: [],
           usage: usage(r, stats),
-          kv_stats: stats,
+          kv_stats: kvStats(r, stats),
         });
       }
       res.write("data: [DONE]\n\n");

@@ -36,6 +36,21 @@ export class ServerMetrics {
     help: "generated tokens",
     registers: [this.registry],
   });
+  readonly draftedTokens = new Counter({
+    name: "smallkv_speculative_drafted_tokens_total",
+    help: "tokens the assistant drafted for speculative decoding",
+    registers: [this.registry],
+  });
+  readonly acceptedTokens = new Counter({
+    name: "smallkv_speculative_accepted_tokens_total",
+    help: "drafted tokens the LLM accepted (acceptance rate: accepted / drafted)",
+    registers: [this.registry],
+  });
+  readonly speculativeRounds = new Counter({
+    name: "smallkv_speculative_rounds_total",
+    help: "speculative verify rounds (mean accepted length: accepted / rounds)",
+    registers: [this.registry],
+  });
   readonly promptTokens = new Counter({
     name: "smallkv_prompt_tokens_total",
     help: "prompt tokens",

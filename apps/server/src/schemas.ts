@@ -20,6 +20,10 @@ const kv = {
     maxProperties: 32,
   },
   kv_trace: { type: "boolean" },
+  // Speculative decoding with the server's assistant as the draft: k tokens per round, or adaptive.
+  speculative_tokens: {
+    anyOf: [{ type: "integer", minimum: 0, maximum: 16 }, { type: "string", enum: ["adaptive"] }, { type: "null" }],
+  },
 };
 /** Accepted and ignored (README: "Ignored parameters"). */
 const IGNORED = {

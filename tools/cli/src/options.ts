@@ -100,3 +100,12 @@ export function addWeightOptions<C extends Command>(cmd: C, assistant = true): C
     );
   return cmd;
 }
+
+/** `--speculative K` (drafted tokens per round) or `adaptive` / `adaptive:K` (K: the most it may draft). */
+export function speculativeArg(v: string): { k: number; adaptive: boolean } {
+  const m = /^(?:(adaptive)(?::(\d+))?|(\d+))$/.exec(v.trim());
+  const k = Number(m?.[2] ?? m?.[3] ?? 4);
+  if (!m || !(k >= 1 && k <= 16))
+    throw new InvalidArgumentError("--speculative must be K (1 to 16), adaptive or adaptive:K");
+  return { k, adaptive: m[1] !== undefined };
+}

@@ -18,6 +18,7 @@ import {
   intArg,
   type KvCliOptions,
   readStdin,
+  speculativeArg,
   type WeightCliOptions,
 } from "../options.js";
 import {
@@ -47,6 +48,7 @@ export interface GenerateCliOptions
   json?: boolean;
   threads?: number;
   stats?: boolean;
+  speculative?: { k: number; adaptive: boolean };
 }
 
 /** Load the model, or the model with its assistant when one is given. */
@@ -95,6 +97,11 @@ export function registerGenerate(program: Command): void {
     .option("--json", "print one JSON object with token ids instead of streaming text")
     .option("--threads <n>", "CPU threads", intArg("--threads", 1))
     .option(
+      "--speculative <k>",
+      "speculative decoding: the assistant drafts K tokens per round, the LLM verifies them (adaptive or adaptive:K chooses K per round)",
+      speculativeArg,
+    )
+    .option(
       "--stats",
       "print hot/cold KV bytes and token classes per step (stderr; with --json, a per-step array)",
     );
@@ -107,6 +114,8 @@ export function registerGenerate(program: Command): void {
           `the ${policy.name} policy needs an assistant model (--assistant <dir>)`,
         );
       }
+      if (o.speculative && !o.assistant)
+        throw new InvalidOptionError("--speculative", "speculative decoding drafts with --assistant <dir>");
       const model = await loadStepModel(o.model, o.assistant, o.threads, o);
       const prompt = o.prompt ?? (await readStdin());
       const stream = new Generator(model).submit(prompt, {
@@ -118,6 +127,7 @@ export function registerGenerate(program: Command): void {
         stop: o.stop,
         stopTokens: o.stopToken?.map(Number),
         policy,
+        speculative: o.speculative,
       });
       const steps: (KvStats & { policyClasses?: Record<string, number> })[] = [];
       // On one terminal, stats printed as they come would cut into the text: hold them until
@@ -141,6 +151,11 @@ export function registerGenerate(program: Command): void {
         process.stderr.write(
           `${formatSummary(steps, { tokens: r.tokens.length, seconds: (performance.now() - t0) / 1000, ttft: r.timeToFirstToken, policy: `${policy.name}@${policy.budget}`, warmup: policy.warmupTokens, promptTokens: r.promptTokens.length })}\n`,
         );
+        const sp = r.speculative;
+        if (sp)
+          process.stderr.write(
+            `speculative: ${sp.rounds} rounds, ${sp.accepted}/${sp.drafted} drafts accepted (rate ${sp.acceptanceRate.toFixed(2)}), ${sp.meanAccepted.toFixed(2)} accepted per round\n`,
+          );
       }
       if (o.json) {
         process.stdout.write(
@@ -154,7 +169,9 @@ export function registerGenerate(program: Command): void {
             finish_reason: r.finishReason,
             usage: { prompt_tokens: r.promptTokens.length, completion_tokens: r.tokens.length },
             policy: { name: policy.name, budget: policy.budget.toString(), options: policy.options },
-            kv_stats: stream.sequence.stats(),
+            kv_stats: r.speculative
+              ? { ...stream.sequence.stats(), speculative: r.speculative }
+              : stream.sequence.stats(),
             timings: {
               time_to_first_token_s: r.timeToFirstToken,
               time_per_output_token_s: r.timePerOutputToken,
