@@ -22,7 +22,11 @@ const kv = {
   kv_trace: { type: "boolean" },
   // Speculative decoding with the server's assistant as the draft: k tokens per round, or adaptive.
   speculative_tokens: {
-    anyOf: [{ type: "integer", minimum: 0, maximum: 16 }, { type: "string", enum: ["adaptive"] }, { type: "null" }],
+    anyOf: [
+      { type: "integer", minimum: 0, maximum: 16 },
+      { type: "string", enum: ["adaptive"] },
+      { type: "null" },
+    ],
   },
 };
 /** Accepted and ignored (README: "Ignored parameters"). */

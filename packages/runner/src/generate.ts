@@ -123,9 +123,12 @@ interface SpecState {
   /** Moving acceptance rate (adaptive k), and plain steps since the last round. */
   alpha: number;
   idle: number;
+  /** Adaptive: plain steps between probe rounds (doubles while probes do not pay). */
+  probeEvery: number;
 }
 
 let nextRequest = 1;
+const tuners = new WeakMap<StepModel, DraftTuner>();
 
 function argmaxOf(x: Float32Array): number {
   let best = 0;
@@ -183,7 +186,19 @@ export class Generator {
           "speculative",
           "speculative decoding drafts with the assistant model: load one (CLI: --assistant <dir>)",
         );
-      spec = { k, adaptive, draft: null, rounds: 0, drafted: 0, accepted: 0, alpha: 0.7, idle: 0 };
+      spec = {
+        k,
+        adaptive,
+        draft: null,
+        rounds: 0,
+        drafted: 0,
+        accepted: 0,
+        alpha: 0.7,
+        idle: 0,
+        probeEvery: 16,
+      };
+      spec.alpha = this.tuner.alpha;
+      spec.alpha = this.tuner.alpha;
     }
     const seq = model.newSequence(o.policy);
     if (spec && !seq.canRollBack) {
@@ -326,8 +341,12 @@ export class Generator {
     this.opts.onStep?.({ batch: batch.length, tokens, seconds });
   }
 
-  /** Costs measured across requests, for adaptive draft lengths. */
-  readonly tuner = new DraftTuner();
+  /** Costs measured across requests (and generators of the same model), for adaptive draft lengths. */
+  get tuner(): DraftTuner {
+    let t = tuners.get(this.model);
+    if (!t) tuners.set(this.model, (t = new DraftTuner()));
+    return t;
+  }
 
   /** Tokens to draft for `a` this round (0: a plain step). */
   private draftLength(a: Active): number {
@@ -341,10 +360,17 @@ export class Generator {
     );
     let k = Math.min(s.k, room);
     if (s.adaptive) {
-      // Plain steps measure the baseline first; after that a chosen 0 still probes now and then.
+      // Plain steps measure the baseline first; the first round probes with one draft; after
+      // that a chosen 0 still probes with one draft, less often each time it did not pay.
       if (this.tuner.plain === 0) return 0;
-      const best = this.tuner.choose(s.alpha, k);
-      k = best > 0 ? best : s.idle >= 16 ? 1 : 0;
+      const best = this.tuner.measured ? this.tuner.choose(s.alpha, k) : 1;
+      if (best > 0) {
+        s.probeEvery = 16;
+        k = best;
+      } else if (s.idle >= s.probeEvery) {
+        s.probeEvery *= 4;
+        k = 1;
+      } else k = 0;
     }
     if (k < 1) return 0;
     const p = seq.policy;
@@ -413,7 +439,6 @@ export class Generator {
       this.tuner.noteDraft(draftSeconds / steps);
 
       // Verify: every drafted token at once (or as one-token steps where the policy must).
-      const tv = performance.now();
       const rows = await this.verify(items, drafts);
       const back = items.map(([a]) => ({ a, length: 0, next: 0, accepted: 0 }));
       items.forEach(([a], i) => {
@@ -431,9 +456,9 @@ export class Generator {
         const ds = a.spec!.draft!;
         if (!a.seq.assistant && ds.length > b.length) ds.truncateTo(b.length);
       }
-      const verifySeconds = (performance.now() - tv) / 1000;
       const k = Math.max(...items.map(([, k]) => k));
-      this.tuner.noteVerify(verifySeconds, k);
+      const kept = back.reduce((x, b) => x + b.accepted, 0) / back.length;
+      this.tuner.noteRound((performance.now() - t0) / 1000, k, kept);
 
       items.forEach(([a, k], i) => {
         const b = back[i];

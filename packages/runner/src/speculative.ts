@@ -114,14 +114,20 @@ export function predictedSpeedup(alpha: number, k: number, c: number): number {
 }
 
 /**
- * Adaptive draft length: measured costs (seconds, moving averages) of a plain decode step,
- * a draft step, and each verified row beyond the first; per request, the acceptance rate.
- * Picks the k with the best expected tokens per second, or 0 when none beats plain decoding.
+ * Adaptive draft length from measured costs (seconds, moving averages): a plain decode step,
+ * and what a round costs beyond one plain step per drafted token (drafting, the verify rows,
+ * the rollback); and the acceptance rate seen across requests. Picks the k with the best
+ * expected tokens per second, or 0 when none beats plain decoding. One per model, so what
+ * one request measured serves the next.
  */
 export class DraftTuner {
   plain = 0;
+  /** Seconds a round costs beyond a plain step, per drafted token. */
+  perDraft = 0;
+  /** Seconds of one draft-model step (reported as the cost ratio c). */
   draft = 0;
-  extraRow = 0;
+  /** Acceptance rate across requests (a new request starts from it). */
+  alpha = 0.7;
   private static readonly RATE = 0.2;
 
   private mix(old: number, x: number): number {
@@ -134,21 +140,26 @@ export class DraftTuner {
   noteDraft(seconds: number): void {
     this.draft = this.mix(this.draft, seconds);
   }
-  /** A verify step (with its rollback) of k drafts took `seconds`. */
-  noteVerify(seconds: number, k: number): void {
+  /** A whole round (drafting, verify, rollback) of k drafts took `seconds`; `accepted` of them kept. */
+  noteRound(seconds: number, k: number, accepted: number): void {
     if (this.plain > 0 && k > 0)
-      this.extraRow = this.mix(this.extraRow, Math.max(0, (seconds - this.plain) / k));
+      this.perDraft = this.mix(this.perDraft, Math.max(0, (seconds - this.plain) / k));
+    if (k > 0) this.alpha += DraftTuner.RATE * (accepted / k - this.alpha);
   }
 
   /** Predicted speedup of drafting k tokens at acceptance alpha (1 for k = 0). */
   speedup(alpha: number, k: number): number {
     if (k === 0 || this.plain === 0) return 1;
-    return (expectedTokens(alpha, k) * this.plain) / (k * (this.draft + this.extraRow) + this.plain);
+    return (expectedTokens(alpha, k) * this.plain) / (this.plain + k * this.perDraft);
   }
 
-  /** The best k in [0, kMax] (until costs are measured: kMax). */
+  /** Whether rounds have been measured (before that, adaptive requests probe with k = 1). */
+  get measured(): boolean {
+    return this.plain > 0 && this.perDraft > 0;
+  }
+
+  /** The best k in [0, kMax]. */
   choose(alpha: number, kMax: number): number {
-    if (this.plain === 0 || this.draft === 0) return kMax;
     let best = 0;
     let bestGain = 1.02; // a prediction within noise of plain decoding is not worth the risk
     for (let k = 1; k <= kMax; k++) {

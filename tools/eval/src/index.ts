@@ -18,6 +18,7 @@ export {
 } from "./eval.js";
 export { barSpec, heatmapSpec, lineSpec, renderPlot } from "./plots.js";
 export { writeResultsPage } from "./results-page.js";
+export { benchSpeculative, type SpeculativeBenchOptions, type SpeculativeRow } from "./speculative-bench.js";
 export {
   LLM_100M,
   LLM_GPU,

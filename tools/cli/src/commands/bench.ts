@@ -9,6 +9,7 @@ import {
 } from "../options.js";
 import { benchRunner } from "./bench-runner.js";
 import { benchServer } from "./bench-server.js";
+import { benchSpeculativeCommand } from "./bench-speculative.js";
 
 const list = (v: string) =>
   v
@@ -127,6 +128,21 @@ export function registerBench(program: Command): void {
     .addOption(new Option("--child-out <file>").hideHelp())
     .option("--out <dir>", "output folder", "bench-results");
   addDeviceOptions(runner).action(benchRunner);
+  bench
+    .command("speculative")
+    .description(
+      "speculative decoding on stories260K with each assistant as the draft: tok/s with and without, acceptance, cost ratio c, predicted speedup",
+    )
+    .option("--assistants <list>", "assistant models", "stories260K-slm,stories260K-slm-l,stories260K-slm-a")
+    .option("--policies <list>", "policies (name@budget)", "full,smallkv@0.2")
+    .option("--batches <list>", "batch sizes", "1,4")
+    .option("--modes <list>", "none, k=K, adaptive", "none,k=2,k=4,adaptive")
+    .option("--tokens <n>", "tokens generated per request", intArg("--tokens", 2), 64)
+    .option("--prompt-tokens <n>", "prompt tokens per request", intArg("--prompt-tokens", 1), 140)
+    .option("--repeats <n>", "interleaved repeats (best kept per mode)", intArg("--repeats", 1), 3)
+    .option("--threads <n>", "CPU threads", intArg("--threads", 1))
+    .option("--out <dir>", "output folder", "bench-results")
+    .action(benchSpeculativeCommand);
 }
 
 /** Named scenario sets of `bench kv`. */

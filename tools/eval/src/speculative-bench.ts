@@ -1,0 +1,160 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { createPolicy } from "@smallkv/policies";
+import {
+  AssistedModel,
+  assetsDir,
+  type GenerationResult,
+  Generator,
+  Model,
+  predictedSpeedup,
+  type SpeculativeOptions,
+} from "@smallkv/runner";
+import { makeWindows } from "./documents.js";
+
+/** One configuration's measurement: a batch of requests decoded with or without speculation. */
+export interface SpeculativeRow {
+  assistant: string;
+  policy: string;
+  batch: number;
+  /** "none", "k=2", "k=4", "adaptive". */
+  mode: string;
+  tokensPerSecond: number;
+  /** Against the same policy, batch and assistant without speculation (same run). */
+  speedup: number;
+  acceptanceRate: number;
+  meanAccepted: number;
+  /** Assistant step time / LLM decode step (the plain run's, assistant included where the policy runs it). */
+  c: number;
+  /** (1 − α^(k+1)) / ((1 − α)(k c + 1)); adaptive: the best k ≤ 4 at the α of k = 4. */
+  predicted: number | null;
+  /** Mean k per round (adaptive picks its own). */
+  meanK: number;
+}
+
+export interface SpeculativeBenchOptions {
+  assistants: string[];
+  policies: string[];
+  batches: number[];
+  modes: string[];
+  tokens: number;
+  promptTokens: number;
+  repeats: number;
+  threads?: number;
+  onRow?: (r: SpeculativeRow) => void;
+}
+
+/** Decode a batch; tokens per second over the decode phase (after every first token). */
+async function decode(
+  model: AssistedModel,
+  prompts: number[][],
+  policy: string,
+  tokens: number,
+  speculative: SpeculativeOptions | undefined,
+): Promise<{ tps: number; results: GenerationResult[] }> {
+  const g = new Generator(model);
+  const t0 = performance.now();
+  const results = await Promise.all(
+    await Promise.all(
+      prompts.map(async (p) =>
+        g.generate(p, {
+          temperature: 0,
+          maxTokens: tokens,
+          stopTokens: [],
+          policy: await createPolicy(policy.split("@")[0], policy.split("@")[1] ?? 1),
+          speculative,
+        }),
+      ),
+    ),
+  );
+  const wall = (performance.now() - t0) / 1000;
+  for (const r of results) if (r.error) throw r.error;
+  const first = Math.max(...results.map((r) => r.timeToFirstToken));
+  const n = results.reduce((a, r) => a + r.tokens.length - 1, 0);
+  return { tps: n / (wall - first), results };
+}
+
+/**
+ * Speculative decoding on stories260K with each assistant: tokens/s with and without it,
+ * the acceptance rate, the measured cost ratio c and the speedup the standard analysis
+ * predicts from α, k and c. Greedy, prompts from the evaluation text.
+ */
+export async function benchSpeculative(o: SpeculativeBenchOptions): Promise<SpeculativeRow[]> {
+  const models = join(assetsDir(), "models");
+  const llm = await Model.load(join(models, "stories260K"), { threads: o.threads });
+  const text = readFileSync(join(assetsDir(), "data", "tinystories-valid.txt"), "utf8");
+  const windows = makeWindows(text, llm.tokenizer, {
+    length: o.promptTokens,
+    documents: 64,
+    perDocument: 1,
+    seed: 3,
+    maxPositions: llm.config.maxPositions,
+  });
+  const rows: SpeculativeRow[] = [];
+  for (const name of o.assistants) {
+    const slm = await Model.load(join(models, name), { threads: o.threads });
+    const pair = new AssistedModel(llm, slm);
+    for (const policy of o.policies) {
+      for (const batch of o.batches) {
+        const prompts = windows.slice(0, batch).map((w) => w.ids);
+        await decode(pair, prompts, policy, 8, { k: 2 }); // warm-up
+        const best = new Map<string, { tps: number; results: GenerationResult[]; draftStep: number }>();
+        // Interleaved repeats, best kept per mode.
+        for (let r = 0; r < o.repeats; r++) {
+          for (const mode of o.modes) {
+            const spec: SpeculativeOptions | undefined =
+              mode === "none"
+                ? undefined
+                : mode === "adaptive"
+                  ? { k: 4, adaptive: true }
+                  : { k: Number(mode.slice(2)) };
+            const s0 = { t: slm.timing.forward, n: slm.timing.steps };
+            const m = await decode(pair, prompts, policy, o.tokens, spec);
+            const draftStep = (slm.timing.forward - s0.t) / Math.max(1, slm.timing.steps - s0.n);
+            const prev = best.get(mode);
+            if (!prev || m.tps > prev.tps) best.set(mode, { ...m, draftStep });
+          }
+        }
+        const plain = best.get("none")!;
+        // The plain decode step: batch tokens per step over the decode rate.
+        const step = batch / plain.tps;
+        // One-token draft steps: a fixed-k run's (adaptive ones include catch-up prefills).
+        const fixed = o.modes.filter((m) => m.startsWith("k=")).map((m) => best.get(m)!.draftStep);
+        const draft = fixed.length ? Math.min(...fixed) : 0;
+        const c = draft / step;
+        const alphaOf = (rs: GenerationResult[]) => {
+          const d = rs.reduce((a, r) => a + (r.speculative?.drafted ?? 0), 0);
+          return d ? rs.reduce((a, r) => a + (r.speculative?.accepted ?? 0), 0) / d : 0;
+        };
+        const alpha4 = best.has("k=4") ? alphaOf(best.get("k=4")!.results) : 0;
+        for (const mode of o.modes) {
+          const m = best.get(mode)!;
+          const alpha = alphaOf(m.results);
+          const rounds = m.results.reduce((a, r) => a + (r.speculative?.rounds ?? 0), 0);
+          const drafted = m.results.reduce((a, r) => a + (r.speculative?.drafted ?? 0), 0);
+          const accepted = m.results.reduce((a, r) => a + (r.speculative?.accepted ?? 0), 0);
+          let predicted: number | null = null;
+          if (mode.startsWith("k=")) predicted = predictedSpeedup(alpha, Number(mode.slice(2)), c);
+          else if (mode === "adaptive")
+            predicted = Math.max(1, ...[1, 2, 3, 4].map((k) => predictedSpeedup(alpha4, k, c)));
+          const row: SpeculativeRow = {
+            assistant: name,
+            policy,
+            batch,
+            mode,
+            tokensPerSecond: m.tps,
+            speedup: m.tps / plain.tps,
+            acceptanceRate: alpha,
+            meanAccepted: rounds ? accepted / rounds : 0,
+            c,
+            predicted,
+            meanK: rounds ? drafted / rounds : 0,
+          };
+          rows.push(row);
+          o.onRow?.(row);
+        }
+      }
+    }
+  }
+  return rows;
+}
