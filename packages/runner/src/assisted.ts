@@ -72,8 +72,14 @@ export class AssistantState {
   get rowsT(): number {
     return this.view.rowsT;
   }
+  set rowsT(v: number) {
+    this.view.rowsT = v;
+  }
   get rowsN(): number {
     return this.view.rowsN;
+  }
+  set rowsN(v: number) {
+    this.view.rowsN = v;
   }
   /** scores[layer][h]: accumulated attention (prefill column sums + every decode row) per position. */
   get scores(): Float64Array[][] {
