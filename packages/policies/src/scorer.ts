@@ -39,6 +39,7 @@ export function scorerPolicy<O extends OptionSchema = Record<string, never>>(
     name: def.name,
     // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
     verify: "layerwise",
+    layerFields: ["scores", "evicted"],
     description: def.description,
     options: def.options,
     init: (seq) => ({

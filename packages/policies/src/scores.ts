@@ -55,6 +55,14 @@ export class ScoreTable {
     for (const a of this.acc[layer]) a.fill(0);
   }
 
+  /** A copy of one layer's scores (a rollback puts it back with putLayer). */
+  copyLayer(layer: number): Float64Array[] {
+    return this.acc[layer].map((a) => a.slice());
+  }
+  putLayer(layer: number, x: Float64Array[]): void {
+    this.acc[layer] = x.map((a) => a.slice());
+  }
+
   /** Scores of kv head g over positions [0, n). */
   get(layer: number, g: number, n: number): Float64Array {
     this.ensure(layer, n);
@@ -97,6 +105,14 @@ export class MeanAttention {
       const pos = keyPositions[g];
       for (let j = 0; j < pos.length; j++) c[pos[j]] += T - Math.max(fromRow, pos[j] - start);
     }
+  }
+
+  copyLayer(layer: number): { sums: Float64Array[]; counts: Float64Array[] } {
+    return { sums: this.sums.copyLayer(layer), counts: this.counts[layer].map((c) => c.slice()) };
+  }
+  putLayer(layer: number, x: { sums: Float64Array[]; counts: Float64Array[] }): void {
+    this.sums.putLayer(layer, x.sums);
+    this.counts[layer] = x.counts.map((c) => c.slice());
   }
 
   /** Mean attention of kv head g's tokens [0, n) (summed over the group's query heads). */

@@ -70,6 +70,12 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
    * deep copy of arrays, typed arrays, Maps, Sets and objects (models and sequences shared).
    */
   copyState?(state: S): S;
+  /**
+   * State fields that hold per-layer data, all that `select` and `observe` change: each an
+   * array indexed by layer, or an object with copyLayer/putLayer (ScoreTable, Evictions...).
+   * With them a rollback inside a verify step restores each layer without a replay.
+   */
+  readonly layerFields?: readonly (keyof S & string)[];
   /** `prepare` has nothing to do for the steps at ctx.step's positions (see KvPolicyHook.prepareIdle). Default: false. */
   prepareIdle?(ctx: PolicyContext<S, O>): boolean;
   /**
@@ -252,18 +258,46 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
           if (snap === null) states.delete(seq);
           else states.set(seq, copyOf((snap as { state: S }).state));
         },
-        select(seq, layer, step) {
-          const c = ctx(seq, layer, step);
-          // The first step has no old tokens; a budget that covers every token is the full cache.
-          if (step.start === 0 || budget.coversAll(step.start + step.T)) return null;
-          return def.select(c);
-        },
         release(seq) {
           const st = states.get(seq);
           if (st !== undefined && def.classCounts) finalCounts.set(seq, def.classCounts(st));
           states.delete(seq);
         },
       };
+      // The uncompressed reference with nothing else to do keeps no state at all: a verify step
+      // runs whole and a rollback needs no replay.
+      const stateless = def.uncompressed && !def.init && !def.observe && !def.wantsAttention && !def.prepare;
+      if (!stateless) {
+        hook.select = (seq, layer, step) => {
+          const c = ctx(seq, layer, step);
+          // The first step has no old tokens; a budget that covers every token is the full cache.
+          if (step.start === 0 || budget.coversAll(step.start + step.T)) return null;
+          return def.select(c);
+        };
+      }
+      if (def.layerFields) {
+        const fields = def.layerFields;
+        type Layered = { copyLayer(l: number): unknown; putLayer(l: number, x: unknown): void };
+        const layered = (v: unknown): v is Layered => typeof (v as Layered)?.copyLayer === "function";
+        hook.snapshotLayer = (seq, layer) => {
+          const st = states.get(seq) as Record<string, unknown> | undefined;
+          if (st === undefined) return null;
+          return fields.map((f) => {
+            const v = st[f];
+            return layered(v) ? v.copyLayer(layer) : Array.isArray(v) ? copyState(v[layer]) : undefined;
+          });
+        };
+        hook.restoreLayer = (seq, layer, snap) => {
+          const st = states.get(seq) as Record<string, unknown> | undefined;
+          if (st === undefined || snap === null) return;
+          fields.forEach((f, i) => {
+            const v = st[f];
+            const x = (snap as unknown[])[i];
+            if (layered(v)) v.putLayer(layer, x);
+            else if (Array.isArray(v)) v[layer] = copyState(x);
+          });
+        };
+      }
       if (def.prepare) {
         hook.prepare = (seq, step) => def.prepare!(ctx(seq, 0, step));
         hook.prepareIdle = (seq, step) => def.prepareIdle?.(ctx(seq, 0, step)) ?? false;

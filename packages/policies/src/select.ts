@@ -91,6 +91,13 @@ export class Evictions {
     return m;
   }
 
+  copyLayer(layer: number): Uint8Array[] {
+    return this.masks[layer].map((m) => m.slice());
+  }
+  putLayer(layer: number, x: Uint8Array[]): void {
+    this.masks[layer] = x.map((m) => m.slice());
+  }
+
   isEvicted(layer: number, g: number, p: number): boolean {
     return this.mask(layer, g, p + 1)[p] === 1;
   }

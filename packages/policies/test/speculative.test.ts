@@ -85,9 +85,12 @@ describe("speculative decoding", () => {
     expect(capped.tokens).toEqual(plain.tokens.slice(0, 7));
   });
 
-  for (const name of ["h2o", "smallkv", "tova"]) {
-    it(`${name}: rollback leaves the sequence as if the rejected tokens were never fed`, async () => {
-      const policy = await createPolicy(name, 0.2);
+  // "+replay": the policy without layer snapshots, so a rollback replays the kept rows.
+  for (const variant of ["h2o", "smallkv", "tova", "h2o+replay", "smallkv+replay"]) {
+    it(`${variant}: rollback leaves the sequence as if the rejected tokens were never fed`, async () => {
+      const [name, replay] = variant.split("+");
+      const made = await createPolicy(name, 0.2);
+      const policy = replay ? { ...made, snapshotLayer: undefined, restoreLayer: undefined } : made;
       const V = llm.config.vocabSize;
       const extra = [300, 45, 67, 200, 12];
       // Rolled back: verify five tokens at once, keep two, feed another one.

@@ -122,13 +122,11 @@ interface SpecState {
   accepted: number;
   /** Moving acceptance rate (adaptive k), and plain steps since the last round. */
   alpha: number;
-  idle: number;
-  /** Adaptive: plain steps between probe rounds (doubles while probes do not pay). */
-  probeEvery: number;
 }
 
 let nextRequest = 1;
-const tuners = new WeakMap<StepModel, DraftTuner>();
+/** Draft tuners per model and policy (costs differ by policy: SmallKV's step is not Full's). */
+const tuners = new WeakMap<StepModel, Map<string, DraftTuner>>();
 
 function argmaxOf(x: Float32Array): number {
   let best = 0;
@@ -194,11 +192,7 @@ export class Generator {
         drafted: 0,
         accepted: 0,
         alpha: 0.7,
-        idle: 0,
-        probeEvery: 16,
       };
-      spec.alpha = this.tuner.alpha;
-      spec.alpha = this.tuner.alpha;
     }
     const seq = model.newSequence(o.policy);
     if (spec && !seq.canRollBack) {
@@ -332,19 +326,30 @@ export class Generator {
     const seconds = (performance.now() - t0) / 1000;
     let tokens = 0;
     for (const a of batch) tokens += a.prefilled ? 1 : a.prompt.length;
-    if (batch.every((a) => a.prefilled)) this.tuner.notePlain(seconds);
+    if (batch.every((a) => a.prefilled)) {
+      const seen = new Set<DraftTuner>();
+      for (const a of batch) {
+        if (!a.spec) continue;
+        const t = this.tunerOf(a);
+        if (!seen.has(t)) t.notePlain(seconds);
+        seen.add(t);
+        t.idle++;
+      }
+    }
     batch.forEach((a, i) => {
-      if (a.spec && a.prefilled) a.spec.idle++;
       a.prefilled = true;
       this.accept(a, logits[i]);
     });
     this.opts.onStep?.({ batch: batch.length, tokens, seconds });
   }
 
-  /** Costs measured across requests (and generators of the same model), for adaptive draft lengths. */
-  get tuner(): DraftTuner {
-    let t = tuners.get(this.model);
-    if (!t) tuners.set(this.model, (t = new DraftTuner()));
+  /** Costs measured across requests (and generators of the same model) per policy, for adaptive draft lengths. */
+  tunerOf(a: Active): DraftTuner {
+    let byPolicy = tuners.get(this.model);
+    if (!byPolicy) tuners.set(this.model, (byPolicy = new Map()));
+    const key = `${a.seq.policy.name}${a.seq.assistant ? "+assistant" : ""}`;
+    let t = byPolicy.get(key);
+    if (!t) byPolicy.set(key, (t = new DraftTuner()));
     return t;
   }
 
@@ -360,17 +365,13 @@ export class Generator {
     );
     let k = Math.min(s.k, room);
     if (s.adaptive) {
-      // Plain steps measure the baseline first; the first round probes with one draft; after
-      // that a chosen 0 still probes with one draft, less often each time it did not pay.
-      if (this.tuner.plain === 0) return 0;
-      const best = this.tuner.measured ? this.tuner.choose(s.alpha, k) : 1;
-      if (best > 0) {
-        s.probeEvery = 16;
-        k = best;
-      } else if (s.idle >= s.probeEvery) {
-        s.probeEvery *= 4;
-        k = 1;
-      } else k = 0;
+      // Plain steps measure the baseline first and the first round measures a round's cost;
+      // from then on k follows the prediction, and while it says 0 a probe round now and then
+      // (ever rarer, shared by every request of the policy) refreshes the acceptance rate.
+      const t = this.tunerOf(a);
+      if (t.plain === 0) return 0;
+      k = t.measured ? t.choose(s.rounds >= 2 ? s.alpha : t.alpha, k) : 1;
+      if (k === 0 && t.probeDue()) k = 1;
     }
     if (k < 1) return 0;
     const p = seq.policy;
@@ -436,7 +437,8 @@ export class Generator {
           feeds.set(a, [d]);
         });
       }
-      this.tuner.noteDraft(draftSeconds / steps);
+      const tuner = this.tunerOf(items[0][0]);
+      tuner.noteDraft(draftSeconds / steps);
 
       // Verify: every drafted token at once (or as one-token steps where the policy must).
       const rows = await this.verify(items, drafts);
@@ -458,7 +460,7 @@ export class Generator {
       }
       const k = Math.max(...items.map(([, k]) => k));
       const kept = back.reduce((x, b) => x + b.accepted, 0) / back.length;
-      this.tuner.noteRound((performance.now() - t0) / 1000, k, kept);
+      tuner.noteRound((performance.now() - t0) / 1000, k, kept);
 
       items.forEach(([a, k], i) => {
         const b = back[i];
@@ -469,7 +471,6 @@ export class Generator {
         s.drafted += k;
         s.accepted += b.accepted;
         s.alpha += 0.2 * (b.accepted / k - s.alpha);
-        s.idle = 0;
         const d = drafts.get(a)!;
         const r = rows[i];
         for (let t = 0; t <= b.accepted && !a.done; t++)

@@ -318,6 +318,7 @@ export class Model {
         this.timing.attention += (ta - tk) / 1000;
         tp = ta;
         plans.forEach((p, i) => p.finish(results[i]));
+        this.keepRowSnapshots(inputs, l, r);
         this.timing.policy += (performance.now() - tp) / 1000;
       }
       out = await this.layers[l + 1].run({
@@ -357,12 +358,21 @@ export class Model {
   private openCheckpoints(inputs: StepInput[]): void {
     const c = this.config;
     for (const { seq, tokens, checkpoint, rowwise } of inputs) {
+      // A policy without state rolls back by truncation alone: nothing to snapshot or journal.
+      const stateful = policyHasState(seq.policy);
+      // A rowwise step of a policy with layer snapshots keeps one per row instead.
+      const byRows = !!rowwise && !!seq.policy.snapshotLayer && !this.runner;
       if (checkpoint) {
-        if (!seq.journal) seq.journal = { snaps: new Map(), start: seq.length, q: [], steps: [] };
-        seq.journal.snaps.set(seq.length, seq.snapshot());
+        if (!seq.journal)
+          seq.journal = { snaps: new Map(), start: seq.length, q: [], steps: [], rows: new Map() };
+        if (stateful && !byRows) seq.journal.snaps.set(seq.length, seq.snapshot());
       }
       const j = seq.journal;
-      if (!j) continue;
+      if (!j || !stateful) continue;
+      if (byRows) {
+        for (let t = 0; t < tokens.length; t++) j.rows.set(seq.length + t, []);
+        continue;
+      }
       j.steps.push({ start: seq.length, T: tokens.length, rowwise: !!rowwise });
       if (this.runner) continue;
       const need = (seq.length + tokens.length - j.start) * c.numHeads * c.headDim;
@@ -376,13 +386,23 @@ export class Model {
     }
   }
 
+  /** After row r of layer l of rowwise inputs: the layer's hot set and policy part, for rollback. */
+  private keepRowSnapshots(inputs: StepInput[], l: number, r: number): void {
+    for (const { seq, tokens, rowwise } of inputs) {
+      const at = rowwise && r < tokens.length ? seq.journal?.rows.get(seq.length + r) : undefined;
+      if (!at) continue;
+      at[l] = { hot: seq.hotSnapshot(l), policy: seq.policy.snapshotLayer!(seq, l) };
+    }
+  }
+
   /** Keep this layer's queries of journaled sequences (a rollback replays from them). */
   private journalQueries(inputs: StepInput[], layer: number, q: Float32Array): void {
     const w = this.config.numHeads * this.config.headDim;
     let row = 0;
     for (const { seq, tokens } of inputs) {
       const j = seq.journal;
-      if (j) j.q[layer].set(q.subarray(row * w, (row + tokens.length) * w), (seq.length - j.start) * w);
+      if (j?.q.length && j.q[layer].length >= (seq.length + tokens.length - j.start) * w)
+        j.q[layer].set(q.subarray(row * w, (row + tokens.length) * w), (seq.length - j.start) * w);
       row += tokens.length;
     }
   }
@@ -406,14 +426,33 @@ export class Model {
     }
     for (const { seq, length } of items) {
       if (length === seq.length) continue;
+      if (!policyHasState(seq.policy)) {
+        seq.truncateTo(length);
+        continue;
+      }
       const j = seq.journal!;
+      const rows = j.rows.get(length - 1);
+      if (rows && rows.length === this.config.numLayers && !seq.fault) {
+        // Every layer as it was after the last kept row: no replay.
+        const tokens = seq.tokens.slice(0, length);
+        rows.forEach((x, l) => {
+          seq.restoreHot(l, x.hot);
+          seq.policy.restoreLayer!(seq, l, x.policy);
+        });
+        seq.truncateTo(length);
+        seq.tokens.length = 0;
+        for (const t of tokens) seq.tokens.push(t);
+        for (const p of [...j.rows.keys()]) if (p >= length) j.rows.delete(p);
+        j.steps = j.steps.filter((s) => s.start < length);
+        seq.assistant?.viewAt(null);
+        continue;
+      }
       let from = j.start;
       for (const n of j.snaps.keys()) if (n <= length && n > from) from = n;
       const tokens = seq.tokens.slice(0, length);
       seq.restore(j.snaps.get(from)!);
       for (const n of [...j.snaps.keys()]) if (n > length) j.snaps.delete(n);
-      // A policy without state has nothing to replay: the KV rows are in the store already.
-      if (from < length && policyHasState(seq.policy)) {
+      if (from < length) {
         if (this.runner)
           throw new InvalidOptionError("rollback", "the device backend rolls back to its snapshots only");
         const t0 = performance.now();

@@ -89,6 +89,13 @@ export interface KvPolicyHook {
   snapshot?(seq: Sequence): unknown;
   restore?(seq: Sequence, snapshot: unknown): void;
   /**
+   * One layer's part of the policy's state (all that `select` and `observe` change at that
+   * layer), and putting it back: a rollback inside a rowwise verify step then restores each
+   * layer as it was after the last kept row, with no replay. Optional ("layerwise" policies).
+   */
+  snapshotLayer?(seq: Sequence, layer: number): unknown;
+  restoreLayer?(seq: Sequence, layer: number, snapshot: unknown): void;
+  /**
    * Whether `prepare` has nothing to do for steps at positions [step.start, step.start + step.T)
    * (default: a policy with `prepare` may always have work). A verify step prepares for its
    * first row only, so speculation waits while a later row would need preparing.

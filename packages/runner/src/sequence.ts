@@ -37,9 +37,17 @@ export interface KvStats {
 }
 
 /** A sequence's state at one length, for `Sequence.restore` (speculative decoding's rollback). */
+/** One layer's hot set at one moment. */
+export interface HotLayerSnapshot {
+  perQuery: boolean;
+  active: boolean;
+  full: HotSnapshot;
+  vOnly: HotSnapshot;
+}
+
 export interface SequenceSnapshot {
   length: number;
-  hot: { perQuery: boolean; active: boolean; full: HotSnapshot; vOnly: HotSnapshot }[];
+  hot: HotLayerSnapshot[];
   /** The policy's own copy of its state (KvPolicyHook.snapshot). */
   policy: unknown;
 }
@@ -57,6 +65,11 @@ export interface Journal {
   q: Float32Array[];
   /** The steps since the first snapshot, in order, and whether their rows were planned one by one. */
   steps: { start: number; T: number; rowwise: boolean }[];
+  /**
+   * Rowwise steps of a policy with layer snapshots: per position, every layer's hot set and
+   * policy part after that row (a rollback to it needs no replay).
+   */
+  rows: Map<number, { hot: HotLayerSnapshot; policy: unknown }[]>;
 }
 
 /** Whether a policy keeps per-sequence state (it decides, observes or prepares). */
@@ -177,12 +190,7 @@ export class Sequence {
       );
     return {
       length: this.length,
-      hot: this.hot.map((h) => ({
-        perQuery: h.perQuery,
-        active: h.active,
-        full: h.full.snapshot(),
-        vOnly: h.vOnly.snapshot(),
-      })),
+      hot: this.hot.map((_, l) => this.hotSnapshot(l)),
       policy: this.policy.snapshot?.(this),
     };
   }
@@ -200,21 +208,30 @@ export class Sequence {
         `cannot restore length ${s.length} > ${this.length}`,
       );
     this.truncateTo(s.length);
-    const dev = this.kv instanceof DeviceKvCache ? this.kv : null;
-    s.hot.forEach((h, l) => {
-      if (this.hot[l].perQuery !== h.perQuery) {
-        this.hot[l].full.release();
-        this.hot[l].vOnly.release();
-        this.hot[l] = this.newHot(h.perQuery);
-      }
-      const hot = this.hot[l];
-      hot.active = h.active;
-      const ccap = this.kv.capOf(l);
-      const base = this.kv.base[l];
-      hot.full.restore(h.full, dev ? [dev.dk[l].ptr, dev.dv[l].ptr] : [], ccap, base);
-      hot.vOnly.restore(h.vOnly, dev ? [dev.dv[l].ptr] : [], ccap, base);
-    });
+    s.hot.forEach((h, l) => this.restoreHot(l, h));
     if (this.policy.restore) this.policy.restore(this, s.policy);
+  }
+
+  /** Layer l's hot set bookkeeping now. */
+  hotSnapshot(l: number): HotLayerSnapshot {
+    const h = this.hot[l];
+    return { perQuery: h.perQuery, active: h.active, full: h.full.snapshot(), vOnly: h.vOnly.snapshot() };
+  }
+
+  /** Put layer l's hot set back (same rows in the same slots). */
+  restoreHot(l: number, h: HotLayerSnapshot): void {
+    if (this.hot[l].perQuery !== h.perQuery) {
+      this.hot[l].full.release();
+      this.hot[l].vOnly.release();
+      this.hot[l] = this.newHot(h.perQuery);
+    }
+    const dev = this.kv instanceof DeviceKvCache ? this.kv : null;
+    const hot = this.hot[l];
+    hot.active = h.active;
+    const ccap = this.kv.capOf(l);
+    const base = this.kv.base[l];
+    hot.full.restore(h.full, dev ? [dev.dk[l].ptr, dev.dv[l].ptr] : [], ccap, base);
+    hot.vOnly.restore(h.vOnly, dev ? [dev.dv[l].ptr] : [], ccap, base);
   }
 
   /** Cut the sequence to its first n tokens (the store keeps the rows; they are overwritten later). */

@@ -128,6 +128,9 @@ export class DraftTuner {
   draft = 0;
   /** Acceptance rate across requests (a new request starts from it). */
   alpha = 0.7;
+  /** Plain steps since the last round, and how many to wait before a probe (doubles). */
+  idle = 0;
+  private probeEvery = 64;
   private static readonly RATE = 0.2;
 
   private mix(old: number, x: number): number {
@@ -140,8 +143,16 @@ export class DraftTuner {
   noteDraft(seconds: number): void {
     this.draft = this.mix(this.draft, seconds);
   }
+  /** Whether a probe round is due (while the prediction says 0); the next one waits twice as long. */
+  probeDue(): boolean {
+    if (this.idle < this.probeEvery) return false;
+    this.probeEvery = Math.min(this.probeEvery * 2, 4096);
+    return true;
+  }
+
   /** A whole round (drafting, verify, rollback) of k drafts took `seconds`; `accepted` of them kept. */
   noteRound(seconds: number, k: number, accepted: number): void {
+    this.idle = 0;
     if (this.plain > 0 && k > 0)
       this.perDraft = this.mix(this.perDraft, Math.max(0, (seconds - this.plain) / k));
     if (k > 0) this.alpha += DraftTuner.RATE * (accepted / k - this.alpha);

@@ -12,6 +12,7 @@ export const h2o = definePolicy<EvictionState, { heavyRatio: number }>({
   name: "h2o",
   // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
   verify: "layerwise",
+  layerFields: ["scores", "evicted"],
   description: "heavy hitters by accumulated attention + recent window, evicted for good",
   options: { heavyRatio: 0.5 },
   validate: (o) => optionChecks("h2o", o).number("heavyRatio", 0, 1),

@@ -15,6 +15,7 @@ export const pyramidInfer = definePolicy<
   name: "pyramidinfer",
   // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
   verify: "layerwise",
+  layerFields: ["scores", "evicted"],
   description: "recent-query attention (decayed), layer budgets shrinking with depth, evicted for good",
   options: { window: 32, decay: 0.9, layerDecay: 0.85, recentRatio: 0.25 },
   validate(o) {

@@ -19,6 +19,7 @@ export const quest = definePolicy<QuestState, { pageSize: number }>({
   name: "quest",
   // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
   verify: "layerwise",
+  layerFields: ["pages"],
   description: "query-aware page selection from per-page key min/max bounds, every step (reversible)",
   options: { pageSize: 16 },
   wantsQuery: true,

@@ -26,6 +26,7 @@ export const reversible = definePolicy<ReversibleState, { recent: number; scores
     name: "reversible",
     // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
     verify: "layerwise",
+    layerFields: ["mean", "table"],
     description: "LLM's own (mean) accumulated attention, re-selected every step from the cold store",
     options: { recent: 2, scores: "mean", halfLife: 8 },
     validate(o) {

@@ -76,6 +76,7 @@ export const snapKv = definePolicy<SnapState, SnapOptions>({
   name: "snapkv",
   // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
   verify: "layerwise",
+  layerFields: ["votes"],
   description: "observation-window votes with 1-D pooling at prefill; window and generated tokens kept",
   options: { window: 32, kernel: 5 },
   validate: (o) => snapValidate("snapkv", o),
@@ -90,6 +91,7 @@ export const pyramidKv = definePolicy<SnapState, SnapOptions & { beta: number }>
   name: "pyramidkv",
   // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
   verify: "layerwise",
+  layerFields: ["votes"],
   description: "SnapKV votes; layer budgets decreasing linearly from the bottom layer to the top (beta)",
   options: { window: 32, kernel: 5, beta: 20 },
   validate(o) {

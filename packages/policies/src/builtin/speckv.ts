@@ -23,6 +23,7 @@ export const specKv = definePolicy<SpecState, SpecOptions>({
   name: "speckv",
   // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
   verify: "layerwise",
+  layerFields: ["votes"],
   description:
     "draft (assistant) lookahead queries score the prompt once through the LLM's attention, SnapKV-style",
   options: { lookahead: 16, window: 8, kernel: 5 },

@@ -7,6 +7,7 @@ export const streamingLlm = definePolicy({
   name: "streamingllm",
   // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
   verify: "layerwise",
+  layerFields: [],
   description: "the first `sinks` tokens plus a window of the most recent ones",
   options: { sinks: 4 },
   validate: (o) => optionChecks("streamingllm", o).number("sinks", 0, 1 << 20, true),

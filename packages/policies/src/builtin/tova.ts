@@ -18,6 +18,7 @@ export const tova = definePolicy<TovaState>({
   name: "tova",
   // Each layer reads only its own past: a verify step interleaves its rows inside each layer.
   verify: "layerwise",
+  layerFields: ["current", "kept", "seen"],
   description: "drop the token with the lowest current attention (mean over heads), per layer",
   init: (seq) => ({
     current: Array.from({ length: seq.config.numLayers }, () => new Float64Array(0)),

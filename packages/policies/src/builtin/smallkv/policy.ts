@@ -192,6 +192,7 @@ function makeSmallKv(
     // Each layer reads only its own past and the assistant's view at the row's position: a
     // verify step interleaves its rows inside each layer.
     verify: "layerwise",
+    layerFields: ["evicted", "decayed", "own", "counts"],
     description,
     options: defaults,
     usesAssistant: true,

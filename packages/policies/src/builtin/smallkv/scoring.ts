@@ -25,6 +25,14 @@ export class DecayedScores {
     this.lastStep = Array.from({ length: numLayers }, () => new Array(lists).fill(-1));
   }
 
+  copyLayer(layer: number): { acc: Float64Array[]; last: number[] } {
+    return { acc: this.acc[layer].map((a) => a.slice()), last: this.lastStep[layer].slice() };
+  }
+  putLayer(layer: number, x: { acc: Float64Array[]; last: number[] }): void {
+    this.acc[layer] = x.acc.map((a) => a.slice());
+    this.lastStep[layer] = x.last.slice();
+  }
+
   /** Fold this step's row into the list's decayed scores (once per step) and return them over [0, n). */
   update(layer: number, g: number, step: number, n: number, row: Float64Array, factor: number): Float64Array {
     let a = this.acc[layer][g];
