@@ -347,7 +347,9 @@ export class Generator {
   tunerOf(a: Active): DraftTuner {
     let byPolicy = tuners.get(this.model);
     if (!byPolicy) tuners.set(this.model, (byPolicy = new Map()));
-    const key = `${a.seq.policy.name}${a.seq.assistant ? "+assistant" : ""}`;
+    // Costs differ by policy and by how many sequences share a step.
+    const batch = Math.min(this.active.length, this.opts.maxBatch ?? this.active.length);
+    const key = `${a.seq.policy.name}${a.seq.assistant ? "+assistant" : ""}@${batch}`;
     let t = byPolicy.get(key);
     if (!t) byPolicy.set(key, (t = new DraftTuner()));
     return t;

@@ -20,11 +20,22 @@ struct Args {
   bool failed = false;
   std::string prefix;
 
-  explicit Args(const Napi::CallbackInfo& info) : env(info.Env()), call(&info) {}
-  Args(Napi::Env e, Napi::Array l, std::string p) : env(e), list(l), prefix(std::move(p)) {}
+  // A list's elements are read once: each napi_get_element costs about as much as a short
+  // attention's arithmetic, and an argument is looked at several times.
+  std::vector<Napi::Value> items;
 
-  Napi::Value at(size_t i) const { return call ? (*call)[i] : list.Get(static_cast<uint32_t>(i)); }
-  size_t length() const { return call ? call->Length() : list.Length(); }
+  explicit Args(const Napi::CallbackInfo& info) : env(info.Env()), call(&info) {}
+  Args(Napi::Env e, Napi::Array l, std::string p) : env(e), list(l), prefix(std::move(p)) {
+    const uint32_t n = l.Length();
+    items.reserve(n);
+    for (uint32_t i = 0; i < n; ++i) items.push_back(l.Get(i));
+  }
+
+  Napi::Value at(size_t i) const {
+    if (call) return (*call)[i];
+    return i < items.size() ? items[i] : env.Undefined();
+  }
+  size_t length() const { return call ? call->Length() : items.size(); }
 
   void fail(const std::string& msg) {
     if (!failed) Napi::RangeError::New(env, prefix + msg).ThrowAsJavaScriptException();
@@ -34,18 +45,26 @@ struct Args {
   template <typename T, napi_typedarray_type Type>
   T* array(size_t i, const char* name, size_t minLen, bool optional = false) {
     if (failed) return nullptr;
-    if (optional && (at(i).IsNull() || at(i).IsUndefined())) return nullptr;
-    if (!at(i).IsTypedArray() || at(i).As<Napi::TypedArray>().TypedArrayType() != Type) {
+    // Raw N-API calls: three per argument (the wrappers make several more each).
+    napi_value v = at(i);
+    napi_valuetype vt;
+    napi_typeof(env, v, &vt);
+    if (optional && (vt == napi_null || vt == napi_undefined)) return nullptr;
+    bool typed = false;
+    napi_is_typedarray(env, v, &typed);
+    napi_typedarray_type type = napi_int8_array;
+    size_t len = 0;
+    void* data = nullptr;
+    if (typed) napi_get_typedarray_info(env, v, &type, &len, &data, nullptr, nullptr);
+    if (!typed || type != Type) {
       fail(std::string(name) + ": expected a " + (Type == napi_float32_array ? "Float32Array" : "Int32Array"));
       return nullptr;
     }
-    auto a = at(i).As<Napi::TypedArrayOf<T>>();
-    if (a.ElementLength() < minLen) {
-      fail(std::string(name) + ": length " + std::to_string(a.ElementLength()) + " < required " +
-           std::to_string(minLen));
+    if (len < minLen) {
+      fail(std::string(name) + ": length " + std::to_string(len) + " < required " + std::to_string(minLen));
       return nullptr;
     }
-    return a.Data();
+    return static_cast<T*>(data);
   }
   float* f32(size_t i, const char* name, size_t minLen, bool optional = false) {
     return array<float, napi_float32_array>(i, name, minLen, optional);
@@ -55,21 +74,22 @@ struct Args {
   }
   int integer(size_t i, const char* name, int min = 0) {
     if (failed) return 0;
-    if (!at(i).IsNumber()) {
+    int32_t v = 0;
+    if (napi_get_value_int32(env, at(i), &v) != napi_ok) {
       fail(std::string(name) + ": expected a number");
       return 0;
     }
-    const int v = at(i).As<Napi::Number>().Int32Value();
     if (v < min) fail(std::string(name) + ": " + std::to_string(v) + " < " + std::to_string(min));
     return v;
   }
   double number(size_t i, const char* name) {
     if (failed) return 0;
-    if (!at(i).IsNumber()) {
+    double v = 0;
+    if (napi_get_value_double(env, at(i), &v) != napi_ok) {
       fail(std::string(name) + ": expected a number");
       return 0;
     }
-    return at(i).As<Napi::Number>().DoubleValue();
+    return v;
   }
 };
 

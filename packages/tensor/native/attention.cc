@@ -270,7 +270,17 @@ void attention_batch_f32(AttentionJob* jobs, int n) {
     }
   }
   const int count = static_cast<int>(cells.size());
-#pragma omp parallel if (work >= kParallelWork && count > 1)
+  if (count == 0) return;
+  // Below the threshold no parallel region at all: even a one-thread region costs
+  // microseconds in libgomp, as much as a short decode attention.
+  if (work < kParallelWork || count == 1) {
+    std::vector<float> wbuf(wsize);
+    std::vector<int32_t> sbuf(lsize);
+    for (int c = 0; c < count; ++c)
+      attend_cell(jobs[cells[c].job], cells[c].g, cells[c].t0, cells[c].t1, wbuf.data(), sbuf.data());
+    return;
+  }
+#pragma omp parallel
   {
     std::vector<float> wbuf(wsize);
     std::vector<int32_t> sbuf(lsize);

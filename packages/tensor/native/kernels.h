@@ -107,4 +107,17 @@ void topk_ragged_f32(const float* x, int rows, int stride, const int32_t* lens, 
 // benchmarks: it streams the array once.
 double sum_f32(const float* x, int64_t n);
 
+// body(i) for i in [0, n): on the OpenMP team when `parallel`, otherwise on the calling thread
+// without entering a region at all (even a one-thread region costs microseconds in libgomp,
+// as much as a decode step's small kernel).
+template <typename F>
+inline void for_each_index(int n, bool parallel, F&& body) {
+  if (!parallel || n < 2) {
+    for (int i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < n; ++i) body(i);
+}
+
 }  // namespace skv

@@ -32,14 +32,13 @@ void kv_write_q8(int8_t* store, float* scales, int cap, int Hkv, int D, const fl
 
 void kv_gather_f32(const float* src, int scap, float* dst, int dcap, int Hkv, int D, const int32_t* idx,
                    const int32_t* off, const int32_t* dstStart) {
-#pragma omp parallel for schedule(static) if (off[Hkv] * D > 65536)
-  for (int g = 0; g < Hkv; ++g) {
+  for_each_index(Hkv, off[Hkv] * D > 65536, [&](int g) {
     const float* s = src + static_cast<int64_t>(g) * scap * D;
     float* d = dst + (static_cast<int64_t>(g) * dcap + dstStart[g]) * D;
     for (int i = off[g]; i < off[g + 1]; ++i, d += D) {
       std::memcpy(d, s + static_cast<int64_t>(idx[i]) * D, sizeof(float) * D);
     }
-  }
+  });
 }
 
 }  // namespace skv

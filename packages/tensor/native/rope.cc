@@ -12,8 +12,7 @@ void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta, c
   // `scale` multiplies cos and sin (YaRN's attention factor).
   std::vector<double> inv(half);
   for (int i = 0; i < half; ++i) inv[i] = inv_freq ? static_cast<double>(inv_freq[i]) : std::pow(theta, -2.0 * i / D);
-#pragma omp parallel for schedule(static) if (T * H * D > 16384)
-  for (int t = 0; t < T; ++t) {
+  for_each_index(T, T * H * D > 16384, [&](int t) {
     // cos/sin per token, computed in double then rounded: matches an fp32 reference to ~1e-7.
     std::vector<float> c(half), s(half);
     for (int i = 0; i < half; ++i) {
@@ -30,7 +29,7 @@ void rope_f32(float* x, const int32_t* pos, int T, int H, int D, double theta, c
         r[i + half] = x2 * c[i] + x1 * s[i];
       }
     }
-  }
+  });
 }
 
 }  // namespace skv

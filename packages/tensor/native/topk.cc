@@ -21,8 +21,7 @@ inline uint64_t rank_key(float v, int32_t i) {
 }
 
 void topk_f32(const float* x, int rows, int n, int k, int32_t* out) {
-#pragma omp parallel for schedule(static) if (rows > 1 && static_cast<int64_t>(rows) * n > 65536)
-  for (int r = 0; r < rows; ++r) {
+  for_each_index(rows, static_cast<int64_t>(rows) * n > 65536, [&](int r) {
     const float* xr = x + static_cast<int64_t>(r) * n;
     std::vector<uint64_t> keys(n);
     for (int i = 0; i < n; ++i) keys[i] = rank_key(xr[i], i);
@@ -30,23 +29,30 @@ void topk_f32(const float* x, int rows, int n, int k, int32_t* out) {
     std::sort(keys.begin(), keys.begin() + k, std::greater<uint64_t>());
     int32_t* o = out + static_cast<int64_t>(r) * k;
     for (int j = 0; j < k; ++j) o[j] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(keys[j]));
-  }
+  });
 }
 
 void topk_ragged_f32(const float* x, int rows, int stride, const int32_t* lens, const int32_t* ks, const int32_t* off,
                      int32_t* out) {
-#pragma omp parallel if (static_cast<int64_t>(rows) * stride > 65536)
+  auto row = [&](int r, std::vector<uint64_t>& keys) {
+    const float* xr = x + static_cast<int64_t>(r) * stride;
+    const int n = lens[r], k = ks[r];
+    for (int i = 0; i < n; ++i) keys[i] = rank_key(xr[i], i);
+    if (k < n) std::nth_element(keys.begin(), keys.begin() + k, keys.begin() + n, std::greater<uint64_t>());
+    std::sort(keys.begin(), keys.begin() + k, std::greater<uint64_t>());
+    for (int j = 0; j < k; ++j) out[off[r] + j] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(keys[j]));
+  };
+  // No parallel region for small calls (even a one-thread region costs microseconds).
+  if (static_cast<int64_t>(rows) * stride <= 65536 || rows < 2) {
+    std::vector<uint64_t> keys(stride);
+    for (int r = 0; r < rows; ++r) row(r, keys);
+    return;
+  }
+#pragma omp parallel
   {
     std::vector<uint64_t> keys(stride);
 #pragma omp for schedule(static)
-    for (int r = 0; r < rows; ++r) {
-      const float* xr = x + static_cast<int64_t>(r) * stride;
-      const int n = lens[r], k = ks[r];
-      for (int i = 0; i < n; ++i) keys[i] = rank_key(xr[i], i);
-      if (k < n) std::nth_element(keys.begin(), keys.begin() + k, keys.begin() + n, std::greater<uint64_t>());
-      std::sort(keys.begin(), keys.begin() + k, std::greater<uint64_t>());
-      for (int j = 0; j < k; ++j) out[off[r] + j] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(keys[j]));
-    }
+    for (int r = 0; r < rows; ++r) row(r, keys);
   }
 }
 
@@ -96,6 +102,10 @@ int top_positions_f32(const float* x, int n, int k, const uint8_t* exclude, int3
 
 double sum_f32(const float* x, int64_t n) {
   double total = 0;
+  if (n <= 65536) {
+    for (int64_t i = 0; i < n; ++i) total += x[i];
+    return total;
+  }
 #pragma omp parallel reduction(+ : total)
   {
     float acc[16] = {0};
