@@ -1,5 +1,5 @@
 import { join } from "node:path";
-import { AssistedModel, assetsDir, Model } from "@smallkv/runner";
+import { AssistedModel, assetsDir, Generator, Model } from "@smallkv/runner";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createPolicy, type OptionValue } from "../src/index.js";
 
@@ -54,6 +54,29 @@ describe("policies on the device backend (CUDA emulator) equal the CPU path step
       }
       expect(worst).toBeLessThan(1e-4);
       expect(sb.stats().hotBytes).toBeLessThan(sb.stats().coldBytes * 0.5);
+    });
+  }
+
+  for (const [name, options] of [
+    ["h2o", {}],
+    ["smallkv", { minContext: 32, window: 32 }],
+  ] as [string, Record<string, OptionValue>][]) {
+    it(`${name} at 20%: speculative greedy output on the device equals plain greedy (one-token verify steps, snapshot rollback)`, async () => {
+      const b = new AssistedModel(dev.llm as Model, dev.slm as Model);
+      const prompt = b.llm.tokenizer
+        .encode("Once upon a time, there was a little girl named Lily. She loved to play outside. ".repeat(3))
+        .slice(0, 60);
+      const o = { temperature: 0, maxTokens: 20, stopTokens: [] };
+      const g = new Generator(b);
+      const plain = await g.generate(prompt, { ...o, policy: await createPolicy(name, 0.2, options) });
+      const spec = await g.generate(prompt, {
+        ...o,
+        policy: await createPolicy(name, 0.2, options),
+        speculative: { k: 3 },
+      });
+      expect(spec.error).toBeUndefined();
+      expect(spec.tokens).toEqual(plain.tokens);
+      expect(spec.speculative!.rounds).toBeGreaterThan(0);
     });
   }
 });
