@@ -307,6 +307,14 @@ export class Generator {
 
   /** One ordinary step: prefill for new requests, one token for the others. */
   private async plainStep(batch: Active[]): Promise<void> {
+    // A decode step whose policies have nothing to prepare is what the draft tuner compares
+    // against (SmallKV's first decode step matches heads: not a typical step).
+    const steady = batch.every(
+      (a) =>
+        a.prefilled &&
+        (!a.seq.policy.prepare ||
+          (a.seq.policy.prepareIdle?.(a.seq, { start: a.seq.length, T: 1 }) ?? false)),
+    );
     const t0 = performance.now();
     let logits: Float32Array[];
     try {
@@ -326,7 +334,7 @@ export class Generator {
     const seconds = (performance.now() - t0) / 1000;
     let tokens = 0;
     for (const a of batch) tokens += a.prefilled ? 1 : a.prompt.length;
-    if (batch.every((a) => a.prefilled)) {
+    if (steady) {
       const seen = new Set<DraftTuner>();
       for (const a of batch) {
         if (!a.spec) continue;

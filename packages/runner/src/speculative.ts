@@ -115,17 +115,17 @@ export function predictedSpeedup(alpha: number, k: number, c: number): number {
 
 /**
  * Adaptive draft length from measured costs (seconds, moving averages): a plain decode step,
- * and what a round costs beyond one plain step per drafted token (drafting, the verify rows,
- * the rollback); and the acceptance rate seen across requests. Picks the k with the best
- * expected tokens per second, or 0 when none beats plain decoding. One per model, so what
- * one request measured serves the next.
+ * a draft-model step, and a whole round (drafting, verify, rollback) per draft length k; and
+ * the acceptance rate seen across requests. Picks the k with the best expected tokens per
+ * second, or 0 when none beats plain decoding. One per model, policy and batch size, so
+ * what one request measured serves the next.
  */
 export class DraftTuner {
-  plain = 0;
-  /** Seconds a round costs beyond a plain step, per drafted token. */
-  perDraft = 0;
-  /** Seconds of one draft-model step (reported as the cost ratio c). */
-  draft = 0;
+  // Medians of recent samples: a step that also matched heads (SmallKV's first decode step)
+  // or a noisy neighbour must not move the estimates.
+  private readonly plainS = new RecentMedian();
+  private readonly draftS = new RecentMedian();
+  private readonly roundS = new Map<number, RecentMedian>();
   /** Acceptance rate across requests (a new request starts from it). */
   alpha = 0.7;
   /** Plain steps since the last round, and how many to wait before a probe (doubles). */
@@ -133,16 +133,26 @@ export class DraftTuner {
   private probeEvery = 64;
   private static readonly RATE = 0.2;
 
-  private mix(old: number, x: number): number {
-    return old === 0 ? x : old + DraftTuner.RATE * (x - old);
+  /** Seconds of a plain decode step. */
+  get plain(): number {
+    return this.plainS.value;
+  }
+  /** Seconds of one draft-model step (reported as the cost ratio c). */
+  get draft(): number {
+    return this.draftS.value;
+  }
+  /** Seconds of a round by draft length. */
+  get rounds(): Map<number, number> {
+    return new Map([...this.roundS].map(([k, m]) => [k, m.value]));
   }
 
   notePlain(seconds: number): void {
-    this.plain = this.mix(this.plain, seconds);
+    this.plainS.add(seconds);
   }
   noteDraft(seconds: number): void {
-    this.draft = this.mix(this.draft, seconds);
+    this.draftS.add(seconds);
   }
+
   /** Whether a probe round is due (while the prediction says 0); the next one waits twice as long. */
   probeDue(): boolean {
     if (this.idle < this.probeEvery) return false;
@@ -153,20 +163,36 @@ export class DraftTuner {
   /** A whole round (drafting, verify, rollback) of k drafts took `seconds`; `accepted` of them kept. */
   noteRound(seconds: number, k: number, accepted: number): void {
     this.idle = 0;
-    if (this.plain > 0 && k > 0)
-      this.perDraft = this.mix(this.perDraft, Math.max(0, (seconds - this.plain) / k));
-    if (k > 0) this.alpha += DraftTuner.RATE * (accepted / k - this.alpha);
+    if (k < 1) return;
+    let m = this.roundS.get(k);
+    if (!m) this.roundS.set(k, (m = new RecentMedian()));
+    m.add(seconds);
+    this.alpha += DraftTuner.RATE * (accepted / k - this.alpha);
+  }
+
+  /**
+   * A round's cost at draft length k: measured, or from the nearest measured length plus
+   * (or minus) one draft step per token of difference (a lower bound: verifying a row costs more).
+   */
+  roundCost(k: number): number | null {
+    const m = this.roundS.get(k);
+    if (m) return m.value;
+    let near: number | null = null;
+    for (const j of this.roundS.keys()) if (near === null || Math.abs(j - k) < Math.abs(near - k)) near = j;
+    if (near === null) return null;
+    return Math.max(this.plain, this.roundS.get(near)!.value + (k - near) * this.draft);
   }
 
   /** Predicted speedup of drafting k tokens at acceptance alpha (1 for k = 0). */
   speedup(alpha: number, k: number): number {
-    if (k === 0 || this.plain === 0) return 1;
-    return (expectedTokens(alpha, k) * this.plain) / (this.plain + k * this.perDraft);
+    const cost = k === 0 ? null : this.roundCost(k);
+    if (cost === null || this.plain === 0) return 1;
+    return (expectedTokens(alpha, k) * this.plain) / cost;
   }
 
-  /** Whether rounds have been measured (before that, adaptive requests probe with k = 1). */
+  /** Whether a round has been measured (before that, adaptive requests probe with k = 1). */
   get measured(): boolean {
-    return this.plain > 0 && this.perDraft > 0;
+    return this.plain > 0 && this.roundS.size > 0;
   }
 
   /** The best k in [0, kMax]. */
@@ -181,5 +207,18 @@ export class DraftTuner {
       }
     }
     return best;
+  }
+}
+
+/** The median of the last few samples (0 before any). */
+class RecentMedian {
+  private readonly xs: number[] = [];
+  value = 0;
+
+  add(x: number): void {
+    this.xs.push(x);
+    if (this.xs.length > 15) this.xs.shift();
+    const v = [...this.xs].sort((a, b) => a - b);
+    this.value = v[(v.length - 1) >> 1];
   }
 }

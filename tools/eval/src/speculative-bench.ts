@@ -28,6 +28,13 @@ export interface SpeculativeRow {
   c: number;
   /** (1 − α^(k+1)) / ((1 − α)(k c + 1)); adaptive: the best k ≤ 4 at the α of k = 4. */
   predicted: number | null;
+  /**
+   * The same with each verified row paying the policy's per-row work: p = the policy's share
+   * of a plain step, a verify step costs 1 + k p steps.
+   */
+  predictedWithPolicy: number | null;
+  /** The policy's share of a plain decode step (selection, hot set, observation). */
+  p: number;
   /** Mean k per round (adaptive picks its own). */
   meanK: number;
 }
@@ -99,8 +106,12 @@ export async function benchSpeculative(o: SpeculativeBenchOptions): Promise<Spec
         const prompts = windows.slice(0, batch).map((w) => w.ids);
         await decode(pair, prompts, policy, 8, { k: 2 }); // warm-up
         const best = new Map<string, { tps: number; results: GenerationResult[]; draftStep: number }>();
+        // Per repeat, each mode's rate against plain decoding measured beside it.
+        const ratios = new Map<string, number[]>();
+        let policyShare = 0;
         // Interleaved repeats, best kept per mode.
         for (let r = 0; r < o.repeats; r++) {
+          const rate = new Map<string, number>();
           for (const mode of o.modes) {
             const spec: SpeculativeOptions | undefined =
               mode === "none"
@@ -109,12 +120,28 @@ export async function benchSpeculative(o: SpeculativeBenchOptions): Promise<Spec
                   ? { k: 4, adaptive: true }
                   : { k: Number(mode.slice(2)) };
             const s0 = { t: slm.timing.forward, n: slm.timing.steps };
+            const l0 = { ...llm.timing };
             const m = await decode(pair, prompts, policy, o.tokens, spec);
+            if (mode === "none") {
+              // The policy's share of the LLM's steps (prefill included: a slight underestimate).
+              const f = llm.timing.forward - l0.forward;
+              policyShare = Math.max(policyShare, f > 0 ? (llm.timing.policy - l0.policy) / f : 0);
+            }
+            rate.set(mode, m.tps);
             const draftStep = (slm.timing.forward - s0.t) / Math.max(1, slm.timing.steps - s0.n);
             const prev = best.get(mode);
             if (!prev || m.tps > prev.tps) best.set(mode, { ...m, draftStep });
           }
+          for (const mode of o.modes) {
+            const list = ratios.get(mode) ?? [];
+            list.push(rate.get(mode)! / rate.get("none")!);
+            ratios.set(mode, list);
+          }
         }
+        const median = (xs: number[]) => {
+          const v = [...xs].sort((a, b) => a - b);
+          return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+        };
         const plain = best.get("none")!;
         // The plain decode step: batch tokens per step over the decode rate.
         const step = batch / plain.tps;
@@ -134,20 +161,30 @@ export async function benchSpeculative(o: SpeculativeBenchOptions): Promise<Spec
           const drafted = m.results.reduce((a, r) => a + (r.speculative?.drafted ?? 0), 0);
           const accepted = m.results.reduce((a, r) => a + (r.speculative?.accepted ?? 0), 0);
           let predicted: number | null = null;
-          if (mode.startsWith("k=")) predicted = predictedSpeedup(alpha, Number(mode.slice(2)), c);
-          else if (mode === "adaptive")
+          let predictedWithPolicy: number | null = null;
+          const p = policyShare;
+          const withPolicy = (a: number, k: number) =>
+            (predictedSpeedup(a, k, c) * (k * c + 1)) / (k * c + 1 + k * p);
+          if (mode.startsWith("k=")) {
+            predicted = predictedSpeedup(alpha, Number(mode.slice(2)), c);
+            predictedWithPolicy = withPolicy(alpha, Number(mode.slice(2)));
+          } else if (mode === "adaptive") {
             predicted = Math.max(1, ...[1, 2, 3, 4].map((k) => predictedSpeedup(alpha4, k, c)));
+            predictedWithPolicy = Math.max(1, ...[1, 2, 3, 4].map((k) => withPolicy(alpha4, k)));
+          }
           const row: SpeculativeRow = {
             assistant: name,
             policy,
             batch,
             mode,
             tokensPerSecond: m.tps,
-            speedup: m.tps / plain.tps,
+            speedup: median(ratios.get(mode)!),
             acceptanceRate: alpha,
             meanAccepted: rounds ? accepted / rounds : 0,
             c,
             predicted,
+            predictedWithPolicy,
+            p,
             meanK: rounds ? drafted / rounds : 0,
           };
           rows.push(row);

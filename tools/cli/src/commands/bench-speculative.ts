@@ -20,10 +20,12 @@ const HEADERS = [
   "tok/s",
   "speedup",
   "predicted",
+  "pred.+policy",
   "alpha",
   "accepted/round",
   "mean k",
   "c",
+  "p",
 ];
 
 function cells(r: SpeculativeRow): (string | number | null)[] {
@@ -35,10 +37,12 @@ function cells(r: SpeculativeRow): (string | number | null)[] {
     Number(r.tokensPerSecond.toFixed(1)),
     Number(r.speedup.toFixed(3)),
     r.predicted === null ? "-" : Number(r.predicted.toFixed(3)),
+    r.predictedWithPolicy === null ? "-" : Number(r.predictedWithPolicy.toFixed(3)),
     r.mode === "none" ? "-" : Number(r.acceptanceRate.toFixed(3)),
     r.mode === "none" ? "-" : Number(r.meanAccepted.toFixed(2)),
     r.mode === "none" ? "-" : Number(r.meanK.toFixed(2)),
     Number(r.c.toFixed(3)),
+    Number(r.p.toFixed(3)),
   ];
 }
 
