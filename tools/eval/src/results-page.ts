@@ -3,6 +3,7 @@ import { basename, dirname, join, relative } from "node:path";
 import { type BenchRow, benchTable } from "./bench.js";
 import type { EvalResult } from "./eval.js";
 import { formatEval, formatIsoMemory, plotEval } from "./eval.js";
+import type { SpeculativeRow } from "./speculative-bench.js";
 import { fmt, markdownTable } from "./table.js";
 
 /**
@@ -63,6 +64,7 @@ export async function writeResultsPage(o: {
     "pnpm bench --out bench-results                # synthetic ~100M LLM + ~10M assistant, batch x context grid",
     "pnpm bench runner --out bench-results         # runner throughput and roofline",
     "pnpm bench --scenario long --policies full,h2o,smallkv --out bench-results/long   # KV-dominated decode",
+    "pnpm bench speculative --out bench-results    # speculative decoding with each assistant as the draft",
     "pnpm results                                  # this page",
     "```",
     "",
@@ -245,6 +247,54 @@ export async function writeResultsPage(o: {
       "",
     );
   } else parts.push(...(kept("## Long context") ?? []));
+  const specJson = o.benchDir && join(o.benchDir, "speculative", "bench.json");
+  if (specJson && existsSync(specJson)) {
+    const b = JSON.parse(readFileSync(specJson, "utf8"));
+    const rows = b.rows as SpeculativeRow[];
+    const dash = (x: number | null, keep = true) => (x === null || !keep ? "-" : x);
+    parts.push(
+      "## Speculative decoding",
+      "",
+      `The assistant drafts k tokens, the LLM verifies them in one step (stories260K with each assistant, greedy, ${b.config.promptTokens}-token prompts, ${b.config.tokens} tokens per request, ${b.config.threads ?? 1} thread per model). Speedup: the median over ${b.config.repeats} interleaved repeats of tokens/s against plain decoding measured beside it. Predicted: the standard analysis from the acceptance rate α, k and the cost ratio c (assistant step / plain step). With policy: the same when each verified row also pays the policy's per-row work (p, its share of a plain step).`,
+      "",
+      markdownTable(
+        [
+          "assistant",
+          "policy",
+          "batch",
+          "mode",
+          "tok/s",
+          "speedup",
+          "predicted",
+          "with policy",
+          "α",
+          "accepted / round",
+          "mean k",
+          "c",
+          "p",
+        ],
+        rows.map((r) => {
+          const spec = r.mode !== "none";
+          return [
+            r.assistant,
+            r.policy,
+            r.batch,
+            r.mode,
+            r.tokensPerSecond,
+            r.speedup,
+            dash(r.predicted),
+            dash(r.predictedWithPolicy),
+            dash(r.acceptanceRate, spec),
+            dash(r.meanAccepted, spec),
+            dash(r.meanK, spec),
+            r.c,
+            r.p,
+          ];
+        }),
+      ),
+      "",
+    );
+  } else parts.push(...(kept("## Speculative decoding") ?? []));
   const runnerJson = o.benchDir && join(o.benchDir, "runner.json");
   if (runnerJson && existsSync(runnerJson)) {
     const j = JSON.parse(readFileSync(runnerJson, "utf8"));
