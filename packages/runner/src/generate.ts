@@ -1,5 +1,6 @@
 import type { StepModel } from "./assisted.js";
 import { ContextLengthError, InvalidOptionError } from "./errors.js";
+import type { DecoderState } from "./fused-decoder.js";
 import type { KvPolicyHook } from "./policy-hook.js";
 import { logSoftmax, Sampler, type SamplingOptions } from "./sampler.js";
 import { policyHasState, type Sequence } from "./sequence.js";
@@ -117,6 +118,8 @@ interface SpecState {
   adaptive: boolean;
   /** The draft model's sequence (the assistant's own when the policy reads it). */
   draft: Sequence | null;
+  /** The draft's state in the model's fused decoder (a policy without the assistant). */
+  fused: DecoderState | null;
   rounds: number;
   drafted: number;
   accepted: number;
@@ -188,6 +191,7 @@ export class Generator {
         k,
         adaptive,
         draft: null,
+        fused: null,
         rounds: 0,
         drafted: 0,
         accepted: 0,
@@ -397,6 +401,8 @@ export class Generator {
   private async speculate(items: [Active, number][]): Promise<void> {
     const model = this.model;
     const draftModel = model.draftModel!;
+    // A draft for a policy without the assistant runs the model's fused decoder when it has one.
+    const fused = items.some(([a]) => !a.seq.assistant) ? await draftModel.fusedDecoder() : null;
     const V = model.config.vocabSize;
     const t0 = performance.now();
     const n = new Map<Active, number>();
@@ -411,9 +417,11 @@ export class Generator {
       if (a.seq.assistant) {
         s.draft = a.seq.assistant.seq;
         a.seq.assistant.beginDraft();
-      } else s.draft ??= draftModel.newSequence();
+      } else if (fused) s.fused ??= fused.newState();
+      else s.draft ??= draftModel.newSequence();
       // The draft sequence catches up on what the LLM has that it lacks (after a full accept).
-      feeds.set(a, [...a.seq.tokens.slice(s.draft.length), a.last]);
+      const have = s.fused?.length ?? s.draft!.length;
+      feeds.set(a, [...a.seq.tokens.slice(have), a.last]);
     }
     try {
       // Draft: k steps; the assistant of a policy that reads it also runs on the last draft
@@ -423,17 +431,25 @@ export class Generator {
       for (let j = 0; j < steps; j++) {
         const live = items.filter(([a, k]) => j < k + (a.seq.assistant ? 1 : 0));
         const td = performance.now();
-        const outs = await draftModel.forward(
-          live.map(([a, k]) => ({
-            seq: a.spec!.draft!,
-            tokens: feeds.get(a)!,
-            logits: j < k ? ("last" as const) : ("none" as const),
-          })),
-        );
+        // Runner sequences step together; fused-decoder ones one call each.
+        const together = live.filter(([a]) => !a.spec!.fused);
+        const outs = new Map<Active, Float32Array>();
+        const res = together.length
+          ? await draftModel.forward(
+              together.map(([a, k]) => ({
+                seq: a.spec!.draft!,
+                tokens: feeds.get(a)!,
+                logits: j < k ? ("last" as const) : ("none" as const),
+              })),
+            )
+          : [];
+        together.forEach(([a], i) => outs.set(a, res[i]));
+        for (const [a] of live)
+          if (a.spec!.fused) outs.set(a, await fused!.step(a.spec!.fused, feeds.get(a)!));
         draftSeconds += (performance.now() - td) / 1000;
-        live.forEach(([a, k], i) => {
+        live.forEach(([a, k]) => {
           if (j >= k) return;
-          const logits = a.sampler.adjust(outs[i]);
+          const logits = a.sampler.adjust(outs.get(a)!);
           let d: number;
           if (a.sampler.greedy) {
             d = argmaxOf(logits);
@@ -465,7 +481,7 @@ export class Generator {
       for (const b of ok) {
         const a = b.a;
         a.seq.assistant?.rollbackTo(b.length);
-        const ds = a.spec!.draft!;
+        const ds = a.spec!.fused ?? a.spec!.draft!;
         if (!a.seq.assistant && ds.length > b.length) ds.truncateTo(b.length);
       }
       const k = Math.max(...items.map(([, k]) => k));

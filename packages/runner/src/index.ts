@@ -21,6 +21,7 @@ export {
   InvalidOptionError,
   PolicyError,
 } from "./errors.js";
+export { DecoderState, FusedDecoder } from "./fused-decoder.js";
 export {
   type FinishReason,
   type GenerateOptions,

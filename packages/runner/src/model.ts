@@ -5,10 +5,12 @@ import type Ort from "onnxruntime-node";
 import { type ModelConfig, readConfig } from "./config.js";
 import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
+import { FusedDecoder } from "./fused-decoder.js";
 import { graphFolder } from "./graph-cache.js";
 import { type PlannedAttention, planAt } from "./host-attend.js";
 import { KV_STORE_TYPES, type KvStoreType } from "./kv-cache.js";
-import { BlockGraphs } from "./onnx/blocks.js";
+import { BlockGraphs, type GraphQuant } from "./onnx/blocks.js";
+import { decoderGraph } from "./onnx/decoder.js";
 import type { KvPolicyHook } from "./policy-hook.js";
 import { isGroupSize, WEIGHT_TYPES, type WeightType } from "./quant.js";
 import { replaySteps } from "./replay.js";
@@ -108,6 +110,31 @@ export class Model {
   kvCold: KvStoreType = "f32";
   /** Bytes of weights this model holds (as stored: quantized matrices count their packed size). */
   weightBytes = 0;
+  private sessionOptions: Ort.InferenceSession.SessionOptions = {};
+  private quant: GraphQuant | null = null;
+  private fused: Promise<FusedDecoder | null> | null = null;
+
+  /**
+   * The whole model as one onnxruntime graph (attention included, full cache, no policy), or
+   * null where it does not apply (device backend, sliding-window layers, dynamic RoPE). Built
+   * once, on first use: what a draft model runs, one call per step.
+   */
+  fusedDecoder(): Promise<FusedDecoder | null> {
+    this.fused ??= (async () => {
+      const c = this.config;
+      if (this.runner || !this.ort || c.slidingWindow?.some((w) => w !== null) || c.rope.dynamic) return null;
+      try {
+        const graph = decoderGraph(c, openWeights(this.dir, c), this.quant, { n: 0 });
+        const session = await this.ort.InferenceSession.create(graph.encode(), this.sessionOptions);
+        return new FusedDecoder(this.ort, session, this.embed, c, this.timing);
+      } catch (e) {
+        // The per-layer runner serves instead (slower for a draft, same results).
+        process.stderr.write(`[smallkv] ${this.name}: no fused decoder (${(e as Error).message})\n`);
+        return null;
+      }
+    })();
+    return this.fused;
+  }
 
   /** A short name for reports: the checkpoint folder's name. */
   get name(): string {
@@ -200,6 +227,8 @@ export class Model {
       layers.push(await ort.InferenceSession.create(join(files, `layer${i}.onnx`), sessionOptions));
     const head = await ort.InferenceSession.create(join(files, "head.onnx"), sessionOptions);
     const model = new Model(abs, config, tokenizer, embed, layers, head, meta.parameters, ort);
+    model.sessionOptions = sessionOptions;
+    model.quant = quant;
     model.weightType = weightType;
     model.kvCold = kvCold;
     model.weightBytes = meta.weightBytes + embed.byteLength;

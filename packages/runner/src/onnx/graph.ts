@@ -14,6 +14,8 @@ export class GraphBuilder {
   private readonly inputs: onnxProto.onnx.IValueInfoProto[] = [];
   private readonly outputs: onnxProto.onnx.IValueInfoProto[] = [];
   private n = 0;
+  /** RMSNorm as onnxruntime's SimplifiedLayerNormalization (one node) instead of six standard ops. */
+  fusedNorm = false;
 
   constructor(private readonly name: string) {}
 
