@@ -61,57 +61,96 @@ export class FusedDecoder {
     s.cap = cap;
   }
 
-  /** Feed tokens; returns the logits of the last one. */
+  /** Feed tokens to one sequence; returns the logits of the last one. */
   async step(s: DecoderState, tokens: number[]): Promise<Float32Array> {
+    return (await this.stepMany([{ state: s, tokens }]))[0];
+  }
+
+  /**
+   * Feed tokens to several sequences in one call; returns each one's last logits. Shorter
+   * pasts and fewer tokens are padded: their columns are masked for the real rows, and a
+   * padding row attends causally like the others (its outputs are dropped).
+   */
+  async stepMany(items: { state: DecoderState; tokens: number[] }[]): Promise<Float32Array[]> {
     const c = this.config;
-    const { hiddenSize: d, numKvHeads: Hkv, headDim: D, numLayers: L } = c;
-    const T = tokens.length;
-    const P = s.length;
+    const { hiddenSize: d, numKvHeads: Hkv, headDim: D, numLayers: L, vocabSize: V } = c;
+    const B = items.length;
+    if (B === 0) return [];
+    const T = Math.max(...items.map((i) => i.tokens.length));
+    const P = Math.max(...items.map((i) => i.state.length));
     const N = P + T;
-    if (T === 0) throw new InvalidOptionError("tokens", "a step needs at least one token");
-    if (N > c.maxPositions) throw new InvalidOptionError("tokens", `context ${N} exceeds ${c.maxPositions}`);
+    const row = Hkv * D;
+    for (const { state, tokens } of items) {
+      if (tokens.length === 0) throw new InvalidOptionError("tokens", "a step needs at least one token");
+      if (state.length + tokens.length > c.maxPositions)
+        throw new InvalidOptionError(
+          "tokens",
+          `context ${state.length + tokens.length} exceeds ${c.maxPositions}`,
+        );
+      for (const t of tokens)
+        if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize)
+          throw new InvalidOptionError("tokens", `token id ${t} is outside [0, ${c.vocabSize})`);
+    }
     const t0 = performance.now();
-    this.ensure(s, N);
     const ort = this.ort;
-    const x = new Float32Array(T * d);
-    tokens.forEach((t, i) => {
-      if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize)
-        throw new InvalidOptionError("tokens", `token id ${t} is outside [0, ${c.vocabSize})`);
-      x.set(this.embed.subarray(t * d, (t + 1) * d), i * d);
-    });
-    // cos/sin in double, rounded to float: the runner's RoPE kernel does the same.
     const half = D / 2;
-    const cos = new Float32Array(T * D);
-    const sin = new Float32Array(T * D);
-    for (let t = 0; t < T; t++)
-      for (let i = 0; i < half; i++) {
-        const a = (P + t) * this.inv[i];
-        cos[t * D + i] = cos[t * D + i + half] = Math.cos(a) * this.ropeScale;
-        sin[t * D + i] = sin[t * D + i + half] = Math.sin(a) * this.ropeScale;
+    const x = new Float32Array(B * T * d);
+    const cos = new Float32Array(B * T * D);
+    const sin = new Float32Array(B * T * D);
+    const mask = new Float32Array(B * T * N).fill(Number.NEGATIVE_INFINITY);
+    items.forEach(({ state, tokens }, b) => {
+      this.ensure(state, state.length + tokens.length);
+      for (let t = 0; t < T; t++) {
+        const r = b * T + t;
+        if (t < tokens.length) x.set(this.embed.subarray(tokens[t] * d, (tokens[t] + 1) * d), r * d);
+        // cos/sin in double, rounded to float: the runner's RoPE kernel does the same.
+        for (let i = 0; i < half; i++) {
+          const a = (state.length + t) * this.inv[i];
+          cos[r * D + i] = cos[r * D + i + half] = Math.cos(a) * this.ropeScale;
+          sin[r * D + i] = sin[r * D + i + half] = Math.sin(a) * this.ropeScale;
+        }
+        const m = r * N;
+        for (let j = 0; j < state.length; j++) mask[m + j] = 0;
+        for (let j = 0; j <= t; j++) mask[m + P + j] = 0;
       }
-    const mask = new Float32Array(T * N);
-    for (let t = 0; t < T; t++)
-      for (let j = P + t + 1; j < N; j++) mask[t * N + j] = Number.NEGATIVE_INFINITY;
+    });
     const feeds: Record<string, Ort.Tensor> = {
-      x: new ort.Tensor("float32", x, [T, d]),
-      cos: new ort.Tensor("float32", cos, [T, 1, D]),
-      sin: new ort.Tensor("float32", sin, [T, 1, D]),
-      mask: new ort.Tensor("float32", mask, [T, N]),
+      x: new ort.Tensor("float32", x, [B * T, d]),
+      cos: new ort.Tensor("float32", cos, [B, T, 1, D]),
+      sin: new ort.Tensor("float32", sin, [B, T, 1, D]),
+      mask: new ort.Tensor("float32", mask, [B, T, N]),
     };
     for (let l = 0; l < L; l++) {
-      feeds[`past_k${l}`] = new ort.Tensor("float32", s.k[l].subarray(0, P * Hkv * D), [P, Hkv, D]);
-      feeds[`past_v${l}`] = new ort.Tensor("float32", s.v[l].subarray(0, P * Hkv * D), [P, Hkv, D]);
+      for (const [name, planes] of [
+        [`past_k${l}`, items.map((i) => i.state.k[l])],
+        [`past_v${l}`, items.map((i) => i.state.v[l])],
+      ] as const) {
+        let data: Float32Array;
+        if (B === 1) data = planes[0].subarray(0, P * row);
+        else {
+          data = new Float32Array(B * P * row);
+          items.forEach(({ state }, b) => data.set(planes[b].subarray(0, state.length * row), b * P * row));
+        }
+        feeds[name] = new ort.Tensor("float32", data, [B, P, Hkv, D]);
+      }
     }
     const out = await this.session.run(feeds);
-    for (let l = 0; l < L; l++) {
-      s.k[l].set(out[`k${l}`].data as Float32Array, P * Hkv * D);
-      s.v[l].set(out[`v${l}`].data as Float32Array, P * Hkv * D);
-    }
-    s.length = N;
-    for (const t of tokens) s.tokens.push(t);
     const logits = out.logits.data as Float32Array;
+    const results = items.map(({ state, tokens }, b) => {
+      const Tb = tokens.length;
+      for (let l = 0; l < L; l++) {
+        const k = out[`k${l}`].data as Float32Array;
+        const v = out[`v${l}`].data as Float32Array;
+        state.k[l].set(k.subarray(b * T * row, (b * T + Tb) * row), state.length * row);
+        state.v[l].set(v.subarray(b * T * row, (b * T + Tb) * row), state.length * row);
+      }
+      state.length += Tb;
+      for (const t of tokens) state.tokens.push(t);
+      const r = b * T + Tb - 1;
+      return logits.slice(r * V, (r + 1) * V);
+    });
     this.timing.forward += (performance.now() - t0) / 1000;
     this.timing.steps++;
-    return logits.subarray((T - 1) * c.vocabSize, T * c.vocabSize);
+    return results;
   }
 }

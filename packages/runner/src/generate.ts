@@ -431,7 +431,7 @@ export class Generator {
       for (let j = 0; j < steps; j++) {
         const live = items.filter(([a, k]) => j < k + (a.seq.assistant ? 1 : 0));
         const td = performance.now();
-        // Runner sequences step together; fused-decoder ones one call each.
+        // Runner sequences step together, and fused-decoder ones in one call of their own.
         const together = live.filter(([a]) => !a.spec!.fused);
         const outs = new Map<Active, Float32Array>();
         const res = together.length
@@ -444,8 +444,13 @@ export class Generator {
             )
           : [];
         together.forEach(([a], i) => outs.set(a, res[i]));
-        for (const [a] of live)
-          if (a.spec!.fused) outs.set(a, await fused!.step(a.spec!.fused, feeds.get(a)!));
+        const alone = live.filter(([a]) => a.spec!.fused);
+        if (alone.length) {
+          const res = await fused!.stepMany(
+            alone.map(([a]) => ({ state: a.spec!.fused!, tokens: feeds.get(a)! })),
+          );
+          alone.forEach(([a], k) => outs.set(a, res[k]));
+        }
         draftSeconds += (performance.now() - td) / 1000;
         live.forEach(([a, k]) => {
           if (j >= k) return;

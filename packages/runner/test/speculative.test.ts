@@ -1,0 +1,107 @@
+import { join } from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import {
+  assetsDir,
+  DraftTuner,
+  expectedTokens,
+  Model,
+  predictedSpeedup,
+  Sampler,
+  verifyDraft,
+} from "../src/index.js";
+
+// The pieces of speculative decoding that need no policy: the fused draft decoder, the
+// acceptance rule, the analysis and the adaptive tuner. (Policies: packages/policies.)
+
+describe("fused decoder", () => {
+  let slm: Model;
+  beforeAll(async () => {
+    slm = await Model.load(join(assetsDir(), "models", "stories260K-slm"));
+  });
+
+  it("gives the per-layer runner's logits (1e-4) over a prefill and one-token steps, and truncates", async () => {
+    const dec = (await slm.fusedDecoder())!;
+    expect(dec).not.toBeNull();
+    const ids = slm.tokenizer.encode(
+      "Once upon a time there was a little girl named Lily. She loved to play",
+    );
+    const seq = slm.newSequence();
+    const st = dec.newState();
+    const pairs: [Float32Array, Float32Array][] = [
+      [(await slm.forward([{ seq, tokens: ids }]))[0].slice(), (await dec.step(st, ids)).slice()],
+    ];
+    for (const t of [45, 300, 12, 99])
+      pairs.push([(await slm.forward([{ seq, tokens: [t] }]))[0].slice(), (await dec.step(st, [t])).slice()]);
+    for (const [a, b] of pairs)
+      for (let j = 0; j < a.length; j++) expect(Math.abs(a[j] - b[j])).toBeLessThan(1e-4);
+    // Back two tokens and on with others: as if they had never been fed.
+    st.truncateTo(st.length - 2);
+    seq.truncateTo(seq.length - 2);
+    const a = (await slm.forward([{ seq, tokens: [7, 8] }]))[0];
+    const b = await dec.step(st, [7, 8]);
+    for (let j = 0; j < a.length; j++) expect(Math.abs(a[j] - b[j])).toBeLessThan(1e-4);
+    expect(st.tokens).toEqual(seq.tokens);
+    expect(() => st.truncateTo(st.length + 1)).toThrow();
+  });
+});
+
+describe("draft verification", () => {
+  const V = 4;
+  const rows = (...r: number[][]) => Float32Array.from(r.flat());
+
+  it("greedy keeps the agreeing prefix and adds the LLM's own token", () => {
+    const s = new Sampler({ temperature: 0 });
+    // Rows after each fed token: argmax 2, then 1, then 3.
+    const logits = rows([0, 0, 5, 0], [0, 5, 0, 0], [0, 0, 0, 5]);
+    expect(verifyDraft(s, logits, V, [2, 1], [null, null])).toEqual({ accepted: 2, next: 3 });
+    expect(verifyDraft(s, logits, V, [2, 0], [null, null])).toEqual({ accepted: 1, next: 1 });
+    expect(verifyDraft(s, logits, V, [3, 1], [null, null])).toEqual({ accepted: 0, next: 2 });
+  });
+
+  it("sampling keeps the LLM's distribution whatever the draft's (chi-square, 20000 draws)", () => {
+    // p = softmax(log p) at temperature 1; a draft q far from it.
+    const p = [0.1, 0.2, 0.3, 0.4];
+    const q = Float64Array.from([0.4, 0.3, 0.2, 0.1]);
+    const logits = rows(p.map(Math.log), p.map(Math.log));
+    const draw = seeded(11);
+    const counts = [0, 0, 0, 0];
+    const N = 20000;
+    for (let i = 0; i < N; i++) {
+      const s = new Sampler({ temperature: 1, seed: i });
+      // The draft token drawn from q, then verified: the first token out follows p.
+      let u = draw();
+      let d = 0;
+      while (d < 3 && u >= q[d]) u -= q[d++];
+      const r = verifyDraft(s, logits, V, [d], [q]);
+      counts[r.accepted === 1 ? d : r.next]++;
+    }
+    const chi2 = p.reduce((x, pi, i) => x + (counts[i] - N * pi) ** 2 / (N * pi), 0);
+    expect(chi2).toBeLessThan(16.27); // df 3, false alarm 0.001
+  });
+
+  it("the standard analysis and the tuner", () => {
+    expect(expectedTokens(0, 4)).toBe(1);
+    expect(expectedTokens(1, 4)).toBe(5);
+    expect(expectedTokens(0.5, 2)).toBeCloseTo(1.75);
+    expect(predictedSpeedup(0.5, 2, 0.25)).toBeCloseTo(1.75 / 1.5);
+    const t = new DraftTuner();
+    expect(t.measured).toBe(false);
+    for (let i = 0; i < 5; i++) t.notePlain(0.01);
+    t.noteDraft(0.002);
+    // Rounds of k = 2 cost two plain steps: at alpha 0.5 (1.75 tokens) that does not pay.
+    for (let i = 0; i < 5; i++) t.noteRound(0.02, 2, 1);
+    expect(t.measured).toBe(true);
+    expect(t.choose(0.5, 4)).toBe(0);
+    // Cheap rounds at high acceptance: it drafts.
+    for (let i = 0; i < 15; i++) t.noteRound(0.012, 2, 2);
+    expect(t.choose(0.9, 4)).toBeGreaterThan(0);
+  });
+});
+
+function seeded(seed: number): () => number {
+  let x = seed >>> 0;
+  return () => {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    return x / 4294967296;
+  };
+}
