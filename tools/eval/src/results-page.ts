@@ -255,7 +255,7 @@ export async function writeResultsPage(o: {
     parts.push(
       "## Speculative decoding",
       "",
-      `The assistant drafts k tokens, the LLM verifies them in one step (stories260K with each assistant, greedy, ${b.config.promptTokens}-token prompts, ${b.config.tokens} tokens per request, ${b.config.threads ?? 1} thread per model). Speedup: the median over ${b.config.repeats} interleaved repeats of tokens/s against plain decoding measured beside it. Predicted: the standard analysis from the acceptance rate α, k and the cost ratio c (assistant step / plain step). With policy: the same when each verified row also pays the policy's per-row work (p, its share of a plain step).`,
+      `The assistant drafts k tokens, the LLM verifies them in one step (stories260K with each assistant, greedy, ${b.config.promptTokens}-token prompts, ${b.config.tokens} tokens per request, ${b.config.threads ?? 1} thread per model). Speedup: the median over ${b.config.repeats} interleaved repeats of tokens/s against plain decoding measured beside it. Predicted: the standard analysis from the acceptance rate α, k and the cost ratio c (assistant step / plain step). With policy: the same when each verified row also pays the policy's per-row work (p, its share of a plain step). An adaptive row with no rounds ran exactly the plain path: its distance from 1 is the noise of the machine during that run.`,
       "",
       markdownTable(
         [
