@@ -340,8 +340,8 @@ export class Generator {
     for (const a of batch) tokens += a.prefilled ? 1 : a.prompt.length;
     if (steady) {
       const seen = new Set<DraftTuner>();
+      // Every request's plain step counts (a request without speculation runs the same step).
       for (const a of batch) {
-        if (!a.spec) continue;
         const t = this.tunerOf(a);
         if (!seen.has(t)) t.notePlain(seconds);
         seen.add(t);
