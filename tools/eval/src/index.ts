@@ -18,7 +18,13 @@ export {
 } from "./eval.js";
 export { barSpec, heatmapSpec, lineSpec, renderPlot } from "./plots.js";
 export { writeResultsPage } from "./results-page.js";
-export { benchSpeculative, type SpeculativeBenchOptions, type SpeculativeRow } from "./speculative-bench.js";
+export {
+  benchSpeculative,
+  SPECULATIVE_HEADERS,
+  type SpeculativeBenchOptions,
+  type SpeculativeRow,
+  speculativeCells,
+} from "./speculative-bench.js";
 export {
   LLM_100M,
   LLM_GPU,

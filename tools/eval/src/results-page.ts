@@ -3,7 +3,7 @@ import { basename, dirname, join, relative } from "node:path";
 import { type BenchRow, benchTable } from "./bench.js";
 import type { EvalResult } from "./eval.js";
 import { formatEval, formatIsoMemory, plotEval } from "./eval.js";
-import type { SpeculativeRow } from "./speculative-bench.js";
+import { SPECULATIVE_HEADERS, type SpeculativeRow, speculativeCells } from "./speculative-bench.js";
 import { fmt, markdownTable } from "./table.js";
 
 /**
@@ -251,47 +251,12 @@ export async function writeResultsPage(o: {
   if (specJson && existsSync(specJson)) {
     const b = JSON.parse(readFileSync(specJson, "utf8"));
     const rows = b.rows as SpeculativeRow[];
-    const dash = (x: number | null, keep = true) => (x === null || !keep ? "-" : x);
     parts.push(
       "## Speculative decoding",
       "",
       `The assistant drafts k tokens, the LLM verifies them in one step (stories260K with each assistant, greedy, ${b.config.promptTokens}-token prompts, ${b.config.tokens} tokens per request, ${b.config.threads ?? 1} thread per model). Speedup: the median over ${b.config.repeats} interleaved repeats of tokens/s against plain decoding measured beside it. Predicted: the standard analysis from the acceptance rate α, k and the cost ratio c (assistant step / plain step). With policy: the same when each verified row also pays the policy's per-row work (p, its share of a plain step). An adaptive row with no rounds ran exactly the plain path: its distance from 1 is the noise of the machine during that run.`,
       "",
-      markdownTable(
-        [
-          "assistant",
-          "policy",
-          "batch",
-          "mode",
-          "tok/s",
-          "speedup",
-          "predicted",
-          "with policy",
-          "α",
-          "accepted / round",
-          "mean k",
-          "c",
-          "p",
-        ],
-        rows.map((r) => {
-          const spec = r.mode !== "none";
-          return [
-            r.assistant,
-            r.policy,
-            r.batch,
-            r.mode,
-            r.tokensPerSecond,
-            r.speedup,
-            dash(r.predicted),
-            dash(r.predictedWithPolicy),
-            dash(r.acceptanceRate, spec),
-            dash(r.meanAccepted, spec),
-            dash(r.meanK, spec),
-            r.c,
-            r.p,
-          ];
-        }),
-      ),
+      markdownTable(SPECULATIVE_HEADERS, rows.map(speculativeCells)),
       "",
     );
   } else parts.push(...(kept("## Speculative decoding") ?? []));

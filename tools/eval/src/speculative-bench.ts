@@ -195,3 +195,41 @@ export async function benchSpeculative(o: SpeculativeBenchOptions): Promise<Spec
   }
   return rows;
 }
+
+/** Column headers of the speculative bench table (CLI and results page). */
+export const SPECULATIVE_HEADERS = [
+  "assistant",
+  "policy",
+  "batch",
+  "mode",
+  "tok/s",
+  "speedup",
+  "predicted",
+  "with policy",
+  "α",
+  "accepted / round",
+  "mean k",
+  "c",
+  "p",
+];
+
+/** One row's cells under SPECULATIVE_HEADERS ("-" where a figure does not apply). */
+export function speculativeCells(r: SpeculativeRow): (string | number)[] {
+  const spec = r.mode !== "none";
+  const or = (x: number | null, keep = true) => (x === null || !keep ? "-" : x);
+  return [
+    r.assistant,
+    r.policy,
+    r.batch,
+    r.mode,
+    r.tokensPerSecond,
+    r.speedup,
+    or(r.predicted),
+    or(r.predictedWithPolicy),
+    or(r.acceptanceRate, spec),
+    or(r.meanAccepted, spec),
+    or(r.meanK, spec),
+    r.c,
+    r.p,
+  ];
+}

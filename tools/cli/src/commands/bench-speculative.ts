@@ -1,4 +1,4 @@
-import { benchSpeculative, type SpeculativeRow, table, writeJson } from "@smallkv/eval";
+import { benchSpeculative, SPECULATIVE_HEADERS, speculativeCells, table, writeJson } from "@smallkv/eval";
 
 interface Opts {
   assistants: string;
@@ -10,40 +10,6 @@ interface Opts {
   repeats: number;
   threads?: number;
   out: string;
-}
-
-const HEADERS = [
-  "assistant",
-  "policy",
-  "batch",
-  "mode",
-  "tok/s",
-  "speedup",
-  "predicted",
-  "pred.+policy",
-  "alpha",
-  "accepted/round",
-  "mean k",
-  "c",
-  "p",
-];
-
-function cells(r: SpeculativeRow): (string | number | null)[] {
-  return [
-    r.assistant,
-    r.policy,
-    r.batch,
-    r.mode,
-    Number(r.tokensPerSecond.toFixed(1)),
-    Number(r.speedup.toFixed(3)),
-    r.predicted === null ? "-" : Number(r.predicted.toFixed(3)),
-    r.predictedWithPolicy === null ? "-" : Number(r.predictedWithPolicy.toFixed(3)),
-    r.mode === "none" ? "-" : Number(r.acceptanceRate.toFixed(3)),
-    r.mode === "none" ? "-" : Number(r.meanAccepted.toFixed(2)),
-    r.mode === "none" ? "-" : Number(r.meanK.toFixed(2)),
-    Number(r.c.toFixed(3)),
-    Number(r.p.toFixed(3)),
-  ];
 }
 
 /** `smallkv bench speculative`: speculative decoding with each shipped assistant as the draft. */
@@ -62,15 +28,9 @@ export async function benchSpeculativeCommand(o: Opts): Promise<void> {
     promptTokens: o.promptTokens,
     repeats: o.repeats,
     threads: o.threads,
-    onRow: (r) => process.stderr.write(`${cells(r).join(" ")}\n`),
+    onRow: (r) => process.stderr.write(`${speculativeCells(r).join(" ")}\n`),
   });
-  process.stdout.write(`${table(HEADERS, rows.map(cells))}\n`);
-  const md = [
-    `| ${HEADERS.join(" | ")} |`,
-    `|${HEADERS.map(() => "---").join("|")}|`,
-    ...rows.map((r) => `| ${cells(r).join(" | ")} |`),
-  ].join("\n");
+  process.stdout.write(`${table(SPECULATIVE_HEADERS, rows.map(speculativeCells))}\n`);
   const path = writeJson(`${o.out}/speculative`, "bench.json", { config: o, rows });
-  writeJson(`${o.out}/speculative`, "table.md.json", { markdown: md });
   process.stdout.write(`wrote ${path}\n`);
 }
