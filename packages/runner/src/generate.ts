@@ -2,7 +2,7 @@ import type { StepModel } from "./assisted.js";
 import { ContextLengthError, InvalidOptionError } from "./errors.js";
 import type { DecoderState } from "./fused-decoder.js";
 import type { KvPolicyHook } from "./policy-hook.js";
-import { logSoftmax, Sampler, type SamplingOptions } from "./sampler.js";
+import { argmax, logSoftmax, Sampler, type SamplingOptions } from "./sampler.js";
 import { policyHasState, type Sequence } from "./sequence.js";
 import {
   checkSpeculative,
@@ -123,19 +123,13 @@ interface SpecState {
   rounds: number;
   drafted: number;
   accepted: number;
-  /** Moving acceptance rate (adaptive k), and plain steps since the last round. */
+  /** Moving acceptance rate (adaptive k). */
   alpha: number;
 }
 
 let nextRequest = 1;
 /** Draft tuners per model and policy (costs differ by policy: SmallKV's step is not Full's). */
 const tuners = new WeakMap<StepModel, Map<string, DraftTuner>>();
-
-function argmaxOf(x: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
-  return best;
-}
 
 /**
  * Runs many generation requests over one model in shared batched steps. Requests join at
@@ -462,7 +456,7 @@ export class Generator {
           const logits = a.sampler.adjust(outs.get(a)!);
           let d: number;
           if (a.sampler.greedy) {
-            d = argmaxOf(logits);
+            d = argmax(logits);
             qs.get(a)!.push(null);
           } else {
             const q = a.sampler.distribution(logits);
@@ -510,7 +504,7 @@ export class Generator {
         const d = drafts.get(a)!;
         const r = rows[i];
         for (let t = 0; t <= b.accepted && !a.done; t++)
-          this.emitToken(a, t < b.accepted ? d[t] : b.next, r.subarray(t * V, (t + 1) * V));
+          this.emitToken(a, t < b.accepted ? d[t] : b.next, a.sampler.adjust(r.subarray(t * V, (t + 1) * V)));
       });
       const tokens = items.reduce((x, [, k]) => x + k + 1, 0);
       this.opts.onStep?.({ batch: items.length, tokens, seconds: (performance.now() - t0) / 1000 });
@@ -585,12 +579,11 @@ export class Generator {
       return;
     }
     const logits = a.sampler.adjust(raw);
-    this.emitToken(a, a.sampler.next(logits), raw);
+    this.emitToken(a, a.sampler.next(logits), logits);
   }
 
-  /** Hand one chosen token to the request (stop checks, logprobs from its raw logits row). */
-  private emitToken(a: Active, token: number, raw: Float32Array): void {
-    const logits = a.sampler.adjust(raw);
+  /** Hand one chosen token to the request (stop checks; logprobs from its adjusted logits row). */
+  private emitToken(a: Active, token: number, logits: Float32Array): void {
     if (a.firstAt === 0) a.firstAt = performance.now();
     if (a.stopTokens.has(token)) {
       this.finish(a, "stop");

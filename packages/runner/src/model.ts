@@ -460,37 +460,31 @@ export class Model {
         continue;
       }
       const j = seq.journal!;
+      const kept = seq.tokens.slice(0, length);
       const rows = j.rows.get(length - 1);
       if (rows && rows.length === this.config.numLayers && !seq.fault) {
         // Every layer as it was after the last kept row: no replay.
-        const tokens = seq.tokens.slice(0, length);
         rows.forEach((x, l) => {
           seq.restoreHot(l, x.hot);
           seq.policy.restoreLayer!(seq, l, x.policy);
         });
-        seq.truncateTo(length);
-        seq.tokens.length = 0;
-        for (const t of tokens) seq.tokens.push(t);
-        for (const p of [...j.rows.keys()]) if (p >= length) j.rows.delete(p);
-        j.steps = j.steps.filter((s) => s.start < length);
-        seq.assistant?.viewAt(null);
-        continue;
+      } else {
+        let from = j.start;
+        for (const n of j.snaps.keys()) if (n <= length && n > from) from = n;
+        seq.restore(j.snaps.get(from)!);
+        for (const n of [...j.snaps.keys()]) if (n > length) j.snaps.delete(n);
+        if (from < length) {
+          if (this.runner)
+            throw new InvalidOptionError("rollback", "the device backend rolls back to its snapshots only");
+          const t0 = performance.now();
+          replaySteps(seq, j, from, length);
+          this.timing.policy += (performance.now() - t0) / 1000;
+        }
       }
-      let from = j.start;
-      for (const n of j.snaps.keys()) if (n <= length && n > from) from = n;
-      const tokens = seq.tokens.slice(0, length);
-      seq.restore(j.snaps.get(from)!);
-      for (const n of [...j.snaps.keys()]) if (n > length) j.snaps.delete(n);
-      if (from < length) {
-        if (this.runner)
-          throw new InvalidOptionError("rollback", "the device backend rolls back to its snapshots only");
-        const t0 = performance.now();
-        replaySteps(seq, j, from, length);
-        this.timing.policy += (performance.now() - t0) / 1000;
-      }
+      // A restored snapshot cut the tokens to its own length.
       seq.kv.length = length;
-      seq.tokens.length = 0;
-      for (const t of tokens) seq.tokens.push(t);
+      seq.tokens.splice(0, seq.tokens.length, ...kept);
+      for (const p of [...j.rows.keys()]) if (p >= length) j.rows.delete(p);
       j.steps = j.steps.filter((s) => s.start < length);
       const last = j.steps[j.steps.length - 1];
       if (last && last.start + last.T > length) last.T = length - last.start;

@@ -141,10 +141,6 @@ export class DraftTuner {
   get draft(): number {
     return this.draftS.value;
   }
-  /** Seconds of a round by draft length. */
-  get rounds(): Map<number, number> {
-    return new Map([...this.roundS].map(([k, m]) => [k, m.value]));
-  }
 
   notePlain(seconds: number): void {
     this.plainS.add(seconds);
