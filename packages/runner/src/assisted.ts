@@ -29,9 +29,35 @@ interface AssistantView {
   rows: (Float32Array | null)[];
   rowsT: number;
   rowsN: number;
-  scores: Float64Array[][];
+  /** null: a drafted view's scores, not computed yet (few policies read them). */
+  scores: Float64Array[][] | null;
   /** Tokens the assistant had processed (-1: its live sequence's length). */
   length: number;
+}
+
+/** A drafted position's view, with what each layer observed there. */
+type DraftedView = AssistantView & { obs: AttentionObservation[] };
+
+/** Add one observation's attention to a layer's accumulators acc[h] (grown to cover it). */
+function accumulate(acc: Float64Array[], o: AttentionObservation, H: number): void {
+  const n = o.start + o.T;
+  for (let h = 0; h < H; h++) {
+    if (acc[h].length < n) {
+      const next = new Float64Array(Math.max(n, acc[h].length * 2));
+      next.set(acc[h]);
+      acc[h] = next;
+    }
+  }
+  if (o.probs) {
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < o.T; t++) {
+        const base = (h * o.T + t) * o.Lmax;
+        for (let j = 0; j < o.Lmax; j++) acc[h][j] += o.probs[base + j];
+      }
+    }
+  } else if (o.scores) {
+    for (let h = 0; h < H; h++) for (let j = 0; j < o.Lmax; j++) acc[h][j] += o.scores[h * o.Lmax + j];
+  }
 }
 
 /**
@@ -43,10 +69,14 @@ interface AssistantView {
  * one-token decoding would, and a rollback returns to any of them (`rollbackTo`).
  */
 export class AssistantState {
-  private readonly live: AssistantView;
+  private readonly live: AssistantView & { scores: Float64Array[][] };
   private view: AssistantView;
-  /** Views by position while drafting (null otherwise). */
-  private drafted: Map<number, AssistantView> | null = null;
+  /**
+   * While drafting: the accumulated scores when the draft began and the views by position.
+   * A view's scores are the start's plus the observations up to it, added in the same order
+   * as the live accumulation (so equal to what it held then), made only when read.
+   */
+  private drafted: { base: Float64Array[][]; start: number; views: Map<number, DraftedView> } | null = null;
 
   constructor(
     readonly model: Model,
@@ -83,7 +113,17 @@ export class AssistantState {
   }
   /** scores[layer][h]: accumulated attention (prefill column sums + every decode row) per position. */
   get scores(): Float64Array[][] {
+    this.view.scores ??= this.scoresAt(this.view.length - 1);
     return this.view.scores;
+  }
+
+  /** The accumulated scores after drafted position p: the draft's start plus what followed. */
+  private scoresAt(p: number): Float64Array[][] {
+    const d = this.drafted!;
+    const H = this.model.config.numHeads;
+    const acc = d.base.map((layer) => layer.map((a) => a.slice()));
+    for (let q = d.start; q <= p; q++) d.views.get(q)?.obs.forEach((o, l) => accumulate(acc[l], o, H));
+    return acc;
   }
 
   /** Tokens the assistant has processed, as of the view shown. */
@@ -105,7 +145,12 @@ export class AssistantState {
 
   /** Start keeping the view after each position the assistant processes from now on. */
   beginDraft(): void {
-    this.drafted = new Map();
+    const n = this.seq.length;
+    this.drafted = {
+      base: this.live.scores.map((layer) => layer.map((a) => a.slice(0, n))),
+      start: n,
+      views: new Map(),
+    };
   }
 
   /** Stop keeping views (the draft round is over) and show the live state. */
@@ -116,7 +161,7 @@ export class AssistantState {
 
   /** Show the view as of `position` (after the assistant processed it), or the live one (null). */
   viewAt(position: number | null): void {
-    this.view = (position !== null && this.drafted?.get(position)) || this.live;
+    this.view = (position !== null && this.drafted?.views.get(position)) || this.live;
   }
 
   /**
@@ -125,13 +170,13 @@ export class AssistantState {
    */
   rollbackTo(n: number): void {
     if (n === this.seq.length) return;
-    const v = this.drafted?.get(n - 1);
+    const v = this.drafted?.views.get(n - 1);
     if (!v) throw new Error(`the assistant kept no view at position ${n - 1} to roll back to`);
     const live = this.live;
     live.rows = v.rows.slice();
     live.rowsT = v.rowsT;
     live.rowsN = v.rowsN;
-    v.scores.forEach((layer, l) =>
+    (v.scores ?? this.scoresAt(n - 1)).forEach((layer, l) =>
       layer.forEach((x, h) => {
         if (live.scores[l][h].length < x.length) live.scores[l][h] = new Float64Array(x.length * 2);
         // Positions past n held what the rejected rows added: back to nothing.
@@ -143,43 +188,26 @@ export class AssistantState {
   }
 
   observe(o: AttentionObservation): void {
-    const H = this.model.config.numHeads;
-    const n = o.start + o.T;
     const live = this.live;
-    const acc = live.scores[o.layer];
-    for (let h = 0; h < H; h++) {
-      if (acc[h].length < n) {
-        const next = new Float64Array(Math.max(n, acc[h].length * 2));
-        next.set(acc[h]);
-        acc[h] = next;
-      }
-    }
+    accumulate(live.scores[o.layer], o, this.model.config.numHeads);
     if (o.probs) {
       live.rows[o.layer] = o.probs;
       live.rowsT = o.T;
       live.rowsN = o.Lmax;
-      for (let h = 0; h < H; h++) {
-        for (let t = 0; t < o.T; t++) {
-          const base = (h * o.T + t) * o.Lmax;
-          for (let j = 0; j < o.Lmax; j++) acc[h][j] += o.probs[base + j];
-        }
-      }
-    } else if (o.scores) {
-      live.rows[o.layer] = null;
-      for (let h = 0; h < H; h++) for (let j = 0; j < o.Lmax; j++) acc[h][j] += o.scores[h * o.Lmax + j];
-    }
+    } else if (o.scores) live.rows[o.layer] = null;
     if (this.drafted) {
-      const pos = n - 1;
-      let v = this.drafted.get(pos);
+      const n = o.start + o.T;
+      const views = this.drafted.views;
+      let v = views.get(n - 1);
       if (!v) {
         const L = this.model.config.numLayers;
-        v = { rows: new Array(L).fill(null), rowsT: 0, rowsN: 0, length: n, scores: new Array(L).fill([]) };
-        this.drafted.set(pos, v);
+        v = { rows: new Array(L).fill(null), rowsT: 0, rowsN: 0, length: n, scores: null, obs: [] };
+        views.set(n - 1, v);
       }
       v.rows[o.layer] = live.rows[o.layer];
       v.rowsT = live.rowsT;
       v.rowsN = live.rowsN;
-      v.scores[o.layer] = acc.map((a) => a.slice(0, n));
+      v.obs[o.layer] = o;
     }
   }
 }
