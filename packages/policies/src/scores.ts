@@ -115,6 +115,11 @@ export class MeanAttention {
     this.counts[layer] = x.counts.map((c) => c.slice());
   }
 
+  /** The sums over [0, n) and the counts (any length; past it, none) behind `get`, uncopied. */
+  raw(layer: number, g: number, n: number): { sums: Float64Array; counts: Float64Array } {
+    return { sums: this.sums.get(layer, g, n), counts: this.counts[layer][g] };
+  }
+
   /** Mean attention of kv head g's tokens [0, n) (summed over the group's query heads). */
   get(layer: number, g: number, n: number): Float64Array {
     const s = this.sums.get(layer, g, n);

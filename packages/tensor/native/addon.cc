@@ -368,6 +368,134 @@ Napi::Value TopPositions(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, m);
 }
 
+// A typed array's data and length: false when v is not a typed array of type `type` (an
+// empty one may have no data). A static empty buffer stands in for null data.
+bool TypedData(napi_env env, napi_value v, napi_typedarray_type type, size_t* len, void** data) {
+  static double empty[1] = {0};
+  bool typed = false;
+  napi_is_typedarray(env, v, &typed);
+  if (!typed) return false;
+  napi_typedarray_type t;
+  *data = nullptr;
+  napi_get_typedarray_info(env, v, &t, len, data, nullptr, nullptr);
+  if (*data == nullptr) *data = empty;
+  return t == type;
+}
+template <typename T>
+const T* Typed(napi_env env, napi_value v, napi_typedarray_type type, size_t* len) {
+  void* d = nullptr;
+  return TypedData(env, v, type, len, &d) ? static_cast<const T*>(d) : nullptr;
+}
+
+// rankSplit(sources[], terms, weights, n, lists, assistantWeight|null, ownSums[]|null,
+//           ownCounts[]|null, recent, exclude[]|null, adaptive, units|null, vOnly|null,
+//           k|null, exact|null, exactShare, negligible, full, fullOff, vOnlyOut, vOff)
+Napi::Value RankSplit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a{info};
+  skv::RankSplitArgs r;
+  r.n = a.integer(3, "n");
+  r.lists = a.integer(4, "lists", 1);
+  r.recent = a.integer(8, "recent");
+  if (a.failed) return env.Undefined();
+  const int n = r.n, L = r.lists;
+  const auto isNull = [&](size_t i) { return info[i].IsNull() || info[i].IsUndefined(); };
+  // Arrays of typed arrays: each element's data, checked to hold at least minLen values.
+  const auto arrays = [&](size_t i, const char* name, napi_typedarray_type type, size_t count, size_t minLen,
+                          std::vector<const void*>& out, std::vector<size_t>* lens, std::vector<uint8_t>* f64) {
+    if (a.failed) return;
+    if (!info[i].IsArray()) return a.fail(std::string(name) + ": expected an array");
+    napi_value arr = info[i];
+    uint32_t length = 0;
+    napi_get_array_length(env, arr, &length);
+    if (count != 0 && length != count)
+      return a.fail(std::string(name) + ": expected " + std::to_string(count) + " arrays");
+    for (uint32_t j = 0; j < length; ++j) {
+      size_t len = 0;
+      napi_value v = nullptr;
+      napi_get_element(env, arr, j, &v);
+      const void* d = Typed<void>(env, v, type, &len);
+      bool wide = false;
+      if (d == nullptr && f64 != nullptr) {
+        d = Typed<void>(env, v, napi_float64_array, &len);
+        wide = d != nullptr;
+      }
+      if (d == nullptr) return a.fail(std::string(name) + "[" + std::to_string(j) + "]: wrong array type");
+      if (len < minLen) return a.fail(std::string(name) + "[" + std::to_string(j) + "]: too short");
+      out.push_back(d);
+      if (lens) lens->push_back(len);
+      if (f64) f64->push_back(wide ? 1 : 0);
+    }
+  };
+  std::vector<const void*> src;
+  std::vector<size_t> srcLen;
+  std::vector<uint8_t> srcF64;
+  arrays(0, "sources", napi_float32_array, 0, 0, src, &srcLen, &srcF64);
+  if (a.failed) return env.Undefined();
+  size_t termLen = 0, wLen = 0;
+  const int32_t* terms = Typed<int32_t>(env, info[1], napi_int32_array, &termLen);
+  const double* weights = Typed<double>(env, info[2], napi_float64_array, &wLen);
+  if (terms == nullptr || weights == nullptr || termLen % 3 != 0 || wLen < termLen / 3)
+    return a.fail("terms/weights: need [list, source, offset] triples and a Float64Array weight each"), env.Undefined();
+  r.nterms = static_cast<int>(termLen / 3);
+  for (int t = 0; t < r.nterms; ++t) {
+    const int g = terms[3 * t], s = terms[3 * t + 1], off = terms[3 * t + 2];
+    if (g < 0 || g >= L || s < 0 || size_t(s) >= src.size() || off < 0 || size_t(off) + n > srcLen[s])
+      return a.fail("term " + std::to_string(t) + ": list, source or offset out of range"), env.Undefined();
+  }
+  r.src = src.data();
+  r.srcF64 = srcF64.data();
+  r.terms = terms;
+  r.weights = weights;
+  std::vector<const void*> sums, counts, excl;
+  std::vector<size_t> countLen;
+  std::vector<int> countLenInt;
+  if (!isNull(5)) {
+    size_t len = 0;
+    r.assistantWeight = Typed<double>(env, info[5], napi_float64_array, &len);
+    if (r.assistantWeight == nullptr || len < size_t(L))
+      return a.fail("assistantWeight: expected a Float64Array per list"), env.Undefined();
+    arrays(6, "ownSums", napi_float64_array, L, n, sums, nullptr, nullptr);
+    arrays(7, "ownCounts", napi_float64_array, L, 0, counts, &countLen, nullptr);
+    for (size_t x : countLen) countLenInt.push_back(static_cast<int>(std::min<size_t>(x, size_t(n))));
+    r.ownSums = reinterpret_cast<const double* const*>(sums.data());
+    r.ownCounts = reinterpret_cast<const double* const*>(counts.data());
+    r.ownCountLen = countLenInt.data();
+    if (a.failed) return env.Undefined();
+  }
+  if (!isNull(9)) {
+    arrays(9, "exclude", napi_uint8_array, L, n, excl, nullptr, nullptr);
+    r.exclude = reinterpret_cast<const uint8_t* const*>(excl.data());
+    if (a.failed) return env.Undefined();
+  }
+  bool adaptive = false;
+  napi_get_value_bool(env, info[10], &adaptive);
+  r.adaptive = adaptive;
+  size_t len = 0;
+  if (r.adaptive) {
+    r.units = Typed<double>(env, info[11], napi_float64_array, &len);
+    if (r.units == nullptr || len < size_t(L)) a.fail("units: expected a Float64Array per list");
+    r.vOnly = Typed<uint8_t>(env, info[12], napi_uint8_array, &len);
+    if (r.vOnly == nullptr || len < size_t(L)) a.fail("vOnly: expected a Uint8Array per list");
+    for (int g = 0; g < L && !a.failed; ++g)
+      if (!(r.units[g] >= 0 && r.units[g] <= 1e9)) a.fail("units: must be in [0, 1e9]");
+  } else {
+    r.k = a.i32(13, "k", L);
+    r.exact = a.i32(14, "exact", L);
+    for (int g = 0; g < L && !a.failed; ++g)
+      if (r.k[g] < 0 || r.exact[g] < 0) a.fail("k and exact must be >= 0");
+  }
+  r.exactShare = a.number(15, "exactShare");
+  r.negligible = a.number(16, "negligible");
+  r.full = a.i32(17, "full", size_t(L) * n);
+  r.fullOff = a.i32(18, "fullOff", size_t(L) + 1);
+  r.vOnlyOut = a.i32(19, "vOnlyOut", size_t(L) * n);
+  r.vOff = a.i32(20, "vOff", size_t(L) + 1);
+  if (a.failed) return env.Undefined();
+  skv::rank_split(r);
+  return env.Undefined();
+}
+
 // topkRagged(x, rows, stride, lens, ks, off, out)
 Napi::Value TopKRagged(const Napi::CallbackInfo& info) {
   Args a{info};
@@ -444,6 +572,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("topk", Napi::Function::New(env, TopK));
   exports.Set("topPositions", Napi::Function::New(env, TopPositions));
   exports.Set("topkRagged", Napi::Function::New(env, TopKRagged));
+  exports.Set("rankSplit", Napi::Function::New(env, RankSplit));
   exports.Set("kvWriteQ8", Napi::Function::New(env, KvWriteQ8));
   exports.Set("sum", Napi::Function::New(env, Sum));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));

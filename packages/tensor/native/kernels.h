@@ -103,6 +103,40 @@ int top_positions_f32(const float* x, int n, int k, const uint8_t* exclude, int3
 void topk_ragged_f32(const float* x, int rows, int stride, const int32_t* lens, const int32_t* ks, const int32_t* off,
                      int32_t* out);
 
+// One layer's ranked selection (see select.cc and rankSplitRef): per list g a score over
+// positions [0, n) = sum of weights[t] * src[terms[3t+1]][terms[3t+2] + p] over the terms
+// with terms[3t] == g, optionally blended with the LLM's own mean attention; the newest
+// `recent` positions are kept exact, the others ranked (excluded ones skipped) and split into
+// exact and V-only tokens. full/vOnlyOut get each list's positions ascending (exact ones,
+// then the recent window), fullOff/vOff the list offsets; each list needs at most n slots.
+struct RankSplitArgs {
+  int n = 0, lists = 0;
+  const void* const* src = nullptr;
+  const uint8_t* srcF64 = nullptr;
+  int nterms = 0;
+  const int32_t* terms = nullptr;
+  const double* weights = nullptr;
+  // Blend per list when assistantWeight[g] >= 0 (null: never).
+  const double* assistantWeight = nullptr;
+  const double* const* ownSums = nullptr;
+  const double* const* ownCounts = nullptr;
+  const int* ownCountLen = nullptr;
+  int recent = 0;
+  const uint8_t* const* exclude = nullptr;
+  bool adaptive = false;
+  // Adaptive: units and vOnly per list. Fixed: k (ranked) and exact per list.
+  const double* units = nullptr;
+  const uint8_t* vOnly = nullptr;
+  const int32_t* k = nullptr;
+  const int32_t* exact = nullptr;
+  double exactShare = 0, negligible = 0;
+  int32_t* full = nullptr;
+  int32_t* fullOff = nullptr;
+  int32_t* vOnlyOut = nullptr;
+  int32_t* vOff = nullptr;
+};
+void rank_split(const RankSplitArgs& a);
+
 // Sum of n floats (double accumulation per thread). Also the read-bandwidth probe of the
 // benchmarks: it streams the array once.
 double sum_f32(const float* x, int64_t n);

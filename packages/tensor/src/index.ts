@@ -43,4 +43,11 @@ export {
   topPositions,
   type VOnlyRows,
 } from "./ops.js";
+export {
+  type RankSplitArgs,
+  RankSplitBuffers,
+  type RankSplitResult,
+  type RankSplitRule,
+  rankSplit,
+} from "./rank-split.js";
 export * as reference from "./reference.js";

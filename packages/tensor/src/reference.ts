@@ -318,3 +318,95 @@ export function dequantizeStore(
     }
   return { k, v };
 }
+
+/**
+ * rankSplit by plain loops and full sorts: the definition the native kernel is tested
+ * against (sums in the same order, so the results agree exactly).
+ */
+export function rankSplitRef(a: {
+  n: number;
+  lists: number;
+  sources: (Float32Array | Float64Array)[];
+  terms: Int32Array;
+  weights: Float64Array;
+  own?: { assistantWeight: Float64Array; sums: Float64Array[]; counts: Float64Array[] };
+  recent: number;
+  exclude?: Uint8Array[];
+  rule:
+    | { kind: "adaptive"; units: Float64Array; vOnly: Uint8Array; exactShare: number; negligible: number }
+    | { kind: "fixed"; k: Int32Array; exact: Int32Array };
+}): { full: Int32Array[]; vOnly: Int32Array[] } {
+  const { n, lists } = a;
+  const lo = Math.max(0, n - a.recent);
+  const full: Int32Array[] = [];
+  const vOnly: Int32Array[] = [];
+  for (let g = 0; g < lists; g++) {
+    let s: Float64Array = new Float64Array(n);
+    for (let t = 0; t < a.terms.length / 3; t++) {
+      if (a.terms[3 * t] !== g) continue;
+      const x = a.sources[a.terms[3 * t + 1]];
+      const off = a.terms[3 * t + 2];
+      for (let p = 0; p < n; p++) s[p] += x[off + p] * a.weights[t];
+    }
+    const w = a.own?.assistantWeight[g] ?? -1;
+    if (a.own && w >= 0) {
+      const norm = (x: Float64Array): Float64Array => {
+        let sum = 0;
+        for (let p = 0; p < n; p++) sum += x[p];
+        if (sum > 0) for (let p = 0; p < n; p++) x[p] /= sum;
+        return x;
+      };
+      const sums = a.own.sums[g];
+      const counts = a.own.counts[g];
+      const own = norm(
+        Float64Array.from({ length: n }, (_, p) =>
+          p < counts.length && counts[p] > 0 ? sums[p] / counts[p] : 0,
+        ),
+      );
+      s = norm(s);
+      for (let p = 0; p < n; p++) s[p] = w * s[p] + (1 - w) * own[p];
+    }
+    const key = (p: number) => (Number.isNaN(s[p]) ? Number.NEGATIVE_INFINITY : s[p]);
+    const ranked = Array.from({ length: lo }, (_, p) => p).filter((p) => !a.exclude?.[g][p]);
+    ranked.sort((x, y) => (key(y) > key(x) ? 1 : key(y) < key(x) ? -1 : x - y));
+    const r = a.rule;
+    let exact = 0;
+    let v = 0;
+    let order: number[];
+    if (r.kind === "fixed") {
+      order = ranked.slice(0, r.k[g]);
+      exact = Math.min(r.exact[g], order.length);
+      v = order.length - exact;
+    } else {
+      const units = r.units[g];
+      order = ranked.slice(0, 2 * Math.ceil(units) + 1);
+      const m = order.length;
+      const whole = Math.max(0, Math.floor(units + 1e-9));
+      if (!r.vOnly[g]) exact = Math.min(m, whole);
+      else {
+        let total = 0;
+        for (const p of [...order].sort((x, y) => x - y)) total += s[p];
+        let held = 0;
+        while (exact < m && exact < whole && held < r.exactShare * total) held += s[order[exact++]];
+        let left = units - exact;
+        while (exact + v < m && left >= 0.5 - 1e-9 && s[order[exact + v]] >= r.negligible) {
+          v++;
+          left -= 0.5;
+        }
+        while (v > 0 && left >= 0.5 - 1e-9) {
+          exact++;
+          v--;
+          left -= 0.5;
+        }
+        while (exact + v < m && left >= 1 - 1e-9 && v === 0) {
+          exact++;
+          left -= 1;
+        }
+      }
+    }
+    const recent = Array.from({ length: n - lo }, (_, i) => lo + i);
+    full.push(Int32Array.from([...order.slice(0, exact).sort((x, y) => x - y), ...recent]));
+    vOnly.push(Int32Array.from(order.slice(exact, exact + v).sort((x, y) => x - y)));
+  }
+  return { full, vOnly };
+}

@@ -8,10 +8,11 @@ import {
   matchingWindow,
 } from "@smallkv/matching";
 import type { AssistantState, LayerSelection } from "@smallkv/runner";
+import { type RankSplitArgs, type RankSplitRule, rankSplit } from "@smallkv/tensor";
 import { PolicyOptionError } from "../../errors.js";
 import { MeanAttention } from "../../scores.js";
 import { definePolicy, type PolicyContext, type PolicyFactory } from "../../sdk.js";
-import { Evictions, maskOf, range, topPositions, union } from "../../select.js";
+import { Evictions, range, topPositions } from "../../select.js";
 import { copyState } from "../../state-copy.js";
 import {
   accumulated,
@@ -22,7 +23,7 @@ import {
   SCORE_MODES,
   type ScoreMode,
 } from "./scoring.js";
-import { adaptiveSplit, type ClassSizes, parseRatio, splitBudget } from "./split.js";
+import { type ClassSizes, parseRatio, splitBudget } from "./split.js";
 
 export interface SmallKvOptions {
   [k: string]: string | number | boolean;
@@ -172,6 +173,125 @@ function normalised(x: Float64Array): Float64Array {
   for (let i = 0; i < x.length; i++) s += x[i];
   if (s > 0) for (let i = 0; i < x.length; i++) x[i] /= s;
   return x;
+}
+
+type ScoreInput = Pick<RankSplitArgs, "sources" | "terms" | "weights" | "own">;
+
+/**
+ * The default scores as native terms: list g's score is the mean of its query heads'
+ * matched assistant rows at this step (summed over the step's rows), the same sum
+ * `currentRow` makes; lists of weakly matched heads blend in the LLM's own mean attention.
+ */
+function currentTerms(
+  ctx: PolicyContext<SmallKvState, SmallKvOptions>,
+  a: AssistantState,
+  m: HeadMatching,
+  lists: number,
+  group: number,
+  T: number,
+): ScoreInput {
+  const st = ctx.state;
+  const o = ctx.options;
+  const terms: number[] = [];
+  const weights: number[] = [];
+  let blend: Float64Array | undefined;
+  for (let g = 0; g < lists; g++) {
+    let trusted = 0;
+    for (let i = 0; i < group; i++) {
+      const h = g * group + i;
+      if (st.trusted![ctx.layer][h]) trusted++;
+      const shs = m.slmHeadsOf(ctx.layer, h, o.pool);
+      for (const sh of shs)
+        for (let t = 0; t < T; t++) {
+          terms.push(g, sh.layer, (sh.head * a.rowsT + t) * a.rowsN);
+          weights.push(1 / (group * shs.length));
+        }
+    }
+    // A weak match: rank by the LLM's own mean attention (the reversible control's rule).
+    if (st.own && (trusted < group || o.own > 0)) {
+      blend ??= new Float64Array(lists).fill(-1);
+      blend[g] = (trusted / group) * (1 - o.own);
+    }
+  }
+  const own = st.own;
+  const start = ctx.step.start;
+  const perKv = ctx.config.numHeads / ctx.config.numKvHeads;
+  const kvOf = (g: number) => (o.gqa === "query" ? Math.floor(g / perKv) : g);
+  return {
+    sources: a.rows as Float32Array[],
+    terms: Int32Array.from(terms),
+    weights: Float64Array.from(weights),
+    own:
+      blend && own
+        ? {
+            assistantWeight: blend,
+            sums: Array.from({ length: lists }, (_, g) => own.raw(ctx.layer, kvOf(g), start).sums),
+            counts: Array.from({ length: lists }, (_, g) => own.raw(ctx.layer, kvOf(g), start).counts),
+          }
+        : undefined,
+  };
+}
+
+/** Scores made here (accumulated, decayed or fitted modes; allocate=layer), one source per list. */
+function madeScores(
+  ctx: PolicyContext<SmallKvState, SmallKvOptions>,
+  a: AssistantState,
+  m: HeadMatching,
+  lists: number,
+  group: number,
+  mode: ScoreMode,
+): ScoreInput {
+  const st = ctx.state;
+  const o = ctx.options;
+  const { start, T } = ctx.step;
+  const { numHeads: Hq, numKvHeads: Hkv } = ctx.config;
+  const perQuery = o.gqa === "query";
+  const factor = 0.5 ** (1 / o.halfLife);
+  const fit = o.heads !== "match" && mode === "current";
+  const scores: Float64Array[] = [];
+  for (let g = 0; g < lists; g++) {
+    const heads = Array.from({ length: group }, (_, i) => g * group + i);
+    const trusted = heads.filter((h) => st.trusted![ctx.layer][h]);
+    const kv = perQuery ? Math.floor(g / (Hq / Hkv)) : g;
+    let score: Float64Array;
+    if (fit) {
+      const own = normalised(st.own!.get(ctx.layer, kv, start));
+      score = new Float64Array(start);
+      // "auto": heads the matched SLM head predicts well read it; the others their fitted mixture.
+      for (const h of heads) {
+        const r =
+          o.heads === "auto" && st.trusted![ctx.layer][h]
+            ? currentRow(a, m, ctx.layer, [h], start, T, o.pool)
+            : fittedRow(a, m, ctx.layer, [h], start, T, own);
+        const rn = normalised(r);
+        for (let p = 0; p < start; p++) score[p] += rn[p] / heads.length;
+      }
+    } else if (mode === "current") score = currentRow(a, m, ctx.layer, heads, start, T, o.pool);
+    else if (mode === "decay")
+      score = st.decayed.update(
+        ctx.layer,
+        g,
+        start,
+        start,
+        currentRow(a, m, ctx.layer, heads, start, T, o.pool),
+        factor,
+      );
+    else score = accumulated(a, m, ctx.layer, heads, start, mode === "mean");
+    // A weak match: rank by the LLM's own mean attention (the reversible control's rule).
+    if (!fit && st.own && (trusted.length < heads.length || o.own > 0)) {
+      const own = normalised(st.own.get(ctx.layer, kv, start));
+      const mine = normalised(Float64Array.from(score));
+      const w = (trusted.length / heads.length) * (1 - o.own);
+      for (let p = 0; p < mine.length; p++) mine[p] = w * mine[p] + (1 - w) * own[p];
+      score = mine;
+    }
+    scores.push(score);
+  }
+  return {
+    sources: scores,
+    terms: Int32Array.from({ length: 3 * lists }, (_, i) => (i % 3 === 2 ? 0 : Math.floor(i / 3))),
+    weights: new Float64Array(lists).fill(1),
+  };
 }
 
 /**
@@ -352,97 +472,63 @@ function makeSmallKv(
         sizes.critical = Math.max(0, Math.min(sizes.critical, Math.floor(oldUnits) - sizes.recent));
       }
       const recentOld = Math.min(start, sizes.recent);
-      const recent = range(start - recentOld, start);
       st.lastRecent = recentOld;
-      const full: Int32Array[] = [];
-      const vOnly: Int32Array[] = [];
-      const factor = 0.5 ** (1 / o.halfLife);
-      const scores: Float64Array[] = [];
-      const marginalOks: boolean[] = [];
-      for (let g = 0; g < lists; g++) {
+      const marginalOks = Array.from({ length: lists }, (_, g) => {
         const heads = Array.from({ length: group }, (_, i) => g * group + i);
-        const trusted = heads.filter((h) => st.trusted![ctx.layer][h]);
-        const marginalOk = o.marginal && rows && heads.some((h) => st.gated![ctx.layer][h]);
-        let score: Float64Array;
-        const fit = o.heads !== "match" && mode === "current";
-        if (fit) {
-          const kv = perQuery ? Math.floor(g / (Hq / Hkv)) : g;
-          const own = normalised(st.own!.get(ctx.layer, kv, start));
-          score = new Float64Array(start);
-          // "auto": heads the matched SLM head predicts well read it; the others their fitted mixture.
-          for (const h of heads) {
-            const r =
-              o.heads === "auto" && st.trusted![ctx.layer][h]
-                ? currentRow(a, m, ctx.layer, [h], start, T, o.pool)
-                : fittedRow(a, m, ctx.layer, [h], start, T, own);
-            const rn = normalised(r);
-            for (let p = 0; p < start; p++) score[p] += rn[p] / heads.length;
-          }
-        } else if (mode === "current") score = currentRow(a, m, ctx.layer, heads, start, T, o.pool);
-        else if (mode === "decay")
-          score = st.decayed.update(
-            ctx.layer,
-            g,
-            start,
-            start,
-            currentRow(a, m, ctx.layer, heads, start, T, o.pool),
-            factor,
-          );
-        else score = accumulated(a, m, ctx.layer, heads, start, mode === "mean");
-        // A weak match: rank by the LLM's own mean attention (the reversible control's rule).
-        if (!fit && st.own && (trusted.length < heads.length || o.own > 0)) {
-          const kv = perQuery ? Math.floor(g / (Hq / Hkv)) : g;
-          const own = normalised(st.own.get(ctx.layer, kv, start));
-          const mine = normalised(Float64Array.from(score));
-          const w = (trusted.length / heads.length) * (1 - o.own);
-          for (let p = 0; p < mine.length; p++) mine[p] = w * mine[p] + (1 - w) * own[p];
-          score = mine;
-        }
-        scores.push(score);
-        marginalOks.push(marginalOk);
-      }
+        return o.marginal && rows && heads.some((h) => st.gated![ctx.layer][h]);
+      });
+      // The scores: the matched assistant rows mixed natively (the default), or made here for
+      // the other modes and handed over as they are.
+      const fit = o.heads !== "match" && mode === "current";
+      const byLayer = adaptive && o.allocate === "layer";
+      const input =
+        mode === "current" && !fit && !byLayer
+          ? currentTerms(ctx, a, m, lists, group, T)
+          : madeScores(ctx, a, m, lists, group, mode);
       // Units per list: the same for every list, or (allocate=layer, adaptive split) the
       // layer's old-token units shared out by predicted mass, each list keeping its recent window.
       const base = Math.max(0, oldUnits - recentOld);
-      const units =
-        adaptive && o.allocate === "layer"
-          ? shareByMass(scores, recent, base, start)
-          : scores.map(() => base);
-      for (let g = 0; g < lists; g++) {
-        const score = scores[g];
-        const marginalOk = marginalOks[g];
-        const exclude = maskOf(start, recent);
-        if (!o.saliency) st.evicted.excludeInto(ctx.layer, g, exclude, start);
-        let nCrit: number;
-        let nMarg: number;
-        let order: Int32Array;
-        if (adaptive) {
-          order = topPositions(score, start, 2 * Math.ceil(units[g]) + 1, exclude, true);
-          const s = adaptiveSplit(order, score, units[g], {
-            vOnly: marginalOk,
-            exactShare: o.exactShare,
-            negligible: o.negligible,
-          });
-          nCrit = s.exact;
-          nMarg = s.vOnly;
-        } else {
+      const units = byLayer
+        ? shareByMass(input.sources as Float64Array[], range(start - recentOld, start), base, start)
+        : null;
+      let rule: RankSplitRule;
+      if (adaptive)
+        rule = {
+          kind: "adaptive",
+          units: Float64Array.from({ length: lists }, (_, g) => (units ? units[g] : base)),
+          vOnly: Uint8Array.from(marginalOks, (x) => (x ? 1 : 0)),
+          exactShare: o.exactShare,
+          negligible: o.negligible,
+        };
+      else {
+        const k = new Int32Array(lists);
+        const exact = new Int32Array(lists);
+        for (let g = 0; g < lists; g++) {
           const room = Math.max(0, Math.floor(2 * (oldUnits - recentOld - sizes.critical) + 1e-9));
-          const nM = marginalOk ? Math.min(sizes.marginal, room) : 0;
-          const nC = Math.min(
-            sizes.critical + (marginalOk ? 0 : Math.floor(sizes.marginal / 2)),
+          const nM = marginalOks[g] ? Math.min(sizes.marginal, room) : 0;
+          exact[g] = Math.min(
+            sizes.critical + (marginalOks[g] ? 0 : Math.floor(sizes.marginal / 2)),
             Math.max(0, Math.floor(oldUnits - recentOld - nM / 2 + 1e-9)),
           );
-          order = topPositions(score, start, nC + nM, exclude, true);
-          nCrit = nC;
-          nMarg = nM;
+          k[g] = exact[g] + nM;
         }
-        const critical = order.slice(0, nCrit).sort();
-        const marginal = order.slice(nCrit, nCrit + nMarg).sort();
-        const keep = union(critical, recent);
-        if (!o.saliency) st.evicted.keepOnly(ctx.layer, g, start, keep, marginal);
-        full.push(keep);
-        vOnly.push(marginal);
+        rule = { kind: "fixed", k, exact };
       }
+      const { full, vOnly } = rankSplit({
+        n: start,
+        lists,
+        ...input,
+        recent: recentOld,
+        exclude: o.saliency
+          ? undefined
+          : Array.from({ length: lists }, (_, g) =>
+              st.evicted.excludeInto(ctx.layer, g, new Uint8Array(start), start),
+            ),
+        rule,
+      });
+      if (!o.saliency)
+        for (let g = 0; g < lists; g++) st.evicted.keepOnly(ctx.layer, g, start, full[g], vOnly[g]);
+      const recent = { length: recentOld };
       st.counts[ctx.layer] = {
         critical: (full.reduce((x, l) => x + l.length, 0) - recent.length * lists) / lists,
         recent: recent.length + T,

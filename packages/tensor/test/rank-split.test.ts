@@ -1,0 +1,140 @@
+import { describe, expect, it } from "vitest";
+import {
+  RankSplitBuffers,
+  type RankSplitRule,
+  rankSplit,
+  reference,
+  TensorShapeError,
+} from "../src/index.js";
+import { rng } from "./rand.js";
+
+type Case = Parameters<typeof rankSplit>[0];
+
+/** Attention-like rows: `peak` sets how concentrated they are (0: flat). */
+function rows(len: number, r: () => number, peak: number, f64: boolean): Float32Array | Float64Array {
+  const x = f64 ? new Float64Array(len) : new Float32Array(len);
+  for (let i = 0; i < len; i++) x[i] = r() ** (1 + 12 * peak) / 50;
+  return x;
+}
+
+function randomCase(seed: number): Case {
+  const r = rng(seed);
+  const n = [0, 1, 5, 64, 300, 1000][seed % 6];
+  const lists = 1 + (seed % 4);
+  const sources = Array.from({ length: 1 + (seed % 3) }, (_, i) => rows(3 * n + 7, r, r(), i % 2 === 1));
+  const termList: number[] = [];
+  const w: number[] = [];
+  for (let g = 0; g < lists; g++)
+    for (let j = 0; j < 1 + Math.floor(r() * 3); j++) {
+      const s = Math.floor(r() * sources.length);
+      termList.push(g, s, Math.floor(r() * 8));
+      w.push(r() < 0.1 ? 0 : r());
+    }
+  // Ties (coarse values) and a NaN now and then.
+  if (seed % 5 === 0)
+    for (const s of sources) for (let i = 0; i < s.length; i++) s[i] = Math.round(s[i] * 400) / 400;
+  if (seed % 7 === 0 && n > 3) sources[0][3] = Number.NaN;
+  const recent = Math.floor(r() * Math.min(n + 2, 20));
+  const units = Float64Array.from({ length: lists }, () =>
+    r() < 0.1 ? 0 : r() * n * 0.4 + (r() < 0.5 ? 0.5 : 0),
+  );
+  const rule: RankSplitRule =
+    seed % 3 === 2
+      ? {
+          kind: "fixed",
+          k: Int32Array.from({ length: lists }, () => Math.floor(r() * n * 0.5)),
+          exact: Int32Array.from({ length: lists }, () => Math.floor(r() * n * 0.3)),
+        }
+      : {
+          kind: "adaptive",
+          units,
+          vOnly: Uint8Array.from({ length: lists }, () => (r() < 0.8 ? 1 : 0)),
+          exactShare: [0.9, 0.5, 1, 0.99][seed % 4],
+          negligible: [0.002, 0, 0.05][seed % 3] / Math.max(1, n / 100),
+        };
+  return {
+    n,
+    lists,
+    sources,
+    terms: Int32Array.from(termList),
+    weights: Float64Array.from(w),
+    own:
+      seed % 2 === 0
+        ? {
+            assistantWeight: Float64Array.from({ length: lists }, () => (r() < 0.3 ? -1 : r())),
+            sums: Array.from({ length: lists }, () => Float64Array.from({ length: n }, () => r())),
+            counts: Array.from({ length: lists }, () =>
+              Float64Array.from({ length: Math.floor(n * r()) }, () => Math.floor(r() * 4)),
+            ),
+          }
+        : undefined,
+    recent,
+    exclude:
+      seed % 4 === 1
+        ? Array.from({ length: lists }, () => Uint8Array.from({ length: n }, () => (r() < 0.3 ? 1 : 0)))
+        : undefined,
+    rule,
+  };
+}
+
+const plain = (x: { full: Int32Array[]; vOnly: Int32Array[] }) => ({
+  full: x.full.map((l) => Array.from(l)),
+  vOnly: x.vOnly.map((l) => Array.from(l)),
+});
+
+describe("rankSplit", () => {
+  it("equals the reference on 300 random layers (flat and peaked scores, ties, NaN, blends, exclusions, both rules)", () => {
+    const buffers = new RankSplitBuffers();
+    for (let seed = 0; seed < 300; seed++) {
+      const c = randomCase(seed);
+      expect(plain(rankSplit(c, buffers)), `seed ${seed}`).toEqual(plain(reference.rankSplitRef(c)));
+    }
+  });
+
+  it("splits by predicted mass: a peaked list gets few exact tokens and V-only ones after them", () => {
+    const n = 100;
+    const s = new Float64Array(n).fill(0.001);
+    s[10] = 0.5;
+    s[20] = 0.3;
+    s[30] = 0.05;
+    const out = rankSplit({
+      n,
+      lists: 1,
+      sources: [s],
+      terms: Int32Array.of(0, 0, 0),
+      weights: Float64Array.of(1),
+      recent: 2,
+      rule: {
+        kind: "adaptive",
+        units: Float64Array.of(10),
+        vOnly: Uint8Array.of(1),
+        exactShare: 0.9,
+        negligible: 0.002,
+      },
+    });
+    // 0.5 + 0.3 + 0.05 reach 90% of the candidates' mass; the 0.001s are negligible, so the
+    // budget left goes back to exact tokens (ties to the earlier position), then the recent two.
+    expect(Array.from(out.full[0])).toEqual([0, 1, 2, 3, 4, 5, 6, 10, 20, 30, 98, 99]);
+    expect(out.vOnly[0].length).toBe(0);
+  });
+
+  it("rejects terms outside their sources and wrong rules with a typed error", () => {
+    const base: Case = {
+      n: 10,
+      lists: 1,
+      sources: [new Float32Array(10)],
+      terms: Int32Array.of(0, 0, 1),
+      weights: Float64Array.of(1),
+      recent: 0,
+      rule: { kind: "fixed", k: Int32Array.of(3), exact: Int32Array.of(3) },
+    };
+    expect(() => rankSplit(base)).toThrow(TensorShapeError);
+    expect(() => rankSplit({ ...base, terms: Int32Array.of(1, 0, 0) })).toThrow(/list 1/);
+    expect(() => rankSplit({ ...base, terms: Int32Array.of(0, 0, 0), rule: { kind: "x" } as never })).toThrow(
+      /rule.kind/,
+    );
+    expect(() => rankSplit({ ...base, terms: Int32Array.of(0, 0, 0), exclude: [new Uint8Array(3)] })).toThrow(
+      /exclude/,
+    );
+  });
+});
