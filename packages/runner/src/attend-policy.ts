@@ -22,19 +22,15 @@ function selectFor(seq: Sequence, layer: number, step: StepInfo): LayerSelection
   }
 }
 
-export function vOnlyWeightsInSlotOrder(
+/** The policy's V-only weights [Hq][T][vmax] in selection order, checked. */
+export function vOnlyWeights(
   seq: Sequence,
   layer: number,
   step: StepInfo,
   sel: LayerSelection,
-  rows: HotSlots<unknown>,
 ): Float32Array {
-  const config = seq.config;
-  const Hq = config.numHeads;
-  const Hkv = sel.perQueryHead ? Hq : config.numKvHeads;
-  const group = Hq / Hkv;
-  const vsel = sel.vOnly!;
-  const vmax = Math.max(...vsel.map((x) => x.length));
+  const Hq = seq.config.numHeads;
+  const vmax = Math.max(...sel.vOnly!.map((x) => x.length));
   const name = seq.policy.name;
   if (!seq.policy.vOnlyWeights)
     throw new PolicyError(
@@ -48,14 +44,36 @@ export function vOnlyWeightsInSlotOrder(
   } catch (e) {
     throw new PolicyError(name, "vOnlyWeights", (e as Error).message);
   }
-  const T = step.T;
-  if (!(w instanceof Float32Array) || w.length !== Hq * T * vmax) {
+  if (!(w instanceof Float32Array) || w.length !== Hq * step.T * vmax) {
     throw new PolicyError(
       name,
       "V-only weights",
-      `expected a Float32Array of Hq*T*vmax = ${Hq * T * vmax} weights`,
+      `expected a Float32Array of Hq*T*vmax = ${Hq * step.T * vmax} weights`,
     );
   }
+  for (let i = 0; i < w.length; i++) {
+    const x = w[i];
+    if (!(x >= 0) || x === Number.POSITIVE_INFINITY)
+      throw new PolicyError(name, "V-only weights", `weight ${x} is not a finite non-negative number`);
+  }
+  return w;
+}
+
+/** vOnlyWeights reordered to a hot set's slot order (a hot set that keeps rows in place). */
+export function vOnlyWeightsInSlotOrder(
+  seq: Sequence,
+  layer: number,
+  step: StepInfo,
+  sel: LayerSelection,
+  rows: HotSlots<unknown>,
+): Float32Array {
+  const Hq = seq.config.numHeads;
+  const Hkv = sel.perQueryHead ? Hq : seq.config.numKvHeads;
+  const group = Hq / Hkv;
+  const vsel = sel.vOnly!;
+  const vmax = Math.max(...vsel.map((x) => x.length));
+  const w = vOnlyWeights(seq, layer, step, sel);
+  const T = step.T;
   const out = new Float32Array(Hq * T * vmax);
   for (let g = 0; g < Hkv; g++) {
     const order = new Map<number, number>();
@@ -64,12 +82,7 @@ export function vOnlyWeightsInSlotOrder(
     for (let h = g * group; h < (g + 1) * group; h++) {
       for (let t = 0; t < T; t++) {
         const base = (h * T + t) * vmax;
-        for (let s = 0; s < slots.length; s++) {
-          const x = w[base + order.get(slots[s])!];
-          if (!Number.isFinite(x) || x < 0)
-            throw new PolicyError(name, "V-only weights", `weight ${x} is not a finite non-negative number`);
-          out[base + s] = x;
-        }
+        for (let s = 0; s < slots.length; s++) out[base + s] = w[base + order.get(slots[s])!];
       }
     }
   }

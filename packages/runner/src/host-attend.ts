@@ -1,5 +1,5 @@
 import type { AttentionArgs, AttentionResult, IndexedAttentionArgs } from "@smallkv/tensor";
-import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder } from "./attend-policy.js";
+import { observeAttention, observedPositions, planLayer, vOnlyWeights } from "./attend-policy.js";
 import type { HostHot, Sequence } from "./sequence.js";
 
 // The CPU backend's attention of one sequence at one layer, in two halves around the kernel:
@@ -62,19 +62,16 @@ export function planHostAttention(
     };
   } else {
     const ccap = seq.kv.capOf(layer);
-    // The hot set's bookkeeping follows the selection; the kernel reads the rows in place.
-    hot.full.apply(sel.full, [], ccap, start + T, base);
-    hot.full.append([], start, T);
+    // The hot set's bookkeeping follows the selection; the kernel reads the rows in place, in
+    // the selection's order.
     const lists = sel.perQueryHead ? Hq : Hkv;
-    const full = hot.full.lists(base, T);
+    const full = hot.full.use(sel.full, start, T, base);
     let vOnly: IndexedAttentionArgs["vOnly"];
     const vsel = sel.vOnly;
     if (vsel?.some((x) => x.length > 0)) {
-      hot.vOnly.apply(vsel, [], ccap, start + T, base);
+      const rows = hot.vOnly.use(vsel, start, 0, base);
       try {
-        // The hot set keeps its own slot order; weights come in selection order, so reorder.
-        const weights = vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly);
-        const rows = hot.vOnly.lists(base, 0);
+        const weights = vOnlyWeights(seq, layer, step, sel);
         vOnly = { idx: rows.idx, off: rows.off, weights, mode: sel.combine ?? "mass" };
       } catch (e) {
         // The request fails at the end of this step; its neighbours in the batch are unaffected.

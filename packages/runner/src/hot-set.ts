@@ -41,7 +41,7 @@ export abstract class HotSlots<P> {
     this.slotOf = Array.from({ length: Hkv }, () => new Int32Array(0));
   }
 
-  private ensureRows(n: number): void {
+  protected ensureRows(n: number): void {
     if (n <= this.cap) return;
     let cap = Math.max(16, this.cap);
     while (cap < n) cap *= 2;
@@ -220,11 +220,68 @@ export abstract class HotSlots<P> {
  */
 export class IndexedRows extends HotSlots<Float32Array> {
   protected override readonly holdsRows = false;
+  /** Scratch membership marks by position (zero between calls). */
+  private member = new Uint8Array(0);
   protected resizePlanes(): void {}
   protected copySlot(): void {}
   protected gather(): void {}
   protected appendPlanes(): void {}
   protected freePlanes(): void {}
+
+  /**
+   * Read exactly `want[g]` (in the selection's order) and then the step's own T rows at
+   * positions start.. in every head; rows not read at the last step count as moved. Returns
+   * the kernel's index lists (store slots, position − base) without the own rows. With no
+   * rows of its own there is nothing to keep in place, so no slot diff is needed.
+   */
+  use(want: Int32Array[], start: number, T: number, base: number): { idx: Int32Array; off: Int32Array } {
+    const Hkv = this.Hkv;
+    const off = new Int32Array(Hkv + 1);
+    let need = 0;
+    for (let g = 0; g < Hkv; g++) {
+      off[g + 1] = off[g] + want[g].length;
+      need = Math.max(need, want[g].length + T);
+    }
+    this.ensureRows(need);
+    if (this.member.length < start + T)
+      this.member = new Uint8Array(Math.max(start + T, 2 * this.member.length));
+    const mark = this.member;
+    const idx = new Int32Array(off[Hkv]);
+    let moved = 0;
+    for (let g = 0; g < Hkv; g++) {
+      const pos = this.pos[g];
+      const had = this.count[g];
+      for (let s = 0; s < had; s++) mark[pos[s]] = 1;
+      const w = want[g];
+      for (let i = 0, at = off[g]; i < w.length; i++, at++) {
+        const p = w[i];
+        moved += 1 - mark[p];
+        idx[at] = p - base;
+      }
+      for (let s = 0; s < had; s++) mark[pos[s]] = 0;
+      pos.set(w, 0);
+      for (let t = 0; t < T; t++) pos[w.length + t] = start + t;
+      this.count[g] = w.length + T;
+    }
+    this.moved += moved;
+    return { idx, off };
+  }
+
+  /** The same positions in the same order (nothing to gather). */
+  override restore(s: HotSnapshot): void {
+    let need = 0;
+    for (const p of s.pos) need = Math.max(need, p.length);
+    this.ensureRows(need);
+    s.pos.forEach((p, g) => {
+      this.pos[g].set(p, 0);
+      this.count[g] = p.length;
+    });
+    this.moved = s.moved;
+  }
+
+  override clear(): void {
+    this.count.fill(0);
+  }
 
   /**
    * Store slots of each head's rows before the step (slot order; position − base) as one

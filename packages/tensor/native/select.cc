@@ -96,7 +96,9 @@ void rank_split(const RankSplitArgs& a) {
     for (int p = 0; p < lo; ++p)
       if (ex == nullptr || ex[p] == 0) c[m++] = Cand{std::isnan(s[p]) ? -INFINITY : s[p], p};
     const double units = a.adaptive ? a.units[g] : 0;
-    const int64_t K = a.adaptive ? 2 * static_cast<int64_t>(std::ceil(units)) + 1 : a.k[g];
+    int64_t K = a.adaptive ? 2 * static_cast<int64_t>(std::ceil(units)) + 1 : a.k[g];
+    // All exact (no V-only split): only the top `whole` matter, so select them directly.
+    if (a.adaptive && !a.vOnly[g]) K = std::min<int64_t>(K, std::max(0, static_cast<int>(std::floor(units + 1e-9))));
     if (K < m) {
       std::nth_element(c, c + K, c + m, before);
       m = static_cast<int>(std::max<int64_t>(0, K));
