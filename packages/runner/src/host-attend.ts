@@ -1,5 +1,13 @@
 import type { AttentionArgs, AttentionResult, IndexedAttentionArgs } from "@smallkv/tensor";
-import { observeAttention, observedPositions, planLayer, vOnlyWeights } from "./attend-policy.js";
+import {
+  observeAttention,
+  observedPositions,
+  planLayer,
+  vOnlyWeights,
+  vOnlyWeightsInSlotOrder,
+} from "./attend-policy.js";
+import { HostRows, type HostStore, type IndexedRows } from "./hot-set.js";
+import type { LayerSelection, StepInfo } from "./policy-hook.js";
 import type { HostHot, Sequence } from "./sequence.js";
 
 // The CPU backend's attention of one sequence at one layer, in two halves around the kernel:
@@ -62,45 +70,18 @@ export function planHostAttention(
     };
   } else {
     const ccap = seq.kv.capOf(layer);
-    // The hot set's bookkeeping follows the selection; the kernel reads the rows in place, in
-    // the selection's order.
-    const lists = sel.perQueryHead ? Hq : Hkv;
-    const full = hot.full.use(sel.full, start, T, base);
-    let vOnly: IndexedAttentionArgs["vOnly"];
-    const vsel = sel.vOnly;
-    if (vsel?.some((x) => x.length > 0)) {
-      const rows = hot.vOnly.use(vsel, start, 0, base);
-      try {
-        const weights = vOnlyWeights(seq, layer, step, sel);
-        vOnly = { idx: rows.idx, off: rows.off, weights, mode: sel.combine ?? "mass" };
-      } catch (e) {
-        // The request fails at the end of this step; its neighbours in the batch are unaffected.
-        seq.fault = e as Error;
-      }
-    } else hot.vOnly.clear();
-    let Lmax = T;
-    for (let g = 0; g < lists; g++) Lmax = Math.max(Lmax, full.off[g + 1] - full.off[g] + T);
-    if (typeof request === "object") scores = new Float32Array(Hq * Lmax);
-    args = {
-      q,
-      k: kStore,
-      v: vStore,
-      int8,
-      cap: ccap,
-      T,
-      Hq,
-      Hkv,
-      D,
-      lists,
-      idx: full.idx,
-      off: full.off,
-      newAt: start - base,
-      out,
-      probs: wantProbs,
-      scores,
-      scoreStart,
-      vOnly,
-    };
+    args =
+      hot.full instanceof HostRows
+        ? heldRowsArgs(seq, layer, step, sel, hot as HeldHot, { k: kStore, v: vStore, int8, cap: ccap }, base)
+        : indexedArgs(seq, layer, step, sel, hot as IndexedHot, base);
+    args = { ...args, q, out, probs: wantProbs, scoreStart };
+    if (typeof request === "object") {
+      const lists = sel.perQueryHead ? Hq : Hkv;
+      let Lmax = T;
+      for (let g = 0; g < lists; g++) Lmax = Math.max(Lmax, hot.full.positions(g).length);
+      scores = new Float32Array(Hq * Lmax);
+      args.scores = scores;
+    }
   }
   const finish = (result: AttentionResult) => {
     if (!request) return;
@@ -118,6 +99,102 @@ export function planHostAttention(
     });
   };
   return { args, finish };
+}
+
+type HeldHot = HostHot & { full: HostRows; vOnly: HostRows };
+type IndexedHot = HostHot & { full: IndexedRows; vOnly: IndexedRows };
+type KernelArgs = AttentionArgs | IndexedAttentionArgs;
+
+/**
+ * A selection through a hot set that holds rows: the difference is copied in, the step's own
+ * rows appended, and attention streams the hot rows (per hot head: past rows, then the own).
+ */
+function heldRowsArgs(
+  seq: Sequence,
+  layer: number,
+  step: StepInfo,
+  sel: LayerSelection,
+  hot: HeldHot,
+  store: HostStore,
+  base: number,
+): KernelArgs {
+  const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = seq.config;
+  const { start, T } = step;
+  hot.full.apply(sel.full, [store], store.cap, start + T, base);
+  hot.full.appendFrom(store, start - base, start, T);
+  let vOnly: AttentionArgs["vOnly"];
+  const vsel = sel.vOnly;
+  if (vsel?.some((x) => x.length > 0)) {
+    hot.vOnly.apply(vsel, [store], store.cap, start + T, base);
+    try {
+      // The hot set keeps its own slot order; weights come in selection order, so reorder.
+      const weights = vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly);
+      vOnly = {
+        v: hot.vOnly.planesF32[0],
+        cap: hot.vOnly.cap,
+        counts: hot.vOnly.count.slice(),
+        weights,
+        mode: sel.combine ?? "mass",
+      };
+    } catch (e) {
+      // The request fails at the end of this step; its neighbours in the batch are unaffected.
+      seq.fault = e as Error;
+    }
+  } else hot.vOnly.clear();
+  return {
+    q: EMPTY,
+    k: hot.full.planesF32[0],
+    v: hot.full.planesF32[1],
+    cap: hot.full.cap,
+    T,
+    past: hot.full.pastCounts(T),
+    Hq,
+    Hkv: sel.perQueryHead ? Hq : Hkv,
+    D,
+    vOnly,
+  };
+}
+
+/** A selection read in place: index lists into the store, in the selection's order. */
+function indexedArgs(
+  seq: Sequence,
+  layer: number,
+  step: StepInfo,
+  sel: LayerSelection,
+  hot: IndexedHot,
+  base: number,
+): KernelArgs {
+  const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = seq.config;
+  const { start, T } = step;
+  const int8 = seq.kv.int8Of(layer) ?? undefined;
+  const full = hot.full.use(sel.full, start, T, base);
+  let vOnly: IndexedAttentionArgs["vOnly"];
+  const vsel = sel.vOnly;
+  if (vsel?.some((x) => x.length > 0)) {
+    const rows = hot.vOnly.use(vsel, start, 0, base);
+    try {
+      const weights = vOnlyWeights(seq, layer, step, sel);
+      vOnly = { idx: rows.idx, off: rows.off, weights, mode: sel.combine ?? "mass" };
+    } catch (e) {
+      seq.fault = e as Error;
+    }
+  } else hot.vOnly.clear();
+  return {
+    q: EMPTY,
+    k: int8 ? EMPTY : seq.kv.k[layer],
+    v: int8 ? EMPTY : seq.kv.v[layer],
+    int8,
+    cap: seq.kv.capOf(layer),
+    T,
+    Hq,
+    Hkv,
+    D,
+    lists: sel.perQueryHead ? Hq : Hkv,
+    idx: full.idx,
+    off: full.off,
+    newAt: start - base,
+    vOnly,
+  };
 }
 
 /** Probabilities [Hq][T][L] and scores [Hq][L] over rows from position `base`, as [.][base + L] over positions. */

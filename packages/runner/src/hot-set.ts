@@ -1,3 +1,5 @@
+import { kvCopyRows } from "@smallkv/tensor";
+
 /** A hot set's bookkeeping at one moment (see HotSlots.snapshot). */
 export interface HotSnapshot {
   pos: Int32Array[];
@@ -17,7 +19,7 @@ export abstract class HotSlots<P> {
   /** slot -> position, per kv head. */
   pos: Int32Array[];
   /** position -> slot + 1 (0 = absent), per kv head. */
-  private slotOf: Int32Array[];
+  protected slotOf: Int32Array[];
   /** Rows moved from the cold store since creation. */
   moved = 0;
   /** Whether the planes hold the rows (false: attention reads them from the cold store in place). */
@@ -54,7 +56,7 @@ export abstract class HotSlots<P> {
     this.cap = cap;
   }
 
-  private ensurePositions(n: number): void {
+  protected ensurePositions(n: number): void {
     for (let g = 0; g < this.Hkv; g++) {
       if (this.slotOf[g].length < n) {
         const next = new Int32Array(Math.max(n, this.slotOf[g].length * 2, 64));
@@ -296,5 +298,170 @@ export class IndexedRows extends HotSlots<Float32Array> {
       for (let j = 0, at = off[g]; j < this.count[g] - T; j++, at++) idx[at] = pos[j] - base;
     }
     return { idx, off };
+  }
+}
+
+/** Where HostRows reads the rows it gathers and appends: one layer's cold store. */
+export interface HostStore {
+  /** Float planes [Hkv][cap][D] (empty for an int8 store). */
+  k: Float32Array;
+  v: Float32Array;
+  /** An int8 store (rows are dequantised as they are copied in). */
+  int8?: { k: Int8Array; v: Int8Array; kScale: Float32Array; vScale: Float32Array };
+  cap: number;
+}
+
+/**
+ * A CPU hot set that holds its rows: per hot head, float32 K/V rows in slot order, refilled
+ * by the difference each step (the rows that entered are copied from the cold store, dequantised
+ * from an int8 one). Attention then streams contiguous rows instead of gathering scattered
+ * ones from the store, at the price of the hot rows' memory beside the cold store.
+ */
+export class HostRows extends HotSlots<HostStore> {
+  /** planes[i]: [Hkv][cap][D] (K then V, or V alone). */
+  planesF32: Float32Array[] = [];
+
+  protected resizePlanes(oldCap: number, cap: number): void {
+    const { Hkv, D } = this;
+    this.planesF32 = Array.from({ length: this.planes }, (_, i) => {
+      const next = new Float32Array(Hkv * cap * D);
+      const old = this.planesF32[i];
+      if (old)
+        for (let g = 0; g < Hkv; g++)
+          next.set(old.subarray(g * oldCap * D, (g * oldCap + this.count[g]) * D), g * cap * D);
+      return next;
+    });
+  }
+
+  protected copySlot(g: number, dst: number, src: number): void {
+    const { D, cap } = this;
+    for (const p of this.planesF32)
+      p.copyWithin((g * cap + dst) * D, (g * cap + src) * D, (g * cap + src + 1) * D);
+  }
+
+  /** Copy cold rows into hot slots: quads (hot head, slot, cold head, store row), every plane. */
+  private copyIn(store: HostStore, moves: Int32Array, count: number): void {
+    if (count === 0) return;
+    const { D, cap } = this;
+    const heads = this.srcHeads;
+    const q = store.int8;
+    const kv: [Float32Array | Int8Array, Float32Array | null][] = q
+      ? [
+          [q.k, q.kScale],
+          [q.v, q.vScale],
+        ]
+      : [
+          [store.k, null],
+          [store.v, null],
+        ];
+    const from = this.planes === 2 ? kv : [kv[1]];
+    from.forEach(([src, scales], i) =>
+      kvCopyRows(src, scales, heads, store.cap, this.planesF32[i], this.Hkv, cap, D, moves, count),
+    );
+  }
+
+  protected gather(
+    cold: HostStore[],
+    _ccap: number,
+    idx: Int32Array,
+    off: Int32Array,
+    start: Int32Array,
+  ): void {
+    const moves = new Int32Array(4 * off[this.Hkv]);
+    let n = 0;
+    for (let g = 0; g < this.Hkv; g++)
+      for (let i = off[g]; i < off[g + 1]; i++, n++)
+        moves.set([g, start[g] + i - off[g], this.source(g), idx[i]], 4 * n);
+    this.copyIn(cold[0], moves, n);
+  }
+
+  /**
+   * The difference as few copies as possible: rows that entered go straight into the slots of
+   * rows that left (no refill moves when the set keeps its size, as a re-chosen selection
+   * does); only a shrinking set moves its last rows down.
+   */
+  override apply(want: Int32Array[], cold: HostStore[], _ccap: number, maxPosition: number, base = 0): void {
+    const { Hkv } = this;
+    this.ensurePositions(maxPosition);
+    let need = 0;
+    for (let g = 0; g < Hkv; g++) need = Math.max(need, want[g].length, this.count[g]);
+    this.ensureRows(need + 1);
+    let total = 0;
+    for (let g = 0; g < Hkv; g++) total += want[g].length;
+    const moves = new Int32Array(4 * total);
+    let m = 0;
+    for (let g = 0; g < Hkv; g++) {
+      const slotOf = this.slotOf[g];
+      const pos = this.pos[g];
+      let n = this.count[g];
+      const keep = new Uint8Array(n);
+      const adds: number[] = [];
+      const w = want[g];
+      for (let i = 0; i < w.length; i++) {
+        const s = slotOf[w[i]];
+        if (s) keep[s - 1] = 1;
+        else adds.push(w[i]);
+      }
+      let holes = 0;
+      for (let s = 0; s < n; s++) if (!keep[s]) holes++;
+      // A shrinking set: close the highest holes with its last kept rows first.
+      for (let s = n - 1; s >= 0 && holes > adds.length; s--) {
+        if (keep[s]) continue;
+        const last = n - 1;
+        slotOf[pos[s]] = 0;
+        if (s !== last) {
+          this.copySlot(g, s, last);
+          pos[s] = pos[last];
+          slotOf[pos[s]] = s + 1;
+          keep[s] = 1;
+        }
+        n--;
+        holes--;
+      }
+      // Entering rows fill the remaining holes, then go at the end.
+      let a = 0;
+      for (let s = 0; s < n && a < adds.length; s++) {
+        if (keep[s]) continue;
+        slotOf[pos[s]] = 0;
+        pos[s] = adds[a];
+        slotOf[adds[a]] = s + 1;
+        moves.set([g, s, this.source(g), adds[a] - base], 4 * m++);
+        a++;
+      }
+      for (; a < adds.length; a++, n++) {
+        pos[n] = adds[a];
+        slotOf[adds[a]] = n + 1;
+        moves.set([g, n, this.source(g), adds[a] - base], 4 * m++);
+      }
+      this.count[g] = n;
+      this.moved += adds.length;
+    }
+    this.copyIn(cold[0], moves, m);
+  }
+
+  /** src[0]: the store, whose rows `appendRow`.. are the step's own (see appendFrom). */
+  private appendRow = 0;
+  protected appendPlanes(src: HostStore[], T: number): void {
+    const moves = new Int32Array(4 * this.Hkv * T);
+    let m = 0;
+    for (let g = 0; g < this.Hkv; g++)
+      for (let t = 0; t < T; t++)
+        moves.set([g, this.count[g] + t, this.source(g), this.appendRow + t], 4 * m++);
+    this.copyIn(src[0], moves, m);
+  }
+
+  /** Append the step's T own rows, which sit at store row `row` onward, at positions start... */
+  appendFrom(store: HostStore, row: number, start: number, T: number): void {
+    this.appendRow = row;
+    this.append([store], start, T);
+  }
+
+  protected freePlanes(): void {
+    this.planesF32 = [];
+  }
+
+  /** Rows held before the step's own T, per hot head. */
+  pastCounts(T: number): Int32Array {
+    return Int32Array.from(this.count, (n) => n - T);
   }
 }

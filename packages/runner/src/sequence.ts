@@ -2,7 +2,7 @@ import type { AssistantState } from "./assisted.js";
 import type { ModelConfig } from "./config.js";
 import { DeviceHotRows, DeviceKvCache } from "./device/kv.js";
 import { PolicyError } from "./errors.js";
-import { type HotSlots, type HotSnapshot, IndexedRows } from "./hot-set.js";
+import { HostRows, type HotSlots, type HotSnapshot, IndexedRows } from "./hot-set.js";
 import { KvCache } from "./kv-cache.js";
 import type { Model } from "./model.js";
 import { fullCache, type KvPolicyHook } from "./policy-hook.js";
@@ -17,8 +17,10 @@ export interface HotLayer {
   perQuery: boolean;
 }
 
-/** A hot layer of the CPU backend (read through index lists into the cold store). */
-export type HostHot = HotLayer & { full: IndexedRows; vOnly: IndexedRows };
+const EMPTY = new Float32Array(0);
+
+/** A hot layer of the CPU backend: its own float rows, or index lists into the cold store. */
+export type HostHot = HotLayer & { full: IndexedRows | HostRows; vOnly: IndexedRows | HostRows };
 
 /** What a sequence's KV occupies: the cold full store, the hot working set, and token classes. */
 export interface KvStats {
@@ -116,7 +118,9 @@ export class Sequence {
     const rows = (heads: number, planes: number, map: Int32Array | null): HotSlots<unknown> =>
       dev
         ? (new DeviceHotRows(dev, heads, c.headDim, planes, map, c.numKvHeads) as HotSlots<unknown>)
-        : (new IndexedRows(heads, c.headDim, planes, map, c.numKvHeads) as HotSlots<unknown>);
+        : this.model?.hotRows === "copy"
+          ? (new HostRows(heads, c.headDim, planes, map, c.numKvHeads) as HotSlots<unknown>)
+          : (new IndexedRows(heads, c.headDim, planes, map, c.numKvHeads) as HotSlots<unknown>);
     if (!perQuery) {
       return {
         full: rows(c.numKvHeads, 2, null),
@@ -140,7 +144,8 @@ export class Sequence {
     const c = this.config;
     const n = this.length;
     // Bytes of one K or V row as attention reads it (an int8 store's rows carry a scale).
-    const rowBytes = this.kv.rowBytes();
+    // Hot rows held as copies are float32; index lists read the store's own rows.
+    const rowBytes = this.hot[0]?.full instanceof IndexedRows ? this.kv.rowBytes() : this.config.headDim * 4;
     let hotBytes = 0;
     let full = 0;
     let vOnly = 0;
@@ -230,8 +235,11 @@ export class Sequence {
     hot.active = h.active;
     const ccap = this.kv.capOf(l);
     const base = this.kv.base[l];
-    hot.full.restore(h.full, dev ? [dev.dk[l].ptr, dev.dv[l].ptr] : [], ccap, base);
-    hot.vOnly.restore(h.vOnly, dev ? [dev.dv[l].ptr] : [], ccap, base);
+    // Held rows are copied back from the cold store.
+    const int8 = this.kv.int8Of(l) ?? undefined;
+    const host = [{ k: this.kv.k[l] ?? EMPTY, v: this.kv.v[l] ?? EMPTY, int8, cap: ccap }];
+    hot.full.restore(h.full, dev ? [dev.dk[l].ptr, dev.dv[l].ptr] : host, ccap, base);
+    hot.vOnly.restore(h.vOnly, dev ? [dev.dv[l].ptr] : host, ccap, base);
   }
 
   /** Cut the sequence to its first n tokens (the store keeps the rows; they are overwritten later). */

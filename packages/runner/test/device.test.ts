@@ -7,54 +7,14 @@ import {
   Generator,
   InvalidOptionError,
   type KvPolicyHook,
-  type LayerSelection,
   Model,
-  type Sequence,
-  type StepInfo,
 } from "../src/index.js";
-import { GOLDEN, golden, LLM, MODELS, maxAbsDiff } from "./helpers.js";
+import { churn, GOLDEN, golden, LLM, MODELS, maxAbsDiff } from "./helpers.js";
 
 // The device backend runs the CUDA kernels; without a GPU (CI) it runs them through the CPU
 // emulator, which checks the whole device path: weights, hot set moves, pinned cold store.
 const probe = Device.probe();
 if (!probe.available) console.log(`runner CUDA tests skipped: ${probe.reason}`);
-
-/** A policy that changes its selection every step and layer: sinks, a stride, recent rows; V-only for the rest of a window; per-query-head on odd layers. */
-function churn(mode: "literal" | "mass"): KvPolicyHook {
-  let step = 0;
-  return {
-    name: `churn-${mode}`,
-    select(seq: Sequence, layer: number, st: StepInfo): LayerSelection | null {
-      if (st.start < 4) return null;
-      if (layer === 0) step++;
-      const perQ = layer % 2 === 1;
-      const heads = perQ ? seq.config.numHeads : seq.config.numKvHeads;
-      const full: Int32Array[] = [];
-      const vOnly: Int32Array[] = [];
-      for (let g = 0; g < heads; g++) {
-        const f: number[] = [];
-        const v: number[] = [];
-        for (let p = 0; p < st.start; p++) {
-          const keep = p < 2 || p >= st.start - 3 || (p + g + step) % 3 === 0;
-          if (keep) f.push(p);
-          else if ((p + step) % 2 === 0) v.push(p);
-        }
-        full.push(Int32Array.from(f));
-        vOnly.push(Int32Array.from(v));
-      }
-      return { full, vOnly, perQueryHead: perQ, combine: mode };
-    },
-    vOnlyWeights(seq: Sequence, _layer: number, st: StepInfo, sel: LayerSelection): Float32Array {
-      const vsel = sel.vOnly as Int32Array[];
-      const vmax = Math.max(...vsel.map((x) => x.length));
-      const Hq = seq.config.numHeads;
-      const w = new Float32Array(Hq * st.T * vmax);
-      for (let i = 0; i < w.length; i++) w[i] = 0.01 + ((i * 7919) % 13) / 400;
-      return w;
-    },
-    wantsAttention: () => ({ fromRow: 0 }),
-  };
-}
 
 function deviceSuite(device: "emulator" | "cuda") {
   let dev: Model;

@@ -496,6 +496,39 @@ Napi::Value RankSplit(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// kvCopyRows(src: Float32Array|Int8Array, scales|null, srcHeads, scap, dst, dstHeads, dcap, D, moves, count)
+Napi::Value KvCopyRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a{info};
+  const int srcHeads = a.integer(2, "srcHeads", 1), scap = a.integer(3, "scap"), dstHeads = a.integer(5, "dstHeads", 1),
+            dcap = a.integer(6, "dcap"), D = a.integer(7, "D", 1), count = a.integer(9, "count");
+  if (a.failed) return env.Undefined();
+  size_t len = 0;
+  const size_t need = size_t(srcHeads) * scap * D;
+  const float* src = Typed<float>(env, info[0], napi_float32_array, &len);
+  const int8_t* src8 = nullptr;
+  const float* scales = nullptr;
+  if (src == nullptr) {
+    src8 = Typed<int8_t>(env, info[0], napi_int8_array, &len);
+    size_t slen = 0;
+    scales = Typed<float>(env, info[1], napi_float32_array, &slen);
+    if (src8 == nullptr || scales == nullptr || slen < size_t(srcHeads) * scap)
+      return a.fail("src: expected a Float32Array, or an Int8Array with its Float32Array scales"), env.Undefined();
+  }
+  if (len < need) return a.fail("src: shorter than srcHeads * scap * D"), env.Undefined();
+  float* dst = a.f32(4, "dst", size_t(dstHeads) * dcap * D);
+  const int32_t* moves = a.i32(8, "moves", size_t(count) * 4);
+  if (a.failed) return env.Undefined();
+  for (int i = 0; i < count; ++i) {
+    const int32_t* m = moves + 4 * i;
+    if (m[0] < 0 || m[0] >= dstHeads || m[1] < 0 || m[1] >= dcap || m[2] < 0 || m[2] >= srcHeads || m[3] < 0 ||
+        m[3] >= scap)
+      return a.fail("move " + std::to_string(i) + " is outside the stores"), env.Undefined();
+  }
+  skv::kv_copy_rows(src, src8, scales, scap, dst, dcap, D, moves, count);
+  return env.Undefined();
+}
+
 // topkRagged(x, rows, stride, lens, ks, off, out)
 Napi::Value TopKRagged(const Napi::CallbackInfo& info) {
   Args a{info};
@@ -569,6 +602,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionBatch", Napi::Function::New(env, AttentionBatch));
   exports.Set("kvWrite", Napi::Function::New(env, KvWrite));
   exports.Set("kvGather", Napi::Function::New(env, KvGather));
+  exports.Set("kvCopyRows", Napi::Function::New(env, KvCopyRows));
   exports.Set("topk", Napi::Function::New(env, TopK));
   exports.Set("topPositions", Napi::Function::New(env, TopPositions));
   exports.Set("topkRagged", Napi::Function::New(env, TopKRagged));

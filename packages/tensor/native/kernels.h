@@ -84,6 +84,12 @@ void kv_write_q8(int8_t* store, float* scales, int cap, int Hkv, int D, const fl
 void kv_gather_f32(const float* src, int scap, float* dst, int dcap, int Hkv, int D, const int32_t* idx,
                    const int32_t* off, const int32_t* dstStart);
 
+// Row copies between two stores: for each quad (dstHead, dstRow, srcHead, srcRow) of moves,
+// dst[dstHead][dstRow] = src[srcHead][srcRow] (src [.][scap][D], dst [.][dcap][D]); with src8,
+// the source is an int8 store (row times its scale in scales[srcHead][srcRow]).
+void kv_copy_rows(const float* src, const int8_t* src8, const float* scales, int scap, float* dst, int dcap, int D,
+                  const int32_t* moves, int count);
+
 // Indices of the k largest values of each of `rows` rows x[rows][n], by descending value (NaN lowest),
 // ties to the lower index. out[rows][k].
 void topk_f32(const float* x, int rows, int n, int k, int32_t* out);

@@ -41,4 +41,20 @@ void kv_gather_f32(const float* src, int scap, float* dst, int dcap, int Hkv, in
   });
 }
 
+void kv_copy_rows(const float* src, const int8_t* src8, const float* scales, int scap, float* dst, int dcap, int D,
+                  const int32_t* moves, int count) {
+  for (int i = 0; i < count; ++i) {
+    const int32_t* m = moves + 4 * i;
+    float* d = dst + (static_cast<int64_t>(m[0]) * dcap + m[1]) * D;
+    const int64_t at = static_cast<int64_t>(m[2]) * scap + m[3];
+    if (src8 == nullptr) {
+      std::memcpy(d, src + at * D, sizeof(float) * D);
+    } else {
+      const int8_t* q = src8 + at * D;
+      const float f = scales[at];
+      for (int j = 0; j < D; ++j) d[j] = static_cast<float>(q[j]) * f;
+    }
+  }
+}
+
 }  // namespace skv

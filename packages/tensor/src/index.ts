@@ -30,6 +30,7 @@ export {
   type IndexedAttentionArgs,
   type Int8Store,
   indexedAttention,
+  kvCopyRows,
   kvGather,
   kvWrite,
   kvWriteQ8,

@@ -45,6 +45,18 @@ export interface NativeBinding {
     out: Int32Array,
     byScore?: boolean,
   ): number;
+  kvCopyRows(
+    src: Float32Array | Int8Array,
+    scales: Float32Array | null,
+    srcHeads: number,
+    scap: number,
+    dst: Float32Array,
+    dstHeads: number,
+    dcap: number,
+    D: number,
+    moves: Int32Array,
+    count: number,
+  ): void;
   rankSplit(
     sources: (Float32Array | Float64Array)[],
     terms: Int32Array,

@@ -464,6 +464,45 @@ export function kvGather(
   native.kvGather(src, scap, dst, dcap, Hkv, D, idx, off, start);
 }
 
+/**
+ * Row copies between two stores, one call for a whole step's moves: for each quad
+ * (dstHead, dstRow, srcHead, srcRow) in `moves`, dst[dstHead][dstRow] = src[srcHead][srcRow]
+ * (src [srcHeads][scap][D], dst [dstHeads][dcap][D]). An int8 source (`scales` per row) is
+ * dequantised on the way.
+ */
+export function kvCopyRows(
+  src: Float32Array | Int8Array,
+  scales: Float32Array | null,
+  srcHeads: number,
+  scap: number,
+  dst: Float32Array,
+  dstHeads: number,
+  dcap: number,
+  D: number,
+  moves: Int32Array,
+  count = moves.length / 4,
+): void {
+  const op = "kvCopyRows";
+  expectDim(op, "srcHeads", srcHeads, 1);
+  expectDim(op, "dstHeads", dstHeads, 1);
+  expectDim(op, "D", D, 1);
+  expectDim(op, "count", count);
+  expectI32(op, "moves", moves, 4 * count);
+  if (src instanceof Int8Array) {
+    if (!(scales instanceof Float32Array) || scales.length < srcHeads * scap)
+      throw new TensorShapeError(op, "an int8 source needs its Float32Array scales (one per row)");
+  } else expectF32(op, "src", src, srcHeads * scap * D);
+  if (src.length < srcHeads * scap * D)
+    throw new TensorShapeError(op, "src is shorter than srcHeads * scap * D");
+  expectF32(op, "dst", dst, dstHeads * dcap * D);
+  for (let i = 0; i < count; i++) {
+    const [dh, dr, sh, sr] = [moves[4 * i], moves[4 * i + 1], moves[4 * i + 2], moves[4 * i + 3]];
+    if (dh < 0 || dh >= dstHeads || dr < 0 || dr >= dcap || sh < 0 || sh >= srcHeads || sr < 0 || sr >= scap)
+      throw new TensorShapeError(op, `move ${i} (${dh}, ${dr}, ${sh}, ${sr}) is outside the stores`);
+  }
+  if (count > 0) native.kvCopyRows(src, scales, srcHeads, scap, dst, dstHeads, dcap, D, moves, count);
+}
+
 /** Indices of the k largest values of each row of x[rows][n], by descending value (ties: lower index first). */
 export function topk(x: Float32Array, n: number, k: number, rows = 1): Int32Array {
   const op = "topk";

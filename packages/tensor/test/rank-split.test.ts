@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
+  kvCopyRows,
   RankSplitBuffers,
   type RankSplitRule,
   rankSplit,
@@ -136,5 +137,31 @@ describe("rankSplit", () => {
     expect(() => rankSplit({ ...base, terms: Int32Array.of(0, 0, 0), exclude: [new Uint8Array(3)] })).toThrow(
       /exclude/,
     );
+  });
+});
+
+describe("kvCopyRows", () => {
+  it("copies rows between stores by (head, row) quads, dequantising an int8 source, and checks bounds", () => {
+    const D = 8;
+    const src = Float32Array.from({ length: 2 * 5 * D }, (_, i) => i);
+    const dst = new Float32Array(3 * 4 * D);
+    const moves = Int32Array.of(2, 3, 1, 4, 0, 0, 0, 2);
+    kvCopyRows(src, null, 2, 5, dst, 3, 4, D, moves);
+    expect(Array.from(dst.subarray((2 * 4 + 3) * D, (2 * 4 + 4) * D))).toEqual(
+      Array.from(src.subarray((1 * 5 + 4) * D, (1 * 5 + 5) * D)),
+    );
+    expect(Array.from(dst.subarray(0, D))).toEqual(Array.from(src.subarray(2 * D, 3 * D)));
+    // Nothing else is written.
+    expect(dst.reduce((a, x) => a + (x !== 0 ? 1 : 0), 0)).toBe(2 * D);
+    const q = Int8Array.from({ length: 2 * 5 * D }, (_, i) => (i % 7) - 3);
+    const scales = Float32Array.from({ length: 2 * 5 }, (_, i) => 0.5 + i);
+    const out = new Float32Array(3 * 4 * D);
+    kvCopyRows(q, scales, 2, 5, out, 3, 4, D, moves);
+    for (let d = 0; d < D; d++)
+      expect(out[(2 * 4 + 3) * D + d]).toBeCloseTo(q[(1 * 5 + 4) * D + d] * scales[9], 6);
+    expect(() => kvCopyRows(src, null, 2, 5, dst, 3, 4, D, Int32Array.of(3, 0, 0, 0))).toThrow(
+      TensorShapeError,
+    );
+    expect(() => kvCopyRows(q, null, 2, 5, dst, 3, 4, D, moves)).toThrow(/scales/);
   });
 });
