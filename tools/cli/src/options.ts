@@ -1,4 +1,10 @@
-import { KV_STORE_TYPES, type KvStoreType, WEIGHT_TYPES, type WeightType } from "@smallkv/runner";
+import {
+  type HotRowsMode,
+  KV_STORE_TYPES,
+  type KvStoreType,
+  WEIGHT_TYPES,
+  type WeightType,
+} from "@smallkv/runner";
 import { type Command, InvalidArgumentError, Option } from "commander";
 
 export function intArg(name: string, min = 0) {
@@ -57,6 +63,7 @@ export function addDeviceOptions<C extends Command>(cmd: C): C {
 /** The KV store flag of a command that runs sequences. */
 export interface KvCliOptions {
   kvCold?: KvStoreType;
+  hotRows?: HotRowsMode;
 }
 
 export function addKvOption<C extends Command>(cmd: C): C {
@@ -67,6 +74,14 @@ export function addKvOption<C extends Command>(cmd: C): C {
     )
       .choices(KV_STORE_TYPES)
       .default("f32"),
+  );
+  cmd.addOption(
+    new Option(
+      "--hot-rows <mode>",
+      "how the CPU hot set holds selected rows: indexed (read from the store in place) or copy (contiguous float copies refilled by the difference; more memory)",
+    )
+      .choices(["indexed", "copy"])
+      .default("indexed"),
   );
   return cmd;
 }

@@ -4,6 +4,7 @@ import { type PolicyFactory, resolvePolicy } from "@smallkv/policies";
 import {
   AssistedModel,
   argmax,
+  type HotRowsMode,
   type KvStoreType,
   Model,
   type Sequence,
@@ -41,6 +42,8 @@ export interface BenchOptions {
   dtype?: "f32" | "f16" | "bf16";
   /** How both models store K/V on the CPU (default f32). */
   kvCold?: KvStoreType;
+  /** How the CPU hot set holds selected rows (default indexed). */
+  hotRows?: HotRowsMode;
   threads?: number;
   /** Read bandwidth (bytes/s) for the bytes-moved bound; measured when absent (CPU) or the device's peak. */
   bandwidth?: number;
@@ -143,8 +146,8 @@ async function runOne(
     peakHot = Math.max(peakHot, hot);
     peakCold = Math.max(peakCold, cold);
     assistantBytes = Math.max(assistantBytes, ab);
-    // On the CPU the hot set holds no rows (attention reads the store in place).
-    peakResident = Math.max(peakResident, cold + ab + (llm.device ? hot : 0));
+    // On the CPU an indexed hot set holds no rows (attention reads the store in place).
+    peakResident = Math.max(peakResident, cold + ab + (llm.device || llm.hotRows === "copy" ? hot : 0));
     moved += hot + ab;
   }
   const steps = Math.max(1, G > 2 ? G - 2 : G - 1);
@@ -200,6 +203,7 @@ export async function runBench(
     device: o.device,
     dtype: o.dtype,
     kvCold: o.kvCold,
+    hotRows: o.hotRows,
   });
   // The assistant runs where the LLM landed (--device auto may fall back to the CPU).
   const slm = await Model.load(slmDir, {
@@ -207,6 +211,7 @@ export async function runBench(
     device: llm.device?.info.kind ?? "cpu",
     dtype: o.dtype,
     kvCold: o.kvCold,
+    hotRows: o.hotRows,
   });
   const pair = new AssistedModel(llm, slm);
   const bandwidth = o.bandwidth ?? (llm.device ? llm.device.info.bandwidthGBs * 1e9 : measureReadBandwidth());
@@ -251,6 +256,7 @@ export async function runBench(
     kind: "smallkv.bench",
     budget: String(budget),
     kvCold: o.kvCold ?? "f32",
+    hotRows: o.hotRows ?? "indexed",
     device: llm.device ? llm.device.info : { kind: "cpu" },
     bandwidthBytesPerSecond: bandwidth,
     llm: { dir: llmDir, parameters: llm.parameters, config: llm.config },

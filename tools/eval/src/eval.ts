@@ -5,6 +5,7 @@ import { type OptionValue, type PolicyFactory, parsePolicyOptions, resolvePolicy
 import {
   AssistedModel,
   argmax,
+  type HotRowsMode,
   type KvStoreType,
   logSoftmax,
   Model,
@@ -58,6 +59,8 @@ export interface EvalOptions {
   weights?: WeightType;
   /** How both models store K/V on the CPU (default f32; see Model.load). */
   kvCold?: KvStoreType;
+  /** How the CPU hot set holds selected rows (default indexed). */
+  hotRows?: HotRowsMode;
   assistantWeights?: WeightType;
   out?: string;
   plot?: boolean;
@@ -363,6 +366,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
       threads: o.threads,
       weights: o.weights,
       kvCold: o.kvCold,
+      hotRows: o.hotRows,
     }));
   const assistants =
     o.loaded?.assistants ??
@@ -372,6 +376,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
           threads: o.threads,
           weights: o.assistantWeights ?? o.weights,
           kvCold: o.kvCold,
+          hotRows: o.hotRows,
         }),
       ),
     ));

@@ -68,6 +68,7 @@ export function registerBench(program: Command): void {
         device: o.device,
         dtype: o.dtype,
         kvCold: o.kvCold,
+        hotRows: o.hotRows,
         threads: o.threads,
         out: o.out,
       });

@@ -83,6 +83,7 @@ export function registerEval(program: Command): void {
       weights: o.weights,
       assistantWeights: o.assistantWeights,
       kvCold: o.kvCold,
+      hotRows: o.hotRows,
       out: o.out,
       isoMemory: o.isoMemory,
     });

@@ -65,6 +65,7 @@ export async function loadStepModel(
     weights: device?.weights,
     groupSize: device?.groupSize,
     kvCold: device?.kvCold,
+    hotRows: device?.hotRows,
   };
   const llm = await Model.load(resolveModelDir(model), opts);
   // With --device auto the assistant follows wherever the LLM landed.

@@ -35,6 +35,7 @@ export function registerScore(program: Command): void {
         weights: o.weights,
         groupSize: o.groupSize,
         kvCold: o.kvCold,
+        hotRows: o.hotRows,
       });
       const text = o.text ?? (o.file ? readFileSync(o.file, "utf8") : await readStdin());
       const ids = model.tokenizer.encode(text);

@@ -105,6 +105,7 @@ export function registerServe(program: Command): void {
       weights: o.weights,
       groupSize: o.groupSize,
       kvCold: o.kvCold,
+      hotRows: o.hotRows,
     });
     const assistant = o.assistant
       ? await Model.load(resolveModelDir(o.assistant), {
@@ -114,6 +115,7 @@ export function registerServe(program: Command): void {
           weights: o.assistantWeights ?? o.weights,
           groupSize: o.groupSize,
           kvCold: o.kvCold,
+          hotRows: o.hotRows,
         })
       : undefined;
     const needsAssistant = o.policy ? (await resolvePolicy(o.policy)).usesAssistant : false;
