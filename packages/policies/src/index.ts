@@ -8,7 +8,7 @@ export { quest } from "./builtin/quest.js";
 export { reversible } from "./builtin/reversible.js";
 export { type SmallKvOptions, smallKv, smallKvPaper } from "./builtin/smallkv/policy.js";
 export { SCORE_MODES, type ScoreMode } from "./builtin/smallkv/scoring.js";
-export { adaptiveSplit, type ClassSizes, parseRatio, splitBudget } from "./builtin/smallkv/split.js";
+export { type ClassSizes, parseRatio, splitBudget } from "./builtin/smallkv/split.js";
 export { pyramidKv, snapKv } from "./builtin/snapkv.js";
 export { specKv } from "./builtin/speckv.js";
 export { streamingLlm } from "./builtin/streaming-llm.js";

@@ -98,6 +98,11 @@ export class Evictions {
     this.masks[layer] = x.map((m) => m.slice());
   }
 
+  /** The layer's masks (1 = evicted), each covering at least [0, n): live, for native updates. */
+  masksFor(layer: number, n: number): Uint8Array[] {
+    return this.masks[layer].map((_, g) => this.mask(layer, g, n));
+  }
+
   isEvicted(layer: number, g: number, p: number): boolean {
     return this.mask(layer, g, p + 1)[p] === 1;
   }

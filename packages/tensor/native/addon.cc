@@ -389,7 +389,8 @@ const T* Typed(napi_env env, napi_value v, napi_typedarray_type type, size_t* le
 
 // rankSplit(sources[], terms, weights, n, lists, assistantWeight|null, ownSums[]|null,
 //           ownCounts[]|null, recent, exclude[]|null, adaptive, units|null, vOnly|null,
-//           k|null, exact|null, exactShare, negligible, full, fullOff, vOnlyOut, vOff)
+//           k|null, exact|null, exactShare, negligible, full, fullOff, vOnlyOut, vOff,
+//           skipExcludedRecent?, evict?)
 Napi::Value RankSplit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a{info};
@@ -465,7 +466,9 @@ Napi::Value RankSplit(const Napi::CallbackInfo& info) {
   }
   if (!isNull(9)) {
     arrays(9, "exclude", napi_uint8_array, L, n, excl, nullptr, nullptr);
-    r.exclude = reinterpret_cast<const uint8_t* const*>(excl.data());
+    r.exclude = reinterpret_cast<uint8_t* const*>(const_cast<void**>(excl.data()));
+    r.skipExcludedRecent = info.Length() > 21 && info[21].IsBoolean() && info[21].As<Napi::Boolean>().Value();
+    r.evict = info.Length() > 22 && info[22].IsBoolean() && info[22].As<Napi::Boolean>().Value();
     if (a.failed) return env.Undefined();
   }
   bool adaptive = false;

@@ -128,7 +128,11 @@ struct RankSplitArgs {
   const double* const* ownCounts = nullptr;
   const int* ownCountLen = nullptr;
   int recent = 0;
-  const uint8_t* const* exclude = nullptr;
+  // Writable when `evict`: positions below the recent window that are not chosen get 1.
+  uint8_t* const* exclude = nullptr;
+  // Excluded positions of the recent window are not kept (fixed rule: their count is added to k and exact).
+  bool skipExcludedRecent = false;
+  bool evict = false;
   bool adaptive = false;
   // Adaptive: units and vOnly per list. Fixed: k (ranked) and exact per list.
   const double* units = nullptr;

@@ -91,12 +91,17 @@ void rank_split(const RankSplitArgs& a) {
       for (int p = 0; p < n; ++p) s[p] = wa * s[p] + (1 - wa) * own[p];
     }
     // Candidates: positions before the recent window that are not excluded.
-    const uint8_t* ex = a.exclude != nullptr ? a.exclude[g] : nullptr;
+    uint8_t* ex = a.exclude != nullptr ? a.exclude[g] : nullptr;
     int m = 0;
     for (int p = 0; p < lo; ++p)
       if (ex == nullptr || ex[p] == 0) c[m++] = Cand{std::isnan(s[p]) ? -INFINITY : s[p], p};
     const double units = a.adaptive ? a.units[g] : 0;
     int64_t K = a.adaptive ? 2 * static_cast<int64_t>(std::ceil(units)) + 1 : a.k[g];
+    // Excluded positions of the recent window are not kept: their slots go to ranked tokens.
+    int freed = 0;
+    if (a.skipExcludedRecent && ex != nullptr)
+      for (int p = lo; p < n; ++p) freed += ex[p] != 0 ? 1 : 0;
+    if (!a.adaptive) K += freed;
     // All exact (no V-only split): only the top `whole` matter, so select them directly.
     if (a.adaptive && !a.vOnly[g]) K = std::min<int64_t>(K, std::max(0, static_cast<int>(std::floor(units + 1e-9))));
     if (K < m) {
@@ -107,7 +112,7 @@ void rank_split(const RankSplitArgs& a) {
     // c[0..ready) holds exactly the top `ready` candidates (no selection needed to cut there).
     int ready = m;
     if (!a.adaptive) {
-      exact = std::min(a.exact[g], m);
+      exact = std::min(a.exact[g] + freed, m);
       v = m - exact;
     } else {
       const int whole = std::max(0, static_cast<int>(std::floor(units + 1e-9)));
@@ -177,9 +182,11 @@ void rank_split(const RankSplitArgs& a) {
     for (int p = 0; p < lo; ++p) {
       if (mark[p] == 1) a.full[fullAt++] = p;
       else if (mark[p] == 2) a.vOnlyOut[vAt++] = p;
+      else if (a.evict && ex != nullptr) ex[p] = 1;  // not chosen: evicted for good
       mark[p] = 0;
     }
-    for (int p = lo; p < n; ++p) a.full[fullAt++] = p;
+    for (int p = lo; p < n; ++p)
+      if (!(a.skipExcludedRecent && ex != nullptr && ex[p] != 0)) a.full[fullAt++] = p;
     a.fullOff[g + 1] = fullAt;
     a.vOff[g + 1] = vAt;
   }

@@ -79,6 +79,8 @@ export interface NativeBinding {
     fullOff: Int32Array,
     vOnlyOut: Int32Array,
     vOff: Int32Array,
+    skipExcludedRecent: boolean,
+    evict: boolean,
   ): void;
   topkRagged(
     x: Float32Array,

@@ -31,7 +31,15 @@ export interface RankSplitArgs {
   weights: Float64Array;
   own?: { assistantWeight: Float64Array; sums: Float64Array[]; counts: Float64Array[] };
   recent: number;
+  /**
+   * Per list, positions that are not ranked (1). With `skipExcludedRecent`, excluded positions
+   * of the recent window are not kept either, and (fixed rule) their count is added to k and
+   * exact. With `evict`, every position below the window that is not chosen is set to 1 here
+   * (eviction for good, H2O-style).
+   */
   exclude?: Uint8Array[];
+  skipExcludedRecent?: boolean;
+  evict?: boolean;
   rule: RankSplitRule;
 }
 
@@ -147,6 +155,8 @@ export function rankSplit(a: RankSplitArgs, buffers: RankSplitBuffers = shared):
     b.fullOff,
     b.vOnly,
     b.vOff,
+    a.skipExcludedRecent ?? false,
+    a.evict ?? false,
   );
   // One copy per kind out of the reused buffers; the lists are views into it.
   const full = b.full.slice(0, b.fullOff[lists]);

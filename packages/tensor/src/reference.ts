@@ -1,6 +1,8 @@
 // Plain TypeScript references of every kernel: slow, obvious, and the ground truth the
 // native kernels are tested against. Same layouts and semantics as ops.ts.
 
+import type { RankSplitArgs, RankSplitResult } from "./rank-split.js";
+
 export function ropeRef(
   x: Float32Array,
   positions: Int32Array,
@@ -323,19 +325,7 @@ export function dequantizeStore(
  * rankSplit by plain loops and full sorts: the definition the native kernel is tested
  * against (sums in the same order, so the results agree exactly).
  */
-export function rankSplitRef(a: {
-  n: number;
-  lists: number;
-  sources: (Float32Array | Float64Array)[];
-  terms: Int32Array;
-  weights: Float64Array;
-  own?: { assistantWeight: Float64Array; sums: Float64Array[]; counts: Float64Array[] };
-  recent: number;
-  exclude?: Uint8Array[];
-  rule:
-    | { kind: "adaptive"; units: Float64Array; vOnly: Uint8Array; exactShare: number; negligible: number }
-    | { kind: "fixed"; k: Int32Array; exact: Int32Array };
-}): { full: Int32Array[]; vOnly: Int32Array[] } {
+export function rankSplitRef(a: RankSplitArgs): RankSplitResult {
   const { n, lists } = a;
   const lo = Math.max(0, n - a.recent);
   const full: Int32Array[] = [];
@@ -368,14 +358,18 @@ export function rankSplitRef(a: {
     }
     const key = (p: number) => (Number.isNaN(s[p]) ? Number.NEGATIVE_INFINITY : s[p]);
     const ranked = Array.from({ length: lo }, (_, p) => p).filter((p) => !a.exclude?.[g][p]);
+    const skip = (p: number) =>
+      (a.skipExcludedRecent ?? false) && a.exclude !== undefined && a.exclude[g][p] === 1;
+    let freed = 0;
+    for (let p = lo; p < n; p++) if (skip(p)) freed++;
     ranked.sort((x, y) => (key(y) > key(x) ? 1 : key(y) < key(x) ? -1 : x - y));
     const r = a.rule;
     let exact = 0;
     let v = 0;
     let order: number[];
     if (r.kind === "fixed") {
-      order = ranked.slice(0, r.k[g]);
-      exact = Math.min(r.exact[g], order.length);
+      order = ranked.slice(0, r.k[g] + freed);
+      exact = Math.min(r.exact[g] + freed, order.length);
       v = order.length - exact;
     } else {
       const units = r.units[g];
@@ -404,9 +398,14 @@ export function rankSplitRef(a: {
         }
       }
     }
-    const recent = Array.from({ length: n - lo }, (_, i) => lo + i);
+    const recent = Array.from({ length: n - lo }, (_, i) => lo + i).filter((p) => !skip(p));
+    const chosen = order.slice(0, exact + v);
     full.push(Int32Array.from([...order.slice(0, exact).sort((x, y) => x - y), ...recent]));
     vOnly.push(Int32Array.from(order.slice(exact, exact + v).sort((x, y) => x - y)));
+    if (a.evict && a.exclude) {
+      const kept = new Set(chosen);
+      for (let p = 0; p < lo; p++) if (!kept.has(p)) a.exclude[g][p] = 1;
+    }
   }
   return { full, vOnly };
 }

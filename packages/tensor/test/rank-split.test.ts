@@ -74,6 +74,8 @@ function randomCase(seed: number): Case {
       seed % 4 === 1
         ? Array.from({ length: lists }, () => Uint8Array.from({ length: n }, () => (r() < 0.3 ? 1 : 0)))
         : undefined,
+    skipExcludedRecent: seed % 8 === 1,
+    evict: seed % 12 === 1 || seed % 12 === 5,
     rule,
   };
 }
@@ -88,7 +90,13 @@ describe("rankSplit", () => {
     const buffers = new RankSplitBuffers();
     for (let seed = 0; seed < 300; seed++) {
       const c = randomCase(seed);
-      expect(plain(rankSplit(c, buffers)), `seed ${seed}`).toEqual(plain(reference.rankSplitRef(c)));
+      // Eviction writes into the masks: each side gets its own copy.
+      const d = { ...c, exclude: c.exclude?.map((m) => m.slice()) };
+      expect(plain(rankSplit(c, buffers)), `seed ${seed}`).toEqual(plain(reference.rankSplitRef(d)));
+      expect(
+        c.exclude?.map((m) => Array.from(m)),
+        `seed ${seed} masks`,
+      ).toEqual(d.exclude?.map((m) => Array.from(m)));
     }
   });
 
@@ -117,6 +125,30 @@ describe("rankSplit", () => {
     // budget left goes back to exact tokens (ties to the earlier position), then the recent two.
     expect(Array.from(out.full[0])).toEqual([0, 1, 2, 3, 4, 5, 6, 10, 20, 30, 98, 99]);
     expect(out.vOnly[0].length).toBe(0);
+  });
+
+  it("evicts for good: what is not chosen below the window is excluded next time, evicted window slots go to ranked tokens", () => {
+    const n = 8;
+    const scores = Float64Array.of(0.1, 0.9, 0.2, 0.8, 0.3, 0.05, 0.5, 0.4);
+    const mask = Uint8Array.of(0, 0, 0, 0, 0, 0, 1, 0); // position 6 (in the window) was evicted
+    const step = () =>
+      rankSplit({
+        n,
+        lists: 1,
+        sources: [scores],
+        terms: Int32Array.of(0, 0, 0),
+        weights: Float64Array.of(1),
+        recent: 2,
+        exclude: [mask],
+        skipExcludedRecent: true,
+        evict: true,
+        rule: { kind: "fixed", k: Int32Array.of(2), exact: Int32Array.of(2) },
+      }).full[0];
+    // Window {6, 7}: 6 is gone, so 3 heavy hitters instead of 2.
+    expect(Array.from(step())).toEqual([1, 3, 4, 7]);
+    expect(Array.from(mask)).toEqual([1, 0, 1, 0, 0, 1, 1, 0]);
+    scores[0] = 5; // a higher score cannot bring an evicted token back
+    expect(Array.from(step())).toEqual([1, 3, 4, 7]);
   });
 
   it("rejects terms outside their sources and wrong rules with a typed error", () => {

@@ -1,6 +1,7 @@
 import type { Sequence } from "@smallkv/runner";
+import { rankSplit } from "@smallkv/tensor";
 import { ScoreTable } from "../scores.js";
-import { Evictions, maskOf, topPositions, union } from "../select.js";
+import { Evictions } from "../select.js";
 
 /** Per-sequence state of accumulate-and-evict policies (H2O, PyramidInfer). */
 export interface EvictionState {
@@ -18,7 +19,9 @@ export function evictionState(seq: Sequence): EvictionState {
 
 /**
  * Keep the recent window and the heaviest hitters among tokens not yet evicted; everything
- * else is evicted for good (it never returns).
+ * else is evicted for good (it never returns). One native call per layer: the scores are
+ * ranked in place, the eviction masks updated in place (slots of evicted window tokens go to
+ * heavy hitters).
  */
 export function heavyPlusRecent(
   state: EvictionState,
@@ -28,21 +31,18 @@ export function heavyPlusRecent(
   heavy: number,
   recent: number,
 ): Int32Array[] {
-  const out: Int32Array[] = [];
-  for (let g = 0; g < numKvHeads; g++) {
-    const rec: number[] = [];
-    for (let p = Math.max(0, start - recent); p < start; p++)
-      if (!state.evicted.isEvicted(layer, g, p)) rec.push(p);
-    const exclude = state.evicted.excludeInto(layer, g, maskOf(start, rec), start);
-    const heavyPicks = topPositions(
-      state.scores.get(layer, g, start),
-      start,
-      heavy + (recent - rec.length),
-      exclude,
-    );
-    const keep = union(rec, heavyPicks);
-    state.evicted.keepOnly(layer, g, start, keep);
-    out.push(keep);
-  }
-  return out;
+  const window = Math.min(start, recent);
+  const k = new Int32Array(numKvHeads).fill(Math.max(0, heavy + (recent - window)));
+  return rankSplit({
+    n: start,
+    lists: numKvHeads,
+    sources: Array.from({ length: numKvHeads }, (_, g) => state.scores.get(layer, g, start)),
+    terms: Int32Array.from({ length: 3 * numKvHeads }, (_, i) => (i % 3 === 2 ? 0 : Math.floor(i / 3))),
+    weights: new Float64Array(numKvHeads).fill(1),
+    recent: window,
+    exclude: state.evicted.masksFor(layer, start),
+    skipExcludedRecent: true,
+    evict: true,
+    rule: { kind: "fixed", k, exact: k },
+  }).full;
 }
