@@ -1,7 +1,8 @@
 import type { AttentionRequest } from "@smallkv/runner";
+import { rankSplit, scoresAsGiven } from "@smallkv/tensor";
 import { ScoreTable } from "./scores.js";
 import { definePolicy, type OptionSchema, type PolicyContext, type PolicyFactory } from "./sdk.js";
-import { Evictions, maskOf, range, topPositions, union } from "./select.js";
+import { Evictions, typedScores } from "./select.js";
 
 export interface ScorerState {
   /** Accumulated attention (filled when `accumulate` is set). */
@@ -56,18 +57,22 @@ export function scorerPolicy<O extends OptionSchema = Record<string, never>>(
       if (acc === "last") ctx.state.scores.reset(obs.layer);
       ctx.state.scores.add(obs);
     },
+    // One native call per layer: the recent window, then the top-scoring rest; an irreversible
+    // policy ranks against its eviction masks and updates them in place.
     select(ctx) {
       const { start } = ctx.step;
-      const recent = Math.floor(ctx.oldBudget * (def.recentRatio ?? 0.25));
-      const rec = range(Math.max(0, start - recent), start);
-      const full: Int32Array[] = [];
-      for (let g = 0; g < ctx.config.numKvHeads; g++) {
-        const exclude = maskOf(start, rec);
-        if (def.irreversible) ctx.state.evicted.excludeInto(ctx.layer, g, exclude, start);
-        const keep = union(rec, topPositions(def.score(ctx, g), start, ctx.oldBudget - rec.length, exclude));
-        if (def.irreversible) ctx.state.evicted.keepOnly(ctx.layer, g, start, keep);
-        full.push(keep);
-      }
+      const Hkv = ctx.config.numKvHeads;
+      const window = Math.min(start, Math.floor(ctx.oldBudget * (def.recentRatio ?? 0.25)));
+      const k = new Int32Array(Hkv).fill(Math.max(0, ctx.oldBudget - window));
+      const { full } = rankSplit({
+        n: start,
+        lists: Hkv,
+        ...scoresAsGiven(Array.from({ length: Hkv }, (_, g) => typedScores(def.score(ctx, g), start))),
+        recent: window,
+        exclude: def.irreversible ? ctx.state.evicted.masksFor(ctx.layer, start) : undefined,
+        evict: def.irreversible,
+        rule: { kind: "fixed", k, exact: k },
+      });
       return { full };
     },
   });

@@ -22,11 +22,14 @@ export function topPositions(
   byScore = false,
 ): Int32Array {
   if (k <= 0 || n <= 0) return new Int32Array(0);
-  const x =
-    scores instanceof Float64Array || scores instanceof Float32Array
-      ? scores
-      : Float64Array.from({ length: n }, (_, i) => scores[i]);
-  return nativeTopPositions(x, n, k, exclude, byScore);
+  return nativeTopPositions(typedScores(scores, n), n, k, exclude, byScore);
+}
+
+/** Scores as the native selection takes them: typed arrays as they are, others copied once (n values). */
+export function typedScores(scores: ArrayLike<number>, n: number): Float32Array | Float64Array {
+  return scores instanceof Float64Array || scores instanceof Float32Array
+    ? scores
+    : Float64Array.from({ length: n }, (_, i) => scores[i]);
 }
 
 /** A mask of length n with ones at the given positions. */

@@ -11,6 +11,7 @@ import {
   full,
   loadPolicyModule,
   range,
+  scorerPolicy,
 } from "../src/index.js";
 import { runConformance } from "../src/testing/index.js";
 
@@ -163,5 +164,53 @@ describe("policies over an int8 KV store", () => {
       while (same < a.tokens.length && a.tokens[same] === b.tokens[same]) same++;
       expect(same, `${name}: greedy tokens equal before the first difference`).toBeGreaterThanOrEqual(8);
     }
+  });
+});
+
+describe("scorerPolicy with irreversible eviction", () => {
+  // A ranking that changes with every step: a token it drops must still never come back.
+  const churning = scorerPolicy({
+    name: "churning",
+    irreversible: true,
+    score: (ctx) =>
+      Float64Array.from({ length: ctx.step.start }, (_, p) => ((p * 7919 + ctx.step.start * 31) % 97) + 0.5),
+  });
+
+  it("passes the conformance kit", async () => {
+    const report = await runConformance(churning);
+    expect(report.failures).toEqual([]);
+  });
+
+  it("keeps the newest token and never selects an evicted token again", async () => {
+    const model = await Model.load(LLM);
+    const policy = churning.create({ budget: 0.3 });
+    const seen: { start: number; full: Int32Array[] }[] = [];
+    const seq = model.newSequence({
+      ...policy,
+      select: (q, layer, st) => {
+        const sel = policy.select!(q, layer, st);
+        if (sel && layer === 1) seen.push({ start: st.start, full: sel.full.map((l) => l.slice()) });
+        return sel;
+      },
+    });
+    let logits = await model.forward([
+      { seq, tokens: model.tokenizer.encode("Once upon a time, there was a girl who") },
+    ]);
+    for (let i = 0; i < 20; i++) {
+      const next = logits[0].indexOf(Math.max(...logits[0]));
+      logits = await model.forward([{ seq, tokens: [next] }]);
+    }
+    expect(seq.fault).toBeNull();
+    expect(seen.length).toBeGreaterThan(10);
+    for (let s = 1; s < seen.length; s++) {
+      const prev = seen[s - 1];
+      seen[s].full.forEach((list, g) => {
+        const before = new Set(prev.full[g]);
+        expect(list).toContain(seen[s].start - 1);
+        // An old position read now was read at the step before (positions from its start on are new).
+        for (const p of list) if (p < prev.start) expect(before.has(p)).toBe(true);
+      });
+    }
+    model.close();
   });
 });

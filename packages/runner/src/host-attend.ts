@@ -69,12 +69,12 @@ export function planHostAttention(
       window,
     };
   } else {
-    const ccap = seq.kv.capOf(layer);
+    const store: HostStore = { k: kStore, v: vStore, int8, cap: seq.kv.capOf(layer) };
+    const common = { q, out, probs: wantProbs, scoreStart };
     args =
       hot.full instanceof HostRows
-        ? heldRowsArgs(seq, layer, step, sel, hot as HeldHot, { k: kStore, v: vStore, int8, cap: ccap }, base)
-        : indexedArgs(seq, layer, step, sel, hot as IndexedHot, base);
-    args = { ...args, q, out, probs: wantProbs, scoreStart };
+        ? heldRowsArgs(seq, layer, step, sel, hot as HeldHot, store, base, common)
+        : indexedArgs(seq, layer, step, sel, hot as IndexedHot, store, base, common);
     if (typeof request === "object") {
       const lists = sel.perQueryHead ? Hq : Hkv;
       let Lmax = T;
@@ -103,7 +103,19 @@ export function planHostAttention(
 
 type HeldHot = HostHot & { full: HostRows; vOnly: HostRows };
 type IndexedHot = HostHot & { full: IndexedRows; vOnly: IndexedRows };
-type KernelArgs = AttentionArgs | IndexedAttentionArgs;
+/** The kernel arguments every selection path shares. */
+type CommonArgs = Pick<AttentionArgs, "q" | "out" | "probs" | "scoreStart">;
+
+/** The policy's V-only weights, or none with the sequence faulted: its neighbours in the batch are unaffected. */
+function weightsOrFault(seq: Sequence, weights: () => Float32Array): Float32Array | null {
+  try {
+    return weights();
+  } catch (e) {
+    // The request fails at the end of this step.
+    seq.fault = e as Error;
+    return null;
+  }
+}
 
 /**
  * A selection through a hot set that holds rows: the difference is copied in, the step's own
@@ -117,7 +129,8 @@ function heldRowsArgs(
   hot: HeldHot,
   store: HostStore,
   base: number,
-): KernelArgs {
+  common: CommonArgs,
+): AttentionArgs {
   const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = seq.config;
   const { start, T } = step;
   hot.full.apply(sel.full, [store], store.cap, start + T, base);
@@ -126,9 +139,9 @@ function heldRowsArgs(
   const vsel = sel.vOnly;
   if (vsel?.some((x) => x.length > 0)) {
     hot.vOnly.apply(vsel, [store], store.cap, start + T, base);
-    try {
-      // The hot set keeps its own slot order; weights come in selection order, so reorder.
-      const weights = vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly);
+    // The hot set keeps its own slot order; weights come in selection order, so reorder.
+    const weights = weightsOrFault(seq, () => vOnlyWeightsInSlotOrder(seq, layer, step, sel, hot.vOnly));
+    if (weights)
       vOnly = {
         v: hot.vOnly.planesF32[0],
         cap: hot.vOnly.cap,
@@ -136,13 +149,9 @@ function heldRowsArgs(
         weights,
         mode: sel.combine ?? "mass",
       };
-    } catch (e) {
-      // The request fails at the end of this step; its neighbours in the batch are unaffected.
-      seq.fault = e as Error;
-    }
   } else hot.vOnly.clear();
   return {
-    q: EMPTY,
+    ...common,
     k: hot.full.planesF32[0],
     v: hot.full.planesF32[1],
     cap: hot.full.cap,
@@ -162,29 +171,26 @@ function indexedArgs(
   step: StepInfo,
   sel: LayerSelection,
   hot: IndexedHot,
+  store: HostStore,
   base: number,
-): KernelArgs {
+  common: CommonArgs,
+): IndexedAttentionArgs {
   const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = seq.config;
   const { start, T } = step;
-  const int8 = seq.kv.int8Of(layer) ?? undefined;
   const full = hot.full.use(sel.full, start, T, base);
   let vOnly: IndexedAttentionArgs["vOnly"];
   const vsel = sel.vOnly;
   if (vsel?.some((x) => x.length > 0)) {
     const rows = hot.vOnly.use(vsel, start, 0, base);
-    try {
-      const weights = vOnlyWeights(seq, layer, step, sel);
-      vOnly = { idx: rows.idx, off: rows.off, weights, mode: sel.combine ?? "mass" };
-    } catch (e) {
-      seq.fault = e as Error;
-    }
+    const weights = weightsOrFault(seq, () => vOnlyWeights(seq, layer, step, sel));
+    if (weights) vOnly = { idx: rows.idx, off: rows.off, weights, mode: sel.combine ?? "mass" };
   } else hot.vOnly.clear();
   return {
-    q: EMPTY,
-    k: int8 ? EMPTY : seq.kv.k[layer],
-    v: int8 ? EMPTY : seq.kv.v[layer],
-    int8,
-    cap: seq.kv.capOf(layer),
+    ...common,
+    k: store.k,
+    v: store.v,
+    int8: store.int8,
+    cap: store.cap,
     T,
     Hq,
     Hkv,

@@ -22,9 +22,6 @@ export abstract class HotSlots<P> {
   protected slotOf: Int32Array[];
   /** Rows moved from the cold store since creation. */
   moved = 0;
-  /** Whether the planes hold the rows (false: attention reads them from the cold store in place). */
-  protected readonly holdsRows: boolean = true;
-
   constructor(
     protected readonly Hkv: number,
     protected readonly D: number,
@@ -106,8 +103,7 @@ export abstract class HotSlots<P> {
     }
     this.endCopies();
     const total = add.reduce((a, x) => a + x.length, 0);
-    // A hot set without rows of its own (the CPU's) only records where the new rows sit.
-    if (total > 0 && this.holdsRows) {
+    if (total > 0) {
       const idx = new Int32Array(total);
       const off = new Int32Array(Hkv + 1);
       const start = new Int32Array(Hkv);
@@ -215,13 +211,13 @@ export abstract class HotSlots<P> {
 }
 
 /**
- * The CPU backend's hot set: on a CPU both tiers sit in the same memory, so the hot set holds
- * no rows of its own. It keeps the bookkeeping (which positions each head reads, in slot
- * order, and how many entered since the start) and the attention kernel reads those rows
- * straight from the cold store through `lists` (no copy, no second resident KV).
+ * The CPU backend's default hot set: on a CPU both tiers sit in the same memory, so the hot
+ * set holds no rows of its own. It keeps the bookkeeping (which positions each head reads, in
+ * the selection's order, and how many entered since the start) and the attention kernel reads
+ * those rows straight from the cold store through the index lists of `use` (no copy, no second
+ * resident KV).
  */
 export class IndexedRows extends HotSlots<Float32Array> {
-  protected override readonly holdsRows = false;
   /** Scratch membership marks by position (zero between calls). */
   private member = new Uint8Array(0);
   protected resizePlanes(): void {}
@@ -284,21 +280,6 @@ export class IndexedRows extends HotSlots<Float32Array> {
   override clear(): void {
     this.count.fill(0);
   }
-
-  /**
-   * Store slots of each head's rows before the step (slot order; position − base) as one
-   * index list with offsets: the last T rows of every head are the step's own.
-   */
-  lists(base: number, T: number): { idx: Int32Array; off: Int32Array } {
-    const off = new Int32Array(this.Hkv + 1);
-    for (let g = 0; g < this.Hkv; g++) off[g + 1] = off[g] + this.count[g] - T;
-    const idx = new Int32Array(off[this.Hkv]);
-    for (let g = 0; g < this.Hkv; g++) {
-      const pos = this.pos[g];
-      for (let j = 0, at = off[g]; j < this.count[g] - T; j++, at++) idx[at] = pos[j] - base;
-    }
-    return { idx, off };
-  }
 }
 
 /** Where HostRows reads the rows it gathers and appends: one layer's cold store. */
@@ -360,20 +341,8 @@ export class HostRows extends HotSlots<HostStore> {
     );
   }
 
-  protected gather(
-    cold: HostStore[],
-    _ccap: number,
-    idx: Int32Array,
-    off: Int32Array,
-    start: Int32Array,
-  ): void {
-    const moves = new Int32Array(4 * off[this.Hkv]);
-    let n = 0;
-    for (let g = 0; g < this.Hkv; g++)
-      for (let i = off[g]; i < off[g + 1]; i++, n++)
-        moves.set([g, start[g] + i - off[g], this.source(g), idx[i]], 4 * n);
-    this.copyIn(cold[0], moves, n);
-  }
+  // Rows enter through apply (overridden below), never through the base class's gather.
+  protected gather(): void {}
 
   /**
    * The difference as few copies as possible: rows that entered go straight into the slots of

@@ -50,5 +50,6 @@ export {
   type RankSplitResult,
   type RankSplitRule,
   rankSplit,
+  scoresAsGiven,
 } from "./rank-split.js";
 export * as reference from "./reference.js";

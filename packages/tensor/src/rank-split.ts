@@ -43,6 +43,15 @@ export interface RankSplitArgs {
   rule: RankSplitRule;
 }
 
+/** Score terms that rank list g by scores[g] as it is (one source per list, weight 1). */
+export function scoresAsGiven(
+  scores: (Float32Array | Float64Array)[],
+): Pick<RankSplitArgs, "sources" | "terms" | "weights"> {
+  const terms = new Int32Array(3 * scores.length);
+  for (let g = 0; g < scores.length; g++) terms.set([g, g, 0], 3 * g);
+  return { sources: scores, terms, weights: new Float64Array(scores.length).fill(1) };
+}
+
 /** Per list, ascending positions: exact (the ranked ones, then the recent window) and V-only. */
 export interface RankSplitResult {
   full: Int32Array[];

@@ -1,5 +1,5 @@
 import type { Sequence } from "@smallkv/runner";
-import { rankSplit } from "@smallkv/tensor";
+import { rankSplit, scoresAsGiven } from "@smallkv/tensor";
 import { ScoreTable } from "../scores.js";
 import { Evictions } from "../select.js";
 
@@ -36,9 +36,7 @@ export function heavyPlusRecent(
   return rankSplit({
     n: start,
     lists: numKvHeads,
-    sources: Array.from({ length: numKvHeads }, (_, g) => state.scores.get(layer, g, start)),
-    terms: Int32Array.from({ length: 3 * numKvHeads }, (_, i) => (i % 3 === 2 ? 0 : Math.floor(i / 3))),
-    weights: new Float64Array(numKvHeads).fill(1),
+    ...scoresAsGiven(Array.from({ length: numKvHeads }, (_, g) => state.scores.get(layer, g, start))),
     recent: window,
     exclude: state.evicted.masksFor(layer, start),
     skipExcludedRecent: true,

@@ -8,7 +8,7 @@ import {
   matchingWindow,
 } from "@smallkv/matching";
 import type { AssistantState, LayerSelection } from "@smallkv/runner";
-import { type RankSplitArgs, type RankSplitRule, rankSplit } from "@smallkv/tensor";
+import { type RankSplitArgs, type RankSplitRule, rankSplit, scoresAsGiven } from "@smallkv/tensor";
 import { PolicyOptionError } from "../../errors.js";
 import { MeanAttention } from "../../scores.js";
 import { definePolicy, type PolicyContext, type PolicyFactory } from "../../sdk.js";
@@ -221,15 +221,21 @@ function currentTerms(
     sources: a.rows as Float32Array[],
     terms: Int32Array.from(terms),
     weights: Float64Array.from(weights),
-    own:
-      blend && own
-        ? {
-            assistantWeight: blend,
-            sums: Array.from({ length: lists }, (_, g) => own.raw(ctx.layer, kvOf(g), start).sums),
-            counts: Array.from({ length: lists }, (_, g) => own.raw(ctx.layer, kvOf(g), start).counts),
-          }
-        : undefined,
+    own: blend && own ? ownViews(own, ctx.layer, lists, kvOf, start, blend) : undefined,
   };
+}
+
+/** The LLM's own mean attention behind each list (uncopied), for the native blend. */
+function ownViews(
+  own: MeanAttention,
+  layer: number,
+  lists: number,
+  kvOf: (g: number) => number,
+  start: number,
+  assistantWeight: Float64Array,
+): NonNullable<RankSplitArgs["own"]> {
+  const raw = Array.from({ length: lists }, (_, g) => own.raw(layer, kvOf(g), start));
+  return { assistantWeight, sums: raw.map((r) => r.sums), counts: raw.map((r) => r.counts) };
 }
 
 /** Scores made here (accumulated, decayed or fitted modes; allocate=layer), one source per list. */
@@ -287,11 +293,7 @@ function madeScores(
     }
     scores.push(score);
   }
-  return {
-    sources: scores,
-    terms: Int32Array.from({ length: 3 * lists }, (_, i) => (i % 3 === 2 ? 0 : Math.floor(i / 3))),
-    weights: new Float64Array(lists).fill(1),
-  };
+  return scoresAsGiven(scores);
 }
 
 /**
@@ -519,19 +521,14 @@ function makeSmallKv(
         lists,
         ...input,
         recent: recentOld,
-        exclude: o.saliency
-          ? undefined
-          : Array.from({ length: lists }, (_, g) =>
-              st.evicted.excludeInto(ctx.layer, g, new Uint8Array(start), start),
-            ),
+        // The no-saliency ablation evicts for good what it does not keep (the masks update in place).
+        exclude: o.saliency ? undefined : st.evicted.masksFor(ctx.layer, start),
+        evict: !o.saliency,
         rule,
       });
-      if (!o.saliency)
-        for (let g = 0; g < lists; g++) st.evicted.keepOnly(ctx.layer, g, start, full[g], vOnly[g]);
-      const recent = { length: recentOld };
       st.counts[ctx.layer] = {
-        critical: (full.reduce((x, l) => x + l.length, 0) - recent.length * lists) / lists,
-        recent: recent.length + T,
+        critical: (full.reduce((x, l) => x + l.length, 0) - recentOld * lists) / lists,
+        recent: recentOld + T,
         marginal: vOnly.reduce((x, l) => x + l.length, 0) / lists,
       };
       const hasMarginal = vOnly.some((l) => l.length > 0);
