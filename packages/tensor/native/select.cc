@@ -12,6 +12,8 @@
 #include <cstring>
 #include <vector>
 
+#include <omp.h>
+
 #include "kernels.h"
 
 namespace skv {
@@ -29,33 +31,23 @@ struct Before {
 };
 constexpr Before before{};
 
-// Per-thread scratch, fetched once per call (a thread_local in a shared library costs a
-// lookup on every access).
 struct Scratch {
   std::vector<double> score, own;
   std::vector<Cand> cand;
   std::vector<uint8_t> mark;
 };
 
-}  // namespace
-
-void rank_split(const RankSplitArgs& a) {
+// One list: its score, its ranking and split. Exact positions go to full[0..), V-only ones
+// to vOut[0..) (each at most n); the counts come back in nf and nv.
+void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32_t* vOut, int& nf, int& nv) {
   const int n = a.n;
-  thread_local Scratch scratch;
-  Scratch& w = scratch;
-  w.score.resize(n);
-  w.cand.resize(n);
-  w.own.resize(n);
-  if (w.mark.size() < size_t(n)) w.mark.assign(n, 0);
-  double* const score = w.score.data();
-  double* const own = w.own.data();
-  uint8_t* const mark = w.mark.data();
-  Cand* const c = w.cand.data();
+  double* const score = ws.score.data();
+  double* const own = ws.own.data();
+  uint8_t* const mark = ws.mark.data();
+  Cand* const c = ws.cand.data();
   const int lo = std::max(0, n - a.recent);
   int fullAt = 0, vAt = 0;
-  a.fullOff[0] = 0;
-  a.vOff[0] = 0;
-  for (int g = 0; g < a.lists; ++g) {
+  {
     double* s = score;
     std::fill(s, s + n, 0.0);
     for (int t = 0; t < a.nterms; ++t) {
@@ -180,15 +172,62 @@ void rank_split(const RankSplitArgs& a) {
     for (int i = 0; i < exact; ++i) mark[c[i].p] = 1;
     for (int i = exact; i < exact + v; ++i) mark[c[i].p] = 2;
     for (int p = 0; p < lo; ++p) {
-      if (mark[p] == 1) a.full[fullAt++] = p;
-      else if (mark[p] == 2) a.vOnlyOut[vAt++] = p;
+      if (mark[p] == 1) full[fullAt++] = p;
+      else if (mark[p] == 2) vOut[vAt++] = p;
       else if (a.evict && ex != nullptr) ex[p] = 1;  // not chosen: evicted for good
       mark[p] = 0;
     }
     for (int p = lo; p < n; ++p)
-      if (!(a.skipExcludedRecent && ex != nullptr && ex[p] != 0)) a.full[fullAt++] = p;
-    a.fullOff[g + 1] = fullAt;
-    a.vOff[g + 1] = vAt;
+      if (!(a.skipExcludedRecent && ex != nullptr && ex[p] != 0)) full[fullAt++] = p;
+  }
+  nf = fullAt;
+  nv = vAt;
+}
+
+// Lists are independent: above this much work they run on the threads, each writing into its
+// own n-sized region of the outputs, which are then packed in list order.
+constexpr int64_t kParallelPositions = 1 << 13;
+
+Scratch& scratch_for(int n) {
+  // Per-thread scratch, fetched once per list (a thread_local in a shared library costs a
+  // lookup on every access).
+  thread_local Scratch scratch;
+  Scratch& w = scratch;
+  if (w.score.size() < size_t(n)) {
+    w.score.resize(n);
+    w.cand.resize(n);
+    w.own.resize(n);
+  }
+  if (w.mark.size() < size_t(n)) w.mark.assign(n, 0);
+  return w;
+}
+
+}  // namespace
+
+void rank_split(const RankSplitArgs& a) {
+  const int n = a.n, L = a.lists;
+  a.fullOff[0] = 0;
+  a.vOff[0] = 0;
+  if (L < 2 || static_cast<int64_t>(n) * L < kParallelPositions || omp_get_max_threads() < 2) {
+    int nf = 0, nv = 0;
+    for (int g = 0; g < L; ++g) {
+      split_list(a, g, scratch_for(n), a.full + a.fullOff[g], a.vOnlyOut + a.vOff[g], nf, nv);
+      a.fullOff[g + 1] = a.fullOff[g] + nf;
+      a.vOff[g + 1] = a.vOff[g] + nv;
+    }
+    return;
+  }
+  std::vector<int> nf(L), nv(L);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int g = 0; g < L; ++g)
+    split_list(a, g, scratch_for(n), a.full + int64_t(g) * n, a.vOnlyOut + int64_t(g) * n, nf[g], nv[g]);
+  // Pack: list g's region starts at g * n, at or after its packed offset, so moving in list
+  // order never overwrites a region not yet moved.
+  for (int g = 0; g < L; ++g) {
+    a.fullOff[g + 1] = a.fullOff[g] + nf[g];
+    a.vOff[g + 1] = a.vOff[g] + nv[g];
+    std::memmove(a.full + a.fullOff[g], a.full + int64_t(g) * n, sizeof(int32_t) * nf[g]);
+    std::memmove(a.vOnlyOut + a.vOff[g], a.vOnlyOut + int64_t(g) * n, sizeof(int32_t) * nv[g]);
   }
 }
 
