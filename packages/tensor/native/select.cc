@@ -184,9 +184,10 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
   nv = vAt;
 }
 
-// Lists are independent: above this much work they run on the threads, each writing into its
+// Lists are independent: above this much work (measured: 4 lists x 4096 gain 1.5-2.5x on two
+// threads, 4 x 2048 lose 20% to the wake-up) they run on the threads, each writing into its
 // own n-sized region of the outputs, which are then packed in list order.
-constexpr int64_t kParallelPositions = 1 << 13;
+constexpr int64_t kParallelPositions = 1 << 14;
 
 Scratch& scratch_for(int n) {
   // Per-thread scratch, fetched once per list (a thread_local in a shared library costs a
