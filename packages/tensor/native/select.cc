@@ -47,139 +47,137 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
   Cand* const c = ws.cand.data();
   const int lo = std::max(0, n - a.recent);
   int fullAt = 0, vAt = 0;
-  {
-    double* s = score;
-    std::fill(s, s + n, 0.0);
-    for (int t = 0; t < a.nterms; ++t) {
-      if (a.terms[3 * t] != g) continue;
-      const int src = a.terms[3 * t + 1];
-      const int64_t off = a.terms[3 * t + 2];
-      const double w = a.weights[t];
-      if (a.srcF64[src]) {
-        const double* x = static_cast<const double*>(a.src[src]) + off;
-        for (int p = 0; p < n; ++p) s[p] += x[p] * w;
-      } else {
-        const float* x = static_cast<const float*>(a.src[src]) + off;
-        for (int p = 0; p < n; ++p) s[p] += static_cast<double>(x[p]) * w;
-      }
-    }
-    if (a.assistantWeight != nullptr && a.assistantWeight[g] >= 0) {
-      // Both views as distributions, then w * assistant + (1 - w) * own.
-      double sum = 0;
-      for (int p = 0; p < n; ++p) sum += s[p];
-      if (sum > 0)
-        for (int p = 0; p < n; ++p) s[p] /= sum;
-      const double* sums = a.ownSums[g];
-      const double* counts = a.ownCounts[g];
-      const int cl = a.ownCountLen[g];
-      double osum = 0;
-      for (int p = 0; p < n; ++p) {
-        own[p] = p < cl && counts[p] > 0 ? sums[p] / counts[p] : 0;
-        osum += own[p];
-      }
-      if (osum > 0)
-        for (int p = 0; p < n; ++p) own[p] /= osum;
-      const double wa = a.assistantWeight[g];
-      for (int p = 0; p < n; ++p) s[p] = wa * s[p] + (1 - wa) * own[p];
-    }
-    // Candidates: positions before the recent window that are not excluded.
-    uint8_t* ex = a.exclude != nullptr ? a.exclude[g] : nullptr;
-    int m = 0;
-    for (int p = 0; p < lo; ++p)
-      if (ex == nullptr || ex[p] == 0) c[m++] = Cand{std::isnan(s[p]) ? -INFINITY : s[p], p};
-    const double units = a.adaptive ? a.units[g] : 0;
-    int64_t K = a.adaptive ? 2 * static_cast<int64_t>(std::ceil(units)) + 1 : a.k[g];
-    // Excluded positions of the recent window are not kept: their slots go to ranked tokens.
-    int freed = 0;
-    if (a.skipExcludedRecent && ex != nullptr)
-      for (int p = lo; p < n; ++p) freed += ex[p] != 0 ? 1 : 0;
-    if (!a.adaptive) K += freed;
-    // All exact (no V-only split): only the top `whole` matter, so select them directly.
-    if (a.adaptive && !a.vOnly[g]) K = std::min<int64_t>(K, std::max(0, static_cast<int>(std::floor(units + 1e-9))));
-    if (K < m) {
-      std::nth_element(c, c + K, c + m, before);
-      m = static_cast<int>(std::max<int64_t>(0, K));
-    }
-    int exact = 0, v = 0;
-    // c[0..ready) holds exactly the top `ready` candidates (no selection needed to cut there).
-    int ready = m;
-    if (!a.adaptive) {
-      exact = std::min(a.exact[g] + freed, m);
-      v = m - exact;
+  double* s = score;
+  std::fill(s, s + n, 0.0);
+  for (int t = 0; t < a.nterms; ++t) {
+    if (a.terms[3 * t] != g) continue;
+    const int src = a.terms[3 * t + 1];
+    const int64_t off = a.terms[3 * t + 2];
+    const double w = a.weights[t];
+    if (a.srcF64[src]) {
+      const double* x = static_cast<const double*>(a.src[src]) + off;
+      for (int p = 0; p < n; ++p) s[p] += x[p] * w;
     } else {
-      const int whole = std::max(0, static_cast<int>(std::floor(units + 1e-9)));
-      if (!a.vOnly[g]) {
-        exact = std::min(m, whole);
-      } else {
-        // The candidates' predicted mass, summed in ascending position order.
-        for (int i = 0; i < m; ++i) mark[c[i].p] = 1;
-        double total = 0;
-        // Adding 0.0 for the others leaves the sum as it is, and keeps the loop branch-free.
-        for (int p = 0; p < lo; ++p) total += mark[p] ? s[p] : 0.0;
-        std::memset(mark, 0, lo);
-        const double want = a.exactShare * total;
-        const int lim = std::min(m, whole);
-        // Exact slots in rank order until they hold `want`. When the top lim - 1 (non-negative
-        // masses) clearly hold less, every slot is exact and the ranks need no sorting.
-        bool all = false;
-        if (lim > 0) {
-          if (lim - 1 < m) std::nth_element(c, c + (lim - 1), c + m, before);
-          double held = 0, least = INFINITY;
-          for (int i = 0; i < lim - 1; ++i) {
-            held += s[c[i].p];
-            least = std::min(least, s[c[i].p]);
-          }
-          all = (lim == 1 || least >= 0) && held < want * (1 - 1e-9);
+      const float* x = static_cast<const float*>(a.src[src]) + off;
+      for (int p = 0; p < n; ++p) s[p] += static_cast<double>(x[p]) * w;
+    }
+  }
+  if (a.assistantWeight != nullptr && a.assistantWeight[g] >= 0) {
+    // Both views as distributions, then w * assistant + (1 - w) * own.
+    double sum = 0;
+    for (int p = 0; p < n; ++p) sum += s[p];
+    if (sum > 0)
+      for (int p = 0; p < n; ++p) s[p] /= sum;
+    const double* sums = a.ownSums[g];
+    const double* counts = a.ownCounts[g];
+    const int cl = a.ownCountLen[g];
+    double osum = 0;
+    for (int p = 0; p < n; ++p) {
+      own[p] = p < cl && counts[p] > 0 ? sums[p] / counts[p] : 0;
+      osum += own[p];
+    }
+    if (osum > 0)
+      for (int p = 0; p < n; ++p) own[p] /= osum;
+    const double wa = a.assistantWeight[g];
+    for (int p = 0; p < n; ++p) s[p] = wa * s[p] + (1 - wa) * own[p];
+  }
+  // Candidates: positions before the recent window that are not excluded.
+  uint8_t* ex = a.exclude != nullptr ? a.exclude[g] : nullptr;
+  int m = 0;
+  for (int p = 0; p < lo; ++p)
+    if (ex == nullptr || ex[p] == 0) c[m++] = Cand{std::isnan(s[p]) ? -INFINITY : s[p], p};
+  const double units = a.adaptive ? a.units[g] : 0;
+  int64_t K = a.adaptive ? 2 * static_cast<int64_t>(std::ceil(units)) + 1 : a.k[g];
+  // Excluded positions of the recent window are not kept: their slots go to ranked tokens.
+  int freed = 0;
+  if (a.skipExcludedRecent && ex != nullptr)
+    for (int p = lo; p < n; ++p) freed += ex[p] != 0 ? 1 : 0;
+  if (!a.adaptive) K += freed;
+  // All exact (no V-only split): only the top `whole` matter, so select them directly.
+  if (a.adaptive && !a.vOnly[g]) K = std::min<int64_t>(K, std::max(0, static_cast<int>(std::floor(units + 1e-9))));
+  if (K < m) {
+    std::nth_element(c, c + K, c + m, before);
+    m = static_cast<int>(std::max<int64_t>(0, K));
+  }
+  int exact = 0, v = 0;
+  // c[0..ready) holds exactly the top `ready` candidates (no selection needed to cut there).
+  int ready = m;
+  if (!a.adaptive) {
+    exact = std::min(a.exact[g] + freed, m);
+    v = m - exact;
+  } else {
+    const int whole = std::max(0, static_cast<int>(std::floor(units + 1e-9)));
+    if (!a.vOnly[g]) {
+      exact = std::min(m, whole);
+    } else {
+      // The candidates' predicted mass, summed in ascending position order.
+      for (int i = 0; i < m; ++i) mark[c[i].p] = 1;
+      double total = 0;
+      // Adding 0.0 for the others leaves the sum as it is, and keeps the loop branch-free.
+      for (int p = 0; p < lo; ++p) total += mark[p] ? s[p] : 0.0;
+      std::memset(mark, 0, lo);
+      const double want = a.exactShare * total;
+      const int lim = std::min(m, whole);
+      // Exact slots in rank order until they hold `want`. When the top lim - 1 (non-negative
+      // masses) clearly hold less, every slot is exact and the ranks need no sorting.
+      bool all = false;
+      if (lim > 0) {
+        if (lim - 1 < m) std::nth_element(c, c + (lim - 1), c + m, before);
+        double held = 0, least = INFINITY;
+        for (int i = 0; i < lim - 1; ++i) {
+          held += s[c[i].p];
+          least = std::min(least, s[c[i].p]);
         }
-        if (all) {
-          exact = lim;
-          ready = lim;
-        } else if (lim > 0) {
-          // Rank order a chunk at a time (doubling): a peaked list stops after a few ranks.
-          double held = 0;
-          for (int at = 0, chunk = 32; exact < lim && held < want; chunk *= 2) {
-            const int to = std::min(lim, at + chunk);
-            if (to < lim) std::nth_element(c + at, c + to, c + lim, before);
-            std::sort(c + at, c + to, before);
-            while (exact < to && held < want) held += s[c[exact++].p];
-            at = to;
-          }
-          ready = exact;
+        all = (lim == 1 || least >= 0) && held < want * (1 - 1e-9);
+      }
+      if (all) {
+        exact = lim;
+        ready = lim;
+      } else if (lim > 0) {
+        // Rank order a chunk at a time (doubling): a peaked list stops after a few ranks.
+        double held = 0;
+        for (int at = 0, chunk = 32; exact < lim && held < want; chunk *= 2) {
+          const int to = std::min(lim, at + chunk);
+          if (to < lim) std::nth_element(c + at, c + to, c + lim, before);
+          std::sort(c + at, c + to, before);
+          while (exact < to && held < want) held += s[c[exact++].p];
+          at = to;
         }
-        double left = units - exact;
-        // V-only tokens follow in rank order while their mass is not negligible: those ranks
-        // come first among the rest (sorted by score), so count them instead of sorting.
-        int notNegligible = 0;
-        for (int i = 0; i < m; ++i) notNegligible += s[c[i].p] >= a.negligible ? 1 : 0;
-        while (exact + v < m && left >= 0.5 - 1e-9 && exact + v < notNegligible) {
-          ++v;
-          left -= 0.5;
-        }
-        while (v > 0 && left >= 0.5 - 1e-9) {
-          ++exact;
-          --v;
-          left -= 0.5;
-        }
-        while (exact + v < m && left >= 1 - 1e-9 && v == 0) {
-          ++exact;
-          left -= 1;
-        }
+        ready = exact;
+      }
+      double left = units - exact;
+      // V-only tokens follow in rank order while their mass is not negligible: those ranks
+      // come first among the rest (sorted by score), so count them instead of sorting.
+      int notNegligible = 0;
+      for (int i = 0; i < m; ++i) notNegligible += s[c[i].p] >= a.negligible ? 1 : 0;
+      while (exact + v < m && left >= 0.5 - 1e-9 && exact + v < notNegligible) {
+        ++v;
+        left -= 0.5;
+      }
+      while (v > 0 && left >= 0.5 - 1e-9) {
+        ++exact;
+        --v;
+        left -= 0.5;
+      }
+      while (exact + v < m && left >= 1 - 1e-9 && v == 0) {
+        ++exact;
+        left -= 1;
       }
     }
-    // The top `exact` ranks, then the next v, each written in ascending position order.
-    if (exact < m && exact != ready) std::nth_element(c, c + exact, c + m, before);
-    if (v > 0 && exact + v < m) std::nth_element(c + exact, c + exact + v, c + m, before);
-    for (int i = 0; i < exact; ++i) mark[c[i].p] = 1;
-    for (int i = exact; i < exact + v; ++i) mark[c[i].p] = 2;
-    for (int p = 0; p < lo; ++p) {
-      if (mark[p] == 1) full[fullAt++] = p;
-      else if (mark[p] == 2) vOut[vAt++] = p;
-      else if (a.evict && ex != nullptr) ex[p] = 1;  // not chosen: evicted for good
-      mark[p] = 0;
-    }
-    for (int p = lo; p < n; ++p)
-      if (!(a.skipExcludedRecent && ex != nullptr && ex[p] != 0)) full[fullAt++] = p;
   }
+  // The top `exact` ranks, then the next v, each written in ascending position order.
+  if (exact < m && exact != ready) std::nth_element(c, c + exact, c + m, before);
+  if (v > 0 && exact + v < m) std::nth_element(c + exact, c + exact + v, c + m, before);
+  for (int i = 0; i < exact; ++i) mark[c[i].p] = 1;
+  for (int i = exact; i < exact + v; ++i) mark[c[i].p] = 2;
+  for (int p = 0; p < lo; ++p) {
+    if (mark[p] == 1) full[fullAt++] = p;
+    else if (mark[p] == 2) vOut[vAt++] = p;
+    else if (a.evict && ex != nullptr) ex[p] = 1;  // not chosen: evicted for good
+    mark[p] = 0;
+  }
+  for (int p = lo; p < n; ++p)
+    if (!(a.skipExcludedRecent && ex != nullptr && ex[p] != 0)) full[fullAt++] = p;
   nf = fullAt;
   nv = vAt;
 }
@@ -190,8 +188,8 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
 constexpr int64_t kParallelPositions = 1 << 14;
 
 Scratch& scratch_for(int n) {
-  // Per-thread scratch, fetched once per list (a thread_local in a shared library costs a
-  // lookup on every access).
+  // Per-thread scratch, fetched once per call or per threaded list (a thread_local in a
+  // shared library costs a lookup on every access).
   thread_local Scratch scratch;
   Scratch& w = scratch;
   if (w.score.size() < size_t(n)) {
@@ -210,9 +208,10 @@ void rank_split(const RankSplitArgs& a) {
   a.fullOff[0] = 0;
   a.vOff[0] = 0;
   if (L < 2 || static_cast<int64_t>(n) * L < kParallelPositions || omp_get_max_threads() < 2) {
+    Scratch& ws = scratch_for(n);
     int nf = 0, nv = 0;
     for (int g = 0; g < L; ++g) {
-      split_list(a, g, scratch_for(n), a.full + a.fullOff[g], a.vOnlyOut + a.vOff[g], nf, nv);
+      split_list(a, g, ws, a.full + a.fullOff[g], a.vOnlyOut + a.vOff[g], nf, nv);
       a.fullOff[g + 1] = a.fullOff[g] + nf;
       a.vOff[g + 1] = a.vOff[g] + nv;
     }
