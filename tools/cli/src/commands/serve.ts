@@ -137,18 +137,8 @@ export function registerServe(program: Command): void {
       logger: o.quiet ? false : { level: "info" },
       plugins: [playground],
     });
-    await server.app.listen({ host: o.host, port: o.port });
-    // The address actually bound (0.0.0.0 stays 0.0.0.0, port 0 becomes the real port).
-    const bound = server.app.server.address();
-    const address =
-      bound && typeof bound === "object"
-        ? `http://${bound.family === "IPv6" ? `[${bound.address}]` : bound.address}:${bound.port}`
-        : String(bound);
-    if (!LOOPBACK.has(o.host) && !apiKey)
-      process.stderr.write(`warning: serving ${address} without an API key (--allow-unauthenticated)\n`);
-    process.stderr.write(
-      `smallkv serving ${server.modelId}${assistant ? ` (assistant ${assistant.name})` : ""} at ${address} (default policy ${o.policy} @ ${o.budget})\n`,
-    );
+    // Signals are handled before the banner is out: a client that stops the server as soon as
+    // it reads the address must get the graceful shutdown, not the default kill.
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
@@ -169,6 +159,18 @@ export function registerServe(program: Command): void {
       if (process.ppid !== parent) stop("parent process exited");
     }, 250);
     watch.unref();
+    await server.app.listen({ host: o.host, port: o.port });
+    // The address actually bound (0.0.0.0 stays 0.0.0.0, port 0 becomes the real port).
+    const bound = server.app.server.address();
+    const address =
+      bound && typeof bound === "object"
+        ? `http://${bound.family === "IPv6" ? `[${bound.address}]` : bound.address}:${bound.port}`
+        : String(bound);
+    if (!LOOPBACK.has(o.host) && !apiKey)
+      process.stderr.write(`warning: serving ${address} without an API key (--allow-unauthenticated)\n`);
+    process.stderr.write(
+      `smallkv serving ${server.modelId}${assistant ? ` (assistant ${assistant.name})` : ""} at ${address} (default policy ${o.policy} @ ${o.budget})\n`,
+    );
     await new Promise(() => {});
   });
 }
