@@ -93,6 +93,10 @@ interface SmallKvState {
   /** Per LLM layer and query head: may use V-only tokens / trusts its matched SLM head. */
   gated: boolean[][] | null;
   trusted: boolean[][] | null;
+  /** Per layer: the native score terms of the default ranking (made on first use). */
+  plans: (TermPlan | undefined)[];
+  /** Per layer: lists that may hold V-only tokens (some query head passes the gate). */
+  marginalLists: (Uint8Array | undefined)[];
 }
 
 function assistantOf(ctx: PolicyContext<SmallKvState, SmallKvOptions>): AssistantState {
@@ -178,6 +182,61 @@ function normalised(x: Float64Array): Float64Array {
 type ScoreInput = Pick<RankSplitArgs, "sources" | "terms" | "weights" | "own">;
 
 /**
+ * What `currentTerms` reads of a layer, fixed once the matching is made: per term its list,
+ * SLM layer and head and step row, and its weight; and each list's assistant weight in the
+ * blend with the LLM's own attention (undefined: no list blends). Only the offsets into the
+ * assistant's rows move from step to step (their length grows by one).
+ */
+interface TermPlan {
+  T: number;
+  /** [list, slm layer, slm head, row t] per term. */
+  spec: Int32Array;
+  weights: Float64Array;
+  blend: Float64Array | undefined;
+  /** Reused output: [list, source, offset] per term. */
+  terms: Int32Array;
+}
+
+function termPlan(
+  ctx: PolicyContext<SmallKvState, SmallKvOptions>,
+  m: HeadMatching,
+  lists: number,
+  group: number,
+  T: number,
+): TermPlan {
+  const st = ctx.state;
+  const o = ctx.options;
+  const spec: number[] = [];
+  const weights: number[] = [];
+  let blend: Float64Array | undefined;
+  for (let g = 0; g < lists; g++) {
+    let trusted = 0;
+    for (let i = 0; i < group; i++) {
+      const h = g * group + i;
+      if (st.trusted![ctx.layer][h]) trusted++;
+      const shs = m.slmHeadsOf(ctx.layer, h, o.pool);
+      for (const sh of shs)
+        for (let t = 0; t < T; t++) {
+          spec.push(g, sh.layer, sh.head, t);
+          weights.push(1 / (group * shs.length));
+        }
+    }
+    // A weak match: rank by the LLM's own mean attention (the reversible control's rule).
+    if (st.own && (trusted < group || o.own > 0)) {
+      blend ??= new Float64Array(lists).fill(-1);
+      blend[g] = (trusted / group) * (1 - o.own);
+    }
+  }
+  return {
+    T,
+    spec: Int32Array.from(spec),
+    weights: Float64Array.from(weights),
+    blend,
+    terms: new Int32Array((spec.length / 4) * 3),
+  };
+}
+
+/**
  * The default scores as native terms: list g's score is the mean of its query heads'
  * matched assistant rows at this step (summed over the step's rows), the same sum
  * `currentRow` makes; lists of weakly matched heads blend in the LLM's own mean attention.
@@ -192,36 +251,23 @@ function currentTerms(
 ): ScoreInput {
   const st = ctx.state;
   const o = ctx.options;
-  const terms: number[] = [];
-  const weights: number[] = [];
-  let blend: Float64Array | undefined;
-  for (let g = 0; g < lists; g++) {
-    let trusted = 0;
-    for (let i = 0; i < group; i++) {
-      const h = g * group + i;
-      if (st.trusted![ctx.layer][h]) trusted++;
-      const shs = m.slmHeadsOf(ctx.layer, h, o.pool);
-      for (const sh of shs)
-        for (let t = 0; t < T; t++) {
-          terms.push(g, sh.layer, (sh.head * a.rowsT + t) * a.rowsN);
-          weights.push(1 / (group * shs.length));
-        }
-    }
-    // A weak match: rank by the LLM's own mean attention (the reversible control's rule).
-    if (st.own && (trusted < group || o.own > 0)) {
-      blend ??= new Float64Array(lists).fill(-1);
-      blend[g] = (trusted / group) * (1 - o.own);
-    }
+  let plan = st.plans[ctx.layer];
+  if (!plan || plan.T !== T) plan = st.plans[ctx.layer] = termPlan(ctx, m, lists, group, T);
+  const { spec, terms } = plan;
+  const { rowsT, rowsN } = a;
+  for (let i = 0, j = 0; i < spec.length; i += 4, j += 3) {
+    terms[j] = spec[i];
+    terms[j + 1] = spec[i + 1];
+    terms[j + 2] = (spec[i + 2] * rowsT + spec[i + 3]) * rowsN;
   }
   const own = st.own;
-  const start = ctx.step.start;
   const perKv = ctx.config.numHeads / ctx.config.numKvHeads;
   const kvOf = (g: number) => (o.gqa === "query" ? Math.floor(g / perKv) : g);
   return {
     sources: a.rows as Float32Array[],
-    terms: Int32Array.from(terms),
-    weights: Float64Array.from(weights),
-    own: blend && own ? ownViews(own, ctx.layer, lists, kvOf, start, blend) : undefined,
+    terms,
+    weights: plan.weights,
+    own: plan.blend && own ? ownViews(own, ctx.layer, lists, kvOf, ctx.step.start, plan.blend) : undefined,
   };
 }
 
@@ -343,6 +389,8 @@ function makeSmallKv(
         lastRecent: 0,
         gated: null,
         trusted: null,
+        plans: [],
+        marginalLists: [],
       };
     },
     // The matching and the gates are fixed once made: shared, not copied.
@@ -352,6 +400,8 @@ function makeSmallKv(
       decayed: copyState(s.decayed),
       own: s.own ? copyState(s.own) : null,
       counts: s.counts.map((c) => ({ ...c })),
+      plans: [],
+      marginalLists: [],
     }),
     // Nothing to prepare once matched, or while no step of these positions reaches the window.
     prepareIdle(ctx) {
@@ -475,10 +525,11 @@ function makeSmallKv(
       }
       const recentOld = Math.min(start, sizes.recent);
       st.lastRecent = recentOld;
-      const marginalOks = Array.from({ length: lists }, (_, g) => {
-        const heads = Array.from({ length: group }, (_, i) => g * group + i);
-        return o.marginal && rows && heads.some((h) => st.gated![ctx.layer][h]);
-      });
+      const gatedLists = (st.marginalLists[ctx.layer] ??= Uint8Array.from({ length: lists }, (_, g) => {
+        for (let i = 0; i < group; i++) if (st.gated![ctx.layer][g * group + i]) return 1;
+        return 0;
+      }));
+      const marginalOk = o.marginal && rows;
       // The scores: the matched assistant rows mixed natively (the default), or made here for
       // the other modes and handed over as they are.
       const fit = o.heads !== "match" && mode === "current";
@@ -498,7 +549,7 @@ function makeSmallKv(
         rule = {
           kind: "adaptive",
           units: Float64Array.from({ length: lists }, (_, g) => (units ? units[g] : base)),
-          vOnly: Uint8Array.from(marginalOks, (x) => (x ? 1 : 0)),
+          vOnly: marginalOk ? gatedLists : new Uint8Array(lists),
           exactShare: o.exactShare,
           negligible: o.negligible,
         };
@@ -507,9 +558,10 @@ function makeSmallKv(
         const exact = new Int32Array(lists);
         for (let g = 0; g < lists; g++) {
           const room = Math.max(0, Math.floor(2 * (oldUnits - recentOld - sizes.critical) + 1e-9));
-          const nM = marginalOks[g] ? Math.min(sizes.marginal, room) : 0;
+          const ok = marginalOk && gatedLists[g] === 1;
+          const nM = ok ? Math.min(sizes.marginal, room) : 0;
           exact[g] = Math.min(
-            sizes.critical + (marginalOks[g] ? 0 : Math.floor(sizes.marginal / 2)),
+            sizes.critical + (ok ? 0 : Math.floor(sizes.marginal / 2)),
             Math.max(0, Math.floor(oldUnits - recentOld - nM / 2 + 1e-9)),
           );
           k[g] = exact[g] + nM;
