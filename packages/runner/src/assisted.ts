@@ -48,15 +48,22 @@ function accumulate(acc: Float64Array[], o: AttentionObservation, H: number): vo
       acc[h] = next;
     }
   }
-  if (o.probs) {
+  // Locals for the hot loops: the JIT does not hoist the property loads out of them.
+  const { T, Lmax, probs, scores } = o;
+  if (probs) {
     for (let h = 0; h < H; h++) {
-      for (let t = 0; t < o.T; t++) {
-        const base = (h * o.T + t) * o.Lmax;
-        for (let j = 0; j < o.Lmax; j++) acc[h][j] += o.probs[base + j];
+      const a = acc[h];
+      for (let t = 0; t < T; t++) {
+        const base = (h * T + t) * Lmax;
+        for (let j = 0; j < Lmax; j++) a[j] += probs[base + j];
       }
     }
-  } else if (o.scores) {
-    for (let h = 0; h < H; h++) for (let j = 0; j < o.Lmax; j++) acc[h][j] += o.scores[h * o.Lmax + j];
+  } else if (scores) {
+    for (let h = 0; h < H; h++) {
+      const a = acc[h];
+      const base = h * Lmax;
+      for (let j = 0; j < Lmax; j++) a[j] += scores[base + j];
+    }
   }
 }
 

@@ -136,8 +136,9 @@ const require = createRequire(import.meta.url);
 function load(): NativeBinding {
   // The kernels share 2-16 cores with onnxruntime's own thread pool; OpenMP threads that
   // spin after each region starve ORT (measured: 18x slower batch-1 decode). libgomp reads
-  // this when the addon is loaded, so it is set before the require below.
-  process.env.OMP_WAIT_POLICY ??= "passive";
+  // this when the addon is loaded, so it is set before the require below (an empty value
+  // counts as unset there, so here too).
+  if (!process.env.OMP_WAIT_POLICY) process.env.OMP_WAIT_POLICY = "passive";
   const path = join(here, "..", "build", "Release", "smallkv_tensor.node");
   try {
     return require(path) as NativeBinding;
