@@ -42,6 +42,17 @@ describe("speculative decoding", () => {
     }
   }
 
+  it("smallkv re-ranked every 4th step at 20%: greedy output equals greedy without speculation", async () => {
+    const o = { temperature: 0, maxTokens: 40, stopTokens: [] };
+    const mk = () => createPolicy("smallkv", 0.2, { refresh: 4 });
+    const g = new Generator(pair);
+    const plain = await g.generate(prompt, { ...o, policy: await mk() });
+    const spec = await g.generate(prompt, { ...o, policy: await mk(), speculative: { k: 3 } });
+    expect(spec.error).toBeUndefined();
+    expect(spec.tokens).toEqual(plain.tokens);
+    expect(spec.speculative!.accepted).toBeGreaterThan(0);
+  });
+
   it("batched requests accept different lengths and each equals its own plain run", async () => {
     const prompts = [prompt, prompt.slice(0, 120), prompt.slice(10, 135), prompt.slice(0, 20)];
     const o = { temperature: 0, maxTokens: 30, stopTokens: [] };

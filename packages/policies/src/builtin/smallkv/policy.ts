@@ -77,6 +77,26 @@ export interface SmallKvOptions {
   windowFrom: string;
   /** A saved head matching (smallkv match --out); empty: match each sequence on its own tokens. */
   mapping: string;
+  /**
+   * Re-rank every this many decode steps (1: every step, as the paper). In between, a layer
+   * keeps its last selection plus the tokens that became old since; the ranking reserves
+   * their slots, so the budget holds at every step.
+   */
+  refresh: number;
+}
+
+/** A layer's last selection of a one-row step, kept for `refresh` steps (frozen: shared by copies). */
+interface HeldSelection {
+  /** The step's start when it was chosen. */
+  at: number;
+  full: Int32Array[];
+  vOnly: Int32Array[];
+  hasMarginal: boolean;
+  perQueryHead: boolean;
+  /** Class counts when chosen (the recent window grows by the tokens added since). */
+  counts: { critical: number; recent: number; marginal: number };
+  /** The largest list's old-token cost (a V-only token costs half). */
+  maxCost: number;
 }
 
 interface SmallKvState {
@@ -97,6 +117,8 @@ interface SmallKvState {
   plans: (TermPlan | undefined)[];
   /** Per layer: lists that may hold V-only tokens (some query head passes the gate). */
   marginalLists: (Uint8Array | undefined)[];
+  /** Per layer: the selection kept between re-rankings (refresh > 1). */
+  held: (HeldSelection | undefined)[];
 }
 
 function assistantOf(ctx: PolicyContext<SmallKvState, SmallKvOptions>): AssistantState {
@@ -132,6 +154,8 @@ function validate(name: string, o: SmallKvOptions): void {
     if (!(o[k] >= 0 && o[k] <= 1)) bad(`${k} must be in [0, 1], got ${o[k]}`);
   if (!(Number.isInteger(o.pool) && o.pool >= 1 && o.pool <= 4)) bad(`pool must be 1 to 4, got ${o.pool}`);
   if (!(o.negligible >= 0)) bad(`negligible must be >= 0, got ${o.negligible}`);
+  if (!(Number.isInteger(o.refresh) && o.refresh >= 1 && o.refresh <= 64))
+    bad(`refresh must be an integer from 1 to 64, got ${o.refresh}`);
   if (!(o.minContext >= 1 && o.window >= 1 && o.maxContext >= o.minContext))
     bad("minContext and window must be >= 1 and maxContext >= minContext");
 }
@@ -343,6 +367,29 @@ function madeScores(
 }
 
 /**
+ * A step between re-rankings: the held selection, plus (exact) the tokens that became old
+ * since it was made; V-only tokens stay, weighted by the assistant's current rows.
+ */
+function reuse(ctx: PolicyContext<SmallKvState, SmallKvOptions>, held: HeldSelection): LayerSelection {
+  const { start } = ctx.step;
+  const added = start - held.at;
+  const full = held.full.map((l) => {
+    const out = new Int32Array(l.length + added);
+    out.set(l);
+    for (let i = 0; i < added; i++) out[l.length + i] = held.at + i;
+    return out;
+  });
+  const c = held.counts;
+  ctx.state.counts[ctx.layer] = { critical: c.critical, recent: c.recent + added, marginal: c.marginal };
+  return {
+    full,
+    vOnly: held.hasMarginal ? held.vOnly : undefined,
+    combine: ctx.options.mode as "mass" | "literal",
+    perQueryHead: held.perQueryHead,
+  };
+}
+
+/**
  * SmallKV (Zhao, Peng et al. 2025, arXiv 2508.02751): an assistant SLM with a full cache
  * decides, every step and for every head, which tokens the LLM attends to exactly, which it
  * approximates with the SLM's current attention weights (marginal, V only), and which it
@@ -360,7 +407,7 @@ function makeSmallKv(
     // Each layer reads only its own past and the assistant's view at the row's position: a
     // verify step interleaves its rows inside each layer.
     verify: "layerwise",
-    layerFields: ["evicted", "decayed", "own", "counts"],
+    layerFields: ["evicted", "decayed", "own", "counts", "held"],
     description,
     options: defaults,
     usesAssistant: true,
@@ -391,6 +438,7 @@ function makeSmallKv(
         trusted: null,
         plans: [],
         marginalLists: [],
+        held: [],
       };
     },
     // The matching and the gates are fixed once made: shared, not copied.
@@ -402,6 +450,7 @@ function makeSmallKv(
       counts: s.counts.map((c) => ({ ...c })),
       plans: [],
       marginalLists: [],
+      held: s.held.slice(),
     }),
     // Nothing to prepare once matched, or while no step of these positions reaches the window.
     prepareIdle(ctx) {
@@ -499,9 +548,23 @@ function makeSmallKv(
       const group = Hq / lists;
       // Per-query-head lists share their kv head's memory: each gets 1/group of its old budget.
       // (each list also holds the step's own rows, so those are paid group times).
-      const oldUnits = perQuery
-        ? Math.max(0, (ctx.oldBudget - (Hq / Hkv - 1) * T) / (Hq / Hkv))
-        : ctx.oldBudget;
+      const listUnits = Math.max(
+        0,
+        perQuery ? (ctx.oldBudget - (Hq / Hkv - 1) * T) / (Hq / Hkv) : ctx.oldBudget,
+      );
+      // Between re-rankings: the held lists plus the tokens that became old since, while they fit.
+      const held = st.held[ctx.layer];
+      if (
+        T === 1 &&
+        held &&
+        start > held.at &&
+        start - held.at < o.refresh &&
+        held.maxCost + (start - held.at) <= Math.floor(listUnits + 1e-9)
+      )
+        return reuse(ctx, held);
+      // Slots for the tokens that become old before the next re-ranking (refresh > 1).
+      const reserve = T === 1 ? o.refresh - 1 : 0;
+      const oldUnits = Math.max(0, listUnits - reserve);
       // Without the assistant's rows (a long step), V-only weights are unknown and
       // current-row scores fall back to the position-normalised accumulation.
       const rows = hasRows(a, T, start + T);
@@ -584,6 +647,20 @@ function makeSmallKv(
         marginal: vOnly.reduce((x, l) => x + l.length, 0) / lists,
       };
       const hasMarginal = vOnly.some((l) => l.length > 0);
+      let maxCost = 0;
+      for (let g = 0; g < lists; g++) maxCost = Math.max(maxCost, full[g].length + vOnly[g].length / 2);
+      st.held[ctx.layer] =
+        reserve > 0
+          ? Object.freeze({
+              at: start,
+              full,
+              vOnly,
+              hasMarginal,
+              perQueryHead: perQuery,
+              counts: st.counts[ctx.layer],
+              maxCost,
+            })
+          : undefined;
       return {
         full,
         vOnly: hasMarginal ? vOnly : undefined,
@@ -635,6 +712,7 @@ const COMMON = {
   window: DEFAULT_WINDOW.size,
   windowFrom: DEFAULT_WINDOW.from,
   mapping: "",
+  refresh: 1,
 };
 
 /** SmallKV with the rules the evaluation found best (see docs/results.md). */
