@@ -79,24 +79,32 @@ export interface SmallKvOptions {
   mapping: string;
   /**
    * Re-rank every this many decode steps (1: every step, as the paper). In between, a layer
-   * keeps its last selection plus the tokens that became old since; the ranking reserves
-   * their slots, so the budget holds at every step.
+   * keeps its last lists: the token that became old joins them, and over budget the held
+   * token the assistant's current rows score lowest leaves (no ranking of the whole context).
    */
   refresh: number;
+  /**
+   * With refresh > 1: keep a held selection only while the assistant's current rows put at
+   * least this share of the mass on it that they put there when it was chosen (0: keep it
+   * for the whole interval). Default ranking only (scores=current, heads=match).
+   */
+  hold: number;
 }
 
-/** A layer's last selection of a one-row step, kept for `refresh` steps (frozen: shared by copies). */
+/** A layer's lists between re-rankings (frozen: shared by copies, replaced every step). */
 interface HeldSelection {
-  /** The step's start when it was chosen. */
+  /** The start of the step that last re-ranked. */
   at: number;
+  /** The start of the last step served (the lists hold old tokens before it). */
+  last: number;
   full: Int32Array[];
   vOnly: Int32Array[];
   hasMarginal: boolean;
   perQueryHead: boolean;
-  /** Class counts when chosen (the recent window grows by the tokens added since). */
-  counts: { critical: number; recent: number; marginal: number };
-  /** The largest list's old-token cost (a V-only token costs half). */
-  maxCost: number;
+  /** Exact tokens of the newest old positions, never evicted between re-rankings. */
+  recent: number;
+  /** Per list: the share of the assistant's mass on the exact tokens when ranked (hold > 0). */
+  mass: Float64Array | null;
 }
 
 interface SmallKvState {
@@ -119,6 +127,9 @@ interface SmallKvState {
   marginalLists: (Uint8Array | undefined)[];
   /** Per layer: the selection kept between re-rankings (refresh > 1). */
   held: (HeldSelection | undefined)[];
+  /** Layer selections made by a full ranking, and by keeping the held lists (refresh > 1). */
+  ranked: number;
+  kept: number;
 }
 
 function assistantOf(ctx: PolicyContext<SmallKvState, SmallKvOptions>): AssistantState {
@@ -150,7 +161,7 @@ function validate(name: string, o: SmallKvOptions): void {
     bad(`allocate must be head or layer, got ${o.allocate}`);
   if (!(o.halfLife > 0)) bad(`halfLife must be > 0, got ${o.halfLife}`);
   if (!(o.recent >= 0)) bad(`recent must be >= 0, got ${o.recent}`);
-  for (const k of ["gate", "trust", "own", "exactShare", "topk"] as const)
+  for (const k of ["gate", "trust", "own", "exactShare", "topk", "hold"] as const)
     if (!(o[k] >= 0 && o[k] <= 1)) bad(`${k} must be in [0, 1], got ${o[k]}`);
   if (!(Number.isInteger(o.pool) && o.pool >= 1 && o.pool <= 4)) bad(`pool must be 1 to 4, got ${o.pool}`);
   if (!(o.negligible >= 0)) bad(`negligible must be >= 0, got ${o.negligible}`);
@@ -295,6 +306,38 @@ function currentTerms(
   };
 }
 
+/**
+ * Per list, the share of the assistant's mass on old tokens [0, start) that falls on the
+ * list's exact tokens plus the positions [from, start) (one-row steps: each row sums to 1
+ * over [0, start], so the old mass is 1 minus the row's own entry).
+ */
+function exactShareOf(
+  a: AssistantState,
+  plan: TermPlan,
+  lists: number,
+  full: Int32Array[],
+  from: number,
+  start: number,
+): Float64Array {
+  const on = new Float64Array(lists);
+  const old = new Float64Array(lists);
+  const { spec, weights } = plan;
+  const { rowsT, rowsN } = a;
+  for (let i = 0, t = 0; i < spec.length; i += 4, t++) {
+    const g = spec[i];
+    const row = a.rows[spec[i + 1]]!;
+    const off = (spec[i + 2] * rowsT + spec[i + 3]) * rowsN;
+    const list = full[g];
+    let m = 0;
+    for (let j = 0; j < list.length; j++) m += row[off + list[j]];
+    for (let p = from; p < start; p++) m += row[off + p];
+    on[g] += weights[t] * m;
+    old[g] += weights[t] * (1 - row[off + start]);
+  }
+  for (let g = 0; g < lists; g++) on[g] = old[g] > 0 ? on[g] / old[g] : 1;
+  return on;
+}
+
 /** The LLM's own mean attention behind each list (uncopied), for the native blend. */
 function ownViews(
   own: MeanAttention,
@@ -366,27 +409,136 @@ function madeScores(
   return scoresAsGiven(scores);
 }
 
+/** Whether the held lists (with the tokens since) still hold `hold` of the assistant's mass they held when ranked. */
+function stillHolds(
+  ctx: PolicyContext<SmallKvState, SmallKvOptions>,
+  a: AssistantState,
+  plan: TermPlan,
+  held: HeldSelection,
+  lists: number,
+): boolean {
+  const hold = ctx.options.hold;
+  if (hold === 0 || !held.mass) return true;
+  const now = exactShareOf(a, plan, lists, held.full, held.last, ctx.step.start);
+  for (let g = 0; g < lists; g++) if (now[g] < hold * held.mass[g]) return false;
+  return true;
+}
+
 /**
- * A step between re-rankings: the held selection, plus (exact) the tokens that became old
- * since it was made; V-only tokens stay, weighted by the assistant's current rows.
+ * A one-row step between re-rankings, or null when it must re-rank: each list takes the
+ * tokens that became old since the last step (exact); over its budget, the held tokens the
+ * assistant's current rows score lowest leave (the newest `recent` never). V-only tokens stay,
+ * weighted by the current rows.
  */
-function reuse(ctx: PolicyContext<SmallKvState, SmallKvOptions>, held: HeldSelection): LayerSelection {
+function keepHeld(
+  ctx: PolicyContext<SmallKvState, SmallKvOptions>,
+  a: AssistantState,
+  held: HeldSelection,
+  lists: number,
+  listUnits: number,
+): LayerSelection | null {
+  const st = ctx.state;
   const { start } = ctx.step;
-  const added = start - held.at;
-  const full = held.full.map((l) => {
-    const out = new Int32Array(l.length + added);
-    out.set(l);
-    for (let i = 0; i < added; i++) out[l.length + i] = held.at + i;
-    return out;
-  });
-  const c = held.counts;
-  ctx.state.counts[ctx.layer] = { critical: c.critical, recent: c.recent + added, marginal: c.marginal };
+  const plan = st.plans[ctx.layer];
+  if (!plan || plan.T !== 1 || !hasRows(a, 1, start + 1)) return null;
+  if (!stillHolds(ctx, a, plan, held, lists)) return null;
+  const added = start - held.last;
+  const full: Int32Array[] = [];
+  for (let g = 0; g < lists; g++) {
+    const prev = held.full[g];
+    const cap = Math.floor(listUnits - held.vOnly[g].length / 2 + 1e-9);
+    const n = prev.length + added;
+    const drop = Math.max(0, n - cap);
+    // The newest `recent` old tokens stay; only older held ones can leave.
+    const evictable = Math.max(0, n - held.recent);
+    if (drop > evictable) return null;
+    const out = new Int32Array(n - drop);
+    if (drop === 0) {
+      out.set(prev);
+      for (let i = 0; i < added; i++) out[prev.length + i] = held.last + i;
+      full.push(out);
+      continue;
+    }
+    const all = new Int32Array(n);
+    all.set(prev);
+    for (let i = 0; i < added; i++) all[prev.length + i] = held.last + i;
+    // The current scores of the evictable tokens (the ranking's formula, own blend included).
+    const sc = listScores(ctx, a, plan, g, start, all, evictable);
+    // The `drop` lowest leave, ties to the later position (the ranking keeps the earlier one).
+    const gone = new Uint8Array(n);
+    if (drop <= 8) {
+      for (let d = 0; d < drop; d++) {
+        let worst = -1;
+        for (let i = 0; i < evictable; i++) if (!gone[i] && (worst < 0 || sc[i] <= sc[worst])) worst = i;
+        gone[worst] = 1;
+      }
+    } else {
+      const order = Array.from({ length: evictable }, (_, i) => i);
+      order.sort((x, y) => sc[x] - sc[y] || all[y] - all[x]);
+      for (let i = 0; i < drop; i++) gone[order[i]] = 1;
+    }
+    for (let i = 0, k = 0; i < n; i++) if (!gone[i]) out[k++] = all[i];
+    full.push(out);
+  }
+  const next: HeldSelection = Object.freeze({ ...held, last: start, full });
+  st.held[ctx.layer] = next;
+  const critical = full.reduce((x, l) => x + l.length, 0) / lists - held.recent;
+  st.counts[ctx.layer] = {
+    critical,
+    recent: held.recent + 1,
+    marginal: held.vOnly.reduce((x, l) => x + l.length, 0) / lists,
+  };
   return {
     full,
     vOnly: held.hasMarginal ? held.vOnly : undefined,
     combine: ctx.options.mode as "mass" | "literal",
     perQueryHead: held.perQueryHead,
   };
+}
+
+/**
+ * List g's scores of positions pos[0..count) (< start) at this one-row step, as the native
+ * ranking forms them: the mean of its matched assistant rows, or (a weakly matched list) that
+ * as a distribution blended with the LLM's own mean attention as a distribution.
+ */
+function listScores(
+  ctx: PolicyContext<SmallKvState, SmallKvOptions>,
+  a: AssistantState,
+  plan: TermPlan,
+  g: number,
+  start: number,
+  pos: Int32Array,
+  count: number,
+): Float64Array {
+  const { spec, weights, blend } = plan;
+  const { rowsT, rowsN } = a;
+  const sc = new Float64Array(count);
+  let asum = 0;
+  for (let i = 0, t = 0; i < spec.length; i += 4, t++) {
+    if (spec[i] !== g) continue;
+    const row = a.rows[spec[i + 1]]!;
+    const off = (spec[i + 2] * rowsT + spec[i + 3]) * rowsN;
+    const w = weights[t];
+    for (let j = 0; j < count; j++) sc[j] += w * row[off + pos[j]];
+    asum += w * (1 - row[off + start]);
+  }
+  const own = ctx.state.own;
+  const wa = blend && own ? blend[g] : -1;
+  if (wa < 0 || !own) return sc;
+  const perKv = ctx.config.numHeads / ctx.config.numKvHeads;
+  const kv = ctx.options.gqa === "query" ? Math.floor(g / perKv) : g;
+  const { sums, counts } = own.raw(ctx.layer, kv, start);
+  const cl = Math.min(counts.length, start);
+  let osum = 0;
+  for (let p = 0; p < cl; p++) if (counts[p] > 0) osum += sums[p] / counts[p];
+  const fa = asum > 0 ? wa / asum : 0;
+  const fo = osum > 0 ? (1 - wa) / osum : 0;
+  for (let j = 0; j < count; j++) {
+    const p = pos[j];
+    const m = p < counts.length && counts[p] > 0 ? sums[p] / counts[p] : 0;
+    sc[j] = fa * sc[j] + fo * m;
+  }
+  return sc;
 }
 
 /**
@@ -439,6 +591,8 @@ function makeSmallKv(
         plans: [],
         marginalLists: [],
         held: [],
+        ranked: 0,
+        kept: 0,
       };
     },
     // The matching and the gates are fixed once made: shared, not copied.
@@ -528,6 +682,8 @@ function makeSmallKv(
           )
         : null,
       recent: s.lastRecent,
+      // Share of layer selections made by a full ranking (1 unless refresh > 1).
+      rankedShare: s.ranked + s.kept > 0 ? s.ranked / (s.ranked + s.kept) : 1,
     }),
     // Per layer and kv head (or query head), averaged over layers.
     classCounts: (s) => {
@@ -552,19 +708,16 @@ function makeSmallKv(
         0,
         perQuery ? (ctx.oldBudget - (Hq / Hkv - 1) * T) / (Hq / Hkv) : ctx.oldBudget,
       );
-      // Between re-rankings: the held lists plus the tokens that became old since, while they fit.
+      // Between re-rankings: the held lists, kept within budget without a full ranking.
       const held = st.held[ctx.layer];
-      if (
-        T === 1 &&
-        held &&
-        start > held.at &&
-        start - held.at < o.refresh &&
-        held.maxCost + (start - held.at) <= Math.floor(listUnits + 1e-9)
-      )
-        return reuse(ctx, held);
-      // Slots for the tokens that become old before the next re-ranking (refresh > 1).
-      const reserve = T === 1 ? o.refresh - 1 : 0;
-      const oldUnits = Math.max(0, listUnits - reserve);
+      if (T === 1 && held && start > held.last && start - held.at < o.refresh) {
+        const kept = keepHeld(ctx, a, held, lists, listUnits);
+        if (kept) {
+          st.kept++;
+          return kept;
+        }
+      }
+      const oldUnits = listUnits;
       // Without the assistant's rows (a long step), V-only weights are unknown and
       // current-row scores fall back to the position-normalised accumulation.
       const rows = hasRows(a, T, start + T);
@@ -631,6 +784,9 @@ function makeSmallKv(
         }
         rule = { kind: "fixed", k, exact };
       }
+      st.ranked++;
+      // Held between re-rankings: only the default ranking's lists (their scores are the plan's).
+      const holds = o.refresh > 1 && T === 1 && input.terms === st.plans[ctx.layer]?.terms && rows;
       const { full, vOnly } = rankSplit({
         n: start,
         lists,
@@ -647,20 +803,18 @@ function makeSmallKv(
         marginal: vOnly.reduce((x, l) => x + l.length, 0) / lists,
       };
       const hasMarginal = vOnly.some((l) => l.length > 0);
-      let maxCost = 0;
-      for (let g = 0; g < lists; g++) maxCost = Math.max(maxCost, full[g].length + vOnly[g].length / 2);
-      st.held[ctx.layer] =
-        reserve > 0
-          ? Object.freeze({
-              at: start,
-              full,
-              vOnly,
-              hasMarginal,
-              perQueryHead: perQuery,
-              counts: st.counts[ctx.layer],
-              maxCost,
-            })
-          : undefined;
+      st.held[ctx.layer] = holds
+        ? Object.freeze({
+            at: start,
+            last: start,
+            full,
+            vOnly,
+            hasMarginal,
+            perQueryHead: perQuery,
+            recent: recentOld,
+            mass: o.hold > 0 ? exactShareOf(a, st.plans[ctx.layer]!, lists, full, start, start) : null,
+          })
+        : undefined;
       return {
         full,
         vOnly: hasMarginal ? vOnly : undefined,
@@ -713,6 +867,7 @@ const COMMON = {
   windowFrom: DEFAULT_WINDOW.from,
   mapping: "",
   refresh: 1,
+  hold: 0,
 };
 
 /** SmallKV with the rules the evaluation found best (see docs/results.md). */
