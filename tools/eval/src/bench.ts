@@ -1,6 +1,6 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { type PolicyFactory, resolvePolicy } from "@smallkv/policies";
+import { type OptionValue, type PolicyFactory, resolvePolicy } from "@smallkv/policies";
 import {
   AssistedModel,
   argmax,
@@ -11,6 +11,7 @@ import {
   type StepModel,
 } from "@smallkv/runner";
 import { measureReadBandwidth } from "./bandwidth.js";
+import { parseSpec } from "./eval.js";
 import { barSpec, renderPlot } from "./plots.js";
 import {
   LLM_100M,
@@ -96,6 +97,7 @@ async function runOne(
   model: StepModel,
   llm: Model,
   factory: PolicyFactory,
+  options: Record<string, OptionValue>,
   budget: string | number,
   B: number,
   ctx: number,
@@ -104,7 +106,9 @@ async function runOne(
   bandwidth: number,
 ) {
   const V = model.config.vocabSize;
-  const seqs: Sequence[] = Array.from({ length: B }, () => model.newSequence(factory.create({ budget })));
+  const seqs: Sequence[] = Array.from({ length: B }, () =>
+    model.newSequence(factory.create({ budget, options })),
+  );
   const pair = model instanceof AssistedModel ? model : null;
   // Shares are of the steady decode steps (after the first), not of prefill.
   let slm0 = 0;
@@ -215,20 +219,26 @@ export async function runBench(
   });
   const pair = new AssistedModel(llm, slm);
   const bandwidth = o.bandwidth ?? (llm.device ? llm.device.info.bandwidthGBs * 1e9 : measureReadBandwidth());
-  const factories = await Promise.all(policies.map((p) => resolvePolicy(p)));
+  // Each entry is a policy spec: a name (or module path), with options as name:k=v,k=v.
+  const factories = await Promise.all(
+    policies.map(async (spec) => {
+      const { name, options } = parseSpec(spec);
+      return { label: spec, factory: await resolvePolicy(name), options };
+    }),
+  );
   const rows: BenchRow[] = [];
   const scenarios =
     o.scenarios ?? contexts.flatMap((context) => batches.map((batch) => ({ batch, context, generate: G })));
   for (const { batch: B, context: ctx, generate: G } of scenarios) {
     {
       const group: BenchRow[] = [];
-      for (const f of factories) {
-        log(`  ${f.name}: batch ${B}, context ${ctx} + ${G}`);
+      for (const { label, factory: f, options } of factories) {
+        log(`  ${label}: batch ${B}, context ${ctx} + ${G}`);
         const model = f.usesAssistant ? pair : llm;
         // SmallKV's matching window is the first 128 tokens; synthetic prompts are long enough.
-        const r = await runOne(model, llm, f, budget, B, ctx, G, 1000 * B + ctx, bandwidth);
+        const r = await runOne(model, llm, f, options, budget, B, ctx, G, 1000 * B + ctx, bandwidth);
         group.push({
-          policy: f.name,
+          policy: label,
           batch: B,
           context: ctx,
           generated: G,

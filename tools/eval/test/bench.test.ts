@@ -52,4 +52,24 @@ describe("smallkv bench", () => {
     expect(formatBench(r.rows)).toMatch(/vs H2O/);
     for (const p of r.plots) expect(existsSync(p)).toBe(true);
   });
+
+  it("runs policy specs with options, labelled by the spec, and refuses a bad option", async () => {
+    const out = mkdtempSync(join(tmpdir(), "smallkv-bench-"));
+    process.env.SMALLKV_BENCH_CACHE = join(out, "cache");
+    const base = {
+      small: true,
+      batches: [1],
+      contexts: [160],
+      generate: 4,
+      bandwidth: 10e9,
+      out,
+      plot: false,
+      log: () => {},
+    };
+    const r = await runBench({ ...base, policies: ["full", "smallkv:refresh=4,hold=0.8"] });
+    expect(r.rows.map((x) => x.policy)).toEqual(["full", "smallkv:refresh=4,hold=0.8"]);
+    expect(r.rows[1].slmShare).toBeGreaterThan(0);
+    expect(r.rows[1].decodeVsFull).toBeGreaterThan(0);
+    await expect(runBench({ ...base, policies: ["smallkv:refresh=0"] })).rejects.toThrow(/refresh must be/);
+  });
 });

@@ -27,7 +27,11 @@ export function registerBench(program: Command): void {
     .description(
       "throughput and KV memory of policies (Full, H2O, SnapKV, StreamingLLM, SmallKV, yours) on a synthetic ~100M LLM + ~10M assistant",
     )
-    .option("--policies <list>", "policies by name or module path", "full,h2o,snapkv,streamingllm,smallkv")
+    .option(
+      "--policies <list>",
+      "policies by name or module path, comma-separated; with options (name:k=v,k=v) separate them with ';'",
+      "full,h2o,snapkv,streamingllm,smallkv",
+    )
     .option("--budget <b>", "KV budget for every policy", "0.2")
     .option("--batches <list>", "batch sizes", "1,8,16")
     .option("--contexts <list>", "prompt lengths", "512,2048")
@@ -57,7 +61,12 @@ export function registerBench(program: Command): void {
         },
     ) => {
       const r = await runBench({
-        policies: list(o.policies),
+        policies: o.policies.includes(";")
+          ? o.policies
+              .split(";")
+              .map((x) => x.trim())
+              .filter(Boolean)
+          : list(o.policies),
         budget: o.budget,
         batches: ints(o.batches),
         contexts: ints(o.contexts),
