@@ -440,7 +440,7 @@ function keepHeld(
   const st = ctx.state;
   const { start } = ctx.step;
   const plan = st.plans[ctx.layer];
-  if (!plan || plan.T !== 1 || !hasRows(a, 1, start + 1)) return null;
+  if (plan?.T !== 1 || !hasRows(a, 1, start + 1)) return null;
   if (!stillHolds(ctx, a, plan, held, lists)) return null;
   const added = start - held.last;
   const full: Int32Array[] = [];
