@@ -232,6 +232,11 @@ interface TermPlan {
   terms: Int32Array;
 }
 
+/** Where term i of a plan reads: its offset into its SLM layer's rows [h][rowsT][rowsN]. */
+function termOffset(spec: Int32Array, i: number, a: AssistantState): number {
+  return (spec[i + 2] * a.rowsT + spec[i + 3]) * a.rowsN;
+}
+
 function termPlan(
   ctx: PolicyContext<SmallKvState, SmallKvOptions>,
   m: HeadMatching,
@@ -289,11 +294,10 @@ function currentTerms(
   let plan = st.plans[ctx.layer];
   if (!plan || plan.T !== T) plan = st.plans[ctx.layer] = termPlan(ctx, m, lists, group, T);
   const { spec, terms } = plan;
-  const { rowsT, rowsN } = a;
   for (let i = 0, j = 0; i < spec.length; i += 4, j += 3) {
     terms[j] = spec[i];
     terms[j + 1] = spec[i + 1];
-    terms[j + 2] = (spec[i + 2] * rowsT + spec[i + 3]) * rowsN;
+    terms[j + 2] = termOffset(spec, i, a);
   }
   const own = st.own;
   const perKv = ctx.config.numHeads / ctx.config.numKvHeads;
@@ -322,11 +326,10 @@ function exactShareOf(
   const on = new Float64Array(lists);
   const old = new Float64Array(lists);
   const { spec, weights } = plan;
-  const { rowsT, rowsN } = a;
   for (let i = 0, t = 0; i < spec.length; i += 4, t++) {
     const g = spec[i];
     const row = a.rows[spec[i + 1]]!;
-    const off = (spec[i + 2] * rowsT + spec[i + 3]) * rowsN;
+    const off = termOffset(spec, i, a);
     const list = full[g];
     let m = 0;
     for (let j = 0; j < list.length; j++) m += row[off + list[j]];
@@ -435,7 +438,7 @@ function keepHeld(
   a: AssistantState,
   held: HeldSelection,
   lists: number,
-  listUnits: number,
+  oldUnits: number,
 ): LayerSelection | null {
   const st = ctx.state;
   const { start } = ctx.step;
@@ -446,22 +449,19 @@ function keepHeld(
   const full: Int32Array[] = [];
   for (let g = 0; g < lists; g++) {
     const prev = held.full[g];
-    const cap = Math.floor(listUnits - held.vOnly[g].length / 2 + 1e-9);
+    const cap = Math.floor(oldUnits - held.vOnly[g].length / 2 + 1e-9);
     const n = prev.length + added;
     const drop = Math.max(0, n - cap);
     // The newest `recent` old tokens stay; only older held ones can leave.
     const evictable = Math.max(0, n - held.recent);
     if (drop > evictable) return null;
-    const out = new Int32Array(n - drop);
-    if (drop === 0) {
-      out.set(prev);
-      for (let i = 0; i < added; i++) out[prev.length + i] = held.last + i;
-      full.push(out);
-      continue;
-    }
     const all = new Int32Array(n);
     all.set(prev);
     for (let i = 0; i < added; i++) all[prev.length + i] = held.last + i;
+    if (drop === 0) {
+      full.push(all);
+      continue;
+    }
     // The current scores of the evictable tokens (the ranking's formula, own blend included).
     const sc = listScores(ctx, a, plan, g, start, all, evictable);
     // The `drop` lowest leave, ties to the later position (the ranking keeps the earlier one).
@@ -477,6 +477,7 @@ function keepHeld(
       order.sort((x, y) => sc[x] - sc[y] || all[y] - all[x]);
       for (let i = 0; i < drop; i++) gone[order[i]] = 1;
     }
+    const out = new Int32Array(n - drop);
     for (let i = 0, k = 0; i < n; i++) if (!gone[i]) out[k++] = all[i];
     full.push(out);
   }
@@ -511,13 +512,12 @@ function listScores(
   count: number,
 ): Float64Array {
   const { spec, weights, blend } = plan;
-  const { rowsT, rowsN } = a;
   const sc = new Float64Array(count);
   let asum = 0;
   for (let i = 0, t = 0; i < spec.length; i += 4, t++) {
     if (spec[i] !== g) continue;
     const row = a.rows[spec[i + 1]]!;
-    const off = (spec[i + 2] * rowsT + spec[i + 3]) * rowsN;
+    const off = termOffset(spec, i, a);
     const w = weights[t];
     for (let j = 0; j < count; j++) sc[j] += w * row[off + pos[j]];
     asum += w * (1 - row[off + start]);
@@ -704,20 +704,19 @@ function makeSmallKv(
       const group = Hq / lists;
       // Per-query-head lists share their kv head's memory: each gets 1/group of its old budget.
       // (each list also holds the step's own rows, so those are paid group times).
-      const listUnits = Math.max(
+      const oldUnits = Math.max(
         0,
         perQuery ? (ctx.oldBudget - (Hq / Hkv - 1) * T) / (Hq / Hkv) : ctx.oldBudget,
       );
       // Between re-rankings: the held lists, kept within budget without a full ranking.
       const held = st.held[ctx.layer];
       if (T === 1 && held && start > held.last && start - held.at < o.refresh) {
-        const kept = keepHeld(ctx, a, held, lists, listUnits);
+        const kept = keepHeld(ctx, a, held, lists, oldUnits);
         if (kept) {
           st.kept++;
           return kept;
         }
       }
-      const oldUnits = listUnits;
       // Without the assistant's rows (a long step), V-only weights are unknown and
       // current-row scores fall back to the position-normalised accumulation.
       const rows = hasRows(a, T, start + T);
