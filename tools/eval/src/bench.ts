@@ -223,7 +223,9 @@ export async function runBench(
   const factories = await Promise.all(
     policies.map(async (spec) => {
       const { name, options } = parseSpec(spec);
-      return { label: spec, factory: await resolvePolicy(name), options };
+      const factory = await resolvePolicy(name);
+      // Rows keep the policy's own name (a module path reads as its name); options follow it.
+      return { label: factory.name + spec.slice(name.length), factory, options };
     }),
   );
   const rows: BenchRow[] = [];
