@@ -117,6 +117,26 @@ describe("rankSplit", () => {
         expect(plain(rankSplit(two, new RankSplitBuffers())), `seed ${seed}`).toEqual(serial);
         expect(two.exclude, `seed ${seed} masks`).toEqual(one.exclude);
       }
+      // With masks only the positions they leave count as work: 10% masked leaves 4 x ~4500
+      // ranked (threaded), 80% masked leaves 4 x ~1000 (serial); evicting, so the masks change.
+      for (const [seed, masked] of [
+        [55, 0.1],
+        [83, 0.8],
+      ]) {
+        const c = randomCase(seed);
+        const r = rng(seed + 1);
+        const masks = Array.from({ length: c.lists }, () =>
+          Uint8Array.from({ length: c.n }, () => (r() < masked ? 1 : 0)),
+        );
+        const one = { ...c, exclude: masks.map((m) => m.slice()), evict: true, skipExcludedRecent: true };
+        const two = { ...c, exclude: masks.map((m) => m.slice()), evict: true, skipExcludedRecent: true };
+        setThreads(1);
+        const serial = plain(rankSplit(one, new RankSplitBuffers()));
+        setThreads(2);
+        expect(plain(rankSplit(two, new RankSplitBuffers())), `seed ${seed} masked ${masked}`).toEqual(serial);
+        expect(two.exclude, `seed ${seed} masked ${masked}: masks`).toEqual(one.exclude);
+        expect(plain(reference.rankSplitRef({ ...c, exclude: masks.map((m) => m.slice()), evict: true, skipExcludedRecent: true })), `seed ${seed} reference`).toEqual(serial);
+      }
     } finally {
       setThreads(before);
     }
