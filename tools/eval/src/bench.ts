@@ -46,6 +46,11 @@ export interface BenchOptions {
   /** How the CPU hot set holds selected rows (default indexed). */
   hotRows?: HotRowsMode;
   threads?: number;
+  /**
+   * Run each policy's decode steps back to back (the old way) instead of alternating the
+   * policies' steps within a scenario (default: alternate).
+   */
+  sequential?: boolean;
   /** Read bandwidth (bytes/s) for the bytes-moved bound; measured when absent (CPU) or the device's peak. */
   bandwidth?: number;
   out?: string;
@@ -93,51 +98,67 @@ function streamedWeightBytes(m: Model): number {
   return m.runner ? m.weightBytes : m.weightBytes - m.config.vocabSize * m.config.hiddenSize * 4;
 }
 
-async function runOne(
-  model: StepModel,
-  llm: Model,
-  factory: PolicyFactory,
-  options: Record<string, OptionValue>,
-  budget: string | number,
-  B: number,
-  ctx: number,
-  G: number,
-  seed: number,
-  bandwidth: number,
-) {
-  const V = model.config.vocabSize;
-  const seqs: Sequence[] = Array.from({ length: B }, () =>
-    model.newSequence(factory.create({ budget, options })),
-  );
-  const pair = model instanceof AssistedModel ? model : null;
-  // Shares are of the steady decode steps (after the first), not of prefill.
-  let slm0 = 0;
-  let llm0 = 0;
-  let pol0 = 0;
-  const mark = () => {
-    slm0 = pair ? pair.timing.slm : 0;
-    llm0 = llm.timing.forward;
-    pol0 = llm.timing.policy;
-  };
-  const t0 = performance.now();
-  let logits = await model.forward(seqs.map((seq, i) => ({ seq, tokens: randomTokens(ctx, V, seed + i) })));
-  const ttft = (performance.now() - t0) / 1000;
-  let peakHot = 0;
-  let peakCold = 0;
-  let assistantBytes = 0;
-  let peakResident = 0;
-  let moved = 0;
-  let decode = 0;
-  let first = 0;
-  mark();
-  for (let s = 1; s < G; s++) {
+/**
+ * One policy's batch in a scenario: prefill, then decode steps one at a time, so that the
+ * scenario can interleave the steps of every policy (a slow spell of a shared machine then
+ * falls on all of them instead of on whichever ran during it).
+ */
+class PolicyRun {
+  private readonly seqs: Sequence[];
+  private readonly pair: AssistedModel | null;
+  private logits: Float32Array[] = [];
+  ttft = 0;
+  private first = 0;
+  private decode = 0;
+  private slm = 0;
+  private llmT = 0;
+  private policy = 0;
+  private peakHot = 0;
+  private peakCold = 0;
+  private assistantBytes = 0;
+  private peakResident = 0;
+  private moved = 0;
+
+  constructor(
+    private readonly model: StepModel,
+    private readonly llm: Model,
+    factory: PolicyFactory,
+    options: Record<string, OptionValue>,
+    budget: string | number,
+    private readonly B: number,
+    private readonly G: number,
+  ) {
+    this.seqs = Array.from({ length: B }, () => model.newSequence(factory.create({ budget, options })));
+    this.pair = model instanceof AssistedModel ? model : null;
+  }
+
+  async prefill(ctx: number, seed: number): Promise<void> {
+    const V = this.model.config.vocabSize;
+    const t0 = performance.now();
+    this.logits = await this.model.forward(
+      this.seqs.map((seq, i) => ({ seq, tokens: randomTokens(ctx, V, seed + i) })),
+    );
+    this.ttft = (performance.now() - t0) / 1000;
+  }
+
+  /** Decode step s (1 ≤ s < G): one token for every sequence. */
+  async step(s: number): Promise<void> {
+    const { llm, pair, seqs } = this;
+    const slm0 = pair ? pair.timing.slm : 0;
+    const llm0 = llm.timing.forward;
+    const pol0 = llm.timing.policy;
     const t1 = performance.now();
-    logits = await model.forward(seqs.map((seq, i) => ({ seq, tokens: [argmax(logits[i])] })));
+    this.logits = await this.model.forward(seqs.map((seq, i) => ({ seq, tokens: [argmax(this.logits[i])] })));
+    const dt = (performance.now() - t1) / 1000;
     // The first decode step is reported on its own: SmallKV matches heads there (once per sequence).
-    if (s === 1 && G > 2) {
-      first = (performance.now() - t1) / 1000;
-      mark();
-    } else decode += (performance.now() - t1) / 1000;
+    // Shares are of the steady decode steps (after the first), not of prefill.
+    if (s === 1 && this.G > 2) this.first = dt;
+    else {
+      this.decode += dt;
+      this.slm += pair ? pair.timing.slm - slm0 : 0;
+      this.llmT += llm.timing.forward - llm0;
+      this.policy += llm.timing.policy - pol0;
+    }
     let hot = 0;
     let cold = 0;
     let ab = 0;
@@ -147,37 +168,59 @@ async function runOne(
       cold += st.coldBytes;
       if (q.assistant) ab += q.assistant.seq.stats().coldBytes;
     }
-    peakHot = Math.max(peakHot, hot);
-    peakCold = Math.max(peakCold, cold);
-    assistantBytes = Math.max(assistantBytes, ab);
+    this.peakHot = Math.max(this.peakHot, hot);
+    this.peakCold = Math.max(this.peakCold, cold);
+    this.assistantBytes = Math.max(this.assistantBytes, ab);
     // On the CPU an indexed hot set holds no rows (attention reads the store in place).
-    peakResident = Math.max(peakResident, cold + ab + (llm.device || llm.hotRows === "copy" ? hot : 0));
-    moved += hot + ab;
+    this.peakResident = Math.max(
+      this.peakResident,
+      cold + ab + (llm.device || llm.hotRows === "copy" ? hot : 0),
+    );
+    this.moved += hot + ab;
   }
-  const steps = Math.max(1, G > 2 ? G - 2 : G - 1);
-  const weights = streamedWeightBytes(llm) + (pair ? streamedWeightBytes(pair.slm) : 0);
-  const bytesPerStep = weights + moved / steps;
-  const fault = seqs.find((q) => q.fault)?.fault;
-  for (const q of seqs) q.release();
-  if (fault) throw fault;
-  const slm = pair ? pair.timing.slm - slm0 : 0;
-  const llmT = llm.timing.forward - llm0;
-  return {
-    ttft,
-    firstDecode: first,
-    tpot: decode / steps,
-    decodeTokensPerSecond: (B * steps) / decode,
-    tokensPerSecond: (B * G) / (ttft + first + decode),
-    peakHotBytes: peakHot,
-    peakColdBytes: peakCold,
-    assistantKvBytes: assistantBytes,
-    slmShare: slm / (slm + llmT),
-    policyShare: (llm.timing.policy - pol0) / llmT,
-    bytesPerStep,
-    boundSeconds: bytesPerStep / bandwidth,
-    overBound: decode / steps / (bytesPerStep / bandwidth),
-    residentKvBytes: peakResident,
-  };
+
+  /** The figures of the steps so far; releases the sequences (a faulted one throws its error). */
+  finish(bandwidth: number) {
+    const { B, G, pair, llm } = this;
+    const steps = Math.max(1, G > 2 ? G - 2 : G - 1);
+    const weights = streamedWeightBytes(llm) + (pair ? streamedWeightBytes(pair.slm) : 0);
+    const bytesPerStep = weights + this.moved / steps;
+    const fault = this.seqs.find((q) => q.fault)?.fault;
+    for (const q of this.seqs) q.release();
+    if (fault) throw fault;
+    const decode = this.decode;
+    return {
+      ttft: this.ttft,
+      firstDecode: this.first,
+      tpot: decode / steps,
+      decodeTokensPerSecond: (B * steps) / decode,
+      tokensPerSecond: (B * G) / (this.ttft + this.first + decode),
+      peakHotBytes: this.peakHot,
+      peakColdBytes: this.peakCold,
+      assistantKvBytes: this.assistantBytes,
+      slmShare: this.slm / (this.slm + this.llmT),
+      policyShare: this.policy / this.llmT,
+      bytesPerStep,
+      boundSeconds: bytesPerStep / bandwidth,
+      overBound: decode / steps / (bytesPerStep / bandwidth),
+      residentKvBytes: this.peakResident,
+    };
+  }
+
+  /** Free the sequences of a run that did not finish (another policy of its scenario failed). */
+  release(): void {
+    for (const q of this.seqs) q.release();
+  }
+}
+
+function rowOf(
+  policy: string,
+  batch: number,
+  context: number,
+  generated: number,
+  r: ReturnType<PolicyRun["finish"]>,
+): BenchRow {
+  return { policy, batch, context, generated, ...r, vsFull: null, decodeVsFull: null, vsH2o: null };
 }
 
 /** Throughput and memory of each policy on a synthetic ~100M LLM (+ ~10M assistant), batches x contexts. */
@@ -233,22 +276,35 @@ export async function runBench(
     o.scenarios ?? contexts.flatMap((context) => batches.map((batch) => ({ batch, context, generate: G })));
   for (const { batch: B, context: ctx, generate: G } of scenarios) {
     {
+      // Every policy of the scenario is prefilled first, then their decode steps alternate
+      // (the order rotating each round), unless `sequential`.
+      const runs = factories.map(
+        ({ factory: f, options }) =>
+          new PolicyRun(f.usesAssistant ? pair : llm, llm, f, options, budget, B, G),
+      );
       const group: BenchRow[] = [];
-      for (const { label, factory: f, options } of factories) {
-        log(`  ${label}: batch ${B}, context ${ctx} + ${G}`);
-        const model = f.usesAssistant ? pair : llm;
-        // SmallKV's matching window is the first 128 tokens; synthetic prompts are long enough.
-        const r = await runOne(model, llm, f, options, budget, B, ctx, G, 1000 * B + ctx, bandwidth);
-        group.push({
-          policy: label,
-          batch: B,
-          context: ctx,
-          generated: G,
-          ...r,
-          vsFull: null,
-          decodeVsFull: null,
-          vsH2o: null,
-        });
+      try {
+        const seed = 1000 * B + ctx;
+        const decodeAll = async (run: PolicyRun) => {
+          for (let s = 1; s < G; s++) await run.step(s);
+        };
+        for (const [i, run] of runs.entries()) {
+          log(`  ${factories[i].label}: batch ${B}, context ${ctx} + ${G}`);
+          // SmallKV's matching window is the first 128 tokens; synthetic prompts are long enough.
+          await run.prefill(ctx, seed);
+          if (o.sequential) {
+            await decodeAll(run);
+            group.push(rowOf(factories[i].label, B, ctx, G, run.finish(bandwidth)));
+          }
+        }
+        if (!o.sequential) {
+          for (let s = 1; s < G; s++)
+            for (let j = 0; j < runs.length; j++) await runs[(s + j) % runs.length].step(s);
+          for (const [i, run] of runs.entries())
+            group.push(rowOf(factories[i].label, B, ctx, G, run.finish(bandwidth)));
+        }
+      } finally {
+        for (const run of runs) run.release();
       }
       const full = group.find((r) => r.policy === "full");
       const h2o = group.find((r) => r.policy === "h2o");
@@ -269,6 +325,7 @@ export async function runBench(
     budget: String(budget),
     kvCold: o.kvCold ?? "f32",
     hotRows: o.hotRows ?? "indexed",
+    schedule: o.sequential ? "sequential" : "alternated",
     device: llm.device ? llm.device.info : { kind: "cpu" },
     bandwidthBytesPerSecond: bandwidth,
     llm: { dir: llmDir, parameters: llm.parameters, config: llm.config },

@@ -10,6 +10,13 @@ import { fmt, markdownTable } from "./table.js";
  * Write docs/results.md from the JSON of `smallkv eval` and `smallkv bench` (and `bench
  * runner`), copying their PNG plots next to it. Missing inputs are noted, not invented.
  */
+/** How the bench ran the policies of a scenario (older JSON has no field: one after another). */
+function scheduleNote(schedule: string | undefined): string {
+  return schedule === "alternated"
+    ? " Within a scenario every policy is prefilled, then their decode steps alternate (the order rotating each round), so a slow spell of the shared machine falls on all of them."
+    : "";
+}
+
 export async function writeResultsPage(o: {
   evalDir?: string;
   benchDir?: string;
@@ -190,7 +197,7 @@ export async function writeResultsPage(o: {
     parts.push(
       "## Throughput and memory",
       "",
-      `Synthetic LLM of ${fmt(b.llm.parameters / 1e6)}M parameters and assistant of ${fmt(b.assistant.parameters / 1e6)}M, random weights, budget ${b.budget} for every policy, greedy. Ratios are to Full and H2O in the same run.`,
+      `Synthetic LLM of ${fmt(b.llm.parameters / 1e6)}M parameters and assistant of ${fmt(b.assistant.parameters / 1e6)}M, random weights, budget ${b.budget} for every policy, greedy. Ratios are to Full and H2O in the same run.${scheduleNote(b.schedule)}`,
       "",
       markdownTable(bt.headers, bt.rows),
       "",
@@ -214,7 +221,7 @@ export async function writeResultsPage(o: {
     parts.push(
       "## Long context",
       "",
-      `Decode where the KV cache dominates a step, laid out like the paper's Table 2: the same synthetic pair, budget ${b.budget}. The bound is the bytes a decode step must move (weights streamed, KV read, the assistant's weights and KV) over the measured read bandwidth (${fmt(b.bandwidthBytesPerSecond / 1e9)} GB/s); resident KV counts the cold store and the assistant's KV${b.hotRows === "copy" ? " and the hot rows (held as copies)" : " (on the CPU the hot set reads the store in place)"}.`,
+      `Decode where the KV cache dominates a step, laid out like the paper's Table 2: the same synthetic pair, budget ${b.budget}. The bound is the bytes a decode step must move (weights streamed, KV read, the assistant's weights and KV) over the measured read bandwidth (${fmt(b.bandwidthBytesPerSecond / 1e9)} GB/s); resident KV counts the cold store and the assistant's KV${b.hotRows === "copy" ? " and the hot rows (held as copies)" : " (on the CPU the hot set reads the store in place)"}.${scheduleNote(b.schedule)}`,
       "",
       markdownTable(
         [

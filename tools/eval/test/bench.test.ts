@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -71,5 +71,38 @@ describe("smallkv bench", () => {
     expect(r.rows[1].slmShare).toBeGreaterThan(0);
     expect(r.rows[1].decodeVsFull).toBeGreaterThan(0);
     await expect(runBench({ ...base, policies: ["smallkv:refresh=0"] })).rejects.toThrow(/refresh must be/);
+  });
+
+  it("alternates the policies' decode steps within a scenario without mixing their state", async () => {
+    const out = mkdtempSync(join(tmpdir(), "smallkv-bench-"));
+    process.env.SMALLKV_BENCH_CACHE = join(out, "cache");
+    const base = {
+      small: true,
+      batches: [2],
+      contexts: [160],
+      generate: 5,
+      bandwidth: 10e9,
+      out,
+      plot: false,
+      log: () => {},
+      policies: ["full", "h2o", "smallkv"],
+    };
+    const alternated = await runBench(base);
+    const sequential = await runBench({ ...base, sequential: true, out: join(out, "sequential") });
+    // What each policy keeps and moves depends on its own sequences only, not on the order of steps.
+    const kept = (rows: typeof alternated.rows) =>
+      rows.map((x) => [
+        x.policy,
+        x.bytesPerStep,
+        x.peakHotBytes,
+        x.peakColdBytes,
+        x.assistantKvBytes,
+        x.residentKvBytes,
+      ]);
+    expect(kept(alternated.rows)).toEqual(kept(sequential.rows));
+    expect(alternated.rows[0].bytesPerStep).toBeGreaterThan(alternated.rows[1].bytesPerStep);
+    // The JSON says how the steps ran (the results page describes it).
+    expect(JSON.parse(readFileSync(alternated.json, "utf8")).schedule).toBe("alternated");
+    expect(JSON.parse(readFileSync(sequential.json, "utf8")).schedule).toBe("sequential");
   });
 });

@@ -43,6 +43,10 @@ export function registerBench(program: Command): void {
       "--scenario <name>",
       "paper: the paper's two scenarios, batch 64 x (2048+256) and batch 4 x (16384+512), on the GPU-scale models; long: batch 16 x (4096+32) and batch 1 x (16384+32) on the ~100M models (overrides --batches/--contexts/--generate)",
     )
+    .option(
+      "--sequential",
+      "run each policy's decode steps back to back instead of alternating the policies' steps within a scenario",
+    )
     .option("--out <dir>", "output folder", "bench-results");
   addKvOption(addDeviceOptions(kv)).action(
     async (
@@ -57,6 +61,7 @@ export function registerBench(program: Command): void {
           generate: number;
           small?: boolean;
           threads?: number;
+          sequential?: boolean;
           out: string;
         },
     ) => {
@@ -79,6 +84,7 @@ export function registerBench(program: Command): void {
         kvCold: o.kvCold,
         hotRows: o.hotRows,
         threads: o.threads,
+        sequential: o.sequential,
         out: o.out,
       });
       process.stdout.write(`${formatBench(r.rows)}\n\nJSON: ${r.json}\nplots: ${r.plots.join(", ")}\n`);
