@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -33,9 +34,63 @@ constexpr Before before{};
 
 struct Scratch {
   std::vector<double> score, own;
-  std::vector<Cand> cand;
+  std::vector<Cand> cand, inside, below;
   std::vector<uint8_t> mark;
 };
+
+// From this many candidates a selection brackets its rank with a sample first.
+constexpr int kSampleFrom = 1024;
+constexpr int kSample = 128;
+
+// What std::nth_element(c, c + k, c + m, before) guarantees (c[k] is the (k+1)-th in rank
+// order, none before it ranks after it, none after it ranks before it), which is all the
+// callers use. On large candidate sets the comparisons of nth_element mispredict about half
+// the time on fresh scores (measured in decode: ~4x its cost on repeated data), so a strided
+// sample of the scores brackets the k-th first, one branch-free pass splits the candidates
+// into those above the bracket, inside it and below it, and only the inside is selected.
+// A bracket that misses falls back to nth_element over everything.
+void select_nth(Cand* c, int k, int m, Scratch& ws) {
+  if (k < 0 || k >= m) return;
+  if (m < kSampleFrom) {
+    std::nth_element(c, c + k, c + m, before);
+    return;
+  }
+  double smp[kSample];
+  for (int i = 0; i < kSample; ++i) smp[i] = c[static_cast<int64_t>(i) * m / kSample].s;
+  // The k-th of m sits near sample rank q; +-2.5 standard deviations of that rank (plus slack).
+  const double q = static_cast<double>(k) * kSample / m;
+  const int d = static_cast<int>(2.5 * std::sqrt(q * (1 - q / kSample))) + 2;
+  const int hiAt = std::max(0, static_cast<int>(q) - d);
+  const int loAt = std::min(kSample - 1, static_cast<int>(q) + d);
+  const auto desc = [](double x, double y) { return x > y; };
+  std::nth_element(smp, smp + hiAt, smp + kSample, desc);
+  if (loAt > hiAt) std::nth_element(smp + hiAt + 1, smp + loAt, smp + kSample, desc);
+  const double hi = hiAt > 0 ? smp[hiAt] : INFINITY;
+  const double lo = loAt < kSample - 1 ? smp[loAt] : -INFINITY;
+  if (ws.inside.size() < size_t(m)) {
+    ws.inside.resize(m);
+    ws.below.resize(m);
+  }
+  Cand* in = ws.inside.data();
+  Cand* out = ws.below.data();
+  // Above the bracket compacts in place (its writes trail the reads); the rest goes aside.
+  int na = 0, ni = 0, nb = 0;
+  for (int i = 0; i < m; ++i) {
+    const Cand x = c[i];
+    const int up = x.s > hi, down = x.s < lo;
+    c[na] = x;
+    in[ni] = x;
+    out[nb] = x;
+    na += up;
+    nb += down;
+    ni += 1 - up - down;
+  }
+  std::memcpy(c + na, in, sizeof(Cand) * ni);
+  std::memcpy(c + na + ni, out, sizeof(Cand) * nb);
+  // Everything above ranks before everything inside, which ranks before everything below.
+  if (k >= na && k < na + ni) std::nth_element(c + na, c + k, c + na + ni, before);
+  else std::nth_element(c, c + k, c + m, before);
+}
 
 // One list: its score, its ranking and split. Exact positions go to full[0..), V-only ones
 // to vOut[0..) (each at most n); the counts come back in nf and nv.
@@ -96,7 +151,7 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
   // All exact (no V-only split): only the top `whole` matter, so select them directly.
   if (a.adaptive && !a.vOnly[g]) K = std::min<int64_t>(K, std::max(0, static_cast<int>(std::floor(units + 1e-9))));
   if (K < m) {
-    std::nth_element(c, c + K, c + m, before);
+    select_nth(c, static_cast<int>(K), m, ws);
     m = static_cast<int>(std::max<int64_t>(0, K));
   }
   int exact = 0, v = 0;
@@ -122,7 +177,7 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
       // masses) clearly hold less, every slot is exact and the ranks need no sorting.
       bool all = false;
       if (lim > 0) {
-        if (lim - 1 < m) std::nth_element(c, c + (lim - 1), c + m, before);
+        if (lim - 1 < m) select_nth(c, lim - 1, m, ws);
         double held = 0, least = INFINITY;
         for (int i = 0; i < lim - 1; ++i) {
           held += s[c[i].p];
@@ -166,30 +221,40 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
     }
   }
   // The top `exact` ranks, then the next v, each written in ascending position order.
-  if (exact < m && exact != ready) std::nth_element(c, c + exact, c + m, before);
-  if (v > 0 && exact + v < m) std::nth_element(c + exact, c + exact + v, c + m, before);
+  if (exact < m && exact != ready) select_nth(c, exact, m, ws);
+  if (v > 0 && exact + v < m) select_nth(c + exact, v, m - exact, ws);
   for (int i = 0; i < exact; ++i) mark[c[i].p] = 1;
   for (int i = exact; i < exact + v; ++i) mark[c[i].p] = 2;
-  for (int p = 0; p < lo; ++p) {
-    if (mark[p] == 1) full[fullAt++] = p;
-    else if (mark[p] == 2) vOut[vAt++] = p;
-    else if (a.evict && ex != nullptr) ex[p] = 1;  // not chosen: evicted for good
-    mark[p] = 0;
-  }
+  // Branch-free: each position is written to both lists and kept where its mark says (the
+  // writes past a list's end stay inside its n-sized region and are overwritten or unused).
+  // Evicting, a position not chosen is masked for good.
+  const auto place = [&](auto evicting) {
+    for (int p = 0; p < lo; ++p) {
+      const uint8_t mk = mark[p];
+      full[fullAt] = p;
+      vOut[vAt] = p;
+      fullAt += mk == 1;
+      vAt += mk == 2;
+      if constexpr (decltype(evicting)::value) ex[p] |= mk == 0;
+      mark[p] = 0;
+    }
+  };
+  if (a.evict && ex != nullptr) place(std::true_type{});
+  else place(std::false_type{});
   for (int p = lo; p < n; ++p)
     if (!(a.skipExcludedRecent && ex != nullptr && ex[p] != 0)) full[fullAt++] = p;
   nf = fullAt;
   nv = vAt;
 }
 
-// Lists are independent: above this much work (measured: 4 lists x 4096 gain 1.5-2.5x on two
-// threads, 4 x 2048 lose 20% to the wake-up) they run on the threads, each writing into its
-// own n-sized region of the outputs, which are then packed in list order.
-constexpr int64_t kParallelPositions = 1 << 14;
+// Lists are independent: above this much work they run on the threads, each writing into its
+// own n-sized region of the outputs, which are then packed in list order. Waking the team in a
+// decode step (after onnxruntime's calls, the threads asleep) costs more than it saves at the
+// shapes measured here: SmallKV at 4 x 4096 took 260-290 us per call on two threads against
+// 155-190 on one, and at 1 x 16384 (4 lists of 16384) 567 against 535. So only far larger
+// layers use them.
+constexpr int64_t kParallelPositions = 1 << 17;
 
-// The work of a call is the positions it ranks. Masks leave few of them (H2O at 20% of 4096
-// ranks ~800 per list, and two threads took 110-118 us per call against 69-77 on one), so
-// with masks only the candidates they leave count.
 bool worth_threads(const RankSplitArgs& a) {
   const int64_t all = static_cast<int64_t>(a.n) * a.lists;
   if (a.lists < 2 || all < kParallelPositions || omp_get_max_threads() < 2) return false;

@@ -20,9 +20,9 @@ function rows(len: number, r: () => number, peak: number, f64: boolean): Float32
   return x;
 }
 
-function randomCase(seed: number): Case {
+function randomCase(seed: number, size?: number): Case {
   const r = rng(seed);
-  const n = [0, 1, 5, 64, 300, 1000, 5000][seed % 7];
+  const n = size ?? [0, 1, 5, 64, 300, 1000, 5000][seed % 7];
   const lists = 1 + (seed % 4);
   const sources = Array.from({ length: 1 + (seed % 3) }, (_, i) => rows(3 * n + 7, r, r(), i % 2 === 1));
   const termList: number[] = [];
@@ -105,10 +105,10 @@ describe("rankSplit", () => {
   it("gives the same lists when the lists of a large layer run on two threads (packed in list order)", () => {
     const before = buildInfo().threads;
     try {
-      // Seeds with n = 5000 and 4 lists: above the parallel threshold.
+      // 4 lists of 40000 positions: above the parallel threshold (2^17 ranked positions).
       for (const seed of [27, 55, 83, 111, 139, 167]) {
-        const c = randomCase(seed);
-        expect(c.n * c.lists).toBeGreaterThanOrEqual(1 << 14);
+        const c = randomCase(seed, 40000);
+        expect(c.n * c.lists).toBeGreaterThanOrEqual(1 << 17);
         const one = { ...c, exclude: c.exclude?.map((m) => m.slice()) };
         const two = { ...c, exclude: c.exclude?.map((m) => m.slice()) };
         setThreads(1);
@@ -117,13 +117,13 @@ describe("rankSplit", () => {
         expect(plain(rankSplit(two, new RankSplitBuffers())), `seed ${seed}`).toEqual(serial);
         expect(two.exclude, `seed ${seed} masks`).toEqual(one.exclude);
       }
-      // With masks only the positions they leave count as work: 10% masked leaves 4 x ~4500
-      // ranked (threaded), 80% masked leaves 4 x ~1000 (serial); evicting, so the masks change.
+      // With masks only the positions they leave count as work: 10% masked leaves 4 x ~36000
+      // ranked (threaded), 80% masked leaves 4 x ~8000 (serial); evicting, so the masks change.
       for (const [seed, masked] of [
         [55, 0.1],
         [83, 0.8],
       ]) {
-        const c = randomCase(seed);
+        const c = randomCase(seed, 40000);
         const r = rng(seed + 1);
         const masks = Array.from({ length: c.lists }, () =>
           Uint8Array.from({ length: c.n }, () => (r() < masked ? 1 : 0)),
@@ -140,6 +140,31 @@ describe("rankSplit", () => {
     } finally {
       setThreads(before);
     }
+  });
+
+  it("selects exactly when a strided sample of the scores misleads (large lists bracket the rank with a sample)", () => {
+    const n = 4096;
+    const recent = 2;
+    const m = n - recent;
+    // The sampled candidates are all the largest: the bracket misses and the selection falls back.
+    const misled = new Float64Array(n).map((_, p) => ((p * 7919) % 1000) / 1e4);
+    for (let i = 0; i < 128; i++) misled[Math.floor((i * m) / 128)] = 1;
+    // All equal: ties go to the earlier positions. And few distinct values: ties inside the bracket.
+    const equal = new Float64Array(n).fill(0.25);
+    const coarse = new Float64Array(n).map((_, p) => (p * 31) % 5);
+    for (const scores of [misled, equal, coarse])
+      for (const k of [1, 300, 800, 2000, 4000]) {
+        const c: Case = {
+          n,
+          lists: 1,
+          sources: [scores],
+          terms: Int32Array.of(0, 0, 0),
+          weights: Float64Array.of(1),
+          recent,
+          rule: { kind: "fixed", k: Int32Array.of(k), exact: Int32Array.of(Math.floor(k / 2)) },
+        };
+        expect(plain(rankSplit(c, new RankSplitBuffers())), `k ${k}`).toEqual(plain(reference.rankSplitRef(c)));
+      }
   });
 
   it("splits by predicted mass: a peaked list gets few exact tokens and V-only ones after them", () => {
