@@ -133,9 +133,21 @@ describe("rankSplit", () => {
         setThreads(1);
         const serial = plain(rankSplit(one, new RankSplitBuffers()));
         setThreads(2);
-        expect(plain(rankSplit(two, new RankSplitBuffers())), `seed ${seed} masked ${masked}`).toEqual(serial);
+        expect(plain(rankSplit(two, new RankSplitBuffers())), `seed ${seed} masked ${masked}`).toEqual(
+          serial,
+        );
         expect(two.exclude, `seed ${seed} masked ${masked}: masks`).toEqual(one.exclude);
-        expect(plain(reference.rankSplitRef({ ...c, exclude: masks.map((m) => m.slice()), evict: true, skipExcludedRecent: true })), `seed ${seed} reference`).toEqual(serial);
+        expect(
+          plain(
+            reference.rankSplitRef({
+              ...c,
+              exclude: masks.map((m) => m.slice()),
+              evict: true,
+              skipExcludedRecent: true,
+            }),
+          ),
+          `seed ${seed} reference`,
+        ).toEqual(serial);
       }
     } finally {
       setThreads(before);
@@ -163,7 +175,9 @@ describe("rankSplit", () => {
           recent,
           rule: { kind: "fixed", k: Int32Array.of(k), exact: Int32Array.of(Math.floor(k / 2)) },
         };
-        expect(plain(rankSplit(c, new RankSplitBuffers())), `k ${k}`).toEqual(plain(reference.rankSplitRef(c)));
+        expect(plain(rankSplit(c, new RankSplitBuffers())), `k ${k}`).toEqual(
+          plain(reference.rankSplitRef(c)),
+        );
       }
   });
 
