@@ -51,3 +51,61 @@ describe("smallkv bench runner", () => {
     expect(json.bandwidthBytesPerSecond).toBeGreaterThan(1e8);
   });
 });
+
+describe("smallkv bench speculative", () => {
+  it("takes policy specs with options and a budget (name:k=v,k=v@budget, ';'-separated)", () => {
+    const out = mkdtempSync(join(tmpdir(), "smallkv-bench-"));
+    const r = spawnSync(
+      process.execPath,
+      [
+        bin,
+        "bench",
+        "speculative",
+        "--assistants",
+        "stories260K-slm-a",
+        "--policies",
+        "full;smallkv:refresh=4,hold=0.8@0.2",
+        "--batches",
+        "1",
+        "--modes",
+        "none,k=2",
+        "--tokens",
+        "12",
+        "--prompt-tokens",
+        "40",
+        "--repeats",
+        "1",
+        "--out",
+        out,
+      ],
+      { encoding: "utf8" },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const json = JSON.parse(readFileSync(join(out, "speculative", "bench.json"), "utf8"));
+    const rows = json.rows as { policy: string; mode: string }[];
+    expect(rows.map((x) => `${x.policy} ${x.mode}`)).toEqual([
+      "full none",
+      "full k=2",
+      "smallkv:refresh=4,hold=0.8@0.2 none",
+      "smallkv:refresh=4,hold=0.8@0.2 k=2",
+    ]);
+    // A bad option is refused, not ignored.
+    const bad = spawnSync(
+      process.execPath,
+      [
+        bin,
+        "bench",
+        "speculative",
+        "--assistants",
+        "stories260K-slm-a",
+        "--policies",
+        "smallkv:refresh=0@0.2",
+        "--out",
+        out,
+      ],
+      { encoding: "utf8" },
+    );
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toMatch(/refresh must be/);
+  });
+});

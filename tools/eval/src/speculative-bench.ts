@@ -11,6 +11,7 @@ import {
   type SpeculativeOptions,
 } from "@smallkv/runner";
 import { makeWindows } from "./documents.js";
+import { parseSpec } from "./eval.js";
 
 /** One configuration's measurement: a batch of requests decoded with or without speculation. */
 export interface SpeculativeRow {
@@ -51,6 +52,13 @@ export interface SpeculativeBenchOptions {
   onRow?: (r: SpeculativeRow) => void;
 }
 
+/** A row's policy from its spec, `name[:k=v,...][@budget]` (budget 1 when absent). */
+function policyOf(spec: string) {
+  const at = spec.lastIndexOf("@");
+  const { name, options } = parseSpec(at >= 0 ? spec.slice(0, at) : spec);
+  return createPolicy(name, at >= 0 ? spec.slice(at + 1) : 1, options);
+}
+
 /** Decode a batch; tokens per second over the decode phase (after every first token). */
 async function decode(
   model: AssistedModel,
@@ -68,7 +76,7 @@ async function decode(
           temperature: 0,
           maxTokens: tokens,
           stopTokens: [],
-          policy: await createPolicy(policy.split("@")[0], policy.split("@")[1] ?? 1),
+          policy: await policyOf(policy),
           speculative,
         }),
       ),

@@ -21,7 +21,13 @@ export async function benchSpeculativeCommand(o: Opts): Promise<void> {
       .filter(Boolean);
   const rows = await benchSpeculative({
     assistants: list(o.assistants),
-    policies: list(o.policies),
+    // Specs with options (name:k=v,k=v@budget) are separated by ';'.
+    policies: o.policies.includes(";")
+      ? o.policies
+          .split(";")
+          .map((x) => x.trim())
+          .filter(Boolean)
+      : list(o.policies),
     batches: list(o.batches).map(Number),
     modes: list(o.modes),
     tokens: o.tokens,

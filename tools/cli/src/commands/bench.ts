@@ -150,7 +150,11 @@ export function registerBench(program: Command): void {
       "speculative decoding on stories260K with each assistant as the draft: tok/s with and without, acceptance, cost ratio c, predicted speedup",
     )
     .option("--assistants <list>", "assistant models", "stories260K-slm,stories260K-slm-l,stories260K-slm-a")
-    .option("--policies <list>", "policies (name@budget)", "full,smallkv@0.2")
+    .option(
+      "--policies <list>",
+      "policies (name@budget), comma-separated; with options (name:k=v,k=v@budget) separate them with ';'",
+      "full,smallkv@0.2",
+    )
     .option("--batches <list>", "batch sizes", "1,4")
     .option("--modes <list>", "none, k=K, adaptive", "none,k=2,k=4,adaptive")
     .option("--tokens <n>", "tokens generated per request", intArg("--tokens", 2), 64)
