@@ -44,11 +44,11 @@ constexpr int kSample = 128;
 
 // What std::nth_element(c, c + k, c + m, before) guarantees (c[k] is the (k+1)-th in rank
 // order, none before it ranks after it, none after it ranks before it), which is all the
-// callers use. On large candidate sets the comparisons of nth_element mispredict about half
-// the time on fresh scores (measured in decode: ~4x its cost on repeated data), so a strided
-// sample of the scores brackets the k-th first, one branch-free pass splits the candidates
-// into those above the bracket, inside it and below it, and only the inside is selected.
-// A bracket that misses falls back to nth_element over everything.
+// callers use. On fresh scores nth_element's comparisons are unpredictable branches, so a
+// strided sample of the scores brackets the k-th first, one branch-free pass splits the
+// candidates into those above the bracket, inside it and below it, and only the inside is
+// selected (SmallKV at 4 x 4096 in decode: 226-262 -> 185-191 us per layer call). A bracket
+// that misses falls back to nth_element over everything.
 void select_nth(Cand* c, int k, int m, Scratch& ws) {
   if (k < 0 || k >= m) return;
   if (m < kSampleFrom) {
