@@ -107,7 +107,7 @@ class PolicyRun {
   private readonly seqs: Sequence[];
   private readonly pair: AssistedModel | null;
   private logits: Float32Array[] = [];
-  ttft = 0;
+  private ttft = 0;
   private first = 0;
   private decode = 0;
   private slm = 0;
