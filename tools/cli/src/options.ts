@@ -28,6 +28,14 @@ export function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
 }
 
+/** A `--policies` list: comma-separated names, or ';'-separated specs when options (with commas) are given. */
+export function policySpecs(v: string): string[] {
+  return v
+    .split(v.includes(";") ? ";" : ",")
+    .map((x) => x.trim())
+    .filter(Boolean);
+}
+
 export async function readStdin(): Promise<string> {
   if (process.stdin.isTTY) return "";
   const chunks: Buffer[] = [];

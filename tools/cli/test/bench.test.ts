@@ -7,13 +7,15 @@ import { describe, expect, it } from "vitest";
 
 const bin = join(dirname(fileURLToPath(import.meta.url)), "..", "dist", "bin.js");
 
+/** `smallkv <args>` in a child process. */
+const smallkv = (args: string[], env: NodeJS.ProcessEnv = process.env) =>
+  spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", env });
+
 describe("smallkv bench runner", () => {
   it("compares f32, int8 and int4 weights, each in its own process, and writes JSON with the weight bytes used (small synthetic model)", () => {
     const out = mkdtempSync(join(tmpdir(), "smallkv-bench-"));
-    const r = spawnSync(
-      process.execPath,
+    const r = smallkv(
       [
-        bin,
         "bench",
         "runner",
         "--small",
@@ -30,10 +32,7 @@ describe("smallkv bench runner", () => {
         "--out",
         out,
       ],
-      {
-        encoding: "utf8",
-        env: { ...process.env, SMALLKV_BENCH_CACHE: join(out, "cache") },
-      },
+      { ...process.env, SMALLKV_BENCH_CACHE: join(out, "cache") },
     );
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/batch-1 roofline/);
@@ -55,31 +54,26 @@ describe("smallkv bench runner", () => {
 describe("smallkv bench speculative", () => {
   it("takes policy specs with options and a budget (name:k=v,k=v@budget, ';'-separated)", () => {
     const out = mkdtempSync(join(tmpdir(), "smallkv-bench-"));
-    const r = spawnSync(
-      process.execPath,
-      [
-        bin,
-        "bench",
-        "speculative",
-        "--assistants",
-        "stories260K-slm-a",
-        "--policies",
-        "full;smallkv:refresh=4,hold=0.8@0.2",
-        "--batches",
-        "1",
-        "--modes",
-        "none,k=2",
-        "--tokens",
-        "12",
-        "--prompt-tokens",
-        "40",
-        "--repeats",
-        "1",
-        "--out",
-        out,
-      ],
-      { encoding: "utf8" },
-    );
+    const r = smallkv([
+      "bench",
+      "speculative",
+      "--assistants",
+      "stories260K-slm-a",
+      "--policies",
+      "full;smallkv:refresh=4,hold=0.8@0.2",
+      "--batches",
+      "1",
+      "--modes",
+      "none,k=2",
+      "--tokens",
+      "12",
+      "--prompt-tokens",
+      "40",
+      "--repeats",
+      "1",
+      "--out",
+      out,
+    ]);
     expect(r.status, r.stderr).toBe(0);
     const json = JSON.parse(readFileSync(join(out, "speculative", "bench.json"), "utf8"));
     const rows = json.rows as { policy: string; mode: string }[];
@@ -90,21 +84,16 @@ describe("smallkv bench speculative", () => {
       "smallkv:refresh=4,hold=0.8@0.2 k=2",
     ]);
     // A bad option is refused, not ignored.
-    const bad = spawnSync(
-      process.execPath,
-      [
-        bin,
-        "bench",
-        "speculative",
-        "--assistants",
-        "stories260K-slm-a",
-        "--policies",
-        "smallkv:refresh=0@0.2",
-        "--out",
-        out,
-      ],
-      { encoding: "utf8" },
-    );
+    const bad = smallkv([
+      "bench",
+      "speculative",
+      "--assistants",
+      "stories260K-slm-a",
+      "--policies",
+      "smallkv:refresh=0@0.2",
+      "--out",
+      out,
+    ]);
     expect(bad.status).not.toBe(0);
     expect(bad.stderr).toMatch(/refresh must be/);
   });

@@ -362,9 +362,19 @@ export async function runBench(
   return { rows, json, plots };
 }
 
+/**
+ * A row's decode step over H2O's in the same scenario, divided by its bound over H2O's bound:
+ * 1 = it costs exactly what its extra bytes say (null without an H2O row).
+ */
+export function byH2oBound(rows: BenchRow[], r: BenchRow): number | null {
+  const h = rows.find((x) => x.policy === "h2o" && x.batch === r.batch && x.context === r.context);
+  return h ? r.tpot / h.tpot / (r.boundSeconds / h.boundSeconds) : null;
+}
+
 /** The bench table's columns and rows (shared by the terminal table and the results page). */
 export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string | number | null)[][] } {
   const mib = (b: number) => b / 2 ** 20;
+
   return {
     headers: [
       "policy",
@@ -383,6 +393,7 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       "policy share",
       "vs Full",
       "vs H2O",
+      "step vs H2O / bound vs H2O",
     ],
     rows: rows.map((r) => [
       r.policy,
@@ -401,6 +412,7 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       r.policyShare,
       r.vsFull,
       r.vsH2o,
+      byH2oBound(rows, r),
     ]),
   };
 }

@@ -1,6 +1,6 @@
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, relative } from "node:path";
-import { type BenchRow, benchTable } from "./bench.js";
+import { type BenchRow, benchTable, byH2oBound } from "./bench.js";
 import type { EvalResult } from "./eval.js";
 import { formatEval, formatIsoMemory, plotEval } from "./eval.js";
 import { SPECULATIVE_HEADERS, type SpeculativeRow, speculativeCells } from "./speculative-bench.js";
@@ -235,8 +235,9 @@ export async function writeResultsPage(o: {
           "step / bound",
           "resident KV MiB",
           "policy share",
+          "step vs H2O / bound vs H2O",
         ],
-        (b.rows as BenchRow[]).map((r) => [
+        (b.rows as BenchRow[]).map((r, _, all) => [
           `${r.batch} x ${r.context}`,
           r.policy,
           r.ttft,
@@ -247,6 +248,7 @@ export async function writeResultsPage(o: {
           r.overBound,
           r.residentKvBytes / 2 ** 20,
           r.policyShare,
+          byH2oBound(all, r),
         ]),
       ),
       "",

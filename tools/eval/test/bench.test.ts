@@ -2,6 +2,7 @@ import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { benchTable } from "../src/bench.js";
 import { formatBench, runBench } from "../src/index.js";
 
 describe("smallkv bench", () => {
@@ -50,6 +51,14 @@ describe("smallkv bench", () => {
       } else expect(row.slmShare).toBe(0);
     }
     expect(formatBench(r.rows)).toMatch(/vs H2O/);
+    // The last column: the step over H2O's, over the bound over H2O's (1 for H2O itself).
+    const t = benchTable(r.rows);
+    expect(t.headers.at(-1)).toBe("step vs H2O / bound vs H2O");
+    for (const [i, row] of r.rows.entries()) {
+      const h = at("h2o", row.batch);
+      expect(t.rows[i].at(-1)).toBeCloseTo(row.tpot / h.tpot / (row.boundSeconds / h.boundSeconds), 9);
+      if (row.policy === "h2o") expect(t.rows[i].at(-1)).toBe(1);
+    }
     for (const p of r.plots) expect(existsSync(p)).toBe(true);
   });
 

@@ -1,4 +1,5 @@
 import { benchSpeculative, SPECULATIVE_HEADERS, speculativeCells, table, writeJson } from "@smallkv/eval";
+import { policySpecs } from "../options.js";
 
 interface Opts {
   assistants: string;
@@ -22,12 +23,7 @@ export async function benchSpeculativeCommand(o: Opts): Promise<void> {
   const rows = await benchSpeculative({
     assistants: list(o.assistants),
     // Specs with options (name:k=v,k=v@budget) are separated by ';'.
-    policies: o.policies.includes(";")
-      ? o.policies
-          .split(";")
-          .map((x) => x.trim())
-          .filter(Boolean)
-      : list(o.policies),
+    policies: policySpecs(o.policies),
     batches: list(o.batches).map(Number),
     modes: list(o.modes),
     tokens: o.tokens,

@@ -6,6 +6,7 @@ import {
   type DeviceCliOptions,
   intArg,
   type KvCliOptions,
+  policySpecs,
 } from "../options.js";
 import { benchRunner } from "./bench-runner.js";
 import { benchServer } from "./bench-server.js";
@@ -66,12 +67,7 @@ export function registerBench(program: Command): void {
         },
     ) => {
       const r = await runBench({
-        policies: o.policies.includes(";")
-          ? o.policies
-              .split(";")
-              .map((x) => x.trim())
-              .filter(Boolean)
-          : list(o.policies),
+        policies: policySpecs(o.policies),
         budget: o.budget,
         batches: ints(o.batches),
         contexts: ints(o.contexts),
