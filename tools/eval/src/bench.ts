@@ -186,7 +186,7 @@ class PolicyRun {
     const weights = streamedWeightBytes(llm) + (pair ? streamedWeightBytes(pair.slm) : 0);
     const bytesPerStep = weights + this.moved / steps;
     const fault = this.seqs.find((q) => q.fault)?.fault;
-    for (const q of this.seqs) q.release();
+    this.release();
     if (fault) throw fault;
     const decode = this.decode;
     return {
@@ -207,7 +207,7 @@ class PolicyRun {
     };
   }
 
-  /** Free the sequences of a run that did not finish (another policy of its scenario failed). */
+  /** Free the sequences (again harmless: a run that finished has already freed them). */
   release(): void {
     for (const q of this.seqs) q.release();
   }
@@ -285,15 +285,12 @@ export async function runBench(
       const group: BenchRow[] = [];
       try {
         const seed = 1000 * B + ctx;
-        const decodeAll = async (run: PolicyRun) => {
-          for (let s = 1; s < G; s++) await run.step(s);
-        };
         for (const [i, run] of runs.entries()) {
           log(`  ${factories[i].label}: batch ${B}, context ${ctx} + ${G}`);
           // SmallKV's matching window is the first 128 tokens; synthetic prompts are long enough.
           await run.prefill(ctx, seed);
           if (o.sequential) {
-            await decodeAll(run);
+            for (let s = 1; s < G; s++) await run.step(s);
             group.push(rowOf(factories[i].label, B, ctx, G, run.finish(bandwidth)));
           }
         }
@@ -374,7 +371,6 @@ export function byH2oBound(rows: BenchRow[], r: BenchRow): number | null {
 /** The bench table's columns and rows (shared by the terminal table and the results page). */
 export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string | number | null)[][] } {
   const mib = (b: number) => b / 2 ** 20;
-
   return {
     headers: [
       "policy",

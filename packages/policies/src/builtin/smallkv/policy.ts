@@ -290,7 +290,6 @@ function currentTerms(
   T: number,
 ): ScoreInput {
   const st = ctx.state;
-  const o = ctx.options;
   let plan = st.plans[ctx.layer];
   if (!plan || plan.T !== T) plan = st.plans[ctx.layer] = termPlan(ctx, m, lists, group, T);
   const { spec, terms } = plan;
@@ -300,8 +299,7 @@ function currentTerms(
     terms[j + 2] = termOffset(spec, i, a);
   }
   const own = st.own;
-  const perKv = ctx.config.numHeads / ctx.config.numKvHeads;
-  const kvOf = (g: number) => (o.gqa === "query" ? Math.floor(g / perKv) : g);
+  const kvOf = (g: number) => kvHeadOf(ctx, g);
   return {
     sources: a.rows as Float32Array[],
     terms,
@@ -339,6 +337,11 @@ function exactShareOf(
   }
   for (let g = 0; g < lists; g++) on[g] = old[g] > 0 ? on[g] / old[g] : 1;
   return on;
+}
+
+/** The kv head behind list g (a list is a kv head, or with gqa=query one of its query heads). */
+function kvHeadOf(ctx: PolicyContext<SmallKvState, SmallKvOptions>, g: number): number {
+  return ctx.options.gqa === "query" ? Math.floor(g / (ctx.config.numHeads / ctx.config.numKvHeads)) : g;
 }
 
 /** The LLM's own mean attention behind each list (uncopied), for the native blend. */
@@ -525,9 +528,7 @@ function listScores(
   const own = ctx.state.own;
   const wa = blend && own ? blend[g] : -1;
   if (wa < 0 || !own) return sc;
-  const perKv = ctx.config.numHeads / ctx.config.numKvHeads;
-  const kv = ctx.options.gqa === "query" ? Math.floor(g / perKv) : g;
-  const { sums, counts } = own.raw(ctx.layer, kv, start);
+  const { sums, counts } = own.raw(ctx.layer, kvHeadOf(ctx, g), start);
   const cl = Math.min(counts.length, start);
   let osum = 0;
   for (let p = 0; p < cl; p++) if (counts[p] > 0) osum += sums[p] / counts[p];
