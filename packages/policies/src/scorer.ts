@@ -64,10 +64,16 @@ export function scorerPolicy<O extends OptionSchema = Record<string, never>>(
       const Hkv = ctx.config.numKvHeads;
       const window = Math.min(start, Math.floor(ctx.oldBudget * (def.recentRatio ?? 0.25)));
       const k = new Int32Array(Hkv).fill(Math.max(0, ctx.oldBudget - window));
+      const { sources, terms, weights } = scoresAsGiven(
+        Array.from({ length: Hkv }, (_, g) => typedScores(def.score(ctx, g), start)),
+      );
+      // Fields written out, not spread: a spread followed by new fields is V8's slow path.
       const { full } = rankSplit({
         n: start,
         lists: Hkv,
-        ...scoresAsGiven(Array.from({ length: Hkv }, (_, g) => typedScores(def.score(ctx, g), start))),
+        sources,
+        terms,
+        weights,
         recent: window,
         exclude: def.irreversible ? ctx.state.evicted.masksFor(ctx.layer, start) : undefined,
         evict: def.irreversible,

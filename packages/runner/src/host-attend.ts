@@ -37,7 +37,7 @@ export function planHostAttention(
   const { sel, request, wantProbs, scoreStart, window } = planLayer(
     seq,
     layer,
-    seq.policy.wantsQuery ? { ...step, query: q } : step,
+    seq.policy.wantsQuery ? { start, T, query: q } : step,
   );
   const hot = seq.hot[layer] as HostHot;
   // An int8 store is read in place by the kernels (its float planes are empty).
@@ -150,8 +150,13 @@ function heldRowsArgs(
         mode: sel.combine ?? "mass",
       };
   } else hot.vOnly.clear();
+  // Every field written out: a spread followed by more fields takes V8's slow path
+  // (microseconds per object in Node 20), once per sequence and layer.
   return {
-    ...common,
+    q: common.q,
+    out: common.out,
+    probs: common.probs,
+    scoreStart: common.scoreStart,
     k: hot.full.planesF32[0],
     v: hot.full.planesF32[1],
     cap: hot.full.cap,
@@ -186,7 +191,10 @@ function indexedArgs(
     if (weights) vOnly = { idx: rows.idx, off: rows.off, weights, mode: sel.combine ?? "mass" };
   } else hot.vOnly.clear();
   return {
-    ...common,
+    q: common.q,
+    out: common.out,
+    probs: common.probs,
+    scoreStart: common.scoreStart,
     k: store.k,
     v: store.v,
     int8: store.int8,

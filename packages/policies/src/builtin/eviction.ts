@@ -33,10 +33,16 @@ export function heavyPlusRecent(
 ): Int32Array[] {
   const window = Math.min(start, recent);
   const k = new Int32Array(numKvHeads).fill(Math.max(0, heavy + (recent - window)));
+  const { sources, terms, weights } = scoresAsGiven(
+    Array.from({ length: numKvHeads }, (_, g) => state.scores.get(layer, g, start)),
+  );
+  // Fields written out, not spread: a spread followed by new fields is V8's slow path.
   return rankSplit({
     n: start,
     lists: numKvHeads,
-    ...scoresAsGiven(Array.from({ length: numKvHeads }, (_, g) => state.scores.get(layer, g, start))),
+    sources,
+    terms,
+    weights,
     recent: window,
     exclude: state.evicted.masksFor(layer, start),
     skipExcludedRecent: true,

@@ -255,7 +255,7 @@ export class DeviceRunner {
     const { sel, request, wantProbs, scoreStart, window } = planLayer(
       seq,
       layer,
-      query ? { ...step, query } : step,
+      query ? { start, T, query } : step,
     );
     const hot = seq.hot[layer];
     const st = kv.staging;

@@ -787,10 +787,14 @@ function makeSmallKv(
       st.ranked++;
       // Held between re-rankings: only the default ranking's lists (their scores are the plan's).
       const holds = o.refresh > 1 && T === 1 && input.terms === st.plans[ctx.layer]?.terms && rows;
+      // Fields written out, not spread: a spread followed by more fields is V8's slow path.
       const { full, vOnly } = rankSplit({
         n: start,
         lists,
-        ...input,
+        sources: input.sources,
+        terms: input.terms,
+        weights: input.weights,
+        own: input.own,
         recent: recentOld,
         // The no-saliency ablation evicts for good what it does not keep (the masks update in place).
         exclude: o.saliency ? undefined : st.evicted.masksFor(ctx.layer, start),
