@@ -1,10 +1,11 @@
 import type Ort from "onnxruntime-node";
 import type { ModelConfig } from "./config.js";
 import { InvalidOptionError } from "./errors.js";
+import type { DraftDecoder, DraftState } from "./native-decoder.js";
 import { defaultInvFreq, ropeKernelArgs } from "./rope.js";
 
 /** One sequence of a FusedDecoder: its tokens and K/V rows [cap][Hkv][D] per layer. */
-export class DecoderState {
+export class DecoderState implements DraftState {
   readonly tokens: number[] = [];
   length = 0;
   cap = 0;
@@ -25,7 +26,9 @@ export class DecoderState {
  * model runs for speculative decoding, where the per-layer calls of the regular runner cost
  * more than the model's arithmetic. Full attention, no KV policy; one sequence per call.
  */
-export class FusedDecoder {
+export class FusedDecoder implements DraftDecoder {
+  /** Several sequences share one padded call: beside others the runner's batched step is cheaper. */
+  readonly perSequence = false;
   private readonly inv: Float64Array;
   private readonly ropeScale: number;
 
@@ -71,8 +74,12 @@ export class FusedDecoder {
    * pasts and fewer tokens are padded: their columns are masked for the real rows, and a
    * padding row attends causally like the others (its outputs are dropped).
    */
-  async stepMany(items: { state: DecoderState; tokens: number[] }[]): Promise<Float32Array[]> {
+  async stepMany(given: { state: DraftState; tokens: number[] }[]): Promise<Float32Array[]> {
     const c = this.config;
+    for (const { state } of given)
+      if (!(state instanceof DecoderState))
+        throw new InvalidOptionError("state", "not a state of this decoder (use its newState())");
+    const items = given as { state: DecoderState; tokens: number[] }[];
     const { hiddenSize: d, numKvHeads: Hkv, headDim: D, numLayers: L, vocabSize: V } = c;
     const B = items.length;
     if (B === 0) return [];

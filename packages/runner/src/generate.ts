@@ -1,6 +1,6 @@
 import type { StepModel } from "./assisted.js";
 import { ContextLengthError, InvalidOptionError } from "./errors.js";
-import type { DecoderState } from "./fused-decoder.js";
+import type { DraftState } from "./native-decoder.js";
 import type { KvPolicyHook } from "./policy-hook.js";
 import { argmax, logSoftmax, Sampler, type SamplingOptions } from "./sampler.js";
 import { policyHasState, type Sequence } from "./sequence.js";
@@ -118,8 +118,8 @@ interface SpecState {
   adaptive: boolean;
   /** The draft model's sequence (the assistant's own when the policy reads it). */
   draft: Sequence | null;
-  /** The draft's state in the model's fused decoder (a policy without the assistant). */
-  fused: DecoderState | null;
+  /** The draft's state in the model's draft decoder (a policy without the assistant). */
+  fused: DraftState | null;
   rounds: number;
   drafted: number;
   accepted: number;
@@ -396,7 +396,7 @@ export class Generator {
     const model = this.model;
     const draftModel = model.draftModel!;
     // A draft for a policy without the assistant runs the model's fused decoder when it has one.
-    const fused = items.some(([a]) => !a.seq.assistant) ? await draftModel.fusedDecoder() : null;
+    const fused = items.some(([a]) => !a.seq.assistant) ? await draftModel.draftDecoder() : null;
     const solo = items.filter(([a]) => !a.seq.assistant).length === 1;
     const V = model.config.vocabSize;
     const t0 = performance.now();
@@ -413,9 +413,10 @@ export class Generator {
         s.draft = a.seq.assistant.seq;
         a.seq.assistant.beginDraft();
       } else if (!s.fused && !s.draft) {
-        // Alone, a draft runs the fused decoder (one call a step); beside others the runner's
-        // batched step costs less than padded fused calls (measured at batch 4).
-        if (fused && solo) s.fused = fused.newState();
+        // A native draft decoder serves every sequence (no padding); the fused onnxruntime
+        // graph only a sequence alone: beside others the runner's batched step costs less
+        // than padded fused calls (measured at batch 4).
+        if (fused && (solo || fused.perSequence)) s.fused = fused.newState();
         else s.draft = draftModel.newSequence();
       }
       // The draft sequence catches up on what the LLM has that it lacks (after a full accept).

@@ -34,6 +34,12 @@ export {
 export { KV_STORE_TYPES, KvCache, type KvStoreType } from "./kv-cache.js";
 export { type HotRowsMode, type LoadOptions, Model, type StepInput, type StepOutput } from "./model.js";
 export {
+  type DraftDecoder,
+  type DraftState,
+  NATIVE_DRAFT_MAX_PARAMETERS,
+  NativeDecoder,
+} from "./native-decoder.js";
+export {
   type AttentionObservation,
   type AttentionRequest,
   fullCache,

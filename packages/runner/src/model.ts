@@ -9,6 +9,7 @@ import { FusedDecoder } from "./fused-decoder.js";
 import { graphFolder } from "./graph-cache.js";
 import { type PlannedAttention, planAt } from "./host-attend.js";
 import { KV_STORE_TYPES, type KvStoreType } from "./kv-cache.js";
+import { type DraftDecoder, NATIVE_DRAFT_MAX_PARAMETERS, NativeDecoder } from "./native-decoder.js";
 import { BlockGraphs, type GraphQuant } from "./onnx/blocks.js";
 import { decoderGraph } from "./onnx/decoder.js";
 import type { KvPolicyHook } from "./policy-hook.js";
@@ -126,6 +127,27 @@ export class Model {
   private sessionOptions: Ort.InferenceSession.SessionOptions = {};
   private quant: GraphQuant | null = null;
   private fused: Promise<FusedDecoder | null> | null = null;
+  private draft: Promise<DraftDecoder | null> | null = null;
+
+  /**
+   * What this model drafts with for speculative decoding: a small f32 model's whole step in
+   * one native call per sequence, else the fused onnxruntime graph, else null (the per-layer
+   * runner then drafts).
+   */
+  draftDecoder(): Promise<DraftDecoder | null> {
+    this.draft ??= (async () => {
+      const c = this.config;
+      if (!this.runner && !this.quant) {
+        const w = openWeights(this.dir, c);
+        if (w.parameters <= NATIVE_DRAFT_MAX_PARAMETERS) {
+          const d = NativeDecoder.create(c, w, this.timing);
+          if (d) return d;
+        }
+      }
+      return this.fusedDecoder();
+    })();
+    return this.draft;
+  }
 
   /**
    * The whole model as one onnxruntime graph (attention included, full cache, no policy), or

@@ -2,47 +2,91 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
   assetsDir,
+  type DraftDecoder,
+  type DraftState,
   DraftTuner,
   expectedTokens,
   Model,
+  NativeDecoder,
   predictedSpeedup,
   Sampler,
   verifyDraft,
 } from "../src/index.js";
 
-// The pieces of speculative decoding that need no policy: the fused draft decoder, the
+// The pieces of speculative decoding that need no policy: the draft decoders, the
 // acceptance rule, the analysis and the adaptive tuner. (Policies: packages/policies.)
 
-describe("fused decoder", () => {
+// Both draft decoders give the per-layer runner's logits (1e-4) over a prefill and one-token
+// steps, and a truncated state goes on as if the cut tokens had never been fed.
+async function matchesRunner(model: Model, dec: DraftDecoder, ids: number[]): Promise<void> {
+  const step = async (st: DraftState, tokens: number[]) => (await dec.stepMany([{ state: st, tokens }]))[0];
+  const seq = model.newSequence();
+  const st = dec.newState();
+  const pairs: [Float32Array, Float32Array][] = [
+    [(await model.forward([{ seq, tokens: ids }]))[0].slice(), (await step(st, ids)).slice()],
+  ];
+  const V = model.config.vocabSize;
+  for (const t of [45, V - 1, 12, 99 % V])
+    pairs.push([(await model.forward([{ seq, tokens: [t] }]))[0].slice(), (await step(st, [t])).slice()]);
+  for (const [a, b] of pairs)
+    for (let j = 0; j < a.length; j++) expect(Math.abs(a[j] - b[j])).toBeLessThan(1e-4);
+  st.truncateTo(st.length - 2);
+  seq.truncateTo(seq.length - 2);
+  const a = (await model.forward([{ seq, tokens: [7, 8] }]))[0];
+  const b = await step(st, [7, 8]);
+  for (let j = 0; j < a.length; j++) expect(Math.abs(a[j] - b[j])).toBeLessThan(1e-4);
+  expect(st.tokens).toEqual(seq.tokens);
+  expect(() => st.truncateTo(st.length + 1)).toThrow();
+  seq.release();
+}
+
+describe("draft decoders", () => {
   let slm: Model;
+  let ids: number[];
   beforeAll(async () => {
     slm = await Model.load(join(assetsDir(), "models", "stories260K-slm"));
+    ids = slm.tokenizer.encode("Once upon a time there was a little girl named Lily. She loved to play");
   });
 
-  it("gives the per-layer runner's logits (1e-4) over a prefill and one-token steps, and truncates", async () => {
+  it("the fused onnxruntime graph gives the runner's logits", async () => {
     const dec = (await slm.fusedDecoder())!;
     expect(dec).not.toBeNull();
-    const ids = slm.tokenizer.encode(
-      "Once upon a time there was a little girl named Lily. She loved to play",
-    );
-    const seq = slm.newSequence();
-    const st = dec.newState();
-    const pairs: [Float32Array, Float32Array][] = [
-      [(await slm.forward([{ seq, tokens: ids }]))[0].slice(), (await dec.step(st, ids)).slice()],
-    ];
-    for (const t of [45, 300, 12, 99])
-      pairs.push([(await slm.forward([{ seq, tokens: [t] }]))[0].slice(), (await dec.step(st, [t])).slice()]);
-    for (const [a, b] of pairs)
-      for (let j = 0; j < a.length; j++) expect(Math.abs(a[j] - b[j])).toBeLessThan(1e-4);
-    // Back two tokens and on with others: as if they had never been fed.
-    st.truncateTo(st.length - 2);
-    seq.truncateTo(seq.length - 2);
-    const a = (await slm.forward([{ seq, tokens: [7, 8] }]))[0];
-    const b = await dec.step(st, [7, 8]);
-    for (let j = 0; j < a.length; j++) expect(Math.abs(a[j] - b[j])).toBeLessThan(1e-4);
-    expect(st.tokens).toEqual(seq.tokens);
-    expect(() => st.truncateTo(st.length + 1)).toThrow();
+    await matchesRunner(slm, dec, ids);
   });
+
+  it("a small f32 model drafts natively, with the runner's logits", async () => {
+    const dec = (await slm.draftDecoder())!;
+    expect(dec).toBeInstanceOf(NativeDecoder);
+    await matchesRunner(slm, dec, ids);
+    // Several sequences of different lengths in one call: each as alone.
+    const [s1, s2] = [dec.newState(), dec.newState()];
+    const [a, b] = await dec.stepMany([
+      { state: s1, tokens: ids },
+      { state: s2, tokens: ids.slice(0, 5) },
+    ]);
+    const alone = dec.newState();
+    expect(Array.from(b)).toEqual(
+      Array.from((await dec.stepMany([{ state: alone, tokens: ids.slice(0, 5) }]))[0]),
+    );
+    expect(a.length).toBe(slm.config.vocabSize);
+    await expect(dec.stepMany([{ state: s1, tokens: [slm.config.vocabSize] }])).rejects.toThrow(/outside/);
+    const fused = (await slm.fusedDecoder())!;
+    await expect(dec.stepMany([{ state: fused.newState(), tokens: [1] }])).rejects.toThrow(/not a state/);
+  });
+
+  // Qwen3's per-head q/k norms, Qwen2's biases and untied head, Llama 3's scaled RoPE.
+  for (const arch of ["llama3", "qwen3", "qwen2-untied-bias"])
+    it(`drafts natively on the ${arch} checkpoint with the runner's logits`, async () => {
+      const m = await Model.load(join(assetsDir(), "models", "arch", arch));
+      const dec = (await m.draftDecoder())!;
+      expect(dec).toBeInstanceOf(NativeDecoder);
+      const V = m.config.vocabSize;
+      await matchesRunner(
+        m,
+        dec,
+        Array.from({ length: 20 }, (_, i) => (i * 37 + 5) % V),
+      );
+    });
 });
 
 describe("draft verification", () => {

@@ -552,6 +552,33 @@ Napi::Value TopKRagged(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// decoderStep(shape[11] Int32 (L, d, Hq, Hkv, D, I, V, qkvBias, oBias, mlpBias, qkNorm), eps,
+//             weights, kv, cap, past, tokens, invFreq|null, theta, ropeScale, logits)
+Napi::Value DecoderStep(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int32_t* sh = a.i32(0, "shape", 11);
+  if (a.failed) return info.Env().Undefined();
+  skv::DecoderShape s{sh[0], sh[1], sh[2], sh[3], sh[4], sh[5], sh[6], 0.f, sh[7] != 0, sh[8] != 0, sh[9] != 0, sh[10] != 0};
+  if (s.L < 1 || s.d < 1 || s.Hq < 1 || s.Hkv < 1 || s.D < 2 || s.D % 2 != 0 || s.I < 1 || s.V < 1 || s.Hq % s.Hkv != 0)
+    a.fail("shape: need positive sizes, an even head dim and Hq a multiple of Hkv");
+  s.eps = static_cast<float>(a.number(1, "eps"));
+  const int cap = a.integer(4, "cap", 1), past = a.integer(5, "past", 0);
+  const float* w = a.f32(2, "weights", a.failed ? 0 : size_t(skv::decoder_weight_floats(s)));
+  float* kv = a.f32(3, "kv", a.failed ? 0 : size_t(s.L) * 2 * s.Hkv * cap * s.D);
+  const int32_t* tokens = a.i32(6, "tokens", 1);
+  const float* inv = a.f32(7, "invFreq", size_t(s.D / 2), true);
+  const double theta = a.number(8, "theta"), ropeScale = a.number(9, "ropeScale");
+  float* logits = a.f32(10, "logits", size_t(s.V));
+  if (a.failed) return info.Env().Undefined();
+  const int T = static_cast<int>(info[6].As<Napi::Int32Array>().ElementLength());
+  if (past + T > cap) a.fail("past + tokens (" + std::to_string(past + T) + ") exceeds cap " + std::to_string(cap));
+  for (int t = 0; t < T && !a.failed; ++t)
+    if (tokens[t] < 0 || tokens[t] >= s.V) a.fail("token " + std::to_string(tokens[t]) + " is outside the vocabulary");
+  if (a.failed) return info.Env().Undefined();
+  skv::decoder_step_f32(s, w, kv, cap, past, tokens, T, inv, theta, ropeScale, logits);
+  return info.Env().Undefined();
+}
+
 Napi::Value Sum(const Napi::CallbackInfo& info) {
   Args a{info};
   const float* x = a.f32(0, "x", 0);
@@ -612,6 +639,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rankSplit", Napi::Function::New(env, RankSplit));
   exports.Set("kvWriteQ8", Napi::Function::New(env, KvWriteQ8));
   exports.Set("sum", Napi::Function::New(env, Sum));
+  exports.Set("decoderStep", Napi::Function::New(env, DecoderStep));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));

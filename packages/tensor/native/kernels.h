@@ -151,6 +151,21 @@ void rank_split(const RankSplitArgs& a);
 // benchmarks: it streams the array once.
 double sum_f32(const float* x, int64_t n);
 
+// A small Llama-family decoder's whole step (see decoder.cc): L layers, hidden d, Hq/Hkv heads
+// of D, MLP width I, vocabulary V; optional biases (qkv, o, mlp) and per-head q/k RMSNorm.
+struct DecoderShape {
+  int L, d, Hq, Hkv, D, I, V;
+  float eps;
+  bool qkvBias, oBias, mlpBias, qkNorm;
+};
+int64_t decoder_layer_floats(const DecoderShape& s);
+// Floats of the packed weights: L layers, the final norm, the LM head, the embedding.
+int64_t decoder_weight_floats(const DecoderShape& s);
+// Feed T tokens at positions past..past+T-1: their K/V rows go into kv ([L][K|V][Hkv][cap][D]),
+// the last row's logits [V] into `logits`.
+void decoder_step_f32(const DecoderShape& s, const float* weights, float* kv, int cap, int past, const int32_t* tokens,
+                      int T, const float* inv_freq, double theta, double rope_scale, float* logits);
+
 // body(i) for i in [0, n): on the OpenMP team when `parallel`, otherwise on the calling thread
 // without entering a region at all (even a one-thread region costs microseconds in libgomp,
 // as much as a decode step's small kernel).

@@ -1,4 +1,13 @@
 export {
+  type DecoderLayerWeights,
+  type DecoderShape,
+  type DecoderStepArgs,
+  decoderCacheFloats,
+  decoderLayout,
+  decoderStep,
+  packDecoderWeights,
+} from "./decoder.js";
+export {
   Device,
   type DeviceAttentionArgs,
   DeviceBuffer,

@@ -125,6 +125,19 @@ export interface NativeBinding {
   ): void;
   topk(x: Float32Array, rows: number, n: number, k: number, out: Int32Array): void;
   sum(x: Float32Array): number;
+  decoderStep(
+    shape: Int32Array,
+    eps: number,
+    weights: Float32Array,
+    kv: Float32Array,
+    cap: number,
+    past: number,
+    tokens: Int32Array,
+    invFreq: Float32Array | null,
+    theta: number,
+    ropeScale: number,
+    logits: Float32Array,
+  ): void;
   cudaInfo(): { built: boolean; deviceCount: number; code: number; message: string };
   buildInfo(): { threads: number; simd: string; portable: boolean };
   setThreads(n: number): void;
