@@ -2,14 +2,15 @@ import { writeFileSync } from "node:fs";
 import { type KvPolicyHook, type Model, readSmallTextFile } from "@smallkv/runner";
 import {
   columnSums,
+  type FlatRowTops,
+  flatOldRowTops,
+  flatOwnTops,
+  flatRowCoverage,
+  flatRowTops,
   jaccard,
   nnls,
-  oldRowTops,
   ownRows,
-  ownTops,
   rowCosine,
-  rowCoverage,
-  rowTops,
   topSet,
 } from "./similarity.js";
 
@@ -222,8 +223,8 @@ export class HeadMatching {
       head: number;
       probs: Float32Array;
       top: Set<number>;
-      rows: Int32Array[];
-      oldRows: Int32Array[];
+      rows: FlatRowTops;
+      oldRows: FlatRowTops;
     }[] = [];
     for (let l = 0; l < slmAttn.numLayers; l++) {
       for (let h = 0; h < slmAttn.numHeads; h++) {
@@ -233,8 +234,8 @@ export class HeadMatching {
           head: h,
           probs: p,
           top: topSet(columnSums(p, T), k),
-          rows: rowTops(p, T, topkRatio),
-          oldRows: oldRowTops(p, T, topkRatio),
+          rows: flatRowTops(p, T, topkRatio),
+          oldRows: flatOldRowTops(p, T, topkRatio),
         });
       }
     }
@@ -250,14 +251,14 @@ export class HeadMatching {
             ? jaccard(top, sh.top)
             : metric === "cosine"
               ? rowCosine(p, sh.probs, T)
-              : rowCoverage(p, sh.rows, T);
+              : flatRowCoverage(p, sh.rows, T);
         const scores = slmHeads.map(primary);
         const bestScore = Math.max(...scores);
         const tied = slmHeads.filter((_, i) => scores[i] >= bestScore - 1e-12);
         let s = tied[0];
         if (tied.length > 1) {
           const second = (sh: (typeof slmHeads)[number]) =>
-            metric === "cosine" ? rowCoverage(p, sh.rows, T) : rowCosine(p, sh.probs, T);
+            metric === "cosine" ? flatRowCoverage(p, sh.rows, T) : rowCosine(p, sh.probs, T);
           let bestSecond = Number.NEGATIVE_INFINITY;
           for (const c of tied) {
             const v = second(c);
@@ -271,9 +272,9 @@ export class HeadMatching {
           slmHead: s.head,
           jaccard: jaccard(top, s.top),
           cosine: rowCosine(p, s.probs, T),
-          coverage: rowCoverage(p, s.rows, T),
-          assistantOldCoverage: rowCoverage(p, s.oldRows, T),
-          ownOldCoverage: rowCoverage(p, ownTops(p, T, topkRatio), T),
+          coverage: flatRowCoverage(p, s.rows, T),
+          assistantOldCoverage: flatRowCoverage(p, s.oldRows, T),
+          ownOldCoverage: flatRowCoverage(p, flatOwnTops(p, T, topkRatio), T),
           runnersUp: slmHeads
             .map((c, i) => ({ slmLayer: c.layer, slmHead: c.head, score: scores[i] }))
             .filter((c) => c.slmLayer !== s.layer || c.slmHead !== s.head)

@@ -1,4 +1,4 @@
-import { topk, topkRagged } from "@smallkv/tensor";
+import { attentionRowTops, topk } from "@smallkv/tensor";
 
 /**
  * Token scores of one head: column sums of its attention matrix probs[T][T] (row-major,
@@ -43,21 +43,30 @@ export function rowCosine(a: ArrayLike<number>, b: ArrayLike<number>, T: number)
   return T > 1 ? total / (T - 1) : 1;
 }
 
+/** Per-row top positions, flat: row u's are idx[off[u] .. off[u+1]) (row 0 has none). */
+export interface FlatRowTops {
+  idx: Int32Array;
+  off: Int32Array;
+}
+
+const asF32 = (probs: ArrayLike<number>) =>
+  probs instanceof Float32Array ? probs : Float32Array.from(probs as ArrayLike<number>);
+
+function perRow({ idx, off }: FlatRowTops): Int32Array[] {
+  return Array.from({ length: off.length - 1 }, (_, u) => idx.subarray(off[u], off[u + 1]));
+}
+
 /**
  * Per row u (1..T-1) of an attention matrix, the indices of its k highest weights (k = ratio
- * of the row's length, at least 1; ties to the earlier token), concatenated.
+ * of the row's length, at least 1; ties to the earlier token). One native call per head.
  */
+export function flatRowTops(probs: ArrayLike<number>, T: number, ratio: number): FlatRowTops {
+  return attentionRowTops(asF32(probs), T, ratio, "row");
+}
+
+/** `flatRowTops` as one array per row. */
 export function rowTops(probs: ArrayLike<number>, T: number, ratio: number): Int32Array[] {
-  const x = new Float32Array(T * T);
-  const lens = new Int32Array(T);
-  const ks = new Int32Array(T);
-  for (let u = 1; u < T; u++) {
-    const n = u + 1;
-    for (let v = 0; v < n; v++) x[u * T + v] = probs[u * T + v];
-    lens[u] = n;
-    ks[u] = Math.max(1, Math.round(ratio * n));
-  }
-  return topkRagged(x, T, lens, ks);
+  return perRow(flatRowTops(probs, T, ratio));
 }
 
 /**
@@ -74,36 +83,39 @@ export function rowCoverage(a: ArrayLike<number>, bTops: Int32Array[], T: number
   return T > 1 ? total / (T - 1) : 1;
 }
 
+/** `rowCoverage` over flat tops (the matching's inner loop: no per-row arrays). */
+export function flatRowCoverage(a: ArrayLike<number>, b: FlatRowTops, T: number): number {
+  const { idx, off } = b;
+  let total = 0;
+  for (let u = 1; u < T; u++) {
+    const base = u * T;
+    for (let i = off[u]; i < off[u + 1]; i++) total += a[base + idx[i]];
+  }
+  return T > 1 ? total / (T - 1) : 1;
+}
+
 /**
  * Per row u (1..T-1), the top old tokens (v < u; k = ratio of u, at least 1) that the
  * head's own past attention predicts: column sums over rows < u divided by the number of
  * those rows that could attend each token (the reversible control's ranking).
  */
+export function flatOwnTops(probs: ArrayLike<number>, T: number, ratio: number): FlatRowTops {
+  return attentionRowTops(asF32(probs), T, ratio, "own");
+}
+
+/** `flatOwnTops` as one array per row. */
 export function ownTops(probs: ArrayLike<number>, T: number, ratio: number): Int32Array[] {
-  const cs = new Float64Array(T);
-  const x = new Float32Array(T * T);
-  const lens = new Int32Array(T);
-  const ks = new Int32Array(T);
-  for (let u = 1; u < T; u++) {
-    for (let v = 0; v < u; v++) cs[v] += probs[(u - 1) * T + v];
-    for (let v = 0; v < u; v++) x[u * T + v] = cs[v] / (u - v);
-    lens[u] = u;
-    ks[u] = Math.max(1, Math.round(ratio * u));
-  }
-  return topkRagged(x, T, lens, ks);
+  return perRow(flatOwnTops(probs, T, ratio));
 }
 
 /** Per row u (1..T-1), the top old tokens (v < u) of the row itself (k = ratio of u, at least 1). */
+export function flatOldRowTops(probs: ArrayLike<number>, T: number, ratio: number): FlatRowTops {
+  return attentionRowTops(asF32(probs), T, ratio, "old");
+}
+
+/** `flatOldRowTops` as one array per row. */
 export function oldRowTops(probs: ArrayLike<number>, T: number, ratio: number): Int32Array[] {
-  const x = new Float32Array(T * T);
-  const lens = new Int32Array(T);
-  const ks = new Int32Array(T);
-  for (let u = 1; u < T; u++) {
-    for (let v = 0; v < u; v++) x[u * T + v] = probs[u * T + v];
-    lens[u] = u;
-    ks[u] = Math.max(1, Math.round(ratio * u));
-  }
-  return topkRagged(x, T, lens, ks);
+  return perRow(flatOldRowTops(probs, T, ratio));
 }
 
 /**

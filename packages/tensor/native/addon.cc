@@ -579,6 +579,26 @@ Napi::Value DecoderStep(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// attentionRowTops(probs, T, mode, off, out)
+Napi::Value AttentionRowTops(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int T = a.integer(1, "T", 1), mode = a.integer(2, "mode");
+  if (!a.failed && mode > 2) a.fail("mode must be 0, 1 or 2");
+  const float* probs = a.f32(0, "probs", size_t(T) * T);
+  const int32_t* off = a.i32(3, "off", size_t(T) + 1);
+  int32_t* out = a.i32(4, "out", 0);
+  if (a.failed) return info.Env().Undefined();
+  const size_t outLen = info[4].As<Napi::Int32Array>().ElementLength();
+  if (off[0] != 0 || off[1] != 0) a.fail("row 0 has no tops (off[0] = off[1] = 0)");
+  for (int u = 1; u < T && !a.failed; ++u) {
+    const int n = mode == 0 ? u + 1 : u, k = off[u + 1] - off[u];
+    if (k < 0 || k > n || size_t(off[u + 1]) > outLen) a.fail("row " + std::to_string(u) + ": bad offsets");
+  }
+  if (a.failed) return info.Env().Undefined();
+  skv::attention_row_tops(probs, T, mode, off, out);
+  return info.Env().Undefined();
+}
+
 Napi::Value Sum(const Napi::CallbackInfo& info) {
   Args a{info};
   const float* x = a.f32(0, "x", 0);
@@ -639,6 +659,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rankSplit", Napi::Function::New(env, RankSplit));
   exports.Set("kvWriteQ8", Napi::Function::New(env, KvWriteQ8));
   exports.Set("sum", Napi::Function::New(env, Sum));
+  exports.Set("attentionRowTops", Napi::Function::New(env, AttentionRowTops));
   exports.Set("decoderStep", Napi::Function::New(env, DecoderStep));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));

@@ -151,6 +151,12 @@ void rank_split(const RankSplitArgs& a);
 // benchmarks: it streams the array once.
 double sum_f32(const float* x, int64_t n);
 
+// Per row u (1..T-1) of a causal attention matrix probs[T][T], the top positions (descending,
+// ties to the lower position) of: mode 0 the row (positions 0..u), mode 1 its old tokens
+// (0..u-1), mode 2 the head's own past mean attention over old tokens (column sums of rows < u
+// over the rows that could attend each token). Row u's k = off[u+1] - off[u] go to out[off[u]..].
+void attention_row_tops(const float* probs, int T, int mode, const int32_t* off, int32_t* out);
+
 // A small Llama-family decoder's whole step (see decoder.cc): L layers, hidden d, Hq/Hkv heads
 // of D, MLP width I, vocabulary V; optional biases (qkv, o, mlp) and per-head q/k RMSNorm.
 struct DecoderShape {

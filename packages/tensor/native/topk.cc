@@ -56,6 +56,26 @@ void topk_ragged_f32(const float* x, int rows, int stride, const int32_t* lens, 
   }
 }
 
+void attention_row_tops(const float* probs, int T, int mode, const int32_t* off, int32_t* out) {
+  std::vector<uint64_t> keys(T);
+  std::vector<double> cs(mode == 2 ? T : 0);
+  for (int u = 1; u < T; ++u) {
+    const float* row = probs + static_cast<int64_t>(u) * T;
+    const int n = mode == 0 ? u + 1 : u;
+    const int k = off[u + 1] - off[u];
+    if (mode == 2) {
+      // The head's own past: column sums over rows < u, each over the rows that could attend it.
+      const float* prev = probs + static_cast<int64_t>(u - 1) * T;
+      for (int v = 0; v < u; ++v) cs[v] += prev[v];
+      for (int v = 0; v < u; ++v) keys[v] = rank_key(static_cast<float>(cs[v] / (u - v)), v);
+    } else
+      for (int v = 0; v < n; ++v) keys[v] = rank_key(row[v], v);
+    if (k < n) std::nth_element(keys.begin(), keys.begin() + k, keys.begin() + n, std::greater<uint64_t>());
+    std::sort(keys.begin(), keys.begin() + k, std::greater<uint64_t>());
+    for (int j = 0; j < k; ++j) out[off[u] + j] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(keys[j]));
+  }
+}
+
 template <typename S>
 int top_positions(const S* x, int n, int k, const uint8_t* exclude, int32_t* out, uint64_t* work, bool byScore) {
   int m = 0;

@@ -125,6 +125,7 @@ export interface NativeBinding {
   ): void;
   topk(x: Float32Array, rows: number, n: number, k: number, out: Int32Array): void;
   sum(x: Float32Array): number;
+  attentionRowTops(probs: Float32Array, T: number, mode: number, off: Int32Array, out: Int32Array): void;
   decoderStep(
     shape: Int32Array,
     eps: number,

@@ -570,6 +570,39 @@ export function topkRagged(x: Float32Array, stride: number, lens: Int32Array, ks
   return Array.from({ length: rows }, (_, r) => out.subarray(off[r], off[r + 1]));
 }
 
+/** Which scores `attentionRowTops` ranks in row u of a causal attention matrix. */
+export type RowTopsMode = "row" | "old" | "own";
+const ROW_TOPS_MODES: Record<RowTopsMode, number> = { row: 0, old: 1, own: 2 };
+
+/**
+ * Per row u (1..T-1) of a causal attention matrix probs[T][T], the top positions (descending,
+ * ties to the lower position) of: "row" the row itself (positions 0..u, k = round(ratio (u+1))),
+ * "old" its old tokens (0..u-1, k = round(ratio u)), "own" the head's own past mean attention
+ * over old tokens (column sums of rows < u over the rows that could attend each token;
+ * k = round(ratio u)); k at least 1. Row u's positions are idx[off[u] .. off[u+1]); row 0 has none.
+ */
+export function attentionRowTops(
+  probs: Float32Array,
+  T: number,
+  ratio: number,
+  mode: RowTopsMode,
+): { idx: Int32Array; off: Int32Array } {
+  const op = "attentionRowTops";
+  expectDim(op, "T", T, 1);
+  expectF32(op, "probs", probs, T * T);
+  if (!(ratio > 0 && ratio <= 1)) throw new TensorShapeError(op, `ratio must be in (0, 1], got ${ratio}`);
+  const m = ROW_TOPS_MODES[mode];
+  if (m === undefined) throw new TensorShapeError(op, `mode must be row, old or own, got ${String(mode)}`);
+  const off = new Int32Array(T + 1);
+  for (let u = 1; u < T; u++) {
+    const n = mode === "row" ? u + 1 : u;
+    off[u + 1] = off[u] + Math.max(1, Math.round(ratio * n));
+  }
+  const idx = new Int32Array(off[T]);
+  if (T > 1) native.attentionRowTops(probs, T, m, off, idx);
+  return { idx, off };
+}
+
 /** Sum of a float32 array (OpenMP, SIMD); it streams the array once, so benchmarks use it to measure read bandwidth. */
 export function sum(x: Float32Array): number {
   expectF32("sum", "x", x, 0);

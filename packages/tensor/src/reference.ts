@@ -483,3 +483,24 @@ export function decoderStepRef(a: DecoderStepArgs): Float32Array {
   const last = rmsnormRef(x.subarray((T - 1) * d), part(tail, d), 1, d, eps);
   return gemmRef(last, part(tail + d, V * d), 1, V, d);
 }
+
+/** attentionRowTops by building each row's scores and taking its topkRef. */
+export function attentionRowTopsRef(
+  probs: Float32Array,
+  T: number,
+  ratio: number,
+  mode: "row" | "old" | "own",
+): Int32Array[] {
+  const out: Int32Array[] = [new Int32Array(0)];
+  const cs = new Float64Array(T);
+  for (let u = 1; u < T; u++) {
+    const n = mode === "row" ? u + 1 : u;
+    const x = new Float32Array(n);
+    if (mode === "own") {
+      for (let v = 0; v < u; v++) cs[v] += probs[(u - 1) * T + v];
+      for (let v = 0; v < u; v++) x[v] = cs[v] / (u - v);
+    } else for (let v = 0; v < n; v++) x[v] = probs[u * T + v];
+    out.push(topkRef(x, n, Math.max(1, Math.round(ratio * n))));
+  }
+  return out;
+}
