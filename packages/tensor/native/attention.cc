@@ -91,6 +91,8 @@ inline void attend_group_d(const float* const* qr, int G, const float* kh, const
 inline void attend_group(const float* const* qr, int G, const float* kh, const float* vh, const int32_t* slots, int n,
                          int D, float scale, float* w, float* const* o) {
   switch (D) {
+    case 6:  // stories260K-slm-a
+      return attend_group_d<6>(qr, G, kh, vh, slots, n, D, scale, w, o);
     case 8:
       return attend_group_d<8>(qr, G, kh, vh, slots, n, D, scale, w, o);
     case 16:

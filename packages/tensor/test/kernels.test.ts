@@ -62,6 +62,8 @@ describe("attention", () => {
   }
   cases.push([1, 1, 8, 0, 1]);
   cases.push([2, 3, 8, 5, 3]);
+  // Head dims with their own compiled loops (6: stories260K-slm-a) and one without (12).
+  cases.push([4, 2, 6, 40, 1], [2, 2, 6, 0, 9], [2, 2, 12, 17, 2]);
 
   for (const [Hkv, group, D, past, T] of cases) {
     const Hq = Hkv * group;
