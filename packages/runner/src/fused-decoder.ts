@@ -1,24 +1,13 @@
 import type Ort from "onnxruntime-node";
 import type { ModelConfig } from "./config.js";
-import { InvalidOptionError } from "./errors.js";
-import type { DraftDecoder, DraftState } from "./native-decoder.js";
+import { checkDraftItems, type DraftDecoder, type DraftState, DraftTokens } from "./native-decoder.js";
 import { defaultInvFreq, ropeKernelArgs } from "./rope.js";
 
 /** One sequence of a FusedDecoder: its tokens and K/V rows [cap][Hkv][D] per layer. */
-export class DecoderState implements DraftState {
-  readonly tokens: number[] = [];
-  length = 0;
+export class DecoderState extends DraftTokens {
   cap = 0;
   k: Float32Array[] = [];
   v: Float32Array[] = [];
-
-  /** Cut back to the first n tokens (the rows stay until overwritten). */
-  truncateTo(n: number): void {
-    if (!(Number.isInteger(n) && n >= 0 && n <= this.length))
-      throw new InvalidOptionError("truncate", `length ${n} is outside [0, ${this.length}]`);
-    this.length = n;
-    this.tokens.length = n;
-  }
 }
 
 /**
@@ -76,10 +65,7 @@ export class FusedDecoder implements DraftDecoder {
    */
   async stepMany(given: { state: DraftState; tokens: number[] }[]): Promise<Float32Array[]> {
     const c = this.config;
-    for (const { state } of given)
-      if (!(state instanceof DecoderState))
-        throw new InvalidOptionError("state", "not a state of this decoder (use its newState())");
-    const items = given as { state: DecoderState; tokens: number[] }[];
+    const items = checkDraftItems(given, c, DecoderState);
     const { hiddenSize: d, numKvHeads: Hkv, headDim: D, numLayers: L, vocabSize: V } = c;
     const B = items.length;
     if (B === 0) return [];
@@ -87,17 +73,6 @@ export class FusedDecoder implements DraftDecoder {
     const P = Math.max(...items.map((i) => i.state.length));
     const N = P + T;
     const row = Hkv * D;
-    for (const { state, tokens } of items) {
-      if (tokens.length === 0) throw new InvalidOptionError("tokens", "a step needs at least one token");
-      if (state.length + tokens.length > c.maxPositions)
-        throw new InvalidOptionError(
-          "tokens",
-          `context ${state.length + tokens.length} exceeds ${c.maxPositions}`,
-        );
-      for (const t of tokens)
-        if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize)
-          throw new InvalidOptionError("tokens", `token id ${t} is outside [0, ${c.vocabSize})`);
-    }
     const t0 = performance.now();
     const ort = this.ort;
     const half = D / 2;

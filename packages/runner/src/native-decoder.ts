@@ -24,18 +24,45 @@ export interface DraftDecoder {
 /** Models up to this many parameters draft natively; larger ones through onnxruntime (threaded GEMMs). */
 export const NATIVE_DRAFT_MAX_PARAMETERS = 4_000_000;
 
-class NativeState implements DraftState {
+/** The tokens a draft state has seen; cutting them back leaves its cache rows to be overwritten. */
+export class DraftTokens implements DraftState {
   readonly tokens: number[] = [];
   length = 0;
-  cap = 0;
-  kv = new Float32Array(0);
 
+  /** Cut back to the first n tokens (the rows stay until overwritten). */
   truncateTo(n: number): void {
     if (!(Number.isInteger(n) && n >= 0 && n <= this.length))
       throw new InvalidOptionError("truncate", `length ${n} is outside [0, ${this.length}]`);
     this.length = n;
     this.tokens.length = n;
   }
+}
+
+/** A draft step's inputs, checked: states of this decoder, tokens in the vocabulary and the context. */
+export function checkDraftItems<S extends DraftState>(
+  items: { state: DraftState; tokens: number[] }[],
+  c: ModelConfig,
+  kind: new () => S,
+): { state: S; tokens: number[] }[] {
+  for (const { state, tokens } of items) {
+    if (!(state instanceof kind))
+      throw new InvalidOptionError("state", "not a state of this decoder (use its newState())");
+    if (tokens.length === 0) throw new InvalidOptionError("tokens", "a step needs at least one token");
+    if (state.length + tokens.length > c.maxPositions)
+      throw new InvalidOptionError(
+        "tokens",
+        `context ${state.length + tokens.length} exceeds ${c.maxPositions}`,
+      );
+    for (const t of tokens)
+      if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize)
+        throw new InvalidOptionError("tokens", `token id ${t} is outside [0, ${c.vocabSize})`);
+  }
+  return items as { state: S; tokens: number[] }[];
+}
+
+class NativeState extends DraftTokens {
+  cap = 0;
+  kv = new Float32Array(0);
 }
 
 /**
@@ -105,22 +132,9 @@ export class NativeDecoder implements DraftDecoder {
 
   async stepMany(items: { state: DraftState; tokens: number[] }[]): Promise<Float32Array[]> {
     const c = this.config;
-    for (const { state, tokens } of items) {
-      if (!(state instanceof NativeState))
-        throw new InvalidOptionError("state", "not a state of this decoder (use its newState())");
-      if (tokens.length === 0) throw new InvalidOptionError("tokens", "a step needs at least one token");
-      if (state.length + tokens.length > c.maxPositions)
-        throw new InvalidOptionError(
-          "tokens",
-          `context ${state.length + tokens.length} exceeds ${c.maxPositions}`,
-        );
-      for (const t of tokens)
-        if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize)
-          throw new InvalidOptionError("tokens", `token id ${t} is outside [0, ${c.vocabSize})`);
-    }
+    const checked = checkDraftItems(items, c, NativeState);
     const t0 = performance.now();
-    const out = items.map(({ state, tokens }) => {
-      const s = state as NativeState;
+    const out = checked.map(({ state: s, tokens }) => {
       this.ensure(s, s.length + tokens.length);
       const logits = decoderStep({
         shape: this.shape,

@@ -1,28 +1,12 @@
+import type { DecoderLayerWeights } from "@smallkv/tensor";
 import type { ModelConfig } from "./config.js";
 import { SafetensorsStore } from "./safetensors.js";
 
-export interface LayerWeights {
-  inputNorm: Float32Array;
-  postNorm: Float32Array;
-  /** PyTorch Linear layout [out][in]. */
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  o: Float32Array;
-  gate: Float32Array;
-  up: Float32Array;
-  down: Float32Array;
-  qBias?: Float32Array;
-  kBias?: Float32Array;
-  vBias?: Float32Array;
-  oBias?: Float32Array;
-  gateBias?: Float32Array;
-  upBias?: Float32Array;
-  downBias?: Float32Array;
-  /** Qwen3: RMSNorm weights [head_dim] of each head's q and k. */
-  qNorm?: Float32Array;
-  kNorm?: Float32Array;
-}
+/**
+ * One layer's weights, PyTorch Linear layout [out][in] (optional biases; Qwen3's per-head q/k
+ * RMSNorm weights [head_dim]): the shape the native decoder packs.
+ */
+export type LayerWeights = DecoderLayerWeights;
 
 export interface ModelWeights {
   embed: Float32Array;
