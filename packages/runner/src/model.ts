@@ -138,10 +138,15 @@ export class Model {
     this.draft ??= (async () => {
       const c = this.config;
       if (!this.runner && !this.quant) {
-        const w = openWeights(this.dir, c);
-        if (w.parameters <= NATIVE_DRAFT_MAX_PARAMETERS) {
-          const d = NativeDecoder.create(c, w, this.timing);
-          if (d) return d;
+        try {
+          const w = openWeights(this.dir, c);
+          if (w.parameters <= NATIVE_DRAFT_MAX_PARAMETERS) {
+            const d = NativeDecoder.create(c, w, this.timing);
+            if (d) return d;
+          }
+        } catch (e) {
+          // The fused graph (or the per-layer runner) serves instead: same drafts, slower.
+          process.stderr.write(`[smallkv] ${this.name}: no native draft decoder (${(e as Error).message})\n`);
         }
       }
       return this.fusedDecoder();
