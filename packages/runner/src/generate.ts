@@ -337,7 +337,9 @@ export class Generator {
       // Every request's plain step counts (a request without speculation runs the same step).
       for (const a of batch) {
         const t = this.tunerOf(a);
-        if (!seen.has(t)) t.notePlain(seconds);
+        // Per sequence: a round may hold fewer sequences than a plain step (a probe beside
+        // plain ones), and only per-sequence costs compare across them.
+        if (!seen.has(t)) t.notePlain(seconds / batch.length);
         seen.add(t);
         t.idle++;
       }
@@ -469,7 +471,7 @@ export class Generator {
         });
       }
       const tuner = this.tunerOf(items[0][0]);
-      tuner.noteDraft(draftSeconds / steps);
+      tuner.noteDraft(draftSeconds / steps / items.length);
 
       // Verify: every drafted token at once (or as one-token steps where the policy must).
       const rows = await this.verify(items, drafts);
@@ -491,7 +493,7 @@ export class Generator {
       }
       const k = Math.max(...items.map(([, k]) => k));
       const kept = back.reduce((x, b) => x + b.accepted, 0) / back.length;
-      tuner.noteRound((performance.now() - t0) / 1000, k, kept);
+      tuner.noteRound((performance.now() - t0) / 1000 / items.length, k, kept);
 
       items.forEach(([a, k], i) => {
         const b = back[i];

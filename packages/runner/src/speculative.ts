@@ -114,8 +114,9 @@ export function predictedSpeedup(alpha: number, k: number, c: number): number {
 }
 
 /**
- * Adaptive draft length from measured costs (seconds, moving averages): a plain decode step,
- * a draft-model step, and a whole round (drafting, verify, rollback) per draft length k; and
+ * Adaptive draft length from measured costs (seconds per sequence, medians of recent samples:
+ * a step's or round's time over the sequences in it): a plain decode step, a draft-model step,
+ * and a whole round (drafting, verify, rollback) per draft length k; and
  * the acceptance rate seen across requests. Picks the k with the best expected tokens per
  * second, or 0 when none beats plain decoding. One per model, policy and batch size, so
  * what one request measured serves the next.

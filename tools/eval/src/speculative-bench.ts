@@ -117,10 +117,13 @@ export async function benchSpeculative(o: SpeculativeBenchOptions): Promise<Spec
         // Per repeat, each mode's rate against plain decoding measured beside it.
         const ratios = new Map<string, number[]>();
         let policyShare = 0;
-        // Interleaved repeats, best kept per mode.
+        // Interleaved repeats (order rotating), best kept per mode.
         for (let r = 0; r < o.repeats; r++) {
           const rate = new Map<string, number>();
-          for (const mode of o.modes) {
+          // The order rotates per repeat: a run after a speculative one inherits its garbage
+          // (collected during the next run), so no mode may always come right after another.
+          const order = o.modes.map((_, i) => o.modes[(i + r) % o.modes.length]);
+          for (const mode of order) {
             const spec: SpeculativeOptions | undefined =
               mode === "none"
                 ? undefined
