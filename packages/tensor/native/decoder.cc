@@ -14,6 +14,28 @@ namespace {
 
 // y[t][n] = sum_k x[t][k] W[n][k] (+ b[n]); W in PyTorch Linear layout [N][K].
 void linear(const float* x, int T, int K, const float* W, const float* b, int N, float* y) {
+  if (T >= 8) {
+    // Many rows (a draft model's catch-up prefill): x transposed once, so each output column
+    // is vertical multiply-adds over the rows, with no horizontal sum per output.
+    thread_local std::vector<float> xt, acc;
+    xt.resize(size_t(K) * T);
+    acc.resize(size_t(T));
+    for (int t = 0; t < T; ++t)
+      for (int k = 0; k < K; ++k) xt[size_t(k) * T + t] = x[static_cast<int64_t>(t) * K + k];
+    for (int n = 0; n < N; ++n) {
+      const float* w = W + static_cast<int64_t>(n) * K;
+      float* a = acc.data();
+      std::fill(a, a + T, 0.f);
+      for (int k = 0; k < K; ++k) {
+        const float wk = w[k];
+        const float* xk = xt.data() + size_t(k) * T;
+#pragma omp simd
+        for (int t = 0; t < T; ++t) a[t] += xk[t] * wk;
+      }
+      for (int t = 0; t < T; ++t) y[static_cast<int64_t>(t) * N + n] = b ? a[t] + b[n] : a[t];
+    }
+    return;
+  }
   for (int t = 0; t < T; ++t) {
     const float* xt = x + static_cast<int64_t>(t) * K;
     float* yt = y + static_cast<int64_t>(t) * N;

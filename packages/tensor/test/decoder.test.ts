@@ -61,12 +61,13 @@ describe("decoderStep", () => {
   for (const [name, s, rope] of shapes)
     it(`matches the TypeScript reference over a prefill and decode steps: ${name}`, () => {
       const weights = model(s, 7);
-      const cap = 16;
+      const cap = 20;
       const kv = new Float32Array(decoderCacheFloats(s, cap));
       const kvRef = new Float32Array(kv.length);
       const r = rng(3);
       let past = 0;
-      for (const T of [5, 1, 1, 3, 1]) {
+      // 9 rows take the kernel's many-row path, the others the per-row one.
+      for (const T of [9, 1, 1, 3, 1]) {
         const tokens = Int32Array.from({ length: T }, () => Math.floor(r() * s.vocab));
         const args = { shape: s, weights, cap, past, tokens, theta: 10000, rope };
         const got = decoderStep({ ...args, kv });
@@ -81,7 +82,7 @@ describe("decoderStep", () => {
   it("a prefill and one-token steps give the same logits (the cache carries the context)", () => {
     const weights = model(base, 11);
     const cap = 12;
-    const tokens = Int32Array.of(3, 14, 15, 9, 26, 5);
+    const tokens = Int32Array.of(3, 14, 15, 9, 26, 5, 35, 8, 9, 7);
     const whole = decoderStep({
       shape: base,
       weights,
