@@ -119,7 +119,7 @@ interface SpecState {
   /** The draft model's sequence (the assistant's own when the policy reads it). */
   draft: Sequence | null;
   /** The draft's state in the model's draft decoder (a policy without the assistant). */
-  fused: DraftState | null;
+  decoded: DraftState | null;
   rounds: number;
   drafted: number;
   accepted: number;
@@ -185,7 +185,7 @@ export class Generator {
         k,
         adaptive,
         draft: null,
-        fused: null,
+        decoded: null,
         rounds: 0,
         drafted: 0,
         accepted: 0,
@@ -397,8 +397,8 @@ export class Generator {
   private async speculate(items: [Active, number][]): Promise<void> {
     const model = this.model;
     const draftModel = model.draftModel!;
-    // A draft for a policy without the assistant runs the model's fused decoder when it has one.
-    const fused = items.some(([a]) => !a.seq.assistant) ? await draftModel.draftDecoder() : null;
+    // A draft for a policy without the assistant runs the model's draft decoder when it has one.
+    const decoder = items.some(([a]) => !a.seq.assistant) ? await draftModel.draftDecoder() : null;
     const solo = items.filter(([a]) => !a.seq.assistant).length === 1;
     const V = model.config.vocabSize;
     const t0 = performance.now();
@@ -414,15 +414,15 @@ export class Generator {
       if (a.seq.assistant) {
         s.draft = a.seq.assistant.seq;
         a.seq.assistant.beginDraft();
-      } else if (!s.fused && !s.draft) {
+      } else if (!s.decoded && !s.draft) {
         // A native draft decoder serves every sequence (no padding); the fused onnxruntime
         // graph only a sequence alone: beside others the runner's batched step costs less
         // than padded fused calls (measured at batch 4).
-        if (fused && (solo || fused.perSequence)) s.fused = fused.newState();
+        if (decoder && (solo || decoder.perSequence)) s.decoded = decoder.newState();
         else s.draft = draftModel.newSequence();
       }
       // The draft sequence catches up on what the LLM has that it lacks (after a full accept).
-      const have = s.fused?.length ?? s.draft!.length;
+      const have = s.decoded?.length ?? s.draft!.length;
       feeds.set(a, [...a.seq.tokens.slice(have), a.last]);
     }
     try {
@@ -433,8 +433,8 @@ export class Generator {
       for (let j = 0; j < steps; j++) {
         const live = items.filter(([a, k]) => j < k + (a.seq.assistant ? 1 : 0));
         const td = performance.now();
-        // Runner sequences step together, and fused-decoder ones in one call of their own.
-        const together = live.filter(([a]) => !a.spec!.fused);
+        // Runner sequences step together, and draft-decoder ones in one call of their own.
+        const together = live.filter(([a]) => !a.spec!.decoded);
         const outs = new Map<Active, Float32Array>();
         const res = together.length
           ? await draftModel.forward(
@@ -446,10 +446,10 @@ export class Generator {
             )
           : [];
         together.forEach(([a], i) => outs.set(a, res[i]));
-        const alone = live.filter(([a]) => a.spec!.fused);
+        const alone = live.filter(([a]) => a.spec!.decoded);
         if (alone.length) {
-          const res = await fused!.stepMany(
-            alone.map(([a]) => ({ state: a.spec!.fused!, tokens: feeds.get(a)! })),
+          const res = await decoder!.stepMany(
+            alone.map(([a]) => ({ state: a.spec!.decoded!, tokens: feeds.get(a)! })),
           );
           alone.forEach(([a], k) => outs.set(a, res[k]));
         }
@@ -488,7 +488,7 @@ export class Generator {
       for (const b of ok) {
         const a = b.a;
         a.seq.assistant?.rollbackTo(b.length);
-        const ds = a.spec!.fused ?? a.spec!.draft!;
+        const ds = a.spec!.decoded ?? a.spec!.draft!;
         if (!a.seq.assistant && ds.length > b.length) ds.truncateTo(b.length);
       }
       const k = Math.max(...items.map(([, k]) => k));

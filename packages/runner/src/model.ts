@@ -9,7 +9,12 @@ import { FusedDecoder } from "./fused-decoder.js";
 import { graphFolder } from "./graph-cache.js";
 import { type PlannedAttention, planAt } from "./host-attend.js";
 import { KV_STORE_TYPES, type KvStoreType } from "./kv-cache.js";
-import { type DraftDecoder, NATIVE_DRAFT_MAX_PARAMETERS, NativeDecoder } from "./native-decoder.js";
+import {
+  type DraftDecoder,
+  NATIVE_DRAFT_MAX_PARAMETERS,
+  NativeDecoder,
+  wholeStepFits,
+} from "./native-decoder.js";
 import { BlockGraphs, type GraphQuant } from "./onnx/blocks.js";
 import { decoderGraph } from "./onnx/decoder.js";
 import type { KvPolicyHook } from "./policy-hook.js";
@@ -162,7 +167,7 @@ export class Model {
   fusedDecoder(): Promise<FusedDecoder | null> {
     this.fused ??= (async () => {
       const c = this.config;
-      if (this.runner || !this.ort || c.slidingWindow?.some((w) => w !== null) || c.rope.dynamic) return null;
+      if (this.runner || !this.ort || !wholeStepFits(c)) return null;
       try {
         const graph = decoderGraph(c, openWeights(this.dir, c), this.quant, { n: 0 });
         const session = await this.ort.InferenceSession.create(graph.encode(), this.sessionOptions);

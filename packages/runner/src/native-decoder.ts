@@ -38,6 +38,11 @@ export class DraftTokens implements DraftState {
   }
 }
 
+/** Whether one whole-step draft graph or kernel serves this model (full attention, fixed RoPE). */
+export function wholeStepFits(c: ModelConfig): boolean {
+  return !c.slidingWindow.some((w) => w !== null) && !c.rope.dynamic;
+}
+
 /** A draft step's inputs, checked: states of this decoder, tokens in the vocabulary and the context. */
 export function checkDraftItems<S extends DraftState>(
   items: { state: DraftState; tokens: number[] }[],
@@ -82,7 +87,7 @@ export class NativeDecoder implements DraftDecoder {
     w: LayeredWeights,
     timing: { forward: number; steps: number },
   ): NativeDecoder | null {
-    if (config.slidingWindow.some((x) => x !== null) || config.rope.dynamic) return null;
+    if (!wholeStepFits(config)) return null;
     return new NativeDecoder(config, w, timing);
   }
 
