@@ -381,7 +381,7 @@ export class Generator {
       const t = this.tunerOf(a);
       if (t.plain === 0) return 0;
       k = t.measured ? t.choose(s.rounds >= 2 ? s.alpha : t.alpha, k) : 1;
-      if (k === 0 && t.probeDue()) k = 1;
+      if (k === 0 && t.probeDue(s.k)) k = 1;
     }
     if (k < 1) return 0;
     const p = seq.policy;
@@ -402,6 +402,7 @@ export class Generator {
     const solo = items.filter(([a]) => !a.seq.assistant).length === 1;
     const V = model.config.vocabSize;
     const t0 = performance.now();
+    let roundStart = t0;
     const n = new Map<Active, number>();
     const drafts = new Map<Active, number[]>();
     const qs = new Map<Active, (Float64Array | null)[]>();
@@ -426,6 +427,23 @@ export class Generator {
       feeds.set(a, [...a.seq.tokens.slice(have), a.last]);
     }
     try {
+      // A draft model that has not followed the request (a probe, a request's first round)
+      // first prefills what it lacks, apart: that is a one-off cost, not a round's, and the
+      // adaptive tuner must not count it as one.
+      const behind = items.filter(([a]) => !a.seq.assistant && feeds.get(a)!.length > 2);
+      if (behind.length) {
+        const upTo = ([a]: [Active, number]) => feeds.get(a)!.slice(0, -1);
+        const decoded = behind.filter(([a]) => a.spec!.decoded);
+        const stepped = behind.filter(([a]) => !a.spec!.decoded);
+        if (decoded.length)
+          await decoder!.stepMany(decoded.map((i) => ({ state: i[0].spec!.decoded!, tokens: upTo(i) })));
+        if (stepped.length)
+          await draftModel.forward(
+            stepped.map((i) => ({ seq: i[0].spec!.draft!, tokens: upTo(i), logits: "none" as const })),
+          );
+        for (const [a] of behind) feeds.set(a, feeds.get(a)!.slice(-1));
+        roundStart = performance.now();
+      }
       // Draft: k steps; the assistant of a policy that reads it also runs on the last draft
       // (the LLM's verify rows read its view at every position).
       const steps = Math.max(...items.map(([a, k]) => k + (a.seq.assistant ? 1 : 0)));
@@ -493,7 +511,7 @@ export class Generator {
       }
       const k = Math.max(...items.map(([, k]) => k));
       const kept = back.reduce((x, b) => x + b.accepted, 0) / back.length;
-      tuner.noteRound((performance.now() - t0) / 1000 / items.length, k, kept);
+      tuner.noteRound((performance.now() - roundStart) / 1000 / items.length, k, kept);
 
       items.forEach(([a, k], i) => {
         const b = back[i];

@@ -32,7 +32,14 @@ export {
   type TokenEvent,
 } from "./generate.js";
 export { KV_STORE_TYPES, KvCache, type KvStoreType } from "./kv-cache.js";
-export { type HotRowsMode, type LoadOptions, Model, type StepInput, type StepOutput } from "./model.js";
+export {
+  type HotRowsMode,
+  type LoadOptions,
+  Model,
+  ONE_THREAD_MAX_PARAMETERS,
+  type StepInput,
+  type StepOutput,
+} from "./model.js";
 export {
   type DraftDecoder,
   type DraftState,

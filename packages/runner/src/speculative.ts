@@ -133,6 +133,9 @@ export class DraftTuner {
   idle = 0;
   private probeEvery = 64;
   private static readonly RATE = 0.2;
+  // Only a clear predicted gain: step times on a shared machine vary by 10% and more, and a
+  // round that does not pay costs more than a plain step.
+  private static readonly GAIN = 1.1;
 
   /** Seconds of a plain decode step. */
   get plain(): number {
@@ -150,10 +153,19 @@ export class DraftTuner {
     this.draftS.add(seconds);
   }
 
-  /** Whether a probe round is due (while the prediction says 0); the next one waits twice as long. */
-  probeDue(): boolean {
+  /**
+   * Whether a probe round is due (while the prediction says 0); the next one waits twice as
+   * long. One sequence probes per due (a probe beside plain steps pays the draft model's
+   * catch-up on the whole request), and none while drafting could not pay even if every draft
+   * were accepted: a probe only refreshes the acceptance rate.
+   */
+  probeDue(kMax: number): boolean {
     if (this.idle < this.probeEvery) return false;
+    let best = 0;
+    for (let k = 1; k <= kMax; k++) best = Math.max(best, this.speedup(1, k));
+    if (best <= DraftTuner.GAIN) return false;
     this.probeEvery = Math.min(this.probeEvery * 2, 4096);
+    this.idle = 0;
     return true;
   }
 
@@ -195,9 +207,7 @@ export class DraftTuner {
   /** The best k in [0, kMax]. */
   choose(alpha: number, kMax: number): number {
     let best = 0;
-    // Only a clear predicted gain: step times on a shared machine vary by 10% and more, and a
-    // round that does not pay costs more than a plain step.
-    let bestGain = 1.1;
+    let bestGain = DraftTuner.GAIN;
     for (let k = 1; k <= kMax; k++) {
       const g = this.speedup(alpha, k);
       if (g > bestGain) {

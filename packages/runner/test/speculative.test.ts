@@ -140,6 +140,31 @@ describe("draft verification", () => {
     for (let i = 0; i < 15; i++) t.noteRound(0.012, 2, 2);
     expect(t.choose(0.9, 4)).toBeGreaterThan(0);
   });
+
+  it("the tuner probes once per due, and never when even full acceptance cannot pay", () => {
+    const t = new DraftTuner();
+    for (let i = 0; i < 5; i++) t.notePlain(0.01);
+    t.noteDraft(0.004);
+    // A round of k = 2 costs 2.5 plain steps: 3 tokens at best, 1.2x; at alpha 0.3, a loss.
+    for (let i = 0; i < 5; i++) t.noteRound(0.025, 2, 0.6);
+    expect(t.choose(0.3, 2)).toBe(0);
+    t.idle = 63;
+    expect(t.probeDue(2)).toBe(false);
+    t.idle = 64;
+    expect(t.probeDue(2)).toBe(true);
+    // The due is spent: a second sequence in the same step does not probe too.
+    expect(t.probeDue(2)).toBe(false);
+    // The next due waits twice as long.
+    t.idle = 127;
+    expect(t.probeDue(2)).toBe(false);
+    t.idle = 128;
+    expect(t.probeDue(2)).toBe(true);
+    // Rounds that cost four plain steps: no draft length pays even if all are accepted.
+    for (let i = 0; i < 15; i++) t.noteRound(0.04, 2, 2);
+    t.idle = 1e6;
+    expect(t.probeDue(2)).toBe(false);
+    expect(t.probeDue(4)).toBe(false);
+  });
 });
 
 function seeded(seed: number): () => number {

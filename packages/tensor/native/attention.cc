@@ -3,6 +3,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include "kernels.h"
 
 namespace skv {
@@ -88,8 +92,104 @@ inline void attend_group_d(const float* const* qr, int G, const float* kh, const
   }
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// Head dims up to 8 (stories260K and its assistants: 8 and 6), contiguous rows: one ymm per
+// key row (masked below 8: the load never touches the next row's lanes), eight scores at once
+// through a horizontal-add tree, and the outputs in registers. The generic loop spends its
+// time on one horizontal sum per score and on the output rows' store-to-load chain: measured
+// 5.0-5.9 ns per key and head against 1.7-2.1 here at D = 8 (2 heads, 200-1000 keys).
+template <int kD>
+inline __m256 load_row(const float* p, __m256i mask) {
+  if constexpr (kD == 8) {
+    (void)mask;
+    return _mm256_loadu_ps(p);
+  } else {
+    return _mm256_maskload_ps(p, mask);
+  }
+}
+
+template <int kD, int kG>
+inline void attend_group_small(const float* const* qr, const float* kh, const float* vh, int n, float scale, float* w,
+                               float* const* o) {
+  const __m256i mask = _mm256_setr_epi32(0 < kD ? -1 : 0, 1 < kD ? -1 : 0, 2 < kD ? -1 : 0, 3 < kD ? -1 : 0,
+                                         4 < kD ? -1 : 0, 5 < kD ? -1 : 0, 6 < kD ? -1 : 0, 7 < kD ? -1 : 0);
+  __m256 q[kG];
+  for (int i = 0; i < kG; ++i) q[i] = _mm256_mul_ps(load_row<kD>(qr[i], mask), _mm256_set1_ps(scale));
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const float* kr = kh + static_cast<int64_t>(j) * kD;
+    const __m256 k0 = load_row<kD>(kr, mask), k1 = load_row<kD>(kr + kD, mask),
+                 k2 = load_row<kD>(kr + 2 * kD, mask), k3 = load_row<kD>(kr + 3 * kD, mask),
+                 k4 = load_row<kD>(kr + 4 * kD, mask), k5 = load_row<kD>(kr + 5 * kD, mask),
+                 k6 = load_row<kD>(kr + 6 * kD, mask), k7 = load_row<kD>(kr + 7 * kD, mask);
+    for (int i = 0; i < kG; ++i) {
+      __m256 t0 = _mm256_hadd_ps(_mm256_mul_ps(k0, q[i]), _mm256_mul_ps(k1, q[i]));
+      const __m256 t1 = _mm256_hadd_ps(_mm256_mul_ps(k2, q[i]), _mm256_mul_ps(k3, q[i]));
+      __m256 t2 = _mm256_hadd_ps(_mm256_mul_ps(k4, q[i]), _mm256_mul_ps(k5, q[i]));
+      const __m256 t3 = _mm256_hadd_ps(_mm256_mul_ps(k6, q[i]), _mm256_mul_ps(k7, q[i]));
+      t0 = _mm256_hadd_ps(t0, t1);
+      t2 = _mm256_hadd_ps(t2, t3);
+      const __m256 lo = _mm256_permute2f128_ps(t0, t2, 0x20), hi = _mm256_permute2f128_ps(t0, t2, 0x31);
+      _mm256_storeu_ps(w + static_cast<int64_t>(i) * n + j, _mm256_add_ps(lo, hi));
+    }
+  }
+  for (; j < n; ++j) {
+    const __m256 kr = load_row<kD>(kh + static_cast<int64_t>(j) * kD, mask);
+    for (int i = 0; i < kG; ++i) {
+      const __m256 p = _mm256_mul_ps(kr, q[i]);
+      __m128 s = _mm_add_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+      s = _mm_hadd_ps(s, s);
+      s = _mm_hadd_ps(s, s);
+      w[static_cast<int64_t>(i) * n + j] = _mm_cvtss_f32(s);
+    }
+  }
+  for (int i = 0; i < kG; ++i) softmax(w + static_cast<int64_t>(i) * n, n);
+  // Two accumulators per head: the multiply-adds of consecutive keys overlap.
+  __m256 a0[kG], a1[kG];
+  for (int i = 0; i < kG; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+  j = 0;
+  for (; j + 2 <= n; j += 2) {
+    const __m256 v0 = load_row<kD>(vh + static_cast<int64_t>(j) * kD, mask);
+    const __m256 v1 = load_row<kD>(vh + static_cast<int64_t>(j + 1) * kD, mask);
+    for (int i = 0; i < kG; ++i) {
+      a0[i] = _mm256_fmadd_ps(_mm256_set1_ps(w[static_cast<int64_t>(i) * n + j]), v0, a0[i]);
+      a1[i] = _mm256_fmadd_ps(_mm256_set1_ps(w[static_cast<int64_t>(i) * n + j + 1]), v1, a1[i]);
+    }
+  }
+  if (j < n) {
+    const __m256 v0 = load_row<kD>(vh + static_cast<int64_t>(j) * kD, mask);
+    for (int i = 0; i < kG; ++i) a0[i] = _mm256_fmadd_ps(_mm256_set1_ps(w[static_cast<int64_t>(i) * n + j]), v0, a0[i]);
+  }
+  for (int i = 0; i < kG; ++i) {
+    if constexpr (kD == 8) _mm256_storeu_ps(o[i], _mm256_add_ps(a0[i], a1[i]));
+    else _mm256_maskstore_ps(o[i], mask, _mm256_add_ps(a0[i], a1[i]));
+  }
+}
+
+template <int kD>
+inline void attend_group_small_g(const float* const* qr, int G, const float* kh, const float* vh, int n, float scale,
+                                 float* w, float* const* o) {
+  switch (G) {
+    case 1:
+      return attend_group_small<kD, 1>(qr, kh, vh, n, scale, w, o);
+    case 2:
+      return attend_group_small<kD, 2>(qr, kh, vh, n, scale, w, o);
+    case 3:
+      return attend_group_small<kD, 3>(qr, kh, vh, n, scale, w, o);
+    default:
+      return attend_group_small<kD, 4>(qr, kh, vh, n, scale, w, o);
+  }
+}
+#endif
+
 inline void attend_group(const float* const* qr, int G, const float* kh, const float* vh, const int32_t* slots, int n,
                          int D, float scale, float* w, float* const* o) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (slots == nullptr && G <= 4) {
+    if (D == 8) return attend_group_small_g<8>(qr, G, kh, vh, n, scale, w, o);
+    if (D == 6) return attend_group_small_g<6>(qr, G, kh, vh, n, scale, w, o);
+  }
+#endif
   switch (D) {
     case 6:  // stories260K-slm-a
       return attend_group_d<6>(qr, G, kh, vh, slots, n, D, scale, w, o);

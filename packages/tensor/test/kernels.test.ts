@@ -64,6 +64,8 @@ describe("attention", () => {
   cases.push([2, 3, 8, 5, 3]);
   // Head dims with their own compiled loops (6: stories260K-slm-a) and one without (12).
   cases.push([4, 2, 6, 40, 1], [2, 2, 6, 0, 9], [2, 2, 12, 17, 2]);
+  // Head dims 6 and 8 at every group size of their register path (1-4), over 8-key blocks and tails.
+  cases.push([1, 4, 6, 21, 3], [3, 3, 6, 8, 2], [2, 1, 6, 15, 1], [1, 3, 8, 16, 1], [2, 1, 8, 7, 4]);
 
   for (const [Hkv, group, D, past, T] of cases) {
     const Hq = Hkv * group;
