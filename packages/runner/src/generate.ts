@@ -125,6 +125,8 @@ interface SpecState {
   accepted: number;
   /** Moving acceptance rate (adaptive k). */
   alpha: number;
+  /** Whether the last adaptive choice was to draft (it keeps drafting while that pays at all). */
+  drafting: boolean;
 }
 
 let nextRequest = 1;
@@ -190,6 +192,7 @@ export class Generator {
         drafted: 0,
         accepted: 0,
         alpha: 0.7,
+        drafting: false,
       };
     }
     const seq = model.newSequence(o.policy);
@@ -339,7 +342,9 @@ export class Generator {
         const t = this.tunerOf(a);
         // Per sequence: a round may hold fewer sequences than a plain step (a probe beside
         // plain ones), and only per-sequence costs compare across them.
-        if (!seen.has(t)) t.notePlain(seconds / batch.length);
+        // Only a step of the tuner's whole batch: beside a probe round a smaller plain step
+        // costs more per sequence than the steps the tuner compares.
+        if (!seen.has(t) && batch.length === t.batch) t.notePlain(seconds / batch.length);
         seen.add(t);
         t.idle++;
       }
@@ -359,7 +364,7 @@ export class Generator {
     const batch = Math.min(this.active.length, this.opts.maxBatch ?? this.active.length);
     const key = `${a.seq.policy.name}${a.seq.assistant ? "+assistant" : ""}@${batch}`;
     let t = byPolicy.get(key);
-    if (!t) byPolicy.set(key, (t = new DraftTuner()));
+    if (!t) byPolicy.set(key, (t = new DraftTuner(batch)));
     return t;
   }
 
@@ -380,7 +385,14 @@ export class Generator {
       // (ever rarer, shared by every request of the policy) refreshes the acceptance rate.
       const t = this.tunerOf(a);
       if (t.plain === 0) return 0;
-      k = t.measured ? t.choose(s.rounds >= 2 ? s.alpha : t.alpha, k) : 1;
+      // Beside other requests every adaptive one follows the shared rate and choice: a round
+      // of one sequence costs about what a round of all does on a small model, and the plain
+      // step beside it too, so requests that split between drafting and not pay twice.
+      const shared = t.batch > 1;
+      const alpha = shared || s.rounds < 2 ? t.alpha : s.alpha;
+      k = t.measured ? t.choose(alpha, k, shared ? t.drafting : s.drafting) : 1;
+      if (shared) t.drafting = k > 0;
+      else s.drafting = k > 0;
       if (k === 0 && t.probeDue(s.k)) k = 1;
     }
     if (k < 1) return 0;
@@ -511,7 +523,10 @@ export class Generator {
       }
       const k = Math.max(...items.map(([, k]) => k));
       const kept = back.reduce((x, b) => x + b.accepted, 0) / back.length;
-      tuner.noteRound((performance.now() - roundStart) / 1000 / items.length, k, kept);
+      // A round of fewer sequences than the tuner's batch (a probe) counts for the acceptance
+      // rate only: on a small model its cost per sequence is no guide to a whole batch's.
+      const whole = items.length === tuner.batch;
+      tuner.noteRound((performance.now() - roundStart) / 1000 / items.length, k, kept, whole);
 
       items.forEach(([a, k], i) => {
         const b = back[i];

@@ -129,6 +129,12 @@ export class DraftTuner {
   private readonly roundS = new Map<number, RecentMedian>();
   /** Acceptance rate across requests (a new request starts from it). */
   alpha = 0.7;
+  /** Whether the requests that share this tuner's choice are drafting (batch > 1). */
+  drafting = false;
+
+  /** `batch`: the number of sequences per step that this tuner's costs are for. */
+  constructor(readonly batch = 1) {}
+
   /** Plain steps since the last round, and how many to wait before a probe (doubles). */
   idle = 0;
   private probeEvery = 64;
@@ -169,13 +175,18 @@ export class DraftTuner {
     return true;
   }
 
-  /** A whole round (drafting, verify, rollback) of k drafts took `seconds`; `accepted` of them kept. */
-  noteRound(seconds: number, k: number, accepted: number): void {
+  /**
+   * A whole round (drafting, verify, rollback) of k drafts took `seconds`; `accepted` of them
+   * kept. `costs` false: the round only informs the acceptance rate.
+   */
+  noteRound(seconds: number, k: number, accepted: number, costs = true): void {
     this.idle = 0;
     if (k < 1) return;
-    let m = this.roundS.get(k);
-    if (!m) this.roundS.set(k, (m = new RecentMedian()));
-    m.add(seconds);
+    if (costs) {
+      let m = this.roundS.get(k);
+      if (!m) this.roundS.set(k, (m = new RecentMedian()));
+      m.add(seconds);
+    }
     this.alpha += DraftTuner.RATE * (accepted / k - this.alpha);
   }
 
@@ -204,10 +215,14 @@ export class DraftTuner {
     return this.plain > 0 && this.roundS.size > 0;
   }
 
-  /** The best k in [0, kMax]. */
-  choose(alpha: number, kMax: number): number {
+  /**
+   * The best k in [0, kMax]. A request that is drafting keeps on while a round pays at all; one
+   * that is not starts only on a clear gain: switching back and forth costs the draft model a
+   * catch-up each time, and the acceptance rate moves from round to round.
+   */
+  choose(alpha: number, kMax: number, drafting = false): number {
     let best = 0;
-    let bestGain = DraftTuner.GAIN;
+    let bestGain = drafting ? 1 : DraftTuner.GAIN;
     for (let k = 1; k <= kMax; k++) {
       const g = this.speedup(alpha, k);
       if (g > bestGain) {

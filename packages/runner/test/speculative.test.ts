@@ -139,6 +139,12 @@ describe("draft verification", () => {
     // Cheap rounds at high acceptance: it drafts.
     for (let i = 0; i < 15; i++) t.noteRound(0.012, 2, 2);
     expect(t.choose(0.9, 4)).toBeGreaterThan(0);
+    // A small gain (2.19 tokens for 2.1 steps' cost): not enough to start, enough to keep on.
+    for (let i = 0; i < 15; i++) t.noteRound(0.021, 2, 2);
+    expect(t.choose(0.7, 2)).toBe(0);
+    expect(t.choose(0.7, 2, true)).toBe(2);
+    // A loss stops it either way.
+    expect(t.choose(0.3, 2, true)).toBe(0);
   });
 
   it("the tuner probes once per due, and never when even full acceptance cannot pay", () => {
