@@ -340,10 +340,8 @@ export class Generator {
       // Every request's plain step counts (a request without speculation runs the same step).
       for (const a of batch) {
         const t = this.tunerOf(a);
-        // Per sequence: a round may hold fewer sequences than a plain step (a probe beside
-        // plain ones), and only per-sequence costs compare across them.
-        // Only a step of the tuner's whole batch: beside a probe round a smaller plain step
-        // costs more per sequence than the steps the tuner compares.
+        // Per sequence, and only from a step of the tuner's whole batch: beside a probe round
+        // a smaller plain step costs more per sequence than the steps the tuner compares.
         if (!seen.has(t) && batch.length === t.batch) t.notePlain(seconds / batch.length);
         seen.add(t);
         t.idle++;
