@@ -1,6 +1,6 @@
 import type { StepModel } from "./assisted.js";
 import { ContextLengthError, InvalidOptionError } from "./errors.js";
-import type { DraftState } from "./native-decoder.js";
+import type { DraftDecoder, DraftState } from "./native-decoder.js";
 import type { KvPolicyHook } from "./policy-hook.js";
 import { argmax, logSoftmax, Sampler, type SamplingOptions } from "./sampler.js";
 import { policyHasState, type Sequence } from "./sequence.js";
@@ -400,6 +400,39 @@ export class Generator {
   }
 
   /**
+   * Feed each request's draft sequence its tokens: runner sequences step together, and
+   * draft-decoder ones in one call of their own. Returns the last logits of those that want them
+   * (a draft decoder's always).
+   */
+  private async feedDrafts(
+    decoder: DraftDecoder | null,
+    items: [Active, number][],
+    tokens: (a: Active) => number[],
+    wantLogits: (k: number) => boolean,
+  ): Promise<Map<Active, Float32Array>> {
+    const outs = new Map<Active, Float32Array>();
+    const together = items.filter(([a]) => !a.spec!.decoded);
+    if (together.length) {
+      const res = await this.model.draftModel!.forward(
+        together.map(([a, k]) => ({
+          seq: a.spec!.draft!,
+          tokens: tokens(a),
+          logits: wantLogits(k) ? ("last" as const) : ("none" as const),
+        })),
+      );
+      together.forEach(([a], i) => outs.set(a, res[i]));
+    }
+    const alone = items.filter(([a]) => a.spec!.decoded);
+    if (alone.length) {
+      const res = await decoder!.stepMany(
+        alone.map(([a]) => ({ state: a.spec!.decoded!, tokens: tokens(a) })),
+      );
+      alone.forEach(([a], i) => outs.set(a, res[i]));
+    }
+    return outs;
+  }
+
+  /**
    * One speculative round for each given request: the assistant drafts k tokens, the LLM
    * verifies them in one step (rows planned one by one where the policy needs it), each
    * sequence keeps its accepted prefix and rolls back the rest.
@@ -442,15 +475,12 @@ export class Generator {
       // adaptive tuner must not count it as one.
       const behind = items.filter(([a]) => !a.seq.assistant && feeds.get(a)!.length > 2);
       if (behind.length) {
-        const upTo = ([a]: [Active, number]) => feeds.get(a)!.slice(0, -1);
-        const decoded = behind.filter(([a]) => a.spec!.decoded);
-        const stepped = behind.filter(([a]) => !a.spec!.decoded);
-        if (decoded.length)
-          await decoder!.stepMany(decoded.map((i) => ({ state: i[0].spec!.decoded!, tokens: upTo(i) })));
-        if (stepped.length)
-          await draftModel.forward(
-            stepped.map((i) => ({ seq: i[0].spec!.draft!, tokens: upTo(i), logits: "none" as const })),
-          );
+        await this.feedDrafts(
+          decoder,
+          behind,
+          (a) => feeds.get(a)!.slice(0, -1),
+          () => false,
+        );
         for (const [a] of behind) feeds.set(a, feeds.get(a)!.slice(-1));
         roundStart = performance.now();
       }
@@ -461,26 +491,12 @@ export class Generator {
       for (let j = 0; j < steps; j++) {
         const live = items.filter(([a, k]) => j < k + (a.seq.assistant ? 1 : 0));
         const td = performance.now();
-        // Runner sequences step together, and draft-decoder ones in one call of their own.
-        const together = live.filter(([a]) => !a.spec!.decoded);
-        const outs = new Map<Active, Float32Array>();
-        const res = together.length
-          ? await draftModel.forward(
-              together.map(([a, k]) => ({
-                seq: a.spec!.draft!,
-                tokens: feeds.get(a)!,
-                logits: j < k ? ("last" as const) : ("none" as const),
-              })),
-            )
-          : [];
-        together.forEach(([a], i) => outs.set(a, res[i]));
-        const alone = live.filter(([a]) => a.spec!.decoded);
-        if (alone.length) {
-          const res = await decoder!.stepMany(
-            alone.map(([a]) => ({ state: a.spec!.decoded!, tokens: feeds.get(a)! })),
-          );
-          alone.forEach(([a], k) => outs.set(a, res[k]));
-        }
+        const outs = await this.feedDrafts(
+          decoder,
+          live,
+          (a) => feeds.get(a)!,
+          (k) => j < k,
+        );
         draftSeconds += (performance.now() - td) / 1000;
         live.forEach(([a, k]) => {
           if (j >= k) return;
