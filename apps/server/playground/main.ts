@@ -32,11 +32,15 @@ interface ModelInfo {
 }
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
-const key = new URLSearchParams(location.search).get("key");
-const headers: Record<string, string> = {
-  "content-type": "application/json",
-  ...(key ? { authorization: `Bearer ${key}` } : {}),
+// The API key, when the server wants one: typed into the page, kept for this tab only.
+const KEY_STORE = "smallkv-api-key";
+const headers = (): Record<string, string> => {
+  const key = sessionStorage.getItem(KEY_STORE);
+  return { "content-type": "application/json", ...(key ? { authorization: `Bearer ${key}` } : {}) };
 };
+
+/** A refused key (401): the page asks for another. */
+class KeyRefused extends Error {}
 
 const EXAMPLE =
   'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball stuck in a tall tree. She wanted to get the ball, but the tree was too high. She asked her friend Tom to help her. Tom was a kind boy who liked to climb. He said, "I can help you, Lily!" Tom climbed the tree and got the ball.';
@@ -53,9 +57,12 @@ const pieces = new Map<number, string>();
 async function api<T>(path: string, body?: unknown): Promise<T> {
   const r = await fetch(
     path,
-    body === undefined ? { headers } : { method: "POST", headers, body: JSON.stringify(body) },
+    body === undefined
+      ? { headers: headers() }
+      : { method: "POST", headers: headers(), body: JSON.stringify(body) },
   );
   const j = await r.json();
+  if (r.status === 401) throw new KeyRefused(j.error?.message ?? "API key refused");
   if (!r.ok) throw new Error(j.error?.message ?? `HTTP ${r.status}`);
   return j as T;
 }
@@ -97,16 +104,54 @@ function option(sel: HTMLSelectElement, value: string, label = value) {
   sel.append(o);
 }
 
-async function init() {
-  const models = await api<{ data: (ModelInfo & { max_model_len: number })[] }>("/v1/models");
-  model = models.data[0];
+/** Show the key form with a plain message; the page waits there until a key is accepted. */
+function askForKey(message: string) {
+  $("auth").hidden = false;
+  $("auth-message").textContent = message;
+  $<HTMLButtonElement>("run").disabled = true;
+  $<HTMLInputElement>("api-key").focus();
+}
+
+/** Load the model description (the first call that needs the key); false when the key is refused. */
+async function loadModel(): Promise<boolean> {
+  try {
+    const models = await api<{ data: (ModelInfo & { max_model_len: number })[] }>("/v1/models");
+    model = models.data[0];
+  } catch (e) {
+    if (!(e instanceof KeyRefused)) throw e;
+    askForKey(
+      sessionStorage.getItem(KEY_STORE)
+        ? "The server refused this API key. Enter the right one."
+        : "This server requires an API key. Enter it to use the playground.",
+    );
+    return false;
+  }
+  $("auth-message").textContent = sessionStorage.getItem(KEY_STORE) ? "API key accepted." : "";
+  $<HTMLButtonElement>("run").disabled = false;
   $("model-name").textContent = model.id;
   $("assistant-name").textContent = model.assistant ?? "none";
   setupLayers();
   const policy = $<HTMLSelectElement>("policy");
+  policy.replaceChildren();
   // The server lists only the policies it can run (assistant-reading ones need its --assistant).
   for (const p of model.kv_policies) option(policy, p);
   policy.value = model.kv_policies.includes("smallkv") && model.assistant ? "smallkv" : "h2o";
+  return true;
+}
+
+async function init() {
+  $("auth-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const key = $<HTMLInputElement>("api-key").value.trim();
+    if (key) sessionStorage.setItem(KEY_STORE, key);
+    else sessionStorage.removeItem(KEY_STORE);
+    $<HTMLInputElement>("api-key").value = "";
+    void loadModel();
+  });
+  $("forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORE);
+    void loadModel();
+  });
   $<HTMLTextAreaElement>("prompt").value = EXAMPLE;
   $("example").addEventListener("click", () => ($<HTMLTextAreaElement>("prompt").value = EXAMPLE));
   $("run").addEventListener("click", () => void run());
@@ -116,15 +161,26 @@ async function init() {
     followLatest = Number($<HTMLInputElement>("step").value) === traces.length - 1;
     void render();
   });
+  // /health is open: it says whether the API wants a key before any call is refused.
+  const health = (await (await fetch("/health")).json()) as { api_key_required?: boolean };
+  if (health.api_key_required) {
+    $("auth").hidden = false;
+    if (!sessionStorage.getItem(KEY_STORE)) {
+      askForKey("This server requires an API key. Enter it to use the playground.");
+      return;
+    }
+  }
+  await loadModel();
 }
 
 /** POST a streaming request and call `onChunk` for every SSE data object. */
 async function stream(body: Record<string, unknown>, onChunk: (c: Record<string, any>) => void) {
   const r = await fetch("/v1/completions", {
     method: "POST",
-    headers,
+    headers: headers(),
     body: JSON.stringify({ ...body, stream: true }),
   });
+  if (r.status === 401) throw new KeyRefused((await r.json()).error?.message ?? "API key refused");
   if (!r.ok) throw new Error((await r.json()).error?.message ?? `HTTP ${r.status}`);
   const reader = r.body!.getReader();
   const dec = new TextDecoder();
@@ -204,6 +260,7 @@ async function run() {
     status.dataset.done = "true";
   } catch (e) {
     status.textContent = `error: ${(e as Error).message}`;
+    if (e instanceof KeyRefused) askForKey("The server refused the API key. Enter the right one.");
   } finally {
     btn.disabled = false;
   }
@@ -230,8 +287,10 @@ function setupLayers() {
   numKvHeads = model.num_kv_heads;
   numHeads = model.num_heads;
   const layer = $<HTMLSelectElement>("layer");
+  layer.replaceChildren();
   for (let l = 0; l < numLayers; l++) option(layer, String(l));
   const head = $<HTMLSelectElement>("head");
+  head.replaceChildren();
   for (let g = 0; g < numKvHeads; g++) option(head, String(g));
 }
 

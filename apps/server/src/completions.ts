@@ -43,7 +43,7 @@ export function completionHandlers(s: ServerContext) {
   const { llm } = s;
 
   async function completion(req: FastifyRequest<{ Body: CompletionBody }>, reply: FastifyReply) {
-    s.authed(req);
+    s.checkOpen();
     s.checkModel(req.body.model);
     refuseUnsupported(req.body);
     const p = req.body.prompt!;
@@ -57,7 +57,7 @@ export function completionHandlers(s: ServerContext) {
   }
 
   async function chatCompletion(req: FastifyRequest<{ Body: CompletionBody }>, reply: FastifyReply) {
-    s.authed(req);
+    s.checkOpen();
     s.checkModel(req.body.model);
     refuseUnsupported(req.body);
     refuseIfSurelyTooLong(llm.tokenizer, messageBytes(req.body.messages!), s.ctx, "messages");

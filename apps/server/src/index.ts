@@ -1,4 +1,4 @@
-export { bearer, keyMatches } from "./auth.js";
+export { bearer, keyMatches, type MetricsAccess } from "./auth.js";
 export { ChatFormatter, type ChatMessage } from "./chat-template.js";
 export { ApiError } from "./errors.js";
 export { type LoadOptions, type LoadResult, runLoad } from "./load.js";

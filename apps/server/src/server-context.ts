@@ -1,5 +1,4 @@
 import type { Model, StepModel } from "@smallkv/runner";
-import type { FastifyRequest } from "fastify";
 import type { ChatFormatter } from "./chat-template.js";
 import type { ServerMetrics } from "./metrics.js";
 import type { PolicyResolver } from "./policy-request.js";
@@ -20,8 +19,10 @@ export interface ServerContext {
   chat: ChatFormatter;
   policies: PolicyResolver;
   isClosing(): boolean;
-  /** Throws 503 while shutting down, 401 without the API key. */
-  authed(req: FastifyRequest): void;
+  /** Whether the API routes need a bearer key. */
+  apiKeyRequired: boolean;
+  /** Throws 503 while shutting down (the API key was checked before the body was read). */
+  checkOpen(): void;
   /** Throws 404 for a model this server does not serve. */
   checkModel(model: string | undefined): void;
 }

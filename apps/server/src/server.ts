@@ -6,8 +6,8 @@ import {
   type Model,
   type StepModel,
 } from "@smallkv/runner";
-import Fastify, { type FastifyInstance, type FastifyRequest, LogController } from "fastify";
-import { bearer, keyMatches } from "./auth.js";
+import Fastify, { type FastifyInstance, LogController } from "fastify";
+import { type MetricsAccess, registerAuth } from "./auth.js";
 import { ChatFormatter } from "./chat-template.js";
 import { type CompletionBody, completionHandlers } from "./completions.js";
 import { ApiError, badRequest, internalError } from "./errors.js";
@@ -42,8 +42,13 @@ export interface ServerOptions {
    * loaded and checked at start; a request selects one by name, never by path.
    */
   policyFiles?: PolicyFiles;
-  /** Require `Authorization: Bearer <apiKey>` on the API routes. */
+  /**
+   * Require `Authorization: Bearer <apiKey>` on every route but `/health`, `/metrics` (see
+   * `metricsAccess`) and the playground's static files; checked before the body is read.
+   */
   apiKey?: string;
+  /** `/metrics`: "public" (default, for Prometheus) or `{ key }` (its own bearer key). */
+  metricsAccess?: MetricsAccess;
   /** Sequences in the running batch (default 32) and requests waiting beyond it (default 64). */
   maxBatch?: number;
   maxQueue?: number;
@@ -133,6 +138,9 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
       void reply.code(e.status).headers(e.headers).send(e.body());
     },
   );
+  registerAuth(app, { apiKey: o.apiKey, metrics: o.metricsAccess }, (req) =>
+    metrics.requests.inc({ endpoint: req.routeOptions.url ?? "unknown", status: "401" }),
+  );
   app.setNotFoundHandler((req, reply) => {
     metrics.requests.inc({ endpoint: "unknown", status: "404" });
     void reply
@@ -148,18 +156,9 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
       );
   });
 
-  const authed = (req: FastifyRequest) => {
+  const checkOpen = () => {
     if (closing)
       throw new ApiError(503, "the server is shutting down", "server_error", null, "shutting_down");
-    if (o.apiKey !== undefined && !keyMatches(bearer(req.headers.authorization), o.apiKey)) {
-      throw new ApiError(
-        401,
-        "invalid or missing API key (Authorization: Bearer <key>)",
-        "authentication_error",
-        null,
-        "invalid_api_key",
-      );
-    }
   };
   const checkModel = (m: string | undefined) => {
     if (m !== undefined && m !== modelId)
@@ -194,7 +193,8 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
     chat,
     policies: policyResolver,
     isClosing: () => closing,
-    authed,
+    apiKeyRequired: o.apiKey !== undefined,
+    checkOpen,
     checkModel,
   };
   registerInfoRoutes(app, context);

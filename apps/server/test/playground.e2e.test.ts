@@ -9,18 +9,19 @@ import { startServer } from "./helpers.js";
 const here = dirname(fileURLToPath(import.meta.url));
 const shots = resolve(here, "..", "test-results");
 const executablePath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const KEY = "playground-s3cret";
 
-describe("playground page (headless Chromium)", () => {
+describe("playground page (headless Chromium, server with an API key)", () => {
   let srv: Awaited<ReturnType<typeof startServer>>;
   beforeAll(async () => {
     if (!existsSync(executablePath))
       throw new Error(`Chromium not found at ${executablePath}: .ci/run installs Debian's chromium package`);
-    srv = await startServer({ plugins: [playground] });
+    srv = await startServer({ plugins: [playground], apiKey: KEY });
     mkdirSync(shots, { recursive: true });
   });
   afterAll(() => srv?.close());
 
-  it("runs SmallKV at 20% beside Full and shows all four token classes; screenshots at 1280x800 and 420x800", async () => {
+  it("asks for the key, refuses a wrong one, then runs SmallKV at 20% beside Full and shows all four token classes; screenshots at 1280x800 and 420x800", async () => {
     const browser = await chromium.launch({
       executablePath,
       headless: true,
@@ -42,7 +43,23 @@ describe("playground page (headless Chromium)", () => {
         const page = await browser.newPage({ viewport: { width, height: 800 } });
         const errors: string[] = [];
         page.on("pageerror", (e) => errors.push(e.message));
+        const sentKeys: string[] = [];
+        page.on("request", (r) => {
+          if (new URL(r.url()).pathname.startsWith("/v1/")) sentKeys.push(r.headers().authorization ?? "");
+        });
         await page.goto(srv.url);
+        // The page says plainly that the server wants a key, and runs nothing without one.
+        await page.waitForSelector("#auth:not([hidden])");
+        expect(await page.textContent("#auth-message")).toMatch(/requires an API key/);
+        expect(await page.isDisabled("#run")).toBe(true);
+        await page.fill("#api-key", "wrong-key");
+        await page.click("#use-key");
+        await page.waitForFunction(() =>
+          /refused/.test(document.querySelector("#auth-message")?.textContent ?? ""),
+        );
+        expect(await page.evaluate(() => sessionStorage.getItem("smallkv-api-key"))).toBe("wrong-key");
+        await page.fill("#api-key", KEY);
+        await page.click("#use-key");
         await page.waitForFunction(
           () => (document.querySelector("#policy") as HTMLSelectElement).options.length > 0,
         );
@@ -69,7 +86,13 @@ describe("playground page (headless Chromium)", () => {
         expect(await page.textContent("#matched")).toMatch(
           /LLM layer 0 head 0 → SLM layer \d head \d · LLM layer 0 head 1 → SLM layer \d head \d/,
         );
-        expect(Number(await page.textContent("#ratio"))).toBeLessThan(0.25);
+        const ratio = (await page.textContent("#ratio")) ?? "";
+        expect(ratio).toMatch(/^\d+(\.\d+)?$/);
+        expect(Number(ratio)).toBeGreaterThan(0);
+        expect(Number(ratio)).toBeLessThan(0.25);
+        // Every API call after the key was accepted carried it as a bearer token.
+        expect(sentKeys.at(-1)).toBe(`Bearer ${KEY}`);
+        expect(sentKeys).toContain("Bearer wrong-key");
         // The step slider replays earlier steps.
         await page.fill("#step", "0");
         await page.dispatchEvent("#step", "input");

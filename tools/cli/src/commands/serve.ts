@@ -34,6 +34,8 @@ interface ServeCli extends DeviceCliOptions, WeightCliOptions, KvCliOptions {
   mapping?: string[];
   podBlocks?: string[];
   allowUnauthenticated?: boolean;
+  metricsPublic?: boolean;
+  metricsKey?: string;
 }
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost", "::ffff:127.0.0.1"]);
@@ -61,6 +63,11 @@ export function registerServe(program: Command): void {
     .option("--host <host>", "address to listen on", "127.0.0.1")
     .option("--port <n>", "port", intArg("--port"), 8080)
     .option("--api-key <key>", "require this bearer key (or set SMALLKV_API_KEY)")
+    .option("--metrics-public", "serve /metrics without a key (the default, for Prometheus scrapes)")
+    .option(
+      "--metrics-key <key>",
+      "serve /metrics only to this bearer key (or set SMALLKV_METRICS_KEY); the API key does not open it",
+    )
     .option("--max-batch <n>", "sequences in the running batch", intArg("--max-batch", 1), 32)
     .option("--max-queue <n>", "requests waiting beyond the batch (then 429)", intArg("--max-queue"), 64)
     .option("--max-tokens <n>", "largest max_tokens a request may ask for", intArg("--max-tokens", 1))
@@ -93,6 +100,11 @@ export function registerServe(program: Command): void {
     if (!LOOPBACK.has(o.host) && !apiKey && !o.allowUnauthenticated)
       throw new Error(
         `--host ${o.host} would serve beyond this machine without an API key: give --api-key (or SMALLKV_API_KEY), or --allow-unauthenticated to do it anyway`,
+      );
+    const metricsKey = o.metricsKey ?? process.env.SMALLKV_METRICS_KEY;
+    if (o.metricsPublic && metricsKey)
+      throw new Error(
+        "--metrics-public and --metrics-key (or SMALLKV_METRICS_KEY) exclude each other: give one",
       );
     const policyFiles = {
       ...(o.mapping ? { mapping: namedFiles("--mapping", o.mapping) } : {}),
@@ -128,6 +140,7 @@ export function registerServe(program: Command): void {
       defaultBudget: o.budget,
       defaultPolicyOptions: parsePolicyOptions(o.policyOption, o.policy),
       apiKey,
+      metricsAccess: metricsKey ? { key: metricsKey } : "public",
       policyFiles,
       maxBatch: o.maxBatch,
       maxQueue: o.maxQueue,
