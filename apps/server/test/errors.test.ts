@@ -1,4 +1,7 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { definePolicy } from "@smallkv/policies";
+import { assetsDir } from "@smallkv/runner";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { post, startServer } from "./helpers.js";
 
@@ -167,9 +170,15 @@ describe("every error class has its status and an OpenAI-style body", () => {
 
   it("429 with Retry-After when the batch and the queue are full", async () => {
     const long = { model: "stories260K", prompt: "Once", max_tokens: 300, temperature: 0 };
-    const a = post(srv.url, "/v1/completions", long, auth);
-    const b = post(srv.url, "/v1/completions", long, auth);
-    await new Promise((r) => setTimeout(r, 50));
+    let settled = 0;
+    const a = post(srv.url, "/v1/completions", long, auth).finally(() => settled++);
+    const b = post(srv.url, "/v1/completions", long, auth).finally(() => settled++);
+    // The server's own gauges say when one runs and one waits (no sleep: a busy machine may be slow).
+    for (;;) {
+      const h = await (await fetch(`${srv.url}/health`)).json();
+      if (h.running === 1 && h.queued === 1) break;
+      expect(settled, "a request finished before the queue filled").toBe(0);
+    }
     const c = await post(srv.url, "/v1/completions", long, auth);
     expectError(c, 429, "rate_limit_error", null, "queue_full");
     expect(c.headers.get("retry-after")).toBe("1");
@@ -199,10 +208,17 @@ describe("utility endpoints", () => {
   afterAll(() => srv.close());
 
   it("tokenize, detokenize, health, models, metrics", async () => {
-    const t = await post(srv.url, "/tokenize", { prompt: "Once upon a time" });
-    expect(t.json.tokens).toEqual([1, 403, 407, 261, 378]);
-    const d = await post(srv.url, "/detokenize", { tokens: [403, 407, 261, 378] });
-    expect(d.json.prompt).toBe("Once upon a time");
+    // Ids from sentencepiece itself (the golden tokenizer cases), with BOS in front.
+    const cases = JSON.parse(
+      readFileSync(join(assetsDir(), "models", "golden", "tokenizer-cases.json"), "utf8"),
+    );
+    const lily = cases.cases.find(
+      (c: { text: string }) => c.text === "Once upon a time, there was a little girl named Lily.",
+    );
+    const t = await post(srv.url, "/tokenize", { prompt: lily.text });
+    expect(t.json.tokens).toEqual([1, ...lily.ids]);
+    const d = await post(srv.url, "/detokenize", { tokens: lily.ids });
+    expect(d.json.prompt).toBe(lily.decoded);
     const chat = await post(srv.url, "/tokenize", { messages: [{ role: "user", content: "Hi" }] });
     expect(chat.json.tokens[0]).toBe(1);
     const h = await (await fetch(`${srv.url}/health`)).json();

@@ -84,11 +84,16 @@ describe("head matching on the shipped models", () => {
     const g = JSON.parse(readFileSync(join(models, "golden", "stories260K.json"), "utf8")).attention;
     const want = new Float32Array(readFileSync(join(models, "golden", g.file)).buffer.slice(0));
     const a = await collectAttention(llm, g.ids);
-    const T = g.ids.length;
+    // Bounds from the golden file's shape, not from the result under test.
+    const [L, H, T] = g.shape;
+    expect(T).toBe(g.ids.length);
+    expect(want.length).toBe(L * H * T * T);
+    expect([a.numLayers, a.numHeads, a.T, a.probs.length]).toEqual([L, H, T, L]);
     let worst = 0;
-    for (let l = 0; l < a.numLayers; l++) {
-      for (let i = 0; i < a.probs[l].length; i++)
-        worst = Math.max(worst, Math.abs(a.probs[l][i] - want[l * a.numHeads * T * T + i]));
+    for (let l = 0; l < L; l++) {
+      expect(a.probs[l].length).toBe(H * T * T);
+      for (let i = 0; i < H * T * T; i++)
+        worst = Math.max(worst, Math.abs(a.probs[l][i] - want[l * H * T * T + i]));
     }
     expect(worst).toBeLessThan(1e-5);
   });
@@ -106,12 +111,37 @@ describe("head matching on the shipped models", () => {
     expect(() => HeadMatching.load(path)).toThrow(/not a head-matching file/);
   });
 
-  it("reports per-layer similarity and where the matches land", async () => {
-    const r = (await matchModels(llm, slm, ids)).report();
-    expect(r.perLayer.length).toBe(llm.config.numLayers);
-    expect(r.slmLayerUse.reduce((a, b) => a + b, 0)).toBe(llm.config.numLayers * llm.config.numHeads);
-    expect(r.jaccard.min).toBeLessThanOrEqual(r.jaccard.mean);
-    expect(r.jaccard.mean).toBeLessThanOrEqual(r.jaccard.max);
+  it("reports per-layer similarity and where the matches land, as the matches themselves say", async () => {
+    const m = await matchModels(llm, slm, ids);
+    const r = m.report();
+    const { numLayers: L, numHeads: H } = llm.config;
+    // One match per LLM head, each onto a real SLM head.
+    expect(m.matches.map((x) => x.llmLayer * H + x.llmHead)).toEqual(
+      Array.from({ length: L * H }, (_, i) => i),
+    );
+    for (const x of m.matches) {
+      expect(x.slmLayer).toBeGreaterThanOrEqual(0);
+      expect(x.slmLayer).toBeLessThan(slm.config.numLayers);
+      expect(x.slmHead).toBeGreaterThanOrEqual(0);
+      expect(x.slmHead).toBeLessThan(slm.config.numHeads);
+      expect(x.jaccard).toBeGreaterThanOrEqual(0);
+      expect(x.jaccard).toBeLessThanOrEqual(1);
+    }
+    // The report's figures recomputed from the matches.
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    expect(r.perLayer.map((p) => p.layer)).toEqual(Array.from({ length: L }, (_, l) => l));
+    for (const p of r.perLayer) {
+      const mine = m.matches.filter((x) => x.llmLayer === p.layer);
+      expect(p.jaccard.mean).toBeCloseTo(mean(mine.map((x) => x.jaccard)), 10);
+      expect(p.cosine.mean).toBeCloseTo(mean(mine.map((x) => x.cosine)), 10);
+      expect(p.jaccard.min).toBe(Math.min(...mine.map((x) => x.jaccard)));
+      expect(p.jaccard.max).toBe(Math.max(...mine.map((x) => x.jaccard)));
+    }
+    expect(r.jaccard.mean).toBeCloseTo(mean(m.matches.map((x) => x.jaccard)), 10);
+    expect(r.cosine.mean).toBeCloseTo(mean(m.matches.map((x) => x.cosine)), 10);
+    const use = new Array(slm.config.numLayers).fill(0);
+    for (const x of m.matches) use[x.slmLayer]++;
+    expect(r.slmLayerUse).toEqual(use);
   });
 });
 

@@ -60,7 +60,34 @@ describe("OmniKV", () => {
   it("budgeted, the summed budget holds: a budget that cannot pay for dense layers selects in every layer", () => {
     const seq = { config, id: 2 } as unknown as Sequence;
     const p = omniKv.create({ budget: Budget.fraction(0.2), options: { filters: "1" } });
-    expect(p.select!(seq, 0, { start: 40, T: 1 })).not.toBeNull();
+    const step = { start: 40, T: 1 };
+    // Before the filter layer has run: the newest tokens, a budget's worth in layers 0 and 1.
+    const sels = [p.select!(seq, 0, step), p.select!(seq, 1, step)];
+    const scores = new Float32Array(2 * 41);
+    for (const h of [0, 1])
+      for (const j of [3, 11, 17, 25, 30, 31, 33, 36, 38]) scores[h * 41 + j] = 0.1 + j / 100;
+    p.observe!(seq, {
+      layer: 1,
+      start: 40,
+      T: 1,
+      scores,
+      Lmax: 41,
+      keyPositions: [Int32Array.from({ length: 41 }, (_, i) => i)],
+    });
+    sels.push(p.select!(seq, 2, step));
+    // Every layer selects (none falls back to reading everything) ...
+    for (const sel of sels) expect(sel).not.toBeNull();
+    const rows = sels.map((sel) => Array.from(sel!.full[0]));
+    // ... each within its share of 20% of 40 old tokens, and the sum over layers within the summed budget.
+    const share = Math.floor(0.2 * 41) - 1;
+    for (const r of rows) {
+      expect(r.length).toBe(share);
+      expect(r.every((x) => x >= 0 && x < 40)).toBe(true);
+    }
+    expect(rows.reduce((a, r) => a + r.length + 1, 0)).toBeLessThanOrEqual(3 * Math.floor(0.2 * 41));
+    expect(rows[0]).toEqual([33, 34, 35, 36, 37, 38, 39]);
+    // Layer 2 follows the filter layer's attention of this step: its top tokens.
+    expect(rows[2].sort((a, b) => a - b)).toEqual([17, 25, 30, 31, 33, 36, 38]);
   });
 });
 

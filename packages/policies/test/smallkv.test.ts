@@ -19,6 +19,25 @@ import { conformancePair, runConformance } from "../src/testing/index.js";
 
 const models = join(assetsDir(), "models");
 
+/** Mean negative log-likelihood per token of `cont` after `prompt` under the uncompressed model. */
+async function fullModelNll(llm: Model, prompt: number[], cont: number[]): Promise<number> {
+  const seq = llm.newSequence();
+  const all = [...prompt, ...cont];
+  const [logits] = await llm.forward([{ seq, tokens: all, logits: "all" }]);
+  seq.release();
+  const V = llm.config.vocabSize;
+  let sum = 0;
+  for (let i = prompt.length; i < all.length; i++) {
+    const row = logits.subarray((i - 1) * V, i * V);
+    let m = -Infinity;
+    for (const x of row) m = Math.max(m, x);
+    let z = 0;
+    for (const x of row) z += Math.exp(x - m);
+    sum -= row[all[i]] - m - Math.log(z);
+  }
+  return sum / cont.length;
+}
+
 describe("budget split", () => {
   it("2:1:2 with marginal tokens at half cost (20% of 100 tokens: 10 critical, 5 recent, 10 marginal)", () => {
     expect(splitBudget(20, 1, [2, 1, 2], true)).toEqual({ critical: 10, recent: 5, marginal: 10 });
@@ -179,7 +198,7 @@ describe("SmallKV with real models", () => {
     }
   });
 
-  it("at 20% under the paper's rules it compresses (hot ~ 20% of cold, marginal V-only tokens present) and stays fluent", async () => {
+  it("at 20% under the paper's rules it compresses (hot ~ 20% of cold, marginal V-only tokens present) and stays fluent (likely under the full model)", async () => {
     const pair = new AssistedModel(llm, slm);
     const prompt = llm.tokenizer.encode(
       "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big red ball in the tree. She wanted to get it, but it was too high.",
@@ -194,8 +213,16 @@ describe("SmallKV with real models", () => {
     expect(st.hotBytes / st.coldBytes).toBeLessThanOrEqual(0.21);
     expect(st.classes.vOnly).toBeGreaterThan(0);
     expect(policy.classCounts!(s.sequence).marginal).toBeGreaterThan(0);
-    // Fluent: the text is mostly known words of the model's story vocabulary, in sentences.
-    expect(r.text.split(/[.!?]/).length).toBeGreaterThan(3);
+    // Fluent: the uncompressed model finds the text nearly as likely as its own greedy text
+    // (measured: 0.83 against 0.50 nats per token; the same tokens shuffled: 9.5; uniform: 6.2).
+    const full = await new Generator(llm).generate(prompt, {
+      temperature: 0,
+      maxTokens: 120,
+      stopTokens: [],
+    });
+    expect(r.tokens.length).toBe(120);
+    const nll = await fullModelNll(llm, prompt, r.tokens);
+    expect(nll).toBeLessThan((await fullModelNll(llm, prompt, full.tokens)) + 1);
   });
 
   it("refresh=4 ranks every 4th decode step and in between only adds the new old token and evicts within budget", async () => {

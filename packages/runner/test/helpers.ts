@@ -20,6 +20,8 @@ export interface GoldenPrompt {
   ids: number[];
   last_logits: number[];
   greedy_ids: number[];
+  greedy_text: string;
+  text: string;
 }
 
 export function golden(model: string): {
@@ -33,7 +35,9 @@ export function tempDir(prefix = "smallkv-test-"): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
+/** Largest |a - b|; arrays of different lengths are an error (an empty result never passes). */
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
   return m;

@@ -66,7 +66,7 @@ describe("KV policy hook", () => {
     expect(new Set(seen)).toEqual(new Set([5]));
   });
 
-  it("hot-set stats follow the selection, and only the difference moves", async () => {
+  it("hot-set stats follow the selection; a sliding window moves no row", async () => {
     const g = new Generator(model);
     const s = g.submit("Once upon a time, there was a little girl named Lily. She", {
       temperature: 0,
@@ -82,9 +82,44 @@ describe("KV policy hook", () => {
     expect(last.classes.full).toBe(9 * c.numLayers * c.numKvHeads);
     expect(last.hotBytes).toBe(9 * c.numLayers * c.numKvHeads * 2 * c.headDim * 4);
     expect(last.coldBytes).toBe(last.tokens * c.numLayers * c.numKvHeads * 2 * c.headDim * 4);
-    // First selection gathers 8 rows per head; each later step brings one row back (the
-    // previous step's token is already hot, one old recent token leaves).
-    expect(last.movedRows).toBeLessThanOrEqual(8 * c.numLayers * c.numKvHeads);
+    // Every row a window step reads was read by the step before (the previous token as its own
+    // row): nothing moves.
+    expect(last.movedRows).toBe(0);
+  });
+
+  it("movedRows counts exactly the rows a step reads that the step before did not", async () => {
+    // A stride that shifts every step: a quarter of the old rows (and the last two) change each step.
+    const steps: { start: number; T: number; keep: number[] }[] = [];
+    const shifting: KvPolicyHook = {
+      name: "shifting",
+      select(seq: Sequence, layer: number, step: StepInfo) {
+        const n = step.start;
+        const keep: number[] = [];
+        for (let p = 0; p < n; p++) if (p % 4 === n % 4 || p >= n - 2) keep.push(p);
+        if (layer === 0) steps.push({ start: n, T: step.T, keep });
+        return { full: Array.from({ length: seq.config.numKvHeads }, () => Int32Array.from(keep)) };
+      },
+    };
+    const s = new Generator(model).submit("Once upon a time, there was a little girl named Lily. She", {
+      temperature: 0,
+      maxTokens: 20,
+      stopTokens: [],
+      policy: shifting,
+    });
+    let last = s.sequence.stats();
+    for await (const _ of s) last = s.sequence.stats();
+    // The reference, from the selections alone: rows of step t not read at step t-1 (its
+    // selection and its own rows), per layer and kv head.
+    let want = 0;
+    let read = new Set<number>();
+    for (const st of steps) {
+      for (const p of st.keep) if (!read.has(p)) want++;
+      read = new Set([...st.keep, ...Array.from({ length: st.T }, (_, t) => st.start + t)]);
+    }
+    const c = model.config;
+    expect(steps.length).toBeGreaterThan(10);
+    expect(want).toBeGreaterThan(steps.length);
+    expect(last.movedRows).toBe(want * c.numLayers * c.numKvHeads);
   });
 
   it("a policy that breaks a rule fails only its own request, naming the policy and the rule", async () => {

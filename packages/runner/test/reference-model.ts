@@ -73,8 +73,83 @@ function dynamicInv(theta: number, D: number, T: number, factor: number, max: nu
   return Array.from({ length: D / 2 }, (_, i) => base ** ((-2 * i) / D));
 }
 
-/** Logits [T][vocab] of the whole sequence. */
-export function referenceForward(c: ModelConfig, t: Tensors, ids: number[]): Float64Array[] {
+// biome-ignore lint/suspicious/noExplicitAny: a raw config.json, read as transformers reads it
+type RawConfig = Record<string, any>;
+
+/**
+ * RoPE frequencies and attention factor from a raw config.json, written out from transformers'
+ * `modeling_rope_utils` (default, linear, dynamic, yarn, llama3) with no code from src/rope.ts:
+ * the independent check of the runner's scaled-RoPE tables.
+ */
+export function transformersRope(
+  raw: RawConfig,
+  D: number,
+  T: number,
+): { inv: number[]; attentionFactor: number } {
+  const params = raw.rope_parameters ?? raw.rope_scaling ?? {};
+  const base: number = params.rope_theta ?? raw.rope_theta ?? 10000;
+  const type: string = params.rope_type ?? params.type ?? "default";
+  const maxPos: number = raw.max_position_embeddings;
+  const plain = (b: number) => Array.from({ length: D / 2 }, (_, i) => 1 / b ** ((2 * i) / D));
+  if (type === "default") return { inv: plain(base), attentionFactor: 1 };
+  const factor: number = params.factor;
+  if (type === "linear") return { inv: plain(base).map((f) => f / factor), attentionFactor: 1 };
+  if (type === "dynamic") {
+    const max: number = params.original_max_position_embeddings ?? maxPos;
+    const b = T > max ? base * ((factor * T) / max - (factor - 1)) ** (D / (D - 2)) : base;
+    return { inv: plain(b), attentionFactor: 1 };
+  }
+  if (type === "yarn") {
+    const original: number = params.original_max_position_embeddings ?? maxPos;
+    const f = params.original_max_position_embeddings !== undefined ? maxPos / original : factor;
+    const mscale = (scale: number, m = 1) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
+    const attentionFactor: number =
+      params.attention_factor ??
+      (params.mscale && params.mscale_all_dim
+        ? mscale(f, params.mscale) / mscale(f, params.mscale_all_dim)
+        : mscale(f));
+    const betaFast: number = params.beta_fast || 32;
+    const betaSlow: number = params.beta_slow || 1;
+    const corrDim = (rot: number) => (D * Math.log(original / (rot * 2 * Math.PI))) / (2 * Math.log(base));
+    const truncate = params.truncate ?? true;
+    let low = corrDim(betaFast);
+    let high = corrDim(betaSlow);
+    if (truncate) {
+      low = Math.floor(low);
+      high = Math.ceil(high);
+    }
+    low = Math.max(low, 0);
+    high = Math.min(high, D - 1);
+    if (low === high) high += 0.001;
+    const inv = Array.from({ length: D / 2 }, (_, i) => {
+      const pos = base ** ((2 * i) / D);
+      const ramp = Math.min(1, Math.max(0, (i - low) / (high - low)));
+      const extrapolation = 1 - ramp;
+      return (1 / (f * pos)) * (1 - extrapolation) + (1 / pos) * extrapolation;
+    });
+    return { inv, attentionFactor };
+  }
+  if (type === "llama3") {
+    const low = params.low_freq_factor;
+    const high = params.high_freq_factor;
+    const old = params.original_max_position_embeddings;
+    const inv = plain(base).map((f) => {
+      const wavelen = (2 * Math.PI) / f;
+      if (wavelen < old / high) return f;
+      if (wavelen > old / low) return f / factor;
+      const smooth = (old / wavelen - low) / (high - low);
+      return ((1 - smooth) * f) / factor + smooth * f;
+    });
+    return { inv, attentionFactor: 1 };
+  }
+  throw new Error(`the reference has no formula for rope_type ${type}`);
+}
+
+/**
+ * Logits [T][vocab] of the whole sequence. With `raw` (the checkpoint's config.json) the RoPE
+ * frequencies come from `transformersRope`, not from the runner's parsed config.
+ */
+export function referenceForward(c: ModelConfig, t: Tensors, ids: number[], raw?: RawConfig): Float64Array[] {
   const { hiddenSize: d, numHeads: H, numKvHeads: Hkv, headDim: D, intermediateSize: I, vocabSize: V } = c;
   const T = ids.length;
   const emb = t["model.embed_tokens.weight"].data;
@@ -92,12 +167,17 @@ export function referenceForward(c: ModelConfig, t: Tensors, ids: number[]): Flo
     }
     // Frequencies: the config's table (scaled RoPE; dynamic NTK from the whole length), else theta^(-2i/D).
     const r = c.rope;
-    const inv = r.dynamic
-      ? dynamicInv(c.ropeTheta, D, T, r.dynamic.factor, r.dynamic.maxPositions)
-      : (r.invFreq ?? Array.from({ length: D / 2 }, (_, i) => c.ropeTheta ** ((-2 * i) / D)));
+    const { inv, attentionFactor } = raw
+      ? transformersRope(raw, D, T)
+      : {
+          inv: r.dynamic
+            ? dynamicInv(c.ropeTheta, D, T, r.dynamic.factor, r.dynamic.maxPositions)
+            : (r.invFreq ?? Array.from({ length: D / 2 }, (_, i) => c.ropeTheta ** ((-2 * i) / D))),
+          attentionFactor: r.attentionFactor,
+        };
     for (let i = 0; i < T; i++) {
-      rope(q[i], H, D, i, inv, r.attentionFactor);
-      rope(k[i], Hkv, D, i, inv, r.attentionFactor);
+      rope(q[i], H, D, i, inv, attentionFactor);
+      rope(k[i], Hkv, D, i, inv, attentionFactor);
     }
     const attn = Array.from({ length: T }, () => new Float64Array(H * D));
     for (let hh = 0; hh < H; hh++) {

@@ -86,7 +86,7 @@ describe("sampling", () => {
     expect(r.tokens).toEqual(full.tokens.slice(0, full.tokens.indexOf(stopAt)));
   });
 
-  it("logprobs of chosen tokens are reported with top alternatives", async () => {
+  it("logprobs of chosen tokens and their top-3 alternatives equal a plain forward pass's log-softmax", async () => {
     const r = await new Generator(model).generate("Once", {
       temperature: 0,
       maxTokens: 5,
@@ -94,9 +94,28 @@ describe("sampling", () => {
       stopTokens: [],
     });
     expect(r.logprobs!.length).toBe(5);
+    // The reference: each step's distribution from a plain forward pass over the prefix,
+    // log-softmax written out here, and its three best tokens.
+    const prefix = [...r.promptTokens];
     for (const lp of r.logprobs!) {
-      expect(lp.logprob).toBeLessThanOrEqual(0);
-      expect(lp.topLogprobs![0].token).toBe(lp.token); // greedy picks the top one
+      const seq = model.newSequence();
+      const [logits] = await model.forward([{ seq, tokens: prefix }]);
+      seq.release();
+      let m = -Infinity;
+      for (const x of logits) m = Math.max(m, x);
+      let z = 0;
+      for (const x of logits) z += Math.exp(x - m);
+      const ref = Array.from(logits, (x, token) => ({ token, logprob: x - m - Math.log(z) })).sort(
+        (a, b) => b.logprob - a.logprob,
+      );
+      expect(lp.topLogprobs!.length).toBe(3);
+      lp.topLogprobs!.forEach((alt, i) => {
+        expect(alt.token).toBe(ref[i].token);
+        expect(alt.logprob).toBeCloseTo(ref[i].logprob, 4);
+      });
+      expect(lp.token).toBe(ref[0].token); // greedy picks the top one
+      expect(lp.logprob).toBeCloseTo(ref[0].logprob, 4);
+      prefix.push(lp.token);
     }
   });
 

@@ -1,7 +1,7 @@
 // Plain TypeScript references of every kernel: slow, obvious, and the ground truth the
 // native kernels are tested against. Same layouts and semantics as ops.ts.
 
-import { type DecoderStepArgs, decoderLayout } from "./decoder.js";
+import type { DecoderLayerWeights, DecoderStepArgs } from "./decoder.js";
 import type { RankSplitArgs, RankSplitResult } from "./rank-split.js";
 
 export function ropeRef(
@@ -411,48 +411,42 @@ export function rankSplitRef(a: RankSplitArgs): RankSplitResult {
   return { full, vOnly };
 }
 
+/** The model's weights as separate parts (what `packDecoderWeights` takes). */
+export interface DecoderParts {
+  layers: DecoderLayerWeights[];
+  norm: Float32Array;
+  lmHead: Float32Array;
+  embed: Float32Array;
+}
+
 /**
- * decoderStep from the other references: embedding, per layer RMSNorm, q|k|v, per-head q/k
+ * decoderStep from the other references: embedding, per layer RMSNorm, q/k/v, per-head q/k
  * norms, RoPE, causal attention over the cache, o, MLP (SiLU gate), final norm and LM head.
- * Reads the packed weights through `decoderLayout`; writes the cache like the kernel.
+ * Takes the weights as separate parts, so the packing (`packDecoderWeights`, `decoderLayout`)
+ * is checked by comparison rather than shared; writes the cache like the kernel.
  */
-export function decoderStepRef(a: DecoderStepArgs): Float32Array {
+export function decoderStepRef(
+  a: Omit<DecoderStepArgs, "weights"> & { weights: DecoderParts },
+): Float32Array {
   const s = a.shape;
   const { hidden: d, heads: Hq, kvHeads: Hkv, headDim: D, intermediate: I, vocab: V, eps } = s;
-  const { offsets, perLayer } = decoderLayout(s);
   const W = a.weights;
   const T = a.tokens.length;
   const qd = Hq * D;
   const kvd = Hkv * D;
-  const part = (at: number, n: number) => W.subarray(at, at + n);
-  const tail = s.layers * perLayer;
   let x: Float32Array = new Float32Array(T * d);
-  for (let t = 0; t < T; t++) x.set(part(tail + d + V * d + a.tokens[t] * d, d), t * d);
+  for (let t = 0; t < T; t++) x.set(W.embed.subarray(a.tokens[t] * d, (a.tokens[t] + 1) * d), t * d);
   const positions = Int32Array.from({ length: T }, (_, t) => a.past + t);
   const add = (y: Float32Array, z: Float32Array) => y.map((v, i) => v + z[i]);
   for (let l = 0; l < s.layers; l++) {
-    const o = (k: string) => l * perLayer + offsets[k];
-    const h = rmsnormRef(x, part(o("inputNorm"), d), T, d, eps);
-    const qkv = gemmRef(
-      h,
-      part(o("qkv"), (qd + 2 * kvd) * d),
-      T,
-      qd + 2 * kvd,
-      d,
-      s.qkvBias ? part(o("qkvB"), qd + 2 * kvd) : undefined,
-    );
-    let q: Float32Array = new Float32Array(T * qd);
-    let k: Float32Array = new Float32Array(T * kvd);
-    const v = new Float32Array(T * kvd);
-    for (let t = 0; t < T; t++) {
-      const r = qkv.subarray(t * (qd + 2 * kvd));
-      q.set(r.subarray(0, qd), t * qd);
-      k.set(r.subarray(qd, qd + kvd), t * kvd);
-      v.set(r.subarray(qd + kvd, qd + 2 * kvd), t * kvd);
-    }
+    const w = W.layers[l];
+    const h = rmsnormRef(x, w.inputNorm, T, d, eps);
+    let q = gemmRef(h, w.q, T, qd, d, s.qkvBias ? w.qBias : undefined);
+    let k = gemmRef(h, w.k, T, kvd, d, s.qkvBias ? w.kBias : undefined);
+    const v = gemmRef(h, w.v, T, kvd, d, s.qkvBias ? w.vBias : undefined);
     if (s.qkNorm) {
-      q = rmsnormRef(q, part(o("qNorm"), D), T * Hq, D, eps);
-      k = rmsnormRef(k, part(o("kNorm"), D), T * Hkv, D, eps);
+      q = rmsnormRef(q, w.qNorm!, T * Hq, D, eps);
+      k = rmsnormRef(k, w.kNorm!, T * Hkv, D, eps);
     }
     ropeRef(q, positions, Hq, D, a.theta, a.rope);
     ropeRef(k, positions, Hkv, D, a.theta, a.rope);
@@ -461,27 +455,15 @@ export function decoderStepRef(a: DecoderStepArgs): Float32Array {
     kvWriteRef(K, a.cap, Hkv, D, k, positions);
     kvWriteRef(Vc, a.cap, Hkv, D, v, positions);
     const att = attentionRef({ q, k: K, v: Vc, cap: a.cap, T, past: a.past, Hq, Hkv, D }).out;
-    x = add(x, gemmRef(att, part(o("o"), d * qd), T, d, qd, s.oBias ? part(o("oBias"), d) : undefined));
-    const h2 = rmsnormRef(x, part(o("postNorm"), d), T, d, eps);
-    const gu = gemmRef(
-      h2,
-      part(o("gu"), 2 * I * d),
-      T,
-      2 * I,
-      d,
-      s.mlpBias ? part(o("guB"), 2 * I) : undefined,
-    );
-    const gate = new Float32Array(T * I);
-    const up = new Float32Array(T * I);
-    for (let t = 0; t < T; t++) {
-      gate.set(gu.subarray(t * 2 * I, t * 2 * I + I), t * I);
-      up.set(gu.subarray(t * 2 * I + I, (t + 1) * 2 * I), t * I);
-    }
+    x = add(x, gemmRef(att, w.o, T, d, qd, s.oBias ? w.oBias : undefined));
+    const h2 = rmsnormRef(x, w.postNorm, T, d, eps);
+    const gate = gemmRef(h2, w.gate, T, I, d, s.mlpBias ? w.gateBias : undefined);
+    const up = gemmRef(h2, w.up, T, I, d, s.mlpBias ? w.upBias : undefined);
     const act = siluGateRef(gate, up);
-    x = add(x, gemmRef(act, part(o("down"), d * I), T, d, I, s.mlpBias ? part(o("downBias"), d) : undefined));
+    x = add(x, gemmRef(act, w.down, T, d, I, s.mlpBias ? w.downBias : undefined));
   }
-  const last = rmsnormRef(x.subarray((T - 1) * d), part(tail, d), 1, d, eps);
-  return gemmRef(last, part(tail + d, V * d), 1, V, d);
+  const last = rmsnormRef(x.subarray((T - 1) * d), W.norm, 1, d, eps);
+  return gemmRef(last, W.lmHead, 1, V, d);
 }
 
 /** attentionRowTops by building each row's scores and taking its topkRef. */

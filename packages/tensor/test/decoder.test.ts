@@ -30,7 +30,8 @@ function model(s: DecoderShape, seed: number) {
     ...(s.mlpBias ? { gateBias: w(I), upBias: w(I), downBias: w(d) } : {}),
     ...(s.qkNorm ? { qNorm: norm(D), kNorm: norm(D) } : {}),
   }));
-  return packDecoderWeights(s, layers, norm(d), w(V * d), w(V * d, 1));
+  const parts = { layers, norm: norm(d), lmHead: w(V * d), embed: w(V * d, 1) };
+  return { packed: packDecoderWeights(s, layers, parts.norm, parts.lmHead, parts.embed), parts };
 }
 
 const base: DecoderShape = {
@@ -60,7 +61,7 @@ describe("decoderStep", () => {
   ];
   for (const [name, s, rope] of shapes)
     it(`matches the TypeScript reference over a prefill and decode steps: ${name}`, () => {
-      const weights = model(s, 7);
+      const { packed: weights, parts } = model(s, 7);
       const cap = 20;
       const kv = new Float32Array(decoderCacheFloats(s, cap));
       const kvRef = new Float32Array(kv.length);
@@ -71,7 +72,8 @@ describe("decoderStep", () => {
         const tokens = Int32Array.from({ length: T }, () => Math.floor(r() * s.vocab));
         const args = { shape: s, weights, cap, past, tokens, theta: 10000, rope };
         const got = decoderStep({ ...args, kv });
-        const want = reference.decoderStepRef({ ...args, kv: kvRef });
+        // The reference takes the unpacked parts: a packing error cannot cancel out.
+        const want = reference.decoderStepRef({ ...args, weights: parts, kv: kvRef });
         expect(maxAbsDiff(got, want)).toBeLessThan(1e-4);
         past += T;
       }
@@ -80,7 +82,7 @@ describe("decoderStep", () => {
     });
 
   it("a prefill and one-token steps give the same logits (the cache carries the context)", () => {
-    const weights = model(base, 11);
+    const weights = model(base, 11).packed;
     const cap = 12;
     const tokens = Int32Array.of(3, 14, 15, 9, 26, 5, 35, 8, 9, 7);
     const whole = decoderStep({
@@ -108,7 +110,7 @@ describe("decoderStep", () => {
   });
 
   it("refuses bad arguments with a typed error", () => {
-    const weights = model(base, 1);
+    const weights = model(base, 1).packed;
     const cap = 4;
     const kv = new Float32Array(decoderCacheFloats(base, cap));
     const ok = { shape: base, weights, kv, cap, past: 0, tokens: Int32Array.of(1), theta: 10000 };

@@ -150,21 +150,32 @@ describe("smallkv generate", () => {
   });
 
   it("--weights int8 with --assistant-weights int4: SmallKV runs with both models quantized", () => {
-    const r = cli([
-      ...SMALLKV_GENERATE,
-      "--weights",
-      "int8",
-      "--assistant-weights",
-      "int4",
-      "-n",
-      "20",
-      "--greedy",
-      "--json",
-      "-p",
-      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.",
-    ]);
+    const run = (...weights: string[]) =>
+      cli([
+        ...SMALLKV_GENERATE,
+        ...weights,
+        "-n",
+        "20",
+        "--greedy",
+        "--json",
+        "-p",
+        "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.",
+      ]);
+    const r = run("--weights", "int8", "--assistant-weights", "int4");
     expect(r.code, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout).ids.length).toBeGreaterThan(0);
+    const q = JSON.parse(r.stdout);
+    expect(q.ids.length).toBe(20);
+    const f = JSON.parse(run().stdout);
+    expect(f.weights.model.type).toBe("f32");
+    expect(f.weights.assistant.type).toBe("f32");
+    expect(q.weights.model.type).toBe("int8");
+    expect(q.weights.assistant.type).toBe("int4");
+    // The resident bytes show it (the f32 embedding table stays in all): int8 under half of
+    // f32, and the int4 assistant smaller than the same assistant in int8.
+    expect(q.weights.model.bytes / f.weights.model.bytes).toBeLessThan(0.5);
+    const a8 = JSON.parse(run("--weights", "int8", "--assistant-weights", "int8").stdout);
+    expect(a8.weights.assistant.type).toBe("int8");
+    expect(q.weights.assistant.bytes).toBeLessThan(a8.weights.assistant.bytes);
     const bad = cli(["generate", "-m", "stories260K", "--weights", "int3", "-p", "x"]);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/int3/);
@@ -176,7 +187,13 @@ describe("smallkv generate", () => {
       "Once upon a time, there was a little girl named Lily.",
     );
     expect(r.code).toBe(0);
-    expect(r.stdout.trim()).toBe("She loved to play outside in the park. One day, she");
+    // The golden greedy run of this very prompt (an independent implementation): its first 20
+    // ids, as text.
+    const short = golden("stories260K").prompts.find((p: { name: string }) => p.name === "short");
+    expect(short.text).toBe("Once upon a time, there was a little girl named Lily.");
+    const tok = new TextTokenizer(join(models, "stories260K"));
+    expect(r.stdout.trim()).toBe(tok.decode(short.greedy_ids.slice(0, 20), false).trim());
+    expect(short.greedy_text.startsWith(r.stdout.trim())).toBe(true);
   });
 
   it("samples reproducibly with --seed", () => {

@@ -39,6 +39,8 @@ const cases = readmes()
   .map((f) => [relative(root, f), examples(f)] as const)
   .filter(([, ex]) => ex.length > 0);
 
+let statedSeen = 0;
+
 describe("README examples run as written", () => {
   it("every package README has at least one runnable example", () => {
     const withExamples = new Set(cases.map(([f]) => dirname(f)));
@@ -65,14 +67,29 @@ describe("README examples run as written", () => {
             throw new Error(`${readme} ${e.name} failed:\n${err.stderr ?? err.message}`);
           },
         );
-        // A trailing "// a b" comment on a console.log line states the output it prints.
-        const stated = /console\.log\([^;]*\);\s*\/\/ ([^\n]+)$/m.exec(e.code)?.[1];
-        if (stated && /^[\d\s.]+$/.test(stated)) expect(r.stdout).toContain(stated.trim());
+        // A trailing "// a b" comment on a console.log line states the line it prints: every
+        // such statement must be a printed line, word for word.
+        const stated = [...e.code.matchAll(/console\.log\([^;]*\);\s*\/\/ ([^\n]+)$/gm)].map((m) =>
+          m[1].trim(),
+        );
+        const printed = r.stdout.split("\n").map((l) => l.trim());
+        for (const s of stated) expect(printed, `${readme} ${e.name} states "${s}"`).toContain(s);
+        statedSeen += stated.length;
       }
     } finally {
       // Files an example wrote at the root (e.g. mapping.json) are removed.
       for (const f of readdirSync(root)) if (!made.has(f)) rmSync(join(root, f), { force: true });
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("stated outputs", () => {
+  it("the READMEs state outputs, and the examples above compared every one", () => {
+    const all = cases.flatMap(([, ex]) =>
+      ex.flatMap((e) => [...e.code.matchAll(/console\.log\([^;]*\);\s*\/\/ ([^\n]+)$/gm)]),
+    );
+    expect(all.length).toBeGreaterThanOrEqual(4);
+    expect(statedSeen).toBe(all.length);
   });
 });

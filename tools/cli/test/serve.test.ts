@@ -83,23 +83,41 @@ describe("smallkv serve", () => {
     expect(log.kv.coldBytes).toBeGreaterThan(0);
   });
 
-  it("cancels what is still running at the shutdown deadline and exits 0", async () => {
-    const s = serve(["--shutdown-timeout", "200"]);
+  it("cancels what is still running at the shutdown deadline (503 shutting_down) and exits 0", async () => {
+    // One sequence at a time: the second request provably waits in the queue when the signal comes.
+    const s = serve(["--shutdown-timeout", "0", "--max-batch", "1"]);
     const url = await s.url;
-    const pending = fetch(`${url}/v1/completions`, {
+    const long = { model: "stories260K", prompt: "Once upon a time", max_tokens: 400, temperature: 0 };
+    const first = await fetch(`${url}/v1/completions`, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({
-        model: "stories260K",
-        prompt: "Once upon a time",
-        max_tokens: 400,
-        temperature: 0,
-      }),
+      body: JSON.stringify({ ...long, stream: true }),
     });
-    await new Promise((r) => setTimeout(r, 150));
+    const reader = first.body!.getReader();
+    await reader.read();
+    const queued = fetch(`${url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(long),
+    });
+    // Wait for the server's own word that the second request is queued (no sleep).
+    for (;;) {
+      const h = await (await fetch(`${url}/health`)).json();
+      if (h.queued === 1) break;
+      expect(h.running, "the first request finished before the second was queued").toBe(1);
+    }
     s.p.kill("SIGINT");
-    const r = await pending;
-    expect([200, 503]).toContain(r.status);
+    const r = await queued;
+    expect(r.status).toBe(503);
+    expect((await r.json()).error.code).toBe("shutting_down");
+    let rest = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      rest += new TextDecoder().decode(value);
+    }
+    // The running stream ends either way, never hangs; it ends [DONE] only if it finished.
+    expect(rest.includes('"finish_reason":"length"') === rest.trim().endsWith("data: [DONE]")).toBe(true);
     expect(await s.exit).toBe(0);
   });
 

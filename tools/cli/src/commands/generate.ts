@@ -118,6 +118,8 @@ export function registerGenerate(program: Command): void {
       if (o.speculative && !o.assistant)
         throw new InvalidOptionError("--speculative", "speculative decoding drafts with --assistant <dir>");
       const model = await loadStepModel(o.model, o.assistant, o.threads, o);
+      const llm = model instanceof AssistedModel ? model.llm : (model as Model);
+      const slm = model instanceof AssistedModel ? model.slm : null;
       const prompt = o.prompt ?? (await readStdin());
       const stream = new Generator(model).submit(prompt, {
         maxTokens: o.maxTokens,
@@ -170,6 +172,11 @@ export function registerGenerate(program: Command): void {
             finish_reason: r.finishReason,
             usage: { prompt_tokens: r.promptTokens.length, completion_tokens: r.tokens.length },
             policy: { name: policy.name, budget: policy.budget.toString(), options: policy.options },
+            // What each model's weights are, as loaded (type and resident bytes).
+            weights: {
+              model: { type: llm.weightType, bytes: llm.weightBytes },
+              assistant: slm ? { type: slm.weightType, bytes: slm.weightBytes } : null,
+            },
             kv_stats: r.speculative
               ? { ...stream.sequence.stats(), speculative: r.speculative }
               : stream.sequence.stats(),
