@@ -1,5 +1,5 @@
 {
-  "variables": { "with_cuda%": "false", "cuda_obj%": "", "cuda_dev_obj%": "", "cuda_home%": "/usr/local/cuda", "portable%": "false" },
+  "variables": { "with_cuda%": "false", "cuda_obj%": "", "cuda_dev_obj%": "", "cuda_home%": "/usr/local/cuda", "portable%": "false", "march%": "x86-64-v2", "rpath_origin%": "false" },
   "targets": [
     {
       "target_name": "smallkv_tensor",
@@ -11,8 +11,10 @@
       "ldflags": ["-fopenmp"],
       "conditions": [
         ["portable=='true'",
-          { "cflags_cc": ["-march=x86-64-v2"], "defines": ["SMALLKV_PORTABLE=1"] },
+          { "cflags_cc": ["-march=<(march)"], "defines": ["SMALLKV_PORTABLE=1"] },
           { "cflags_cc": ["-march=native"] }],
+        ["rpath_origin=='true'",
+          { "ldflags": ["-Wl,-rpath,'$$ORIGIN'"] }],
         ["with_cuda=='true'",
           { "defines": ["SMALLKV_WITH_CUDA=1"],
             "libraries": ["<(cuda_obj)", "<(cuda_home)/lib64/libcudart_static.a", "-ldl", "-lrt", "-lpthread"] },

@@ -2,7 +2,12 @@
 // Builds the native addon on install: CUDA objects with nvcc when it is found, then
 // node-gyp configure + build (incremental: pnpm re-runs install scripts often).
 //   SMALLKV_CUDA=0 forces a CPU-only build, SMALLKV_CUDA=1 makes a missing nvcc an error.
-//   SMALLKV_PORTABLE=1 builds for x86-64-v2 instead of -march=native (binaries that travel).
+//   SMALLKV_PORTABLE=1 builds for x86-64-v2 instead of -march=native (binaries that travel);
+//   SMALLKV_MARCH=x86-64-v3 (or -v4) picks another portable level (scripts/prebuild.cjs).
+//   SMALLKV_BUILD_FROM_SOURCE=1 builds even where a prebuilt addon would do.
+// An installed tarball carries prebuilt linux-x64 addons (prebuilds/): when one loads here the
+// install compiles nothing, so no compiler, make or Python is needed. A development checkout
+// (it has src/) always builds from source, for this machine's CPU.
 "use strict";
 const { execFileSync } = require("node:child_process");
 const fs = require("node:fs");
@@ -98,31 +103,75 @@ function compileAll(nvcc, dir, outDir, combinedName) {
   return combined;
 }
 
-function main() {
+/** Configure and build with node-gyp; `extra` adds gyp variables (march, rpath). */
+function gypBuild(cuda, extra = {}) {
   const nodeGyp = require.resolve("node-gyp/bin/node-gyp.js");
   // Always pass the headers of the running Node: node-gyp would otherwise try to download them.
   const nodedir = path.resolve(process.execPath, "..", "..");
   const hasHeaders = fs.existsSync(path.join(nodedir, "include", "node", "node_api.h"));
-  const cuda = buildCuda();
+  const march = extra.march ?? process.env.SMALLKV_MARCH;
+  const portable = !!march || process.env.SMALLKV_PORTABLE === "1";
   const gypVars = [
     `--with_cuda=${cuda ? "true" : "false"}`,
     `--cuda_obj=${cuda ? cuda.obj : ""}`,
     `--cuda_dev_obj=${cuda ? cuda.devObj : ""}`,
     `--cuda_home=${cuda ? cuda.home : "/usr/local/cuda"}`,
-    `--portable=${process.env.SMALLKV_PORTABLE === "1" ? "true" : "false"}`,
+    `--portable=${portable ? "true" : "false"}`,
+    `--march=${march ?? "x86-64-v2"}`,
+    `--rpath_origin=${extra.rpathOrigin ? "true" : "false"}`,
   ];
   const common = hasHeaders ? [`--nodedir=${nodedir}`] : [];
   const run = (args) => execFileSync(process.execPath, [nodeGyp, ...args], { cwd: root, stdio: "inherit" });
   run(["configure", ...common, ...gypVars]);
   run(["build", ...common, `--jobs=${Math.max(1, require("node:os").availableParallelism?.() ?? 2)}`]);
+}
+
+/** The prebuilt addon this machine would load, if the package has one that loads here. */
+function usablePrebuild() {
+  const { addonPath } = require("./addon-path.cjs");
+  const file = addonPath(root, "smallkv_tensor", { prebuiltOnly: true });
+  if (!file) return null;
+  // Load it in a child process: a missing system library or a too-old glibc fails there, not here.
+  try {
+    execFileSync(process.execPath, ["-e", `require(${JSON.stringify(file)}).buildInfo()`], { stdio: "pipe" });
+    return file;
+  } catch (e) {
+    log(
+      `the prebuilt addon does not load here (${
+        String(e.stderr ?? e.message)
+          .trim()
+          .split("\n")[0]
+      }): building from source`,
+    );
+    return null;
+  }
+}
+
+function main() {
+  const devCheckout = fs.existsSync(path.join(root, "src"));
+  if (!devCheckout && process.env.SMALLKV_BUILD_FROM_SOURCE !== "1") {
+    const file = usablePrebuild();
+    if (file) {
+      log(
+        `using the prebuilt addon ${path.relative(root, file)} (set SMALLKV_BUILD_FROM_SOURCE=1 to compile instead)`,
+      );
+      return;
+    }
+  }
+  const cuda = buildCuda();
+  gypBuild(cuda);
   log(
     `built ${path.join("build", "Release", "smallkv_tensor.node")} (${cuda ? "with CUDA" : "CPU only"}), build/Release/smallkv_cuda_emu.node${cuda ? " and build/Release/smallkv_cuda.node" : ""}`,
   );
 }
 
-try {
-  main();
-} catch (e) {
-  log(`build failed: ${e.message}`);
-  process.exit(1);
+module.exports = { buildCuda, gypBuild, root, log };
+
+if (require.main === module) {
+  try {
+    main();
+  } catch (e) {
+    log(`build failed: ${e.message}`);
+    process.exit(1);
+  }
 }

@@ -1,7 +1,4 @@
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { addonFile, loadAddon } from "./addon.js";
 import { TensorShapeError } from "./errors.js";
 
 /** Which implementation runs the device kernels: a real GPU, or the CPU emulator (tests, CI). */
@@ -162,29 +159,22 @@ interface DeviceBinding {
   ): void;
 }
 
-const here = dirname(fileURLToPath(import.meta.url));
-const require = createRequire(import.meta.url);
 const bindings = new Map<DeviceKind, DeviceBinding>();
 
 function binding(kind: DeviceKind): DeviceBinding {
   const cached = bindings.get(kind);
   if (cached) return cached;
-  const file = join(
-    here,
-    "..",
-    "build",
-    "Release",
-    kind === "cuda" ? "smallkv_cuda.node" : "smallkv_cuda_emu.node",
-  );
-  if (!existsSync(file)) {
+  const name = kind === "cuda" ? "smallkv_cuda" : "smallkv_cuda_emu";
+  const file = addonFile(name);
+  if (!file) {
     throw new DeviceError(
       "ENOBUILD",
       kind === "cuda"
-        ? "@smallkv/tensor was built without CUDA (nvcc was not found at install time); install the CUDA toolkit and rebuild with SMALLKV_CUDA=1"
-        : `the emulator addon is missing (${file}): run \`pnpm install\``,
+        ? "@smallkv/tensor has no CUDA addon here (built without nvcc, and no prebuilt one for this platform); install the CUDA toolkit and rebuild with SMALLKV_CUDA=1 SMALLKV_BUILD_FROM_SOURCE=1"
+        : `the emulator addon is missing (no ${name}.node): run \`pnpm install\``,
     );
   }
-  const b = require(file) as DeviceBinding;
+  const b = loadAddon<DeviceBinding>(file);
   bindings.set(kind, b);
   return b;
 }

@@ -1,6 +1,4 @@
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { addonFile, loadAddon } from "./addon.js";
 
 /** The raw binding (internal: argument checking happens in ops.ts and again in C++). */
 export interface NativeBinding {
@@ -144,8 +142,8 @@ export interface NativeBinding {
   setThreads(n: number): void;
 }
 
-const here = dirname(fileURLToPath(import.meta.url));
-const require = createRequire(import.meta.url);
+/** The addon file in use (a source build or a prebuilt one). */
+export let nativeFile = "";
 
 function load(): NativeBinding {
   // The kernels share 2-16 cores with onnxruntime's own thread pool; OpenMP threads that
@@ -153,12 +151,17 @@ function load(): NativeBinding {
   // this when the addon is loaded, so it is set before the require below (an empty value
   // counts as unset there, so here too).
   if (!process.env.OMP_WAIT_POLICY) process.env.OMP_WAIT_POLICY = "passive";
-  const path = join(here, "..", "build", "Release", "smallkv_tensor.node");
+  const path = addonFile("smallkv_tensor");
+  if (!path)
+    throw new Error(
+      `@smallkv/tensor: no native addon for ${process.platform}-${process.arch} (no source build in build/Release, no prebuilt one): run \`pnpm install\` (or \`node scripts/build.cjs\` in the package)`,
+    );
   try {
-    return require(path) as NativeBinding;
+    nativeFile = path;
+    return loadAddon<NativeBinding>(path);
   } catch (e) {
     throw new Error(
-      `@smallkv/tensor: the native addon is not built (${path}): run \`pnpm install\` (or \`node scripts/build.cjs\` in the package). Cause: ${(e as Error).message}`,
+      `@smallkv/tensor: the native addon ${path} does not load: rebuild it with SMALLKV_BUILD_FROM_SOURCE=1 \`npm rebuild @smallkv/tensor\` (or \`node scripts/build.cjs\` in the package). Cause: ${(e as Error).message}`,
     );
   }
 }

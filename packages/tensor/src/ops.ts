@@ -1,5 +1,5 @@
 import { expectDim, expectF32, expectI32, TensorShapeError } from "./errors.js";
-import { native } from "./native.js";
+import { native, nativeFile } from "./native.js";
 
 /** RoPE in place on x[T][H][D] (Hugging Face rotate-half convention). */
 /** Scaled RoPE: D/2 frequencies replacing theta^(-2i/D), and a factor on cos and sin. */
@@ -622,8 +622,15 @@ export function cudaInfo(): CudaInfo {
   return native.cudaInfo();
 }
 
-export function buildInfo(): { threads: number; simd: string; portable: boolean } {
-  return native.buildInfo();
+/** How the loaded CPU addon was built, and which file it is (a source build or a prebuilt one). */
+export function buildInfo(): {
+  threads: number;
+  simd: string;
+  portable: boolean;
+  addon: string;
+  prebuilt: boolean;
+} {
+  return { ...native.buildInfo(), addon: nativeFile, prebuilt: /[/\\]prebuilds[/\\]/.test(nativeFile) };
 }
 
 /** Set the OpenMP thread count used by the kernels. */
