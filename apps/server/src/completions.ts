@@ -126,6 +126,7 @@ export function completionHandlers(s: ServerContext) {
       stop,
       logprobs: topLogprobs,
       policy,
+      prefixCache: s.prefixCache ?? undefined,
       timeoutMs: s.requestTimeoutMs,
       // The per-step trace is taken as each token is produced (the sequence moves on at once).
       inspect: b.kv_trace && b.stream ? (seq, token) => traceOf(seq, policy, token) : undefined,
@@ -157,6 +158,8 @@ export function completionHandlers(s: ServerContext) {
       prompt_tokens: prompt.length,
       completion_tokens: r.tokens.length,
       total_tokens: prompt.length + r.tokens.length,
+      // As OpenAI reports it: prompt tokens served from the prefix cache.
+      prompt_tokens_details: { cached_tokens: r.cachedTokens ?? 0 },
       kv_stats: kvStats(r, stats),
     });
     // The sequence's KV figures, with the request's draft acceptance when it speculated.
@@ -181,6 +184,7 @@ export function completionHandlers(s: ServerContext) {
           policy: policy.name,
           budget: policy.budget.toString(),
           prompt_tokens: prompt.length,
+          cached_tokens: r.cachedTokens ?? 0,
           completion_tokens: r.tokens.length,
           finish_reason: r.finishReason,
           ttft_s: r.timeToFirstToken,

@@ -1,3 +1,4 @@
+import type { PrefixCacheStats } from "@smallkv/runner";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 
 /** The server's Prometheus metrics (one registry per server instance). */
@@ -77,6 +78,51 @@ export class ServerMetrics {
     labelNames: ["policy"],
     registers: [this.registry],
   });
+  /** Prefix cache figures, read from the cache at each scrape. */
+  watchPrefixCache(stats: () => PrefixCacheStats): void {
+    const reg = [this.registry];
+    const counter = (name: string, help: string, pick: (s: PrefixCacheStats) => number) =>
+      new Counter({
+        name,
+        help,
+        registers: reg,
+        collect() {
+          this.reset();
+          this.inc(pick(stats()));
+        },
+      });
+    const gauge = (name: string, help: string, pick: (s: PrefixCacheStats) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: reg,
+        collect() {
+          this.set(pick(stats()));
+        },
+      });
+    counter(
+      "smallkv_prefix_cache_hit_tokens_total",
+      "prompt tokens served from the prefix cache",
+      (s) => s.hitTokens,
+    );
+    counter(
+      "smallkv_prefix_cache_miss_tokens_total",
+      "prompt tokens prefilled (not in the prefix cache)",
+      (s) => s.missTokens,
+    );
+    counter(
+      "smallkv_prefix_cache_evictions_total",
+      "prefix cache blocks evicted (LRU) to keep the byte budget",
+      (s) => s.evictions,
+    );
+    gauge(
+      "smallkv_prefix_cache_bytes",
+      "bytes the prefix cache holds (K/V of both models and policy state)",
+      (s) => s.bytes,
+    );
+    gauge("smallkv_prefix_cache_blocks", "token blocks in the prefix cache", (s) => s.blocks);
+  }
+
   readonly finished = new Counter({
     name: "smallkv_finished_total",
     help: "generations by finish reason (stop, length, cancelled, timeout, error)",

@@ -171,5 +171,6 @@ function cancelledResult(prompt: number[]): GenerationResult {
     finishReason: "cancelled",
     timeToFirstToken: 0,
     timePerOutputToken: 0,
+    cachedTokens: 0,
   };
 }

@@ -1,4 +1,4 @@
-import type { Model, StepModel } from "@smallkv/runner";
+import type { Model, PrefixCache, StepModel } from "@smallkv/runner";
 import type { ChatFormatter } from "./chat-template.js";
 import type { ServerMetrics } from "./metrics.js";
 import type { PolicyResolver } from "./policy-request.js";
@@ -15,6 +15,8 @@ export interface ServerContext {
   maxTokensLimit: number;
   requestTimeoutMs: number;
   metrics: ServerMetrics;
+  /** Prompt blocks kept across requests (null: off). */
+  prefixCache: PrefixCache | null;
   scheduler: Scheduler;
   chat: ChatFormatter;
   policies: PolicyResolver;

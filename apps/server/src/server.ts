@@ -4,6 +4,8 @@ import {
   ContextLengthError,
   InvalidOptionError,
   type Model,
+  PrefixCache,
+  type PrefixCacheOptions,
   type StepModel,
 } from "@smallkv/runner";
 import Fastify, { type FastifyInstance, LogController } from "fastify";
@@ -17,6 +19,9 @@ import { type PolicyFiles, PolicyResolver } from "./policy-request.js";
 import { Scheduler } from "./scheduler.js";
 import { chatBody, completionBody } from "./schemas.js";
 import type { ServerContext } from "./server-context.js";
+
+/** The prefix cache's default byte budget. */
+export const DEFAULT_PREFIX_CACHE_BYTES = 256 * 2 ** 20;
 
 /** Generator option names as the API spells them. */
 const API_PARAM: Record<string, string> = {
@@ -47,6 +52,11 @@ export interface ServerOptions {
    * `metricsAccess`) and the playground's static files; checked before the body is read.
    */
   apiKey?: string;
+  /**
+   * Prompt blocks kept across requests: a later prompt with the same beginning prefills only
+   * the rest (default: 256 MiB, blocks of 256 tokens; false: off). See PrefixCache.
+   */
+  prefixCache?: PrefixCacheOptions | false;
   /** `/metrics`: "public" (default, for Prometheus) or `{ key }` (its own bearer key). */
   metricsAccess?: MetricsAccess;
   /** Sequences in the running batch (default 32) and requests waiting beyond it (default 64). */
@@ -81,6 +91,11 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
   const model: StepModel = o.assistant ? new AssistedModel(llm, o.assistant) : llm;
   const modelId = o.modelId ?? llm.name;
   const metrics = new ServerMetrics();
+  const prefixCache =
+    o.prefixCache === false
+      ? null
+      : new PrefixCache(o.prefixCache ?? { maxBytes: DEFAULT_PREFIX_CACHE_BYTES });
+  if (prefixCache) metrics.watchPrefixCache(() => prefixCache.stats);
   const scheduler = new Scheduler(model, { maxBatch: o.maxBatch ?? 32, maxQueue: o.maxQueue ?? 64, metrics });
   const chat = new ChatFormatter(llm.tokenizer);
   const policies: Record<string, PolicyFactory> = { ...builtinPolicies, ...(o.extraPolicies ?? {}) };
@@ -189,6 +204,7 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
     maxTokensLimit: o.maxTokensLimit ?? ctx,
     requestTimeoutMs: o.requestTimeoutMs ?? 120_000,
     metrics,
+    prefixCache,
     scheduler,
     chat,
     policies: policyResolver,

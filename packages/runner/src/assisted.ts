@@ -194,6 +194,30 @@ export class AssistantState {
     this.seq.truncateTo(n);
   }
 
+  /**
+   * What a prefix cache keeps of this view after a prefill chunk: the accumulated scores over
+   * the first n positions. The rows are not kept: the next step computes its own.
+   */
+  prefixState(n: number): Float64Array[][] {
+    if (this.drafted) throw new Error("prefixState: the assistant is drafting");
+    return this.live.scores.map((layer) => layer.map((a) => a.slice(0, n)));
+  }
+
+  /** Start from a prefix cache's state (a fresh view, its sequence already holding the prefix). */
+  restorePrefix(scores: Float64Array[][]): void {
+    const live = this.live;
+    live.rows.fill(null);
+    live.rowsT = 0;
+    live.rowsN = 0;
+    scores.forEach((layer, l) =>
+      layer.forEach((x, h) => {
+        const a = new Float64Array(Math.max(64, 2 * x.length));
+        a.set(x);
+        live.scores[l][h] = a;
+      }),
+    );
+  }
+
   observe(o: AttentionObservation): void {
     const live = this.live;
     accumulate(live.scores[o.layer], o, this.model.config.numHeads);

@@ -2,6 +2,7 @@ import type { StepModel } from "./assisted.js";
 import { ContextLengthError, InvalidOptionError } from "./errors.js";
 import type { DraftDecoder, DraftState } from "./native-decoder.js";
 import type { KvPolicyHook } from "./policy-hook.js";
+import { PrefixCache, policyScope } from "./prefix-cache.js";
 import { argmax, logSoftmax, Sampler, type SamplingOptions } from "./sampler.js";
 import { policyHasState, type Sequence } from "./sequence.js";
 import {
@@ -41,6 +42,13 @@ export interface GenerateOptions extends SamplingOptions {
    * gives the same text).
    */
   speculative?: SpeculativeOptions;
+  /**
+   * Start from cached blocks of an earlier prompt with the same beginning, and keep this
+   * prompt's blocks for later ones (the prompt is then prefilled in block-aligned chunks).
+   * Ignored (nothing cached, nothing reused) for a sequence whose state cannot be cached:
+   * the device backend, sliding-window layers, a policy without snapshots.
+   */
+  prefixCache?: PrefixCache;
 }
 
 export interface TokenEvent {
@@ -78,6 +86,8 @@ export interface GenerationResult {
   error?: Error;
   /** Acceptance of the drafts, when the request used speculative decoding. */
   speculative?: SpeculativeStats;
+  /** Prompt tokens taken from the prefix cache (not prefilled). */
+  cachedTokens: number;
 }
 
 /** A request in flight: async-iterate it for tokens, or await `result`. */
@@ -92,7 +102,11 @@ interface Active {
   id: number;
   seq: Sequence;
   prompt: number[];
+  /** Prompt tokens processed so far (restored from the prefix cache or prefilled). */
+  fed: number;
   prefilled: boolean;
+  /** The prefix cache this request reads and fills, with its policy scope. */
+  cache: { cache: PrefixCache; scope: string } | null;
   last: number;
   sampler: Sampler;
   text: TextStream;
@@ -203,12 +217,19 @@ export class Generator {
         `the policy ${seq.policy.name} cannot roll back its state (no snapshot/restore), which speculative decoding needs`,
       );
     }
+    const cache =
+      o.prefixCache && PrefixCache.cacheable(seq)
+        ? { cache: o.prefixCache, scope: policyScope(seq.policy) }
+        : null;
+    const fed = cache ? cache.cache.restore(seq, cache.scope, ids) : 0;
     let resolve!: (r: GenerationResult) => void;
     const result = new Promise<GenerationResult>((r) => (resolve = r));
     const a: Active = {
       id: nextRequest++,
       seq,
       prompt: ids,
+      fed,
+      cache,
       prefilled: false,
       last: -1,
       sampler,
@@ -225,6 +246,7 @@ export class Generator {
         finishReason: "length",
         timeToFirstToken: 0,
         timePerOutputToken: 0,
+        cachedTokens: fed,
       },
       queue: [],
       wake: null,
@@ -320,11 +342,17 @@ export class Generator {
     let logits: Float32Array[];
     try {
       logits = await this.model.forward(
-        batch.map((a) => ({
-          seq: a.seq,
-          tokens: a.prefilled ? [a.last] : a.prompt,
-          logits: "last" as const,
-        })),
+        batch.map((a) => {
+          if (a.prefilled) return { seq: a.seq, tokens: [a.last], logits: "last" as const };
+          // With a prefix cache the prompt goes in block-aligned chunks; logits from the last only.
+          const end = a.cache ? a.cache.cache.chunkEnd(a.fed, a.prompt.length) : a.prompt.length;
+          const tokens = a.fed === 0 && end === a.prompt.length ? a.prompt : a.prompt.slice(a.fed, end);
+          return {
+            seq: a.seq,
+            tokens,
+            logits: end === a.prompt.length ? ("last" as const) : ("none" as const),
+          };
+        }),
       );
     } catch (e) {
       // Inputs are validated at submit, and policy failures are caught per sequence
@@ -334,7 +362,10 @@ export class Generator {
     }
     const seconds = (performance.now() - t0) / 1000;
     let tokens = 0;
-    for (const a of batch) tokens += a.prefilled ? 1 : a.prompt.length;
+    for (const a of batch)
+      tokens += a.prefilled
+        ? 1
+        : (a.cache ? a.cache.cache.chunkEnd(a.fed, a.prompt.length) : a.prompt.length) - a.fed;
     if (steady) {
       const seen = new Set<DraftTuner>();
       // Every request's plain step counts (a request without speculation runs the same step).
@@ -348,6 +379,11 @@ export class Generator {
       }
     }
     batch.forEach((a, i) => {
+      if (!a.prefilled) {
+        a.fed = a.seq.length;
+        if (a.cache && !a.seq.fault) a.cache.cache.store(a.seq, a.cache.scope, a.prompt);
+        if (a.fed < a.prompt.length) return;
+      }
       a.prefilled = true;
       this.accept(a, logits[i]);
     });

@@ -31,7 +31,7 @@ export {
   generateBatch,
   type TokenEvent,
 } from "./generate.js";
-export { KV_STORE_TYPES, KvCache, type KvStoreType } from "./kv-cache.js";
+export { KV_STORE_TYPES, KvCache, type KvRows, type KvStoreType } from "./kv-cache.js";
 export {
   type HotRowsMode,
   type LoadOptions,
@@ -54,6 +54,7 @@ export {
   type LayerSelection,
   type StepInfo,
 } from "./policy-hook.js";
+export { PrefixCache, type PrefixCacheOptions, type PrefixCacheStats, policyScope } from "./prefix-cache.js";
 export {
   dequantize,
   type QuantizedMatrix,

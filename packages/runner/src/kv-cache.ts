@@ -1,6 +1,18 @@
 import { type Int8Store, kvWrite, kvWriteQ8 } from "@smallkv/tensor";
 import type { ModelConfig } from "./config.js";
 
+/** K/V rows of every layer for a run of positions, as a store keeps them ([Hkv][n][D] per plane). */
+export interface KvRows {
+  type: KvStoreType;
+  n: number;
+  layers: {
+    k: Float32Array | Int8Array;
+    v: Float32Array | Int8Array;
+    kScale?: Float32Array;
+    vScale?: Float32Array;
+  }[];
+}
+
 /** How the host store keeps K/V: float32, or int8 with a scale per token and kv head. */
 export type KvStoreType = "f32" | "int8";
 export const KV_STORE_TYPES: readonly KvStoreType[] = ["f32", "int8"];
@@ -183,6 +195,65 @@ export class KvCache {
     for (const [a, w] of planes)
       for (let g = 0; g < Hkv; g++)
         a.copyWithin(g * cap * w, (g * cap + shift) * w, (g * cap + shift + keep) * w);
+  }
+
+  /**
+   * Copies of every layer's K/V rows at positions [from, to), as stored (float, or int8 with
+   * scales): what a prefix cache keeps of a block. Full-attention layers only (a sliding layer
+   * has dropped its old rows).
+   */
+  copyRows(from: number, to: number): KvRows {
+    const { Hkv, D } = this;
+    const n = to - from;
+    const take = <A extends Float32Array | Int8Array>(a: A, cap: number, w: number): A => {
+      const out = new (a.constructor as { new (n: number): A })(Hkv * n * w);
+      for (let g = 0; g < Hkv; g++) out.set(a.subarray((g * cap + from) * w, (g * cap + to) * w), g * n * w);
+      return out;
+    };
+    const layers: KvRows["layers"] = [];
+    for (let l = 0; l < this.config.numLayers; l++) {
+      if (this.windowOf(l) !== null) throw new Error("copyRows: sliding-window layers drop their rows");
+      const cap = this.capOf(l);
+      const q = this.q[l];
+      layers.push(
+        q
+          ? {
+              k: take(q.k, cap, D),
+              v: take(q.v, cap, D),
+              kScale: take(q.kScale, cap, 1),
+              vScale: take(q.vScale, cap, 1),
+            }
+          : { k: take(this.k[l], cap, D), v: take(this.v[l], cap, D) },
+      );
+    }
+    return { type: this.type, n, layers };
+  }
+
+  /** Put rows copied by `copyRows` back at positions [at, at + rows.n) (the store grows to hold them; the length covers them). */
+  pasteRows(rows: KvRows, at: number): void {
+    if (rows.type !== this.type) throw new Error(`pasteRows: ${rows.type} rows into a ${this.type} store`);
+    const { Hkv, D } = this;
+    const n = rows.n;
+    // Growing keeps the first `length` rows: the rows below `at` are held (pasted before).
+    this.length = Math.max(this.length, at);
+    this.ensure(at + n);
+    const put = <A extends Float32Array | Int8Array>(dst: A, src: A, cap: number, w: number) => {
+      for (let g = 0; g < Hkv; g++) dst.set(src.subarray(g * n * w, (g + 1) * n * w), (g * cap + at) * w);
+    };
+    rows.layers.forEach((r, l) => {
+      const cap = this.capOf(l);
+      const q = this.q[l];
+      if (q) {
+        put(q.k, r.k as Int8Array, cap, D);
+        put(q.v, r.v as Int8Array, cap, D);
+        put(q.kScale, r.kScale!, cap, 1);
+        put(q.vScale, r.vScale!, cap, 1);
+      } else {
+        put(this.k[l], r.k as Float32Array, cap, D);
+        put(this.v[l], r.v as Float32Array, cap, D);
+      }
+    });
+    this.length = Math.max(this.length, at + n);
   }
 
   /** Bytes of one K or V row as stored (int8 rows carry a float32 scale). */

@@ -36,6 +36,8 @@ interface ServeCli extends DeviceCliOptions, WeightCliOptions, KvCliOptions {
   allowUnauthenticated?: boolean;
   metricsPublic?: boolean;
   metricsKey?: string;
+  prefixCacheBytes: number;
+  prefixCacheBlock: number;
 }
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost", "::ffff:127.0.0.1"]);
@@ -67,6 +69,18 @@ export function registerServe(program: Command): void {
     .option(
       "--metrics-key <key>",
       "serve /metrics only to this bearer key (or set SMALLKV_METRICS_KEY); the API key does not open it",
+    )
+    .option(
+      "--prefix-cache-bytes <n>",
+      "bytes of prompt KV (both models) and policy state kept across requests; 0 turns the prefix cache off",
+      intArg("--prefix-cache-bytes"),
+      256 * 2 ** 20,
+    )
+    .option(
+      "--prefix-cache-block <n>",
+      "tokens per prefix-cache block (prompts are prefilled in chunks ending on block boundaries)",
+      intArg("--prefix-cache-block", 1),
+      256,
     )
     .option("--max-batch <n>", "sequences in the running batch", intArg("--max-batch", 1), 32)
     .option("--max-queue <n>", "requests waiting beyond the batch (then 429)", intArg("--max-queue"), 64)
@@ -141,6 +155,8 @@ export function registerServe(program: Command): void {
       defaultPolicyOptions: parsePolicyOptions(o.policyOption, o.policy),
       apiKey,
       metricsAccess: metricsKey ? { key: metricsKey } : "public",
+      prefixCache:
+        o.prefixCacheBytes > 0 ? { maxBytes: o.prefixCacheBytes, blockSize: o.prefixCacheBlock } : false,
       policyFiles,
       maxBatch: o.maxBatch,
       maxQueue: o.maxQueue,
