@@ -6,5 +6,10 @@ export { ServerMetrics } from "./metrics.js";
 export { PLAYGROUND_DIR, playground } from "./playground.js";
 export type { PolicyFiles } from "./policy-request.js";
 export { type Job, Scheduler } from "./scheduler.js";
-export { createServer, type ServerOptions, type SmallKvServer } from "./server.js";
+export {
+  createServer,
+  DEFAULT_PREFIX_CACHE_BYTES,
+  type ServerOptions,
+  type SmallKvServer,
+} from "./server.js";
 export { traceOf } from "./trace.js";

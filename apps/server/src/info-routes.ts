@@ -7,14 +7,18 @@ import type { ServerContext } from "./server-context.js";
 /** Health, metrics, the model list and tokenizer routes. */
 export function registerInfoRoutes(app: FastifyInstance, s: ServerContext): void {
   const { llm } = s;
-  app.get("/health", async () => ({
-    status: s.isClosing() ? "shutting_down" : "ok",
-    model: s.modelId,
-    running: s.scheduler.runningCount,
-    queued: s.scheduler.queued,
-    // The playground asks for a key when this is true (a 401 would say so anyway).
-    api_key_required: s.apiKeyRequired,
-  }));
+  // 503 while draining, so a load balancer's health check takes the replica out at once.
+  app.get("/health", async (_req, reply) => {
+    if (s.isClosing()) void reply.code(503);
+    return {
+      status: s.isClosing() ? "shutting_down" : "ok",
+      model: s.modelId,
+      running: s.scheduler.runningCount,
+      queued: s.scheduler.queued,
+      // The playground asks for a key when this is true (a 401 would say so anyway).
+      api_key_required: s.apiKeyRequired,
+    };
+  });
   app.get("/metrics", async (_req, reply) => {
     const kv = s.scheduler.kvBytes();
     s.metrics.hotBytes.set(kv.hot);

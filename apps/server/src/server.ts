@@ -54,7 +54,7 @@ export interface ServerOptions {
   apiKey?: string;
   /**
    * Prompt blocks kept across requests: a later prompt with the same beginning prefills only
-   * the rest (default: 256 MiB, blocks of 256 tokens; false: off). See PrefixCache.
+   * the rest (default: 256 MiB, blocks of 128 tokens; false: off). See PrefixCache.
    */
   prefixCache?: PrefixCacheOptions | false;
   /** `/metrics`: "public" (default, for Prometheus) or `{ key }` (its own bearer key). */
@@ -82,6 +82,8 @@ export interface SmallKvServer {
   metrics: ServerMetrics;
   modelId: string;
   model: StepModel;
+  /** The prefix cache (null: off). */
+  prefixCache: PrefixCache | null;
   /** Stop accepting requests, let in-flight ones finish for up to `deadlineMs`, cancel the rest, close. */
   shutdown(deadlineMs?: number): Promise<void>;
 }
@@ -232,6 +234,7 @@ export async function createServer(o: ServerOptions): Promise<SmallKvServer> {
     metrics,
     modelId,
     model,
+    prefixCache,
     async shutdown(deadlineMs = 10_000) {
       closing = true;
       const finished = await scheduler.idle(deadlineMs);

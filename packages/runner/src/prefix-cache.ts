@@ -16,7 +16,7 @@ import type { Sequence, SequenceSnapshot } from "./sequence.js";
 export interface PrefixCacheOptions {
   /** Bytes of K/V and policy state the cache may hold (LRU eviction beyond). */
   maxBytes: number;
-  /** Tokens per block (default 256): prompts are prefilled in chunks ending on block boundaries. */
+  /** Tokens per block (default 128): prompts are prefilled in chunks ending on block boundaries. */
   blockSize?: number;
 }
 
@@ -74,7 +74,7 @@ export class PrefixCache {
   constructor(o: PrefixCacheOptions) {
     if (!(Number.isFinite(o.maxBytes) && o.maxBytes >= 0))
       throw new RangeError(`prefix cache maxBytes must be a number >= 0, got ${o.maxBytes}`);
-    const b = o.blockSize ?? 256;
+    const b = o.blockSize ?? 128;
     if (!(Number.isInteger(b) && b >= 1))
       throw new RangeError(`prefix cache blockSize must be an integer >= 1, got ${b}`);
     this.blockSize = b;

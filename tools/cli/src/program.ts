@@ -10,6 +10,7 @@ import { TensorShapeError } from "@smallkv/tensor";
 import { Command, CommanderError } from "commander";
 import { registerBench } from "./commands/bench.js";
 import { registerCalibratePod } from "./commands/calibrate-pod.js";
+import { registerCluster } from "./commands/cluster.js";
 import { registerEval } from "./commands/eval.js";
 import { registerEvalWeights } from "./commands/eval-weights.js";
 import { registerGenerate } from "./commands/generate.js";
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
   registerEval(program);
   registerResults(program);
   registerServe(program);
+  registerCluster(program);
 
   return program;
 }

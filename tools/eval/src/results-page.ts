@@ -281,6 +281,37 @@ export async function writeResultsPage(o: {
       "",
     );
   } else parts.push(...(kept("## Runner") ?? []));
+  const prefixJson = o.benchDir && join(o.benchDir, "server-prefix.json");
+  if (prefixJson && existsSync(prefixJson)) {
+    const j = JSON.parse(readFileSync(prefixJson, "utf8"));
+    const rows = j.rows as {
+      policy: string;
+      prefix: number;
+      coldMs: number;
+      warmMs: number;
+      ratio: number;
+      cachedTokens: number;
+      repeats: number;
+    }[];
+    parts.push(
+      "## Prefix cache",
+      "",
+      `\`pnpm bench server --prefix ${rows[0]?.prefix ?? ""}\` on the synthetic ${j.model === "small" ? "small" : "~100M + ~10M"} pair, blocks of ${j.blockSize ?? "?"} tokens, budget ${j.budget}: per policy, ${rows[0]?.repeats ?? "?"} pairs of requests that share a ${rows[0]?.prefix ?? ""}-token prefix (each with its own 40-token tail); TTFT is the client's latency of a one-token request, the median of the repeats. Warm requests reuse the prefix's full blocks and prefill the rest.`,
+      "",
+      markdownTable(
+        ["policy", "shared prefix", "cold TTFT ms", "warm TTFT ms", "warm / cold", "cached tokens"],
+        rows.map((r) => [
+          r.policy,
+          String(r.prefix),
+          fmt(r.coldMs),
+          fmt(r.warmMs),
+          fmt(r.ratio),
+          String(r.cachedTokens),
+        ]),
+      ),
+      "",
+    );
+  } else parts.push(...(kept("## Prefix cache") ?? []));
   parts.push(...gpuSection(o.benchDir && join(o.benchDir, "gpu")));
   writeFileSync(o.out, `${parts.join("\n")}\n`);
   return o.out;

@@ -108,6 +108,18 @@ export function registerBench(program: Command): void {
       intArg("--rounds", 1),
       1,
     )
+    .option(
+      "--prefix <tokens>",
+      "prefix-cache TTFT: requests sharing this many prompt tokens, cold then warm (synthetic ~100M pair)",
+      intArg("--prefix", 1),
+    )
+    .option("--repeats <n>", "prefix mode: cold/warm pairs per policy", intArg("--repeats", 1), 5)
+    .option("--small", "prefix mode: the small synthetic pair (quick check)")
+    .option(
+      "--block <n>",
+      "prefix mode: prefix-cache block size (default: the server's)",
+      intArg("--block", 1),
+    )
     .option("--out <dir>", "output folder", "bench-results")
     .action(benchServer);
   const runner = bench

@@ -80,7 +80,7 @@ export function registerServe(program: Command): void {
       "--prefix-cache-block <n>",
       "tokens per prefix-cache block (prompts are prefilled in chunks ending on block boundaries)",
       intArg("--prefix-cache-block", 1),
-      256,
+      128,
     )
     .option("--max-batch <n>", "sequences in the running batch", intArg("--max-batch", 1), 32)
     .option("--max-queue <n>", "requests waiting beyond the batch (then 429)", intArg("--max-queue"), 64)
