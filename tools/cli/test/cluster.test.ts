@@ -174,7 +174,7 @@ describe("smallkv cluster (2 replicas behind HAProxy)", () => {
     }
   }, 240_000);
 
-  it("under 32 streaming clients: kill -9 fails only the streams in flight there; SIGTERM drains with no failure; the replica rejoins", async () => {
+  it("under 32 streaming clients: kill -9 fails only the streams in flight there, each with an OpenAI error event; SIGTERM drains with no failure; the replica rejoins", async () => {
     const c = await cluster(18130, []);
     try {
       interface Req {
@@ -211,7 +211,10 @@ describe("smallkv cluster (2 replicas behind HAProxy)", () => {
           r.replica = res.headers.get("x-smallkv-replica");
           const text = await res.text();
           r.ok = res.status === 200 && text.trim().endsWith("data: [DONE]") && !text.includes("event: error");
-          if (!r.ok) r.error = `${res.status} ${text.slice(-200)}`;
+          const event = /event: error\ndata: (.*)\n/.exec(text);
+          // An OpenAI-shaped error event: { error: { message, type, param, code } }.
+          if (event) r.error = `event:${JSON.parse(event[1]).error.code}`;
+          else if (!r.ok) r.error = `${res.status} ${text.slice(-200)}`;
         } catch (e) {
           r.error = (e as Error).name === "TimeoutError" ? "hung" : (e as Error).message;
         }
@@ -256,6 +259,8 @@ describe("smallkv cluster (2 replicas behind HAProxy)", () => {
         `soak: ${inflightAtKill.length} streams in flight on r0 at the kill: ${JSON.stringify(inflightAtKill.map(at))}`,
       );
       expect(failed.filter((f) => f.error === "hung")).toEqual([]);
+      // Each cut stream ended with an OpenAI error event (the stream guard's), not a cut connection.
+      for (const f of failed) expect(f.error).toBe("event:replica_lost");
       // Every failure is a stream that was under way on the killed replica ...
       for (const f of failed) expect(inflightAtKill, `${f.replica} ${f.error}`).toContain(f);
       // ... and every such stream not about to end at that moment failed: no more, no fewer.

@@ -6,6 +6,11 @@ export interface BalancerOptions {
   /** The replicas' loopback ports, in order (replica i is server r<i>). */
   replicaPorts: number[];
   /**
+   * Where HAProxy sends replica i's traffic, when not straight to it: the stream guard in front
+   * of it (it ends a stream cut by a dying replica with an OpenAI error event).
+   */
+  upstreamPorts?: number[];
+  /**
    * Session affinity: a consistent hash of the client's key (the X-Session-Id header, else the
    * body's "user" field) picks the replica, so a conversation keeps landing where its prefix is
    * cached. Off: least connections.
@@ -25,7 +30,7 @@ export interface BalancerOptions {
  */
 export function haproxyConfig(o: BalancerOptions): string {
   const inter = Math.max(100, Math.round(o.checkIntervalMs));
-  const servers = o.replicaPorts.map((p, i) => `  server r${i} 127.0.0.1:${p} check`);
+  const servers = (o.upstreamPorts ?? o.replicaPorts).map((p, i) => `  server r${i} 127.0.0.1:${p} check`);
   const metricsRoutes = o.replicaPorts.flatMap((_, i) => [
     `  acl replica${i}_metrics path /replicas/${i}/metrics`,
     `  use_backend metrics_r${i} if replica${i}_metrics`,

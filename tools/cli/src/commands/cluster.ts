@@ -5,6 +5,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
 import { haproxyConfig, prometheusConfig } from "../cluster/haproxy-config.js";
+import { StreamGuard } from "../cluster/stream-guard.js";
 import { Supervisor } from "../cluster/supervisor.js";
 import { intArg } from "../options.js";
 
@@ -145,6 +146,10 @@ export function registerCluster(program: Command): void {
           ...(o.prefixCacheBlock !== undefined ? ["--prefix-cache-block", String(o.prefixCacheBlock)] : []),
         ],
       });
+      // Between HAProxy and each replica: a guard that ends a stream cut by a dying replica
+      // with an OpenAI error event (and leaves everything else as HAProxy would see it).
+      const guards = ports.map((p) => new StreamGuard(p));
+      const guardPorts = await Promise.all(guards.map((g) => g.listen()));
       let balancer: ChildProcess | null = null;
       let stopping = false;
       const stop = async (why: string) => {
@@ -153,6 +158,7 @@ export function registerCluster(program: Command): void {
         log(`${why}: stopping the balancer and draining the replicas`);
         balancer?.kill("SIGTERM");
         await sup.stop();
+        await Promise.all(guards.map((g) => g.close()));
         process.exit(0);
       };
       for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(sig, () => void stop(sig));
@@ -169,6 +175,7 @@ export function registerCluster(program: Command): void {
           host: o.host,
           port: o.port,
           replicaPorts: ports,
+          upstreamPorts: guardPorts,
           affinity: !!o.affinity,
           checkIntervalMs: o.healthInterval,
           timeoutSeconds: o.timeout,
