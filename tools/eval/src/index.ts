@@ -17,7 +17,7 @@ export {
   runEval,
 } from "./eval.js";
 export { barSpec, heatmapSpec, lineSpec, renderPlot } from "./plots.js";
-export { writeResultsPage } from "./results-page.js";
+export { type PrefixBenchRow, writeResultsPage } from "./results-page.js";
 export {
   benchSpeculative,
   SPECULATIVE_HEADERS,

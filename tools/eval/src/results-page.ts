@@ -17,6 +17,17 @@ function scheduleNote(schedule: string | undefined): string {
     : "";
 }
 
+/** One policy's row of `bench server --prefix`: median TTFT of cold and warm requests. */
+export interface PrefixBenchRow {
+  policy: string;
+  prefix: number;
+  coldMs: number;
+  warmMs: number;
+  ratio: number;
+  cachedTokens: number;
+  repeats: number;
+}
+
 export async function writeResultsPage(o: {
   evalDir?: string;
   benchDir?: string;
@@ -284,15 +295,7 @@ export async function writeResultsPage(o: {
   const prefixJson = o.benchDir && join(o.benchDir, "server-prefix.json");
   if (prefixJson && existsSync(prefixJson)) {
     const j = JSON.parse(readFileSync(prefixJson, "utf8"));
-    const rows = j.rows as {
-      policy: string;
-      prefix: number;
-      coldMs: number;
-      warmMs: number;
-      ratio: number;
-      cachedTokens: number;
-      repeats: number;
-    }[];
+    const rows = j.rows as PrefixBenchRow[];
     parts.push(
       "## Prefix cache",
       "",

@@ -53,6 +53,14 @@ function binWithoutCompilers(dir) {
 
 const npmCli = realpathSync(execFileSync("sh", ["-c", "command -v npm"], { encoding: "utf8" }).trim());
 
+/** `npm install` in `cwd` with `env`, scripts' output shown; the result of spawnSync. */
+const npmInstall = (cwd, env) =>
+  spawnSync(process.execPath, [npmCli, "install", "--no-audit", "--no-fund", "--foreground-scripts"], {
+    cwd,
+    env,
+    encoding: "utf8",
+  });
+
 describe("tarballs install and run where no compiler is on PATH", () => {
   let work;
   let app;
@@ -87,15 +95,7 @@ describe("tarballs install and run where no compiler is on PATH", () => {
       npm_config_cache: process.env.npm_config_cache,
     };
     if (!env.npm_config_cache) delete env.npm_config_cache;
-    const r = spawnSync(
-      process.execPath,
-      [npmCli, "install", "--no-audit", "--no-fund", "--foreground-scripts"],
-      {
-        cwd: app,
-        env,
-        encoding: "utf8",
-      },
-    );
+    const r = npmInstall(app, env);
     installLog = `${r.stdout}\n${r.stderr}`;
     if (r.status !== 0) throw new Error(`npm install failed (${r.status}):\n${installLog.slice(-4000)}`);
   });
@@ -192,15 +192,7 @@ describe("the source build stays the fallback", () => {
         }),
       );
       const env = { ...process.env, SMALLKV_BUILD_FROM_SOURCE: "1", SMALLKV_CUDA: "0" };
-      const r = spawnSync(
-        process.execPath,
-        [npmCli, "install", "--no-audit", "--no-fund", "--foreground-scripts"],
-        {
-          cwd: app,
-          env,
-          encoding: "utf8",
-        },
-      );
+      const r = npmInstall(app, env);
       expect(r.status, r.stderr.slice(-3000)).toBe(0);
       expect(`${r.stdout}${r.stderr}`).toMatch(/built build\/Release\/smallkv_tensor\.node \(CPU only\)/);
       writeFileSync(

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import {
   LLM_100M,
   LLM_SMALL,
+  type PrefixBenchRow,
   randomTokens,
   SLM_10M,
   SLM_SMALL,
@@ -11,7 +12,7 @@ import {
   table,
   writeJson,
 } from "@smallkv/eval";
-import { assetsDir, Model, resolveModelDir } from "@smallkv/runner";
+import { assetsDir, Model, type PrefixCacheOptions, resolveModelDir } from "@smallkv/runner";
 import { createServer, DEFAULT_PREFIX_CACHE_BYTES, type LoadResult, runLoad } from "@smallkv/server";
 
 interface Opts {
@@ -38,6 +39,15 @@ interface Opts {
 /** Resident set size of this process in MiB (the server runs here unless --url). */
 const rssMiB = () => process.memoryUsage().rss / 2 ** 20;
 
+/** The server the benches start here (no logs; the batch and queue sizes given). */
+const benchServerOn = (
+  model: Model,
+  assistant: Model | undefined,
+  o: Opts,
+  prefixCache?: PrefixCacheOptions,
+) =>
+  createServer({ model, assistant, logger: false, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefixCache });
+
 /** Median of a list. */
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -55,13 +65,9 @@ async function benchPrefix(o: Opts): Promise<void> {
   process.stderr.write(`preparing synthetic checkpoints (${size})...\n`);
   const model = await Model.load(syntheticCheckpoint(`llm-${size}`, o.small ? LLM_SMALL : LLM_100M));
   const assistant = await Model.load(syntheticCheckpoint(`slm-${size}`, o.small ? SLM_SMALL : SLM_10M));
-  const s = await createServer({
-    model,
-    assistant,
-    logger: false,
-    maxBatch: o.maxBatch,
-    maxQueue: o.maxQueue,
-    prefixCache: { maxBytes: DEFAULT_PREFIX_CACHE_BYTES, blockSize: o.block },
+  const s = await benchServerOn(model, assistant, o, {
+    maxBytes: DEFAULT_PREFIX_CACHE_BYTES,
+    blockSize: o.block,
   });
   const url = await s.app.listen({ host: "127.0.0.1", port: 0 });
   // Token ids the tokenizer can print (the synthetic models share stories260K's 512 tokens).
@@ -87,15 +93,7 @@ async function benchPrefix(o: Opts): Promise<void> {
     if (!r.ok) throw new Error(`HTTP ${r.status}: ${j.error?.message}`);
     return { ms: performance.now() - t0, cached: j.usage?.prompt_tokens_details?.cached_tokens ?? 0 };
   };
-  const rows: {
-    policy: string;
-    prefix: number;
-    coldMs: number;
-    warmMs: number;
-    ratio: number;
-    cachedTokens: number;
-    repeats: number;
-  }[] = [];
+  const rows: PrefixBenchRow[] = [];
   const P = o.prefix!;
   for (const policy of o.policies.split(",")) {
     const cold: number[] = [];
@@ -147,13 +145,7 @@ export async function benchServer(o: Opts): Promise<void> {
   if (!url) {
     const model = await Model.load(resolveModelDir(o.model));
     const assistant = o.assistant ? await Model.load(resolveModelDir(o.assistant)) : undefined;
-    const s = await createServer({
-      model,
-      assistant,
-      logger: false,
-      maxBatch: o.maxBatch,
-      maxQueue: o.maxQueue,
-    });
+    const s = await benchServerOn(model, assistant, o);
     url = await s.app.listen({ host: "127.0.0.1", port: 0 });
     close = () => s.shutdown(5000);
     modelId = s.modelId;
