@@ -239,7 +239,7 @@ function kernelSuite(kind: DeviceKind) {
     }
   });
 
-  it("an allocation beyond the device's memory is a DeviceError EOOM, and the device stays usable", () => {
+  it("an allocation beyond the device's memory is a DeviceError EOOM, and the device and the next kernel stay usable", () => {
     let err: unknown;
     try {
       d().alloc(2 ** 43); // 32 TiB of float32
@@ -250,6 +250,13 @@ function kernelSuite(kind: DeviceKind) {
     expect((err as DeviceError).code).toBe("EOOM");
     const b = d().upload(Float32Array.of(1, 2, 3));
     expect(d().read(b, new Float32Array(3))).toEqual(Float32Array.of(1, 2, 3));
+    // The next kernel launches cleanly: the failed allocation left no "last error" behind (on
+    // CUDA a failed cudaMalloc does unless it is cleared; the emulator behaves the same way).
+    const x = Float32Array.of(1, 2, 3, 4);
+    const w = Float32Array.of(1, 1, 1, 1);
+    const out = d().alloc(4);
+    d().rmsnorm(out, d().upload(x), d().upload(w), 1, 4, 1e-5);
+    expect(maxAbsDiff(d().read(out, new Float32Array(4)), reference.rmsnormRef(x, w, 1, 4, 1e-5))).toBeLessThan(1e-5);
   });
 
   it.each([

@@ -15,7 +15,9 @@ int fail(cudaError_t e, const char* what) {
   const int code = e == cudaErrorMemoryAllocation ? SKV_EOOM
                    : (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) ? SKV_ENODEV
                                                                                    : SKV_EKERNEL;
-  return skv_rt::set_error(code, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+  // A failed cudaMalloc leaves cudaErrorMemoryAllocation as the last error: cleared here, or
+  // the next kernel's launch check would fail with it.
+  return skv_rt::failed_call(code, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 #define CK_CALL(expr, what)               \
   do {                                    \
@@ -25,6 +27,7 @@ int fail(cudaError_t e, const char* what) {
 }  // namespace
 
 void* skv_stream(int stream) { return g_streams[stream == 1 ? 1 : 0]; }
+void skv_clear_last_error() { (void)cudaGetLastError(); }
 int skv_check_launch(const char* kernel) {
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? SKV_OK : fail(e, kernel);

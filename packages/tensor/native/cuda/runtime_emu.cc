@@ -7,8 +7,22 @@
 #include "launch_check.h"
 #include "runtime_common.h"
 
+namespace {
+// The emulated runtime's "last error", with CUDA's semantics: a failed allocation sets it and
+// it stays set until read (cudaGetLastError), so the next launch check reports it. This is how
+// the emulator shows what a GPU would: a failed call that does not clear it breaks a kernel.
+thread_local int g_last_error = SKV_OK;
+thread_local char g_last_text[160] = "";
+}  // namespace
+
 void* skv_stream(int stream) { return reinterpret_cast<void*>(static_cast<intptr_t>(stream)); }
-int skv_check_launch(const char*) { return SKV_OK; }
+void skv_clear_last_error() { g_last_error = SKV_OK; }
+int skv_check_launch(const char* kernel) {
+  const int e = g_last_error;
+  g_last_error = SKV_OK;
+  if (e == SKV_OK) return SKV_OK;
+  return skv_rt::set_error(SKV_EKERNEL, "%s: %s (left by an earlier call)", kernel, g_last_text);
+}
 int skv_arg_error(const char* message) { return skv_rt::set_error(SKV_EARG, "%s", message); }
 
 extern "C" {
@@ -24,7 +38,12 @@ int skv_dev_mem_info(size_t* f, size_t* t) {
 }
 int skv_dev_malloc(void** p, size_t bytes) {
   *p = std::aligned_alloc(256, ((bytes > 0 ? bytes : 1) + 255) / 256 * 256);
-  return *p ? SKV_OK : skv_rt::set_error(SKV_EOOM, "out of memory allocating %zu bytes", bytes);
+  if (*p) return SKV_OK;
+  // As cudaMalloc does: the failure becomes the runtime's last error ...
+  g_last_error = SKV_EOOM;
+  std::snprintf(g_last_text, sizeof g_last_text, "out of memory (emulated cudaErrorMemoryAllocation)");
+  // ... which the failed-call path clears, as runtime.cu's does.
+  return skv_rt::failed_call(SKV_EOOM, "out of memory allocating %zu bytes", bytes);
 }
 int skv_dev_free(void* p) {
   std::free(p);
