@@ -256,7 +256,9 @@ function kernelSuite(kind: DeviceKind) {
     const w = Float32Array.of(1, 1, 1, 1);
     const out = d().alloc(4);
     d().rmsnorm(out, d().upload(x), d().upload(w), 1, 4, 1e-5);
-    expect(maxAbsDiff(d().read(out, new Float32Array(4)), reference.rmsnormRef(x, w, 1, 4, 1e-5))).toBeLessThan(1e-5);
+    expect(
+      maxAbsDiff(d().read(out, new Float32Array(4)), reference.rmsnormRef(x, w, 1, 4, 1e-5)),
+    ).toBeLessThan(1e-5);
   });
 
   it.each([

@@ -85,12 +85,53 @@ export interface BenchRow {
   boundSeconds: number;
   /** Measured decode step over its bound (1 = at the bytes-moved limit). */
   overBound: number;
+  /** Mean multiply-add work of one decode step, in FLOPs: dense layers and LM head of both models, attention over the rows read. */
+  flopsPerStep: number;
+  /** flopsPerStep over the measured dense rate: no decode step can be faster on this machine (seconds). */
+  computeBoundSeconds: number;
+  /** Measured decode step over the larger of the two bounds (1 = at whichever limit binds). */
+  overMaxBound: number;
   /** Peak KV kept resident (cold store + the assistant's KV + rows a device hot set holds). */
   residentKvBytes: number;
   vsFull: number | null;
   /** Decode tokens/s over Full's in the same scenario. */
   decodeVsFull: number | null;
   vsH2o: number | null;
+}
+
+/** FLOPs of one token through the dense parts (every layer's projections and MLP, the LM head). */
+export function denseFlopsPerToken(m: Model): number {
+  const { vocabSize: V, hiddenSize: d, tieWordEmbeddings } = m.config;
+  // Parameters minus the embedding table (looked up, not multiplied); a tied LM head multiplies it once more.
+  return 2 * (m.parameters - V * d) + (tieWordEmbeddings ? 2 * V * d : 0);
+}
+
+/**
+ * FLOPs of one decode step's attention for a sequence: per query head, QK and PV over every exact
+ * row (4·D) and PV over every V-only row (2·D), summed over layers (`full`/`vOnly`: rows per kv
+ * head, summed over layers and kv heads, as `Sequence.stats().classes` counts them).
+ */
+export function attentionFlops(m: Model, full: number, vOnly: number): number {
+  const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = m.config;
+  return (Hq / Hkv) * (4 * D * full + 2 * D * vOnly);
+}
+
+/**
+ * The dense rate this machine reaches on the model: the better of two prefills of 256 tokens
+ * (compute-bound steps; their attention is a few percent of the work and counted as dense).
+ */
+export async function measureDenseRate(m: Model): Promise<number> {
+  let best = 0;
+  const T = Math.min(256, m.config.maxPositions);
+  for (let i = 0; i < 2; i++) {
+    const seq = m.newSequence();
+    const t0 = performance.now();
+    await m.forward([{ seq, tokens: randomTokens(T, m.config.vocabSize, 77 + i), logits: "last" }]);
+    const s = (performance.now() - t0) / 1000;
+    seq.release();
+    best = Math.max(best, (T * denseFlopsPerToken(m)) / s);
+  }
+  return best;
 }
 
 /** Weight bytes a decode step streams: everything but the embedding table (only B rows of it are read). */
@@ -118,6 +159,7 @@ class PolicyRun {
   private assistantBytes = 0;
   private peakResident = 0;
   private moved = 0;
+  private flops = 0;
 
   constructor(
     private readonly model: StepModel,
@@ -162,12 +204,21 @@ class PolicyRun {
     let hot = 0;
     let cold = 0;
     let ab = 0;
+    let flops = 0;
     for (const q of seqs) {
       const st = q.stats();
       hot += st.hotBytes;
       cold += st.coldBytes;
-      if (q.assistant) ab += q.assistant.seq.stats().coldBytes;
+      flops += denseFlopsPerToken(llm) + attentionFlops(llm, st.classes.full, st.classes.vOnly);
+      if (q.assistant) {
+        const a = q.assistant.seq;
+        ab += a.stats().coldBytes;
+        const c = a.config;
+        flops +=
+          denseFlopsPerToken(a.model!) + attentionFlops(a.model!, c.numLayers * c.numKvHeads * a.length, 0);
+      }
     }
+    if (!(s === 1 && this.G > 2)) this.flops += flops;
     this.peakHot = Math.max(this.peakHot, hot);
     this.peakCold = Math.max(this.peakCold, cold);
     this.assistantBytes = Math.max(this.assistantBytes, ab);
@@ -180,7 +231,7 @@ class PolicyRun {
   }
 
   /** The figures of the steps so far; releases the sequences (a faulted one throws its error). */
-  finish(bandwidth: number) {
+  finish(bandwidth: number, denseRate: number) {
     const { B, G, pair, llm } = this;
     const steps = Math.max(1, G > 2 ? G - 2 : G - 1);
     const weights = streamedWeightBytes(llm) + (pair ? streamedWeightBytes(pair.slm) : 0);
@@ -203,6 +254,9 @@ class PolicyRun {
       bytesPerStep,
       boundSeconds: bytesPerStep / bandwidth,
       overBound: decode / steps / (bytesPerStep / bandwidth),
+      flopsPerStep: this.flops / steps,
+      computeBoundSeconds: this.flops / steps / denseRate,
+      overMaxBound: decode / steps / Math.max(bytesPerStep / bandwidth, this.flops / steps / denseRate),
       residentKvBytes: this.peakResident,
     };
   }
@@ -262,6 +316,8 @@ export async function runBench(
   });
   const pair = new AssistedModel(llm, slm);
   const bandwidth = o.bandwidth ?? (llm.device ? llm.device.info.bandwidthGBs * 1e9 : measureReadBandwidth());
+  // The compute bound's denominator: what this machine's dense kernels reach on this model.
+  const denseRate = await measureDenseRate(llm);
   // Each entry is a policy spec: a name (or module path), with options as name:k=v,k=v.
   const factories = await Promise.all(
     policies.map(async (spec) => {
@@ -291,14 +347,14 @@ export async function runBench(
           await run.prefill(ctx, seed);
           if (o.sequential) {
             for (let s = 1; s < G; s++) await run.step(s);
-            group.push(rowOf(factories[i].label, B, ctx, G, run.finish(bandwidth)));
+            group.push(rowOf(factories[i].label, B, ctx, G, run.finish(bandwidth, denseRate)));
           }
         }
         if (!o.sequential) {
           for (let s = 1; s < G; s++)
             for (let j = 0; j < runs.length; j++) await runs[(s + j) % runs.length].step(s);
           for (const [i, run] of runs.entries())
-            group.push(rowOf(factories[i].label, B, ctx, G, run.finish(bandwidth)));
+            group.push(rowOf(factories[i].label, B, ctx, G, run.finish(bandwidth, denseRate)));
         }
       } finally {
         for (const run of runs) run.release();
@@ -325,6 +381,7 @@ export async function runBench(
     schedule: o.sequential ? "sequential" : "alternated",
     device: llm.device ? llm.device.info : { kind: "cpu" },
     bandwidthBytesPerSecond: bandwidth,
+    denseFlopsPerSecond: denseRate,
     llm: { dir: llmDir, parameters: llm.parameters, config: llm.config },
     assistant: { dir: slmDir, parameters: slm.parameters, config: slm.config },
     rows,
@@ -385,6 +442,8 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       "resident KV MiB",
       "bound ms",
       "step / bound",
+      "compute bound ms",
+      "step / max bound",
       "SLM share",
       "policy share",
       "vs Full",
@@ -404,6 +463,8 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       mib(r.residentKvBytes),
       r.boundSeconds * 1000,
       r.overBound,
+      r.computeBoundSeconds != null ? r.computeBoundSeconds * 1000 : null,
+      r.overMaxBound ?? null,
       r.slmShare,
       r.policyShare,
       r.vsFull,

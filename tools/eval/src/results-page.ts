@@ -232,7 +232,7 @@ export async function writeResultsPage(o: {
     parts.push(
       "## Long context",
       "",
-      `Decode where the KV cache dominates a step, laid out like the paper's Table 2: the same synthetic pair, budget ${b.budget}. The bound is the bytes a decode step must move (weights streamed, KV read, the assistant's weights and KV) over the measured read bandwidth (${fmt(b.bandwidthBytesPerSecond / 1e9)} GB/s); resident KV counts the cold store and the assistant's KV${b.hotRows === "copy" ? " and the hot rows (held as copies)" : " (on the CPU the hot set reads the store in place)"}.${scheduleNote(b.schedule)}`,
+      `Decode where the KV cache dominates a step, laid out like the paper's Table 2: the same synthetic pair, budget ${b.budget}. The bound is the bytes a decode step must move (weights streamed, KV read, the assistant's weights and KV) over the measured read bandwidth (${fmt(b.bandwidthBytesPerSecond / 1e9)} GB/s)${b.denseFlopsPerSecond ? `; the compute bound is a step's FLOPs (both models' dense layers and LM heads, attention over the rows read) over the dense rate this machine reached on the LLM (${fmt(b.denseFlopsPerSecond / 1e9)} GFLOP/s, the better of two 256-token prefills), and "step / max bound" divides by the larger of the two` : ""}; resident KV counts the cold store and the assistant's KV${b.hotRows === "copy" ? " and the hot rows (held as copies)" : " (on the CPU the hot set reads the store in place)"}.${scheduleNote(b.schedule)}`,
       "",
       markdownTable(
         [
