@@ -4,6 +4,7 @@
 // restarted replica takes traffic again. Every process started here is stopped here.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -15,8 +16,32 @@ const HAPROXY = "/usr/sbin/haproxy";
 const KEY = "cluster-key";
 const started: ChildProcess[] = [];
 
-/** Start a cluster; resolves with its URL and run folder once the banner is out. */
-async function cluster(port: number, extra: string[]) {
+/** A base port with `n` free ports from it (the balancer, then the replicas): random, probed. */
+async function freePorts(n: number): Promise<number> {
+  for (;;) {
+    const base = 20000 + Math.floor(Math.random() * 30000);
+    const servers: Server[] = [];
+    try {
+      for (let i = 0; i < n; i++) {
+        const srv = createServer();
+        await new Promise<void>((resolve, reject) => {
+          srv.once("error", reject);
+          srv.listen(base + i, "127.0.0.1", resolve);
+        });
+        servers.push(srv);
+      }
+      return base;
+    } catch {
+      // taken: try another base
+    } finally {
+      await Promise.all(servers.map((srv) => new Promise((r) => srv.close(r))));
+    }
+  }
+}
+
+/** Start a cluster on free ports; resolves with its URL and run folder once the banner is out. */
+async function cluster(extra: string[]) {
+  const port = await freePorts(3);
   const runDir = mkdtempSync(join(tmpdir(), "smallkv-cluster-test-"));
   const p = spawn(
     process.execPath,
@@ -60,7 +85,7 @@ async function cluster(port: number, extra: string[]) {
     await exited;
     rmSync(runDir, { recursive: true, force: true });
   };
-  return { url: `http://127.0.0.1:${port}`, runDir, state, stop, logs: () => err };
+  return { url: `http://127.0.0.1:${port}`, port, runDir, state, stop, logs: () => err };
 }
 
 const auth = { authorization: `Bearer ${KEY}`, "content-type": "application/json" };
@@ -142,7 +167,7 @@ async function conversations(
 
 describe("smallkv cluster (2 replicas behind HAProxy)", () => {
   it("session affinity keeps >= 90% of later turns on their cached prefix (and prints the rate without it)", async () => {
-    const a = await cluster(18110, ["--affinity"]);
+    const a = await cluster(["--affinity"]);
     try {
       // The key works through the balancer; every replica's /metrics is reachable.
       expect((await fetch(`${a.url}/v1/models`)).status).toBe(401);
@@ -152,9 +177,9 @@ describe("smallkv cluster (2 replicas behind HAProxy)", () => {
         expect(m.status).toBe(200);
         expect(await m.text()).toContain("smallkv_prefix_cache_hit_tokens_total");
       }
-      expect(readFileSync(join(a.runDir, "prometheus.yml"), "utf8")).toMatch(
-        /127\.0\.0\.1:18111[\s\S]*127\.0\.0\.1:18112/,
-      );
+      const prom = readFileSync(join(a.runDir, "prometheus.yml"), "utf8");
+      expect(prom).toContain(`127.0.0.1:${a.port + 1}`);
+      expect(prom).toContain(`127.0.0.1:${a.port + 2}`);
       const withAffinity = await conversations(a.url, true);
       console.log(
         `affinity on: hit rate ${withAffinity.hitRate.toFixed(3)} on turns 2-5 (20 conversations x 5 turns)`,
@@ -164,7 +189,7 @@ describe("smallkv cluster (2 replicas behind HAProxy)", () => {
     } finally {
       await a.stop();
     }
-    const b = await cluster(18120, []);
+    const b = await cluster([]);
     try {
       const without = await conversations(b.url, false);
       console.log(`affinity off (least connections): hit rate ${without.hitRate.toFixed(3)} on turns 2-5`);
@@ -177,7 +202,7 @@ describe("smallkv cluster (2 replicas behind HAProxy)", () => {
   }, 240_000);
 
   it("under 32 streaming clients: kill -9 fails only the streams in flight there, each with an OpenAI error event; SIGTERM drains with no failure; the replica rejoins", async () => {
-    const c = await cluster(18130, []);
+    const c = await cluster([]);
     try {
       interface Req {
         start: number;
