@@ -159,7 +159,7 @@ export function completionHandlers(s: ServerContext) {
       completion_tokens: r.tokens.length,
       total_tokens: prompt.length + r.tokens.length,
       // As OpenAI reports it: prompt tokens served from the prefix cache.
-      prompt_tokens_details: { cached_tokens: r.cachedTokens ?? 0 },
+      prompt_tokens_details: { cached_tokens: r.cachedTokens },
       kv_stats: kvStats(r, stats),
     });
     // The sequence's KV figures, with the request's draft acceptance when it speculated.
@@ -184,7 +184,7 @@ export function completionHandlers(s: ServerContext) {
           policy: policy.name,
           budget: policy.budget.toString(),
           prompt_tokens: prompt.length,
-          cached_tokens: r.cachedTokens ?? 0,
+          cached_tokens: r.cachedTokens,
           completion_tokens: r.tokens.length,
           finish_reason: r.finishReason,
           ttft_s: r.timeToFirstToken,

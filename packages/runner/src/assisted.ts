@@ -183,14 +183,7 @@ export class AssistantState {
     live.rows = v.rows.slice();
     live.rowsT = v.rowsT;
     live.rowsN = v.rowsN;
-    (v.scores ?? this.scoresAt(n - 1)).forEach((layer, l) =>
-      layer.forEach((x, h) => {
-        if (live.scores[l][h].length < x.length) live.scores[l][h] = new Float64Array(x.length * 2);
-        // Positions past n held what the rejected rows added: back to nothing.
-        live.scores[l][h].fill(0, x.length);
-        live.scores[l][h].set(x);
-      }),
-    );
+    this.putScores(v.scores ?? this.scoresAt(n - 1));
     this.seq.truncateTo(n);
   }
 
@@ -209,11 +202,17 @@ export class AssistantState {
     live.rows.fill(null);
     live.rowsT = 0;
     live.rowsN = 0;
+    this.putScores(scores);
+  }
+
+  /** The live accumulated scores become `scores` (positions past them: nothing). */
+  private putScores(scores: Float64Array[][]): void {
+    const live = this.live;
     scores.forEach((layer, l) =>
       layer.forEach((x, h) => {
-        const a = new Float64Array(Math.max(64, 2 * x.length));
-        a.set(x);
-        live.scores[l][h] = a;
+        if (live.scores[l][h].length < x.length) live.scores[l][h] = new Float64Array(x.length * 2);
+        live.scores[l][h].fill(0, x.length);
+        live.scores[l][h].set(x);
       }),
     );
   }

@@ -105,8 +105,11 @@ interface Active {
   /** Prompt tokens processed so far (restored from the prefix cache or prefilled). */
   fed: number;
   prefilled: boolean;
-  /** The prefix cache this request reads and fills, with its policy scope. */
-  cache: { cache: PrefixCache; scope: string } | null;
+  /**
+   * The prefix cache this request reads and fills, with its policy scope and the key of the
+   * cached block that ends at `fed` ("" at the start; null once the chain is broken).
+   */
+  cache: { cache: PrefixCache; scope: string; parent: string | null } | null;
   last: number;
   sampler: Sampler;
   text: TextStream;
@@ -141,6 +144,11 @@ interface SpecState {
   alpha: number;
   /** Whether the last adaptive choice was to draft (it keeps drafting while that pays at all). */
   drafting: boolean;
+}
+
+/** Where a request's next prefill step ends: the prompt's end, or the next block boundary with a prefix cache. */
+function prefillEnd(a: Active): number {
+  return a.cache ? a.cache.cache.chunkEnd(a.fed, a.prompt.length) : a.prompt.length;
 }
 
 let nextRequest = 1;
@@ -217,11 +225,14 @@ export class Generator {
         `the policy ${seq.policy.name} cannot roll back its state (no snapshot/restore), which speculative decoding needs`,
       );
     }
-    const cache =
-      o.prefixCache && PrefixCache.cacheable(seq)
-        ? { cache: o.prefixCache, scope: policyScope(seq.policy) }
-        : null;
-    const fed = cache ? cache.cache.restore(seq, cache.scope, ids) : 0;
+    let cache: Active["cache"] = null;
+    let fed = 0;
+    if (o.prefixCache && PrefixCache.cacheable(seq)) {
+      const scope = policyScope(seq.policy);
+      const hit = o.prefixCache.restore(seq, scope, ids);
+      cache = { cache: o.prefixCache, scope, parent: hit.key };
+      fed = hit.tokens;
+    }
     let resolve!: (r: GenerationResult) => void;
     const result = new Promise<GenerationResult>((r) => (resolve = r));
     const a: Active = {
@@ -345,7 +356,7 @@ export class Generator {
         batch.map((a) => {
           if (a.prefilled) return { seq: a.seq, tokens: [a.last], logits: "last" as const };
           // With a prefix cache the prompt goes in block-aligned chunks; logits from the last only.
-          const end = a.cache ? a.cache.cache.chunkEnd(a.fed, a.prompt.length) : a.prompt.length;
+          const end = prefillEnd(a);
           const tokens = a.fed === 0 && end === a.prompt.length ? a.prompt : a.prompt.slice(a.fed, end);
           return {
             seq: a.seq,
@@ -362,10 +373,7 @@ export class Generator {
     }
     const seconds = (performance.now() - t0) / 1000;
     let tokens = 0;
-    for (const a of batch)
-      tokens += a.prefilled
-        ? 1
-        : (a.cache ? a.cache.cache.chunkEnd(a.fed, a.prompt.length) : a.prompt.length) - a.fed;
+    for (const a of batch) tokens += a.prefilled ? 1 : prefillEnd(a) - a.fed;
     if (steady) {
       const seen = new Set<DraftTuner>();
       // Every request's plain step counts (a request without speculation runs the same step).
@@ -381,7 +389,9 @@ export class Generator {
     batch.forEach((a, i) => {
       if (!a.prefilled) {
         a.fed = a.seq.length;
-        if (a.cache && !a.seq.fault) a.cache.cache.store(a.seq, a.cache.scope, a.prompt);
+        const c = a.cache;
+        if (c && c.parent !== null && !a.seq.fault)
+          c.parent = c.cache.store(a.seq, c.scope, a.prompt, c.parent);
         if (a.fed < a.prompt.length) return;
       }
       a.prefilled = true;

@@ -109,9 +109,10 @@ export class PrefixCache {
 
   /**
    * Start `seq` (fresh) from the longest run of cached blocks that `prompt` begins with, leaving
-   * at least one token to compute (its logits are needed). Returns the tokens restored.
+   * at least one token to compute (its logits are needed). Returns the tokens restored and the
+   * key of the last restored block ("" when none: the chain starts at the root).
    */
-  restore(seq: Sequence, scope: string, prompt: number[]): number {
+  restore(seq: Sequence, scope: string, prompt: number[]): { tokens: number; key: string } {
     const B = this.blockSize;
     const chain: Block[] = [];
     let parent = "";
@@ -124,63 +125,59 @@ export class PrefixCache {
     const hit = chain.length * B;
     this.counts.hitTokens += hit;
     this.counts.missTokens += prompt.length - hit;
-    if (chain.length === 0) return 0;
+    if (chain.length === 0) return { tokens: 0, key: "" };
     // Most recently used: the chain, parents before children.
     for (const b of chain) {
       this.blocks.delete(b.key);
       this.blocks.set(b.key, b);
     }
+    // The pasted rows set both stores' lengths.
     for (const b of chain) {
       seq.kv.pasteRows(b.kv, b.end - B);
       if (b.slmKv && seq.assistant) seq.assistant.seq.kv.pasteRows(b.slmKv, b.end - B);
     }
     const last = chain[chain.length - 1];
-    seq.kv.length = hit;
     seq.tokens.splice(0, seq.tokens.length, ...prompt.slice(0, hit));
     if (seq.assistant) {
       const a = seq.assistant.seq;
-      a.kv.length = hit;
       a.tokens.splice(0, a.tokens.length, ...prompt.slice(0, hit));
       if (last.assistant) seq.assistant.restorePrefix(last.assistant);
     }
     seq.restore(last.snap);
-    return hit;
+    return { tokens: hit, key: last.key };
   }
 
-  /** After a prefill chunk that ended on a block boundary: keep the block that just ended. */
-  store(seq: Sequence, scope: string, prompt: number[]): void {
+  /**
+   * After a prefill chunk that ended on a block boundary: keep the block that just ended, whose
+   * parent is the block with key `parentKey` ("" for the first block). Returns the block's key,
+   * or null when it is not kept (its parent was evicted meanwhile, or it is over the budget):
+   * the blocks after it cannot be reached either.
+   */
+  store(seq: Sequence, scope: string, prompt: number[], parentKey: string): string | null {
     const B = this.blockSize;
     const end = seq.length;
-    if (end % B !== 0 || end === 0 || end > prompt.length) return;
-    let parent: Block | null = null;
-    let parentKey = "";
-    if (end > B) {
-      // The chain up to here must be cached already (it is, unless evicted meanwhile).
-      for (let e = B; e < end; e += B) {
-        const b = this.blocks.get(this.keyOf(scope, parentKey, prompt.slice(e - B, e)));
-        if (!b) return;
-        parent = b;
-        parentKey = b.key;
-      }
-    }
+    if (end % B !== 0 || end === 0 || end > prompt.length) return null;
+    const parent = end > B ? this.blocks.get(parentKey) : undefined;
+    if (end > B && !parent) return null;
     const key = this.keyOf(scope, parentKey, prompt.slice(end - B, end));
     const known = this.blocks.get(key);
     if (known) {
       this.blocks.delete(key);
       this.blocks.set(key, known);
-      return;
+      return key;
     }
     const kv = seq.kv.copyRows(end - B, end);
     const slmKv = seq.assistant ? seq.assistant.seq.kv.copyRows(end - B, end) : null;
     const snap = seq.snapshot();
     const assistant = seq.assistant ? seq.assistant.prefixState(end) : null;
     const bytes = rowsBytes(kv) + rowsBytes(slmKv) + typedBytes(snap) + typedBytes(assistant) + 256;
-    if (bytes > this.maxBytes) return;
-    const block: Block = { key, parent, end, kv, slmKv, snap, assistant, bytes, children: 0 };
+    if (bytes > this.maxBytes) return null;
+    const block: Block = { key, parent: parent ?? null, end, kv, slmKv, snap, assistant, bytes, children: 0 };
     if (parent) parent.children++;
     this.blocks.set(key, block);
     this.bytes += bytes;
     this.evict(block);
+    return key;
   }
 
   /** Drop least recently used leaf blocks until the budget holds (never `keep`). */

@@ -160,6 +160,9 @@ class PolicyRun {
   private peakResident = 0;
   private moved = 0;
   private flops = 0;
+  /** Dense FLOPs of one token through the LLM and through the assistant. */
+  private readonly llmDense: number;
+  private readonly slmDense: number;
 
   constructor(
     private readonly model: StepModel,
@@ -172,6 +175,8 @@ class PolicyRun {
   ) {
     this.seqs = Array.from({ length: B }, () => model.newSequence(factory.create({ budget, options })));
     this.pair = model instanceof AssistedModel ? model : null;
+    this.llmDense = denseFlopsPerToken(llm);
+    this.slmDense = this.pair ? denseFlopsPerToken(this.pair.slm) : 0;
   }
 
   async prefill(ctx: number, seed: number): Promise<void> {
@@ -193,8 +198,9 @@ class PolicyRun {
     this.logits = await this.model.forward(seqs.map((seq, i) => ({ seq, tokens: [argmax(this.logits[i])] })));
     const dt = (performance.now() - t1) / 1000;
     // The first decode step is reported on its own: SmallKV matches heads there (once per sequence).
-    // Shares are of the steady decode steps (after the first), not of prefill.
-    if (s === 1 && this.G > 2) this.first = dt;
+    // Shares and FLOPs are of the steady decode steps (after the first), not of prefill.
+    const firstStep = s === 1 && this.G > 2;
+    if (firstStep) this.first = dt;
     else {
       this.decode += dt;
       this.slm += pair ? pair.timing.slm - slm0 : 0;
@@ -209,16 +215,15 @@ class PolicyRun {
       const st = q.stats();
       hot += st.hotBytes;
       cold += st.coldBytes;
-      flops += denseFlopsPerToken(llm) + attentionFlops(llm, st.classes.full, st.classes.vOnly);
-      if (q.assistant) {
+      flops += this.llmDense + attentionFlops(llm, st.classes.full, st.classes.vOnly);
+      if (q.assistant && pair) {
         const a = q.assistant.seq;
         ab += a.stats().coldBytes;
         const c = a.config;
-        flops +=
-          denseFlopsPerToken(a.model!) + attentionFlops(a.model!, c.numLayers * c.numKvHeads * a.length, 0);
+        flops += this.slmDense + attentionFlops(pair.slm, c.numLayers * c.numKvHeads * a.length, 0);
       }
     }
-    if (!(s === 1 && this.G > 2)) this.flops += flops;
+    if (!firstStep) this.flops += flops;
     this.peakHot = Math.max(this.peakHot, hot);
     this.peakCold = Math.max(this.peakCold, cold);
     this.assistantBytes = Math.max(this.assistantBytes, ab);

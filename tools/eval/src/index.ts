@@ -36,5 +36,5 @@ export {
   SLM_SMALL,
   syntheticCheckpoint,
 } from "./synthetic.js";
-export { fmt, markdownTable, table, writeJson } from "./table.js";
+export { fmt, markdownTable, median, table, writeJson } from "./table.js";
 export { runWeightsEval, type WeightsEvalOptions, type WeightsEvalRow } from "./weights-eval.js";

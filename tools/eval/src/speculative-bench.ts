@@ -12,6 +12,7 @@ import {
 } from "@smallkv/runner";
 import { makeWindows } from "./documents.js";
 import { parseSpec } from "./eval.js";
+import { median } from "./table.js";
 
 /** One configuration's measurement: a batch of requests decoded with or without speculation. */
 export interface SpeculativeRow {
@@ -149,10 +150,6 @@ export async function benchSpeculative(o: SpeculativeBenchOptions): Promise<Spec
             ratios.set(mode, list);
           }
         }
-        const median = (xs: number[]) => {
-          const v = [...xs].sort((a, b) => a - b);
-          return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
-        };
         const plain = best.get("none")!;
         // The plain decode step: batch tokens per step over the decode rate.
         const step = batch / plain.tps;

@@ -37,3 +37,9 @@ export function writeJson(outDir: string, file: string, data: unknown): string {
   writeFileSync(p, `${JSON.stringify(data, null, 2)}\n`);
   return p;
 }
+
+/** The median of a list of numbers (the mean of the middle two for an even count). */
+export function median(xs: number[]): number {
+  const v = [...xs].sort((a, b) => a - b);
+  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+}

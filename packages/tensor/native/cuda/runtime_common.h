@@ -10,10 +10,14 @@ inline char* error_buffer() {
   static thread_local char buf[512] = "";
   return buf;
 }
+inline int vset_error(int code, const char* fmt, va_list ap) {
+  std::vsnprintf(error_buffer(), 512, fmt, ap);
+  return code;
+}
 inline int set_error(int code, const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  std::vsnprintf(error_buffer(), 512, fmt, ap);
+  vset_error(code, fmt, ap);
   va_end(ap);
   return code;
 }
@@ -29,7 +33,7 @@ namespace skv_rt {
 inline int failed_call(int code, const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  std::vsnprintf(error_buffer(), 512, fmt, ap);
+  vset_error(code, fmt, ap);
   va_end(ap);
   skv_clear_last_error();
   return code;

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import {
   LLM_100M,
   LLM_SMALL,
+  median,
   type PrefixBenchRow,
   randomTokens,
   SLM_10M,
@@ -47,12 +48,6 @@ const benchServerOn = (
   prefixCache?: PrefixCacheOptions,
 ) =>
   createServer({ model, assistant, logger: false, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefixCache });
-
-/** Median of a list. */
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 /**
  * Prefix-cache TTFT: per policy and repeat, a prompt of `prefix` random tokens plus its own
