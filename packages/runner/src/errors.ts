@@ -10,7 +10,8 @@ export type CheckpointErrorCode =
   | "SHAPE_MISMATCH"
   | "TENSOR_MISSING"
   | "TOKENIZER_MISSING"
-  | "TOKENIZER_INVALID";
+  | "TOKENIZER_INVALID"
+  | "GGUF_INVALID";
 
 /** A checkpoint directory that cannot be loaded. The message names the file and the problem. */
 export class CheckpointError extends Error {

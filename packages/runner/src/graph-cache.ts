@@ -64,6 +64,12 @@ function cacheRoot(): string {
 export function graphKey(dir: string, options: Record<string, unknown>): string {
   const h = createHash("sha256");
   h.update(JSON.stringify({ GRAPH_FORMAT, options }));
+  if (dir.toLowerCase().endsWith(".gguf")) {
+    // One GGUF file: its path, size and modification time.
+    const st = statSync(dir);
+    h.update(`${dir}:${st.size}:${st.mtimeMs}`);
+    return h.digest("hex").slice(0, 20);
+  }
   h.update(readFileSync(join(dir, "config.json")));
   for (const f of readdirSync(dir).sort()) {
     if (!f.endsWith(".safetensors") && !f.endsWith(".json")) continue;
@@ -75,7 +81,7 @@ export function graphKey(dir: string, options: Record<string, unknown>): string 
 
 function lookup(dir: string, options: Record<string, unknown>) {
   const key = graphKey(dir, options);
-  const final = join(cacheRoot(), `${basename(dir)}-${key}`);
+  const final = join(cacheRoot(), `${basename(dir).replace(/\.gguf$/i, "")}-${key}`);
   const ready = join(final, "ready.json");
   let hit: CachedGraphs | null = null;
   if (existsSync(ready)) {

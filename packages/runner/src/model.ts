@@ -1,8 +1,9 @@
 import { availableParallelism } from "node:os";
-import { basename, join, resolve } from "node:path";
+import { join } from "node:path";
 import { attentionBatch, Device, DeviceError, rope } from "@smallkv/tensor";
 import type Ort from "onnxruntime-node";
-import { type ModelConfig, readConfig } from "./config.js";
+import { type Checkpoint, checkpointName, openCheckpoint } from "./checkpoint.js";
+import type { ModelConfig } from "./config.js";
 import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
 import { FusedDecoder } from "./fused-decoder.js";
@@ -22,8 +23,8 @@ import { isGroupSize, WEIGHT_TYPES, type WeightType } from "./quant.js";
 import { replaySteps } from "./replay.js";
 import { ropeKernelArgs } from "./rope.js";
 import { policyHasState, Sequence } from "./sequence.js";
-import { TextTokenizer } from "./tokenizer.js";
-import { loadWeights, openWeights, readEmbedding } from "./weights.js";
+import type { TextTokenizer } from "./tokenizer.js";
+import { loadAll } from "./weights.js";
 
 /**
  * Up to this many parameters a model's onnxruntime sessions run on one thread by default: its
@@ -106,6 +107,7 @@ type Session = Ort.InferenceSession;
  */
 export class Model {
   private constructor(
+    /** The checkpoint folder or GGUF file the model was loaded from. */
     readonly dir: string,
     readonly config: ModelConfig,
     readonly tokenizer: TextTokenizer,
@@ -131,8 +133,10 @@ export class Model {
   /** Seconds: whole steps, policy work (selection, hot-set moves, observation), attention kernels. */
   readonly timing = { forward: 0, policy: 0, attention: 0, steps: 0 };
 
-  /** How the projection and MLP weights are held on the CPU (f32, int8, int4). */
+  /** How the projection and MLP weights are held on the CPU (f32, int8, int4, or a GGUF file's own types). */
   weightType: WeightType = "f32";
+  /** What the model was loaded from. */
+  private checkpoint!: Checkpoint;
   /** How sequences of this model store their K/V (the CPU backend). */
   kvCold: KvStoreType = "f32";
   /** How the CPU hot set holds selected rows (Model.load's hotRows). */
@@ -154,7 +158,7 @@ export class Model {
       const c = this.config;
       if (!this.runner && !this.quant) {
         try {
-          const w = openWeights(this.dir, c);
+          const w = this.checkpoint.open();
           if (w.parameters <= NATIVE_DRAFT_MAX_PARAMETERS) {
             const d = NativeDecoder.create(c, w, this.timing);
             if (d) return d;
@@ -179,7 +183,7 @@ export class Model {
       const c = this.config;
       if (this.runner || !this.ort || !wholeStepFits(c)) return null;
       try {
-        const graph = decoderGraph(c, openWeights(this.dir, c), this.quant, { n: 0 });
+        const graph = decoderGraph(c, this.checkpoint.open(), this.quant, { n: 0 });
         const session = await this.ort.InferenceSession.create(graph.encode(), this.sessionOptions);
         return new FusedDecoder(this.ort, session, this.embed, c, this.timing);
       } catch (e) {
@@ -193,20 +197,30 @@ export class Model {
 
   /** A short name for reports: the checkpoint folder's name. */
   get name(): string {
-    return basename(this.dir);
+    return checkpointName(this.dir);
   }
 
+  /**
+   * Load a model from a Hugging Face checkpoint folder or a GGUF file (`*.gguf`). A GGUF file's
+   * matrices keep their own types where MatMulNBits holds them exactly (Q8_0, Q4_0, Q6_K, and
+   * Q4_K/Q5_K with float zero points); `weights` re-quantizes them from float instead.
+   */
   static async load(dir: string, opts: LoadOptions = {}): Promise<Model> {
-    const abs = resolve(dir);
-    const config = readConfig(abs);
-    const tokenizer = new TextTokenizer(abs);
+    const ckpt = await openCheckpoint(dir);
+    const abs = ckpt.path;
+    const { config, tokenizer } = ckpt;
     if (opts.dtype !== undefined && !["f32", "f16", "bf16"].includes(opts.dtype))
       throw new InvalidOptionError("dtype", `must be f32, f16 or bf16, got ${String(opts.dtype)}`);
-    const weightType = opts.weights ?? "f32";
+    const weightType = opts.weights ?? (ckpt.format === "gguf" ? "stored" : "f32");
     if (!WEIGHT_TYPES.includes(weightType))
       throw new InvalidOptionError(
         "weights",
         `must be ${WEIGHT_TYPES.join(", ")}, got ${String(weightType)}`,
+      );
+    if (weightType === "stored" && ckpt.format !== "gguf")
+      throw new InvalidOptionError(
+        "weights",
+        "stored weights are a GGUF file's own types; this is a checkpoint folder",
       );
     const groupSize = opts.groupSize ?? (weightType === "int4" ? 32 : 64);
     if (!isGroupSize(groupSize))
@@ -223,17 +237,18 @@ export class Model {
         dev.releaseAll();
         throw new InvalidOptionError("kvCold", `an ${kvCold} KV store is for the CPU backend`);
       }
-      if (weightType !== "f32") {
+      if (weightType !== "f32" && weightType !== "stored") {
         dev.releaseAll();
         throw new InvalidOptionError(
           "weights",
           `${weightType} weights are for the CPU backend; on the device use --dtype f16 or bf16`,
         );
       }
-      const weights = loadWeights(abs, config);
+      const weights = loadAll(ckpt.open(), config);
       const parameters = weights.parameters;
       const runner = DeviceRunner.create(dev, config, weights, opts.dtype ?? "f32");
       const model = new Model(abs, config, tokenizer, weights.embed, [], null, parameters, null, runner);
+      model.checkpoint = ckpt;
       model.weightBytes = runner.weightBytes;
       return model;
     }
@@ -244,7 +259,10 @@ export class Model {
       );
     // onnxruntime is loaded only here: the device backend never pulls in its 45 MB library.
     const ort = (await import("onnxruntime-node")).default;
-    const quant = weightType === "f32" ? null : { bits: (weightType === "int8" ? 8 : 4) as 4 | 8, groupSize };
+    const quant =
+      weightType === "int8" || weightType === "int4"
+        ? { bits: (weightType === "int8" ? 8 : 4) as 4 | 8, groupSize }
+        : null;
     const sessionOptions: Ort.InferenceSession.SessionOptions = {
       executionProviders: ["cpu"],
       interOpNumThreads: 1,
@@ -262,10 +280,15 @@ export class Model {
     let meta = folder.hit;
     let embed: Float32Array;
     let files = folder.dir;
-    if (meta) embed = readEmbedding(abs, config);
+    if (meta) embed = ckpt.embedding();
     else {
-      // Layers are read from the checkpoint as their graphs are made (a few at a time).
-      const weights = openWeights(abs, config);
+      // Layers are read from the checkpoint as their graphs are made (a few at a time). A
+      // GGUF file's f32 load dequantizes; its default keeps the file's blocks.
+      const weights = ckpt.open();
+      if (weightType === "f32") {
+        delete weights.graphLayer;
+        delete weights.graphHead;
+      }
       embed = weights.embed;
       const graphs = new BlockGraphs(config, weights, quant);
       for (let i = 0; i < graphs.count; i++) graphs.writeLayer(i, folder.dir);
@@ -285,6 +308,7 @@ export class Model {
       layers.push(await ort.InferenceSession.create(join(files, `layer${i}.onnx`), sessionOptions));
     const head = await ort.InferenceSession.create(join(files, "head.onnx"), sessionOptions);
     const model = new Model(abs, config, tokenizer, embed, layers, head, meta.parameters, ort);
+    model.checkpoint = ckpt;
     model.sessionOptions = sessionOptions;
     model.quant = quant;
     model.weightType = weightType;

@@ -5,8 +5,9 @@
  * is stored as q = clamp(round(w / scale) + zp, 0, 2^bits − 1), so w ≈ (q − zp) · scale.
  * Asymmetric (min/max) groups: the zero point follows each group's range.
  */
-export type WeightType = "f32" | "int8" | "int4";
-export const WEIGHT_TYPES: readonly WeightType[] = ["f32", "int8", "int4"];
+export type WeightType = "f32" | "int8" | "int4" | "stored";
+/** "stored": a GGUF file's own types, as its blocks are (the default for a GGUF file). */
+export const WEIGHT_TYPES: readonly WeightType[] = ["f32", "int8", "int4", "stored"];
 
 export interface QuantizedMatrix {
   bits: 4 | 8;
@@ -19,6 +20,11 @@ export interface QuantizedMatrix {
   scales: Float32Array;
   /** [N][ceil(groups · bits / 8)] bytes, 4-bit zero points two per byte, low nibble first. */
   zeroPoints: Uint8Array;
+  /**
+   * [N · groups] float zero points, in place of `zeroPoints` (empty then): GGUF's K-quants,
+   * whose groups carry a float min (x = scale · q − min, so zp = min / scale).
+   */
+  floatZeroPoints?: Float32Array;
 }
 
 /** The 4-bit clipping search: ranges shrunk by up to CLIP_RANGE in CLIP_STEPS steps. */
@@ -113,7 +119,13 @@ export function dequantize(m: QuantizedMatrix): Float32Array {
   for (let n = 0; n < N; n++) {
     for (let g = 0; g < G; g++) {
       const zpByte = m.zeroPoints[n * zpRow + (bits === 8 ? g : g >> 1)];
-      const zp = bits === 8 ? zpByte : g & 1 ? zpByte >> 4 : zpByte & 15;
+      const zp = m.floatZeroPoints
+        ? m.floatZeroPoints[n * G + g]
+        : bits === 8
+          ? zpByte
+          : g & 1
+            ? zpByte >> 4
+            : zpByte & 15;
       const scale = m.scales[n * G + g];
       for (let i = 0; i < groupSize; i++) {
         const k = g * groupSize + i;
@@ -129,5 +141,7 @@ export function dequantize(m: QuantizedMatrix): Float32Array {
 
 /** Bytes a quantized matrix occupies (packed values, scales, zero points). */
 export function quantizedBytes(m: QuantizedMatrix): number {
-  return m.packed.byteLength + m.scales.byteLength + m.zeroPoints.byteLength;
+  return (
+    m.packed.byteLength + m.scales.byteLength + m.zeroPoints.byteLength + (m.floatZeroPoints?.byteLength ?? 0)
+  );
 }

@@ -2,7 +2,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { TextTokenizer } from "./tokenizer.js";
 
-const tok = new TextTokenizer(workerData.dir as string);
+const tok = new TextTokenizer(workerData.dir as string, workerData.gguf ?? undefined);
 parentPort!.on("message", (m: { id: number; text: string; addSpecial: boolean }) => {
   try {
     const ids = Int32Array.from(tok.encode(m.text, m.addSpecial));

@@ -4,10 +4,99 @@ import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { CheckpointError } from "./errors.js";
+import { type GgufTokenizerSpec, SpmTokenizer } from "./gguf/tokenizer.js";
+
+/** What TextTokenizer needs of a tokenizing engine. */
+interface TokenizerEngine {
+  encode(text: string): number[];
+  decode(ids: number[], skipSpecial: boolean): string;
+  token_to_id(token: string): number | undefined;
+  id_to_token(id: number): string | undefined;
+  /** Every token with its id. */
+  vocab(): [string, number][];
+}
+
+function hfEngine(tok: Tokenizer): TokenizerEngine {
+  return {
+    encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
+    decode: (ids, skip) => tok.decode(ids, { skip_special_tokens: skip }),
+    token_to_id: (t) => tok.token_to_id(t) ?? undefined,
+    id_to_token: (id) => tok.id_to_token(id) ?? undefined,
+    vocab: () => [...tok.get_vocab(true).entries()],
+  };
+}
+
+function fromFolder(dir: string): {
+  engine: TokenizerEngine;
+  config: Record<string, unknown>;
+  normalizer: unknown;
+} {
+  const tjPath = join(dir, "tokenizer.json");
+  let tj: Record<string, unknown>;
+  let text: string;
+  try {
+    text = readFileSync(tjPath, "utf8");
+  } catch {
+    throw new CheckpointError("TOKENIZER_MISSING", "tokenizer.json not found", tjPath);
+  }
+  try {
+    tj = JSON.parse(text);
+  } catch (e) {
+    throw new CheckpointError(
+      "TOKENIZER_INVALID",
+      `tokenizer.json is not valid JSON: ${(e as Error).message}`,
+      tjPath,
+    );
+  }
+  let cfg: Record<string, unknown> = {};
+  try {
+    cfg = JSON.parse(readFileSync(join(dir, "tokenizer_config.json"), "utf8"));
+  } catch {
+    cfg = {};
+  }
+  return { engine: hfEngine(loadHf(tj, cfg, tjPath)), config: cfg, normalizer: tj.normalizer ?? null };
+}
+
+function loadHf(tj: Record<string, unknown>, cfg: Record<string, unknown>, path: string): Tokenizer {
+  try {
+    return new Tokenizer(tj, cfg);
+  } catch (e) {
+    throw new CheckpointError(
+      "TOKENIZER_INVALID",
+      `tokenizer could not be loaded: ${(e as Error).message}`,
+      path,
+    );
+  }
+}
+
+function fromGguf(
+  spec: GgufTokenizerSpec,
+  path: string,
+): { engine: TokenizerEngine; config: Record<string, unknown>; normalizer: unknown } {
+  if (spec.kind === "hf")
+    return {
+      engine: hfEngine(loadHf(spec.json, spec.config, path)),
+      config: spec.config,
+      normalizer: "gguf-bpe",
+    };
+  const spm = new SpmTokenizer(spec);
+  return {
+    engine: {
+      encode: (text) => spm.encode(text),
+      decode: (ids, skip) => spm.decode(ids, skip),
+      token_to_id: (t) => spm.tokenToId(t),
+      id_to_token: (id) => spm.idToToken(id),
+      vocab: () => spm.vocab(),
+    },
+    config: spec.config,
+    // The GGUF tokenizer keeps runs of spaces (llama.cpp's), unlike a folder's normalizer.
+    normalizer: "gguf-spm",
+  };
+}
 
 /** The checkpoint's tokenizer.json through Hugging Face's maintained JS tokenizers library. */
 export class TextTokenizer {
-  private readonly tok: Tokenizer;
+  private readonly tok: TokenizerEngine;
   readonly addBos: boolean;
   readonly bosTokenId: number | null;
   readonly eosTokenId: number | null;
@@ -25,39 +114,20 @@ export class TextTokenizer {
   private nextJob = 0;
   private maxPiece = 0;
 
-  constructor(readonly dir: string) {
-    const tjPath = join(dir, "tokenizer.json");
-    let tj: Record<string, unknown>;
-    let text: string;
-    try {
-      text = readFileSync(tjPath, "utf8");
-    } catch {
-      throw new CheckpointError("TOKENIZER_MISSING", "tokenizer.json not found", tjPath);
-    }
-    try {
-      tj = JSON.parse(text);
-    } catch (e) {
-      throw new CheckpointError(
-        "TOKENIZER_INVALID",
-        `tokenizer.json is not valid JSON: ${(e as Error).message}`,
-        tjPath,
-      );
-    }
-    let cfg: Record<string, unknown> = {};
-    try {
-      cfg = JSON.parse(readFileSync(join(dir, "tokenizer_config.json"), "utf8"));
-    } catch {
-      cfg = {};
-    }
-    try {
-      this.tok = new Tokenizer(tj, cfg);
-    } catch (e) {
-      throw new CheckpointError(
-        "TOKENIZER_INVALID",
-        `tokenizer.json could not be loaded: ${(e as Error).message}`,
-        tjPath,
-      );
-    }
+  /** Where the tokenizer came from: a checkpoint folder, or a GGUF file's path. */
+  readonly dir: string;
+  private readonly spec: GgufTokenizerSpec | null;
+
+  /**
+   * From a checkpoint folder's tokenizer.json (and tokenizer_config.json), or from the spec a
+   * GGUF file's metadata gives (`dir` then names the file).
+   */
+  constructor(dir: string, gguf?: GgufTokenizerSpec) {
+    this.dir = dir;
+    this.spec = gguf ?? null;
+    const { engine, config, normalizer } = gguf ? fromGguf(gguf, dir) : fromFolder(dir);
+    this.tok = engine;
+    const cfg = config;
     this.config = cfg;
     const tokenName = (v: unknown) =>
       typeof v === "string"
@@ -70,16 +140,17 @@ export class TextTokenizer {
     this.bosTokenId = bos !== undefined ? (this.tok.token_to_id(bos) ?? null) : null;
     this.eosTokenId = eos !== undefined ? (this.tok.token_to_id(eos) ?? null) : null;
     this.addBos = cfg.add_bos_token === true;
-    this.vocabSize = this.tok.get_vocab(true).size;
+    const vocab = this.tok.vocab();
+    this.vocabSize = vocab.length;
     // The vocabulary itself (every token and its id, added tokens included), not file bytes:
     // two checkpoints of a family share it even when their files differ in layout.
-    const vocab = [...this.tok.get_vocab(true).entries()].sort((a, b) => a[1] - b[1]);
-    this.fingerprint = fnv1a(JSON.stringify(vocab) + JSON.stringify(tj.normalizer ?? null));
+    vocab.sort((a, b) => a[1] - b[1]);
+    this.fingerprint = fnv1a(JSON.stringify(vocab) + JSON.stringify(normalizer));
   }
 
   /** Token ids of `text`, with the model's BOS when `addSpecial` (the default). */
   encode(text: string, addSpecial = true): number[] {
-    const ids = this.tok.encode(text, { add_special_tokens: false }).ids;
+    const ids = this.tok.encode(text);
     if (addSpecial && this.addBos && this.bosTokenId !== null) return [this.bosTokenId, ...ids];
     return ids;
   }
@@ -106,7 +177,7 @@ export class TextTokenizer {
    */
   get maxPieceBytes(): number {
     if (this.maxPiece === 0) {
-      for (const piece of this.tok.get_vocab(true).keys())
+      for (const [piece] of this.tok.vocab())
         this.maxPiece = Math.max(this.maxPiece, Buffer.byteLength(piece));
       this.maxPiece = Math.max(1, this.maxPiece);
     }
@@ -125,7 +196,7 @@ export class TextTokenizer {
     // dist/tokenize-worker.js beside this file; from the sources (tests), the built one.
     let url = new URL("./tokenize-worker.js", import.meta.url);
     if (!existsSync(fileURLToPath(url))) url = new URL("../dist/tokenize-worker.js", import.meta.url);
-    const w = new Worker(url, { workerData: { dir: this.dir } });
+    const w = new Worker(url, { workerData: { dir: this.dir, gguf: this.spec } });
     const failAll = (e: Error) => {
       for (const p of this.waiting.values()) p.reject(e);
       this.waiting.clear();
@@ -148,7 +219,7 @@ export class TextTokenizer {
 
   decode(ids: ArrayLike<number>, skipSpecial = true): string {
     if (ids.length === 0) return "";
-    return this.tok.decode(Array.from(ids), { skip_special_tokens: skipSpecial });
+    return this.tok.decode(Array.from(ids), skipSpecial);
   }
 
   tokenToId(token: string): number | undefined {

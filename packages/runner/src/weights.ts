@@ -1,5 +1,6 @@
 import type { DecoderLayerWeights } from "@smallkv/tensor";
 import type { ModelConfig } from "./config.js";
+import type { QuantizedMatrix } from "./quant.js";
 import { SafetensorsStore } from "./safetensors.js";
 
 /**
@@ -54,6 +55,15 @@ function readLayer(st: SafetensorsStore, c: ModelConfig, l: number): LayerWeight
   return w;
 }
 
+/** A matrix as a checkpoint stores it: float32, or a GGUF file's quantized blocks (exactly). */
+export type StoredMatrix = Float32Array | QuantizedMatrix;
+
+/** The projection and MLP matrices of a layer. */
+export type MatrixName = "q" | "k" | "v" | "o" | "gate" | "up" | "down";
+
+/** A layer for the dense graphs: its matrices as stored, the rest (norms, biases) float32. */
+export type GraphLayer = Omit<LayerWeights, MatrixName> & Record<MatrixName, StoredMatrix>;
+
 /** The weights outside the layers, and the layers read on demand (a loader holds few at a time). */
 export interface LayeredWeights {
   embed: Float32Array;
@@ -63,6 +73,10 @@ export interface LayeredWeights {
   layer(l: number): LayerWeights;
   /** Parameters of the whole model (from the checkpoint's tensor shapes). */
   parameters: number;
+  /** Layer l with its matrices as the file stores them (GGUF); absent: `layer` serves. */
+  graphLayer?(l: number): GraphLayer;
+  /** The classifier as the file stores it (GGUF); absent: `lmHead`. */
+  graphHead?(): StoredMatrix;
 }
 
 /** Only the embedding table (the lookup a CPU model keeps in JS). */
@@ -99,7 +113,11 @@ export function openWeights(dir: string, c: ModelConfig): LayeredWeights {
 
 /** Load every weight the config implies, checking names and shapes; 16-bit weights become float32. */
 export function loadWeights(dir: string, c: ModelConfig): ModelWeights {
-  const w = openWeights(dir, c);
+  return loadAll(openWeights(dir, c), c);
+}
+
+/** Every layer of opened weights, read now. */
+export function loadAll(w: LayeredWeights, c: ModelConfig): ModelWeights {
   const layers: LayerWeights[] = [];
   for (let l = 0; l < c.numLayers; l++) layers.push(w.layer(l));
   return { embed: w.embed, norm: w.norm, lmHead: w.lmHead, layers, parameters: w.parameters };

@@ -96,7 +96,7 @@ export function addKvOption<C extends Command>(cmd: C): C {
 
 /** The CPU weight flags of a model-loading command. */
 export interface WeightCliOptions {
-  weights: WeightType;
+  weights?: WeightType;
   groupSize?: number;
   assistantWeights?: WeightType;
 }
@@ -105,10 +105,8 @@ export function addWeightOptions<C extends Command>(cmd: C, assistant = true): C
   cmd.addOption(
     new Option(
       "--weights <type>",
-      "weights of the projections and MLP on the CPU: f32, or int8/int4 quantized at load (group-wise; LM head int8 for int4; embedding f32)",
-    )
-      .choices(WEIGHT_TYPES)
-      .default("f32"),
+      "weights of the projections and MLP on the CPU: f32, or int8/int4 quantized at load (group-wise; LM head int8 for both; embedding f32), or stored: a GGUF file's own types (default: f32 for a checkpoint folder, stored for a GGUF file)",
+    ).choices(WEIGHT_TYPES),
   );
   cmd.option(
     "--group-size <n>",

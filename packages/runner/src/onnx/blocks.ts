@@ -6,8 +6,8 @@
 //   head:    resid -> final RMSNorm -> LM head
 // One ORT call per layer plus two per step, whatever the batch.
 import type { ModelConfig } from "../config.js";
-import { quantize, quantizedBytes } from "../quant.js";
-import type { LayeredWeights, LayerWeights } from "../weights.js";
+import { type QuantizedMatrix, quantize, quantizedBytes } from "../quant.js";
+import type { GraphLayer, LayeredWeights, StoredMatrix } from "../weights.js";
 import { GraphBuilder } from "./graph.js";
 
 /** Quantized projections: onnxruntime's MatMulNBits with group-wise scales and zero points. */
@@ -17,14 +17,17 @@ export interface GraphQuant {
 }
 
 /**
- * y = x · Wᵀ (+ bias) for W [N][K]: a Gemm over float32 weights, or MatMulNBits over
- * quantized ones (activations quantized to int8 per group inside the kernel:
- * accuracy_level 4, the fast path on x86). Adds the bytes the weights occupy to `bytes`.
+ * y = x · Wᵀ (+ bias) for W [N][K], given as row blocks stacked along N (q, k and v; gate and
+ * up): a Gemm over float32 weights, or MatMulNBits over quantized ones (activations quantized
+ * to int8 per group inside the kernel: accuracy_level 4, the fast path on x86). Float parts are
+ * quantized here when `quant` asks; parts already quantized (a GGUF file's own blocks) go in as
+ * they are, and parts that do not share one layout each get their node, joined by a Concat.
+ * Adds the bytes the weights occupy to `bytes`.
  */
 export function linear(
   g: GraphBuilder,
   x: string,
-  w: Float32Array,
+  w: StoredMatrix | StoredMatrix[],
   N: number,
   K: number,
   bias: Float32Array | undefined,
@@ -32,31 +35,120 @@ export function linear(
   quant: GraphQuant | null,
   bytes: { n: number },
 ): string {
-  if (!quant) {
-    bytes.n += w.byteLength + (bias?.byteLength ?? 0);
-    const inputs = [x, g.init(`${tag}_w`, w, [N, K])];
-    if (bias) inputs.push(g.init(`${tag}_b`, bias, [N]));
-    return g.one("Gemm", inputs, { transB: 1 });
+  const parts = Array.isArray(w) ? w : [w];
+  const rows = parts.reduce((a, p) => a + (p instanceof Float32Array ? p.length / K : p.N), 0);
+  if (rows !== N) throw new RangeError(`${tag}: ${rows} rows given, ${N} expected`);
+  let y: string;
+  if (parts.every((p) => p instanceof Float32Array)) {
+    const f = concatRows(...(parts as Float32Array[]));
+    if (!quant) {
+      bytes.n += f.byteLength + (bias?.byteLength ?? 0);
+      const inputs = [x, g.init(`${tag}_w`, f, [N, K])];
+      if (bias) inputs.push(g.init(`${tag}_b`, bias, [N]));
+      return g.one("Gemm", inputs, { transB: 1 });
+    }
+    y = nbits(g, x, quantize(f, N, K, quant.bits, quant.groupSize), tag, bytes);
+  } else if (parts.every((p) => !(p instanceof Float32Array) && sameLayout(p, parts[0] as QuantizedMatrix))) {
+    y = nbits(g, x, concatQuantized(parts as QuantizedMatrix[]), tag, bytes);
+  } else {
+    const ys = parts.map((p, i) =>
+      linear(
+        g,
+        x,
+        p,
+        p instanceof Float32Array ? p.length / K : p.N,
+        K,
+        undefined,
+        `${tag}${i}`,
+        quant,
+        bytes,
+      ),
+    );
+    y = g.one("Concat", ys, { axis: 1 });
   }
-  const q = quantize(w, N, K, quant.bits, quant.groupSize);
-  bytes.n += quantizedBytes(q) + (bias?.byteLength ?? 0);
-  const G = Math.ceil(K / quant.groupSize);
-  const y = g.node(
+  if (!bias) return y;
+  bytes.n += bias.byteLength;
+  return g.one("Add", [y, g.init(`${tag}_b`, bias, [N])]);
+}
+
+function nbits(g: GraphBuilder, x: string, q: QuantizedMatrix, tag: string, bytes: { n: number }): string {
+  bytes.n += quantizedBytes(q);
+  const { N, K, bits, groupSize } = q;
+  const G = Math.ceil(K / groupSize);
+  const zp = q.floatZeroPoints
+    ? g.init(`${tag}_z`, q.floatZeroPoints, [N * G])
+    : g.initUint8(`${tag}_z`, q.zeroPoints, [q.zeroPoints.length]);
+  return g.node(
     "MatMulNBits",
     [
       x,
-      g.initUint8(`${tag}_q`, q.packed, [N, G, (quant.groupSize * quant.bits) / 8]),
+      g.initUint8(`${tag}_q`, q.packed, [N, G, (groupSize * bits) / 8]),
       g.init(`${tag}_s`, q.scales, [N * G]),
-      g.initUint8(`${tag}_z`, q.zeroPoints, [q.zeroPoints.length]),
+      zp,
     ],
-    { K, N, bits: quant.bits, block_size: quant.groupSize, accuracy_level: 4 },
+    { K, N, bits, block_size: groupSize, accuracy_level: 4 },
     1,
     "com.microsoft",
   )[0];
-  return bias ? g.one("Add", [y, g.init(`${tag}_b`, bias, [N])]) : y;
+}
+
+/** The weights a graph is made from: float32 layers, and a GGUF file's own blocks where it has them. */
+export type GraphWeights = Pick<LayeredWeights, "norm" | "lmHead" | "layer" | "graphLayer" | "graphHead">;
+
+/** Layer l's matrices for a graph: as stored (GGUF blocks) unless the options re-quantize from floats. */
+export function graphLayer(w: GraphWeights, l: number, quant: GraphQuant | null): GraphLayer {
+  return (!quant && w.graphLayer?.(l)) || w.layer(l);
+}
+
+export function graphHead(w: GraphWeights, quant: GraphQuant | null): StoredMatrix {
+  return (!quant && w.graphHead?.()) || w.lmHead;
+}
+
+function sameLayout(a: QuantizedMatrix, b: QuantizedMatrix): boolean {
+  return a.bits === b.bits && a.groupSize === b.groupSize && !a.floatZeroPoints === !b.floatZeroPoints;
+}
+
+/** Row blocks of one layout stacked along N (each row's groups, scales and zero points are its own). */
+function concatQuantized(ms: QuantizedMatrix[]): QuantizedMatrix {
+  if (ms.length === 1) return ms[0];
+  const cat = <T extends Uint8Array | Float32Array>(xs: T[], make: (n: number) => T): T => {
+    const out = make(xs.reduce((a, x) => a + x.length, 0));
+    let o = 0;
+    for (const x of xs) {
+      out.set(x as never, o);
+      o += x.length;
+    }
+    return out;
+  };
+  const m0 = ms[0];
+  return {
+    bits: m0.bits,
+    groupSize: m0.groupSize,
+    K: m0.K,
+    N: ms.reduce((a, m) => a + m.N, 0),
+    packed: cat(
+      ms.map((m) => m.packed),
+      (n) => new Uint8Array(n),
+    ),
+    scales: cat(
+      ms.map((m) => m.scales),
+      (n) => new Float32Array(n),
+    ),
+    zeroPoints: cat(
+      ms.map((m) => m.zeroPoints),
+      (n) => new Uint8Array(n),
+    ),
+    floatZeroPoints: m0.floatZeroPoints
+      ? cat(
+          ms.map((m) => m.floatZeroPoints as Float32Array),
+          (n) => new Float32Array(n),
+        )
+      : undefined,
+  };
 }
 
 function concatRows(...parts: Float32Array[]): Float32Array {
+  if (parts.length === 1) return parts[0];
   const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
   let o = 0;
   for (const p of parts) {
@@ -84,7 +176,7 @@ export function rmsNorm(g: GraphBuilder, x: string, w: Float32Array, eps: number
 export function preAttention(
   g: GraphBuilder,
   c: ModelConfig,
-  w: LayerWeights,
+  w: GraphLayer,
   l: number,
   resid: string,
   quant: GraphQuant | null,
@@ -95,7 +187,7 @@ export function preAttention(
   const kvd = c.numKvHeads * c.headDim;
   const h = rmsNorm(g, resid, w.inputNorm, c.rmsNormEps, `l${l}_in`);
   const b = w.qBias && w.kBias && w.vBias ? concatRows(w.qBias, w.kBias, w.vBias) : undefined;
-  const qkv = linear(g, h, concatRows(w.q, w.k, w.v), qd + 2 * kvd, d, b, `l${l}_qkv`, quant, bytes);
+  const qkv = linear(g, h, [w.q, w.k, w.v], qd + 2 * kvd, d, b, `l${l}_qkv`, quant, bytes);
   let [q, k, v] = g.node("Split", [qkv, g.initInt64(`l${l}_split`, [qd, kvd, kvd])], { axis: 1 }, 3);
   if (w.qNorm && w.kNorm) {
     // Qwen3: RMSNorm over each head's head_dim (rows [M·H, D]), before RoPE.
@@ -123,7 +215,7 @@ function headNorm(
 export function postAttention(
   g: GraphBuilder,
   c: ModelConfig,
-  w: LayerWeights,
+  w: GraphLayer,
   l: number,
   resid: string,
   attn: string,
@@ -136,7 +228,7 @@ export function postAttention(
   const r2 = g.one("Add", [resid, o]);
   const h = rmsNorm(g, r2, w.postNorm, c.rmsNormEps, `l${l}_post`);
   const guBias = w.gateBias && w.upBias ? concatRows(w.gateBias, w.upBias) : undefined;
-  const gu = linear(g, h, concatRows(w.gate, w.up), 2 * I, d, guBias, `l${l}_gu`, quant, bytes);
+  const gu = linear(g, h, [w.gate, w.up], 2 * I, d, guBias, `l${l}_gu`, quant, bytes);
   const [gate, up] = g.node("Split", [gu, g.initInt64(`l${l}_gusplit`, [I, I])], { axis: 1 }, 2);
   const act = g.one("Mul", [g.one("Mul", [gate, g.one("Sigmoid", [gate])]), up]);
   const down = linear(g, act, w.down, d, I, w.downBias, `l${l}_d`, quant, bytes);
@@ -154,7 +246,7 @@ export class BlockGraphs {
 
   constructor(
     private readonly c: ModelConfig,
-    private readonly w: Pick<LayeredWeights, "norm" | "lmHead" | "layer">,
+    private readonly w: GraphWeights,
     private readonly quant: GraphQuant | null = null,
   ) {}
 
@@ -185,11 +277,11 @@ export class BlockGraphs {
     let resid = g.input("resid", ["M", d]);
     if (i > 0) {
       const attn = g.input("attn", ["M", qd]);
-      resid = postAttention(g, c, w.layer(i - 1), i - 1, resid, attn, quant, bytes);
+      resid = postAttention(g, c, graphLayer(w, i - 1, quant), i - 1, resid, attn, quant, bytes);
       g.output(resid, "resid_out", ["M", d]);
     }
     if (i < L) {
-      const [q, k, v] = preAttention(g, c, w.layer(i), i, resid, quant, bytes);
+      const [q, k, v] = preAttention(g, c, graphLayer(w, i, quant), i, resid, quant, bytes);
       g.output(q, "q", ["M", qd]);
       g.output(k, "k", ["M", kvd]);
       g.output(v, "v", ["M", kvd]);
@@ -212,7 +304,7 @@ export class BlockGraphs {
     // int4 models keep an int8 LM head (as llama.cpp keeps a wider output matrix): the
     // logits are where 4-bit error shows most.
     const headQuant = quant && { bits: 8 as const, groupSize: Math.max(quant.groupSize, 64) };
-    const logits = linear(g, h, w.lmHead, c.vocabSize, d, undefined, "lm_head", headQuant, bytes);
+    const logits = linear(g, h, graphHead(w, quant), c.vocabSize, d, undefined, "lm_head", headQuant, bytes);
     g.output(logits, "logits", ["M", c.vocabSize]);
     return g;
   }

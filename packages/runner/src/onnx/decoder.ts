@@ -6,8 +6,16 @@
 //            sequence's padding columns masked), past_k{l}/past_v{l} [B, P, Hkv, D]
 //   outputs: logits [B·T, V], k{l}/v{l} [B, T, Hkv, D] (the new rows, k after RoPE)
 import type { ModelConfig } from "../config.js";
-import type { LayeredWeights } from "../weights.js";
-import { type GraphQuant, linear, postAttention, preAttention, rmsNorm } from "./blocks.js";
+import {
+  type GraphQuant,
+  type GraphWeights,
+  graphHead,
+  graphLayer,
+  linear,
+  postAttention,
+  preAttention,
+  rmsNorm,
+} from "./blocks.js";
 import { GraphBuilder } from "./graph.js";
 
 /**
@@ -31,7 +39,7 @@ function halfSwap(D: number): Float32Array {
 
 export function decoderGraph(
   c: ModelConfig,
-  w: Pick<LayeredWeights, "norm" | "lmHead" | "layer">,
+  w: GraphWeights,
   quant: GraphQuant | null,
   bytes: { n: number },
 ): GraphBuilder {
@@ -65,7 +73,7 @@ export function decoderGraph(
   for (let l = 0; l < L; l++) {
     const pk = g.input(`past_k${l}`, ["B", "P", Hkv, D]);
     const pv = g.input(`past_v${l}`, ["B", "P", Hkv, D]);
-    const [q, k, v] = preAttention(g, c, w.layer(l), l, resid, quant, bytes);
+    const [q, k, v] = preAttention(g, c, graphLayer(w, l, quant), l, resid, quant, bytes);
     const q4 = g.one("Reshape", [q, qShape]);
     const k4 = g.one("Reshape", [k, kvShape]);
     const v4 = g.one("Reshape", [v, kvShape]);
@@ -89,11 +97,11 @@ export function decoderGraph(
       g.one("Transpose", [o5], { perm: [0, 3, 1, 2, 4] }),
       g.initInt64(`l${l}_of`, [-1, Hq * D]),
     ]);
-    resid = postAttention(g, c, w.layer(l), l, resid, attn, quant, bytes);
+    resid = postAttention(g, c, graphLayer(w, l, quant), l, resid, attn, quant, bytes);
   }
   const h = rmsNorm(g, resid, w.norm, c.rmsNormEps, "final");
   const headQuant = quant && { bits: 8 as const, groupSize: Math.max(quant.groupSize, 64) };
-  const logits = linear(g, h, w.lmHead, c.vocabSize, d, undefined, "lm_head", headQuant, bytes);
+  const logits = linear(g, h, graphHead(w, quant), c.vocabSize, d, undefined, "lm_head", headQuant, bytes);
   g.output(logits, "logits", ["BT", c.vocabSize]);
   return g;
 }

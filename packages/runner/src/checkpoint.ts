@@ -1,0 +1,78 @@
+// What a model is loaded from: a Hugging Face checkpoint folder (config.json, safetensors,
+// tokenizer.json) or one GGUF file (llama.cpp's format). Both give the same config, tokenizer
+// and weights; the rest of the runner does not ask which.
+import { statSync } from "node:fs";
+import { basename, resolve } from "node:path";
+import { type ModelConfig, readConfig } from "./config.js";
+import { ggufConfig } from "./gguf/config.js";
+import { GgufFile } from "./gguf/file.js";
+import { ggufTokenizerSpec } from "./gguf/tokenizer.js";
+import { ggufWeights } from "./gguf/weights.js";
+import { TextTokenizer } from "./tokenizer.js";
+import { type LayeredWeights, openWeights, readEmbedding } from "./weights.js";
+
+export interface Checkpoint {
+  /** The folder or the .gguf file, absolute. */
+  readonly path: string;
+  readonly format: "hf" | "gguf";
+  readonly config: ModelConfig;
+  readonly tokenizer: TextTokenizer;
+  /** The weights, layers read on demand. */
+  open(): LayeredWeights;
+  /** Only the token embedding table (float32). */
+  embedding(): Float32Array;
+  /** The ggml types of the file's projection matrices (GGUF), e.g. { Q8_0: 35, F32: 5 }. */
+  readonly storedTypes: Record<string, number> | null;
+}
+
+/** True when `path` names a GGUF file (by its extension). */
+export function isGguf(path: string): boolean {
+  return path.toLowerCase().endsWith(".gguf");
+}
+
+export async function openCheckpoint(path: string): Promise<Checkpoint> {
+  const abs = resolve(path);
+  if (isGguf(abs)) {
+    const f = await GgufFile.open(abs);
+    const config = ggufConfig(f);
+    const tokenizer = new TextTokenizer(abs, ggufTokenizerSpec(f));
+    const storedTypes: Record<string, number> = {};
+    for (const t of f.tensors.values())
+      if (t.name.startsWith("blk.") && t.ne.length === 2)
+        storedTypes[t.info.name] = (storedTypes[t.info.name] ?? 0) + 1;
+    let weights: LayeredWeights | null = null;
+    return {
+      path: abs,
+      format: "gguf",
+      config,
+      tokenizer,
+      storedTypes,
+      open: () => ggufWeights(f, config),
+      embedding: () => {
+        weights ??= ggufWeights(f, config);
+        return weights.embed;
+      },
+    };
+  }
+  const config = readConfig(abs);
+  return {
+    path: abs,
+    format: "hf",
+    config,
+    tokenizer: new TextTokenizer(abs),
+    storedTypes: null,
+    open: () => openWeights(abs, config),
+    embedding: () => readEmbedding(abs, config),
+  };
+}
+
+/** A short name for reports: the folder's name, or the file's without .gguf. */
+export function checkpointName(path: string): string {
+  return basename(path).replace(/\.gguf$/i, "");
+}
+
+/** What identifies a GGUF file's contents for caches: its size and modification time. */
+export function ggufStamp(path: string): string {
+  const st = statSync(path);
+  return `${basename(path)}:${st.size}:${st.mtimeMs}`;
+}
