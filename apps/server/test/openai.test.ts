@@ -1,8 +1,9 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { assetsDir } from "@smallkv/runner";
+import { assetsDir, Model } from "@smallkv/runner";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createServer } from "../src/index.js";
 import { startServer } from "./helpers.js";
 
 // The golden greedy run from BOS (an independent implementation) begins "Once upon a time" and
@@ -134,5 +135,54 @@ describe("the official OpenAI client talks to the server", () => {
   it("a wrong key is refused with 401 through the client", async () => {
     const bad = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "sk-wrong", maxRetries: 0 });
     await expect(bad.models.list()).rejects.toMatchObject({ status: 401 });
+  });
+});
+
+describe("a GGUF model and a GGUF assistant behind the server", () => {
+  const gguf = join(assetsDir(), "models", "gguf");
+  let close: () => Promise<void>;
+  let client: OpenAI;
+  beforeAll(async () => {
+    const model = await Model.load(join(gguf, "stories260K-f32.gguf"), { threads: 1 });
+    const assistant = await Model.load(join(gguf, "stories260K-slm-a-q8_0.gguf"), { threads: 1 });
+    const server = await createServer({ model, assistant, logger: false });
+    const url = await server.app.listen({ host: "127.0.0.1", port: 0 });
+    close = () => server.app.close();
+    client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none", maxRetries: 0 });
+  });
+  afterAll(() => close?.());
+
+  it("serves the file's model under its name, with the golden text (F32 file)", async () => {
+    const list = await client.models.list();
+    expect(list.data.map((m) => m.id)).toEqual(["stories260K-f32"]);
+    const r = await client.completions.create({
+      model: "stories260K-f32",
+      prompt: "Once upon a time",
+      max_tokens: 20,
+      temperature: 0,
+    });
+    expectGoldenPrefix(r.choices[0].text);
+    expect(r.usage).toMatchObject({ prompt_tokens: 5, completion_tokens: 20 });
+  });
+
+  it("runs SmallKV with the GGUF assistant at a 20% budget, streaming", async () => {
+    const stream = await client.completions.create({
+      model: "stories260K-f32",
+      prompt: golden.prompts.find((p: { name: string }) => p.name === "story_100").text,
+      max_tokens: 24,
+      temperature: 0,
+      stream: true,
+      // @ts-expect-error: SmallKV's request extensions
+      kv_policy: "smallkv",
+      kv_budget: 0.2,
+    });
+    let text = "";
+    let finish = null;
+    for await (const c of stream) {
+      text += c.choices[0]?.text ?? "";
+      finish = c.choices[0]?.finish_reason ?? finish;
+    }
+    expect(finish).toBe("length");
+    expect(text.trim().length).toBeGreaterThan(20);
   });
 });

@@ -21,9 +21,14 @@ export function assetsDir(): string {
   return resolve(process.cwd(), "..", "shared");
 }
 
-/** A model argument: a checkpoint path, or the name of a model under <assets>/models. */
+/**
+ * A model argument: a checkpoint folder or GGUF file path, or the name of a model under
+ * <assets>/models (a `*.gguf` name also under <assets>/models/gguf).
+ */
 export function resolveModelDir(arg: string): string {
   if (existsSync(join(arg, "config.json")) || existsSync(arg)) return resolve(arg);
   const named = join(assetsDir(), "models", arg);
-  return existsSync(named) ? named : resolve(arg);
+  if (existsSync(named)) return named;
+  const gguf = join(assetsDir(), "models", "gguf", arg);
+  return arg.toLowerCase().endsWith(".gguf") && existsSync(gguf) ? gguf : resolve(arg);
 }

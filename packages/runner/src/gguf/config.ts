@@ -32,6 +32,21 @@ export function ggufConfig(f: GgufFile): ModelConfig {
     const v = key(k);
     return typeof v === "bigint" ? Number(v) : v;
   };
+  for (const k of [
+    "embedding_length",
+    "block_count",
+    "feed_forward_length",
+    "attention.head_count",
+    "context_length",
+  ]) {
+    const v = num(k);
+    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0)
+      throw new CheckpointError(
+        "GGUF_INVALID",
+        `GGUF metadata "${arch}.${k}" must be a positive integer, got ${String(v)}`,
+        f.path,
+      );
+  }
   const tokens = m["tokenizer.ggml.tokens"];
   const heads = num("attention.head_count");
   const hidden = num("embedding_length");
