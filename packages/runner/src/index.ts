@@ -6,6 +6,7 @@ export {
   AssistedModel,
   type StepModel,
 } from "./assisted.js";
+export { type Checkpoint, isGguf, openCheckpoint } from "./checkpoint.js";
 export {
   type Architecture,
   type ModelConfig,
@@ -31,6 +32,9 @@ export {
   generateBatch,
   type TokenEvent,
 } from "./generate.js";
+export { GgufFile, type GgufTensor } from "./gguf/file.js";
+export { dequantizeRows, GGML, toMatMulNBits } from "./gguf/ggml-types.js";
+export { type GgufWriteType, quantizeRows, writeGguf } from "./gguf/write.js";
 export { KV_STORE_TYPES, KvCache, type KvRows, type KvStoreType } from "./kv-cache.js";
 export {
   type HotRowsMode,

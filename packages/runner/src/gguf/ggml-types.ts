@@ -177,8 +177,8 @@ export function nbitsLayout(
       return { bits: 8, groupSize: 16, floatZeroPoints: false };
     case GGML.Q4_K:
       return { bits: 4, groupSize: 32, floatZeroPoints: true };
-    case GGML.Q5_K:
-      return { bits: 8, groupSize: 32, floatZeroPoints: true };
+    // Q5_K would be 8 bits with float zero points, which onnxruntime's MatMulNBits (1.30)
+    // refuses ("only 2b and 4b" take float zero points): it is held as float32 instead.
     default:
       return null;
   }
@@ -187,9 +187,9 @@ export function nbitsLayout(
 /**
  * The same values as a MatMulNBits matrix, x = (q − zp) · scale, with no re-quantization:
  * Q8_0 → 8 bits, group 32, zero point 128; Q4_0 → 4 bits, group 32, zero point 8; Q6_K → 8
- * bits, group 16, zero point 32. Q4_K and Q5_K carry a float min per group: their zero points
- * are floats (min / scale), exact up to float rounding; a group whose scale is 0 keeps its
- * constant −min through a zero point of −1 and a scale of min.
+ * bits, group 16, zero point 32. Q4_K carries a float min per group: its zero points are
+ * floats (min / scale), exact up to float rounding; a group whose scale is 0 keeps its
+ * constant −min through q = 0, a zero point of 1 and a scale of min. Other types: null.
  */
 export function toMatMulNBits(type: number, b: Uint8Array, N: number, K: number): QuantizedMatrix | null {
   const layout = nbitsLayout(type);
