@@ -8,6 +8,7 @@ import {
   type KvCliOptions,
   policySpecs,
 } from "../options.js";
+import { benchAnchor } from "./bench-anchor.js";
 import { benchRunner } from "./bench-runner.js";
 import { benchServer } from "./bench-server.js";
 import { benchSpeculativeCommand } from "./bench-speculative.js";
@@ -152,6 +153,20 @@ export function registerBench(program: Command): void {
     .addOption(new Option("--child-out <file>").hideHelp())
     .option("--out <dir>", "output folder", "bench-results");
   addDeviceOptions(runner).action(benchRunner);
+  bench
+    .command("anchor")
+    .description(
+      "ours against llama.cpp (node-llama-cpp, dev dependency) on the same GGUF files of the synthetic ~100M Llama: prefill and decode tok/s, peak RSS, interleaved processes",
+    )
+    .option("--small", "use a small synthetic model (quick check)")
+    .option("--prefill <n>", "prompt tokens of the prefill measurement", intArg("--prefill", 2), 512)
+    .option("--steps <n>", "decode steps measured", intArg("--steps", 1), 64)
+    .option("--threads <list>", "thread counts", "1,2")
+    .option("--types <list>", "GGUF types (F32, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)", "F32,Q8_0,Q4_0")
+    .option("--rounds <n>", "interleaved rounds (best kept)", intArg("--rounds", 1), 2)
+    .addOption(new Option("--child <json>").hideHelp())
+    .option("--out <dir>", "output folder", "bench-results")
+    .action(benchAnchor);
   bench
     .command("speculative")
     .description(
