@@ -4,6 +4,8 @@
 import { statSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import { type ModelConfig, readConfig } from "./config.js";
+import { type EmbeddingTable, fileEmbedding, floatEmbedding } from "./embedding.js";
+import { CheckpointError } from "./errors.js";
 import { ggufConfig } from "./gguf/config.js";
 import { GgufFile } from "./gguf/file.js";
 import { ggufTokenizerSpec } from "./gguf/tokenizer.js";
@@ -19,8 +21,8 @@ export interface Checkpoint {
   readonly tokenizer: TextTokenizer;
   /** The weights, layers read on demand. */
   open(): LayeredWeights;
-  /** Only the token embedding table (float32). */
-  embedding(): Float32Array;
+  /** Only the token embedding table: float32, or a GGUF file's rows as stored. */
+  embedding(): EmbeddingTable;
   /** The ggml types of the file's projection matrices (GGUF), e.g. { Q8_0: 35, F32: 5 }. */
   readonly storedTypes: Record<string, number> | null;
 }
@@ -40,7 +42,6 @@ export async function openCheckpoint(path: string): Promise<Checkpoint> {
     for (const t of f.tensors.values())
       if (t.name.startsWith("blk.") && t.ne.length === 2)
         storedTypes[t.info.name] = (storedTypes[t.info.name] ?? 0) + 1;
-    let weights: LayeredWeights | null = null;
     return {
       path: abs,
       format: "gguf",
@@ -49,8 +50,10 @@ export async function openCheckpoint(path: string): Promise<Checkpoint> {
       storedTypes,
       open: () => ggufWeights(f, config),
       embedding: () => {
-        weights ??= ggufWeights(f, config);
-        return weights.embed;
+        const t = f.tensor("token_embd.weight");
+        if (t.ne[0] !== config.hiddenSize || t.ne[1] !== config.vocabSize)
+          throw new CheckpointError("SHAPE_MISMATCH", `token_embd.weight has ne [${t.ne.join(", ")}]`, abs);
+        return fileEmbedding(f, t);
       },
     };
   }
@@ -62,7 +65,7 @@ export async function openCheckpoint(path: string): Promise<Checkpoint> {
     tokenizer: new TextTokenizer(abs),
     storedTypes: null,
     open: () => openWeights(abs, config),
-    embedding: () => readEmbedding(abs, config),
+    embedding: () => floatEmbedding(readEmbedding(abs, config), config.hiddenSize),
   };
 }
 

@@ -1,5 +1,6 @@
 import type Ort from "onnxruntime-node";
 import type { ModelConfig } from "./config.js";
+import type { EmbeddingTable } from "./embedding.js";
 import { checkDraftItems, type DraftDecoder, type DraftState, DraftTokens } from "./native-decoder.js";
 import { defaultInvFreq, ropeKernelArgs } from "./rope.js";
 
@@ -24,7 +25,7 @@ export class FusedDecoder implements DraftDecoder {
   constructor(
     private readonly ort: typeof Ort,
     private readonly session: Ort.InferenceSession,
-    private readonly embed: Float32Array,
+    private readonly embed: EmbeddingTable,
     readonly config: ModelConfig,
     /** Seconds and calls, added to the model's own timing. */
     private readonly timing: { forward: number; steps: number },
@@ -84,7 +85,7 @@ export class FusedDecoder implements DraftDecoder {
       this.ensure(state, state.length + tokens.length);
       for (let t = 0; t < T; t++) {
         const r = b * T + t;
-        if (t < tokens.length) x.set(this.embed.subarray(tokens[t] * d, (tokens[t] + 1) * d), r * d);
+        if (t < tokens.length) this.embed.row(tokens[t], x, r * d);
         // cos/sin in double, rounded to float: the runner's RoPE kernel does the same.
         for (let i = 0; i < half; i++) {
           const a = (state.length + t) * this.inv[i];

@@ -5,6 +5,7 @@ import type Ort from "onnxruntime-node";
 import { type Checkpoint, checkpointName, openCheckpoint } from "./checkpoint.js";
 import type { ModelConfig } from "./config.js";
 import { DeviceRunner, type WeightDtype } from "./device/forward.js";
+import { type EmbeddingTable, floatEmbedding } from "./embedding.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
 import { FusedDecoder } from "./fused-decoder.js";
 import { graphFolder } from "./graph-cache.js";
@@ -111,7 +112,7 @@ export class Model {
     readonly dir: string,
     readonly config: ModelConfig,
     readonly tokenizer: TextTokenizer,
-    private readonly embed: Float32Array,
+    private readonly embed: EmbeddingTable,
     private readonly layers: Session[],
     private readonly head: Session | null,
     /** Parameter count, for reports. */
@@ -247,7 +248,17 @@ export class Model {
       const weights = loadAll(ckpt.open(), config);
       const parameters = weights.parameters;
       const runner = DeviceRunner.create(dev, config, weights, opts.dtype ?? "f32");
-      const model = new Model(abs, config, tokenizer, weights.embed, [], null, parameters, null, runner);
+      const model = new Model(
+        abs,
+        config,
+        tokenizer,
+        floatEmbedding(weights.embed, config.hiddenSize),
+        [],
+        null,
+        parameters,
+        null,
+        runner,
+      );
       model.checkpoint = ckpt;
       model.weightBytes = runner.weightBytes;
       return model;
@@ -278,10 +289,8 @@ export class Model {
     // memory), and a second start finds them built (no reading or quantizing of the layers).
     const folder = graphFolder(abs, { weights: weightType, groupSize: quant ? groupSize : null });
     let meta = folder.hit;
-    let embed: Float32Array;
     let files = folder.dir;
-    if (meta) embed = ckpt.embedding();
-    else {
+    if (!meta) {
       // Layers are read from the checkpoint as their graphs are made (a few at a time). A
       // GGUF file's f32 load dequantizes; its default keeps the file's blocks.
       const weights = ckpt.open();
@@ -289,7 +298,6 @@ export class Model {
         delete weights.graphLayer;
         delete weights.graphHead;
       }
-      embed = weights.embed;
       const graphs = new BlockGraphs(config, weights, quant);
       for (let i = 0; i < graphs.count; i++) graphs.writeLayer(i, folder.dir);
       graphs.writeHead(folder.dir);
@@ -307,6 +315,8 @@ export class Model {
     for (let i = 0; i < meta.layers; i++)
       layers.push(await ort.InferenceSession.create(join(files, `layer${i}.onnx`), sessionOptions));
     const head = await ort.InferenceSession.create(join(files, "head.onnx"), sessionOptions);
+    // The lookup table is read after the graphs are made (a GGUF file's rows stay in blocks).
+    const embed = ckpt.embedding();
     const model = new Model(abs, config, tokenizer, embed, layers, head, meta.parameters, ort);
     model.checkpoint = ckpt;
     model.sessionOptions = sessionOptions;
@@ -314,7 +324,7 @@ export class Model {
     model.weightType = weightType;
     model.kvCold = kvCold;
     model.hotRows = hotRows;
-    model.weightBytes = meta.weightBytes + embed.byteLength;
+    model.weightBytes = meta.weightBytes + embed.bytes;
     return model;
   }
 
@@ -376,7 +386,7 @@ export class Model {
     for (const { seq, tokens } of inputs) {
       seq.kv.ensure(seq.length + tokens.length);
       for (let i = 0; i < tokens.length; i++, r++) {
-        x.set(this.embed.subarray(tokens[i] * d, (tokens[i] + 1) * d), r * d);
+        this.embed.row(tokens[i], x, r * d);
         positions[r] = seq.length + i;
       }
     }

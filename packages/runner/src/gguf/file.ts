@@ -97,6 +97,17 @@ export class GgufFile {
     return buf;
   }
 
+  /** `length` bytes of the file at `position`, into `out` (a row read on demand). */
+  readInto(out: Uint8Array, position: number): void {
+    this.fd ??= openSync(this.path, "r");
+    let done = 0;
+    while (done < out.length) {
+      const n = readSync(this.fd, out, done, out.length - done, position + done);
+      if (n <= 0) throw new CheckpointError("GGUF_INVALID", `the file is cut short at ${position + done}`, this.path);
+      done += n;
+    }
+  }
+
   tensor(name: string): GgufTensor {
     const t = this.tensors.get(name);
     if (!t) throw new CheckpointError("TENSOR_MISSING", `tensor "${name}" not found`, this.path);
