@@ -103,7 +103,8 @@ export class GgufFile {
     let done = 0;
     while (done < out.length) {
       const n = readSync(this.fd, out, done, out.length - done, position + done);
-      if (n <= 0) throw new CheckpointError("GGUF_INVALID", `the file is cut short at ${position + done}`, this.path);
+      if (n <= 0)
+        throw new CheckpointError("GGUF_INVALID", `the file is cut short at ${position + done}`, this.path);
       done += n;
     }
   }

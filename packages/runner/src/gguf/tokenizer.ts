@@ -31,8 +31,7 @@ const PRE_REGEX: Record<string, string[]> = {
     "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
   ],
   smollm: ["\\p{N}", GPT2_SPLIT],
-  gpt2: [GPT2_SPLIT],
-  default: [GPT2_SPLIT],
+  "gpt-2": [GPT2_SPLIT],
 };
 
 function strings(f: GgufFile, key: string): string[] {

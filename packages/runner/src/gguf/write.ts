@@ -203,14 +203,15 @@ function permuteRows(w: Float32Array, heads: number, D: number, K: number): Floa
 }
 
 /**
- * Write a Llama-architecture model as GGUF: `tokenizerFrom` gives the tokenizer metadata (its
- * vocabulary padded to the model's with unused tokens). Matrices get `type`; norms stay F32.
+ * Write a Llama-architecture model as GGUF: `tokenizerFrom` (a GGUF file, or its tokenizer.*
+ * metadata) gives the tokenizer, its vocabulary padded to the model's with unused tokens.
+ * Matrices get `type`; norms stay F32.
  */
 export function writeGguf(
   path: string,
   c: ModelConfig,
   w: LayeredWeights,
-  tokenizerFrom: GgufFile,
+  tokenizerFrom: GgufFile | Record<string, GgufValue>,
   type: GgufWriteType,
   name = "smallkv",
 ): void {
@@ -230,25 +231,37 @@ export function writeGguf(
     ["llama.rope.freq_base", { type: T.F32, value: c.rope.theta }],
     ["llama.attention.layer_norm_rms_epsilon", { type: T.F32, value: c.rmsNormEps }],
   ];
-  const tm = tokenizerFrom.metadata;
+  const tm = "metadata" in tokenizerFrom ? (tokenizerFrom as GgufFile).metadata : tokenizerFrom;
+  const model = String(tm["tokenizer.ggml.model"] ?? "llama");
   const tokens = [...(tm["tokenizer.ggml.tokens"] as string[])];
-  const scores = [...(tm["tokenizer.ggml.scores"] as number[])];
-  const types = [...(tm["tokenizer.ggml.token_type"] as number[])];
+  const types = [
+    ...((tm["tokenizer.ggml.token_type"] as number[] | undefined) ?? tokens.map(() => TOKEN_TYPE.NORMAL)),
+  ];
+  const scores = tm["tokenizer.ggml.scores"] ? [...(tm["tokenizer.ggml.scores"] as number[])] : null;
   for (let i = tokens.length; i < c.vocabSize; i++) {
     tokens.push(`<unused${i}>`);
-    scores.push(0);
+    scores?.push(0);
     types.push(TOKEN_TYPE.UNUSED);
   }
   meta.push(
-    ["tokenizer.ggml.model", { type: T.STRING, value: "llama" }],
+    ["tokenizer.ggml.model", { type: T.STRING, value: model }],
     ["tokenizer.ggml.tokens", { type: T.ARRAY, sub: T.STRING, value: tokens }],
-    ["tokenizer.ggml.scores", { type: T.ARRAY, sub: T.F32, value: scores }],
     ["tokenizer.ggml.token_type", { type: T.ARRAY, sub: T.I32, value: types }],
   );
+  if (scores) meta.push(["tokenizer.ggml.scores", { type: T.ARRAY, sub: T.F32, value: scores }]);
+  if (Array.isArray(tm["tokenizer.ggml.merges"]))
+    meta.push([
+      "tokenizer.ggml.merges",
+      { type: T.ARRAY, sub: T.STRING, value: tm["tokenizer.ggml.merges"] },
+    ]);
+  if (typeof tm["tokenizer.ggml.pre"] === "string")
+    meta.push(["tokenizer.ggml.pre", { type: T.STRING, value: tm["tokenizer.ggml.pre"] }]);
+  if (typeof tm["tokenizer.chat_template"] === "string")
+    meta.push(["tokenizer.chat_template", { type: T.STRING, value: tm["tokenizer.chat_template"] }]);
   for (const k of ["bos_token_id", "eos_token_id", "unknown_token_id"])
     if (typeof tm[`tokenizer.ggml.${k}`] === "number")
       meta.push([`tokenizer.ggml.${k}`, { type: T.U32, value: tm[`tokenizer.ggml.${k}`] }]);
-  for (const k of ["add_bos_token", "add_eos_token"])
+  for (const k of ["add_bos_token", "add_eos_token", "add_space_prefix"])
     if (typeof tm[`tokenizer.ggml.${k}`] === "boolean")
       meta.push([`tokenizer.ggml.${k}`, { type: T.BOOL, value: tm[`tokenizer.ggml.${k}`] }]);
 
