@@ -10,7 +10,7 @@ export function registerCalibratePod(program: Command): void {
     .description(
       "find PoD's layer blocks from attention similarity on a calibration text, and save them (JSON)",
     )
-    .requiredOption("-m, --model <dir>", "checkpoint folder")
+    .requiredOption("-m, --model <path>", "checkpoint folder or GGUF file")
     .requiredOption("--text <file>", "calibration text")
     .option("--tokens <n>", "calibration tokens (from the start of the text)", intArg("--tokens", 8), 256)
     .option("--block-size <n>", "largest block", intArg("--block-size", 1), 2)

@@ -14,7 +14,7 @@ export function registerScore(program: Command): void {
   const cmd = program
     .command("score")
     .description("per-token log-probabilities of a text under the model")
-    .requiredOption("-m, --model <dir>", "checkpoint folder")
+    .requiredOption("-m, --model <path>", "checkpoint folder or GGUF file")
     .option("--text <text>", "text to score (default: --file or stdin)")
     .option("--file <path>", "read the text from a file")
     .option("--json", "print JSON")
