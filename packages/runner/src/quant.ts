@@ -21,10 +21,11 @@ export interface QuantizedMatrix {
   /** [N][ceil(groups · bits / 8)] bytes, 4-bit zero points two per byte, low nibble first. */
   zeroPoints: Uint8Array;
   /**
-   * [N · groups] float zero points, in place of `zeroPoints` (empty then): GGUF's K-quants,
-   * whose groups carry a float min (x = scale · q − min, so zp = min / scale).
+   * [N · groups] float mins subtracted after the scaling, x = (q − zp) · scale − min: GGUF's
+   * K-quants, whose groups carry a float min (their zero points are 0). The graph subtracts
+   * min · (the group's sum of activations) beside the MatMulNBits node.
    */
-  floatZeroPoints?: Float32Array;
+  groupMins?: Float32Array;
 }
 
 /** The 4-bit clipping search: ranges shrunk by up to CLIP_RANGE in CLIP_STEPS steps. */
@@ -119,20 +120,15 @@ export function dequantize(m: QuantizedMatrix): Float32Array {
   for (let n = 0; n < N; n++) {
     for (let g = 0; g < G; g++) {
       const zpByte = m.zeroPoints[n * zpRow + (bits === 8 ? g : g >> 1)];
-      const zp = m.floatZeroPoints
-        ? m.floatZeroPoints[n * G + g]
-        : bits === 8
-          ? zpByte
-          : g & 1
-            ? zpByte >> 4
-            : zpByte & 15;
+      const zp = bits === 8 ? zpByte : g & 1 ? zpByte >> 4 : zpByte & 15;
+      const min = m.groupMins?.[n * G + g] ?? 0;
       const scale = m.scales[n * G + g];
       for (let i = 0; i < groupSize; i++) {
         const k = g * groupSize + i;
         if (k >= K) break;
         const byte = m.packed[(n * G + g) * blob + (bits === 8 ? i : i >> 1)];
         const q = bits === 8 ? byte : i & 1 ? byte >> 4 : byte & 15;
-        out[n * K + k] = (q - zp) * scale;
+        out[n * K + k] = (q - zp) * scale - min;
       }
     }
   }
@@ -141,7 +137,5 @@ export function dequantize(m: QuantizedMatrix): Float32Array {
 
 /** Bytes a quantized matrix occupies (packed values, scales, zero points). */
 export function quantizedBytes(m: QuantizedMatrix): number {
-  return (
-    m.packed.byteLength + m.scales.byteLength + m.zeroPoints.byteLength + (m.floatZeroPoints?.byteLength ?? 0)
-  );
+  return m.packed.byteLength + m.scales.byteLength + m.zeroPoints.byteLength + (m.groupMins?.byteLength ?? 0);
 }

@@ -164,69 +164,64 @@ export function dequantizeRows(type: number, b: Uint8Array, rows: number, K: num
   return out;
 }
 
-/** How a type maps onto MatMulNBits: bits, group size, and whether its zero points are floats. */
-export function nbitsLayout(
-  type: number,
-): { bits: 4 | 8; groupSize: number; floatZeroPoints: boolean } | null {
+/** How a type maps onto MatMulNBits: bits, group size, and whether its groups carry a float min. */
+export function nbitsLayout(type: number): { bits: 4 | 8; groupSize: number; mins: boolean } | null {
   switch (type) {
     case GGML.Q8_0:
-      return { bits: 8, groupSize: 32, floatZeroPoints: false };
+      return { bits: 8, groupSize: 32, mins: false };
     case GGML.Q4_0:
-      return { bits: 4, groupSize: 32, floatZeroPoints: false };
+      return { bits: 4, groupSize: 32, mins: false };
     case GGML.Q6_K:
-      return { bits: 8, groupSize: 16, floatZeroPoints: false };
+      return { bits: 8, groupSize: 16, mins: false };
     case GGML.Q4_K:
-      return { bits: 4, groupSize: 32, floatZeroPoints: true };
-    // Q5_K would be 8 bits with float zero points, which onnxruntime's MatMulNBits (1.30)
-    // refuses ("only 2b and 4b" take float zero points): it is held as float32 instead.
+      return { bits: 4, groupSize: 32, mins: true };
+    // Q5_K's 5-bit values as bytes (0..31): exact, 1.25 bytes a weight against its 0.69.
+    case GGML.Q5_K:
+      return { bits: 8, groupSize: 32, mins: true };
     default:
       return null;
   }
 }
 
 /**
- * The same values as a MatMulNBits matrix, x = (q − zp) · scale, with no re-quantization:
- * Q8_0 → 8 bits, group 32, zero point 128; Q4_0 → 4 bits, group 32, zero point 8; Q6_K → 8
- * bits, group 16, zero point 32. Q4_K carries a float min per group: its zero points are
- * floats (min / scale), exact up to float rounding; a group whose scale is 0 keeps its
- * constant −min through q = 0, a zero point of 1 and a scale of min. Other types: null.
+ * The same values as a MatMulNBits matrix, x = (q − zp) · scale (− min), with no
+ * re-quantization: Q8_0 → 8 bits, group 32, zero point 128; Q4_0 → 4 bits, group 32, zero
+ * point 8; Q6_K → 8 bits, group 16, zero point 32; Q4_K (4 bits, zero point 8) and Q5_K (8
+ * bits, zero point 16), group 32, with their float mins (less zp · scale) kept beside
+ * (`groupMins`). Other types: null.
  */
 export function toMatMulNBits(type: number, b: Uint8Array, N: number, K: number): QuantizedMatrix | null {
   const layout = nbitsLayout(type);
   if (!layout) return null;
-  const { bits, groupSize, floatZeroPoints } = layout;
+  const { bits, groupSize, mins } = layout;
   const G = K / groupSize;
   const blob = (groupSize * bits) / 8;
   const packed = new Uint8Array(N * G * blob);
   const scales = new Float32Array(N * G);
   const zpRow = Math.ceil((G * bits) / 8);
-  const zeroPoints = new Uint8Array(floatZeroPoints ? 0 : N * zpRow);
-  const floatZp = floatZeroPoints ? new Float32Array(N * G) : undefined;
+  const zeroPoints = new Uint8Array(N * zpRow);
+  const groupMins = mins ? new Float32Array(N * G) : undefined;
   const info = GGML_TYPES.get(type) as GgmlTypeInfo;
   const rb = rowBytes(info, K);
   for (let n = 0; n < N; n++) {
     forEachGroup(type, b.subarray(n * rb, (n + 1) * rb), K, (k0, len, scale, zp, min, q) => {
-      const g = n * G + k0 / groupSize;
+      const gi = k0 / groupSize;
+      const g = n * G + gi;
       const base = g * blob;
       if (bits === 8) packed.set(q.subarray(0, len), base);
       else for (let i = 0; i < len; i += 2) packed[base + (i >> 1)] = q[i] | (q[i + 1] << 4);
-      if (floatZp) {
-        if (scale !== 0) {
-          scales[g] = scale;
-          floatZp[g] = min / scale;
-        } else {
-          // Every value is −min: q = 0 everywhere, zero point 1 and scale min give (0 − 1) · min.
-          packed.fill(0, base, base + blob);
-          scales[g] = min;
-          floatZp[g] = 1;
-        }
-      } else {
-        scales[g] = scale;
-        const gi = k0 / groupSize;
-        if (bits === 8) zeroPoints[n * zpRow + gi] = zp;
-        else zeroPoints[n * zpRow + (gi >> 1)] |= gi & 1 ? zp << 4 : zp;
+      scales[g] = scale;
+      // K-quants: q − c with c the middle of q's range (8 for Q4_K, 16 for Q5_K), and the min
+      // less c · scale: the integer product then sees centred values, as Q4_0's does, so the
+      // activations' int8 rounding error does not ride on q's mean.
+      let z = zp;
+      if (groupMins) {
+        z = type === GGML.Q5_K ? 16 : 8;
+        groupMins[g] = min - z * scale;
       }
+      if (bits === 8) zeroPoints[n * zpRow + gi] = z;
+      else zeroPoints[n * zpRow + (gi >> 1)] |= gi & 1 ? z << 4 : z;
     });
   }
-  return { bits, N, K, groupSize, packed, scales, zeroPoints, floatZeroPoints: floatZp };
+  return { bits, N, K, groupSize, packed, scales, zeroPoints, groupMins };
 }

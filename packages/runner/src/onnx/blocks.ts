@@ -75,10 +75,8 @@ function nbits(g: GraphBuilder, x: string, q: QuantizedMatrix, tag: string, byte
   bytes.n += quantizedBytes(q);
   const { N, K, bits, groupSize } = q;
   const G = Math.ceil(K / groupSize);
-  const zp = q.floatZeroPoints
-    ? g.init(`${tag}_z`, q.floatZeroPoints, [N * G])
-    : g.initUint8(`${tag}_z`, q.zeroPoints, [q.zeroPoints.length]);
-  return g.node(
+  const zp = g.initUint8(`${tag}_z`, q.zeroPoints, [q.zeroPoints.length]);
+  const y = g.node(
     "MatMulNBits",
     [
       x,
@@ -90,6 +88,18 @@ function nbits(g: GraphBuilder, x: string, q: QuantizedMatrix, tag: string, byte
     1,
     "com.microsoft",
   )[0];
+  if (!q.groupMins) return y;
+  // K-quants: y −= mins · (each group's sum of x), a [M, G] × [G, N] product beside the
+  // integer one (onnxruntime's float zero points take a path ~50x slower; measured 5.7 ms
+  // against 0.11 ms for a 4096 × 768 int4 matrix).
+  const sums = g.one(
+    "ReduceSum",
+    [g.one("Reshape", [x, g.initInt64(`${tag}_gr`, [-1, G, groupSize])]), g.initInt64(`${tag}_ga`, [-1])],
+    {
+      keepdims: 0,
+    },
+  );
+  return g.one("Sub", [y, g.one("Gemm", [sums, g.init(`${tag}_m`, q.groupMins, [N, G])], { transB: 1 })]);
 }
 
 /** The weights a graph is made from: float32 layers, and a GGUF file's own blocks where it has them. */
@@ -105,7 +115,7 @@ export function graphHead(w: GraphWeights, quant: GraphQuant | null): StoredMatr
 }
 
 function sameLayout(a: QuantizedMatrix, b: QuantizedMatrix): boolean {
-  return a.bits === b.bits && a.groupSize === b.groupSize && !a.floatZeroPoints === !b.floatZeroPoints;
+  return a.bits === b.bits && a.groupSize === b.groupSize && !a.groupMins === !b.groupMins;
 }
 
 /** Row blocks of one layout stacked along N (each row's groups, scales and zero points are its own). */
@@ -138,9 +148,9 @@ function concatQuantized(ms: QuantizedMatrix[]): QuantizedMatrix {
       ms.map((m) => m.zeroPoints),
       (n) => new Uint8Array(n),
     ),
-    floatZeroPoints: m0.floatZeroPoints
+    groupMins: m0.groupMins
       ? cat(
-          ms.map((m) => m.floatZeroPoints as Float32Array),
+          ms.map((m) => m.groupMins as Float32Array),
           (n) => new Float32Array(n),
         )
       : undefined,
