@@ -3,7 +3,7 @@
   "targets": [
     {
       "target_name": "smallkv_tensor",
-      "sources": ["native/addon.cc", "native/rope.cc", "native/attention.cc", "native/kv.cc", "native/topk.cc", "native/select.cc", "native/decoder.cc"],
+      "sources": ["native/addon.cc", "native/rope.cc", "native/attention.cc", "native/kv.cc", "native/topk.cc", "native/select.cc", "native/decoder.cc", "native/qgemm.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags_cc!": ["-fno-exceptions"],

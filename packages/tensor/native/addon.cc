@@ -646,6 +646,74 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Typed-array bytes of argument i (any typed array), or null with a RangeError.
+static uint8_t* bytesOf(Args& a, size_t i, const char* name, size_t minLen) {
+  if (a.failed) return nullptr;
+  napi_value v = a.at(i);
+  bool typed = false;
+  napi_is_typedarray(a.env, v, &typed);
+  napi_typedarray_type type = napi_int8_array;
+  size_t len = 0;
+  void* data = nullptr;
+  if (typed) napi_get_typedarray_info(a.env, v, &type, &len, &data, nullptr, nullptr);
+  if (!typed || type != napi_uint8_array) {
+    a.fail(std::string(name) + ": expected a Uint8Array");
+    return nullptr;
+  }
+  if (len < minLen) {
+    a.fail(std::string(name) + ": length " + std::to_string(len) + " < required " + std::to_string(minLen));
+    return nullptr;
+  }
+  return static_cast<uint8_t*>(data);
+}
+
+static bool qgemmType(Args& a, int type, int K) {
+  if (type != skv::QGEMM_F32 && type != skv::QGEMM_Q8_0 && type != skv::QGEMM_Q4_0) {
+    a.fail("type: " + std::to_string(type) + " is not F32 (0), Q4_0 (2) or Q8_0 (8)");
+    return false;
+  }
+  if (type != skv::QGEMM_F32 && K % 32 != 0) {
+    a.fail("K: " + std::to_string(K) + " is not a multiple of 32");
+    return false;
+  }
+  return true;
+}
+
+// qgemmPackedBytes(type, N, K)
+Napi::Value QgemmPackedBytes(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int type = a.integer(0, "type"), N = a.integer(1, "N", 1), K = a.integer(2, "K", 1);
+  if (a.failed || !qgemmType(a, type, K)) return info.Env().Undefined();
+  return Napi::Number::New(info.Env(), static_cast<double>(skv::qgemm_packed_bytes(type, N, K)));
+}
+
+// qgemmPack(type, src: Uint8Array (N rows as the file stores them), N, K, dst: Uint8Array)
+Napi::Value QgemmPack(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int type = a.integer(0, "type"), N = a.integer(2, "N", 1), K = a.integer(3, "K", 1);
+  if (a.failed || !qgemmType(a, type, K)) return info.Env().Undefined();
+  const size_t rowBytes = type == skv::QGEMM_F32 ? size_t(K) * 4 : size_t(K / 32) * (type == skv::QGEMM_Q8_0 ? 34 : 18);
+  const uint8_t* src = bytesOf(a, 1, "src", rowBytes * N);
+  uint8_t* dst = bytesOf(a, 4, "dst", size_t(skv::qgemm_packed_bytes(type, N, K)));
+  if (a.failed) return info.Env().Undefined();
+  skv::qgemm_pack(type, src, N, K, dst);
+  return info.Env().Undefined();
+}
+
+// qgemm(type, packed, N, K, x: Float32Array [M][K], M, y: Float32Array [M][N], threads)
+Napi::Value Qgemm(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int type = a.integer(0, "type"), N = a.integer(2, "N", 1), K = a.integer(3, "K", 1);
+  const int M = a.integer(5, "M", 1), threads = a.integer(7, "threads", 1);
+  if (a.failed || !qgemmType(a, type, K)) return info.Env().Undefined();
+  const uint8_t* w = bytesOf(a, 1, "packed", size_t(skv::qgemm_packed_bytes(type, N, K)));
+  const float* x = a.f32(4, "x", size_t(M) * K);
+  float* y = a.f32(6, "y", size_t(M) * N);
+  if (a.failed) return info.Env().Undefined();
+  skv::qgemm(type, w, N, K, x, M, y, threads);
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rope", Napi::Function::New(env, Rope));
   exports.Set("attention", Napi::Function::New(env, Attention));
@@ -661,6 +729,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sum", Napi::Function::New(env, Sum));
   exports.Set("attentionRowTops", Napi::Function::New(env, AttentionRowTops));
   exports.Set("decoderStep", Napi::Function::New(env, DecoderStep));
+  exports.Set("qgemmPackedBytes", Napi::Function::New(env, QgemmPackedBytes));
+  exports.Set("qgemmPack", Napi::Function::New(env, QgemmPack));
+  exports.Set("qgemm", Napi::Function::New(env, Qgemm));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));

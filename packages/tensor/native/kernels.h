@@ -185,4 +185,12 @@ inline void for_each_index(int n, bool parallel, F&& body) {
   for (int i = 0; i < n; ++i) body(i);
 }
 
+// Matrices kept in llama.cpp's blocks (ggml type ids): y[M][N] = x[M][K] · Wᵀ. `qgemm_pack`
+// repacks N rows of Q8_0/Q4_0 blocks (or float32 rows) into the layout `qgemm` reads: groups of
+// 8 rows, per block their 8 float scales then the quants chunk-interleaved (see qgemm.cc).
+enum { QGEMM_F32 = 0, QGEMM_Q4_0 = 2, QGEMM_Q8_0 = 8 };
+int64_t qgemm_packed_bytes(int type, int N, int K);
+int qgemm_pack(int type, const uint8_t* src, int N, int K, uint8_t* dst);
+void qgemm(int type, const uint8_t* packed, int N, int K, const float* x, int M, float* y, int threads);
+
 }  // namespace skv

@@ -137,6 +137,18 @@ export interface NativeBinding {
     ropeScale: number,
     logits: Float32Array,
   ): void;
+  qgemmPackedBytes(type: number, N: number, K: number): number;
+  qgemmPack(type: number, src: Uint8Array, N: number, K: number, dst: Uint8Array): void;
+  qgemm(
+    type: number,
+    packed: Uint8Array,
+    N: number,
+    K: number,
+    x: Float32Array,
+    M: number,
+    y: Float32Array,
+    threads: number,
+  ): void;
   cudaInfo(): { built: boolean; deviceCount: number; code: number; message: string };
   buildInfo(): { threads: number; simd: string; portable: boolean };
   setThreads(n: number): void;

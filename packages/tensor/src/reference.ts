@@ -486,3 +486,77 @@ export function attentionRowTopsRef(
   }
   return out;
 }
+
+/** float16 bits to a number (the block scales of Q8_0/Q4_0). */
+function halfRef(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 31;
+  const m = h & 1023;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? Number.NaN : s * Number.POSITIVE_INFINITY;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+/** Round half to even (the kernel's nearbyint). */
+function roundEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * qgemm from first principles: W's rows decoded from their blocks (Q8_0: f16 d, 32 int8; Q4_0:
+ * f16 d, 16 bytes, value = nibble − 8, low nibbles first), each activation row rounded to int8
+ * per block of 32 (d = amax/127, q = round-half-even(x · 127/amax)), integer block dots scaled
+ * by both d's, summed in float64. F32 (type 0): a plain product.
+ */
+export function qgemmRef(
+  type: number,
+  src: Uint8Array,
+  N: number,
+  K: number,
+  x: Float32Array,
+  M: number,
+): Float32Array {
+  const y = new Float32Array(M * N);
+  if (type === 0) {
+    const W = new Float32Array(src.buffer, src.byteOffset, N * K);
+    for (let m = 0; m < M; m++)
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) s += W[n * K + k] * x[m * K + k];
+        y[m * N + n] = s;
+      }
+    return y;
+  }
+  const nb = K / 32;
+  const bytes = type === 8 ? 34 : 18;
+  for (let m = 0; m < M; m++) {
+    const xq = new Int32Array(K);
+    const xd = new Float64Array(nb);
+    for (let b = 0; b < nb; b++) {
+      let amax = 0;
+      for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(x[m * K + 32 * b + i]));
+      const id = amax > 0 ? Math.fround(127 / amax) : 0;
+      xd[b] = Math.fround(amax / 127);
+      for (let i = 0; i < 32; i++) xq[32 * b + i] = roundEven(Math.fround(x[m * K + 32 * b + i] * id));
+    }
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let b = 0; b < nb; b++) {
+        const o = (n * nb + b) * bytes;
+        const d = halfRef(src[o] | (src[o + 1] << 8));
+        let dot = 0;
+        for (let i = 0; i < 32; i++) {
+          const w =
+            type === 8
+              ? (src[o + 2 + i] << 24) >> 24
+              : (i < 16 ? src[o + 2 + i] & 15 : src[o + 2 + i - 16] >> 4) - 8;
+          dot += w * xq[32 * b + i];
+        }
+        s += dot * d * xd[b];
+      }
+      y[m * N + n] = s;
+    }
+  }
+  return y;
+}
