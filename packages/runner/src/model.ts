@@ -4,6 +4,7 @@ import { attentionBatch, Device, DeviceError, rope } from "@smallkv/tensor";
 import type Ort from "onnxruntime-node";
 import { type Checkpoint, checkpointName, openCheckpoint } from "./checkpoint.js";
 import type { ModelConfig } from "./config.js";
+import { type DenseStack, OrtDense, type QKV } from "./dense.js";
 import { DeviceRunner, type WeightDtype } from "./device/forward.js";
 import { type EmbeddingTable, floatEmbedding } from "./embedding.js";
 import { ContextLengthError, InvalidOptionError, PolicyError } from "./errors.js";
@@ -17,6 +18,7 @@ import {
   NativeDecoder,
   wholeStepFits,
 } from "./native-decoder.js";
+import { NativeDense } from "./native-dense.js";
 import { BlockGraphs, type GraphQuant } from "./onnx/blocks.js";
 import { decoderGraph } from "./onnx/decoder.js";
 import type { KvPolicyHook } from "./policy-hook.js";
@@ -68,6 +70,13 @@ export interface LoadOptions {
    * alike for SmallKV (faster reads, paid back by the copies); the device always copies.
    */
   hotRows?: HotRowsMode;
+  /**
+   * What runs the projections and the MLP of a GGUF file on the CPU (default auto): "native",
+   * @smallkv/tensor's kernels over the file's own Q8_0/Q4_0 blocks (and float rows), with no
+   * onnxruntime session and no second copy of the weights; "onnxruntime", MatMulNBits graphs
+   * (every GGUF type, and checkpoint folders); "auto", native where the file's types allow.
+   */
+  dense?: "auto" | "native" | "onnxruntime";
   /** Where "auto" reports its choice (default: stderr). */
   onLog?: (message: string) => void;
 }
@@ -120,6 +129,8 @@ export class Model {
     private readonly ort: typeof Ort | null,
     /** The device backend, when the model runs on a GPU (or the emulator). */
     readonly runner: DeviceRunner | null = null,
+    /** The dense part of a CPU step (onnxruntime sessions, or the native GGUF-block kernels). */
+    private readonly dense: DenseStack | null = null,
   ) {}
 
   /** The device this model runs on (null: CPU). */
@@ -138,6 +149,8 @@ export class Model {
   weightType: WeightType = "f32";
   /** What the model was loaded from. */
   private checkpoint!: Checkpoint;
+  /** What runs the dense part of a CPU step: onnxruntime sessions, or the native GGUF-block kernels. */
+  denseKind: "onnxruntime" | "native" = "onnxruntime";
   /** How sequences of this model store their K/V (the CPU backend). */
   kvCold: KvStoreType = "f32";
   /** How the CPU hot set holds selected rows (Model.load's hotRows). */
@@ -268,6 +281,38 @@ export class Model {
         "dtype",
         `${opts.dtype} weights are for the device backend; on the CPU use --weights int8 or int4 (or f32)`,
       );
+    const denseOpt = opts.dense ?? "auto";
+    if (denseOpt !== "auto" && denseOpt !== "native" && denseOpt !== "onnxruntime")
+      throw new InvalidOptionError("dense", `must be auto, native or onnxruntime, got ${String(denseOpt)}`);
+    if (denseOpt === "native" && (ckpt.format !== "gguf" || weightType !== "stored"))
+      throw new InvalidOptionError(
+        "dense",
+        "the native dense kernels run a GGUF file's own blocks (weights: stored)",
+      );
+    if (ckpt.format === "gguf" && weightType === "stored" && denseOpt !== "onnxruntime") {
+      // A GGUF file whose matrices are Q8_0, Q4_0 or float: the native kernels read its blocks
+      // as they are (no onnxruntime session, no packed second copy).
+      const w = ckpt.open();
+      const threads =
+        opts.threads ?? (w.parameters <= ONE_THREAD_MAX_PARAMETERS ? 1 : availableParallelism());
+      const native = NativeDense.create(config, w, threads);
+      if (native) {
+        const embed = ckpt.embedding();
+        const model = new Model(abs, config, tokenizer, embed, [], null, w.parameters, null, null, native);
+        model.checkpoint = ckpt;
+        model.weightType = weightType;
+        model.kvCold = kvCold;
+        model.hotRows = hotRows;
+        model.denseKind = "native";
+        model.weightBytes = native.bytes + embed.bytes;
+        return model;
+      }
+      if (denseOpt === "native")
+        throw new InvalidOptionError(
+          "dense",
+          `${ckpt.path} has matrices the native kernels do not read (they read F32, F16, BF16, Q8_0 and Q4_0): use dense "onnxruntime"`,
+        );
+    }
     // onnxruntime is loaded only here: the device backend never pulls in its 45 MB library.
     const ort = (await import("onnxruntime-node")).default;
     const quant =
@@ -317,7 +362,8 @@ export class Model {
     const head = await ort.InferenceSession.create(join(files, "head.onnx"), sessionOptions);
     // The lookup table is read after the graphs are made (a GGUF file's rows stay in blocks).
     const embed = ckpt.embedding();
-    const model = new Model(abs, config, tokenizer, embed, layers, head, meta.parameters, ort);
+    const dense = new OrtDense(ort, layers, head, config.hiddenSize, config.numHeads * config.headDim);
+    const model = new Model(abs, config, tokenizer, embed, layers, head, meta.parameters, ort, null, dense);
     model.checkpoint = ckpt;
     model.sessionOptions = sessionOptions;
     model.quant = quant;
@@ -374,8 +420,7 @@ export class Model {
   private async step(inputs: StepInput[], M: number): Promise<StepOutput[]> {
     if (this.runner) return this.deviceStep(inputs, M);
     const c = this.config;
-    const ort = this.ort as typeof Ort;
-    const head = this.head as Session;
+    const dense = this.dense as DenseStack;
     const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D } = c;
     await this.preparePolicies(inputs);
     this.openCheckpoints(inputs);
@@ -394,11 +439,11 @@ export class Model {
     // Session l+1 takes the residual entering layer l and layer l's attention output, and
     // returns the residual leaving layer l with the q/k/v of layer l+1.
     let residIn: Float32Array = x;
-    let out = await this.layers[0].run({ resid: new ort.Tensor("float32", x, [M, d]) });
+    let out: Partial<QKV> = await dense.first(x, M);
     for (let l = 0; l < c.numLayers; l++) {
-      const q = out.q.data as Float32Array;
-      const k = out.k.data as Float32Array;
-      const v = out.v.data as Float32Array;
+      const q = out.q as Float32Array;
+      const k = out.k as Float32Array;
+      const v = out.v as Float32Array;
       this.applyRope(inputs, positions, q, k);
       this.journalQueries(inputs, l, q);
       const attn = new Float32Array(M * Hq * D);
@@ -443,11 +488,9 @@ export class Model {
         this.keepRowSnapshots(inputs, l, r);
         this.timing.policy += (performance.now() - tp) / 1000;
       }
-      out = await this.layers[l + 1].run({
-        resid: new ort.Tensor("float32", residIn, [M, d]),
-        attn: new ort.Tensor("float32", attn, [M, Hq * D]),
-      });
-      residIn = out.resid_out.data as Float32Array;
+      const next = await dense.next(l, residIn, attn, M);
+      residIn = next.resid;
+      out = next;
     }
 
     for (const { seq, tokens } of inputs) {
@@ -470,8 +513,7 @@ export class Model {
       rows.forEach((src, i) => {
         h.set(final.subarray(src * d, (src + 1) * d), i * d);
       });
-      const o = await head.run({ resid: new ort.Tensor("float32", h, [rows.length, d]) });
-      logitsAll = o.logits.data as Float32Array;
+      logitsAll = await dense.head(h, rows.length);
     }
     return this.splitLogits(inputs, logitsAll);
   }

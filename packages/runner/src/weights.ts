@@ -61,6 +61,14 @@ export type StoredMatrix = Float32Array | QuantizedMatrix;
 /** The projection and MLP matrices of a layer. */
 export type MatrixName = "q" | "k" | "v" | "o" | "gate" | "up" | "down";
 
+/** A matrix's rows as a GGUF file stores them (ggml type id; F16/BF16 come as F32 bytes). */
+export interface StoredRows {
+  type: number;
+  bytes: Uint8Array;
+  N: number;
+  K: number;
+}
+
 /** A layer for the dense graphs: its matrices as stored, the rest (norms, biases) float32. */
 export type GraphLayer = Omit<LayerWeights, MatrixName> & Record<MatrixName, StoredMatrix>;
 
@@ -77,6 +85,12 @@ export interface LayeredWeights {
   graphLayer?(l: number): GraphLayer;
   /** The classifier as the file stores it (GGUF); absent: `lmHead`. */
   graphHead?(): StoredMatrix;
+  /** Layer l's matrices as the file's rows (GGUF; q/k in rotate-half order). */
+  storedRows?(l: number): Record<MatrixName, StoredRows>;
+  /** The classifier as the file's rows (GGUF). */
+  storedHeadRows?(): StoredRows;
+  /** Layer l's norms and biases only (its matrices empty): what a native dense stack needs beside its rows. */
+  layerVectors?(l: number): LayerWeights;
 }
 
 /** Only the embedding table (the lookup a CPU model keeps in JS). */

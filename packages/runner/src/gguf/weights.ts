@@ -4,9 +4,16 @@
 // each matrix given both as float32 and as the file stores it (MatMulNBits blocks, exactly).
 import type { ModelConfig } from "../config.js";
 import { CheckpointError } from "../errors.js";
-import type { GraphLayer, LayeredWeights, LayerWeights, MatrixName, StoredMatrix } from "../weights.js";
+import type {
+  GraphLayer,
+  LayeredWeights,
+  LayerWeights,
+  MatrixName,
+  StoredMatrix,
+  StoredRows,
+} from "../weights.js";
 import type { GgufFile, GgufTensor } from "./file.js";
-import { dequantizeRows, rowBytes, toMatMulNBits } from "./ggml-types.js";
+import { dequantizeRows, GGML, rowBytes, toMatMulNBits } from "./ggml-types.js";
 
 const MATRICES: [MatrixName, string][] = [
   ["q", "attn_q"],
@@ -76,6 +83,16 @@ export function ggufWeights(f: GgufFile, c: ModelConfig): LayeredWeights {
     const b = rows(t, N, K, order);
     return toMatMulNBits(t.type, b, N, K) ?? dequantizeRows(t.type, b, N, K);
   };
+  /** Rows as stored; F16/BF16 widened to F32 bytes (the kernels read F32, Q8_0, Q4_0). */
+  const storedRows = (name: string, N: number, K: number, order?: Int32Array): StoredRows => {
+    const t = check(name, N, K);
+    const b = rows(t, N, K, order);
+    if (t.type === GGML.F16 || t.type === GGML.BF16) {
+      const f = dequantizeRows(t.type, b, N, K);
+      return { type: GGML.F32, bytes: new Uint8Array(f.buffer), N, K };
+    }
+    return { type: t.type, bytes: b, N, K };
+  };
   /** A bias or norm vector (a q bias follows its rows' permutation). */
   const vector = (name: string, n: number, order?: Int32Array) => {
     const v = floats(name, n);
@@ -101,18 +118,26 @@ export function ggufWeights(f: GgufFile, c: ModelConfig): LayeredWeights {
     return w;
   };
 
-  const embedTensor = check("token_embd.weight", c.vocabSize, d);
-  const embed = dequantizeRows(embedTensor.type, f.bytes(embedTensor), c.vocabSize, d);
+  // The float tables are made only when asked for (a native or cached load never asks).
+  let embedF: Float32Array | null = null;
+  const embed = () => {
+    const t = check("token_embd.weight", c.vocabSize, d);
+    embedF ??= dequantizeRows(t.type, f.bytes(t), c.vocabSize, d);
+    return embedF;
+  };
   const norm = vector("output_norm.weight", d);
-  let lmHead: Float32Array | null = c.tieWordEmbeddings ? embed : null;
+  let lmHead: Float32Array | null = null;
   let parameters = 0;
   for (const t of f.tensors.values())
     if (t.name !== "rope_freqs.weight") parameters += t.ne.reduce((a, n) => a * n, 1);
   const cache = new Map<number, LayerWeights>();
   return {
-    embed,
+    get embed() {
+      return embed();
+    },
     norm,
     get lmHead() {
+      if (c.tieWordEmbeddings) return embed();
       lmHead ??= floats("output.weight", c.vocabSize, d);
       return lmHead;
     },
@@ -138,6 +163,30 @@ export function ggufWeights(f: GgufFile, c: ModelConfig): LayeredWeights {
         m[field] = stored(`blk.${l}.${name}.weight`, N, K, rowOrder[field]);
       }
       return { ...rest(l), ...m } as GraphLayer;
+    },
+    storedRows(l) {
+      const m = {} as Record<MatrixName, StoredRows>;
+      for (const [field, name] of MATRICES) {
+        const [N, K] = shapes[field];
+        m[field] = storedRows(`blk.${l}.${name}.weight`, N, K, rowOrder[field]);
+      }
+      return m;
+    },
+    storedHeadRows() {
+      return storedRows(c.tieWordEmbeddings ? "token_embd.weight" : "output.weight", c.vocabSize, d);
+    },
+    layerVectors(l) {
+      const none = new Float32Array(0);
+      return {
+        ...rest(l),
+        q: none,
+        k: none,
+        v: none,
+        o: none,
+        gate: none,
+        up: none,
+        down: none,
+      } as LayerWeights;
     },
     graphHead(): StoredMatrix {
       return stored(c.tieWordEmbeddings ? "token_embd.weight" : "output.weight", c.vocabSize, d);

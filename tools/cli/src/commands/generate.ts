@@ -81,7 +81,10 @@ export function registerGenerate(program: Command): void {
   const cmd = program
     .command("generate")
     .description("generate text from a prompt (or stdin)")
-    .requiredOption("-m, --model <path>", "checkpoint folder or GGUF file (or a model name under $SMALLKV_ASSETS/models, a *.gguf name under its gguf/)")
+    .requiredOption(
+      "-m, --model <path>",
+      "checkpoint folder or GGUF file (or a model name under $SMALLKV_ASSETS/models, a *.gguf name under its gguf/)",
+    )
     .option(
       "-a, --assistant <dir>",
       "assistant model of the same family and tokenizer (needed by --policy smallkv)",

@@ -1,0 +1,176 @@
+// The dense part of a GGUF model on the native block kernels (@smallkv/tensor's qgemm): the
+// file's Q8_0 / Q4_0 blocks (and float rows) multiplied where they lie, norms and SwiGLU here.
+// No onnxruntime session and no second, packed copy of the weights.
+import { type QgemmType, QMatrix } from "@smallkv/tensor";
+import type { ModelConfig } from "./config.js";
+import type { DenseStack, QKV } from "./dense.js";
+import type { LayeredWeights, LayerWeights, StoredRows } from "./weights.js";
+
+interface NativeLayer {
+  w: LayerWeights;
+  /** q, k and v stacked (one call, one rounding of the activations) when they share a type. */
+  qkv: QMatrix[];
+  o: QMatrix;
+  /** gate and up stacked when they share a type. */
+  gu: QMatrix[];
+  down: QMatrix;
+}
+
+/** Row blocks of one type packed as one matrix; else each on its own. */
+function stack(parts: StoredRows[]): QMatrix[] {
+  if (parts.every((p) => p.type === parts[0].type)) {
+    const bytes = new Uint8Array(parts.reduce((a, p) => a + p.bytes.length, 0));
+    let o = 0;
+    for (const p of parts) {
+      bytes.set(p.bytes, o);
+      o += p.bytes.length;
+    }
+    const N = parts.reduce((a, p) => a + p.N, 0);
+    return [QMatrix.pack(parts[0].type as QgemmType, bytes, N, parts[0].K)];
+  }
+  return parts.map((p) => QMatrix.pack(p.type as QgemmType, p.bytes, p.N, p.K));
+}
+
+/** y = x · [W₀; W₁; …]ᵀ split back into one array per part ([M][N_i] each). */
+function applyStack(
+  ms: QMatrix[],
+  sizes: number[],
+  x: Float32Array,
+  M: number,
+  threads: number,
+): Float32Array[] {
+  if (ms.length > 1) return ms.map((m) => m.apply(x, M, undefined, threads));
+  const y = ms[0].apply(x, M, undefined, threads);
+  const N = ms[0].N;
+  let at = 0;
+  return sizes.map((n) => {
+    const from = at;
+    at += n;
+    if (M === 1) return y.subarray(from, from + n);
+    const out = new Float32Array(M * n);
+    for (let m = 0; m < M; m++) out.set(y.subarray(m * N + from, m * N + from + n), m * n);
+    return out;
+  });
+}
+
+const QGEMM: ReadonlySet<number> = new Set([0, 2, 8]);
+
+/** Whether every matrix of these rows is one the kernels read (F32, Q4_0, Q8_0; blocks whole). */
+export function nativeReads(rows: StoredRows, K: number): boolean {
+  return QGEMM.has(rows.type) && (rows.type === 0 || K % 32 === 0);
+}
+
+function rmsNorm(
+  x: Float32Array,
+  M: number,
+  n: number,
+  w: Float32Array,
+  eps: number,
+  out: Float32Array,
+): void {
+  for (let m = 0; m < M; m++) {
+    let ss = 0;
+    for (let i = 0; i < n; i++) ss += x[m * n + i] * x[m * n + i];
+    const r = 1 / Math.sqrt(ss / n + eps);
+    for (let i = 0; i < n; i++) out[m * n + i] = x[m * n + i] * r * w[i];
+  }
+}
+
+export class NativeDense implements DenseStack {
+  /** Bytes of the packed matrices. */
+  readonly bytes: number;
+
+  private constructor(
+    private readonly c: ModelConfig,
+    private readonly layers: NativeLayer[],
+    private readonly norm: Float32Array,
+    private readonly lmHead: QMatrix,
+    private readonly threads: number,
+  ) {
+    let b = lmHead.packed.byteLength;
+    for (const l of layers) for (const m of [...l.qkv, l.o, ...l.gu, l.down]) b += m.packed.byteLength;
+    this.bytes = b;
+  }
+
+  /** The model on the native kernels, or null when a matrix is of a type they do not read. */
+  static create(c: ModelConfig, w: LayeredWeights, threads: number): NativeDense | null {
+    if (!w.storedRows || !w.storedHeadRows) return null;
+    const head = w.storedHeadRows();
+    if (!nativeReads(head, c.hiddenSize)) return null;
+    const layers: NativeLayer[] = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      const r = w.storedRows(l);
+      for (const x of Object.values(r)) if (!nativeReads(x, x.K)) return null;
+      const one = (x: StoredRows) => QMatrix.pack(x.type as QgemmType, x.bytes, x.N, x.K);
+      layers.push({
+        w: w.layerVectors ? w.layerVectors(l) : w.layer(l),
+        qkv: stack([r.q, r.k, r.v]),
+        o: one(r.o),
+        gu: stack([r.gate, r.up]),
+        down: one(r.down),
+      });
+    }
+    const lmHead = QMatrix.pack(head.type as QgemmType, head.bytes, head.N, head.K);
+    return new NativeDense(c, layers, w.norm, lmHead, threads);
+  }
+
+  private pre(l: number, resid: Float32Array, M: number): QKV {
+    const { c } = this;
+    const L = this.layers[l];
+    const d = c.hiddenSize;
+    const h = new Float32Array(M * d);
+    rmsNorm(resid, M, d, L.w.inputNorm, c.rmsNormEps, h);
+    const qd = c.numHeads * c.headDim;
+    const kvd = c.numKvHeads * c.headDim;
+    const [q, k, v] = applyStack(L.qkv, [qd, kvd, kvd], h, M, this.threads);
+    const bias = (y: Float32Array, b: Float32Array | undefined) => {
+      if (b) for (let i = 0; i < y.length; i++) y[i] += b[i % b.length];
+    };
+    bias(q, L.w.qBias);
+    bias(k, L.w.kBias);
+    bias(v, L.w.vBias);
+    if (L.w.qNorm && L.w.kNorm) {
+      rmsNorm(q, (M * c.numHeads) as number, c.headDim, L.w.qNorm, c.rmsNormEps, q);
+      rmsNorm(k, M * c.numKvHeads, c.headDim, L.w.kNorm, c.rmsNormEps, k);
+    }
+    return { q, k, v };
+  }
+
+  private post(l: number, resid: Float32Array, attn: Float32Array, M: number): Float32Array {
+    const { c } = this;
+    const L = this.layers[l];
+    const d = c.hiddenSize;
+    const I = c.intermediateSize;
+    const o = L.o.apply(attn, M, undefined, this.threads);
+    const r2 = new Float32Array(M * d);
+    for (let i = 0; i < r2.length; i++) r2[i] = resid[i] + o[i] + (L.w.oBias ? L.w.oBias[i % d] : 0);
+    const h = new Float32Array(M * d);
+    rmsNorm(r2, M, d, L.w.postNorm, c.rmsNormEps, h);
+    const [g, u] = applyStack(L.gu, [I, I], h, M, this.threads);
+    const act = new Float32Array(M * I);
+    for (let i = 0; i < act.length; i++) {
+      const gi = g[i] + (L.w.gateBias ? L.w.gateBias[i % I] : 0);
+      const ui = u[i] + (L.w.upBias ? L.w.upBias[i % I] : 0);
+      act[i] = (gi / (1 + Math.exp(-gi))) * ui;
+    }
+    const down = L.down.apply(act, M, undefined, this.threads);
+    for (let i = 0; i < r2.length; i++) r2[i] += down[i] + (L.w.downBias ? L.w.downBias[i % d] : 0);
+    return r2;
+  }
+
+  async first(x: Float32Array, M: number): Promise<QKV> {
+    return this.pre(0, x, M);
+  }
+
+  async next(l: number, resid: Float32Array, attn: Float32Array, M: number) {
+    const out = this.post(l, resid, attn, M);
+    return l + 1 < this.c.numLayers ? { resid: out, ...this.pre(l + 1, out, M) } : { resid: out };
+  }
+
+  async head(h: Float32Array, rows: number): Promise<Float32Array> {
+    const d = this.c.hiddenSize;
+    const n = new Float32Array(rows * d);
+    rmsNorm(h, rows, d, this.norm, this.c.rmsNormEps, n);
+    return this.lmHead.apply(n, rows, undefined, this.threads);
+  }
+}
