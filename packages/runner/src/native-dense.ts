@@ -1,7 +1,7 @@
 // The dense part of a GGUF model on the native block kernels (@smallkv/tensor's qgemm): the
 // file's Q8_0 / Q4_0 blocks (and float rows) multiplied where they lie, norms and SwiGLU here.
 // No onnxruntime session and no second, packed copy of the weights.
-import { type QgemmType, QMatrix } from "@smallkv/tensor";
+import { type QgemmType, QMatrix, swiglu } from "@smallkv/tensor";
 import type { ModelConfig } from "./config.js";
 import type { DenseStack, QKV } from "./dense.js";
 import type { LayeredWeights, LayerWeights, StoredRows } from "./weights.js";
@@ -58,6 +58,11 @@ const QGEMM: ReadonlySet<number> = new Set([0, 2, 8]);
 /** Whether every matrix of these rows is one the kernels read (F32, Q4_0, Q8_0; blocks whole). */
 export function nativeReads(rows: StoredRows, K: number): boolean {
   return QGEMM.has(rows.type) && (rows.type === 0 || K % 32 === 0);
+}
+
+/** y[m][i] += b[i] for every row. */
+function addRows(y: Float32Array, b: Float32Array): void {
+  for (let o = 0; o < y.length; o += b.length) for (let i = 0; i < b.length; i++) y[o + i] += b[i];
 }
 
 function rmsNorm(
@@ -123,12 +128,9 @@ export class NativeDense implements DenseStack {
     const qd = c.numHeads * c.headDim;
     const kvd = c.numKvHeads * c.headDim;
     const [q, k, v] = applyStack(L.qkv, [qd, kvd, kvd], h, M, this.threads);
-    const bias = (y: Float32Array, b: Float32Array | undefined) => {
-      if (b) for (let i = 0; i < y.length; i++) y[i] += b[i % b.length];
-    };
-    bias(q, L.w.qBias);
-    bias(k, L.w.kBias);
-    bias(v, L.w.vBias);
+    if (L.w.qBias) addRows(q, L.w.qBias);
+    if (L.w.kBias) addRows(k, L.w.kBias);
+    if (L.w.vBias) addRows(v, L.w.vBias);
     if (L.w.qNorm && L.w.kNorm) {
       rmsNorm(q, (M * c.numHeads) as number, c.headDim, L.w.qNorm, c.rmsNormEps, q);
       rmsNorm(k, M * c.numKvHeads, c.headDim, L.w.kNorm, c.rmsNormEps, k);
@@ -141,20 +143,29 @@ export class NativeDense implements DenseStack {
     const L = this.layers[l];
     const d = c.hiddenSize;
     const I = c.intermediateSize;
-    const o = L.o.apply(attn, M, undefined, this.threads);
-    const r2 = new Float32Array(M * d);
-    for (let i = 0; i < r2.length; i++) r2[i] = resid[i] + o[i] + (L.w.oBias ? L.w.oBias[i % d] : 0);
+    const r2 = L.o.apply(attn, M, undefined, this.threads);
+    for (let i = 0; i < r2.length; i++) r2[i] += resid[i];
+    if (L.w.oBias) addRows(r2, L.w.oBias);
     const h = new Float32Array(M * d);
     rmsNorm(r2, M, d, L.w.postNorm, c.rmsNormEps, h);
-    const [g, u] = applyStack(L.gu, [I, I], h, M, this.threads);
-    const act = new Float32Array(M * I);
-    for (let i = 0; i < act.length; i++) {
-      const gi = g[i] + (L.w.gateBias ? L.w.gateBias[i % I] : 0);
-      const ui = u[i] + (L.w.upBias ? L.w.upBias[i % I] : 0);
-      act[i] = (gi / (1 + Math.exp(-gi))) * ui;
+    let act: Float32Array;
+    if (L.gu.length === 1 && !L.w.gateBias && !L.w.upBias) {
+      // gate and up stacked: SwiGLU straight from the [M][2I] product.
+      act = swiglu(L.gu[0].apply(h, M, undefined, this.threads), M, I);
+    } else {
+      const [g, u] = applyStack(L.gu, [I, I], h, M, this.threads);
+      if (L.w.gateBias) addRows(g, L.w.gateBias);
+      if (L.w.upBias) addRows(u, L.w.upBias);
+      const gu = new Float32Array(2 * M * I);
+      for (let m = 0; m < M; m++) {
+        gu.set(g.subarray(m * I, (m + 1) * I), 2 * m * I);
+        gu.set(u.subarray(m * I, (m + 1) * I), (2 * m + 1) * I);
+      }
+      act = swiglu(gu, M, I);
     }
     const down = L.down.apply(act, M, undefined, this.threads);
-    for (let i = 0; i < r2.length; i++) r2[i] += down[i] + (L.w.downBias ? L.w.downBias[i % d] : 0);
+    for (let i = 0; i < r2.length; i++) r2[i] += down[i];
+    if (L.w.downBias) addRows(r2, L.w.downBias);
     return r2;
   }
 

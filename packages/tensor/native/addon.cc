@@ -714,6 +714,17 @@ Napi::Value Qgemm(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// swiglu(gu: Float32Array [M][2I], M, I, out: Float32Array [M][I])
+Napi::Value Swiglu(const Napi::CallbackInfo& info) {
+  Args a{info};
+  const int M = a.integer(1, "M", 1), I = a.integer(2, "I", 1);
+  const float* gu = a.f32(0, "gu", size_t(M) * 2 * I);
+  float* out = a.f32(3, "out", size_t(M) * I);
+  if (a.failed) return info.Env().Undefined();
+  skv::swiglu_f32(gu, M, I, out);
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rope", Napi::Function::New(env, Rope));
   exports.Set("attention", Napi::Function::New(env, Attention));
@@ -732,6 +743,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("qgemmPackedBytes", Napi::Function::New(env, QgemmPackedBytes));
   exports.Set("qgemmPack", Napi::Function::New(env, QgemmPack));
   exports.Set("qgemm", Napi::Function::New(env, Qgemm));
+  exports.Set("swiglu", Napi::Function::New(env, Swiglu));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));

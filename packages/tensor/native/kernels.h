@@ -193,4 +193,7 @@ int64_t qgemm_packed_bytes(int type, int N, int K);
 int qgemm_pack(int type, const uint8_t* src, int N, int K, uint8_t* dst);
 void qgemm(int type, const uint8_t* packed, int N, int K, const float* x, int M, float* y, int threads);
 
+// SwiGLU of stacked gate/up rows: out[m][i] = silu(gu[m][i]) · gu[m][I + i].
+void swiglu_f32(const float* gu, int M, int I, float* out);
+
 }  // namespace skv

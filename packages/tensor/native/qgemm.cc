@@ -261,4 +261,13 @@ void qgemm(int type, const uint8_t* packed, int N, int K, const float* x, int M,
   else run_f32(reinterpret_cast<const float*>(packed), N, K, x, M, y, threads);
 }
 
+void swiglu_f32(const float* gu, int M, int I, float* out) {
+  for (int m = 0; m < M; m++) {
+    const float* g = gu + static_cast<int64_t>(m) * 2 * I;
+    const float* u = g + I;
+    float* o = out + static_cast<int64_t>(m) * I;
+    for (int i = 0; i < I; i++) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  }
+}
+
 }  // namespace skv

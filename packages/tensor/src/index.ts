@@ -55,7 +55,7 @@ export {
   topPositions,
   type VOnlyRows,
 } from "./ops.js";
-export { QGEMM_TYPES, type QgemmType, QMatrix, qgemmRowBytes } from "./qgemm.js";
+export { QGEMM_TYPES, type QgemmType, QMatrix, qgemmRowBytes, swiglu } from "./qgemm.js";
 export {
   type RankSplitArgs,
   RankSplitBuffers,

@@ -149,6 +149,7 @@ export interface NativeBinding {
     y: Float32Array,
     threads: number,
   ): void;
+  swiglu(gu: Float32Array, M: number, I: number, out: Float32Array): void;
   cudaInfo(): { built: boolean; deviceCount: number; code: number; message: string };
   buildInfo(): { threads: number; simd: string; portable: boolean };
   setThreads(n: number): void;

@@ -49,3 +49,16 @@ export class QMatrix {
     return y;
   }
 }
+
+/** SwiGLU of stacked gate/up rows gu [M][2I]: out[m][i] = silu(gate) · up. Reference: siluGateRef. */
+export function swiglu(gu: Float32Array, M: number, I: number, out = new Float32Array(M * I)): Float32Array {
+  const op = "swiglu";
+  if (!(Number.isInteger(M) && M >= 1 && Number.isInteger(I) && I >= 1))
+    throw new TensorShapeError(op, `M and I must be positive integers, got ${M}, ${I}`);
+  if (!(gu instanceof Float32Array) || gu.length < 2 * M * I)
+    throw new TensorShapeError(op, `gu must be a Float32Array of ${2 * M * I} values`);
+  if (!(out instanceof Float32Array) || out.length < M * I)
+    throw new TensorShapeError(op, `out must be a Float32Array of ${M * I} values`);
+  native.swiglu(gu, M, I, out);
+  return out;
+}

@@ -1,6 +1,6 @@
 // qgemm (GGUF Q8_0 / Q4_0 blocks, and float32 rows) against its TypeScript reference.
 import { describe, expect, it } from "vitest";
-import { QGEMM_TYPES, QMatrix, qgemmRowBytes, reference, TensorShapeError } from "../src/index.js";
+import { QGEMM_TYPES, QMatrix, qgemmRowBytes, reference, swiglu, TensorShapeError } from "../src/index.js";
 
 function rand(seed: number) {
   let s = seed >>> 0;
@@ -59,5 +59,23 @@ describe("qgemm", () => {
     const m = QMatrix.pack(8, src, 4, 32);
     expect(() => m.apply(new Float32Array(31), 1)).toThrow(TensorShapeError);
     expect(() => m.apply(new Float32Array(32), 1, new Float32Array(3))).toThrow(TensorShapeError);
+  });
+});
+
+describe("swiglu", () => {
+  it("equals silu(gate) · up of the stacked rows (reference siluGateRef)", () => {
+    const r = rand(9);
+    const [M, I] = [3, 37];
+    const gu = Float32Array.from({ length: 2 * M * I }, () => (r() * 2 - 1) * 6);
+    const got = swiglu(gu, M, I);
+    for (let m = 0; m < M; m++) {
+      const want = reference.siluGateRef(
+        gu.slice(2 * m * I, 2 * m * I + I),
+        gu.slice(2 * m * I + I, 2 * (m + 1) * I),
+      );
+      for (let i = 0; i < I; i++)
+        expect(Math.abs(got[m * I + i] - want[i])).toBeLessThanOrEqual(1e-6 * (1 + Math.abs(want[i])));
+    }
+    expect(() => swiglu(gu, M + 1, I)).toThrow(TensorShapeError);
   });
 });
