@@ -74,7 +74,8 @@ export interface LoadOptions {
    * What runs the projections and the MLP of a GGUF file on the CPU (default auto): "native",
    * @smallkv/tensor's kernels over the file's own Q8_0/Q4_0 blocks (and float rows), with no
    * onnxruntime session and no second copy of the weights; "onnxruntime", MatMulNBits graphs
-   * (every GGUF type, and checkpoint folders); "auto", native where the file's types allow.
+   * (every GGUF type, and checkpoint folders); "auto", native where the file's matrices are
+   * Q8_0/Q4_0 (float ones among them are fine; a mostly float file prefills faster on onnxruntime).
    */
   dense?: "auto" | "native" | "onnxruntime";
   /** Where "auto" reports its choice (default: stderr). */
@@ -295,7 +296,7 @@ export class Model {
       const w = ckpt.open();
       const threads =
         opts.threads ?? (w.parameters <= ONE_THREAD_MAX_PARAMETERS ? 1 : availableParallelism());
-      const native = NativeDense.create(config, w, threads);
+      const native = NativeDense.create(config, w, threads, denseOpt === "native");
       if (native) {
         const embed = ckpt.embedding();
         const model = new Model(abs, config, tokenizer, embed, [], null, w.parameters, null, null, native);

@@ -14,17 +14,21 @@ async function lastLogits(m: Model, ids: number[]): Promise<Float32Array> {
 }
 
 describe("native dense kernels on GGUF files", () => {
-  it("are the default for Q8_0, Q4_0 and F32 files, and take no onnxruntime session", async () => {
-    for (const f of ["stories260K-f32.gguf", "stories260K-q8_0.gguf", "stories260K-q4_0.gguf"]) {
+  it("are the default for Q8_0 and Q4_0 files (onnxruntime for float ones), and take no onnxruntime session", async () => {
+    for (const f of ["stories260K-q8_0.gguf", "stories260K-q4_0.gguf"]) {
       const m = await Model.load(join(GGUF, f), { threads: 1 });
       expect(m.denseKind, f).toBe("native");
       const ort = await Model.load(join(GGUF, f), { threads: 1, dense: "onnxruntime" });
       expect(ort.denseKind).toBe("onnxruntime");
     }
+    expect((await Model.load(join(GGUF, "stories260K-f32.gguf"), { threads: 1 })).denseKind).toBe(
+      "onnxruntime",
+    );
   });
 
-  it("F32 file: the golden logits (1e-4) and greedy ids, batched with mixed lengths too", async () => {
-    const m = await Model.load(join(GGUF, "stories260K-f32.gguf"), { threads: 1 });
+  it("F32 file (dense native asked for): the golden logits (1e-4), batched with mixed lengths too", async () => {
+    const m = await Model.load(join(GGUF, "stories260K-f32.gguf"), { threads: 1, dense: "native" });
+    expect(m.denseKind).toBe("native");
     for (const p of prompts)
       expect(maxAbsDiff(await lastLogits(m, p.ids), p.last_logits), p.name).toBeLessThan(1e-4);
     // One step with three sequences of different lengths (M = sum of their rows).
