@@ -159,8 +159,8 @@ export class NativeDense implements DenseStack {
     const L = this.layers[l];
     const d = c.hiddenSize;
     const I = c.intermediateSize;
-    const r2 = L.o.apply(attn, M, undefined, this.threads);
-    for (let i = 0; i < r2.length; i++) r2[i] += resid[i];
+    // The residual stream takes each product in place (qgemm's add).
+    const r2 = L.o.apply(attn, M, resid.slice(0, M * d), this.threads, true);
     if (L.w.oBias) addRows(r2, L.w.oBias);
     const h = new Float32Array(M * d);
     rmsNorm(r2, M, d, L.w.postNorm, c.rmsNormEps, h);
@@ -179,8 +179,7 @@ export class NativeDense implements DenseStack {
       }
       act = swiglu(gu, M, I);
     }
-    const down = L.down.apply(act, M, undefined, this.threads);
-    for (let i = 0; i < r2.length; i++) r2[i] += down[i];
+    L.down.apply(act, M, r2, this.threads, true);
     if (L.w.downBias) addRows(r2, L.w.downBias);
     return r2;
   }

@@ -700,7 +700,7 @@ Napi::Value QgemmPack(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// qgemm(type, packed, N, K, x: Float32Array [M][K], M, y: Float32Array [M][N], threads)
+// qgemm(type, packed, N, K, x: Float32Array [M][K], M, y: Float32Array [M][N], threads, add)
 Napi::Value Qgemm(const Napi::CallbackInfo& info) {
   Args a{info};
   const int type = a.integer(0, "type"), N = a.integer(2, "N", 1), K = a.integer(3, "K", 1);
@@ -710,7 +710,8 @@ Napi::Value Qgemm(const Napi::CallbackInfo& info) {
   const float* x = a.f32(4, "x", size_t(M) * K);
   float* y = a.f32(6, "y", size_t(M) * N);
   if (a.failed) return info.Env().Undefined();
-  skv::qgemm(type, w, N, K, x, M, y, threads);
+  const bool add = info.Length() > 8 && info[8].IsBoolean() && info[8].As<Napi::Boolean>().Value();
+  skv::qgemm(type, w, N, K, x, M, y, threads, add);
   return info.Env().Undefined();
 }
 

@@ -191,7 +191,8 @@ inline void for_each_index(int n, bool parallel, F&& body) {
 enum { QGEMM_F32 = 0, QGEMM_Q4_0 = 2, QGEMM_Q8_0 = 8 };
 int64_t qgemm_packed_bytes(int type, int N, int K);
 int qgemm_pack(int type, const uint8_t* src, int N, int K, uint8_t* dst);
-void qgemm(int type, const uint8_t* packed, int N, int K, const float* x, int M, float* y, int threads);
+// add: y += x · Wᵀ (a residual stream), else y = x · Wᵀ.
+void qgemm(int type, const uint8_t* packed, int N, int K, const float* x, int M, float* y, int threads, bool add = false);
 
 // SwiGLU of stacked gate/up rows: out[m][i] = silu(gu[m][i]) · gu[m][I + i].
 void swiglu_f32(const float* gu, int M, int I, float* out);

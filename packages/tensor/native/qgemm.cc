@@ -130,6 +130,51 @@ constexpr int kQ8Offset = 0;
 template <int TYPE, int T, int G>
 void group_dot(const uint8_t* w, int64_t gstride, int nb, const QRow* const* xs, float* out) {
   const int64_t stride = 16 + (TYPE == QGEMM_Q8_0 ? 256 : 128);
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  // AVX-512: the pair of groups side by side in one 512-bit register, so that one dot-product
+  // instruction serves sixteen rows (prefill, several activation rows).
+  if constexpr (G == 2 && T > 1) {
+    __m512 acc[T];
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    const __m512i low = _mm512_set1_epi8(15);
+    auto both = [&](const uint8_t* p) {
+      return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
+                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + gstride)), 1);
+    };
+    for (int b = 0; b < nb; b++, w += stride) {
+      for (int g = 0; g < 2; g++) {
+        const char* p = reinterpret_cast<const char*>(w + g * gstride + PF * stride);
+        for (int o = 0; o < (TYPE == QGEMM_Q8_0 ? 256 : 128); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+      }
+      __m512i isum[T];
+      for (int t = 0; t < T; t++) isum[t] = _mm512_setzero_si512();
+      auto chunk = [&](__m512i wv, int c) {
+        for (int t = 0; t < T; t++) isum[t] = _mm512_dpbusd_epi32(isum[t], wv, _mm512_set1_epi32(xs[t]->raw[8 * b + c]));
+      };
+      if (TYPE == QGEMM_Q8_0) {
+        for (int c = 0; c < 8; c++) chunk(both(w + 16 + 32 * c), c);
+      } else {
+        for (int c = 0; c < 4; c++) {
+          const __m512i v = both(w + 16 + 32 * c);
+          chunk(_mm512_and_si512(v, low), c);
+          chunk(_mm512_and_si512(_mm512_srli_epi16(v, 4), low), c + 4);
+        }
+      }
+      const __m512 sc = _mm512_cvtph_ps(_mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + gstride)),
+                                                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
+      constexpr int offset = TYPE == QGEMM_Q8_0 ? kQ8Offset : 8;
+      for (int t = 0; t < T; t++) {
+        const __m512i is = _mm512_sub_epi32(isum[t], _mm512_set1_epi32(offset * xs[t]->sum[b]));
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(sc, _mm512_set1_ps(xs[t]->d[b])), acc[t]);
+      }
+    }
+    for (int t = 0; t < T; t++) {
+      _mm256_storeu_ps(out + 8 * t, _mm512_castps512_ps256(acc[t]));
+      _mm256_storeu_ps(out + 8 * (T + t), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[t]), 1)));
+    }
+    return;
+  }
+#endif
 #if defined(__AVX2__)
   __m256 acc[G][T];
   for (int g = 0; g < G; g++)
@@ -237,7 +282,7 @@ void group_dot(const uint8_t* w, int64_t gstride, int nb, const QRow* const* xs,
 }
 
 template <int TYPE>
-void run_quantized(const uint8_t* packed, int N, int K, const float* x, int M, float* y, int threads) {
+void run_quantized(const uint8_t* packed, int N, int K, const float* x, int M, float* y, int threads, bool add) {
   const int nb = K / 32, groups = (N + 7) / 8;
   const int64_t gstride = static_cast<int64_t>(nb) * (16 + (TYPE == QGEMM_Q8_0 ? 256 : 128));
   std::vector<QRow> q(M);
@@ -271,13 +316,16 @@ void run_quantized(const uint8_t* packed, int N, int K, const float* x, int M, f
         const int base = 8 * (g0 + g);
         const int rows = N - base < 8 ? N - base : 8;
         for (int t = 0; t < T; t++)
-          for (int r = 0; r < rows; r++) y[static_cast<int64_t>(m0 + t) * N + base + r] = out[8 * (g * T + t) + r];
+          for (int r = 0; r < rows; r++) {
+            float& dst = y[static_cast<int64_t>(m0 + t) * N + base + r];
+            dst = add ? dst + out[8 * (g * T + t) + r] : out[8 * (g * T + t) + r];
+          }
       }
     }
   }
 }
 
-void run_f32(const float* W, int N, int K, const float* x, int M, float* y, int threads) {
+void run_f32(const float* W, int N, int K, const float* x, int M, float* y, int threads, bool add) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int n = 0; n < N; n++) {
     const float* w = W + static_cast<int64_t>(n) * K;
@@ -286,18 +334,19 @@ void run_f32(const float* W, int N, int K, const float* x, int M, float* y, int 
       float s = 0;
 #pragma omp simd reduction(+ : s)
       for (int k = 0; k < K; k++) s += w[k] * xm[k];
-      y[static_cast<int64_t>(m) * N + n] = s;
+      float& dst = y[static_cast<int64_t>(m) * N + n];
+      dst = add ? dst + s : s;
     }
   }
 }
 
 }  // namespace
 
-void qgemm(int type, const uint8_t* packed, int N, int K, const float* x, int M, float* y, int threads) {
+void qgemm(int type, const uint8_t* packed, int N, int K, const float* x, int M, float* y, int threads, bool add) {
   if (threads < 1) threads = 1;
-  if (type == QGEMM_Q8_0) run_quantized<QGEMM_Q8_0>(packed, N, K, x, M, y, threads);
-  else if (type == QGEMM_Q4_0) run_quantized<QGEMM_Q4_0>(packed, N, K, x, M, y, threads);
-  else run_f32(reinterpret_cast<const float*>(packed), N, K, x, M, y, threads);
+  if (type == QGEMM_Q8_0) run_quantized<QGEMM_Q8_0>(packed, N, K, x, M, y, threads, add);
+  else if (type == QGEMM_Q4_0) run_quantized<QGEMM_Q4_0>(packed, N, K, x, M, y, threads, add);
+  else run_f32(reinterpret_cast<const float*>(packed), N, K, x, M, y, threads, add);
 }
 
 void swiglu_f32(const float* gu, int M, int I, float* out) {

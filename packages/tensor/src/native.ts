@@ -148,6 +148,7 @@ export interface NativeBinding {
     M: number,
     y: Float32Array,
     threads: number,
+    add?: boolean,
   ): void;
   swiglu(gu: Float32Array, M: number, I: number, out: Float32Array): void;
   cudaInfo(): { built: boolean; deviceCount: number; code: number; message: string };

@@ -37,21 +37,32 @@ export class QMatrix {
     return new QMatrix(type, N, K, packed);
   }
 
-  /** y[M][N] = x[M][K] · Wᵀ on `threads` threads. */
-  apply(x: Float32Array, M: number, y = new Float32Array(M * this.N), threads = 1): Float32Array {
+  /** y[M][N] = x[M][K] · Wᵀ on `threads` threads (`add`: y += x · Wᵀ, a residual stream). */
+  apply(
+    x: Float32Array,
+    M: number,
+    y: Float32Array = new Float32Array(M * this.N),
+    threads = 1,
+    add = false,
+  ): Float32Array {
     const op = "qgemm";
     if (!(Number.isInteger(M) && M >= 1)) throw new TensorShapeError(op, `M must be >= 1, got ${M}`);
     if (!(x instanceof Float32Array) || x.length < M * this.K)
       throw new TensorShapeError(op, `x must be a Float32Array of ${M * this.K} values`);
     if (!(y instanceof Float32Array) || y.length < M * this.N)
       throw new TensorShapeError(op, `y must be a Float32Array of ${M * this.N} values`);
-    native.qgemm(this.type, this.packed, this.N, this.K, x, M, y, Math.max(1, threads | 0));
+    native.qgemm(this.type, this.packed, this.N, this.K, x, M, y, Math.max(1, threads | 0), add);
     return y;
   }
 }
 
 /** SwiGLU of stacked gate/up rows gu [M][2I]: out[m][i] = silu(gate) · up. Reference: siluGateRef. */
-export function swiglu(gu: Float32Array, M: number, I: number, out = new Float32Array(M * I)): Float32Array {
+export function swiglu(
+  gu: Float32Array,
+  M: number,
+  I: number,
+  out: Float32Array = new Float32Array(M * I),
+): Float32Array {
   const op = "swiglu";
   if (!(Number.isInteger(M) && M >= 1 && Number.isInteger(I) && I >= 1))
     throw new TensorShapeError(op, `M and I must be positive integers, got ${M}, ${I}`);

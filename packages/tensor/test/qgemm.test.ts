@@ -49,6 +49,13 @@ describe("qgemm", () => {
           for (let i = 0; i < want.length; i++)
             expect(Math.abs(got[i] - want[i]), `${i}`).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(want[i])));
         }
+        // add: onto what y holds.
+        const base = Float32Array.from({ length: M * N }, (_, i) => i * 0.25 - 3);
+        const sum = m.apply(x, M, base.slice(), 1, true);
+        for (let i = 0; i < want.length; i++)
+          expect(Math.abs(sum[i] - (base[i] + want[i]))).toBeLessThanOrEqual(
+            1e-5 * (1 + Math.abs(base[i] + want[i])),
+          );
       });
 
   it("refuses what it cannot read, with TensorShapeError", () => {
