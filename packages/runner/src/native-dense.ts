@@ -56,7 +56,7 @@ function applyStack(
 const QGEMM: ReadonlySet<number> = new Set([0, 2, 8]);
 
 /** Whether every matrix of these rows is one the kernels read (F32, Q4_0, Q8_0; blocks whole). */
-export function nativeReads(rows: StoredRows, K: number): boolean {
+export function nativeReads(rows: { type: number }, K: number): boolean {
   return QGEMM.has(rows.type) && (rows.type === 0 || K % 32 === 0);
 }
 
@@ -104,24 +104,22 @@ export class NativeDense implements DenseStack {
    * 530 tok/s on the ~100M F32 file).
    */
   static create(c: ModelConfig, w: LayeredWeights, threads: number, force = false): NativeDense | null {
-    if (!w.storedRows || !w.storedHeadRows) return null;
-    const head = w.storedHeadRows();
-    if (!nativeReads(head, c.hiddenSize)) return null;
+    if (!w.storedRows || !w.storedHeadRows || !w.storedTypes) return null;
+    // Decided from the header (types and shapes) before any matrix is read.
     let floatParams = 0;
     let allParams = 0;
-    const rows = Array.from({ length: c.numLayers }, (_, l) =>
-      (w.storedRows as (l: number) => Record<string, StoredRows>)(l),
-    );
-    for (const r of rows)
-      for (const x of Object.values(r)) {
+    for (let l = 0; l < c.numLayers; l++)
+      for (const x of Object.values(w.storedTypes(l))) {
         if (!nativeReads(x, x.K)) return null;
         allParams += x.N * x.K;
         if (x.type === 0) floatParams += x.N * x.K;
       }
     if (!force && floatParams * 2 > allParams) return null;
+    const head = w.storedHeadRows();
+    if (!nativeReads(head, c.hiddenSize)) return null;
     const layers: NativeLayer[] = [];
     for (let l = 0; l < c.numLayers; l++) {
-      const r = rows[l];
+      const r = w.storedRows(l);
       const one = (x: StoredRows) => QMatrix.pack(x.type as QgemmType, x.bytes, x.N, x.K);
       layers.push({
         w: w.layerVectors ? w.layerVectors(l) : w.layer(l),

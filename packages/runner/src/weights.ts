@@ -85,6 +85,8 @@ export interface LayeredWeights {
   graphLayer?(l: number): GraphLayer;
   /** The classifier as the file stores it (GGUF); absent: `lmHead`. */
   graphHead?(): StoredMatrix;
+  /** Layer l's matrices' ggml types and shapes (GGUF), read from the header only. */
+  storedTypes?(l: number): Record<MatrixName, { type: number; N: number; K: number }>;
   /** Layer l's matrices as the file's rows (GGUF; q/k in rotate-half order). */
   storedRows?(l: number): Record<MatrixName, StoredRows>;
   /** The classifier as the file's rows (GGUF). */

@@ -164,6 +164,16 @@ export function ggufWeights(f: GgufFile, c: ModelConfig): LayeredWeights {
       }
       return { ...rest(l), ...m } as GraphLayer;
     },
+    storedTypes(l) {
+      const m = {} as Record<MatrixName, { type: number; N: number; K: number }>;
+      for (const [field, name] of MATRICES) {
+        const [N, K] = shapes[field];
+        const t = check(`blk.${l}.${name}.weight`, N, K);
+        // F16/BF16 are widened to F32 rows (storedRows).
+        m[field] = { type: t.type === GGML.F16 || t.type === GGML.BF16 ? GGML.F32 : t.type, N, K };
+      }
+      return m;
+    },
     storedRows(l) {
       const m = {} as Record<MatrixName, StoredRows>;
       for (const [field, name] of MATRICES) {
