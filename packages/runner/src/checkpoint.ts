@@ -1,7 +1,6 @@
 // What a model is loaded from: a Hugging Face checkpoint folder (config.json, safetensors,
 // tokenizer.json) or one GGUF file (llama.cpp's format). Both give the same config, tokenizer
 // and weights; the rest of the runner does not ask which.
-import { statSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import { type ModelConfig, readConfig } from "./config.js";
 import { type EmbeddingTable, fileEmbedding, floatEmbedding } from "./embedding.js";
@@ -23,8 +22,6 @@ export interface Checkpoint {
   open(): LayeredWeights;
   /** Only the token embedding table: float32, or a GGUF file's rows as stored. */
   embedding(): EmbeddingTable;
-  /** The ggml types of the file's projection matrices (GGUF), e.g. { Q8_0: 35, F32: 5 }. */
-  readonly storedTypes: Record<string, number> | null;
 }
 
 /** True when `path` names a GGUF file (by its extension). */
@@ -38,16 +35,11 @@ export async function openCheckpoint(path: string): Promise<Checkpoint> {
     const f = await GgufFile.open(abs);
     const config = ggufConfig(f);
     const tokenizer = new TextTokenizer(abs, ggufTokenizerSpec(f));
-    const storedTypes: Record<string, number> = {};
-    for (const t of f.tensors.values())
-      if (t.name.startsWith("blk.") && t.ne.length === 2)
-        storedTypes[t.info.name] = (storedTypes[t.info.name] ?? 0) + 1;
     return {
       path: abs,
       format: "gguf",
       config,
       tokenizer,
-      storedTypes,
       open: () => ggufWeights(f, config),
       embedding: () => {
         const t = f.tensor("token_embd.weight");
@@ -63,7 +55,6 @@ export async function openCheckpoint(path: string): Promise<Checkpoint> {
     format: "hf",
     config,
     tokenizer: new TextTokenizer(abs),
-    storedTypes: null,
     open: () => openWeights(abs, config),
     embedding: () => floatEmbedding(readEmbedding(abs, config), config.hiddenSize),
   };
@@ -72,10 +63,4 @@ export async function openCheckpoint(path: string): Promise<Checkpoint> {
 /** A short name for reports: the folder's name, or the file's without .gguf. */
 export function checkpointName(path: string): string {
   return basename(path).replace(/\.gguf$/i, "");
-}
-
-/** What identifies a GGUF file's contents for caches: its size and modification time. */
-export function ggufStamp(path: string): string {
-  const st = statSync(path);
-  return `${basename(path)}:${st.size}:${st.mtimeMs}`;
 }

@@ -10,7 +10,8 @@ import {
   writeFileSync,
 } from "node:fs";
 import { homedir, tmpdir } from "node:os";
-import { basename, dirname, join } from "node:path";
+import { dirname, join } from "node:path";
+import { checkpointName, isGguf } from "./checkpoint.js";
 
 /** Bump when the graphs a checkpoint turns into change (op choices, quantization rules). */
 const GRAPH_FORMAT = 3;
@@ -64,7 +65,7 @@ function cacheRoot(): string {
 export function graphKey(dir: string, options: Record<string, unknown>): string {
   const h = createHash("sha256");
   h.update(JSON.stringify({ GRAPH_FORMAT, options }));
-  if (dir.toLowerCase().endsWith(".gguf")) {
+  if (isGguf(dir)) {
     // One GGUF file: its path, size and modification time.
     const st = statSync(dir);
     h.update(`${dir}:${st.size}:${st.mtimeMs}`);
@@ -81,7 +82,7 @@ export function graphKey(dir: string, options: Record<string, unknown>): string 
 
 function lookup(dir: string, options: Record<string, unknown>) {
   const key = graphKey(dir, options);
-  const final = join(cacheRoot(), `${basename(dir).replace(/\.gguf$/i, "")}-${key}`);
+  const final = join(cacheRoot(), `${checkpointName(dir)}-${key}`);
   const ready = join(final, "ready.json");
   let hit: CachedGraphs | null = null;
   if (existsSync(ready)) {

@@ -109,8 +109,6 @@ export interface StepInput {
 /** Logits [rows][vocab] per step input (1 row for "last", T for "all", 0 for "none"). */
 export type StepOutput = Float32Array;
 
-type Session = Ort.InferenceSession;
-
 /**
  * A loaded Llama-family model: dense math in onnxruntime sessions, attention and the KV
  * cache in @smallkv/tensor. `forward` runs one step for any number of sequences, each
@@ -123,8 +121,6 @@ export class Model {
     readonly config: ModelConfig,
     readonly tokenizer: TextTokenizer,
     private readonly embed: EmbeddingTable,
-    private readonly layers: Session[],
-    private readonly head: Session | null,
     /** Parameter count, for reports. */
     readonly parameters: number,
     private readonly ort: typeof Ort | null,
@@ -267,8 +263,6 @@ export class Model {
         config,
         tokenizer,
         floatEmbedding(weights.embed, config.hiddenSize),
-        [],
-        null,
         parameters,
         null,
         runner,
@@ -299,7 +293,7 @@ export class Model {
       const native = NativeDense.create(config, w, threads, denseOpt === "native");
       if (native) {
         const embed = ckpt.embedding();
-        const model = new Model(abs, config, tokenizer, embed, [], null, w.parameters, null, null, native);
+        const model = new Model(abs, config, tokenizer, embed, w.parameters, null, null, native);
         model.checkpoint = ckpt;
         model.weightType = weightType;
         model.kvCold = kvCold;
@@ -357,14 +351,14 @@ export class Model {
     }
     sessionOptions.intraOpNumThreads =
       opts.threads ?? (meta.parameters <= ONE_THREAD_MAX_PARAMETERS ? 1 : availableParallelism());
-    const layers: Session[] = [];
+    const layers: Ort.InferenceSession[] = [];
     for (let i = 0; i < meta.layers; i++)
       layers.push(await ort.InferenceSession.create(join(files, `layer${i}.onnx`), sessionOptions));
     const head = await ort.InferenceSession.create(join(files, "head.onnx"), sessionOptions);
     // The lookup table is read after the graphs are made (a GGUF file's rows stay in blocks).
     const embed = ckpt.embedding();
     const dense = new OrtDense(ort, layers, head, config.hiddenSize, config.numHeads * config.headDim);
-    const model = new Model(abs, config, tokenizer, embed, layers, head, meta.parameters, ort, null, dense);
+    const model = new Model(abs, config, tokenizer, embed, meta.parameters, ort, null, dense);
     model.checkpoint = ckpt;
     model.sessionOptions = sessionOptions;
     model.quant = quant;

@@ -85,15 +85,9 @@ export class GgufFile {
 
   /** Read a tensor's raw bytes (its blocks as stored). */
   bytes(t: GgufTensor): Uint8Array {
-    this.fd ??= openSync(this.path, "r");
     // Aligned for float32/uint16 views of F32/F16 data.
     const buf = new Uint8Array(new ArrayBuffer(Math.ceil(t.byteLength / 4) * 4), 0, t.byteLength);
-    let done = 0;
-    while (done < t.byteLength) {
-      const n = readSync(this.fd, buf, done, Math.min(t.byteLength - done, 1 << 30), t.offset + done);
-      if (n <= 0) throw new CheckpointError("GGUF_INVALID", `tensor "${t.name}" is cut short`, this.path);
-      done += n;
-    }
+    this.readInto(buf, t.offset);
     return buf;
   }
 
@@ -102,7 +96,7 @@ export class GgufFile {
     this.fd ??= openSync(this.path, "r");
     let done = 0;
     while (done < out.length) {
-      const n = readSync(this.fd, out, done, out.length - done, position + done);
+      const n = readSync(this.fd, out, done, Math.min(out.length - done, 1 << 30), position + done);
       if (n <= 0)
         throw new CheckpointError("GGUF_INVALID", `the file is cut short at ${position + done}`, this.path);
       done += n;

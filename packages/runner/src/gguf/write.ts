@@ -6,7 +6,7 @@
 // llama.cpp's quantizer falls back.
 import { closeSync, openSync, writeSync } from "node:fs";
 import type { ModelConfig } from "../config.js";
-import { f32ToF16 } from "../dtype.js";
+import { f16ToF32, f32ToF16 } from "../dtype.js";
 import type { LayeredWeights, LayerWeights, MatrixName } from "../weights.js";
 import type { GgufFile, GgufValue } from "./file.js";
 import { GGML, GGML_TYPES } from "./ggml-types.js";
@@ -20,13 +20,8 @@ const h16 = (x: number) => {
   new DataView(b.buffer).setUint16(0, half(x), true);
   return b;
 };
-const f16back = (x: number) => {
-  const u = half(x);
-  const s = u & 0x8000 ? -1 : 1;
-  const e = (u >> 10) & 31;
-  const m = u & 1023;
-  return e === 0 ? s * m * 2 ** -24 : s * (1 + m / 1024) * 2 ** (e - 15);
-};
+/** x rounded through float16 (the scale a block will hold). */
+const f16back = (x: number) => f16ToF32(Uint16Array.of(half(x)))[0];
 const nearest = (x: number) => Math.round(x);
 
 function q8_0(x: Float32Array): Uint8Array {

@@ -8,7 +8,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { LLM_100M, LLM_SMALL, syntheticCheckpoint, table, writeJson } from "@smallkv/eval";
-import { assetsDir, GgufFile, type GgufWriteType, Model, openCheckpoint, writeGguf } from "@smallkv/runner";
+import {
+  argmax,
+  assetsDir,
+  type Checkpoint,
+  GgufFile,
+  type GgufWriteType,
+  Model,
+  openCheckpoint,
+  writeGguf,
+} from "@smallkv/runner";
 
 interface Opts {
   small?: boolean;
@@ -48,9 +57,7 @@ async function measureOurs(file: string, threads: number, P: number, steps: numb
   const prefill = (performance.now() - t0) / 1000;
   const t1 = performance.now();
   for (let s = 0; s < steps; s++) {
-    let best = 0;
-    for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
-    [logits] = await m.forward([{ seq, tokens: [best] }]);
+    [logits] = await m.forward([{ seq, tokens: [argmax(logits)] }]);
   }
   const decode = (performance.now() - t1) / 1000;
   return { prefillTokS: P / prefill, decodeTokS: steps / decode, peakRssMiB: peakRssMiB() };
@@ -80,12 +87,17 @@ async function measureLlamaCpp(file: string, threads: number, P: number, steps: 
 async function ggufFiles(o: Opts, types: GgufWriteType[]): Promise<Map<GgufWriteType, string>> {
   const dir = syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M);
   const files = new Map<GgufWriteType, string>();
+  // The checkpoint and the tokenizer's file, opened once for every type still to write.
+  let source: { ckpt: Checkpoint; tok: GgufFile } | null = null;
   for (const t of types) {
     const f = join(dir, `model-${t}.gguf`);
     if (!existsSync(f)) {
       process.stderr.write(`writing ${f}\n`);
-      const ckpt = await openCheckpoint(dir);
-      const tok = await GgufFile.open(join(assetsDir(), "models", "gguf", "stories260K-f32.gguf"));
+      source ??= {
+        ckpt: await openCheckpoint(dir),
+        tok: await GgufFile.open(join(assetsDir(), "models", "gguf", "stories260K-f32.gguf")),
+      };
+      const { ckpt, tok } = source;
       writeGguf(`${f}.tmp`, ckpt.config, ckpt.open(), tok, t, `synthetic-${t}`);
       renameSync(`${f}.tmp`, f);
     }
