@@ -76,6 +76,9 @@ export interface LoadOptions {
    * onnxruntime session and no second copy of the weights; "onnxruntime", MatMulNBits graphs
    * (every GGUF type, and checkpoint folders); "auto", native where the file's matrices are
    * Q8_0/Q4_0 (float ones among them are fine; a mostly float file prefills faster on onnxruntime).
+   * A checkpoint folder runs on onnxruntime unless "native" is asked for: its matrices are then
+   * quantized at load to Q8_0 (int8) or Q4_0 (int4) blocks of 32, or kept float (f32) — no
+   * session overhead per layer, which is most of a small model's decode step.
    */
   dense?: "auto" | "native" | "onnxruntime";
   /** Where "auto" reports its choice (default: stderr). */
@@ -279,11 +282,29 @@ export class Model {
     const denseOpt = opts.dense ?? "auto";
     if (denseOpt !== "auto" && denseOpt !== "native" && denseOpt !== "onnxruntime")
       throw new InvalidOptionError("dense", `must be auto, native or onnxruntime, got ${String(denseOpt)}`);
-    if (denseOpt === "native" && (ckpt.format !== "gguf" || weightType !== "stored"))
+    if (denseOpt === "native" && ckpt.format === "gguf" && weightType !== "stored")
       throw new InvalidOptionError(
         "dense",
         "the native dense kernels run a GGUF file's own blocks (weights: stored)",
       );
+    if (denseOpt === "native" && ckpt.format !== "gguf") {
+      if (opts.groupSize !== undefined && opts.groupSize !== 32 && weightType !== "f32")
+        throw new InvalidOptionError("groupSize", "the native kernels' blocks hold 32 inputs (GGUF Q8_0/Q4_0)");
+      // A folder's float weights, quantized at load to the kernels' blocks (or kept float).
+      const w = ckpt.open();
+      const threads =
+        opts.threads ?? (w.parameters <= ONE_THREAD_MAX_PARAMETERS ? 1 : availableParallelism());
+      const native = NativeDense.quantized(config, w, weightType as "f32" | "int8" | "int4", threads);
+      const embed = ckpt.embedding();
+      const model = new Model(abs, config, tokenizer, embed, w.parameters, null, null, native);
+      model.checkpoint = ckpt;
+      model.weightType = weightType;
+      model.kvCold = kvCold;
+      model.hotRows = hotRows;
+      model.denseKind = "native";
+      model.weightBytes = native.bytes + embed.bytes;
+      return model;
+    }
     if (ckpt.format === "gguf" && weightType === "stored" && denseOpt !== "onnxruntime") {
       // A GGUF file whose matrices are Q8_0, Q4_0 or float: the native kernels read its blocks
       // as they are (no onnxruntime session, no packed second copy).

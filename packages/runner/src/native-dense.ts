@@ -4,6 +4,7 @@
 import { type QgemmType, QMatrix, swiglu } from "@smallkv/tensor";
 import type { ModelConfig } from "./config.js";
 import type { DenseStack, QKV } from "./dense.js";
+import { quantizeRows } from "./gguf/write.js";
 import type { LayeredWeights, LayerWeights, StoredRows } from "./weights.js";
 
 interface NativeLayer {
@@ -131,6 +132,36 @@ export class NativeDense implements DenseStack {
     }
     const lmHead = QMatrix.pack(head.type as QgemmType, head.bytes, head.N, head.K);
     return new NativeDense(c, layers, w.norm, lmHead, threads);
+  }
+
+  /**
+   * A checkpoint folder's float weights on the native kernels: each matrix quantized at load
+   * to GGUF blocks (int8 → Q8_0, int4 → Q4_0; the classifier Q8_0 for both) or kept float.
+   * No onnxruntime session: what a small model needs, whose steps are mostly session overhead.
+   */
+  static quantized(c: ModelConfig, w: LayeredWeights, weights: "f32" | "int8" | "int4", threads: number): NativeDense {
+    const type = weights === "int8" ? "Q8_0" : weights === "int4" ? "Q4_0" : "F32";
+    const rows = (x: Float32Array, K: number, t: "Q8_0" | "Q4_0" | "F32" = type): StoredRows => {
+      const r = quantizeRows(x, K, t);
+      return { type: r.type, bytes: r.bytes, N: x.length / K, K };
+    };
+    const d = c.hiddenSize;
+    const layers: NativeLayer[] = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      const L = w.layer(l);
+      const one = (x: StoredRows) => QMatrix.pack(x.type as QgemmType, x.bytes, x.N, x.K);
+      const none = new Float32Array(0);
+      layers.push({
+        // Norms and biases only: the float matrices are not kept beside their packed copies.
+        w: { ...L, q: none, k: none, v: none, o: none, gate: none, up: none, down: none },
+        qkv: stack([rows(L.q, d), rows(L.k, d), rows(L.v, d)]),
+        o: one(rows(L.o, c.numHeads * c.headDim)),
+        gu: stack([rows(L.gate, d), rows(L.up, d)]),
+        down: one(rows(L.down, c.intermediateSize)),
+      });
+    }
+    const head = rows(w.lmHead, d, type === "F32" ? "F32" : "Q8_0");
+    return new NativeDense(c, layers, w.norm, QMatrix.pack(head.type as QgemmType, head.bytes, head.N, head.K), threads);
   }
 
   private pre(l: number, resid: Float32Array, M: number): QKV {

@@ -9,6 +9,7 @@ import {
   Model,
   type Sequence,
   type StepModel,
+  type WeightType,
 } from "@smallkv/runner";
 import { measureReadBandwidth } from "./bandwidth.js";
 import { parseSpec } from "./eval.js";
@@ -43,6 +44,13 @@ export interface BenchOptions {
   dtype?: "f32" | "f16" | "bf16";
   /** How both models store K/V on the CPU (default f32). */
   kvCold?: KvStoreType;
+  /** How the assistant stores K/V on the CPU (default: as kvCold). */
+  assistantKvCold?: KvStoreType;
+  /** CPU weights of the LLM (default f32) and of the assistant (default: as weights). */
+  weights?: WeightType;
+  assistantWeights?: WeightType;
+  /** Inputs per quantization group of int8/int4 weights (the runner's default when absent). */
+  groupSize?: number;
   /** How the CPU hot set holds selected rows (default indexed). */
   hotRows?: HotRowsMode;
   threads?: number;
@@ -310,14 +318,18 @@ export async function runBench(
     dtype: o.dtype,
     kvCold: o.kvCold,
     hotRows: o.hotRows,
+    weights: o.weights,
+    groupSize: o.groupSize,
   });
   // The assistant runs where the LLM landed (--device auto may fall back to the CPU).
   const slm = await Model.load(slmDir, {
     threads: o.threads,
     device: llm.device?.info.kind ?? "cpu",
     dtype: o.dtype,
-    kvCold: o.kvCold,
+    kvCold: o.assistantKvCold ?? o.kvCold,
     hotRows: o.hotRows,
+    weights: o.assistantWeights ?? o.weights,
+    groupSize: o.groupSize,
   });
   const pair = new AssistedModel(llm, slm);
   const bandwidth = o.bandwidth ?? (llm.device ? llm.device.info.bandwidthGBs * 1e9 : measureReadBandwidth());
@@ -382,6 +394,9 @@ export async function runBench(
     kind: "smallkv.bench",
     budget: String(budget),
     kvCold: o.kvCold ?? "f32",
+    assistantKvCold: o.assistantKvCold ?? o.kvCold ?? "f32",
+    weights: llm.weightType,
+    assistantWeights: slm.weightType,
     hotRows: o.hotRows ?? "indexed",
     schedule: o.sequential ? "sequential" : "alternated",
     device: llm.device ? llm.device.info : { kind: "cpu" },

@@ -1,12 +1,15 @@
 import { formatBench, runBench } from "@smallkv/eval";
+import { KV_STORE_TYPES, type KvStoreType } from "@smallkv/runner";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import {
   addDeviceOptions,
   addKvOption,
   type DeviceCliOptions,
   intArg,
+  addWeightOptions,
   type KvCliOptions,
   policySpecs,
+  type WeightCliOptions,
 } from "../options.js";
 import { benchAnchor } from "./bench-anchor.js";
 import { benchRunner } from "./bench-runner.js";
@@ -50,10 +53,17 @@ export function registerBench(program: Command): void {
       "run each policy's decode steps back to back instead of alternating the policies' steps within a scenario",
     )
     .option("--out <dir>", "output folder", "bench-results");
-  addKvOption(addDeviceOptions(kv)).action(
+  kv.addOption(
+    new Option("--assistant-kv <type>", "how the assistant stores K/V on the CPU (default: as --kv-cold)").choices(
+      KV_STORE_TYPES,
+    ),
+  );
+  addWeightOptions(addKvOption(addDeviceOptions(kv))).action(
     async (
       o: DeviceCliOptions &
-        KvCliOptions & {
+        KvCliOptions &
+        WeightCliOptions & {
+          assistantKv?: KvStoreType;
           large?: boolean;
           scenario?: string;
           policies: string;
@@ -79,6 +89,10 @@ export function registerBench(program: Command): void {
         device: o.device,
         dtype: o.dtype,
         kvCold: o.kvCold,
+        assistantKvCold: o.assistantKv,
+        weights: o.weights,
+        assistantWeights: o.assistantWeights,
+        groupSize: o.groupSize,
         hotRows: o.hotRows,
         threads: o.threads,
         sequential: o.sequential,
