@@ -180,6 +180,107 @@ inline void attend_group_small_g(const float* const* qr, int G, const float* kh,
       return attend_group_small<kD, 4>(qr, kh, vh, n, scale, w, o);
   }
 }
+
+// Head dims that fill whole ymm registers (D % 8 == 0, D >= 32), float or int8 rows, in the
+// store's order or through an index list. Scores eight keys at a time: each key's products
+// accumulate across D in its own register and one horizontal-add tree turns the eight into
+// eight scores (the generic loop pays a horizontal sum per key and head). Each block of keys
+// is read once for all G heads. The weighted sum of values runs over tiles of keys with a
+// head's outputs in registers (a tile stays in cache for the next head), instead of a load
+// and store of the output row for every key and head.
+inline __m256 hsum8(const __m256* a) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]);
+  const __m256 t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]);
+  const __m256 t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1);
+  const __m256 u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// out[0 .. 8kN) += sum over keys [j0, j1) of w[j] (times the row's scale) * value row.
+template <int kN, typename T>
+inline void weighted_values(const float* wi, const T* vh, const float* vsh, const int32_t* slots, int j0, int j1,
+                            int D, int d0, float* out) {
+  __m256 acc[kN];
+  for (int c = 0; c < kN; ++c) acc[c] = _mm256_loadu_ps(out + 8 * c);
+  for (int j = j0; j < j1; ++j) {
+    const int r = slots ? slots[j] : j;
+    const __m256 p = _mm256_set1_ps(vsh != nullptr ? wi[j] * vsh[r] : wi[j]);
+    const T* row = vh + static_cast<int64_t>(r) * D + d0;
+    for (int c = 0; c < kN; ++c) acc[c] = _mm256_fmadd_ps(p, load8(row + 8 * c), acc[c]);
+  }
+  for (int c = 0; c < kN; ++c) _mm256_storeu_ps(out + 8 * c, acc[c]);
+}
+
+template <typename T>
+inline void attend_group_wide(const float* const* qr, int G, const T* kh, const float* ksh, const T* vh,
+                              const float* vsh, const int32_t* slots, int n, int D, float scale, float* w,
+                              float* const* o) {
+  constexpr int kAhead = 16;  // index-list rows prefetched ahead (random rows defeat the prefetcher)
+  const int n8 = n & ~7;
+  for (int j = 0; j < n8; j += 8) {
+    const T* rows[8];
+    for (int k = 0; k < 8; ++k) rows[k] = kh + static_cast<int64_t>(slots ? slots[j + k] : j + k) * D;
+    if (slots && j + kAhead + 8 <= n)
+      for (int k = 0; k < 8; ++k) {
+        const char* nx = reinterpret_cast<const char*>(kh + static_cast<int64_t>(slots[j + kAhead + k]) * D);
+        for (int b = 0; b < D * static_cast<int>(sizeof(T)); b += 64) __builtin_prefetch(nx + b);
+      }
+    __m256 f = _mm256_set1_ps(scale);
+    if (ksh != nullptr) {
+      alignas(32) float sc[8];
+      for (int k = 0; k < 8; ++k) sc[k] = ksh[slots ? slots[j + k] : j + k];
+      f = _mm256_mul_ps(f, _mm256_load_ps(sc));
+    }
+    for (int i = 0; i < G; ++i) {
+      const float* q = qr[i];
+      __m256 acc[8];
+      for (int k = 0; k < 8; ++k) acc[k] = _mm256_setzero_ps();
+      for (int d = 0; d < D; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + d);
+        for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(qv, load8(rows[k] + d), acc[k]);
+      }
+      _mm256_storeu_ps(w + static_cast<int64_t>(i) * n + j, _mm256_mul_ps(hsum8(acc), f));
+    }
+  }
+  for (int j = n8; j < n; ++j) {
+    const int r = slots ? slots[j] : j;
+    const T* kr = kh + static_cast<int64_t>(r) * D;
+    const float f = ksh != nullptr ? ksh[r] * scale : scale;
+    for (int i = 0; i < G; ++i) {
+      float s = 0.f;
+      for (int d = 0; d < D; ++d) s += qr[i][d] * static_cast<float>(kr[d]);
+      w[static_cast<int64_t>(i) * n + j] = s * f;
+    }
+  }
+  for (int i = 0; i < G; ++i) {
+    softmax(w + static_cast<int64_t>(i) * n, n);
+    std::memset(o[i], 0, sizeof(float) * D);
+  }
+  // Tiles of keys small enough to stay in cache while every head of the group reads them.
+  constexpr int kTile = 128;
+  for (int j0 = 0; j0 < n; j0 += kTile) {
+    const int j1 = std::min(n, j0 + kTile);
+    for (int i = 0; i < G; ++i) {
+      const float* wi = w + static_cast<int64_t>(i) * n;
+      int d0 = 0;
+      for (; d0 + 64 <= D; d0 += 64) weighted_values<8>(wi, vh, vsh, slots, j0, j1, D, d0, o[i] + d0);
+      if (d0 + 32 <= D) {
+        weighted_values<4>(wi, vh, vsh, slots, j0, j1, D, d0, o[i] + d0);
+        d0 += 32;
+      }
+      for (; d0 < D; d0 += 8) weighted_values<1>(wi, vh, vsh, slots, j0, j1, D, d0, o[i] + d0);
+    }
+  }
+}
+
+inline bool wide_dim(int D) { return D >= 32 && D % 8 == 0; }
 #endif
 
 inline void attend_group(const float* const* qr, int G, const float* kh, const float* vh, const int32_t* slots, int n,
@@ -189,6 +290,7 @@ inline void attend_group(const float* const* qr, int G, const float* kh, const f
     if (D == 8) return attend_group_small_g<8>(qr, G, kh, vh, n, scale, w, o);
     if (D == 6) return attend_group_small_g<6>(qr, G, kh, vh, n, scale, w, o);
   }
+  if (wide_dim(D)) return attend_group_wide<float>(qr, G, kh, nullptr, vh, nullptr, slots, n, D, scale, w, o);
 #endif
   switch (D) {
     case 6:  // stories260K-slm-a
@@ -237,6 +339,9 @@ inline void add_vonly(float* o, const float* vh, const int32_t* slots, int n, co
 inline void attend_group_q8(const float* const* qr, int G, const int8_t* kh, const float* ksh, const int8_t* vh,
                             const float* vsh, const int32_t* slots, int n, int D, float scale, float* w,
                             float* const* o) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (wide_dim(D)) return attend_group_wide<int8_t>(qr, G, kh, ksh, vh, vsh, slots, n, D, scale, w, o);
+#endif
   constexpr int kAhead = 8;
   for (int j = 0; j < n; ++j) {
     const int r = slots ? slots[j] : j;
