@@ -36,6 +36,7 @@ import { loadAll } from "./weights.js";
  */
 export const ONE_THREAD_MAX_PARAMETERS = 4_000_000;
 
+
 /** Where the model runs: the CPU (onnxruntime + @smallkv/tensor), a CUDA GPU, the first of those available, or the CPU emulator of the CUDA kernels (tests). */
 export type DeviceOption = "cpu" | "cuda" | "auto" | "emulator";
 

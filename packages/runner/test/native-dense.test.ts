@@ -62,9 +62,9 @@ describe("native dense kernels on GGUF files", () => {
   });
 
   it('dense "native" is refused where it cannot run, with InvalidOptionError', async () => {
-    await expect(Model.load(join(MODELS, "stories260K"), { dense: "native" })).rejects.toThrow(
-      InvalidOptionError,
-    );
+    await expect(
+      Model.load(join(MODELS, "stories260K"), { dense: "native", weights: "int8", groupSize: 64 }),
+    ).rejects.toThrow(InvalidOptionError);
     await expect(
       Model.load(join(GGUF, "stories260K-q8_0.gguf"), { dense: "native", weights: "int8" }),
     ).rejects.toThrow(InvalidOptionError);
@@ -72,4 +72,19 @@ describe("native dense kernels on GGUF files", () => {
       InvalidOptionError,
     );
   });
+
+  it("a checkpoint folder on the native kernels: f32 gives the golden logits, int8 (Q8_0 at load) stays near them", async () => {
+    const f32 = await Model.load(join(MODELS, "stories260K"), { threads: 1, dense: "native" });
+    expect(f32.denseKind).toBe("native");
+    for (const p of prompts)
+      expect(maxAbsDiff(await lastLogits(f32, p.ids), p.last_logits), p.name).toBeLessThan(1e-4);
+    const q8 = await Model.load(join(MODELS, "stories260K"), { threads: 1, dense: "native", weights: "int8" });
+    expect(q8.weightBytes).toBeLessThan(f32.weightBytes);
+    for (const p of prompts) {
+      const a = logSoftmax(await lastLogits(q8, p.ids));
+      const b = logSoftmax(Float32Array.from(p.last_logits));
+      expect(maxAbsDiff(a, b), p.name).toBeLessThan(0.5);
+    }
+  });
 });
+

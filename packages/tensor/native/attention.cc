@@ -209,8 +209,13 @@ inline void weighted_values(const float* wi, const T* vh, const float* vsh, cons
                             int D, int d0, float* out) {
   __m256 acc[kN];
   for (int c = 0; c < kN; ++c) acc[c] = _mm256_loadu_ps(out + 8 * c);
+  constexpr int kAhead = 16;
   for (int j = j0; j < j1; ++j) {
     const int r = slots ? slots[j] : j;
+    if (slots && j + kAhead < j1) {
+      const char* nx = reinterpret_cast<const char*>(vh + static_cast<int64_t>(slots[j + kAhead]) * D + d0);
+      for (int b = 0; b < kN * 8 * static_cast<int>(sizeof(T)); b += 64) __builtin_prefetch(nx + b);
+    }
     const __m256 p = _mm256_set1_ps(vsh != nullptr ? wi[j] * vsh[r] : wi[j]);
     const T* row = vh + static_cast<int64_t>(r) * D + d0;
     for (int c = 0; c < kN; ++c) acc[c] = _mm256_fmadd_ps(p, load8(row + 8 * c), acc[c]);

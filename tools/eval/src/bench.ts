@@ -51,6 +51,8 @@ export interface BenchOptions {
   assistantWeights?: WeightType;
   /** Inputs per quantization group of int8/int4 weights (the runner's default when absent). */
   groupSize?: number;
+  /** What runs the assistant's dense part (LoadOptions.dense; default auto). */
+  assistantDense?: "auto" | "native" | "onnxruntime";
   /** How the CPU hot set holds selected rows (default indexed). */
   hotRows?: HotRowsMode;
   threads?: number;
@@ -330,6 +332,7 @@ export async function runBench(
     hotRows: o.hotRows,
     weights: o.assistantWeights ?? o.weights,
     groupSize: o.groupSize,
+    dense: o.assistantDense,
   });
   const pair = new AssistedModel(llm, slm);
   const bandwidth = o.bandwidth ?? (llm.device ? llm.device.info.bandwidthGBs * 1e9 : measureReadBandwidth());
@@ -397,6 +400,7 @@ export async function runBench(
     assistantKvCold: o.assistantKvCold ?? o.kvCold ?? "f32",
     weights: llm.weightType,
     assistantWeights: slm.weightType,
+    assistantDense: slm.denseKind,
     hotRows: o.hotRows ?? "indexed",
     schedule: o.sequential ? "sequential" : "alternated",
     device: llm.device ? llm.device.info : { kind: "cpu" },

@@ -58,12 +58,19 @@ export function registerBench(program: Command): void {
       KV_STORE_TYPES,
     ),
   );
+  kv.addOption(
+    new Option(
+      "--assistant-dense <kind>",
+      "what runs the assistant's projections and MLP on the CPU: native (the block kernels; int8/int4 quantized at load to Q8_0/Q4_0, no onnxruntime session per layer) or onnxruntime",
+    ).choices(["auto", "native", "onnxruntime"]),
+  );
   addWeightOptions(addKvOption(addDeviceOptions(kv))).action(
     async (
       o: DeviceCliOptions &
         KvCliOptions &
         WeightCliOptions & {
           assistantKv?: KvStoreType;
+          assistantDense?: "auto" | "native" | "onnxruntime";
           large?: boolean;
           scenario?: string;
           policies: string;
@@ -93,6 +100,7 @@ export function registerBench(program: Command): void {
         weights: o.weights,
         assistantWeights: o.assistantWeights,
         groupSize: o.groupSize,
+        assistantDense: o.assistantDense,
         hotRows: o.hotRows,
         threads: o.threads,
         sequential: o.sequential,
