@@ -42,9 +42,9 @@ describe("speculative decoding", () => {
     }
   }
 
-  it("smallkv re-ranked every 4th step at 20%: greedy output equals greedy without speculation", async () => {
+  it("smallkv per query head with a fixed 2:1:2 split at 20%: greedy output equals greedy without speculation", async () => {
     const o = { temperature: 0, maxTokens: 40, stopTokens: [] };
-    const mk = () => createPolicy("smallkv", 0.2, { refresh: 4 });
+    const mk = () => createPolicy("smallkv", 0.2, { gqa: "query", split: "2:1:2" });
     const g = new Generator(pair);
     const plain = await g.generate(prompt, { ...o, policy: await mk() });
     const spec = await g.generate(prompt, { ...o, policy: await mk(), speculative: { k: 3 } });

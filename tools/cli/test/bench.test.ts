@@ -60,7 +60,7 @@ describe("smallkv bench speculative", () => {
       "--assistants",
       "stories260K-slm-a",
       "--policies",
-      "full;smallkv:refresh=4,hold=0.8@0.2",
+      "full;smallkv:recent=4,exactShare=0.8@0.2",
       "--batches",
       "1",
       "--modes",
@@ -80,8 +80,8 @@ describe("smallkv bench speculative", () => {
     expect(rows.map((x) => `${x.policy} ${x.mode}`)).toEqual([
       "full none",
       "full k=2",
-      "smallkv:refresh=4,hold=0.8@0.2 none",
-      "smallkv:refresh=4,hold=0.8@0.2 k=2",
+      "smallkv:recent=4,exactShare=0.8@0.2 none",
+      "smallkv:recent=4,exactShare=0.8@0.2 k=2",
     ]);
     // A bad option is refused, not ignored.
     const bad = smallkv([
@@ -90,11 +90,11 @@ describe("smallkv bench speculative", () => {
       "--assistants",
       "stories260K-slm-a",
       "--policies",
-      "smallkv:refresh=0@0.2",
+      "smallkv:recent=-1@0.2",
       "--out",
       out,
     ]);
     expect(bad.status).not.toBe(0);
-    expect(bad.stderr).toMatch(/refresh must be/);
+    expect(bad.stderr).toMatch(/recent must be/);
   });
 });

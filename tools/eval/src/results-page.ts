@@ -81,7 +81,7 @@ export async function writeResultsPage(o: {
     "pnpm smallkv eval --out eval-results          # stories260K + both assistants on ../shared/data, all policies",
     "pnpm bench --out bench-results                # synthetic ~100M LLM + ~10M assistant, batch x context grid",
     "pnpm bench runner --out bench-results         # runner throughput and roofline",
-    'pnpm bench --scenario long --policies "full;h2o;smallkv;smallkv:refresh=16,hold=0.8" --out bench-results/long   # KV-dominated decode',
+    'pnpm bench --scenario long --policies "full;h2o;smallkv" --out bench-results/long   # KV-dominated decode',
     "pnpm bench speculative --out bench-results    # speculative decoding with each assistant as the draft",
     "pnpm results                                  # this page",
     "```",

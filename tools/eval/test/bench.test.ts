@@ -75,11 +75,11 @@ describe("smallkv bench", () => {
       plot: false,
       log: () => {},
     };
-    const r = await runBench({ ...base, policies: ["full", "smallkv:refresh=4,hold=0.8"] });
-    expect(r.rows.map((x) => x.policy)).toEqual(["full", "smallkv:refresh=4,hold=0.8"]);
+    const r = await runBench({ ...base, policies: ["full", "smallkv:recent=4,exactShare=0.8"] });
+    expect(r.rows.map((x) => x.policy)).toEqual(["full", "smallkv:recent=4,exactShare=0.8"]);
     expect(r.rows[1].slmShare).toBeGreaterThan(0);
     expect(r.rows[1].decodeVsFull).toBeGreaterThan(0);
-    await expect(runBench({ ...base, policies: ["smallkv:refresh=0"] })).rejects.toThrow(/refresh must be/);
+    await expect(runBench({ ...base, policies: ["smallkv:recent=-1"] })).rejects.toThrow(/recent must be/);
   });
 
   it("alternates the policies' decode steps within a scenario without mixing their state", async () => {
