@@ -391,22 +391,31 @@ const T* Typed(napi_env env, napi_value v, napi_typedarray_type type, size_t* le
 //           ownCounts[]|null, recent, exclude[]|null, adaptive, units|null, vOnly|null,
 //           k|null, exact|null, exactShare, negligible, full, fullOff, vOnlyOut, vOff,
 //           skipExcludedRecent?, evict?)
-Napi::Value RankSplit(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Args a{info};
+// One selection's arguments, read into `p` (its arrays of arrays kept there); false when one
+// is bad (the exception is pending).
+struct RankSplitParsed {
   skv::RankSplitArgs r;
+  std::vector<const void*> src, sums, counts, excl;
+  std::vector<size_t> srcLen, countLen;
+  std::vector<uint8_t> srcF64;
+  std::vector<int> countLenInt;
+};
+
+bool ParseRankSplit(Args& a, RankSplitParsed& p) {
+  Napi::Env env = a.env;
+  skv::RankSplitArgs& r = p.r;
   r.n = a.integer(3, "n");
   r.lists = a.integer(4, "lists", 1);
   r.recent = a.integer(8, "recent");
-  if (a.failed) return env.Undefined();
+  if (a.failed) return false;
   const int n = r.n, L = r.lists;
-  const auto isNull = [&](size_t i) { return info[i].IsNull() || info[i].IsUndefined(); };
+  const auto isNull = [&](size_t i) { return a.at(i).IsNull() || a.at(i).IsUndefined(); };
   // Arrays of typed arrays: each element's data, checked to hold at least minLen values.
   const auto arrays = [&](size_t i, const char* name, napi_typedarray_type type, size_t count, size_t minLen,
                           std::vector<const void*>& out, std::vector<size_t>* lens, std::vector<uint8_t>* f64) {
     if (a.failed) return;
-    if (!info[i].IsArray()) return a.fail(std::string(name) + ": expected an array");
-    napi_value arr = info[i];
+    if (!a.at(i).IsArray()) return a.fail(std::string(name) + ": expected an array");
+    napi_value arr = a.at(i);
     uint32_t length = 0;
     napi_get_array_length(env, arr, &length);
     if (count != 0 && length != count)
@@ -428,57 +437,57 @@ Napi::Value RankSplit(const Napi::CallbackInfo& info) {
       if (f64) f64->push_back(wide ? 1 : 0);
     }
   };
-  std::vector<const void*> src;
-  std::vector<size_t> srcLen;
-  std::vector<uint8_t> srcF64;
+  std::vector<const void*>& src = p.src;
+  std::vector<size_t>& srcLen = p.srcLen;
+  std::vector<uint8_t>& srcF64 = p.srcF64;
   arrays(0, "sources", napi_float32_array, 0, 0, src, &srcLen, &srcF64);
-  if (a.failed) return env.Undefined();
+  if (a.failed) return false;
   size_t termLen = 0, wLen = 0;
-  const int32_t* terms = Typed<int32_t>(env, info[1], napi_int32_array, &termLen);
-  const double* weights = Typed<double>(env, info[2], napi_float64_array, &wLen);
+  const int32_t* terms = Typed<int32_t>(env, a.at(1), napi_int32_array, &termLen);
+  const double* weights = Typed<double>(env, a.at(2), napi_float64_array, &wLen);
   if (terms == nullptr || weights == nullptr || termLen % 3 != 0 || wLen < termLen / 3)
-    return a.fail("terms/weights: need [list, source, offset] triples and a Float64Array weight each"), env.Undefined();
+    return a.fail("terms/weights: need [list, source, offset] triples and a Float64Array weight each"), false;
   r.nterms = static_cast<int>(termLen / 3);
   for (int t = 0; t < r.nterms; ++t) {
     const int g = terms[3 * t], s = terms[3 * t + 1], off = terms[3 * t + 2];
     if (g < 0 || g >= L || s < 0 || size_t(s) >= src.size() || off < 0 || size_t(off) + n > srcLen[s])
-      return a.fail("term " + std::to_string(t) + ": list, source or offset out of range"), env.Undefined();
+      return a.fail("term " + std::to_string(t) + ": list, source or offset out of range"), false;
   }
   r.src = src.data();
   r.srcF64 = srcF64.data();
   r.terms = terms;
   r.weights = weights;
-  std::vector<const void*> sums, counts, excl;
-  std::vector<size_t> countLen;
-  std::vector<int> countLenInt;
+  std::vector<const void*>&sums = p.sums, &counts = p.counts, &excl = p.excl;
+  std::vector<size_t>& countLen = p.countLen;
+  std::vector<int>& countLenInt = p.countLenInt;
   if (!isNull(5)) {
     size_t len = 0;
-    r.assistantWeight = Typed<double>(env, info[5], napi_float64_array, &len);
+    r.assistantWeight = Typed<double>(env, a.at(5), napi_float64_array, &len);
     if (r.assistantWeight == nullptr || len < size_t(L))
-      return a.fail("assistantWeight: expected a Float64Array per list"), env.Undefined();
+      return a.fail("assistantWeight: expected a Float64Array per list"), false;
     arrays(6, "ownSums", napi_float64_array, L, n, sums, nullptr, nullptr);
     arrays(7, "ownCounts", napi_float64_array, L, 0, counts, &countLen, nullptr);
     for (size_t x : countLen) countLenInt.push_back(static_cast<int>(std::min<size_t>(x, size_t(n))));
     r.ownSums = reinterpret_cast<const double* const*>(sums.data());
     r.ownCounts = reinterpret_cast<const double* const*>(counts.data());
     r.ownCountLen = countLenInt.data();
-    if (a.failed) return env.Undefined();
+    if (a.failed) return false;
   }
   if (!isNull(9)) {
     arrays(9, "exclude", napi_uint8_array, L, n, excl, nullptr, nullptr);
     r.exclude = reinterpret_cast<uint8_t* const*>(const_cast<void**>(excl.data()));
-    r.skipExcludedRecent = info.Length() > 21 && info[21].IsBoolean() && info[21].As<Napi::Boolean>().Value();
-    r.evict = info.Length() > 22 && info[22].IsBoolean() && info[22].As<Napi::Boolean>().Value();
-    if (a.failed) return env.Undefined();
+    r.skipExcludedRecent = a.length() > 21 && a.at(21).IsBoolean() && a.at(21).As<Napi::Boolean>().Value();
+    r.evict = a.length() > 22 && a.at(22).IsBoolean() && a.at(22).As<Napi::Boolean>().Value();
+    if (a.failed) return false;
   }
   bool adaptive = false;
-  napi_get_value_bool(env, info[10], &adaptive);
+  napi_get_value_bool(env, a.at(10), &adaptive);
   r.adaptive = adaptive;
   size_t len = 0;
   if (r.adaptive) {
-    r.units = Typed<double>(env, info[11], napi_float64_array, &len);
+    r.units = Typed<double>(env, a.at(11), napi_float64_array, &len);
     if (r.units == nullptr || len < size_t(L)) a.fail("units: expected a Float64Array per list");
-    r.vOnly = Typed<uint8_t>(env, info[12], napi_uint8_array, &len);
+    r.vOnly = Typed<uint8_t>(env, a.at(12), napi_uint8_array, &len);
     if (r.vOnly == nullptr || len < size_t(L)) a.fail("vOnly: expected a Uint8Array per list");
     for (int g = 0; g < L && !a.failed; ++g)
       if (!(r.units[g] >= 0 && r.units[g] <= 1e9)) a.fail("units: must be in [0, 1e9]");
@@ -494,8 +503,39 @@ Napi::Value RankSplit(const Napi::CallbackInfo& info) {
   r.fullOff = a.i32(18, "fullOff", size_t(L) + 1);
   r.vOnlyOut = a.i32(19, "vOnlyOut", size_t(L) * n);
   r.vOff = a.i32(20, "vOff", size_t(L) + 1);
-  if (a.failed) return env.Undefined();
-  skv::rank_split(r);
+  if (a.failed) return false;
+  return true;
+}
+
+Napi::Value RankSplit(const Napi::CallbackInfo& info) {
+  Args a{info};
+  RankSplitParsed p;
+  if (ParseRankSplit(a, p)) skv::rank_split(p.r);
+  return info.Env().Undefined();
+}
+
+// rankSplitMany([args of rankSplit, ...]): several selections, one team of threads.
+Napi::Value RankSplitMany(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    Napi::TypeError::New(env, "rankSplitMany: expected an array of argument lists").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array calls = info[0].As<Napi::Array>();
+  const uint32_t count = calls.Length();
+  std::vector<RankSplitParsed> parsed(count);
+  std::vector<skv::RankSplitArgs> args(count);
+  for (uint32_t c = 0; c < count; ++c) {
+    Napi::Value v = calls.Get(c);
+    if (!v.IsArray()) {
+      Napi::TypeError::New(env, "rankSplitMany: call " + std::to_string(c) + " is not an argument list").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Args a(env, v.As<Napi::Array>(), "call " + std::to_string(c) + ": ");
+    if (!ParseRankSplit(a, parsed[c])) return env.Undefined();
+    args[c] = parsed[c].r;
+  }
+  skv::rank_split_many(args.data(), static_cast<int>(count));
   return env.Undefined();
 }
 
@@ -737,6 +777,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("topPositions", Napi::Function::New(env, TopPositions));
   exports.Set("topkRagged", Napi::Function::New(env, TopKRagged));
   exports.Set("rankSplit", Napi::Function::New(env, RankSplit));
+  exports.Set("rankSplitMany", Napi::Function::New(env, RankSplitMany));
   exports.Set("kvWriteQ8", Napi::Function::New(env, KvWriteQ8));
   exports.Set("sum", Napi::Function::New(env, Sum));
   exports.Set("attentionRowTops", Napi::Function::New(env, AttentionRowTops));

@@ -146,6 +146,9 @@ struct RankSplitArgs {
   int32_t* vOff = nullptr;
 };
 void rank_split(const RankSplitArgs& a);
+// Several selections (a step's layers) in one call: every list of every selection shares one
+// team of threads (one wake-up for the step instead of one per layer).
+void rank_split_many(const RankSplitArgs* a, int count);
 
 // Sum of n floats (double accumulation per thread). Also the read-bandwidth probe of the
 // benchmarks: it streams the array once.

@@ -314,4 +314,44 @@ void rank_split(const RankSplitArgs& a) {
   }
 }
 
+void rank_split_many(const RankSplitArgs* a, int count) {
+  int64_t all = 0;
+  std::vector<std::pair<int, int>> cells;
+  for (int c = 0; c < count; ++c) {
+    all += static_cast<int64_t>(a[c].n) * a[c].lists;
+    for (int g = 0; g < a[c].lists; ++g) cells.emplace_back(c, g);
+  }
+  // Below the threshold (or on one thread) each selection runs as rank_split would.
+  if (count == 1 || all < kParallelPositions || omp_get_max_threads() < 2) {
+    for (int c = 0; c < count; ++c) rank_split(a[c]);
+    return;
+  }
+  for (int c = 0; c < count; ++c) {
+    a[c].fullOff[0] = 0;
+    a[c].vOff[0] = 0;
+  }
+  // Each list writes into its own n-sized region of its selection's outputs; the counts go
+  // to the offsets' next slots, then every selection is packed in list order.
+  const int cellCount = static_cast<int>(cells.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int i = 0; i < cellCount; ++i) {
+    const RankSplitArgs& r = a[cells[i].first];
+    const int g = cells[i].second;
+    int nf = 0, nv = 0;
+    split_list(r, g, scratch_for(r.n), r.full + int64_t(g) * r.n, r.vOnlyOut + int64_t(g) * r.n, nf, nv);
+    r.fullOff[g + 1] = nf;
+    r.vOff[g + 1] = nv;
+  }
+  for (int c = 0; c < count; ++c) {
+    const RankSplitArgs& r = a[c];
+    for (int g = 0; g < r.lists; ++g) {
+      const int nf = r.fullOff[g + 1], nv = r.vOff[g + 1];
+      r.fullOff[g + 1] = r.fullOff[g] + nf;
+      r.vOff[g + 1] = r.vOff[g] + nv;
+      std::memmove(r.full + r.fullOff[g], r.full + int64_t(g) * r.n, sizeof(int32_t) * nf);
+      std::memmove(r.vOnlyOut + r.vOff[g], r.vOnlyOut + int64_t(g) * r.n, sizeof(int32_t) * nv);
+    }
+  }
+}
+
 }  // namespace skv

@@ -62,6 +62,7 @@ export {
   type RankSplitResult,
   type RankSplitRule,
   rankSplit,
+  rankSplitMany,
   scoresAsGiven,
 } from "./rank-split.js";
 export * as reference from "./reference.js";

@@ -80,6 +80,8 @@ export interface NativeBinding {
     skipExcludedRecent: boolean,
     evict: boolean,
   ): void;
+  /** rankSplit's positional arguments per call. */
+  rankSplitMany(calls: unknown[][]): void;
   topkRagged(
     x: Float32Array,
     rows: number,

@@ -136,6 +136,59 @@ function check(a: RankSplitArgs): void {
   } else bad(`rule.kind must be "adaptive" or "fixed"`);
 }
 
+/** The native call's positional arguments for one selection, its outputs in `b`. */
+function nativeArgs(a: RankSplitArgs, b: RankSplitBuffers): unknown[] {
+  const r = a.rule;
+  return [
+    a.sources,
+    a.terms,
+    a.weights,
+    a.n,
+    a.lists,
+    a.own?.assistantWeight ?? null,
+    a.own?.sums ?? null,
+    a.own?.counts ?? null,
+    a.recent,
+    a.exclude ?? null,
+    r.kind === "adaptive",
+    r.kind === "adaptive" ? r.units : null,
+    r.kind === "adaptive" ? r.vOnly : null,
+    r.kind === "fixed" ? r.k : null,
+    r.kind === "fixed" ? r.exact : null,
+    r.kind === "adaptive" ? r.exactShare : 0,
+    r.kind === "adaptive" ? r.negligible : 0,
+    b.full,
+    b.fullOff,
+    b.vOnly,
+    b.vOff,
+    a.skipExcludedRecent ?? false,
+    a.evict ?? false,
+  ];
+}
+
+/** The lists out of the reused buffers: one copy per kind, the lists views into it. */
+function results(b: RankSplitBuffers, lists: number): RankSplitResult {
+  const full = b.full.slice(0, b.fullOff[lists]);
+  const vOnly = b.vOnly.slice(0, b.vOff[lists]);
+  return {
+    full: Array.from({ length: lists }, (_, g) => full.subarray(b.fullOff[g], b.fullOff[g + 1])),
+    vOnly: Array.from({ length: lists }, (_, g) => vOnly.subarray(b.vOff[g], b.vOff[g + 1])),
+  };
+}
+
+/**
+ * Several selections (a step's layers) in one native call: each as `rankSplit` makes it, all
+ * their lists on one team of threads when the work is large enough (one wake-up per step
+ * instead of one per layer). Each call needs its own buffers.
+ */
+export function rankSplitMany(calls: RankSplitArgs[], buffers: RankSplitBuffers[]): RankSplitResult[] {
+  if (buffers.length < calls.length) throw new TensorShapeError("rankSplitMany", "one buffer set per call");
+  for (const a of calls) check(a);
+  const bs = calls.map((a, i) => buffers[i].fit(a.lists, a.n));
+  native.rankSplitMany(calls.map((a, i) => nativeArgs(a, bs[i])));
+  return calls.map((a, i) => results(bs[i], a.lists));
+}
+
 /** The selection of one layer (see RankSplitArgs): argument checks, then one native call. */
 export function rankSplit(a: RankSplitArgs, buffers: RankSplitBuffers = shared): RankSplitResult {
   check(a);
@@ -167,11 +220,5 @@ export function rankSplit(a: RankSplitArgs, buffers: RankSplitBuffers = shared):
     a.skipExcludedRecent ?? false,
     a.evict ?? false,
   );
-  // One copy per kind out of the reused buffers; the lists are views into it.
-  const full = b.full.slice(0, b.fullOff[lists]);
-  const vOnly = b.vOnly.slice(0, b.vOff[lists]);
-  return {
-    full: Array.from({ length: lists }, (_, g) => full.subarray(b.fullOff[g], b.fullOff[g + 1])),
-    vOnly: Array.from({ length: lists }, (_, g) => vOnly.subarray(b.vOff[g], b.vOff[g + 1])),
-  };
+  return results(b, lists);
 }

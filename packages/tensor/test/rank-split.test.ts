@@ -5,6 +5,7 @@ import {
   RankSplitBuffers,
   type RankSplitRule,
   rankSplit,
+  rankSplitMany,
   reference,
   setThreads,
   TensorShapeError,
@@ -152,6 +153,30 @@ describe("rankSplit", () => {
     } finally {
       setThreads(before);
     }
+  });
+
+  it("rankSplitMany gives each selection what rankSplit and the reference give, on one thread and on two", () => {
+    const before = buildInfo().threads;
+    try {
+      // 12 selections of up to 4 lists x 5000: above the threshold together, not one by one.
+      const cases = Array.from({ length: 12 }, (_, i) => randomCase(300 + 7 * i, 5000));
+      for (const threads of [1, 2]) {
+        setThreads(threads);
+        const mine = cases.map((c) => ({ ...c, exclude: c.exclude?.map((m) => m.slice()) }));
+        const refs = cases.map((c) => ({ ...c, exclude: c.exclude?.map((m) => m.slice()) }));
+        const got = rankSplitMany(
+          mine,
+          mine.map(() => new RankSplitBuffers()),
+        );
+        got.forEach((g, i) => {
+          expect(plain(g), `call ${i} threads ${threads}`).toEqual(plain(reference.rankSplitRef(refs[i])));
+          expect(mine[i].exclude, `call ${i} masks`).toEqual(refs[i].exclude);
+        });
+      }
+    } finally {
+      setThreads(before);
+    }
+    expect(() => rankSplitMany([randomCase(1, 10)], [])).toThrow(TensorShapeError);
   });
 
   it("selects exactly when a strided sample of the scores misleads (large lists bracket the rank with a sample)", () => {

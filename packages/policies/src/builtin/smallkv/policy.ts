@@ -3,7 +3,7 @@
 // per layer that ranks and splits every list (select).
 import { collectAttention, HeadMatching, identityOf, type MatchMetric, matchingWindow } from "@smallkv/matching";
 import type { AssistantState, LayerSelection } from "@smallkv/runner";
-import { rankSplit } from "@smallkv/tensor";
+import { type RankSplitArgs, RankSplitBuffers, type RankSplitResult, rankSplit, rankSplitMany } from "@smallkv/tensor";
 import { PolicyOptionError } from "../../errors.js";
 import { MeanAttention } from "../../scores.js";
 import { definePolicy, type PolicyFactory } from "../../sdk.js";
@@ -72,6 +72,82 @@ async function matchingFor(ctx: SmallKvContext, a: AssistantState): Promise<Head
   );
 }
 
+/** Decode steps ranked layer by layer after a batch was left unfinished. */
+const BATCH_BACKOFF = 16;
+
+/** One layer's ranking, ready for the native call. */
+interface LayerPlan {
+  args: RankSplitArgs;
+  recentOld: number;
+  lists: number;
+  perQuery: boolean;
+}
+
+function planLayer(ctx: SmallKvContext): LayerPlan {
+  const st = ctx.state;
+  const m = st.matching!;
+  const a = assistantOf(ctx);
+  const o = ctx.options;
+  const { start, T } = ctx.step;
+  const { numHeads: Hq, numKvHeads: Hkv } = ctx.config;
+  const perQuery = o.gqa === "query";
+  const lists = perQuery ? Hq : Hkv;
+  const group = Hq / lists;
+  // Per-query-head lists share their kv head's memory: each gets 1/(Hq/Hkv) of its old budget
+  // (each list also holds the step's own rows, so those are paid Hq/Hkv times).
+  const share = Hq / Hkv;
+  const oldUnits = Math.max(0, perQuery ? (ctx.oldBudget - (share - 1) * T) / share : ctx.oldBudget);
+  // Without the assistant's rows (a long step), V-only weights are unknown and current-row
+  // scores fall back to the position-normalised accumulation.
+  const rows = hasRows(a, T, start + T);
+  const mode = o.scores as ScoreMode;
+  const input =
+    mode === "current" && rows
+      ? currentTerms(ctx, a, m, lists, group, T)
+      : accumulatedScores(ctx, a, m, lists, group, mode !== "sum");
+  const vOnlyLists = (st.marginalLists[ctx.layer] ??= Uint8Array.from({ length: lists }, (_, g) => {
+    for (let i = 0; i < group; i++) if (st.gated![ctx.layer][g * group + i]) return 1;
+    return 0;
+  }));
+  const { rule, recentOld } = layerRule(o, lists, start, T, oldUnits, o.marginal && rows, vOnlyLists);
+  return {
+    recentOld,
+    lists,
+    perQuery,
+    // Fields written out, not spread: a spread followed by more fields is V8's slow path.
+    args: {
+      n: start,
+      lists,
+      sources: input.sources,
+      terms: input.terms,
+      weights: input.weights,
+      own: input.own,
+      recent: recentOld,
+      // The no-saliency ablation evicts for good what it does not keep (the masks update in place).
+      exclude: o.saliency ? undefined : st.evicted.masksFor(ctx.layer, start),
+      evict: !o.saliency,
+      rule,
+    },
+  };
+}
+
+function finishLayer(ctx: SmallKvContext, p: LayerPlan, r: RankSplitResult): LayerSelection {
+  const { full, vOnly } = r;
+  const { lists, recentOld } = p;
+  ctx.state.lastRecent = recentOld;
+  ctx.state.counts[ctx.layer] = {
+    critical: (full.reduce((x, l) => x + l.length, 0) - recentOld * lists) / lists,
+    recent: recentOld + ctx.step.T,
+    marginal: vOnly.reduce((x, l) => x + l.length, 0) / lists,
+  };
+  return {
+    full,
+    vOnly: vOnly.some((l) => l.length > 0) ? vOnly : undefined,
+    combine: ctx.options.mode as "mass" | "literal",
+    perQueryHead: p.perQuery,
+  };
+}
+
 /**
  * SmallKV (Zhao, Peng et al. 2025, arXiv 2508.02751): an assistant SLM with a full cache
  * decides, every step and for every head, which tokens the LLM attends to exactly, which it
@@ -113,6 +189,9 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
         trusted: null,
         plans: [],
         marginalLists: [],
+        batch: null,
+        batchAfter: 0,
+        buffers: [],
       };
     },
     // The matching and the gates are fixed once made: shared, not copied.
@@ -123,6 +202,8 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
       counts: s.counts.map((c) => ({ ...c })),
       plans: [],
       marginalLists: [],
+      batch: null,
+      buffers: [],
     }),
     // Nothing to prepare once matched, or while no step of these positions reaches the window.
     prepareIdle(ctx) {
@@ -169,58 +250,31 @@ function makeSmallKv(name: string, description: string, defaults: SmallKvOptions
     },
     select(ctx): LayerSelection | null {
       const st = ctx.state;
-      const m = st.matching;
-      if (!m) return null;
-      const a = assistantOf(ctx);
-      const o = ctx.options;
+      if (!st.matching) return null;
       const { start, T } = ctx.step;
-      const { numHeads: Hq, numKvHeads: Hkv } = ctx.config;
-      const perQuery = o.gqa === "query";
-      const lists = perQuery ? Hq : Hkv;
-      const group = Hq / lists;
-      // Per-query-head lists share their kv head's memory: each gets 1/group of its old budget
-      // (each list also holds the step's own rows, so those are paid group times).
-      const share = Hq / Hkv;
-      const oldUnits = Math.max(0, perQuery ? (ctx.oldBudget - (share - 1) * T) / share : ctx.oldBudget);
-      // Without the assistant's rows (a long step), V-only weights are unknown and
-      // current-row scores fall back to the position-normalised accumulation.
-      const rows = hasRows(a, T, start + T);
-      const mode = o.scores as ScoreMode;
-      const input =
-        mode === "current" && rows
-          ? currentTerms(ctx, a, m, lists, group, T)
-          : accumulatedScores(ctx, a, m, lists, group, mode !== "sum");
-      const vOnlyLists = (st.marginalLists[ctx.layer] ??= Uint8Array.from({ length: lists }, (_, g) => {
-        for (let i = 0; i < group; i++) if (st.gated![ctx.layer][g * group + i]) return 1;
-        return 0;
-      }));
-      const { rule, recentOld } = layerRule(o, lists, start, T, oldUnits, o.marginal && rows, vOnlyLists);
-      st.lastRecent = recentOld;
-      // Fields written out, not spread: a spread followed by more fields is V8's slow path.
-      const { full, vOnly } = rankSplit({
-        n: start,
-        lists,
-        sources: input.sources,
-        terms: input.terms,
-        weights: input.weights,
-        own: input.own,
-        recent: recentOld,
-        // The no-saliency ablation evicts for good what it does not keep (the masks update in place).
-        exclude: o.saliency ? undefined : st.evicted.masksFor(ctx.layer, start),
-        evict: !o.saliency,
-        rule,
-      });
-      st.counts[ctx.layer] = {
-        critical: (full.reduce((x, l) => x + l.length, 0) - recentOld * lists) / lists,
-        recent: recentOld + T,
-        marginal: vOnly.reduce((x, l) => x + l.length, 0) / lists,
-      };
-      return {
-        full,
-        vOnly: vOnly.some((l) => l.length > 0) ? vOnly : undefined,
-        combine: o.mode as "mass" | "literal",
-        perQueryHead: perQuery,
-      };
+      // A plain decode step: layer 0 ranked every layer at once (one native call, one team
+      // of threads); the others take theirs, in order.
+      const b = st.batch;
+      if (b && b.start === start && b.next === ctx.layer && T === 1) return b.sels[b.next++];
+      // A batch left unfinished means these steps interleave layers (a row-by-row verify):
+      // rank layer by layer for a while.
+      if (b && b.next < b.sels.length) st.batchAfter = start + BATCH_BACKOFF;
+      st.batch = null;
+      const L = ctx.config.numLayers;
+      if (T === 1 && ctx.layer === 0 && L > 1 && start >= st.batchAfter) {
+        const ctxs = Array.from({ length: L }, (_, l) => (l === 0 ? ctx : { ...ctx, layer: l }));
+        const plans = ctxs.map(planLayer);
+        while (st.buffers.length < L) st.buffers.push(new RankSplitBuffers());
+        const res = rankSplitMany(
+          plans.map((p) => p.args),
+          st.buffers,
+        );
+        const sels = plans.map((p, l) => finishLayer(ctxs[l], p, res[l]));
+        st.batch = { start, next: 1, sels };
+        return sels[0];
+      }
+      const p = planLayer(ctx);
+      return finishLayer(ctx, p, rankSplit(p.args));
     },
     vOnlyWeights(ctx, sel) {
       const st = ctx.state;

@@ -1,4 +1,6 @@
 import type { HeadMatching } from "@smallkv/matching";
+import type { LayerSelection } from "@smallkv/runner";
+import type { RankSplitBuffers } from "@smallkv/tensor";
 import type { MeanAttention } from "../../scores.js";
 import type { PolicyContext } from "../../sdk.js";
 import type { Evictions } from "../../select.js";
@@ -22,6 +24,12 @@ export interface SmallKvState {
   plans: (TermPlan | undefined)[];
   /** Per layer: lists that may hold V-only tokens (some query head passes the gate). */
   marginalLists: (Uint8Array | undefined)[];
+  /** Every layer's selection of a decode step, ranked at layer 0 (`next`: the layer due). */
+  batch: { start: number; next: number; sels: LayerSelection[] } | null;
+  /** No batch before this position (a batch was left unfinished: layers interleaved). */
+  batchAfter: number;
+  /** The native ranking's output buffers, one set per layer of a batch. */
+  buffers: RankSplitBuffers[];
 }
 
 export type SmallKvContext = PolicyContext<SmallKvState, SmallKvOptions>;
