@@ -5,7 +5,6 @@ import { HeadMatching, type ModelIdentity } from "@smallkv/matching";
 import {
   AssistantMismatchError,
   AssistantState,
-  AssistedModel,
   assetsDir,
   Generator,
   Model,

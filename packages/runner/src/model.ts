@@ -36,7 +36,6 @@ import { loadAll } from "./weights.js";
  */
 export const ONE_THREAD_MAX_PARAMETERS = 4_000_000;
 
-
 /** Where the model runs: the CPU (onnxruntime + @smallkv/tensor), a CUDA GPU, the first of those available, or the CPU emulator of the CUDA kernels (tests). */
 export type DeviceOption = "cpu" | "cuda" | "auto" | "emulator";
 
@@ -290,7 +289,10 @@ export class Model {
       );
     if (denseOpt === "native" && ckpt.format !== "gguf") {
       if (opts.groupSize !== undefined && opts.groupSize !== 32 && weightType !== "f32")
-        throw new InvalidOptionError("groupSize", "the native kernels' blocks hold 32 inputs (GGUF Q8_0/Q4_0)");
+        throw new InvalidOptionError(
+          "groupSize",
+          "the native kernels' blocks hold 32 inputs (GGUF Q8_0/Q4_0)",
+        );
       // A folder's float weights, quantized at load to the kernels' blocks (or kept float).
       const w = ckpt.open();
       const threads =

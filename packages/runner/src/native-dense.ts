@@ -139,7 +139,12 @@ export class NativeDense implements DenseStack {
    * to GGUF blocks (int8 → Q8_0, int4 → Q4_0; the classifier Q8_0 for both) or kept float.
    * No onnxruntime session: what a small model needs, whose steps are mostly session overhead.
    */
-  static quantized(c: ModelConfig, w: LayeredWeights, weights: "f32" | "int8" | "int4", threads: number): NativeDense {
+  static quantized(
+    c: ModelConfig,
+    w: LayeredWeights,
+    weights: "f32" | "int8" | "int4",
+    threads: number,
+  ): NativeDense {
     const type = weights === "int8" ? "Q8_0" : weights === "int4" ? "Q4_0" : "F32";
     const rows = (x: Float32Array, K: number, t: "Q8_0" | "Q4_0" | "F32" = type): StoredRows => {
       const r = quantizeRows(x, K, t);
@@ -161,7 +166,13 @@ export class NativeDense implements DenseStack {
       });
     }
     const head = rows(w.lmHead, d, type === "F32" ? "F32" : "Q8_0");
-    return new NativeDense(c, layers, w.norm, QMatrix.pack(head.type as QgemmType, head.bytes, head.N, head.K), threads);
+    return new NativeDense(
+      c,
+      layers,
+      w.norm,
+      QMatrix.pack(head.type as QgemmType, head.bytes, head.N, head.K),
+      threads,
+    );
   }
 
   private pre(l: number, resid: Float32Array, M: number): QKV {

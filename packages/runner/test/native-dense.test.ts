@@ -78,7 +78,11 @@ describe("native dense kernels on GGUF files", () => {
     expect(f32.denseKind).toBe("native");
     for (const p of prompts)
       expect(maxAbsDiff(await lastLogits(f32, p.ids), p.last_logits), p.name).toBeLessThan(1e-4);
-    const q8 = await Model.load(join(MODELS, "stories260K"), { threads: 1, dense: "native", weights: "int8" });
+    const q8 = await Model.load(join(MODELS, "stories260K"), {
+      threads: 1,
+      dense: "native",
+      weights: "int8",
+    });
     expect(q8.weightBytes).toBeLessThan(f32.weightBytes);
     for (const p of prompts) {
       const a = logSoftmax(await lastLogits(q8, p.ids));
@@ -87,4 +91,3 @@ describe("native dense kernels on GGUF files", () => {
     }
   });
 });
-

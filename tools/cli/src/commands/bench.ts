@@ -4,9 +4,9 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import {
   addDeviceOptions,
   addKvOption,
+  addWeightOptions,
   type DeviceCliOptions,
   intArg,
-  addWeightOptions,
   type KvCliOptions,
   policySpecs,
   type WeightCliOptions,
@@ -54,9 +54,10 @@ export function registerBench(program: Command): void {
     )
     .option("--out <dir>", "output folder", "bench-results");
   kv.addOption(
-    new Option("--assistant-kv <type>", "how the assistant stores K/V on the CPU (default: as --kv-cold)").choices(
-      KV_STORE_TYPES,
-    ),
+    new Option(
+      "--assistant-kv <type>",
+      "how the assistant stores K/V on the CPU (default: as --kv-cold)",
+    ).choices(KV_STORE_TYPES),
   );
   kv.addOption(
     new Option(

@@ -1,9 +1,21 @@
 // SmallKV as a few named parts: the head matching (prepare), the ranking (ranking.ts), the
 // split rule (rule.ts), the coverage gate and the fallback (prepare), and one native call
 // per layer that ranks and splits every list (select).
-import { collectAttention, HeadMatching, identityOf, type MatchMetric, matchingWindow } from "@smallkv/matching";
+import {
+  collectAttention,
+  HeadMatching,
+  identityOf,
+  type MatchMetric,
+  matchingWindow,
+} from "@smallkv/matching";
 import type { AssistantState, LayerSelection } from "@smallkv/runner";
-import { type RankSplitArgs, RankSplitBuffers, type RankSplitResult, rankSplit, rankSplitMany } from "@smallkv/tensor";
+import {
+  type RankSplitArgs,
+  RankSplitBuffers,
+  type RankSplitResult,
+  rankSplit,
+  rankSplitMany,
+} from "@smallkv/tensor";
 import { PolicyOptionError } from "../../errors.js";
 import { MeanAttention } from "../../scores.js";
 import { definePolicy, type PolicyFactory } from "../../sdk.js";
@@ -156,7 +168,11 @@ function finishLayer(ctx: SmallKvContext, p: LayerPlan, r: RankSplitResult): Lay
  * `smallkv` ranks by the matched SLM heads' attention at the current step with an adaptive
  * split (what the evaluation found best); `smallkv-paper` keeps the paper's rules.
  */
-function makeSmallKv(name: string, description: string, defaults: SmallKvOptions): PolicyFactory<SmallKvOptions> {
+function makeSmallKv(
+  name: string,
+  description: string,
+  defaults: SmallKvOptions,
+): PolicyFactory<SmallKvOptions> {
   return definePolicy<SmallKvState, SmallKvOptions>({
     name,
     // Each layer reads only its own past and the assistant's view at the row's position: a
