@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { HeadMatching, type ModelIdentity } from "@smallkv/matching";
 import {
-  AssistantMismatchError,
+  AssistedModel,
   AssistantState,
   assetsDir,
   Generator,
