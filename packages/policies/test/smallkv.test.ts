@@ -3,14 +3,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { HeadMatching, type ModelIdentity } from "@smallkv/matching";
 import {
-  AssistedModel,
   AssistantState,
+  AssistedModel,
   assetsDir,
   Generator,
   Model,
   type ModelConfig,
   type Sequence,
-  writeSyntheticCheckpoint,
 } from "@smallkv/runner";
 import { beforeAll, describe, expect, it } from "vitest";
 import { smallKv, smallKvPaper, splitBudget } from "../src/index.js";
