@@ -1,4 +1,5 @@
 import type { AttentionObservation } from "@smallkv/runner";
+import { scatterAdd } from "@smallkv/tensor";
 
 /**
  * Accumulated attention per layer and kv head over token positions (H2O-style column
@@ -35,14 +36,9 @@ export class ScoreTable {
     this.ensure(layer, obs.start + obs.T);
     const src = obs.scores;
     if (!src) throw new Error("ScoreTable.add needs an observation with scores");
-    for (let g = 0; g < this.numKvHeads; g++) {
-      const a = this.acc[layer][g];
-      const pos = keyPositions[g];
-      for (let h = g * this.group; h < (g + 1) * this.group; h++) {
-        const base = h * Lmax;
-        for (let j = 0; j < pos.length; j++) a[pos[j]] += weight * src[base + j];
-      }
-    }
+    // The group's rows of each kv head, summed onto its positions in one native call.
+    for (let g = 0; g < this.numKvHeads; g++)
+      scatterAdd(this.acc[layer][g], keyPositions[g], src, g * this.group * Lmax, this.group, Lmax, weight);
   }
 
   /** Multiply the layer's scores by f (exponential decay: recent attention weighs more). */

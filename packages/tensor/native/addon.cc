@@ -639,6 +639,29 @@ Napi::Value AttentionRowTops(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// scatterAdd(acc: Float64Array, pos: Int32Array, src: Float32Array, offset, rows, stride, weight)
+Napi::Value ScatterAdd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a{info};
+  size_t accLen = 0, posLen = 0, srcLen = 0;
+  double* acc = const_cast<double*>(Typed<double>(env, info[0], napi_float64_array, &accLen));
+  const int32_t* pos = Typed<int32_t>(env, info[1], napi_int32_array, &posLen);
+  const float* src = Typed<float>(env, info[2], napi_float32_array, &srcLen);
+  if (acc == nullptr || pos == nullptr || src == nullptr)
+    return a.fail("scatterAdd: expected Float64Array, Int32Array and Float32Array"), env.Undefined();
+  const double offset = a.number(3, "offset"), rows = a.number(4, "rows"), stride = a.number(5, "stride");
+  const double weight = a.number(6, "weight");
+  if (a.failed) return env.Undefined();
+  const int n = static_cast<int>(posLen);
+  if (!(offset >= 0 && rows >= 0 && stride >= 0) || (rows > 0 && offset + (rows - 1) * stride + n > double(srcLen)))
+    return a.fail("scatterAdd: rows outside src"), env.Undefined();
+  for (int j = 0; j < n; ++j)
+    if (pos[j] < 0 || size_t(pos[j]) >= accLen) return a.fail("scatterAdd: a position is outside acc"), env.Undefined();
+  skv::scatter_add(acc, pos, n, src, static_cast<int64_t>(offset), static_cast<int>(rows), static_cast<int64_t>(stride),
+                   weight);
+  return env.Undefined();
+}
+
 Napi::Value Sum(const Napi::CallbackInfo& info) {
   Args a{info};
   const float* x = a.f32(0, "x", 0);
@@ -780,6 +803,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rankSplitMany", Napi::Function::New(env, RankSplitMany));
   exports.Set("kvWriteQ8", Napi::Function::New(env, KvWriteQ8));
   exports.Set("sum", Napi::Function::New(env, Sum));
+  exports.Set("scatterAdd", Napi::Function::New(env, ScatterAdd));
   exports.Set("attentionRowTops", Napi::Function::New(env, AttentionRowTops));
   exports.Set("decoderStep", Napi::Function::New(env, DecoderStep));
   exports.Set("qgemmPackedBytes", Napi::Function::New(env, QgemmPackedBytes));

@@ -209,7 +209,7 @@ inline void weighted_values(const float* wi, const T* vh, const float* vsh, cons
                             int D, int d0, float* out) {
   __m256 acc[kN];
   for (int c = 0; c < kN; ++c) acc[c] = _mm256_loadu_ps(out + 8 * c);
-  constexpr int kAhead = 16;
+  constexpr int kAhead = 48;
   for (int j = j0; j < j1; ++j) {
     const int r = slots ? slots[j] : j;
     if (slots && j + kAhead < j1) {
@@ -227,7 +227,7 @@ template <typename T>
 inline void attend_group_wide(const float* const* qr, int G, const T* kh, const float* ksh, const T* vh,
                               const float* vsh, const int32_t* slots, int n, int D, float scale, float* w,
                               float* const* o) {
-  constexpr int kAhead = 16;  // index-list rows prefetched ahead (random rows defeat the prefetcher)
+  constexpr int kAhead = 48;  // index-list rows prefetched ahead (random rows defeat the prefetcher)
   const int n8 = n & ~7;
   for (int j = 0; j < n8; j += 8) {
     const T* rows[8];

@@ -149,6 +149,11 @@ void rank_split(const RankSplitArgs& a);
 // Several selections (a step's layers) in one call: every list of every selection shares one
 // team of threads (one wake-up for the step instead of one per layer).
 void rank_split_many(const RankSplitArgs* a, int count);
+// acc[pos[j]] += weight * src[offset + h * stride + j] for rows h < rows, j < n, in that
+// order (h outer, as the TypeScript loop it replaces): column sums of attention rows scattered
+// to their token positions.
+void scatter_add(double* acc, const int32_t* pos, int n, const float* src, int64_t offset, int rows, int64_t stride,
+                 double weight);
 
 // Sum of n floats (double accumulation per thread). Also the read-bandwidth probe of the
 // benchmarks: it streams the array once.

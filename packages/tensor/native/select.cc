@@ -354,4 +354,12 @@ void rank_split_many(const RankSplitArgs* a, int count) {
   }
 }
 
+void scatter_add(double* acc, const int32_t* pos, int n, const float* src, int64_t offset, int rows, int64_t stride,
+                 double weight) {
+  for (int h = 0; h < rows; ++h) {
+    const float* x = src + offset + h * stride;
+    for (int j = 0; j < n; ++j) acc[pos[j]] += weight * static_cast<double>(x[j]);
+  }
+}
+
 }  // namespace skv

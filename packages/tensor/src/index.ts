@@ -49,6 +49,7 @@ export {
   type RowTopsMode,
   rope,
   setThreads,
+  scatterAdd,
   sum,
   topk,
   topkRagged,

@@ -80,6 +80,15 @@ export interface NativeBinding {
     skipExcludedRecent: boolean,
     evict: boolean,
   ): void;
+  scatterAdd(
+    acc: Float64Array,
+    pos: Int32Array,
+    src: Float32Array,
+    offset: number,
+    rows: number,
+    stride: number,
+    weight: number,
+  ): void;
   /** rankSplit's positional arguments per call. */
   rankSplitMany(calls: unknown[][]): void;
   topkRagged(

@@ -603,6 +603,22 @@ export function attentionRowTops(
   return { idx, off };
 }
 
+/**
+ * Column sums of attention rows scattered to token positions: for rows h < rows and j <
+ * pos.length, acc[pos[j]] += weight * src[offset + h * stride + j] (h outer, in double).
+ */
+export function scatterAdd(
+  acc: Float64Array,
+  pos: Int32Array,
+  src: Float32Array,
+  offset: number,
+  rows: number,
+  stride: number,
+  weight = 1,
+): void {
+  native.scatterAdd(acc, pos, src, offset, rows, stride, weight);
+}
+
 /** Sum of a float32 array (OpenMP, SIMD); it streams the array once, so benchmarks use it to measure read bandwidth. */
 export function sum(x: Float32Array): number {
   expectF32("sum", "x", x, 0);

@@ -560,3 +560,17 @@ export function qgemmRef(
   }
   return y;
 }
+
+/** scatterAdd's plain loop. */
+export function scatterAddRef(
+  acc: Float64Array,
+  pos: Int32Array,
+  src: Float32Array,
+  offset: number,
+  rows: number,
+  stride: number,
+  weight = 1,
+): void {
+  for (let h = 0; h < rows; h++)
+    for (let j = 0; j < pos.length; j++) acc[pos[j]] += weight * src[offset + h * stride + j];
+}

@@ -9,6 +9,7 @@ import {
   mixedAttention,
   reference,
   rope,
+  scatterAdd,
   sum,
   TensorShapeError,
   topk,
@@ -592,6 +593,21 @@ describe("indexedAttention", () => {
     expect(() =>
       indexedAttention({ ...base, newAt: 10, idx: Int32Array.of(), off: Int32Array.of(0, 0) }),
     ).toThrow(/newAt/);
+  });
+});
+
+describe("scatterAdd", () => {
+  it("equals the reference bit for bit (repeated positions, several rows, a weight) and refuses bad bounds", () => {
+    const r = rng(77);
+    const src = Float32Array.from({ length: 3 * 50 + 9 }, () => r());
+    const pos = Int32Array.from({ length: 40 }, () => Math.floor(r() * 30));
+    const a = Float64Array.from({ length: 30 }, () => r());
+    const b = a.slice();
+    scatterAdd(a, pos, src, 9, 3, 50, 0.7);
+    reference.scatterAddRef(b, pos, src, 9, 3, 50, 0.7);
+    expect(Array.from(a)).toEqual(Array.from(b));
+    expect(() => scatterAdd(a, pos, src, 9, 4, 50)).toThrow(/outside src/);
+    expect(() => scatterAdd(a, Int32Array.of(30), src, 0, 1, 0)).toThrow(/outside acc/);
   });
 });
 
