@@ -138,9 +138,6 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
   }
   // Candidates: positions before the recent window that are not excluded.
   uint8_t* ex = a.exclude != nullptr ? a.exclude[g] : nullptr;
-  int m = 0;
-  for (int p = 0; p < lo; ++p)
-    if (ex == nullptr || ex[p] == 0) c[m++] = Cand{std::isnan(s[p]) ? -INFINITY : s[p], p};
   const double units = a.adaptive ? a.units[g] : 0;
   int64_t K = a.adaptive ? 2 * static_cast<int64_t>(std::ceil(units)) + 1 : a.k[g];
   // Excluded positions of the recent window are not kept: their slots go to ranked tokens.
@@ -150,6 +147,42 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
   if (!a.adaptive) K += freed;
   // All exact (no V-only split): only the top `whole` matter, so select them directly.
   if (a.adaptive && !a.vOnly[g]) K = std::min<int64_t>(K, std::max(0, static_cast<int>(std::floor(units + 1e-9))));
+  int m = ex == nullptr ? lo : 0;
+  if (ex != nullptr)
+    for (int p = 0; p < lo; ++p) m += ex[p] == 0 ? 1 : 0;
+  // A long list ranks only what can reach the top K: a strided sample of the scores gives a
+  // floor that at least K candidates clear (checked), and only those become candidates.
+  bool built = false;
+  if (K < m && m >= kSampleFrom) {
+    double smp[kSample];
+    for (int i = 0; i < kSample; ++i) {
+      const double x = s[static_cast<int64_t>(i) * lo / kSample];
+      smp[i] = std::isnan(x) ? -INFINITY : x;
+    }
+    const double q = static_cast<double>(K) * kSample / m;
+    const int at = std::min(kSample - 1, static_cast<int>(q + 2.5 * std::sqrt(q * (1 - q / kSample)) + 2));
+    std::nth_element(smp, smp + at, smp + kSample, [](double x, double y) { return x > y; });
+    const double floor = smp[at];
+    if (floor > -INFINITY) {
+      int count = 0;
+      for (int p = 0; p < lo; ++p) {
+        const double x = s[p];
+        // NaN ranks as -infinity: below any finite floor.
+        const bool in = x >= floor && (ex == nullptr || ex[p] == 0);
+        c[count] = Cand{x, p};
+        count += in ? 1 : 0;
+      }
+      if (count >= K) {
+        m = count;
+        built = true;
+      }
+    }
+  }
+  if (!built) {
+    m = 0;
+    for (int p = 0; p < lo; ++p)
+      if (ex == nullptr || ex[p] == 0) c[m++] = Cand{std::isnan(s[p]) ? -INFINITY : s[p], p};
+  }
   if (K < m) {
     select_nth(c, static_cast<int>(K), m, ws);
     m = static_cast<int>(std::max<int64_t>(0, K));
