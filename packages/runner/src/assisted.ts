@@ -1,3 +1,4 @@
+import { scatterAdd } from "@smallkv/tensor";
 import { ContextLengthError, InvalidOptionError } from "./errors.js";
 import type { Model, StepInput, StepOutput } from "./model.js";
 import type { AttentionObservation, KvPolicyHook } from "./policy-hook.js";
@@ -50,21 +51,18 @@ function accumulate(acc: Float64Array[], o: AttentionObservation, H: number): vo
   }
   // Locals for the hot loops: the JIT does not hoist the property loads out of them.
   const { T, Lmax, probs, scores } = o;
-  if (probs) {
-    for (let h = 0; h < H; h++) {
-      const a = acc[h];
-      for (let t = 0; t < T; t++) {
-        const base = (h * T + t) * Lmax;
-        for (let j = 0; j < Lmax; j++) a[j] += probs[base + j];
-      }
-    }
-  } else if (scores) {
-    for (let h = 0; h < H; h++) {
-      const a = acc[h];
-      const base = h * Lmax;
-      for (let j = 0; j < Lmax; j++) a[j] += scores[base + j];
-    }
-  }
+  // Native adds over the identity positions, in the loops' order (bit for bit).
+  const pos = positionsUpTo(Lmax);
+  if (probs) for (let h = 0; h < H; h++) scatterAdd(acc[h], pos, probs, h * T * Lmax, T, Lmax);
+  else if (scores) for (let h = 0; h < H; h++) scatterAdd(acc[h], pos, scores, h * Lmax, 1, 0);
+}
+
+let identity = new Int32Array(0);
+/** [0, 1, …, n - 1], shared and grown as needed. */
+function positionsUpTo(n: number): Int32Array {
+  if (identity.length < n)
+    identity = Int32Array.from({ length: Math.max(n, 2 * identity.length) }, (_, i) => i);
+  return identity.subarray(0, n);
 }
 
 /**
