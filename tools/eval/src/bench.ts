@@ -88,6 +88,8 @@ export interface BenchRow {
   assistantKvBytes: number;
   /** Share of decode step time (after the first step) in the assistant (SmallKV) and in policy callbacks / hot-set bookkeeping. */
   slmShare: number;
+  /** Share of a decode step's FLOPs that are the assistant's (beside its share of the time). */
+  slmFlopShare: number;
   policyShare: number;
   /** Mean bytes one decode step must move: weights streamed (LLM, and the assistant's when used) + KV attention read (hot rows, or the whole cache) + the assistant's KV. */
   bytesPerStep: number;
@@ -110,10 +112,12 @@ export interface BenchRow {
 }
 
 /** FLOPs of one token through the dense parts (every layer's projections and MLP, the LM head). */
-export function denseFlopsPerToken(m: Model): number {
+export function denseFlopsPerToken(m: Model, head = true): number {
   const { vocabSize: V, hiddenSize: d, tieWordEmbeddings } = m.config;
   // Parameters minus the embedding table (looked up, not multiplied); a tied LM head multiplies it once more.
-  return 2 * (m.parameters - V * d) + (tieWordEmbeddings ? 2 * V * d : 0);
+  const all = 2 * (m.parameters - V * d) + (tieWordEmbeddings ? 2 * V * d : 0);
+  // The assistant's decode steps ask for no logits: its LM head is not multiplied.
+  return head ? all : all - 2 * V * d;
 }
 
 /**
@@ -145,8 +149,12 @@ export async function measureDenseRate(m: Model): Promise<number> {
 }
 
 /** Weight bytes a decode step streams: everything but the embedding table (only B rows of it are read). */
-function streamedWeightBytes(m: Model): number {
-  return m.runner ? m.weightBytes : m.weightBytes - m.config.vocabSize * m.config.hiddenSize * 4;
+function streamedWeightBytes(m: Model, head = true): number {
+  const table = m.config.vocabSize * m.config.hiddenSize;
+  const bytes = m.runner ? m.weightBytes : m.weightBytes - table * 4;
+  // Without logits (the assistant's decode steps) the LM head is not read: f32, or int8/int4
+  // blocks with their scales (about 1.06 bytes a weight for int8, the head's type at int4 too).
+  return head ? bytes : bytes - table * (m.weightType === "f32" ? 4 : 34 / 32);
 }
 
 /**
@@ -170,6 +178,7 @@ class PolicyRun {
   private peakResident = 0;
   private moved = 0;
   private flops = 0;
+  private slmFlops = 0;
   /** Dense FLOPs of one token through the LLM and through the assistant. */
   private readonly llmDense: number;
   private readonly slmDense: number;
@@ -186,7 +195,7 @@ class PolicyRun {
     this.seqs = Array.from({ length: B }, () => model.newSequence(factory.create({ budget, options })));
     this.pair = model instanceof AssistedModel ? model : null;
     this.llmDense = denseFlopsPerToken(llm);
-    this.slmDense = this.pair ? denseFlopsPerToken(this.pair.slm) : 0;
+    this.slmDense = this.pair ? denseFlopsPerToken(this.pair.slm, false) : 0;
   }
 
   async prefill(ctx: number, seed: number): Promise<void> {
@@ -221,6 +230,7 @@ class PolicyRun {
     let cold = 0;
     let ab = 0;
     let flops = 0;
+    let slmFlops = 0;
     for (const q of seqs) {
       const st = q.stats();
       hot += st.hotBytes;
@@ -230,10 +240,15 @@ class PolicyRun {
         const a = q.assistant.seq;
         ab += a.stats().coldBytes;
         const c = a.config;
-        flops += this.slmDense + attentionFlops(pair.slm, c.numLayers * c.numKvHeads * a.length, 0);
+        const f = this.slmDense + attentionFlops(pair.slm, c.numLayers * c.numKvHeads * a.length, 0);
+        flops += f;
+        slmFlops += f;
       }
     }
-    if (!firstStep) this.flops += flops;
+    if (!firstStep) {
+      this.flops += flops;
+      this.slmFlops += slmFlops;
+    }
     this.peakHot = Math.max(this.peakHot, hot);
     this.peakCold = Math.max(this.peakCold, cold);
     this.assistantBytes = Math.max(this.assistantBytes, ab);
@@ -249,7 +264,7 @@ class PolicyRun {
   finish(bandwidth: number, denseRate: number) {
     const { B, G, pair, llm } = this;
     const steps = Math.max(1, G > 2 ? G - 2 : G - 1);
-    const weights = streamedWeightBytes(llm) + (pair ? streamedWeightBytes(pair.slm) : 0);
+    const weights = streamedWeightBytes(llm) + (pair ? streamedWeightBytes(pair.slm, false) : 0);
     const bytesPerStep = weights + this.moved / steps;
     const fault = this.seqs.find((q) => q.fault)?.fault;
     this.release();
@@ -265,6 +280,7 @@ class PolicyRun {
       peakColdBytes: this.peakCold,
       assistantKvBytes: this.assistantBytes,
       slmShare: this.slm / (this.slm + this.llmT),
+      slmFlopShare: this.flops > 0 ? this.slmFlops / this.flops : 0,
       policyShare: this.policy / this.llmT,
       bytesPerStep,
       boundSeconds: bytesPerStep / bandwidth,
@@ -469,6 +485,7 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       "compute bound ms",
       "step / max bound",
       "SLM share",
+      "SLM FLOP share",
       "policy share",
       "vs Full",
       "vs H2O",
@@ -490,6 +507,7 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       r.computeBoundSeconds != null ? r.computeBoundSeconds * 1000 : null,
       r.overMaxBound ?? null,
       r.slmShare,
+      r.slmFlopShare ?? null,
       r.policyShare,
       r.vsFull,
       r.vsH2o,
