@@ -27,6 +27,7 @@ import { replaySteps } from "./replay.js";
 import { ropeKernelArgs } from "./rope.js";
 import { policyHasState, Sequence } from "./sequence.js";
 import type { TextTokenizer } from "./tokenizer.js";
+import type { LayeredWeights } from "./weights.js";
 import { loadAll } from "./weights.js";
 
 /**
@@ -282,6 +283,20 @@ export class Model {
     const denseOpt = opts.dense ?? "auto";
     if (denseOpt !== "auto" && denseOpt !== "native" && denseOpt !== "onnxruntime")
       throw new InvalidOptionError("dense", `must be auto, native or onnxruntime, got ${String(denseOpt)}`);
+    const threadsOf = (w: LayeredWeights) =>
+      opts.threads ?? (w.parameters <= ONE_THREAD_MAX_PARAMETERS ? 1 : availableParallelism());
+    // A model whose dense part runs on the native block kernels (no onnxruntime session).
+    const nativeModel = (w: LayeredWeights, native: NativeDense): Model => {
+      const embed = ckpt.embedding();
+      const model = new Model(abs, config, tokenizer, embed, w.parameters, null, null, native);
+      model.checkpoint = ckpt;
+      model.weightType = weightType;
+      model.kvCold = kvCold;
+      model.hotRows = hotRows;
+      model.denseKind = "native";
+      model.weightBytes = native.bytes + embed.bytes;
+      return model;
+    };
     if (denseOpt === "native" && ckpt.format === "gguf" && weightType !== "stored")
       throw new InvalidOptionError(
         "dense",
@@ -295,37 +310,15 @@ export class Model {
         );
       // A folder's float weights, quantized at load to the kernels' blocks (or kept float).
       const w = ckpt.open();
-      const threads =
-        opts.threads ?? (w.parameters <= ONE_THREAD_MAX_PARAMETERS ? 1 : availableParallelism());
-      const native = NativeDense.quantized(config, w, weightType as "f32" | "int8" | "int4", threads);
-      const embed = ckpt.embedding();
-      const model = new Model(abs, config, tokenizer, embed, w.parameters, null, null, native);
-      model.checkpoint = ckpt;
-      model.weightType = weightType;
-      model.kvCold = kvCold;
-      model.hotRows = hotRows;
-      model.denseKind = "native";
-      model.weightBytes = native.bytes + embed.bytes;
-      return model;
+      const native = NativeDense.quantized(config, w, weightType as "f32" | "int8" | "int4", threadsOf(w));
+      return nativeModel(w, native);
     }
     if (ckpt.format === "gguf" && weightType === "stored" && denseOpt !== "onnxruntime") {
       // A GGUF file whose matrices are Q8_0, Q4_0 or float: the native kernels read its blocks
       // as they are (no onnxruntime session, no packed second copy).
       const w = ckpt.open();
-      const threads =
-        opts.threads ?? (w.parameters <= ONE_THREAD_MAX_PARAMETERS ? 1 : availableParallelism());
-      const native = NativeDense.create(config, w, threads, denseOpt === "native");
-      if (native) {
-        const embed = ckpt.embedding();
-        const model = new Model(abs, config, tokenizer, embed, w.parameters, null, null, native);
-        model.checkpoint = ckpt;
-        model.weightType = weightType;
-        model.kvCold = kvCold;
-        model.hotRows = hotRows;
-        model.denseKind = "native";
-        model.weightBytes = native.bytes + embed.bytes;
-        return model;
-      }
+      const native = NativeDense.create(config, w, threadsOf(w), denseOpt === "native");
+      if (native) return nativeModel(w, native);
       if (denseOpt === "native")
         throw new InvalidOptionError(
           "dense",

@@ -194,31 +194,6 @@ export function rankSplit(a: RankSplitArgs, buffers: RankSplitBuffers = shared):
   check(a);
   const { n, lists } = a;
   const b = buffers.fit(lists, n);
-  const r = a.rule;
-  native.rankSplit(
-    a.sources,
-    a.terms,
-    a.weights,
-    n,
-    lists,
-    a.own?.assistantWeight ?? null,
-    a.own?.sums ?? null,
-    a.own?.counts ?? null,
-    a.recent,
-    a.exclude ?? null,
-    r.kind === "adaptive",
-    r.kind === "adaptive" ? r.units : null,
-    r.kind === "adaptive" ? r.vOnly : null,
-    r.kind === "fixed" ? r.k : null,
-    r.kind === "fixed" ? r.exact : null,
-    r.kind === "adaptive" ? r.exactShare : 0,
-    r.kind === "adaptive" ? r.negligible : 0,
-    b.full,
-    b.fullOff,
-    b.vOnly,
-    b.vOff,
-    a.skipExcludedRecent ?? false,
-    a.evict ?? false,
-  );
+  (native.rankSplit as (...args: unknown[]) => void)(...nativeArgs(a, b));
   return results(b, lists);
 }
