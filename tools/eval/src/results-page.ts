@@ -315,6 +315,16 @@ export async function writeResultsPage(o: {
       "",
     );
   } else parts.push(...(kept("## Prefix cache") ?? []));
+  // Sections this page does not make (written by hand beside their JSON, such as the GGUF
+  // anchor) stay as they are, before the GPU section.
+  const made = new Set(parts.filter((l) => l.startsWith("## ")));
+  for (const title of previous.split("\n").filter((l) => l.startsWith("## ")))
+    if (!made.has(title) && title !== "## GPU") {
+      const i = previous.indexOf(`\n${title}\n`);
+      const rest = previous.slice(i + 1);
+      const j = rest.indexOf("\n## ", title.length);
+      parts.push(...(j < 0 ? rest : rest.slice(0, j)).trimEnd().split("\n"), "");
+    }
   parts.push(...gpuSection(o.benchDir && join(o.benchDir, "gpu")));
   writeFileSync(o.out, `${parts.join("\n")}\n`);
   return o.out;

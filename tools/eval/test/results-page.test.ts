@@ -10,12 +10,15 @@ describe("results page", () => {
     const out = join(dir, "results.md");
     writeFileSync(
       out,
-      "# SmallKV results\n\n## Throughput and memory\n\n| policy | tok/s |\n| --- | --- |\n| full | 40 |\n\n## Runner\n\nRead bandwidth 33 GB/s.\n\n## GPU\n\nold\n",
+      "# SmallKV results\n\n## Throughput and memory\n\n| policy | tok/s |\n| --- | --- |\n| full | 40 |\n\n## Runner\n\nRead bandwidth 33 GB/s.\n\n## Hand-written anchor\n\nours 1.02x\n\n## GPU\n\nold\n",
     );
     await writeResultsPage({ evalDir: join(dir, "none"), benchDir: join(dir, "none"), out });
     const once = readFileSync(out, "utf8");
     expect(once).toContain("| full | 40 |");
     expect(once).toContain("Read bandwidth 33 GB/s.");
+    // A section the page does not make stays, before the GPU section.
+    expect(once).toContain("## Hand-written anchor\n\nours 1.02x\n");
+    expect(once.indexOf("## Hand-written anchor")).toBeLessThan(once.indexOf("## GPU"));
     expect(once).toMatch(/kept from the previous page/);
     expect(once).toMatch(/No eval results/);
     await writeResultsPage({ evalDir: join(dir, "none"), benchDir: join(dir, "none"), out });
