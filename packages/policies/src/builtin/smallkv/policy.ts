@@ -1,6 +1,6 @@
-// SmallKV as a few named parts: the head matching (prepare), the ranking (ranking.ts), the
-// split rule (rule.ts), the coverage gate and the fallback (prepare), and one native call
-// per layer that ranks and splits every list (select).
+// SmallKV as a few named parts: the head matching, the coverage gate and the fallback
+// (prepare), the ranking (ranking.ts), the split rule (rule.ts), and one native call per
+// decode step that ranks and splits every list of every layer (select).
 import {
   collectAttention,
   HeadMatching,
