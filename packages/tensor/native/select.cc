@@ -147,42 +147,9 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
   if (!a.adaptive) K += freed;
   // All exact (no V-only split): only the top `whole` matter, so select them directly.
   if (a.adaptive && !a.vOnly[g]) K = std::min<int64_t>(K, std::max(0, static_cast<int>(std::floor(units + 1e-9))));
-  int m = ex == nullptr ? lo : 0;
-  if (ex != nullptr)
-    for (int p = 0; p < lo; ++p) m += ex[p] == 0 ? 1 : 0;
-  // A long list ranks only what can reach the top K: a strided sample of the scores gives a
-  // floor that at least K candidates clear (checked), and only those become candidates.
-  bool built = false;
-  if (K < m && m >= kSampleFrom) {
-    double smp[kSample];
-    for (int i = 0; i < kSample; ++i) {
-      const double x = s[static_cast<int64_t>(i) * lo / kSample];
-      smp[i] = std::isnan(x) ? -INFINITY : x;
-    }
-    const double q = static_cast<double>(K) * kSample / m;
-    const int at = std::min(kSample - 1, static_cast<int>(q + 2.5 * std::sqrt(q * (1 - q / kSample)) + 2));
-    std::nth_element(smp, smp + at, smp + kSample, [](double x, double y) { return x > y; });
-    const double floor = smp[at];
-    if (floor > -INFINITY) {
-      int count = 0;
-      for (int p = 0; p < lo; ++p) {
-        const double x = s[p];
-        // NaN ranks as -infinity: below any finite floor.
-        const bool in = x >= floor && (ex == nullptr || ex[p] == 0);
-        c[count] = Cand{x, p};
-        count += in ? 1 : 0;
-      }
-      if (count >= K) {
-        m = count;
-        built = true;
-      }
-    }
-  }
-  if (!built) {
-    m = 0;
-    for (int p = 0; p < lo; ++p)
-      if (ex == nullptr || ex[p] == 0) c[m++] = Cand{std::isnan(s[p]) ? -INFINITY : s[p], p};
-  }
+  int m = 0;
+  for (int p = 0; p < lo; ++p)
+    if (ex == nullptr || ex[p] == 0) c[m++] = Cand{std::isnan(s[p]) ? -INFINITY : s[p], p};
   if (K < m) {
     select_nth(c, static_cast<int>(K), m, ws);
     m = static_cast<int>(std::max<int64_t>(0, K));
@@ -288,18 +255,29 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
 // layers use them.
 constexpr int64_t kParallelPositions = 1 << 17;
 
-bool worth_threads(const RankSplitArgs& a) {
-  const int64_t all = static_cast<int64_t>(a.n) * a.lists;
-  if (a.lists < 2 || all < kParallelPositions || omp_get_max_threads() < 2) return false;
-  if (a.exclude == nullptr) return true;
+// Positions a selection ranks: every position of every list, or with masks only those they
+// leave below the recent window.
+int64_t ranked_positions(const RankSplitArgs& a) {
+  if (a.exclude == nullptr) return static_cast<int64_t>(a.n) * a.lists;
   const int lo = std::max(0, a.n - a.recent);
   int64_t ranked = 0;
   for (int g = 0; g < a.lists; ++g) {
     const uint8_t* ex = a.exclude[g];
-    int kept = 0;
-    for (int p = 0; p < lo; ++p) kept += ex[p] == 0 ? 1 : 0;
-    ranked += kept;
+    for (int p = 0; p < lo; ++p) ranked += ex[p] == 0 ? 1 : 0;
   }
+  return ranked;
+}
+
+bool worth_threads(const RankSplitArgs* a, int count) {
+  if (omp_get_max_threads() < 2) return false;
+  int64_t lists = 0, all = 0;
+  for (int c = 0; c < count; ++c) {
+    lists += a[c].lists;
+    all += static_cast<int64_t>(a[c].n) * a[c].lists;
+  }
+  if (lists < 2 || all < kParallelPositions) return false;
+  int64_t ranked = 0;
+  for (int c = 0; c < count && ranked < kParallelPositions; ++c) ranked += ranked_positions(a[c]);
   return ranked >= kParallelPositions;
 }
 
@@ -319,52 +297,31 @@ Scratch& scratch_for(int n) {
 
 }  // namespace
 
-void rank_split(const RankSplitArgs& a) {
-  const int n = a.n, L = a.lists;
-  a.fullOff[0] = 0;
-  a.vOff[0] = 0;
-  if (!worth_threads(a)) {
-    Scratch& ws = scratch_for(n);
-    int nf = 0, nv = 0;
-    for (int g = 0; g < L; ++g) {
-      split_list(a, g, ws, a.full + a.fullOff[g], a.vOnlyOut + a.vOff[g], nf, nv);
-      a.fullOff[g + 1] = a.fullOff[g] + nf;
-      a.vOff[g + 1] = a.vOff[g] + nv;
-    }
-    return;
-  }
-  std::vector<int> nf(L), nv(L);
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int g = 0; g < L; ++g)
-    split_list(a, g, scratch_for(n), a.full + int64_t(g) * n, a.vOnlyOut + int64_t(g) * n, nf[g], nv[g]);
-  // Pack: list g's region starts at g * n, at or after its packed offset, so moving in list
-  // order never overwrites a region not yet moved.
-  for (int g = 0; g < L; ++g) {
-    a.fullOff[g + 1] = a.fullOff[g] + nf[g];
-    a.vOff[g + 1] = a.vOff[g] + nv[g];
-    std::memmove(a.full + a.fullOff[g], a.full + int64_t(g) * n, sizeof(int32_t) * nf[g]);
-    std::memmove(a.vOnlyOut + a.vOff[g], a.vOnlyOut + int64_t(g) * n, sizeof(int32_t) * nv[g]);
-  }
-}
+void rank_split(const RankSplitArgs& a) { rank_split_many(&a, 1); }
 
 void rank_split_many(const RankSplitArgs* a, int count) {
-  int64_t all = 0;
-  std::vector<std::pair<int, int>> cells;
-  for (int c = 0; c < count; ++c) {
-    all += static_cast<int64_t>(a[c].n) * a[c].lists;
-    for (int g = 0; g < a[c].lists; ++g) cells.emplace_back(c, g);
-  }
-  // Below the threshold (or on one thread) each selection runs as rank_split would.
-  if (count == 1 || all < kParallelPositions || omp_get_max_threads() < 2) {
-    for (int c = 0; c < count; ++c) rank_split(a[c]);
-    return;
-  }
   for (int c = 0; c < count; ++c) {
     a[c].fullOff[0] = 0;
     a[c].vOff[0] = 0;
   }
-  // Each list writes into its own n-sized region of its selection's outputs; the counts go
-  // to the offsets' next slots, then every selection is packed in list order.
+  if (!worth_threads(a, count)) {
+    for (int c = 0; c < count; ++c) {
+      const RankSplitArgs& r = a[c];
+      Scratch& ws = scratch_for(r.n);
+      int nf = 0, nv = 0;
+      for (int g = 0; g < r.lists; ++g) {
+        split_list(r, g, ws, r.full + r.fullOff[g], r.vOnlyOut + r.vOff[g], nf, nv);
+        r.fullOff[g + 1] = r.fullOff[g] + nf;
+        r.vOff[g + 1] = r.vOff[g] + nv;
+      }
+    }
+    return;
+  }
+  // Every list of every selection on the threads, each into its own n-sized region of its
+  // selection's outputs, its counts in the offsets' next slots.
+  std::vector<std::pair<int, int>> cells;
+  for (int c = 0; c < count; ++c)
+    for (int g = 0; g < a[c].lists; ++g) cells.emplace_back(c, g);
   const int cellCount = static_cast<int>(cells.size());
 #pragma omp parallel for schedule(dynamic, 1)
   for (int i = 0; i < cellCount; ++i) {
@@ -375,6 +332,8 @@ void rank_split_many(const RankSplitArgs* a, int count) {
     r.fullOff[g + 1] = nf;
     r.vOff[g + 1] = nv;
   }
+  // Pack: list g's region starts at g * n, at or after its packed offset, so moving in list
+  // order never overwrites a region not yet moved.
   for (int c = 0; c < count; ++c) {
     const RankSplitArgs& r = a[c];
     for (int g = 0; g < r.lists; ++g) {

@@ -55,31 +55,8 @@ export interface NativeBinding {
     moves: Int32Array,
     count: number,
   ): void;
-  rankSplit(
-    sources: (Float32Array | Float64Array)[],
-    terms: Int32Array,
-    weights: Float64Array,
-    n: number,
-    lists: number,
-    assistantWeight: Float64Array | null,
-    ownSums: Float64Array[] | null,
-    ownCounts: Float64Array[] | null,
-    recent: number,
-    exclude: Uint8Array[] | null,
-    adaptive: boolean,
-    units: Float64Array | null,
-    vOnly: Uint8Array | null,
-    k: Int32Array | null,
-    exact: Int32Array | null,
-    exactShare: number,
-    negligible: number,
-    full: Int32Array,
-    fullOff: Int32Array,
-    vOnlyOut: Int32Array,
-    vOff: Int32Array,
-    skipExcludedRecent: boolean,
-    evict: boolean,
-  ): void;
+  /** rankSplit's positional arguments, as rank-split.ts's nativeArgs lists them. */
+  rankSplit(...args: unknown[]): void;
   scatterAdd(
     acc: Float64Array,
     pos: Int32Array,

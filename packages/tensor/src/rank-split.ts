@@ -194,6 +194,6 @@ export function rankSplit(a: RankSplitArgs, buffers: RankSplitBuffers = shared):
   check(a);
   const { n, lists } = a;
   const b = buffers.fit(lists, n);
-  (native.rankSplit as (...args: unknown[]) => void)(...nativeArgs(a, b));
+  native.rankSplit(...nativeArgs(a, b));
   return results(b, lists);
 }
