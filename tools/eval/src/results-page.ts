@@ -37,12 +37,17 @@ export async function writeResultsPage(o: {
   // A section whose inputs are missing here keeps what the page already says (with a note),
   // so rebuilding the page after a new eval does not drop the bench tables.
   const previous = existsSync(o.out) ? readFileSync(o.out, "utf8") : "";
-  const kept = (title: string): string[] | null => {
+  // A section of the previous page, its title line first, up to the next "## " (null: absent).
+  const sectionOf = (title: string): string[] | null => {
     const i = previous.indexOf(`\n${title}\n`);
     if (i < 0) return null;
     const rest = previous.slice(i + 1);
     const j = rest.indexOf("\n## ", title.length);
-    const body = (j < 0 ? rest : rest.slice(0, j)).trimEnd().split("\n");
+    return (j < 0 ? rest : rest.slice(0, j)).trimEnd().split("\n");
+  };
+  const kept = (title: string): string[] | null => {
+    const body = sectionOf(title);
+    if (!body) return null;
     const note = "_(kept from the previous page: its inputs were not found when this page was rebuilt)_";
     const lines = body.filter((l) => l !== note);
     while (lines.length && lines[lines.length - 1] === "") lines.pop();
@@ -319,12 +324,7 @@ export async function writeResultsPage(o: {
   // anchor) stay as they are, before the GPU section.
   const made = new Set(parts.filter((l) => l.startsWith("## ")));
   for (const title of previous.split("\n").filter((l) => l.startsWith("## ")))
-    if (!made.has(title) && title !== "## GPU") {
-      const i = previous.indexOf(`\n${title}\n`);
-      const rest = previous.slice(i + 1);
-      const j = rest.indexOf("\n## ", title.length);
-      parts.push(...(j < 0 ? rest : rest.slice(0, j)).trimEnd().split("\n"), "");
-    }
+    if (!made.has(title) && title !== "## GPU") parts.push(...(sectionOf(title) ?? []), "");
   parts.push(...gpuSection(o.benchDir && join(o.benchDir, "gpu")));
   writeFileSync(o.out, `${parts.join("\n")}\n`);
   return o.out;
