@@ -24,7 +24,8 @@
     {
       "target_name": "smallkv_cuda_emu",
       "sources": ["native/cuda/binding.cc", "native/cuda/emu.cc", "native/cuda/runtime_emu.cc",
-                  "native/cuda/emu_dense.cc", "native/cuda/emu_attention.cc", "native/cuda/emu_kv.cc"],
+                  "native/cuda/emu_dense.cc", "native/cuda/emu_attention.cc", "native/cuda/emu_kv.cc",
+                  "native/cuda/emu_gemv.cc", "native/cuda/emu_attention_batch.cc", "native/cuda/emu_decode.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "SKV_EMU=1"],
       "cflags_cc!": ["-fno-exceptions"],

@@ -29,6 +29,8 @@ export interface DeviceInfo {
 
 const BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, i32: 4 };
 const DTYPE_CODE = { f32: 0, f16: 1, bf16: 2 } as const;
+/** Bytes of one packed attention-batch record (16 int64 fields, SkvAttnSeq in dev_api.h). */
+export const ATTN_SEQ_BYTES = 128;
 
 /** Memory on the device. `ptr` is its address; `at(i)` the address of element i. */
 export class DeviceBuffer {
@@ -157,6 +159,11 @@ interface DeviceBinding {
     n: number,
     stream: number,
   ): void;
+  gemv(...args: (number | null)[]): void;
+  argmax(out: number, x: number, rows: number, n: number, stream: number): void;
+  attentionBatch(...args: number[]): void;
+  attentionPartFloats(B: number, maxT: number, maxKeys: number, Hq: number, D: number): number;
+  kvAppend(...args: number[]): void;
 }
 
 const bindings = new Map<DeviceKind, DeviceBinding>();
@@ -204,6 +211,47 @@ export interface GemmArgs {
   k: number;
   /** Add into y instead of overwriting it. */
   accumulate?: boolean;
+  stream?: number;
+}
+
+/** A decode-sized product (m <= 16): see `Device.gemv`. */
+export interface GemvArgs {
+  /** y[m][n], or three outputs taking the column segments [0, split[0]), [split[0], split[0] + split[1]) and the rest. */
+  y: Ptr | [Ptr, Ptr, Ptr];
+  split?: [number, number];
+  x: Ptr;
+  w: DeviceBuffer;
+  /** "siluGate": the up matrix (w is the gate). */
+  w2?: DeviceBuffer;
+  bias?: NullablePtr;
+  bias2?: NullablePtr;
+  m: number;
+  n: number;
+  k: number;
+  /** "store" (default): y = x.W^T + b; "accumulate": y += ...; "siluGate": y = silu(x.W^T + b) * (x.W2^T + b2). */
+  mode?: "store" | "accumulate" | "siluGate";
+  stream?: number;
+}
+
+/** One layer's batched decode attention over packed per-sequence records (see attention-batch.ts). */
+export interface AttentionBatchArgs {
+  /** Device copy of `packAttentionSeqs`'s records. */
+  seqs: Ptr;
+  B: number;
+  /** The largest T (query rows) among the sequences. */
+  maxT: number;
+  /** The longest key list among the sequences (sizes the chunk grid). */
+  maxKeys: number;
+  Hq: number;
+  Hkv: number;
+  D: number;
+  scale?: number;
+  kvDtype: "f32" | "f16" | "bf16";
+  /** q and out: float32 rows [.][Hq][D], addressed by each record's qRow. */
+  q: Ptr;
+  out: Ptr;
+  /** Workspace of `attentionPartFloats(...)` floats. */
+  part: Ptr;
   stream?: number;
 }
 
@@ -526,6 +574,130 @@ export class Device {
         this.p(moves, n * 16, "moves"),
         n,
         stream,
+      ),
+    );
+  }
+
+  /**
+   * Decode-sized product for m <= 16 rows: 16-byte weight loads, split-K over a block's warps
+   * when the matrix has few columns; the fused gate/up product and QKV segments in the epilogue.
+   */
+  gemv(a: GemvArgs): void {
+    const { m, n, k } = a;
+    if (!Number.isInteger(m) || m < 0 || m > 16)
+      throw new TensorShapeError("gemv", `m must be an integer in [0, 16], got ${m}`);
+    const dt = this.weightDtype(a.w, "gemv");
+    if (a.w.length < n * k) throw new TensorShapeError("gemv", `w has ${a.w.length} elements, needs n*k = ${n * k}`);
+    const gate = a.mode === "siluGate";
+    if (gate) {
+      if (!a.w2 || a.w2.dtype !== a.w.dtype || a.w2.length < n * k)
+        throw new TensorShapeError("gemv", "siluGate needs w2 (the up matrix) of w's dtype and shape");
+      if (Array.isArray(a.y)) throw new TensorShapeError("gemv", "siluGate writes one output");
+    }
+    let ys: [number, number | null, number | null];
+    let n0 = 0;
+    let n1 = 0;
+    if (Array.isArray(a.y)) {
+      if (!a.split) throw new TensorShapeError("gemv", "three outputs need split: [n0, n1]");
+      [n0, n1] = a.split;
+      const n2 = n - n0 - n1;
+      if (!(n0 > 0 && n1 > 0 && n2 > 0))
+        throw new TensorShapeError("gemv", `split [${n0}, ${n1}] does not leave three segments of ${n}`);
+      ys = [this.p(a.y[0], m * n0 * 4, "y0"), this.p(a.y[1], m * n1 * 4, "y1"), this.p(a.y[2], m * n2 * 4, "y2")];
+    } else ys = [this.p(a.y, m * n * 4, "y"), null, null];
+    const mode = a.mode === "accumulate" ? 1 : gate ? 2 : 0;
+    wrap(() =>
+      this.b.gemv(
+        ys[0],
+        ys[1],
+        ys[2],
+        n0,
+        n1,
+        this.p(a.x, m * k * 4, "x"),
+        a.w.ptr,
+        gate ? (a.w2 as DeviceBuffer).ptr : null,
+        dt,
+        a.bias == null ? null : this.p(a.bias, n * 4, "bias"),
+        a.bias2 == null ? null : this.p(a.bias2, n * 4, "bias2"),
+        m,
+        n,
+        k,
+        mode,
+        a.stream ?? 0,
+      ),
+    );
+  }
+
+  /** out[r] = argmax of row r of x[rows][n] (int32, the lowest index among equals, as the host's). */
+  argmax(out: Ptr, x: Ptr, rows: number, n: number, stream = 0): void {
+    wrap(() => this.b.argmax(this.p(out, rows * 4, "out"), this.p(x, rows * n * 4, "x"), rows, n, stream));
+  }
+
+  /** Floats of workspace `attentionBatch` needs for this shape. */
+  attentionPartFloats(B: number, maxT: number, maxKeys: number, Hq: number, D: number): number {
+    return this.b.attentionPartFloats(B, maxT, maxKeys, Hq, D);
+  }
+
+  /**
+   * One layer's attention for a whole batch (flash-decoding over key chunks; a GQA group's
+   * query heads share each K/V read; selections and V-only rows read in place).
+   */
+  attentionBatch(a: AttentionBatchArgs): void {
+    const { B, maxT, maxKeys, Hq, Hkv, D } = a;
+    if (Hkv <= 0 || Hq % Hkv !== 0)
+      throw new TensorShapeError("attentionBatch", `Hq ${Hq} is not a multiple of Hkv ${Hkv}`);
+    const part = this.attentionPartFloats(B, maxT, maxKeys, Hq, D);
+    wrap(() =>
+      this.b.attentionBatch(
+        this.p(a.seqs, B * ATTN_SEQ_BYTES, "seqs"),
+        B,
+        maxT,
+        maxKeys,
+        Hq,
+        Hkv,
+        D,
+        a.scale ?? 1 / Math.sqrt(D),
+        DTYPE_CODE[a.kvDtype],
+        this.p(a.q, 4, "q"),
+        this.p(a.out, 4, "out"),
+        this.p(a.part, part * 4, "part"),
+        0,
+        a.stream ?? 0,
+      ),
+    );
+  }
+
+  /**
+   * Append n rows (float32 k/v [n][Hkv][D]) to n stores: row r goes to row dst[r] of each kv
+   * head of kStores[r]/vStores[r] (int64 device addresses, cap[r] rows per head), converted to kvDtype.
+   */
+  kvAppend(a: {
+    kStores: Ptr;
+    vStores: Ptr;
+    caps: Ptr;
+    dst: Ptr;
+    k: Ptr;
+    v: Ptr;
+    n: number;
+    Hkv: number;
+    D: number;
+    kvDtype: "f32" | "f16" | "bf16";
+    stream?: number;
+  }): void {
+    const { n, Hkv, D } = a;
+    wrap(() =>
+      this.b.kvAppend(
+        this.p(a.kStores, n * 8, "kStores"),
+        this.p(a.vStores, n * 8, "vStores"),
+        this.p(a.caps, n * 4, "caps"),
+        this.p(a.dst, n * 4, "dst"),
+        this.p(a.k, n * Hkv * D * 4, "k"),
+        this.p(a.v, n * Hkv * D * 4, "v"),
+        n,
+        Hkv,
+        D,
+        DTYPE_CODE[a.kvDtype],
+        a.stream ?? 0,
       ),
     );
   }

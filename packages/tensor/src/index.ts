@@ -7,7 +7,9 @@ export {
   decoderStep,
   packDecoderWeights,
 } from "./decoder.js";
+export { type AttentionSeq, packAddresses, packAttentionSeqs } from "./attention-batch.js";
 export {
+  type AttentionBatchArgs,
   Device,
   type DeviceAttentionArgs,
   DeviceBuffer,
@@ -16,6 +18,7 @@ export {
   type DeviceKind,
   type DType,
   type GemmArgs,
+  type GemvArgs,
   PinnedBuffer,
   type Ptr,
 } from "./device.js";

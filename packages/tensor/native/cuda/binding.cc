@@ -204,6 +204,42 @@ Napi::Value KvMove(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value Gemv(const Napi::CallbackInfo& info) {
+  ARGS(16);
+  check(env, skv_k_gemv(ptr<float>(info[0]), ptr<float>(info[1]), ptr<float>(info[2]), i32(info[3]), i32(info[4]),
+                        ptr<float>(info[5]), ptr(info[6]), ptr(info[7]), i32(info[8]), ptr<float>(info[9]),
+                        ptr<float>(info[10]), i32(info[11]), i32(info[12]), i32(info[13]), i32(info[14]), i32(info[15])));
+  return env.Undefined();
+}
+
+Napi::Value Argmax(const Napi::CallbackInfo& info) {
+  ARGS(5);
+  check(env, skv_k_argmax(ptr<int32_t>(info[0]), ptr<float>(info[1]), i32(info[2]), i32(info[3]), i32(info[4])));
+  return env.Undefined();
+}
+
+Napi::Value AttentionBatch(const Napi::CallbackInfo& info) {
+  ARGS(14);
+  check(env, skv_k_attention_batch(ptr<SkvAttnSeq>(info[0]), i32(info[1]), i32(info[2]), i32(info[3]), i32(info[4]),
+                                   i32(info[5]), i32(info[6]), f32(info[7]), i32(info[8]), ptr<float>(info[9]),
+                                   ptr<float>(info[10]), ptr<float>(info[11]), i32(info[12]), i32(info[13])));
+  return env.Undefined();
+}
+
+Napi::Value AttentionPartFloats(const Napi::CallbackInfo& info) {
+  ARGS(5);
+  return Napi::Number::New(env, static_cast<double>(skv_attn_part_floats(i32(info[0]), i32(info[1]), i32(info[2]),
+                                                                         i32(info[3]), i32(info[4]), 0)));
+}
+
+Napi::Value KvAppend(const Napi::CallbackInfo& info) {
+  ARGS(11);
+  check(env, skv_k_kv_append(ptr<int64_t>(info[0]), ptr<int64_t>(info[1]), ptr<int32_t>(info[2]),
+                             ptr<int32_t>(info[3]), ptr<float>(info[4]), ptr<float>(info[5]), i32(info[6]), i32(info[7]),
+                             i32(info[8]), i32(info[9]), i32(info[10])));
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #define EXPORT(name, fn) exports.Set(name, Napi::Function::New(env, fn, name))
   EXPORT("open", Open);
@@ -227,6 +263,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("attention", Attention);
   EXPORT("kvWrite", KvWrite);
   EXPORT("kvMove", KvMove);
+  EXPORT("gemv", Gemv);
+  EXPORT("argmax", Argmax);
+  EXPORT("attentionBatch", AttentionBatch);
+  EXPORT("attentionPartFloats", AttentionPartFloats);
+  EXPORT("kvAppend", KvAppend);
 #undef EXPORT
 #ifdef SKV_EMU
   exports.Set("emulated", Napi::Boolean::New(env, true));

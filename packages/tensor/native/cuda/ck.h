@@ -54,6 +54,54 @@ namespace wmma = ::nvcuda::wmma;
 namespace ck {
 constexpr unsigned kFull = 0xffffffffu;
 
+// 16-byte vector loads: E elements of T (8 of f16/bf16, 4 of f32) widened to float. The
+// address must be 16-byte aligned; callers check rows and offsets once, on the host.
+template <class T> struct Vec { static constexpr int E = 16 / static_cast<int>(sizeof(T)); };
+#ifdef SKV_EMU
+template <class T>
+inline void load16(const T* p, float* out) {
+  T tmp[Vec<T>::E];
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) ::emu::fail("load16: address not 16-byte aligned");
+  std::memcpy(tmp, p, 16);
+  for (int i = 0; i < Vec<T>::E; ++i) out[i] = to_float(tmp[i]);
+}
+#else
+template <class T> __device__ inline void load16(const T* p, float* out);
+template <> __device__ inline void load16<float>(const float* p, float* out) {
+  const float4 u = __ldg(reinterpret_cast<const float4*>(p));
+  out[0] = u.x; out[1] = u.y; out[2] = u.z; out[3] = u.w;
+}
+template <> __device__ inline void load16<bf16_t>(const bf16_t* p, float* out) {
+  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __uint_as_float(w[i] << 16);
+    out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+template <> __device__ inline void load16<half_t>(const half_t* p, float* out) {
+  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+#endif
+// E activations (float) for a dot product with load16's weights: four at a time.
+template <int E>
+__device__ inline void load_f32(const float* p, float* out) {
+#ifdef SKV_EMU
+  std::memcpy(out, p, sizeof(float) * E);
+#else
+  for (int i = 0; i < E; i += 4) {
+    const float4 u = *reinterpret_cast<const float4*>(p + i);
+    out[i] = u.x; out[i + 1] = u.y; out[i + 2] = u.z; out[i + 3] = u.w;
+  }
+#endif
+}
+
 __device__ inline float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
   return v;

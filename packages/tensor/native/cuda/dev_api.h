@@ -11,6 +11,7 @@ extern "C" {
 
 enum SkvDevStatus { SKV_OK = 0, SKV_ENODEV = 1, SKV_EOOM = 2, SKV_EKERNEL = 3, SKV_EARG = 4 };
 enum SkvDtype { SKV_F32 = 0, SKV_F16 = 1, SKV_BF16 = 2 };
+enum SkvGemvMode { SKV_GEMV_STORE = 0, SKV_GEMV_ACCUMULATE = 1, SKV_GEMV_SILU_GATE = 2 };
 
 const char* skv_dev_last_error();
 // Selects the device, creates the two streams. `info` gets a one-line description.
@@ -58,4 +59,46 @@ int skv_k_kv_write(float* store, int cap, int Hkv, int D, const float* src, int 
 // mapped pinned host memory: the cold -> hot difference travels over the bus, nothing else does.
 int skv_k_kv_move(float* dst, int dcap, const float* src, int scap, int D, const int32_t* moves, int n,
                   int stream);
+
+// ---- the batched decode path ----
+// Decode-sized product, m <= 16 rows: y = x . W^T + bias (mode STORE), y += ... (ACCUMULATE), or
+// y0 = silu(x . W^T + bias) * (x . W2^T + bias2) (SILU_GATE: W = gate, W2 = up). With y1 and y2 set,
+// columns [0, n0) go to y0 (rows of n0), [n0, n0 + n1) to y1 and the rest to y2: a fused QKV matrix
+// written as three tensors.
+int skv_k_gemv(float* y0, float* y1, float* y2, int n0, int n1, const float* x, const void* w, const void* w2,
+               int dtype, const float* bias, const float* bias2, int m, int n, int k, int mode, int stream);
+// out[r] = the index of row r's largest value (the lowest index among equals; NaN never wins).
+int skv_k_argmax(int32_t* out, const float* x, int rows, int n, int stream);
+
+// One sequence of a batched attention launch (one layer). Addresses are device pointers as
+// 64-bit integers; 0 means absent. Keys are a list of `n` rows of the store: rows 0..n-1, or the
+// rows idx[g * icap + i] (i < cnt[g]) of kv head g. The last T keys of the list are this step's;
+// query row t sees the list's first n - T + t + 1 keys (its window's last `window` when window > 0,
+// contiguous lists only). V-only rows (SmallKV): vcnt[g] rows vidx[g * vcap + j] of the V store,
+// weighted by w[(h * T + t) * vmax + j]; `mode` 0 adds them, 1 scales the exact part by 1 - their mass.
+struct SkvAttnSeq {
+  int64_t k, v;       // stores [Hkv][cap][D] of dtype kvDtype
+  int64_t cap;        // rows per kv head in the stores
+  int64_t n;          // keys of a contiguous list
+  int64_t T;          // query rows (1 at decode)
+  int64_t qRow;       // first row of q/out [.][Hq][D]
+  int64_t idx, cnt;   // selection: int32 [Hkv][icap] rows and int32 [Hkv] counts
+  int64_t icap;
+  int64_t vidx, vcnt;  // V-only rows: int32 [Hkv][vcap] and counts
+  int64_t vcap;
+  int64_t w;          // V-only weights, float [Hq][T][vmax]
+  int64_t vmax;
+  int64_t mode;
+  int64_t window;
+};
+// Flash-decoding: the key lists are cut in chunks of `chunk` keys (one block per chunk, kv head and
+// sequence; the query heads of a GQA group share each K/V read), then a reduce merges the chunks.
+// `part` is workspace of skv_attn_part_floats(...) floats. q and out are float32.
+int skv_k_attention_batch(const SkvAttnSeq* seqs, int B, int maxT, int maxKeys, int Hq, int Hkv, int D,
+                          float scale, int kvDtype, const float* q, float* out, float* part, int chunk, int stream);
+int64_t skv_attn_part_floats(int B, int maxT, int maxKeys, int Hq, int D, int chunk);
+// Append rows: for each of the n entries, K/V rows src[r][Hkv][D] (float32) go to row dst[r] of the
+// stores kStore[r]/vStore[r] (64-bit addresses, dtype kvDtype, cap[r] rows per head).
+int skv_k_kv_append(const int64_t* kStore, const int64_t* vStore, const int32_t* cap, const int32_t* dst,
+                    const float* k, const float* v, int n, int Hkv, int D, int kvDtype, int stream);
 }

@@ -1,0 +1,77 @@
+import { ATTN_SEQ_BYTES, type DeviceBuffer, type PinnedBuffer } from "./device.js";
+
+type Addr = DeviceBuffer | PinnedBuffer | number;
+const addr = (x: Addr | undefined): number => (x === undefined ? 0 : typeof x === "number" ? x : x.ptr);
+
+/** One sequence of a batched attention launch (one layer); see SkvAttnSeq in dev_api.h. */
+export interface AttentionSeq {
+  /** K and V stores [Hkv][cap][D] of the launch's kv dtype. */
+  k: Addr;
+  v: Addr;
+  cap: number;
+  /** Keys of a contiguous list (rows 0..n-1, this step's T rows last). */
+  n: number;
+  /** Query rows (1 at decode). Query row t sees the list's first n - T + t + 1 keys. */
+  T: number;
+  /** First row of this sequence in q/out [.][Hq][D]. */
+  qRow: number;
+  /** A selection read in place: int32 rows [Hkv][icap] and int32 counts [Hkv] (this step's rows included, last). */
+  select?: { idx: Addr; counts: Addr; icap: number };
+  /** SmallKV's V-only rows: int32 rows [Hkv][vcap], counts [Hkv], float weights [Hq][T][vmax]. */
+  vOnly?: { idx: Addr; counts: Addr; vcap: number; weights: Addr; vmax: number; mode: "literal" | "mass" };
+  /** > 0: each query sees only its last `window` keys (contiguous lists only). */
+  window?: number;
+}
+
+const FIELDS = ATTN_SEQ_BYTES / 8;
+
+/**
+ * Packs the records into `into` (Int32Array pairs per int64 field; grown when short) for one
+ * upload: the launch reads every sequence's shape and addresses from device memory.
+ */
+export function packAttentionSeqs(seqs: AttentionSeq[], into?: Int32Array): Int32Array {
+  const out = into && into.length >= seqs.length * FIELDS * 2 ? into : new Int32Array(seqs.length * FIELDS * 2);
+  seqs.forEach((s, i) => {
+    if (s.select && s.window) throw new RangeError("packAttentionSeqs: a window applies to contiguous lists only");
+    const vo = s.vOnly;
+    const f = [
+      addr(s.k),
+      addr(s.v),
+      s.cap,
+      s.n,
+      s.T,
+      s.qRow,
+      addr(s.select?.idx),
+      addr(s.select?.counts),
+      s.select?.icap ?? 0,
+      addr(vo?.idx),
+      addr(vo?.counts),
+      vo?.vcap ?? 0,
+      addr(vo?.weights),
+      vo?.vmax ?? 0,
+      vo?.mode === "mass" ? 1 : 0,
+      s.window ?? 0,
+    ];
+    const base = i * FIELDS * 2;
+    for (let j = 0; j < FIELDS; j++) {
+      const x = f[j];
+      if (!Number.isSafeInteger(x) || x < 0) throw new RangeError(`packAttentionSeqs: field ${j} of sequence ${i} is ${x}`);
+      const hi = Math.floor(x / 4294967296);
+      out[base + 2 * j] = x - hi * 4294967296; // wraps to int32; the device reads the bits
+      out[base + 2 * j + 1] = hi;
+    }
+  });
+  return out;
+}
+
+/** int64 addresses for kvAppend's per-row store lists, as Int32Array pairs. */
+export function packAddresses(addrs: ArrayLike<number>, into?: Int32Array): Int32Array {
+  const out = into && into.length >= addrs.length * 2 ? into : new Int32Array(addrs.length * 2);
+  for (let i = 0; i < addrs.length; i++) {
+    const x = addrs[i];
+    const hi = Math.floor(x / 4294967296);
+    out[2 * i] = x - hi * 4294967296;
+    out[2 * i + 1] = hi;
+  }
+  return out;
+}

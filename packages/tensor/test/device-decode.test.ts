@@ -1,0 +1,322 @@
+import { afterAll, describe, expect, it } from "vitest";
+import {
+  type AttentionSeq,
+  Device,
+  type DeviceKind,
+  fromHalfBits,
+  packAddresses,
+  packAttentionSeqs,
+  reference,
+  TensorShapeError,
+  toHalfBits,
+} from "../src/index.js";
+import { maxAbsDiff, randn, rng } from "./rand.js";
+
+// The batched decode path's kernels (GEMV, batched flash-decoding attention, KV append,
+// argmax) against the TypeScript references, on the emulator everywhere and on a GPU where
+// there is one.
+const probe = Device.probe();
+const round = (a: Float32Array, dt: "f32" | "f16" | "bf16") =>
+  dt === "f32" ? a : fromHalfBits(toHalfBits(a, dt), dt);
+const silu = (x: number) => x / (1 + Math.exp(-x));
+
+function decodeSuite(kind: DeviceKind) {
+  const dev = kind === "cuda" && !probe.available ? null : Device.open(kind);
+  const d = () => dev as Device;
+  afterAll(() => dev?.releaseAll());
+  const upW = (w: Float32Array, dt: "f32" | "f16" | "bf16") =>
+    dt === "f32" ? d().upload(w) : d().upload(toHalfBits(w, dt), dt);
+
+  // Vector loads (k a multiple of 8), the scalar path (odd k), every row bucket and split-K width.
+  for (const [m, n, k] of [
+    [1, 67, 40],
+    [2, 1030, 24],
+    [5, 33, 129],
+    [9, 2100, 16],
+    [16, 40, 64],
+  ]) {
+    for (const dt of ["f32", "f16", "bf16"] as const) {
+      it(`gemv ${dt} m=${m} n=${n} k=${k}: store with bias, accumulate`, () => {
+        const r = rng(m * 31 + n + k);
+        const x = randn(m * k, r),
+          w = randn(n * k, r, 0.5),
+          bias = randn(n, r);
+        const wb = upW(w, dt);
+        const want = reference.gemmRef(x, round(w, dt), m, n, k, bias);
+        const y = d().alloc(m * n);
+        d().gemv({ y, x: d().upload(x), w: wb, bias: d().upload(bias), m, n, k });
+        expect(maxAbsDiff(d().read(y, new Float32Array(m * n)), want)).toBeLessThan(1e-4 * Math.sqrt(k));
+        const y0 = randn(m * n, r);
+        const acc = d().upload(y0);
+        d().gemv({ y: acc, x: d().upload(x), w: wb, m, n, k, mode: "accumulate" });
+        const plain = reference.gemmRef(x, round(w, dt), m, n, k);
+        expect(
+          maxAbsDiff(
+            d().read(acc, new Float32Array(m * n)),
+            plain.map((v, i) => v + y0[i]),
+          ),
+        ).toBeLessThan(1e-4 * Math.sqrt(k));
+      });
+    }
+  }
+
+  it("gemv's fused gate/up with SiLU and its QKV segments match separate products", () => {
+    const m = 3,
+      n = 50,
+      k = 32,
+      r = rng(77);
+    const x = randn(m * k, r),
+      g = randn(n * k, r, 0.5),
+      u = randn(n * k, r, 0.5),
+      bg = randn(n, r),
+      bu = randn(n, r);
+    const y = d().alloc(m * n);
+    const xb = d().upload(x);
+    d().gemv({
+      y,
+      x: xb,
+      w: upW(g, "bf16"),
+      w2: upW(u, "bf16"),
+      bias: d().upload(bg),
+      bias2: d().upload(bu),
+      m,
+      n,
+      k,
+      mode: "siluGate",
+    });
+    const G = reference.gemmRef(x, round(g, "bf16"), m, n, k, bg);
+    const U = reference.gemmRef(x, round(u, "bf16"), m, n, k, bu);
+    expect(
+      maxAbsDiff(
+        d().read(y, new Float32Array(m * n)),
+        G.map((v, i) => silu(v) * U[i]),
+      ),
+    ).toBeLessThan(1e-4);
+    // Columns 0..19 -> q, 20..34 -> k, 35..49 -> v.
+    const outs = [d().alloc(m * 20), d().alloc(m * 15), d().alloc(m * 15)] as const;
+    d().gemv({ y: [...outs], split: [20, 15], x: xb, w: upW(g, "f32"), m, n, k });
+    const full = reference.gemmRef(x, g, m, n, k);
+    const seg = (lo: number, w: number) =>
+      Float32Array.from({ length: m * w }, (_, i) => full[Math.floor(i / w) * n + lo + (i % w)]);
+    expect(maxAbsDiff(d().read(outs[0], new Float32Array(m * 20)), seg(0, 20))).toBeLessThan(1e-5);
+    expect(maxAbsDiff(d().read(outs[1], new Float32Array(m * 15)), seg(20, 15))).toBeLessThan(1e-5);
+    expect(maxAbsDiff(d().read(outs[2], new Float32Array(m * 15)), seg(35, 15))).toBeLessThan(1e-5);
+    expect(() => d().gemv({ y, x: xb, w: upW(g, "f32"), m: 17, n, k })).toThrow(TensorShapeError);
+    expect(() => d().gemv({ y, x: xb, w: upW(g, "f32"), m, n, k, mode: "siluGate" })).toThrow(/w2/);
+  });
+
+  it("argmax picks the first maximum per row, as the host's argmax", () => {
+    const rows = 4,
+      n = 3000,
+      r = rng(5);
+    const x = randn(rows * n, r);
+    x[0 * n + 2999] = 9; // last column
+    x[1 * n + 7] = 5;
+    x[1 * n + 2000] = 5; // a tie: the lower index wins
+    x[2 * n + 100] = Number.NaN; // NaN never wins
+    x[2 * n + 1500] = 3;
+    x[3 * n] = Number.NaN; // a NaN first entry gives 0, as on the host
+    const out = d().alloc(rows, "i32");
+    d().argmax(out, d().upload(x), rows, n);
+    const host = Array.from({ length: rows }, (_, i) => {
+      const row = x.subarray(i * n, (i + 1) * n);
+      let best = 0;
+      for (let j = 1; j < n; j++) if (row[j] > row[best]) best = j;
+      return best;
+    });
+    expect([...d().read(out, new Int32Array(rows))]).toEqual(host);
+    expect(host).toEqual([2999, 7, 1500, 0]);
+  });
+
+  it("kvAppend writes each row to its own sequence's stores, converting to the kv dtype", () => {
+    const Hkv = 2,
+      D = 16,
+      n = 3,
+      r = rng(8);
+    for (const dt of ["f32", "bf16"] as const) {
+      const caps = [4, 9, 5];
+      const ks = caps.map((c) => d().alloc(Hkv * c * D, dt));
+      const vs = caps.map((c) => d().alloc(Hkv * c * D, dt));
+      const k = randn(n * Hkv * D, r),
+        v = randn(n * Hkv * D, r);
+      const dst = [3, 0, 4];
+      d().kvAppend({
+        kStores: d().upload(packAddresses(ks.map((b) => b.ptr))),
+        vStores: d().upload(packAddresses(vs.map((b) => b.ptr))),
+        caps: d().upload(Int32Array.from(caps)),
+        dst: d().upload(Int32Array.from(dst)),
+        k: d().upload(k),
+        v: d().upload(v),
+        n,
+        Hkv,
+        D,
+        kvDtype: dt,
+      });
+      for (let i = 0; i < n; i++)
+        for (const [stores, src] of [
+          [ks, k],
+          [vs, v],
+        ] as const) {
+          const raw =
+            dt === "f32"
+              ? d().read(stores[i], new Float32Array(Hkv * caps[i] * D))
+              : fromHalfBits(d().read(stores[i], new Uint16Array(Hkv * caps[i] * D)), dt);
+          for (let g = 0; g < Hkv; g++) {
+            const want = round(src.slice((i * Hkv + g) * D, (i * Hkv + g + 1) * D), dt);
+            const at = (g * caps[i] + dst[i]) * D;
+            expect(raw.subarray(at, at + D)).toEqual(want);
+          }
+        }
+    }
+  });
+
+  // Ragged batches: decode rows, a verify block (T > 1), contiguous and selected key lists,
+  // V-only rows, a sliding window, lists longer than one 256-key chunk, GQA groups wider than
+  // one block's 8 queries; f32 and bf16 stores.
+  interface Case {
+    T: number;
+    n: number;
+    select?: number[][]; // per kv head: rows before this step's (which the test appends)
+    vonly?: number[][];
+    mode?: "literal" | "mass";
+    window?: number;
+  }
+  const batches: [string, number, number, number, Case[]][] = [
+    ["decode, contiguous, MHA", 4, 4, 8, [{ T: 1, n: 5 }, { T: 1, n: 1 }, { T: 1, n: 300 }]],
+    ["GQA 4:1 with a verify block and a window", 8, 2, 64, [{ T: 1, n: 600 }, { T: 3, n: 40, window: 16 }]],
+    ["GQA 12:1 (two query blocks), T=2", 12, 1, 32, [{ T: 2, n: 270 }]],
+    [
+      "selections and V-only rows",
+      4,
+      2,
+      16,
+      [
+        { T: 1, n: 500, select: [[0, 7, 9, 300, 499 - 1], [5, 6]], vonly: [[1, 2], []], mode: "mass" },
+        { T: 2, n: 300, select: [Array.from({ length: 270 }, (_, i) => i), [3]], vonly: [[10], [4, 8, 9]], mode: "literal" },
+        { T: 1, n: 20 },
+      ],
+    ],
+  ];
+  for (const [name, Hq, Hkv, D, cases] of batches) {
+    for (const dt of ["f32", "bf16"] as const) {
+      it(`attentionBatch ${dt}: ${name}`, () => {
+        const r = rng(Hq * 100 + D + cases.length);
+        const caps = cases.map((c) => c.n + 3);
+        const M = cases.reduce((a, c) => a + c.T, 0);
+        const q = randn(M * Hq * D, r, 2);
+        const seqs: AttentionSeq[] = [];
+        const wants: Float32Array[] = [];
+        let row = 0;
+        let maxKeys = 0;
+        for (const [i, c] of cases.entries()) {
+          const cap = caps[i];
+          const k = round(randn(Hkv * cap * D, r), dt);
+          const v = round(randn(Hkv * cap * D, r), dt);
+          const up = (a: Float32Array) => (dt === "f32" ? d().upload(a) : d().upload(toHalfBits(a, dt), dt));
+          const kb = up(k),
+            vb = up(v);
+          const qs = q.subarray(row * Hq * D, (row + c.T) * Hq * D);
+          const seq: AttentionSeq = { k: kb, v: vb, cap, n: c.n, T: c.T, qRow: row, window: c.window };
+          let want: Float32Array;
+          if (c.select) {
+            // The list: the selected rows, then this step's T rows (the store's last T).
+            const lists = c.select.map((rows) => [...rows, ...Array.from({ length: c.T }, (_, t) => c.n - c.T + t)]);
+            const icap = Math.max(...lists.map((l) => l.length));
+            maxKeys = Math.max(maxKeys, icap);
+            const idx = new Int32Array(Hkv * icap);
+            lists.forEach((l, g) => idx.set(l, g * icap));
+            seq.select = { idx: d().upload(idx), counts: d().upload(Int32Array.from(lists.map((l) => l.length))), icap };
+            const off = Int32Array.from({ length: Hkv + 1 }, (_, g) =>
+              c.select!.slice(0, g).reduce((a, l) => a + l.length, 0),
+            );
+            let vOnly: Parameters<typeof reference.indexedAttentionRef>[0]["vOnly"];
+            if (c.vonly) {
+              const vmax = Math.max(...c.vonly.map((l) => l.length));
+              const vcap = Math.max(1, vmax);
+              const vidx = new Int32Array(Hkv * vcap);
+              c.vonly.forEach((l, g) => vidx.set(l, g * vcap));
+              const weights = randn(Hq * c.T * vmax, r, 0.05).map(Math.abs);
+              seq.vOnly = {
+                idx: d().upload(vidx),
+                counts: d().upload(Int32Array.from(c.vonly.map((l) => l.length))),
+                vcap,
+                weights: d().upload(weights),
+                vmax,
+                mode: c.mode ?? "mass",
+              };
+              const voff = Int32Array.from({ length: Hkv + 1 }, (_, g) =>
+                c.vonly!.slice(0, g).reduce((a, l) => a + l.length, 0),
+              );
+              vOnly = { idx: Int32Array.from(c.vonly.flat()), off: voff, weights, mode: c.mode ?? "mass" };
+            }
+            want = reference.indexedAttentionRef({
+              q: qs,
+              k,
+              v,
+              cap,
+              T: c.T,
+              Hq,
+              Hkv,
+              D,
+              lists: Hkv,
+              idx: Int32Array.from(c.select.flat()),
+              off,
+              newAt: c.n - c.T,
+              vOnly,
+            }).out;
+          } else {
+            maxKeys = Math.max(maxKeys, c.n);
+            want = reference.attentionRef({
+              q: qs,
+              k,
+              v,
+              cap,
+              T: c.T,
+              past: c.n - c.T,
+              Hq,
+              Hkv,
+              D,
+              window: c.window,
+            }).out;
+          }
+          seqs.push(seq);
+          wants.push(want);
+          row += c.T;
+        }
+        const maxT = Math.max(...cases.map((c) => c.T));
+        const out = d().alloc(M * Hq * D);
+        const part = d().alloc(d().attentionPartFloats(cases.length, maxT, maxKeys, Hq, D));
+        d().attentionBatch({
+          seqs: d().upload(packAttentionSeqs(seqs)),
+          B: cases.length,
+          maxT,
+          maxKeys,
+          Hq,
+          Hkv,
+          D,
+          kvDtype: dt,
+          q: d().upload(q),
+          out,
+          part,
+        });
+        const got = d().read(out, new Float32Array(M * Hq * D));
+        row = 0;
+        for (const [i, c] of cases.entries()) {
+          const g = got.subarray(row * Hq * D, (row + c.T) * Hq * D);
+          expect(maxAbsDiff(g, wants[i])).toBeLessThan(2e-5);
+          row += c.T;
+        }
+      });
+    }
+  }
+
+  it("attentionBatch refuses shapes it cannot run", () => {
+    const b = d().alloc(1024);
+    const base = { seqs: b, B: 1, maxT: 1, maxKeys: 4, q: b, out: b, part: b, kvDtype: "bf16" as const };
+    expect(() => d().attentionBatch({ ...base, Hq: 3, Hkv: 2, D: 16 })).toThrow(/multiple/);
+    expect(() => d().attentionBatch({ ...base, Hq: 2, Hkv: 2, D: 12 })).toThrow(/head dim/);
+  });
+}
+
+describe("decode kernels on the CPU emulator", () => decodeSuite("emulator"));
+describe.skipIf(!probe.available)(`decode kernels on CUDA (${probe.reason})`, () => decodeSuite("cuda"));
