@@ -25,6 +25,7 @@ import type { KvPolicyHook } from "./policy-hook.js";
 import { isGroupSize, WEIGHT_TYPES, type WeightType } from "./quant.js";
 import { replaySteps } from "./replay.js";
 import { ropeKernelArgs } from "./rope.js";
+import { argmax } from "./sampler.js";
 import { policyHasState, Sequence } from "./sequence.js";
 import type { TextTokenizer } from "./tokenizer.js";
 import type { LayeredWeights } from "./weights.js";
@@ -93,8 +94,12 @@ export type HotRowsMode = "copy" | "indexed";
 export interface StepInput {
   seq: Sequence;
   tokens: ArrayLike<number>;
-  /** Which positions' logits to return: the last (default), all, or none. */
-  logits?: "last" | "all" | "none";
+  /**
+   * Which positions' logits to return: the last (default), all, or none; "argmax": the last
+   * position's greedy token only (one number; on the device backend the argmax runs there
+   * and one integer per sequence comes back instead of a row of logits).
+   */
+  logits?: "last" | "all" | "none" | "argmax";
   /**
    * Plan the tokens' attention one row at a time inside each layer, exactly as one-token steps
    * would (the verify step of speculative decoding under a "layerwise" policy): the policy
@@ -110,7 +115,7 @@ export interface StepInput {
   drafted?: boolean;
 }
 
-/** Logits [rows][vocab] per step input (1 row for "last", T for "all", 0 for "none"). */
+/** Logits [rows][vocab] per step input (1 row for "last", T for "all", 0 for "none"; the greedy token id alone for "argmax"). */
 export type StepOutput = Float32Array;
 
 /**
@@ -516,7 +521,7 @@ export class Model {
     r = 0;
     for (const { tokens, logits = "last" } of inputs) {
       if (logits === "all") for (let i = 0; i < tokens.length; i++) rows.push(r + i);
-      else if (logits === "last") rows.push(r + tokens.length - 1);
+      else if (logits === "last" || logits === "argmax") rows.push(r + tokens.length - 1);
       r += tokens.length;
     }
     let logitsAll: Float32Array = new Float32Array(0);
@@ -687,8 +692,9 @@ export class Model {
     const results: StepOutput[] = [];
     let lr = 0;
     for (const { tokens, logits = "last" } of inputs) {
-      const n = logits === "all" ? tokens.length : logits === "last" ? 1 : 0;
-      results.push(logitsAll.subarray(lr * V, (lr + n) * V));
+      const n = logits === "all" ? tokens.length : logits === "last" || logits === "argmax" ? 1 : 0;
+      const rows = logitsAll.subarray(lr * V, (lr + n) * V);
+      results.push(logits === "argmax" ? Float32Array.of(argmax(rows)) : rows);
       lr += n;
     }
     return results;
@@ -705,14 +711,24 @@ export class Model {
     for (const { seq, tokens, logits = "last" } of inputs) {
       parts.push({ seq, tokens, row: r });
       if (logits === "all") for (let i = 0; i < tokens.length; i++) rows.push(r + i);
-      else if (logits === "last") rows.push(r + tokens.length - 1);
+      else if (logits === "last" || logits === "argmax") rows.push(r + tokens.length - 1);
       r += tokens.length;
     }
-    const logitsAll = runner.step(parts, M, rows);
+    // Greedy tokens computed on the device when every requested row wants only that.
+    const onDevice =
+      rows.length > 0 && inputs.every(({ logits = "last" }) => logits === "argmax" || logits === "none");
+    const out = runner.step(parts, M, rows, onDevice);
     for (const { seq, tokens } of inputs) {
       seq.kv.length += tokens.length;
       for (let i = 0; i < tokens.length; i++) seq.tokens.push(tokens[i]);
     }
+    if (onDevice) {
+      let i = 0;
+      return inputs.map(({ logits }) =>
+        logits === "argmax" ? Float32Array.of(out[i++]) : new Float32Array(0),
+      );
+    }
+    const logitsAll = out as Float32Array;
     return this.splitLogits(inputs, logitsAll);
   }
 }

@@ -16,6 +16,12 @@ import { churn, GOLDEN, golden, LLM, MODELS, maxAbsDiff } from "./helpers.js";
 const probe = Device.probe();
 if (!probe.available) console.log(`runner CUDA tests skipped: ${probe.reason}`);
 
+const argmaxOf = (l: ArrayLike<number>) => {
+  let best = 0;
+  for (let i = 1; i < l.length; i++) if (l[i] > l[best]) best = i;
+  return best;
+};
+
 function deviceSuite(device: "emulator" | "cuda") {
   let dev: Model;
   let cpu: Model;
@@ -140,6 +146,25 @@ function deviceSuite(device: "emulator" | "cuda") {
     const [f2] = await cpu.forward([{ seq: r2, tokens: [43, 44] }]);
     expect(maxAbsDiff(e1, f1)).toBeLessThan(1e-4);
     expect(maxAbsDiff(e2, f2)).toBeLessThan(1e-4);
+  });
+
+  it("greedy tokens computed on the device ('argmax') equal the host's argmax of the logits", async () => {
+    const ids = cpu.tokenizer.encode("Once upon a time there was a little bird.");
+    const seqs = [dev.newSequence(), dev.newSequence(), dev.newSequence(churn("mass"))];
+    const refs = [cpu.newSequence(), cpu.newSequence(), cpu.newSequence(churn("mass"))];
+    const prompts = [ids, ids.slice(0, 4), ids.slice(2)];
+    await dev.forward(seqs.map((seq, i) => ({ seq, tokens: prompts[i], logits: "none" as const })));
+    const first = await cpu.forward(refs.map((seq, i) => ({ seq, tokens: prompts[i] })));
+    let next = first.map((l) => argmaxOf(l));
+    for (let step = 0; step < 4; step++) {
+      const got = await dev.forward(
+        seqs.map((seq, i) => ({ seq, tokens: [next[i]], logits: "argmax" as const })),
+      );
+      const want = await cpu.forward(refs.map((seq, i) => ({ seq, tokens: [next[i]] })));
+      expect(got.map((g) => g.length)).toEqual([1, 1, 1]);
+      next = want.map((l) => argmaxOf(l));
+      expect(got.map((g) => g[0])).toEqual(next);
+    }
   });
 
   it("f16 and bf16 weights stay close to f32 (stated tolerances 0.05 and 0.2 on logits)", async () => {

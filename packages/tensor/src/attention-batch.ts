@@ -30,9 +30,11 @@ const FIELDS = ATTN_SEQ_BYTES / 8;
  * upload: the launch reads every sequence's shape and addresses from device memory.
  */
 export function packAttentionSeqs(seqs: AttentionSeq[], into?: Int32Array): Int32Array {
-  const out = into && into.length >= seqs.length * FIELDS * 2 ? into : new Int32Array(seqs.length * FIELDS * 2);
+  const out =
+    into && into.length >= seqs.length * FIELDS * 2 ? into : new Int32Array(seqs.length * FIELDS * 2);
   seqs.forEach((s, i) => {
-    if (s.select && s.window) throw new RangeError("packAttentionSeqs: a window applies to contiguous lists only");
+    if (s.select && s.window)
+      throw new RangeError("packAttentionSeqs: a window applies to contiguous lists only");
     const vo = s.vOnly;
     const f = [
       addr(s.k),
@@ -55,7 +57,8 @@ export function packAttentionSeqs(seqs: AttentionSeq[], into?: Int32Array): Int3
     const base = i * FIELDS * 2;
     for (let j = 0; j < FIELDS; j++) {
       const x = f[j];
-      if (!Number.isSafeInteger(x) || x < 0) throw new RangeError(`packAttentionSeqs: field ${j} of sequence ${i} is ${x}`);
+      if (!Number.isSafeInteger(x) || x < 0)
+        throw new RangeError(`packAttentionSeqs: field ${j} of sequence ${i} is ${x}`);
       const hi = Math.floor(x / 4294967296);
       out[base + 2 * j] = x - hi * 4294967296; // wraps to int32; the device reads the bits
       out[base + 2 * j + 1] = hi;

@@ -40,12 +40,29 @@ export class DeviceBuffer {
     readonly ptr: number,
     readonly length: number,
     readonly dtype: DType,
+    /** A view's buffer: the memory's owner (a view frees nothing). */
+    private readonly owner?: DeviceBuffer,
   ) {}
   get bytes(): number {
     return this.length * BYTES[this.dtype];
   }
   get released(): boolean {
-    return this.freed;
+    return this.freed || (this.owner?.released ?? false);
+  }
+  /** Elements [offset, offset + length) as a buffer of their own, valid while this one is. */
+  view(offset: number, length: number): DeviceBuffer {
+    if (
+      !Number.isInteger(offset) ||
+      !Number.isInteger(length) ||
+      offset < 0 ||
+      length < 0 ||
+      offset + length > this.length
+    )
+      throw new TensorShapeError(
+        "DeviceBuffer.view",
+        `[${offset}, ${offset + length}) outside [0, ${this.length}]`,
+      );
+    return new DeviceBuffer(this.device, this.at(offset), length, this.dtype, this.owner ?? this);
   }
   at(index: number): number {
     if (index < 0 || index > this.length)
@@ -55,7 +72,7 @@ export class DeviceBuffer {
   free(): void {
     if (this.freed) return;
     this.freed = true;
-    this.device.release(this);
+    if (!this.owner) this.device.release(this);
   }
 }
 
@@ -587,7 +604,8 @@ export class Device {
     if (!Number.isInteger(m) || m < 0 || m > 16)
       throw new TensorShapeError("gemv", `m must be an integer in [0, 16], got ${m}`);
     const dt = this.weightDtype(a.w, "gemv");
-    if (a.w.length < n * k) throw new TensorShapeError("gemv", `w has ${a.w.length} elements, needs n*k = ${n * k}`);
+    if (a.w.length < n * k)
+      throw new TensorShapeError("gemv", `w has ${a.w.length} elements, needs n*k = ${n * k}`);
     const gate = a.mode === "siluGate";
     if (gate) {
       if (!a.w2 || a.w2.dtype !== a.w.dtype || a.w2.length < n * k)
@@ -603,7 +621,11 @@ export class Device {
       const n2 = n - n0 - n1;
       if (!(n0 > 0 && n1 > 0 && n2 > 0))
         throw new TensorShapeError("gemv", `split [${n0}, ${n1}] does not leave three segments of ${n}`);
-      ys = [this.p(a.y[0], m * n0 * 4, "y0"), this.p(a.y[1], m * n1 * 4, "y1"), this.p(a.y[2], m * n2 * 4, "y2")];
+      ys = [
+        this.p(a.y[0], m * n0 * 4, "y0"),
+        this.p(a.y[1], m * n1 * 4, "y1"),
+        this.p(a.y[2], m * n2 * 4, "y2"),
+      ];
     } else ys = [this.p(a.y, m * n * 4, "y"), null, null];
     const mode = a.mode === "accumulate" ? 1 : gate ? 2 : 0;
     wrap(() =>
@@ -668,14 +690,16 @@ export class Device {
   }
 
   /**
-   * Append n rows (float32 k/v [n][Hkv][D]) to n stores: row r goes to row dst[r] of each kv
-   * head of kStores[r]/vStores[r] (int64 device addresses, cap[r] rows per head), converted to kvDtype.
+   * Append n rows to n stores: entry i takes row rows[i] (i without `rows`) of float32 k/v
+   * [.][Hkv][D] to row dst[i] of each kv head of kStores[i]/vStores[i] (int64 device addresses,
+   * cap[i] rows per head), converted to kvDtype.
    */
   kvAppend(a: {
     kStores: Ptr;
     vStores: Ptr;
     caps: Ptr;
     dst: Ptr;
+    rows?: Ptr;
     k: Ptr;
     v: Ptr;
     n: number;
@@ -691,8 +715,9 @@ export class Device {
         this.p(a.vStores, n * 8, "vStores"),
         this.p(a.caps, n * 4, "caps"),
         this.p(a.dst, n * 4, "dst"),
-        this.p(a.k, n * Hkv * D * 4, "k"),
-        this.p(a.v, n * Hkv * D * 4, "v"),
+        a.rows == null ? 0 : this.p(a.rows, n * 4, "rows"),
+        this.p(a.k, a.rows == null ? n * Hkv * D * 4 : 4, "k"),
+        this.p(a.v, a.rows == null ? n * Hkv * D * 4 : 4, "v"),
         n,
         Hkv,
         D,

@@ -1,3 +1,4 @@
+export { type AttentionSeq, packAddresses, packAttentionSeqs } from "./attention-batch.js";
 export {
   type DecoderLayerWeights,
   type DecoderShape,
@@ -7,7 +8,6 @@ export {
   decoderStep,
   packDecoderWeights,
 } from "./decoder.js";
-export { type AttentionSeq, packAddresses, packAttentionSeqs } from "./attention-batch.js";
 export {
   type AttentionBatchArgs,
   Device,

@@ -128,7 +128,7 @@ function decodeSuite(kind: DeviceKind) {
     expect(host).toEqual([2999, 7, 1500, 0]);
   });
 
-  it("kvAppend writes each row to its own sequence's stores, converting to the kv dtype", () => {
+  it("kvAppend writes each row to its own sequence's stores (rows in order or picked), converting to the kv dtype", () => {
     const Hkv = 2,
       D = 16,
       n = 3,
@@ -140,7 +140,9 @@ function decodeSuite(kind: DeviceKind) {
       const k = randn(n * Hkv * D, r),
         v = randn(n * Hkv * D, r);
       const dst = [3, 0, 4];
+      const rows = dt === "f32" ? undefined : [2, 0, 1]; // entry i takes source row rows[i]
       d().kvAppend({
+        rows: rows && d().upload(Int32Array.from(rows)),
         kStores: d().upload(packAddresses(ks.map((b) => b.ptr))),
         vStores: d().upload(packAddresses(vs.map((b) => b.ptr))),
         caps: d().upload(Int32Array.from(caps)),
@@ -162,7 +164,8 @@ function decodeSuite(kind: DeviceKind) {
               ? d().read(stores[i], new Float32Array(Hkv * caps[i] * D))
               : fromHalfBits(d().read(stores[i], new Uint16Array(Hkv * caps[i] * D)), dt);
           for (let g = 0; g < Hkv; g++) {
-            const want = round(src.slice((i * Hkv + g) * D, (i * Hkv + g + 1) * D), dt);
+            const sr = rows ? rows[i] : i;
+            const want = round(src.slice((sr * Hkv + g) * D, (sr * Hkv + g + 1) * D), dt);
             const at = (g * caps[i] + dst[i]) * D;
             expect(raw.subarray(at, at + D)).toEqual(want);
           }
@@ -182,8 +185,27 @@ function decodeSuite(kind: DeviceKind) {
     window?: number;
   }
   const batches: [string, number, number, number, Case[]][] = [
-    ["decode, contiguous, MHA", 4, 4, 8, [{ T: 1, n: 5 }, { T: 1, n: 1 }, { T: 1, n: 300 }]],
-    ["GQA 4:1 with a verify block and a window", 8, 2, 64, [{ T: 1, n: 600 }, { T: 3, n: 40, window: 16 }]],
+    [
+      "decode, contiguous, MHA",
+      4,
+      4,
+      8,
+      [
+        { T: 1, n: 5 },
+        { T: 1, n: 1 },
+        { T: 1, n: 300 },
+      ],
+    ],
+    [
+      "GQA 4:1 with a verify block and a window",
+      8,
+      2,
+      64,
+      [
+        { T: 1, n: 600 },
+        { T: 3, n: 40, window: 16 },
+      ],
+    ],
     ["GQA 12:1 (two query blocks), T=2", 12, 1, 32, [{ T: 2, n: 270 }]],
     [
       "selections and V-only rows",
@@ -191,8 +213,23 @@ function decodeSuite(kind: DeviceKind) {
       2,
       16,
       [
-        { T: 1, n: 500, select: [[0, 7, 9, 300, 499 - 1], [5, 6]], vonly: [[1, 2], []], mode: "mass" },
-        { T: 2, n: 300, select: [Array.from({ length: 270 }, (_, i) => i), [3]], vonly: [[10], [4, 8, 9]], mode: "literal" },
+        {
+          T: 1,
+          n: 500,
+          select: [
+            [0, 7, 9, 300, 499 - 1],
+            [5, 6],
+          ],
+          vonly: [[1, 2], []],
+          mode: "mass",
+        },
+        {
+          T: 2,
+          n: 300,
+          select: [Array.from({ length: 270 }, (_, i) => i), [3]],
+          vonly: [[10], [4, 8, 9]],
+          mode: "literal",
+        },
         { T: 1, n: 20 },
       ],
     ],
@@ -220,12 +257,19 @@ function decodeSuite(kind: DeviceKind) {
           let want: Float32Array;
           if (c.select) {
             // The list: the selected rows, then this step's T rows (the store's last T).
-            const lists = c.select.map((rows) => [...rows, ...Array.from({ length: c.T }, (_, t) => c.n - c.T + t)]);
+            const lists = c.select.map((rows) => [
+              ...rows,
+              ...Array.from({ length: c.T }, (_, t) => c.n - c.T + t),
+            ]);
             const icap = Math.max(...lists.map((l) => l.length));
             maxKeys = Math.max(maxKeys, icap);
             const idx = new Int32Array(Hkv * icap);
             lists.forEach((l, g) => idx.set(l, g * icap));
-            seq.select = { idx: d().upload(idx), counts: d().upload(Int32Array.from(lists.map((l) => l.length))), icap };
+            seq.select = {
+              idx: d().upload(idx),
+              counts: d().upload(Int32Array.from(lists.map((l) => l.length))),
+              icap,
+            };
             const off = Int32Array.from({ length: Hkv + 1 }, (_, g) =>
               c.select!.slice(0, g).reduce((a, l) => a + l.length, 0),
             );

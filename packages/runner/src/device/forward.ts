@@ -1,11 +1,12 @@
 import { type Device, type DeviceBuffer, toHalfBits } from "@smallkv/tensor";
-import { observeAttention, observedPositions, planLayer, vOnlyWeightsInSlotOrder } from "../attend-policy.js";
 import type { ModelConfig } from "../config.js";
 import { type RopeKernelArgs, ropeKernelArgs } from "../rope.js";
-import type { Sequence } from "../sequence.js";
 import type { ModelWeights } from "../weights.js";
-import type { DeviceHotRows, DeviceKvCache } from "./kv.js";
+import { type AttendContext, attendOne } from "./attend.js";
+import { type DeviceStepPart, type StepMeta, StepMetadata } from "./batch.js";
 import { Staging } from "./staging.js";
+
+export type { DeviceStepPart } from "./batch.js";
 
 /** A staged RoPE frequency table and its cos/sin factor (undefined: plain RoPE). */
 type DeviceRope = { invFreq: number; scale: number } | undefined;
@@ -13,9 +14,15 @@ type DeviceRope = { invFreq: number; scale: number } | undefined;
 /** Weight storage on the device: f32 as loaded, or f16/bf16 for the tensor-core GEMM. */
 export type WeightDtype = "f32" | "f16" | "bf16";
 
+/** Steps of up to this many rows run their products through the GEMV kernel (16 rows a launch). */
+const GEMV_ROWS = 64;
+
 interface LayerBuffers {
   inputNorm: DeviceBuffer;
   postNorm: DeviceBuffer;
+  /** q, k and v stacked as one [Hq*D + 2*Hkv*D][d] matrix (q, k, v are views of it). */
+  qkv: DeviceBuffer;
+  qkvBias?: DeviceBuffer;
   q: DeviceBuffer;
   k: DeviceBuffer;
   v: DeviceBuffer;
@@ -34,42 +41,35 @@ interface LayerBuffers {
   kNorm?: DeviceBuffer;
 }
 
-/** One step's sequence: its rows in the batch, and which logits it wants. */
-export interface DeviceStepPart {
-  seq: Sequence;
-  tokens: ArrayLike<number>;
-  row: number;
-}
-
 /**
  * The device backend's forward pass: every weight, activation and hot KV row on the GPU;
  * the host only runs the policies and receives logits. A step queues all its kernels on the
  * compute stream and waits once, for the logits (policies that observe attention add one
  * wait per observed layer).
  */
-export class DeviceRunner {
+export class DeviceRunner implements AttendContext {
   private scratch = new Map<string, DeviceBuffer>();
   /** This step's query buffer (query-aware policies read their rows back). */
-  private queryBuf!: DeviceBuffer;
+  queryBuf!: DeviceBuffer;
   private readonly staging: Staging;
+  private readonly meta: StepMetadata;
   /** Bytes of weights on the device. */
   readonly weightBytes: number;
 
   private constructor(
     readonly dev: Device,
-    private readonly c: ModelConfig,
+    readonly c: ModelConfig,
     private readonly embed: DeviceBuffer,
     private readonly norm: DeviceBuffer,
     private readonly lmHead: DeviceBuffer,
     private readonly layers: LayerBuffers[],
   ) {
     this.staging = new Staging(dev);
-    this.weightBytes = [
-      embed,
-      norm,
-      lmHead,
-      ...layers.flatMap((l) => Object.values(l) as DeviceBuffer[]),
-    ].reduce((a, b) => a + (b === lmHead && lmHead === embed ? 0 : b.bytes), 0);
+    this.meta = new StepMetadata(dev, c, this.staging);
+    this.weightBytes = [embed, norm, lmHead, ...layers.flatMap((l) => Object.values(l) as DeviceBuffer[])]
+      // q, k, v and their biases are views of the stacked buffers.
+      .filter((b) => !layers.some((l) => [l.q, l.k, l.v, l.qBias, l.kBias, l.vBias].includes(b)))
+      .reduce((a, b) => a + (b === lmHead && lmHead === embed ? 0 : b.bytes), 0);
   }
 
   static create(dev: Device, c: ModelConfig, w: ModelWeights, dtype: WeightDtype): DeviceRunner {
@@ -77,29 +77,40 @@ export class DeviceRunner {
       dtype === "f32" ? dev.upload(a) : dev.upload(toHalfBits(a, dtype), dtype);
     const vec = (a: Float32Array) => dev.upload(a);
     try {
+      const { numHeads: Hq, numKvHeads: Hkv, headDim: D, hiddenSize: d } = c;
       const layers = w.layers.map((l) => {
+        const nq = Hq * D * d;
+        const nk = Hkv * D * d;
+        const stacked = new Float32Array(nq + 2 * nk);
+        stacked.set(l.q, 0);
+        stacked.set(l.k, nq);
+        stacked.set(l.v, nq + nk);
+        const qkv = mat(stacked);
         const b: LayerBuffers = {
           inputNorm: vec(l.inputNorm),
           postNorm: vec(l.postNorm),
-          q: mat(l.q),
-          k: mat(l.k),
-          v: mat(l.v),
+          qkv,
+          q: qkv.view(0, nq),
+          k: qkv.view(nq, nk),
+          v: qkv.view(nq + nk, nk),
           o: mat(l.o),
           gate: mat(l.gate),
           up: mat(l.up),
           down: mat(l.down),
         };
-        for (const key of [
-          "qBias",
-          "kBias",
-          "vBias",
-          "oBias",
-          "gateBias",
-          "upBias",
-          "downBias",
-          "qNorm",
-          "kNorm",
-        ] as const) {
+        if (l.qBias || l.kBias || l.vBias) {
+          // One bias for the stacked matrix (a missing part is zeros); q/k/v biases are views.
+          const bias = new Float32Array((Hq + 2 * Hkv) * D);
+          if (l.qBias) bias.set(l.qBias, 0);
+          if (l.kBias) bias.set(l.kBias, Hq * D);
+          if (l.vBias) bias.set(l.vBias, (Hq + Hkv) * D);
+          const qkvBias = vec(bias);
+          b.qkvBias = qkvBias;
+          b.qBias = qkvBias.view(0, Hq * D);
+          b.kBias = qkvBias.view(Hq * D, Hkv * D);
+          b.vBias = qkvBias.view((Hq + Hkv) * D, Hkv * D);
+        }
+        for (const key of ["oBias", "gateBias", "upBias", "downBias", "qNorm", "kNorm"] as const) {
           const a = l[key];
           if (a) b[key] = vec(a);
         }
@@ -114,7 +125,7 @@ export class DeviceRunner {
     }
   }
 
-  private buf(name: string, n: number): DeviceBuffer {
+  buf(name: string, n: number): DeviceBuffer {
     let b = this.scratch.get(name);
     if (!b || b.length < n) {
       b?.free();
@@ -124,22 +135,16 @@ export class DeviceRunner {
     return b;
   }
 
-  /** Run the layers for M rows; returns the requested rows' logits [R][V]. */
-  step(parts: DeviceStepPart[], M: number, logitRows: number[]): Float32Array {
+  /**
+   * Run the layers for M rows. Returns the requested rows' logits [R][V], or with `argmax`
+   * their greedy tokens [R] (computed on the device: R integers come back).
+   */
+  step(parts: DeviceStepPart[], M: number, logitRows: number[], argmax = false): Float32Array | Int32Array {
     const c = this.c;
     const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: I } = c;
     const dev = this.dev;
-    const ids: number[] = [];
-    const pos: number[] = [];
-    for (const { seq, tokens } of parts) {
-      seq.kv.ensure(seq.length + tokens.length);
-      for (let i = 0; i < tokens.length; i++) {
-        ids.push(tokens[i]);
-        pos.push(seq.length + i);
-      }
-    }
-    const idsPtr = this.staging.ints("ids", ids);
-    const posPtr = this.staging.ints("pos", pos);
+    for (const { seq, tokens } of parts) seq.kv.ensure(seq.length + tokens.length);
+    const meta = this.meta.prepare(parts, M);
     const x = this.buf("x", M * d);
     const h = this.buf("h", M * d);
     const q = this.buf("q", M * Hq * D);
@@ -148,23 +153,24 @@ export class DeviceRunner {
     const v = this.buf("v", M * Hkv * D);
     const attn = this.buf("attn", M * Hq * D);
     const gate = this.buf("gate", M * I);
-    const up = this.buf("up", M * I);
-    dev.embedding(x, this.embed, idsPtr, M, d);
+    const up = M > GEMV_ROWS ? this.buf("up", M * I) : gate;
+    dev.embedding(x, this.embed, meta.ids, M, d);
     const ropeTables = this.ropeTables(parts);
+    const slow = parts.filter((p) => !meta.batch?.parts.includes(p));
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.layers[l];
       dev.rmsnorm(h, x, w.inputNorm, M, d, c.rmsNormEps);
-      dev.gemm({ y: q, x: h, w: w.q, bias: w.qBias, m: M, n: Hq * D, k: d });
-      dev.gemm({ y: k, x: h, w: w.k, bias: w.kBias, m: M, n: Hkv * D, k: d });
-      dev.gemm({ y: v, x: h, w: w.v, bias: w.vBias, m: M, n: Hkv * D, k: d });
+      this.qkv(w, h, q, k, v, M);
       if (w.qNorm && w.kNorm) {
         // Qwen3: RMSNorm of every head vector (rows of head_dim) before RoPE.
         dev.rmsnorm(q, q, w.qNorm, M * Hq, D, c.rmsNormEps);
         dev.rmsnorm(k, k, w.kNorm, M * Hkv, D, c.rmsNormEps);
       }
-      this.rope(parts, ropeTables, q, k, posPtr, M);
-      for (const { seq, tokens, row } of parts) {
-        this.attend(
+      this.rope(parts, ropeTables, q, k, meta.pos, M);
+      this.attendBatch(meta, l, q, k, v, attn);
+      for (const { seq, tokens, row } of slow) {
+        attendOne(
+          this,
           seq,
           l,
           tokens.length,
@@ -174,12 +180,28 @@ export class DeviceRunner {
           attn.at(row * Hq * D),
         );
       }
-      dev.gemm({ y: x, x: attn, w: w.o, bias: w.oBias, m: M, n: d, k: Hq * D, accumulate: true });
+      this.linear(x, attn, w.o, w.oBias, M, d, Hq * D, true);
       dev.rmsnorm(h, x, w.postNorm, M, d, c.rmsNormEps);
-      dev.gemm({ y: gate, x: h, w: w.gate, bias: w.gateBias, m: M, n: I, k: d });
-      dev.gemm({ y: up, x: h, w: w.up, bias: w.upBias, m: M, n: I, k: d });
-      dev.siluGate(gate, gate, up, M * I);
-      dev.gemm({ y: x, x: gate, w: w.down, bias: w.downBias, m: M, n: d, k: I, accumulate: true });
+      if (M <= GEMV_ROWS) {
+        for (let r0 = 0; r0 < M; r0 += 16)
+          dev.gemv({
+            y: gate.at(r0 * I),
+            x: h.at(r0 * d),
+            w: w.gate,
+            w2: w.up,
+            bias: w.gateBias,
+            bias2: w.upBias,
+            m: Math.min(16, M - r0),
+            n: I,
+            k: d,
+            mode: "siluGate",
+          });
+      } else {
+        dev.gemm({ y: gate, x: h, w: w.gate, bias: w.gateBias, m: M, n: I, k: d });
+        dev.gemm({ y: up, x: h, w: w.up, bias: w.upBias, m: M, n: I, k: d });
+        dev.siluGate(gate, gate, up, M * I);
+      }
+      this.linear(x, gate, w.down, w.downBias, M, d, I, true);
     }
     const R = logitRows.length;
     if (R === 0) {
@@ -187,11 +209,120 @@ export class DeviceRunner {
       return new Float32Array(0);
     }
     const hs = this.buf("hsel", R * d);
-    logitRows.forEach((src, i) => dev.copy(hs.at(i * d), x.at(src * d), d * 4));
-    dev.rmsnorm(hs, hs, this.norm, R, d, c.rmsNormEps);
+    if (logitRows.every((src, i) => src === i)) dev.rmsnorm(hs, x, this.norm, R, d, c.rmsNormEps);
+    else {
+      logitRows.forEach((src, i) => dev.copy(hs.at(i * d), x.at(src * d), d * 4));
+      dev.rmsnorm(hs, hs, this.norm, R, d, c.rmsNormEps);
+    }
     const logits = this.buf("logits", R * c.vocabSize);
-    dev.gemm({ y: logits, x: hs, w: this.lmHead, m: R, n: c.vocabSize, k: d });
+    this.linear(logits, hs, this.lmHead, undefined, R, c.vocabSize, d, false);
+    if (argmax) {
+      const ids = this.buf("argmax", R);
+      dev.argmax(ids, logits, R, c.vocabSize);
+      const out = new Int32Array(R);
+      dev.read(ids, new Float32Array(out.buffer));
+      return out;
+    }
     return dev.read(logits, new Float32Array(R * c.vocabSize));
+  }
+
+  /** y (+)= x . W^T + bias: the GEMV kernel for decode-sized steps, the tiled GEMM beyond. */
+  private linear(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    w: DeviceBuffer,
+    bias: DeviceBuffer | undefined,
+    M: number,
+    n: number,
+    k: number,
+    accumulate: boolean,
+  ): void {
+    if (M > GEMV_ROWS) {
+      this.dev.gemm({ y, x, w, bias, m: M, n, k, accumulate });
+      return;
+    }
+    for (let r0 = 0; r0 < M; r0 += 16)
+      this.dev.gemv({
+        y: y.at(r0 * n),
+        x: x.at(r0 * k),
+        w,
+        bias,
+        m: Math.min(16, M - r0),
+        n,
+        k,
+        mode: accumulate ? "accumulate" : "store",
+      });
+  }
+
+  /** q, k and v of the step's rows: one GEMV launch writing three tensors, or three GEMMs. */
+  private qkv(
+    w: LayerBuffers,
+    h: DeviceBuffer,
+    q: DeviceBuffer,
+    k: DeviceBuffer,
+    v: DeviceBuffer,
+    M: number,
+  ): void {
+    const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.c;
+    if (M > GEMV_ROWS) {
+      this.dev.gemm({ y: q, x: h, w: w.q, bias: w.qBias, m: M, n: Hq * D, k: d });
+      this.dev.gemm({ y: k, x: h, w: w.k, bias: w.kBias, m: M, n: Hkv * D, k: d });
+      this.dev.gemm({ y: v, x: h, w: w.v, bias: w.vBias, m: M, n: Hkv * D, k: d });
+      return;
+    }
+    for (let r0 = 0; r0 < M; r0 += 16)
+      this.dev.gemv({
+        y: [q.at(r0 * Hq * D), k.at(r0 * Hkv * D), v.at(r0 * Hkv * D)],
+        split: [Hq * D, Hkv * D],
+        x: h.at(r0 * d),
+        w: w.qkv,
+        bias: w.qkvBias,
+        m: Math.min(16, M - r0),
+        n: (Hq + 2 * Hkv) * D,
+        k: d,
+      });
+  }
+
+  /** The batched sequences' KV append and attention at one layer: two launches for all of them. */
+  private attendBatch(
+    meta: StepMeta,
+    l: number,
+    q: DeviceBuffer,
+    k: DeviceBuffer,
+    v: DeviceBuffer,
+    out: DeviceBuffer,
+  ): void {
+    const b = meta.batch;
+    if (!b) return;
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.c;
+    const m = b.layers[l];
+    this.dev.kvAppend({
+      kStores: m.kStores,
+      vStores: m.vStores,
+      caps: b.caps,
+      dst: b.dst,
+      rows: b.rowIndex,
+      k,
+      v,
+      n: b.rows,
+      Hkv,
+      D,
+      kvDtype: "f32",
+    });
+    const B = b.parts.length;
+    this.dev.attentionBatch({
+      seqs: m.records,
+      B,
+      maxT: b.maxT,
+      maxKeys: b.maxKeys,
+      Hq,
+      Hkv,
+      D,
+      kvDtype: "f32",
+      q,
+      out,
+      part: this.buf("part", this.dev.attentionPartFloats(B, b.maxT, b.maxKeys, Hq, D)),
+    });
   }
 
   /**
@@ -231,130 +362,8 @@ export class DeviceRunner {
     });
   }
 
-  /** One sequence's attention at one layer, through its policy (device twin of Model.attend). */
-  private attend(
-    seq: Sequence,
-    layer: number,
-    T: number,
-    q: number,
-    k: number,
-    v: number,
-    out: number,
-  ): void {
-    const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.c;
-    const dev = this.dev;
-    const kv = seq.kv as DeviceKvCache;
-    const start = seq.length;
-    const step = { start, T };
-    kv.writeDevice(layer, k, v, start, T);
-    // A query-aware policy reads this sequence's queries on the host (T x Hq x D floats).
-    let query: Float32Array | undefined;
-    if (seq.policy.wantsQuery) {
-      query = dev.read(this.queryBuf, new Float32Array(T * Hq * D), (q - this.queryBuf.ptr) / 4);
-    }
-    const { sel, request, wantProbs, scoreStart, window } = planLayer(
-      seq,
-      layer,
-      query ? { start, T, query } : step,
-    );
-    const hot = seq.hot[layer];
-    const st = kv.staging;
-    let Lmax: number;
-    // Probabilities and scores land in device memory (atomics on mapped host memory are not
-    // safe on every platform) and are read back once, after the kernel.
-    type Out = { buf: DeviceBuffer; n: number } | null;
-    let probs: Out = null;
-    let scores: Out = null;
-    const outputs = (L: number): [Out, Out] => {
-      const p = wantProbs ? { buf: this.buf("probs", Hq * T * L), n: Hq * T * L } : null;
-      const sc = typeof request === "object" ? { buf: this.buf("scores", Hq * L), n: Hq * L } : null;
-      if (sc) dev.zero(sc.buf, 0, sc.n);
-      return [p, sc];
-    };
-    if (!sel) {
-      Lmax = start + T;
-      [probs, scores] = outputs(Lmax);
-      dev.attention({
-        q,
-        k: kv.dk[layer],
-        v: kv.dv[layer],
-        cap: kv.cap,
-        T,
-        past: st.ints(`past${layer}`, new Array(Hkv).fill(start)),
-        maxPast: start,
-        Hq,
-        Hkv,
-        D,
-        out,
-        probs: probs?.buf,
-        scores: scores?.buf,
-        scoreStart,
-        window,
-      });
-    } else {
-      const HkvHot = sel.perQueryHead ? Hq : Hkv;
-      const full = hot.full as DeviceHotRows;
-      const vOnlyRows = hot.vOnly as DeviceHotRows;
-      full.apply(sel.full, [kv.dk[layer].ptr, kv.dv[layer].ptr], kv.cap, start + T);
-      full.append([k, v], start, T);
-      const past = sel.full.map((s) => s.length);
-      let vOnly = null;
-      const vsel = sel.vOnly;
-      if (vsel?.some((x) => x.length > 0)) {
-        vOnlyRows.apply(vsel, [kv.dv[layer].ptr], kv.cap, start + T);
-        try {
-          const weights = vOnlyWeightsInSlotOrder(seq, layer, step, sel, vOnlyRows);
-          const vmax = Math.max(...vsel.map((x) => x.length));
-          vOnly = {
-            v: vOnlyRows.planesBuf[0],
-            cap: vOnlyRows.cap,
-            counts: st.ints(`vcount${layer}`, vOnlyRows.count),
-            vmax,
-            weights: st.floats(`vw${layer}`, weights),
-            mode: sel.combine ?? "mass",
-          };
-        } catch (e) {
-          seq.fault = e as Error;
-        }
-      } else vOnlyRows.clear();
-      const maxPast = Math.max(...past);
-      Lmax = maxPast + T;
-      [probs, scores] = outputs(Lmax);
-      dev.attention({
-        q,
-        k: full.planesBuf[0],
-        v: full.planesBuf[1],
-        cap: full.cap,
-        T,
-        past: st.ints(`past${layer}`, past),
-        maxPast,
-        Hq,
-        Hkv: HkvHot,
-        D,
-        out,
-        probs: probs?.buf,
-        scores: scores?.buf,
-        scoreStart,
-        vOnly,
-      });
-    }
-    if (request && seq.policy.observe && !seq.fault) {
-      // The policy reads this layer's probabilities or scores now (read waits for stream 0).
-      const p: Out = probs;
-      const s: Out = scores;
-      observeAttention(seq, {
-        layer,
-        start,
-        T,
-        probs: p ? dev.read(p.buf, new Float32Array(p.n)) : undefined,
-        scores: s ? dev.read(s.buf, new Float32Array(s.n)) : undefined,
-        Lmax,
-        keyPositions: observedPositions(seq, layer, sel, Lmax),
-      });
-    }
-  }
-
   release(): void {
+    this.meta.free();
     for (const b of this.scratch.values()) b.free();
     this.scratch.clear();
     this.staging.free();

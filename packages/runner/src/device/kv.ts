@@ -16,6 +16,8 @@ export class DeviceKvCache extends KvCache {
   protected override readonly bounded = false;
   dk: (DeviceBuffer | PinnedBuffer)[] = [];
   dv: (DeviceBuffer | PinnedBuffer)[] = [];
+  /** The device store's one allocation (null: pinned host store). */
+  private arena: DeviceBuffer | null = null;
   readonly staging: Staging;
 
   constructor(
@@ -33,23 +35,30 @@ export class DeviceKvCache extends KvCache {
     if (!this.dev || cap === 0) return; // the base constructor's call, before this class is set up
     const { Hkv, D } = this;
     const n = this.config.numLayers;
+    const plane = Hkv * cap * D;
     const olds: (DeviceBuffer | PinnedBuffer)[] = [];
-    for (const [dst, host] of [
-      [this.dk, this.k],
-      [this.dv, this.v],
+    // A device store is one allocation for every layer's K and V (views per plane): one
+    // cudaMalloc per growth, not one per layer and plane.
+    const arena = this.pinned ? null : this.dev.alloc(2 * n * plane);
+    const oldArena = this.arena;
+    for (const [side, dst, host] of [
+      [0, this.dk, this.k],
+      [1, this.dv, this.v],
     ] as const) {
       for (let l = 0; l < n; l++) {
-        const next = this.pinned ? this.dev.pinned(Hkv * cap * D) : this.dev.alloc(Hkv * cap * D);
+        const next = arena ? arena.view((2 * l + side) * plane, plane) : this.dev.pinned(plane);
         const old = dst[l];
         if (old) {
           for (let g = 0; g < Hkv; g++)
             this.dev.copy(next.at(g * cap * D), old.at(g * this.cap * D), this.length * D * 4);
-          olds.push(old);
+          if (!oldArena) olds.push(old);
         }
         dst[l] = next;
         host[l] = "f32" in next ? next.f32 : new Float32Array(0);
       }
     }
+    if (oldArena) olds.push(oldArena);
+    this.arena = arena;
     // The old stores are freed once the copies (stream 0) and any gather still reading them
     // (stream 1) are done: one wait for the whole growth.
     if (olds.length > 0) {
@@ -58,6 +67,11 @@ export class DeviceKvCache extends KvCache {
       for (const o of olds) o.free();
     }
     this.cap = cap;
+  }
+
+  /** Device bytes of the store (both planes, every layer, at its capacity). */
+  get deviceBytes(): number {
+    return this.arena?.bytes ?? 0;
   }
 
   /** Write T new rows (device k/v [T][Hkv][D]) of one layer at positions start.. (stream 0). */
@@ -72,6 +86,8 @@ export class DeviceKvCache extends KvCache {
 
   override release(): void {
     for (const b of [...this.dk, ...this.dv]) b.free();
+    this.arena?.free();
+    this.arena = null;
     this.dk = [];
     this.dv = [];
     this.staging.free();

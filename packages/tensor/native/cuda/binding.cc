@@ -233,10 +233,10 @@ Napi::Value AttentionPartFloats(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value KvAppend(const Napi::CallbackInfo& info) {
-  ARGS(11);
+  ARGS(12);
   check(env, skv_k_kv_append(ptr<int64_t>(info[0]), ptr<int64_t>(info[1]), ptr<int32_t>(info[2]),
-                             ptr<int32_t>(info[3]), ptr<float>(info[4]), ptr<float>(info[5]), i32(info[6]), i32(info[7]),
-                             i32(info[8]), i32(info[9]), i32(info[10])));
+                             ptr<int32_t>(info[3]), ptr<int32_t>(info[4]), ptr<float>(info[5]), ptr<float>(info[6]),
+                             i32(info[7]), i32(info[8]), i32(info[9]), i32(info[10]), i32(info[11])));
   return env.Undefined();
 }
 

@@ -9,11 +9,11 @@ namespace {
 
 template <class KT>
 __global__ void kv_append_kernel(const int64_t* ks, const int64_t* vs, const int32_t* cap, const int32_t* dst,
-                                 const float* k, const float* v, int Hkv, int D) {
-  const int r = blockIdx.x, g = blockIdx.y;
-  const int64_t off = (static_cast<int64_t>(g) * cap[r] + dst[r]) * D;
-  KT* ko = reinterpret_cast<KT*>(static_cast<uintptr_t>(ks[r])) + off;
-  KT* vo = reinterpret_cast<KT*>(static_cast<uintptr_t>(vs[r])) + off;
+                                 const int32_t* rows, const float* k, const float* v, int Hkv, int D) {
+  const int i = blockIdx.x, g = blockIdx.y, r = rows ? rows[i] : i;
+  const int64_t off = (static_cast<int64_t>(g) * cap[i] + dst[i]) * D;
+  KT* ko = reinterpret_cast<KT*>(static_cast<uintptr_t>(ks[i])) + off;
+  KT* vo = reinterpret_cast<KT*>(static_cast<uintptr_t>(vs[i])) + off;
   const int64_t src = (static_cast<int64_t>(r) * Hkv + g) * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     ko[d] = ck::from_float<KT>(k[src + d]);
@@ -64,15 +64,16 @@ __global__ void argmax_kernel(int32_t* out, const float* x, int n) {
 extern "C" {
 
 int skv_k_kv_append(const int64_t* kStore, const int64_t* vStore, const int32_t* cap, const int32_t* dst,
-                    const float* k, const float* v, int n, int Hkv, int D, int kvDtype, int stream) {
+                    const int32_t* rows, const float* k, const float* v, int n, int Hkv, int D, int kvDtype,
+                    int stream) {
   if (n <= 0) return SKV_OK;
   if (n > 65535 || Hkv > 65535) return skv_arg_error("kv_append: at most 65535 rows a launch");
   const int threads = D < 128 ? ((D + 31) / 32) * 32 : 128;
   void* s = skv_stream(stream);
   const dim3 grid(n, Hkv);
-  if (kvDtype == SKV_F32) CK_LAUNCH(kv_append_kernel<float>, grid, threads, 0, s, kStore, vStore, cap, dst, k, v, Hkv, D);
-  else if (kvDtype == SKV_F16) CK_LAUNCH(kv_append_kernel<ck::half_t>, grid, threads, 0, s, kStore, vStore, cap, dst, k, v, Hkv, D);
-  else if (kvDtype == SKV_BF16) CK_LAUNCH(kv_append_kernel<ck::bf16_t>, grid, threads, 0, s, kStore, vStore, cap, dst, k, v, Hkv, D);
+  if (kvDtype == SKV_F32) CK_LAUNCH(kv_append_kernel<float>, grid, threads, 0, s, kStore, vStore, cap, dst, rows, k, v, Hkv, D);
+  else if (kvDtype == SKV_F16) CK_LAUNCH(kv_append_kernel<ck::half_t>, grid, threads, 0, s, kStore, vStore, cap, dst, rows, k, v, Hkv, D);
+  else if (kvDtype == SKV_BF16) CK_LAUNCH(kv_append_kernel<ck::bf16_t>, grid, threads, 0, s, kStore, vStore, cap, dst, rows, k, v, Hkv, D);
   else return skv_arg_error("kv_append: unknown kv dtype");
   return skv_check_launch("kv_append");
 }

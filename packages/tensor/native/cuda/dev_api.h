@@ -97,8 +97,10 @@ struct SkvAttnSeq {
 int skv_k_attention_batch(const SkvAttnSeq* seqs, int B, int maxT, int maxKeys, int Hq, int Hkv, int D,
                           float scale, int kvDtype, const float* q, float* out, float* part, int chunk, int stream);
 int64_t skv_attn_part_floats(int B, int maxT, int maxKeys, int Hq, int D, int chunk);
-// Append rows: for each of the n entries, K/V rows src[r][Hkv][D] (float32) go to row dst[r] of the
-// stores kStore[r]/vStore[r] (64-bit addresses, dtype kvDtype, cap[r] rows per head).
+// Append rows: for each of the n entries i, the K/V rows r = rows[i] (i when rows is null) of
+// k/v [.][Hkv][D] (float32) go to row dst[i] of the stores kStore[i]/vStore[i] (64-bit addresses,
+// dtype kvDtype, cap[i] rows per head).
 int skv_k_kv_append(const int64_t* kStore, const int64_t* vStore, const int32_t* cap, const int32_t* dst,
-                    const float* k, const float* v, int n, int Hkv, int D, int kvDtype, int stream);
+                    const int32_t* rows, const float* k, const float* v, int n, int Hkv, int D, int kvDtype,
+                    int stream);
 }
