@@ -3,7 +3,6 @@ import { join } from "node:path";
 import { type OptionValue, type PolicyFactory, resolvePolicy } from "@smallkv/policies";
 import {
   AssistedModel,
-  argmax,
   type HotRowsMode,
   type KvStoreType,
   Model,
@@ -165,7 +164,8 @@ function streamedWeightBytes(m: Model, head = true): number {
 class PolicyRun {
   private readonly seqs: Sequence[];
   private readonly pair: AssistedModel | null;
-  private logits: Float32Array[] = [];
+  /** Each sequence's next (greedy) token. */
+  private next: number[] = [];
   private ttft = 0;
   private first = 0;
   private decode = 0;
@@ -201,9 +201,10 @@ class PolicyRun {
   async prefill(ctx: number, seed: number): Promise<void> {
     const V = this.model.config.vocabSize;
     const t0 = performance.now();
-    this.logits = await this.model.forward(
-      this.seqs.map((seq, i) => ({ seq, tokens: randomTokens(ctx, V, seed + i) })),
+    const out = await this.model.forward(
+      this.seqs.map((seq, i) => ({ seq, tokens: randomTokens(ctx, V, seed + i), logits: "argmax" as const })),
     );
+    this.next = out.map((o) => o[0]);
     this.ttft = (performance.now() - t0) / 1000;
   }
 
@@ -214,7 +215,11 @@ class PolicyRun {
     const llm0 = llm.timing.forward;
     const pol0 = llm.timing.policy;
     const t1 = performance.now();
-    this.logits = await this.model.forward(seqs.map((seq, i) => ({ seq, tokens: [argmax(this.logits[i])] })));
+    // Greedy tokens only: on the device the argmax runs there (B integers come back).
+    const out = await this.model.forward(
+      seqs.map((seq, i) => ({ seq, tokens: [this.next[i]], logits: "argmax" as const })),
+    );
+    this.next = out.map((o) => o[0]);
     const dt = (performance.now() - t1) / 1000;
     // The first decode step is reported on its own: SmallKV matches heads there (once per sequence).
     // Shares and FLOPs are of the steady decode steps (after the first), not of prefill.
