@@ -2,8 +2,8 @@
 # Packs a built checkout for a Linux x86-64 GPU machine that has the CUDA toolkit but no Node and no network:
 # the Node binary and its headers (no OpenSSL headers), and the repo with a pruned node_modules (dev tools,
 # other platforms' binaries and the native build left out; the addon is rebuilt there with nvcc).
-# Usage, from the repo root after `pnpm install && pnpm build`:  pnpm gpu:pack [OUT.tar.xz]
-# Default output: .gpu/bundle.tar.xz (ignored by git). About 55 MB. It also packs the
+# Usage, from the repo root after `pnpm install && pnpm build`:  bash scripts/gpu/pack.sh [OUT.tar.xz]
+# (or `pnpm gpu:pack`). Default output: .gpu/bundle.tar.xz (.gpu/ is git-ignored). About 55 MB. It also packs the
 # assets the checks need (../shared/models without gguf/, from $SHARED, default ../shared),
 # since ../shared does not travel with a checkout; check.sh finds them there.
 set -euo pipefail
@@ -15,8 +15,8 @@ mkdir -p "$stage/n/bin" "$stage/n/include"; cp "$node_bin" "$stage/n/bin/node"
 (cd "$(dirname "$node_inc")" && tar -cf - --exclude='node/openssl' node) | tar -C "$stage/n/include" -xf -
 P="$name/node_modules/.pnpm"
 tar -C "$(dirname "$repo")" -cf "$stage/main.tar" --transform "s|^$name|main|" \
-  --exclude="$name/.git" --exclude="$name/.gpu" --exclude="$name/eval-results" --exclude="$name/bench-results" --exclude="$name/docs" \
-  --exclude="$name/packages/tensor/build" --exclude="$name/packages/tensor/build-cuda" --exclude="$name/packages/tensor/prebuilds" --exclude='*/.turbo' --exclude="$name/node_modules/.cache" \
+  --exclude="$name/.git" --exclude="$name/.gpu" --exclude="$name/.scratch" --exclude="$name/eval-results" --exclude="$name/bench-results" --exclude="$name/docs" \
+  --exclude="$name/packages/tensor/build" --exclude="$name/packages/tensor/build-cuda" --exclude='*/.turbo' --exclude="$name/node_modules/.cache" \
   --exclude="$P/@biomejs*" --exclude="$P/@turbo*" --exclude="$P/typescript@*" --exclude="$P/prettier@*" --exclude="$P/playwright-core@*" \
   --exclude="$P/openai@*" --exclude="$P/lightningcss-linux*" --exclude="$P/@esbuild+linux*" --exclude="$P/vite@7*" --exclude="$P/vitest@*vite@7*" \
   --exclude="$P/@rollup+rollup-linux*" --exclude="$P/rollup@*" --exclude="$P/@types+node@*" --exclude="$P/fast-check@*" \

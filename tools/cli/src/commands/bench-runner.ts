@@ -4,6 +4,7 @@ import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   LLM_100M,
+  LLM_GPU,
   LLM_SMALL,
   measureReadBandwidth,
   randomTokens,
@@ -13,9 +14,11 @@ import {
 } from "@smallkv/eval";
 import { Model, WEIGHT_TYPES, type WeightType } from "@smallkv/runner";
 import { buildInfo } from "@smallkv/tensor";
+import { InvalidArgumentError } from "commander";
 
 interface Opts {
   small?: boolean;
+  large?: boolean;
   prefill: number;
   context: number;
   steps: number;
@@ -67,8 +70,11 @@ interface Measured {
 
 /** The synthetic checkpoint the bench runs on (made once, then found in the bench cache). */
 function checkpoint(o: Opts): string {
+  if (o.large) return syntheticCheckpoint("llm-gpu", LLM_GPU);
   return syntheticCheckpoint(o.small ? "llm-small" : "llm-100m", o.small ? LLM_SMALL : LLM_100M);
 }
+
+const sizeName = (o: Opts) => (o.large ? "~0.45B" : o.small ? "small" : "~100M");
 
 /**
  * One weight type's measurements. `bandwidth`: the CPU's measured read bandwidth; on a device
@@ -161,7 +167,8 @@ export async function benchRunner(o: Opts): Promise<void> {
     return;
   }
   const device = o.device && o.device !== "cpu";
-  process.stderr.write(`preparing synthetic checkpoint (${o.small ? "small" : "~100M"})...\n`);
+  if (o.large && o.small) throw new InvalidArgumentError("--large and --small exclude each other");
+  process.stderr.write(`preparing synthetic checkpoint (${sizeName(o)})...\n`);
   const dir = checkpoint(o);
   let results: Measured[];
   let bandwidth: number;
@@ -200,6 +207,7 @@ export async function benchRunner(o: Opts): Promise<void> {
           o.batches,
         ];
         if (o.small) args.push("--small");
+        if (o.large) args.push("--large");
         if (o.threads) args.push("--threads", String(o.threads));
         if (o.groupSize) args.push("--group-size", String(o.groupSize));
         execFileSync(process.execPath, args, {
@@ -256,7 +264,7 @@ export async function benchRunner(o: Opts): Promise<void> {
   }
   const c = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
   const header =
-    `model: synthetic ${o.small ? "small" : "~100M"} (${c.num_hidden_layers}L d${c.hidden_size} ${c.num_attention_heads}h/${c.num_key_value_heads}kv, vocab ${c.vocab_size}); ${device ? `${o.dtype ?? "f32"} weights on ${o.device}` : "projections and MLP in the listed weight type, embedding and LM head f32"}\n` +
+    `model: synthetic ${sizeName(o)} (${c.num_hidden_layers}L d${c.hidden_size} ${c.num_attention_heads}h/${c.num_key_value_heads}kv, vocab ${c.vocab_size}); ${device ? `${o.dtype ?? "f32"} weights on ${o.device}` : "projections and MLP in the listed weight type, embedding and LM head f32"}\n` +
     (device
       ? `device peak bandwidth ${(bandwidth / 1e9).toFixed(0)} GB/s`
       : `machine: ${cpus()[0]?.model ?? "cpu"} x${availableParallelism()}, kernels ${buildInfo().simd}; read bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s; roofline = bandwidth / weight bytes streamed per token`);
