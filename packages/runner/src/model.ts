@@ -52,6 +52,12 @@ export interface LoadOptions {
   /** Weight storage on the device (default f32; f16/bf16 halve memory and use tensor cores). */
   dtype?: WeightDtype;
   /**
+   * Device backend: replay decode steps as CUDA graphs (default true). A step whose sequences
+   * all take the batched path is captured once per shape (batch, rows, key-length bucket) and
+   * replayed: one launch instead of ~10 per layer.
+   */
+  graphs?: boolean;
+  /**
    * Weights of the projections and the MLP on the CPU (default f32): int8 or int4 with
    * group-wise scales and zero points, quantized at load (embedding and LM head stay float32).
    */
@@ -266,7 +272,11 @@ export class Model {
       }
       const weights = loadAll(ckpt.open(), config);
       const parameters = weights.parameters;
-      const runner = DeviceRunner.create(dev, config, weights, opts.dtype ?? "f32");
+      if (opts.graphs !== undefined && typeof opts.graphs !== "boolean") {
+        dev.releaseAll();
+        throw new InvalidOptionError("graphs", `must be a boolean, got ${String(opts.graphs)}`);
+      }
+      const runner = DeviceRunner.create(dev, config, weights, opts.dtype ?? "f32", opts.graphs ?? true);
       const model = new Model(
         abs,
         config,

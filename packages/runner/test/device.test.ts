@@ -167,6 +167,35 @@ function deviceSuite(device: "emulator" | "cuda") {
     }
   });
 
+  it("decode steps replayed as CUDA graphs give the eager steps' logits, bit for bit, as lengths and stores grow", async () => {
+    const eager = await Model.load(LLM, { device, graphs: false });
+    try {
+      const ids = cpu.tokenizer.encode("The little dog ran to the park to play with a red ball.");
+      const long = [...ids, ...ids, ...ids, ...ids, ...ids].slice(0, 61);
+      const prompts = [long, ids.slice(0, 3), long.slice(4)];
+      const a = prompts.map(() => dev.newSequence());
+      const b = prompts.map(() => eager.newSequence());
+      await dev.forward(a.map((seq, i) => ({ seq, tokens: prompts[i], logits: "none" as const })));
+      await eager.forward(b.map((seq, i) => ({ seq, tokens: prompts[i], logits: "none" as const })));
+      // Eager once, captured, then replayed; the first sequence's store passes its first
+      // capacity (64 rows) at the fourth step, so the stores move while the graph lives.
+      let next = [5, 6, 7];
+      const before = { ...dev.runner!.graphStats };
+      for (let step = 0; step < 7; step++) {
+        const ga = await dev.forward(a.map((seq, i) => ({ seq, tokens: [next[i]] })));
+        const gb = await eager.forward(b.map((seq, i) => ({ seq, tokens: [next[i]] })));
+        for (let i = 0; i < 3; i++) expect(ga[i]).toEqual(gb[i]);
+        next = gb.map((l) => argmaxOf(l));
+      }
+      // Captured once (the store growth moves nothing a graph holds), replayed from then on.
+      const after = dev.runner!.graphStats;
+      expect([after.captured - before.captured, after.replayed - before.replayed]).toEqual([1, 5]);
+      expect(eager.runner?.graphStats).toEqual({ captured: 0, replayed: 0 });
+    } finally {
+      eager.close();
+    }
+  });
+
   it("f16 and bf16 weights stay close to f32 (stated tolerances 0.05 and 0.2 on logits)", async () => {
     const p = g.prompts[2];
     for (const [dtype, tol] of [

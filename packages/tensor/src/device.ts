@@ -102,6 +102,25 @@ export class PinnedBuffer {
   }
 }
 
+/** A captured CUDA graph (see `Device.capture`): `launch` replays it on its stream. */
+export class DeviceGraph {
+  private freed = false;
+  constructor(
+    private readonly b: DeviceBinding,
+    private readonly handle: number,
+    private readonly stream: number,
+  ) {}
+  launch(): void {
+    if (this.freed) throw new TensorShapeError("DeviceGraph.launch", "graph was freed");
+    wrap(() => this.b.graphLaunch(this.handle, this.stream));
+  }
+  free(): void {
+    if (this.freed) return;
+    this.freed = true;
+    wrap(() => this.b.graphFree(this.handle));
+  }
+}
+
 /** An address argument: a buffer (its start, size-checked) or a raw address from `at()`. */
 export type Ptr = DeviceBuffer | PinnedBuffer | number;
 type NullablePtr = Ptr | null | undefined;
@@ -181,6 +200,10 @@ interface DeviceBinding {
   attentionBatch(...args: number[]): void;
   attentionPartFloats(B: number, maxT: number, maxKeys: number, Hq: number, D: number): number;
   kvAppend(...args: number[]): void;
+  captureBegin(stream: number): void;
+  captureEnd(stream: number): number;
+  graphLaunch(graph: number, stream: number): void;
+  graphFree(graph: number): void;
 }
 
 const bindings = new Map<DeviceKind, DeviceBinding>();
@@ -414,6 +437,26 @@ export class Device {
   /** Later work on `waiter` starts after the work queued so far on `waitee`. */
   streamWait(waiter: number, waitee: number): void {
     wrap(() => this.b.streamWait(waiter, waitee));
+  }
+
+  /**
+   * Record the work queued on `stream` by `body` as a CUDA graph instead of running it (no
+   * sync, read, upload or free may happen inside). The graph replays that work with the
+   * arguments it had: what changes between replays must live in device memory.
+   */
+  capture(body: () => void, stream = 0): DeviceGraph {
+    wrap(() => this.b.captureBegin(stream));
+    try {
+      body();
+    } catch (e) {
+      // End the capture (its graph is dropped) so that the stream is usable again.
+      try {
+        this.b.graphFree(this.b.captureEnd(stream));
+      } catch {}
+      throw e;
+    }
+    const g = wrap(() => this.b.captureEnd(stream));
+    return new DeviceGraph(this.b, g, stream);
   }
 
   /** Free every buffer still allocated (end of a model's life). */

@@ -14,6 +14,7 @@ export {
   type DeviceAttentionArgs,
   DeviceBuffer,
   DeviceError,
+  DeviceGraph,
   type DeviceInfo,
   type DeviceKind,
   type DType,

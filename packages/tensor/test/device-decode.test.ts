@@ -354,6 +354,44 @@ function decodeSuite(kind: DeviceKind) {
     }
   }
 
+  it("a captured graph replays its work on the buffers' current contents", () => {
+    const m = 2,
+      n = 40,
+      k = 16,
+      r = rng(11);
+    const w = randn(n * k, r);
+    const wb = upW(w, "bf16");
+    const x = d().alloc(m * k);
+    const y = d().alloc(m * n);
+    const ids = d().alloc(m, "i32");
+    const graph = d().capture(() => {
+      d().gemv({ y, x, w: wb, m, n, k });
+      d().argmax(ids, y, m, n);
+    });
+    for (let rep = 0; rep < 3; rep++) {
+      const xs = randn(m * k, r);
+      d().write(x, xs);
+      graph.launch();
+      const want = reference.gemmRef(xs, round(w, "bf16"), m, n, k);
+      expect(maxAbsDiff(d().read(y, new Float32Array(m * n)), want)).toBeLessThan(1e-4);
+      const top = [0, 1].map((i) => {
+        const row = want.subarray(i * n, (i + 1) * n);
+        return row.indexOf(Math.max(...row));
+      });
+      expect([...d().read(ids, new Int32Array(m))]).toEqual(top);
+    }
+    graph.free();
+    expect(() => graph.launch()).toThrow(/freed/);
+    // A failing body ends the capture: the stream runs work again afterwards.
+    expect(() =>
+      d().capture(() => {
+        throw new Error("boom");
+      }),
+    ).toThrow("boom");
+    d().gemv({ y, x, w: wb, m, n, k });
+    expect(d().read(y, new Float32Array(m * n)).some((v) => v !== 0)).toBe(true);
+  });
+
   it("attentionBatch refuses shapes it cannot run", () => {
     const b = d().alloc(1024);
     const base = { seqs: b, B: 1, maxT: 1, maxKeys: 4, q: b, out: b, part: b, kvDtype: "bf16" as const };

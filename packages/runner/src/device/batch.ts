@@ -34,6 +34,8 @@ export interface StepMeta {
     rows: number;
     maxT: number;
     maxKeys: number;
+    /** maxKeys rounded up to a power of two (>= 256): the attention grid, fixed for a graph's life. */
+    keyBucket: number;
     caps: number;
     dst: number;
     rowIndex: number;
@@ -41,18 +43,22 @@ export interface StepMeta {
   } | null;
 }
 
-/** Steps of more rows per sequence (prefill) keep the per-sequence kernel: the chunked path's workspace grows with rows x keys. */
-const BATCH_MAX_ROWS = 16;
+/**
+ * The batched path's workspace (partial outputs per query row and key chunk) is kept under
+ * this many floats (256 MiB): sequences that would pass it (long prefills) take the
+ * per-sequence kernel instead.
+ */
+const PART_FLOATS_CAP = 2 ** 26;
+const keyBucket = (n: number) => Math.max(256, 2 ** Math.ceil(Math.log2(n)));
 
 /**
  * A decode-sized part whose policy neither selects, observes nor reads queries, with its
  * store in device memory: its attention needs nothing from the host, so it joins the batched
  * path (one KV append and one attention launch per layer for all such sequences).
  */
-export function batchable({ seq, tokens }: DeviceStepPart): boolean {
+export function batchable({ seq }: DeviceStepPart): boolean {
   const p = seq.policy;
   return (
-    tokens.length <= BATCH_MAX_ROWS &&
     !p.select &&
     !p.wantsAttention &&
     !p.observe &&
@@ -73,6 +79,8 @@ export class StepMetadata {
   private host: Int32Array = new Int32Array(0);
   private devBuf: DeviceBuffer | null = null;
   private records: Int32Array = new Int32Array(0);
+  /** Bumped when the device buffer is reallocated (graphs hold its address). */
+  generation = 0;
 
   constructor(
     private readonly dev: Device,
@@ -82,7 +90,23 @@ export class StepMetadata {
 
   prepare(parts: DeviceStepPart[], M: number): StepMeta {
     const L = this.c.numLayers;
-    const batch = parts.filter(batchable);
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.c;
+    const batch: DeviceStepPart[] = [];
+    let maxT = 0;
+    let maxKeys = 0;
+    let rows = 0;
+    for (const p of parts) {
+      if (!batchable(p)) continue;
+      const t = Math.max(maxT, p.tokens.length);
+      const keys = Math.max(maxKeys, p.seq.length + p.tokens.length);
+      if ((batch.length + 1) * t * Hq * (keyBucket(keys) / 256) * (D + 2) > PART_FLOATS_CAP) continue;
+      // Launch limits: 65535 appended rows, 65535 query blocks per kv head (8 queries each).
+      if (rows + p.tokens.length > 65535 || Math.ceil((t * Hq) / Hkv / 8) * Hkv > 65535) continue;
+      rows += p.tokens.length;
+      batch.push(p);
+      maxT = t;
+      maxKeys = keys;
+    }
     const Mb = batch.reduce((a, p) => a + p.tokens.length, 0);
     const Bb = batch.length;
     const head = even(2 * M);
@@ -97,8 +121,6 @@ export class StepMetadata {
         h[r] = tokens[i];
         h[M + r] = seq.length + i;
       }
-    let maxT = 0;
-    let maxKeys = 0;
     if (Bb > 0) {
       let i = 0;
       for (const { seq, tokens, row } of batch) {
@@ -108,8 +130,6 @@ export class StepMetadata {
           h[head + Mb + i] = seq.length + t;
           h[head + 2 * Mb + i] = row + t;
         }
-        maxT = Math.max(maxT, tokens.length);
-        maxKeys = Math.max(maxKeys, seq.length + tokens.length);
       }
       const stores: number[] = new Array(Mb);
       for (let l = 0; l < L; l++) {
@@ -145,6 +165,7 @@ export class StepMetadata {
     if (!this.devBuf || this.devBuf.length < total) {
       this.devBuf?.free();
       this.devBuf = this.dev.alloc(Math.max(total, 1024), "i32");
+      this.generation++;
     }
     const pinned = this.staging.ints("meta", h.subarray(0, total));
     this.dev.copy(this.devBuf, pinned, bytes);
@@ -160,6 +181,7 @@ export class StepMetadata {
               rows: Mb,
               maxT,
               maxKeys,
+              keyBucket: keyBucket(maxKeys),
               caps: at(head),
               dst: at(head + Mb),
               rowIndex: at(head + 2 * Mb),

@@ -1,4 +1,4 @@
-import { type Device, type DeviceBuffer, toHalfBits } from "@smallkv/tensor";
+import { type Device, type DeviceBuffer, type DeviceGraph, toHalfBits } from "@smallkv/tensor";
 import type { ModelConfig } from "../config.js";
 import { type RopeKernelArgs, ropeKernelArgs } from "../rope.js";
 import type { ModelWeights } from "../weights.js";
@@ -14,8 +14,8 @@ type DeviceRope = { invFreq: number; scale: number } | undefined;
 /** Weight storage on the device: f32 as loaded, or f16/bf16 for the tensor-core GEMM. */
 export type WeightDtype = "f32" | "f16" | "bf16";
 
-/** Steps of up to this many rows run their products through the GEMV kernel (16 rows a launch). */
-const GEMV_ROWS = 64;
+/** Steps of up to this many rows run their products through the GEMV kernel; larger ones the tiled GEMM. */
+const GEMV_ROWS = 16;
 
 interface LayerBuffers {
   inputNorm: DeviceBuffer;
@@ -53,6 +53,12 @@ export class DeviceRunner implements AttendContext {
   queryBuf!: DeviceBuffer;
   private readonly staging: Staging;
   private readonly meta: StepMetadata;
+  /** Captured decode steps by shape; `seen`: the shape ran once eagerly (buffers sized) at `gen`. */
+  private graphs = new Map<string, { graph: DeviceGraph | null; gen: number }>();
+  /** Bumped whenever a scratch buffer is reallocated: graphs captured before hold stale addresses. */
+  private gen = 0;
+  /** Steps captured as graphs, and steps replayed from one. */
+  readonly graphStats = { captured: 0, replayed: 0 };
   /** Bytes of weights on the device. */
   readonly weightBytes: number;
 
@@ -63,6 +69,7 @@ export class DeviceRunner implements AttendContext {
     private readonly norm: DeviceBuffer,
     private readonly lmHead: DeviceBuffer,
     private readonly layers: LayerBuffers[],
+    private readonly useGraphs: boolean,
   ) {
     this.staging = new Staging(dev);
     this.meta = new StepMetadata(dev, c, this.staging);
@@ -72,7 +79,13 @@ export class DeviceRunner implements AttendContext {
       .reduce((a, b) => a + (b === lmHead && lmHead === embed ? 0 : b.bytes), 0);
   }
 
-  static create(dev: Device, c: ModelConfig, w: ModelWeights, dtype: WeightDtype): DeviceRunner {
+  static create(
+    dev: Device,
+    c: ModelConfig,
+    w: ModelWeights,
+    dtype: WeightDtype,
+    graphs = true,
+  ): DeviceRunner {
     const mat = (a: Float32Array) =>
       dtype === "f32" ? dev.upload(a) : dev.upload(toHalfBits(a, dtype), dtype);
     const vec = (a: Float32Array) => dev.upload(a);
@@ -118,7 +131,7 @@ export class DeviceRunner implements AttendContext {
       });
       const embed = mat(w.embed);
       const lmHead = w.lmHead === w.embed ? embed : mat(w.lmHead);
-      return new DeviceRunner(dev, c, embed, vec(w.norm), lmHead, layers);
+      return new DeviceRunner(dev, c, embed, vec(w.norm), lmHead, layers, graphs);
     } catch (e) {
       dev.releaseAll();
       throw e;
@@ -131,6 +144,7 @@ export class DeviceRunner implements AttendContext {
       b?.free();
       b = this.dev.alloc(Math.max(n, 1024));
       this.scratch.set(name, b);
+      this.gen++;
     }
     return b;
   }
@@ -141,10 +155,84 @@ export class DeviceRunner implements AttendContext {
    */
   step(parts: DeviceStepPart[], M: number, logitRows: number[], argmax = false): Float32Array | Int32Array {
     const c = this.c;
-    const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: I } = c;
-    const dev = this.dev;
     for (const { seq, tokens } of parts) seq.kv.ensure(seq.length + tokens.length);
     const meta = this.meta.prepare(parts, M);
+    const ropeTables = this.ropeTables(parts);
+    const R = logitRows.length;
+    const run = () => this.enqueue(parts, M, meta, ropeTables, logitRows, argmax);
+    const key = this.graphKey(parts, M, meta, logitRows, argmax);
+    if (key === null) run();
+    else this.replay(key, run);
+    if (R === 0) {
+      this.dev.sync(0);
+      return new Float32Array(0);
+    }
+    if (argmax) {
+      const out = new Int32Array(R);
+      this.dev.read(this.scratch.get("argmax") as DeviceBuffer, new Float32Array(out.buffer));
+      return out;
+    }
+    return this.dev.read(this.scratch.get("logits") as DeviceBuffer, new Float32Array(R * c.vocabSize));
+  }
+
+  /**
+   * A step's graph shape, or null when it cannot be replayed: a sequence on the per-sequence
+   * path (its policy reads back), per-sequence RoPE tables, or logits of picked rows.
+   */
+  private graphKey(
+    parts: DeviceStepPart[],
+    M: number,
+    meta: StepMeta,
+    logitRows: number[],
+    argmax: boolean,
+  ): string | null {
+    const b = meta.batch;
+    if (!this.useGraphs || !b || b.parts.length !== parts.length || this.c.rope.dynamic) return null;
+    if (logitRows.length !== M || !logitRows.every((r, i) => r === i)) return null;
+    return `${M}|${parts.length}|${b.maxT}|${b.keyBucket}|${argmax}`;
+  }
+
+  /**
+   * Replays the step's graph. A new shape runs eagerly once (sizing every buffer it needs),
+   * is captured the next time, and replayed from then on; a buffer reallocated since (the
+   * generation moved) drops the graphs.
+   */
+  private replay(key: string, run: () => void): void {
+    const gen = this.gen + this.meta.generation;
+    const e = this.graphs.get(key);
+    if (e && e.gen !== gen) {
+      for (const g of this.graphs.values()) g.graph?.free();
+      this.graphs.clear();
+    } else if (e?.graph) {
+      e.graph.launch();
+      this.graphStats.replayed++;
+      return;
+    } else if (e) {
+      const graph = this.dev.capture(run);
+      if (this.gen + this.meta.generation === gen) {
+        e.graph = graph;
+        graph.launch();
+        this.graphStats.captured++;
+        return;
+      }
+      graph.free(); // buffers moved while capturing: run this step eagerly
+    }
+    run();
+    this.graphs.set(key, { graph: null, gen: this.gen + this.meta.generation });
+  }
+
+  /** Queue one step's kernels on stream 0 (no host read unless a per-sequence policy asks). */
+  private enqueue(
+    parts: DeviceStepPart[],
+    M: number,
+    meta: StepMeta,
+    ropeTables: DeviceRope[],
+    logitRows: number[],
+    argmax: boolean,
+  ): void {
+    const c = this.c;
+    const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: I } = c;
+    const dev = this.dev;
     const x = this.buf("x", M * d);
     const h = this.buf("h", M * d);
     const q = this.buf("q", M * Hq * D);
@@ -155,7 +243,6 @@ export class DeviceRunner implements AttendContext {
     const gate = this.buf("gate", M * I);
     const up = M > GEMV_ROWS ? this.buf("up", M * I) : gate;
     dev.embedding(x, this.embed, meta.ids, M, d);
-    const ropeTables = this.ropeTables(parts);
     const slow = parts.filter((p) => !meta.batch?.parts.includes(p));
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.layers[l];
@@ -204,10 +291,7 @@ export class DeviceRunner implements AttendContext {
       this.linear(x, gate, w.down, w.downBias, M, d, I, true);
     }
     const R = logitRows.length;
-    if (R === 0) {
-      dev.sync(0);
-      return new Float32Array(0);
-    }
+    if (R === 0) return;
     const hs = this.buf("hsel", R * d);
     if (logitRows.every((src, i) => src === i)) dev.rmsnorm(hs, x, this.norm, R, d, c.rmsNormEps);
     else {
@@ -216,14 +300,7 @@ export class DeviceRunner implements AttendContext {
     }
     const logits = this.buf("logits", R * c.vocabSize);
     this.linear(logits, hs, this.lmHead, undefined, R, c.vocabSize, d, false);
-    if (argmax) {
-      const ids = this.buf("argmax", R);
-      dev.argmax(ids, logits, R, c.vocabSize);
-      const out = new Int32Array(R);
-      dev.read(ids, new Float32Array(out.buffer));
-      return out;
-    }
-    return dev.read(logits, new Float32Array(R * c.vocabSize));
+    if (argmax) dev.argmax(this.buf("argmax", R), logits, R, c.vocabSize);
   }
 
   /** y (+)= x . W^T + bias: the GEMV kernel for decode-sized steps, the tiled GEMM beyond. */
@@ -314,14 +391,14 @@ export class DeviceRunner implements AttendContext {
       seqs: m.records,
       B,
       maxT: b.maxT,
-      maxKeys: b.maxKeys,
+      maxKeys: b.keyBucket,
       Hq,
       Hkv,
       D,
       kvDtype: "f32",
       q,
       out,
-      part: this.buf("part", this.dev.attentionPartFloats(B, b.maxT, b.maxKeys, Hq, D)),
+      part: this.buf("part", this.dev.attentionPartFloats(B, b.maxT, b.keyBucket, Hq, D)),
     });
   }
 
@@ -363,6 +440,8 @@ export class DeviceRunner implements AttendContext {
   }
 
   release(): void {
+    for (const g of this.graphs.values()) g.graph?.free();
+    this.graphs.clear();
     this.meta.free();
     for (const b of this.scratch.values()) b.free();
     this.scratch.clear();

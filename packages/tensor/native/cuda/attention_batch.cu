@@ -57,7 +57,10 @@ __global__ void split_kernel(BatchArgs a) {
     const int t = (v0 + v) / G, h = g * G + (v0 + v) % G;
     return ((static_cast<int64_t>(b) * a.maxT + t) * a.Hq + h) * a.S + split;
   };
-  if (j0 >= n) {  // past this list's end: an empty partial
+  // Past this list's end, or past every causal limit of this block's queries (the upper
+  // triangle of a multi-row step): an empty partial.
+  const int limMax = n - T + (v0 + vn - 1) / G + 1;
+  if (j0 >= n || j0 >= limMax) {
     if (tid < vn) {
       a.ml[slot(tid) * 2] = -INFINITY;
       a.ml[slot(tid) * 2 + 1] = 0.f;

@@ -240,6 +240,31 @@ Napi::Value KvAppend(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value CaptureBegin(const Napi::CallbackInfo& info) {
+  ARGS(1);
+  check(env, skv_dev_capture_begin(i32(info[0])));
+  return env.Undefined();
+}
+
+Napi::Value CaptureEnd(const Napi::CallbackInfo& info) {
+  ARGS(1);
+  void* g = nullptr;
+  if (!check(env, skv_dev_capture_end(i32(info[0]), &g))) return env.Undefined();
+  return addr(env, g);
+}
+
+Napi::Value GraphLaunch(const Napi::CallbackInfo& info) {
+  ARGS(2);
+  check(env, skv_dev_graph_launch(ptr(info[0]), i32(info[1])));
+  return env.Undefined();
+}
+
+Napi::Value GraphFree(const Napi::CallbackInfo& info) {
+  ARGS(1);
+  check(env, skv_dev_graph_free(ptr(info[0])));
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #define EXPORT(name, fn) exports.Set(name, Napi::Function::New(env, fn, name))
   EXPORT("open", Open);
@@ -268,6 +293,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("attentionBatch", AttentionBatch);
   EXPORT("attentionPartFloats", AttentionPartFloats);
   EXPORT("kvAppend", KvAppend);
+  EXPORT("captureBegin", CaptureBegin);
+  EXPORT("captureEnd", CaptureEnd);
+  EXPORT("graphLaunch", GraphLaunch);
+  EXPORT("graphFree", GraphFree);
 #undef EXPORT
 #ifdef SKV_EMU
   exports.Set("emulated", Napi::Boolean::New(env, true));

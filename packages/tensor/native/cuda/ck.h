@@ -11,8 +11,13 @@
 #include "emu.h"
 #define CK_SHARED static
 #define CK_DYN_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::dynamic_shared())
-#define CK_LAUNCH(kernel, grid, block, smem, stream, ...) \
-  ((void)(stream), ::emu::launch(dim3(grid), dim3(block), (smem), [&] { kernel(__VA_ARGS__); }))
+#define CK_LAUNCH(kernel, grid, block, smem, stream, ...)                                        \
+  do {                                                                                           \
+    (void)(stream);                                                                              \
+    const dim3 skv_g_(grid), skv_b_(block);                                                      \
+    const size_t skv_s_ = (smem);                                                                \
+    ::emu::submit([=] { ::emu::launch(skv_g_, skv_b_, skv_s_, [=] { kernel(__VA_ARGS__); }); }); \
+  } while (0)
 #define CK_ALIGN(n) __attribute__((aligned(n)))
 namespace ck {
 using half_t = ::emu::half;

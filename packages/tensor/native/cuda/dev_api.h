@@ -29,6 +29,12 @@ int skv_dev_copy(void* dst, const void* src, size_t bytes, int stream);
 int skv_dev_sync(int stream);
 // Work queued on `waiter` after this call starts only when `waitee`'s queued work is done.
 int skv_dev_stream_wait(int waiter, int waitee);
+// CUDA graphs: work queued on `stream` between begin and end is recorded instead of run (no sync,
+// read or free may happen in between); launch replays it with the same arguments.
+int skv_dev_capture_begin(int stream);
+int skv_dev_capture_end(int stream, void** graph);
+int skv_dev_graph_launch(void* graph, int stream);
+int skv_dev_graph_free(void* graph);
 
 // ---- kernels (all on a stream, all float32 activations) ----
 // out[n][d] = table[ids[n]] (table dtype any)

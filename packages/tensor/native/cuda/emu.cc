@@ -225,6 +225,25 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void
   current = saved_current;
 }
 
+namespace {
+thread_local std::vector<std::function<void()>>* recording = nullptr;
+}
+void submit(std::function<void()> work) {
+  if (recording) recording->push_back(std::move(work));
+  else work();
+}
+bool capturing() { return recording != nullptr; }
+void capture_begin() { recording = new std::vector<std::function<void()>>(); }
+void* capture_end() {
+  void* g = recording;
+  recording = nullptr;
+  return g;
+}
+void replay(void* graph) {
+  for (auto& w : *static_cast<std::vector<std::function<void()>>*>(graph)) w();
+}
+void graph_free(void* graph) { delete static_cast<std::vector<std::function<void()>>*>(graph); }
+
 float half2float(half h) {
   const uint32_t sign = (h.bits & 0x8000u) << 16;
   uint32_t exp = (h.bits >> 10) & 0x1f, man = h.bits & 0x3ffu, u;

@@ -34,6 +34,14 @@ void syncthreads();
 void warp_exchange(uint64_t mine, int src_lane, uint64_t* out);  // collective over the warp
 void* dynamic_shared();
 void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
+// Stream work: run now, or recorded while a graph is captured (CUDA graphs' semantics: the
+// recorded work replays with the arguments it had at capture).
+void submit(std::function<void()> work);
+bool capturing();
+void capture_begin();
+void* capture_end();
+void replay(void* graph);
+void graph_free(void* graph);
 [[noreturn]] void fail(const char* what);
 
 // 16-bit float storage types with round-to-nearest-even conversions.

@@ -112,5 +112,29 @@ int skv_dev_stream_wait(int waiter, int waitee) {
   CK_CALL(cudaEventDestroy(ev), "cudaEventDestroy");
   return SKV_OK;
 }
+int skv_dev_capture_begin(int stream) {
+  CK_CALL(cudaStreamBeginCapture(static_cast<cudaStream_t>(skv_stream(stream)), cudaStreamCaptureModeRelaxed),
+          "cudaStreamBeginCapture");
+  return SKV_OK;
+}
+int skv_dev_capture_end(int stream, void** graph) {
+  cudaGraph_t g = nullptr;
+  CK_CALL(cudaStreamEndCapture(static_cast<cudaStream_t>(skv_stream(stream)), &g), "cudaStreamEndCapture");
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+  cudaGraphDestroy(g);
+  if (e != cudaSuccess) return fail(e, "cudaGraphInstantiate");
+  *graph = exec;
+  return SKV_OK;
+}
+int skv_dev_graph_launch(void* graph, int stream) {
+  CK_CALL(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), static_cast<cudaStream_t>(skv_stream(stream))),
+          "cudaGraphLaunch");
+  return SKV_OK;
+}
+int skv_dev_graph_free(void* graph) {
+  CK_CALL(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph)), "cudaGraphExecDestroy");
+  return SKV_OK;
+}
 }  // extern "C"
 #endif

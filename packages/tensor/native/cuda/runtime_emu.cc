@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "dev_api.h"
+#include "emu.h"
 #include "launch_check.h"
 #include "runtime_common.h"
 
@@ -60,17 +61,39 @@ int skv_dev_upload(void* dst, const void* src, size_t bytes) {
   return SKV_OK;
 }
 int skv_dev_download(void* dst, const void* src, size_t bytes) {
+  if (::emu::capturing()) return skv_rt::set_error(SKV_EKERNEL, "download: not allowed while a graph is captured");
   std::memcpy(dst, src, bytes);
   return SKV_OK;
 }
 int skv_dev_memset(void* dst, int value, size_t bytes, int) {
-  std::memset(dst, value, bytes);
+  ::emu::submit([=] { std::memset(dst, value, bytes); });
   return SKV_OK;
 }
 int skv_dev_copy(void* dst, const void* src, size_t bytes, int) {
-  std::memmove(dst, src, bytes);
+  ::emu::submit([=] { std::memmove(dst, src, bytes); });
   return SKV_OK;
 }
-int skv_dev_sync(int) { return SKV_OK; }
+int skv_dev_sync(int) {
+  if (::emu::capturing()) return skv_rt::set_error(SKV_EKERNEL, "synchronize: not allowed while a graph is captured");
+  return SKV_OK;
+}
+int skv_dev_capture_begin(int) {
+  if (::emu::capturing()) return skv_rt::set_error(SKV_EKERNEL, "capture: already capturing");
+  ::emu::capture_begin();
+  return SKV_OK;
+}
+int skv_dev_capture_end(int, void** graph) {
+  if (!::emu::capturing()) return skv_rt::set_error(SKV_EKERNEL, "capture: not capturing");
+  *graph = ::emu::capture_end();
+  return SKV_OK;
+}
+int skv_dev_graph_launch(void* graph, int) {
+  ::emu::replay(graph);
+  return SKV_OK;
+}
+int skv_dev_graph_free(void* graph) {
+  ::emu::graph_free(graph);
+  return SKV_OK;
+}
 int skv_dev_stream_wait(int, int) { return SKV_OK; }
 }
