@@ -66,13 +66,17 @@ function kernelSuite(kind: DeviceKind) {
     ).toBeLessThan(1e-5);
   });
 
-  // GEMV (m <= 8), tiled SIMT (f32, m > 8) and WMMA tensor cores (f16/bf16, m > 8), odd sizes.
+  // GEMV (m <= 8), tiled SIMT (f32, m > 8) and tensor cores (f16/bf16, m > 8): the cp.async
+  // kernel at 32/64/128-row tiles with and without split K (16-byte rows), the plain WMMA
+  // kernel for other rows (k = 50); odd sizes.
   for (const [m, n, k] of [
     [1, 67, 40],
     [5, 33, 129],
     [8, 64, 64],
     [9, 70, 50],
     [130, 65, 96],
+    [20, 70, 256],
+    [40, 130, 88],
   ]) {
     for (const dt of ["f32", "f16", "bf16"] as const) {
       it(`gemm ${dt} m=${m} n=${n} k=${k} with bias and accumulate`, () => {

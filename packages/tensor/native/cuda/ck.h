@@ -30,6 +30,16 @@ template <> inline float from_float<float>(float x) { return x; }
 template <> inline half_t from_float<half_t>(float x) { return ::emu::float2half(x); }
 template <> inline bf16_t from_float<bf16_t>(float x) { return ::emu::float2bf16(x); }
 namespace wmma = ::emu::wmma;
+// Asynchronous 16-byte global -> shared copies (cp.async): the emulator copies at once, so a
+// missing wait cannot show here; the kernels wait before every __syncthreads that publishes.
+inline void cp_async16(void* dst, const void* src, bool valid) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0))
+    ::emu::fail("cp_async16: address not 16-byte aligned");
+  if (valid) std::memcpy(dst, src, 16);
+  else std::memset(dst, 0, 16);
+}
+inline void cp_async_commit() {}
+template <int N> inline void cp_async_wait() {}
 }  // namespace ck
 #else
 #include <cuda_bf16.h>
@@ -53,6 +63,14 @@ template <> __device__ inline float from_float<float>(float x) { return x; }
 template <> __device__ inline half_t from_float<half_t>(float x) { return __float2half_rn(x); }
 template <> __device__ inline bf16_t from_float<bf16_t>(float x) { return __float2bfloat16_rn(x); }
 namespace wmma = ::nvcuda::wmma;
+// cp.async (sm_80+): 16 bytes global -> shared, zero-filled when !valid.
+__device__ inline void cp_async16(void* dst, const void* src, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  const int bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(bytes));
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 }  // namespace ck
 #endif
 

@@ -96,6 +96,85 @@ __global__ void gemm_wmma_kernel(float* y, const float* x, const T* w, const flo
   }
 }
 
+// Tensor-core GEMM for 16-byte aligned rows (k % 8 == 0): BM x 64 output tiles (BM = 32, 64
+// or 128 by m), 4 warps in 2 x 2, BK = 32 with two stages: the weight tile of step k+1 arrives
+// by cp.async while step k multiplies; activations are converted to T as they are staged.
+// When the tile grid leaves SMs idle, K is split over `splits` blocks that add their partial
+// sums into y (zeroed first in store mode; the bias comes from split 0).
+template <class T, int BM>
+__global__ void gemm_tc_kernel(float* y, const float* x, const T* w, const float* bias, int m, int n, int k,
+                               int accumulate, int splits) {
+  constexpr int BN = 64, BK = 32, LDS = BK + 8, LDC = BN + 8;
+  constexpr int FM = BM / 32;  // 16-row fragments per warp
+  constexpr int STAGE = (BM + BN) * LDS;  // elements of T per stage
+  constexpr int SMEM_AB = 2 * STAGE * static_cast<int>(sizeof(T));
+  constexpr int SMEM_C = BM * LDC * 4;
+  CK_SHARED CK_ALIGN(128) unsigned char smem[SMEM_AB > SMEM_C ? SMEM_AB : SMEM_C];
+  T* st = reinterpret_cast<T*>(smem);
+  float* Cs = reinterpret_cast<float*>(smem);
+  const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN, tid = threadIdx.x;
+  const int warp = tid >> 5, wr = (warp >> 1) * (BM / 2), wc = (warp & 1) * 32;
+  // This block's slice of K (whole BK steps).
+  const int steps = (k + BK - 1) / BK, per = (steps + splits - 1) / splits;
+  const int s0 = blockIdx.z * per, s1 = s0 + per < steps ? s0 + per : steps;
+  ck::wmma::fragment<ck::wmma::accumulator, 16, 16, 16, float> acc[FM][2];
+  for (int i = 0; i < FM; ++i)
+    for (int j = 0; j < 2; ++j) ck::wmma::fill_fragment(acc[i][j], 0.f);
+  auto stage_in = [&](int step, int buf) {
+    T* As = st + buf * STAGE;
+    T* Bs = As + BM * LDS;
+    const int k0 = step * BK;
+    // Weights: BN rows x 4 chunks of 8 elements (16 bytes), by cp.async.
+    for (int e = tid; e < BN * (BK / 8); e += blockDim.x) {
+      const int r = e / (BK / 8), c = (e % (BK / 8)) * 8;
+      const bool ok = col0 + r < n && k0 + c < k;
+      ck::cp_async16(Bs + r * LDS + c, ok ? w + static_cast<int64_t>(col0 + r) * k + k0 + c : w, ok);
+    }
+    ck::cp_async_commit();
+    // Activations: float4 loads converted to T.
+    for (int e = tid; e < BM * (BK / 4); e += blockDim.x) {
+      const int r = e / (BK / 4), c = (e % (BK / 4)) * 4;
+      float v[4] = {0.f, 0.f, 0.f, 0.f};
+      if (row0 + r < m && k0 + c < k) ck::load_f32<4>(x + static_cast<int64_t>(row0 + r) * k + k0 + c, v);
+      for (int i = 0; i < 4; ++i) As[r * LDS + c + i] = ck::from_float<T>(v[i]);
+    }
+  };
+  if (s0 < s1) stage_in(s0, 0);
+  for (int step = s0; step < s1; ++step) {
+    const int buf = (step - s0) & 1;
+    if (step + 1 < s1) {
+      stage_in(step + 1, buf ^ 1);
+      ck::cp_async_wait<1>();  // this step's weights have landed; the next step's may still fly
+    } else {
+      ck::cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* As = st + buf * STAGE;
+    const T* Bs = As + BM * LDS;
+    for (int kk = 0; kk < BK; kk += 16) {
+      ck::wmma::fragment<ck::wmma::matrix_a, 16, 16, 16, T, ck::wmma::row_major> a[FM];
+      ck::wmma::fragment<ck::wmma::matrix_b, 16, 16, 16, T, ck::wmma::col_major> b[2];
+      for (int i = 0; i < FM; ++i) ck::wmma::load_matrix_sync(a[i], As + (wr + i * 16) * LDS + kk, LDS);
+      for (int j = 0; j < 2; ++j) ck::wmma::load_matrix_sync(b[j], Bs + (wc + j * 16) * LDS + kk, LDS);
+      for (int i = 0; i < FM; ++i)
+        for (int j = 0; j < 2; ++j) ck::wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();  // the buffer is restaged two steps on
+  }
+  for (int i = 0; i < FM; ++i)
+    for (int j = 0; j < 2; ++j)
+      ck::wmma::store_matrix_sync(Cs + (wr + i * 16) * LDC + wc + j * 16, acc[i][j], LDC, ck::wmma::mem_row_major);
+  __syncthreads();
+  for (int e = tid; e < BM * BN; e += blockDim.x) {
+    const int r = row0 + e / BN, c = col0 + e % BN;
+    if (r >= m || c >= n) continue;
+    float* yp = y + static_cast<int64_t>(r) * n + c;
+    const float v = Cs[(e / BN) * LDC + e % BN] + (bias && blockIdx.z == 0 ? bias[c] : 0.f);
+    if (splits > 1) atomicAdd(yp, v);
+    else *yp = (accumulate ? *yp : 0.f) + v;
+  }
+}
+
 // F32 weights: 64x64 tile, 256 threads with 4x4 outputs each, BK = 16.
 __global__ void gemm_simt_kernel(float* y, const float* x, const float* w, const float* bias, int m, int n, int k,
                                  int accumulate) {
@@ -163,8 +242,9 @@ unsigned grid_for(int64_t n, int block) {
 }
 
 template <class T>
-void launch_gemm(float* y, const float* x, const T* w, const float* bias, int m, int n, int k, int acc, void* s,
+void launch_gemm(float* y, const float* x, const T* w, const float* bias, int m, int n, int k, int acc, int sid,
                  bool tensor_cores) {
+  void* s = skv_stream(sid);
   if (m <= 8) {
     const unsigned blocks = (n + 7) / 8;
     if (m <= 1) CK_LAUNCH((gemv_kernel<T, 1>), blocks, 256, 0, s, y, x, w, bias, m, n, k, acc);
@@ -177,7 +257,25 @@ void launch_gemm(float* y, const float* x, const T* w, const float* bias, int m,
     (void)tensor_cores;
     CK_LAUNCH(gemm_simt_kernel, grid, 256, 0, s, y, x, w, bias, m, n, k, acc);
   } else {
-    CK_LAUNCH(gemm_wmma_kernel<T>, grid, 128, 0, s, y, x, w, bias, m, n, k, acc);
+    const bool aligned = k % 8 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
+                         reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    if (!aligned) {
+      CK_LAUNCH(gemm_wmma_kernel<T>, grid, 128, 0, s, y, x, w, bias, m, n, k, acc);
+      return;
+    }
+    const int bm = m <= 32 ? 32 : m <= 64 ? 64 : 128;
+    const int tiles = ((n + 63) / 64) * ((m + bm - 1) / bm);
+    // Split K until the grid covers the chip twice over (132 SMs on an H100), keeping at
+    // least 4 BK steps per block.
+    const int steps = (k + 31) / 32;
+    int splits = 1;
+    while (tiles * splits < 264 && steps / (splits * 2) >= 4) splits *= 2;
+    if (splits > 1 && !acc) skv_dev_memset(y, 0, sizeof(float) * static_cast<size_t>(m) * n, sid);
+    const dim3 g((n + 63) / 64, (m + bm - 1) / bm, splits);
+    const int a2 = splits > 1 ? 1 : acc;
+    if (bm == 32) CK_LAUNCH((gemm_tc_kernel<T, 32>), g, 128, 0, s, y, x, w, bias, m, n, k, a2, splits);
+    else if (bm == 64) CK_LAUNCH((gemm_tc_kernel<T, 64>), g, 128, 0, s, y, x, w, bias, m, n, k, a2, splits);
+    else CK_LAUNCH((gemm_tc_kernel<T, 128>), g, 128, 0, s, y, x, w, bias, m, n, k, a2, splits);
   }
 }
 
@@ -205,10 +303,9 @@ int skv_k_rmsnorm(float* out, const float* x, const float* w, int n, int d, floa
 int skv_k_gemm(float* y, const float* x, const void* w, int dtype, const float* bias, int m, int n, int k,
                int accumulate, int stream) {
   if (m <= 0 || n <= 0) return SKV_OK;
-  void* s = skv_stream(stream);
-  if (dtype == SKV_F32) launch_gemm(y, x, static_cast<const float*>(w), bias, m, n, k, accumulate, s, false);
-  else if (dtype == SKV_F16) launch_gemm(y, x, static_cast<const ck::half_t*>(w), bias, m, n, k, accumulate, s, true);
-  else if (dtype == SKV_BF16) launch_gemm(y, x, static_cast<const ck::bf16_t*>(w), bias, m, n, k, accumulate, s, true);
+  if (dtype == SKV_F32) launch_gemm(y, x, static_cast<const float*>(w), bias, m, n, k, accumulate, stream, false);
+  else if (dtype == SKV_F16) launch_gemm(y, x, static_cast<const ck::half_t*>(w), bias, m, n, k, accumulate, stream, true);
+  else if (dtype == SKV_BF16) launch_gemm(y, x, static_cast<const ck::bf16_t*>(w), bias, m, n, k, accumulate, stream, true);
   else return skv_arg_error("gemm: unknown dtype");
   return skv_check_launch("gemm");
 }
