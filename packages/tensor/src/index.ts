@@ -9,6 +9,7 @@ export {
   packDecoderWeights,
 } from "./decoder.js";
 export {
+  ATTN_SEQ_BYTES,
   type AttentionBatchArgs,
   Device,
   type DeviceAttentionArgs,

@@ -24,6 +24,16 @@ interface LayerMeta {
   vStores: number;
 }
 
+/** Consecutive batched parts that share one attention launch (and its workspace). */
+export interface AttentionGroup {
+  first: number;
+  count: number;
+  maxT: number;
+  maxKeys: number;
+  /** maxKeys rounded up to a power of two (>= 256): the attention grid, fixed for a graph's life. */
+  keyBucket: number;
+}
+
 /** What a step's kernels read from its one metadata upload. */
 export interface StepMeta {
   ids: number;
@@ -32,10 +42,7 @@ export interface StepMeta {
   batch: {
     parts: DeviceStepPart[];
     rows: number;
-    maxT: number;
-    maxKeys: number;
-    /** maxKeys rounded up to a power of two (>= 256): the attention grid, fixed for a graph's life. */
-    keyBucket: number;
+    groups: AttentionGroup[];
     caps: number;
     dst: number;
     rowIndex: number;
@@ -45,10 +52,11 @@ export interface StepMeta {
 
 /**
  * The batched path's workspace (partial outputs per query row and key chunk) is kept under
- * this many floats (256 MiB): sequences that would pass it (long prefills) take the
- * per-sequence kernel instead.
+ * this many floats (256 MiB): a long prefill batch runs its attention in several launches.
  */
 const PART_FLOATS_CAP = 2 ** 26;
+/** Query rows per attention record: a longer step (prefill) is cut into records of this many rows. */
+const CHUNK_ROWS = 256;
 const keyBucket = (n: number) => Math.max(256, 2 ** Math.ceil(Math.log2(n)));
 
 /**
@@ -90,29 +98,34 @@ export class StepMetadata {
 
   prepare(parts: DeviceStepPart[], M: number): StepMeta {
     const L = this.c.numLayers;
-    const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.c;
-    const batch: DeviceStepPart[] = [];
-    let maxT = 0;
-    let maxKeys = 0;
-    let rows = 0;
-    for (const p of parts) {
-      if (!batchable(p)) continue;
-      const t = Math.max(maxT, p.tokens.length);
-      const keys = Math.max(maxKeys, p.seq.length + p.tokens.length);
-      if ((batch.length + 1) * t * Hq * (keyBucket(keys) / 256) * (D + 2) > PART_FLOATS_CAP) continue;
-      // Launch limits: 65535 appended rows, 65535 query blocks per kv head (8 queries each).
-      if (rows + p.tokens.length > 65535 || Math.ceil((t * Hq) / Hkv / 8) * Hkv > 65535) continue;
-      rows += p.tokens.length;
-      batch.push(p);
-      maxT = t;
-      maxKeys = keys;
-    }
+    const { numHeads: Hq, headDim: D } = this.c;
+    const batch = parts.filter(batchable);
+    // Attention records: a part's rows in chunks of at most CHUNK_ROWS (a long prefill is
+    // several records, each seeing the keys up to its last row: the KV append before it wrote
+    // them), in groups of consecutive records whose workspace fits the cap.
+    const recs: { part: DeviceStepPart; r0: number; T: number }[] = [];
+    for (const part of batch)
+      for (let r0 = 0; r0 < part.tokens.length; r0 += CHUNK_ROWS)
+        recs.push({ part, r0, T: Math.min(CHUNK_ROWS, part.tokens.length - r0) });
+    const groups: AttentionGroup[] = [];
+    recs.forEach(({ part, r0, T }, i) => {
+      const g = groups.at(-1);
+      const keys = part.seq.length + r0 + T;
+      const fits = (count: number, t: number, k: number) =>
+        count * t * Hq * (keyBucket(k) / 256) * (D + 2) <= PART_FLOATS_CAP;
+      if (g && fits(g.count + 1, Math.max(g.maxT, T), Math.max(g.maxKeys, keys))) {
+        g.count++;
+        g.maxT = Math.max(g.maxT, T);
+        g.maxKeys = Math.max(g.maxKeys, keys);
+        g.keyBucket = keyBucket(g.maxKeys);
+      } else groups.push({ first: i, count: 1, maxT: T, maxKeys: keys, keyBucket: keyBucket(keys) });
+    });
     const Mb = batch.reduce((a, p) => a + p.tokens.length, 0);
-    const Bb = batch.length;
+    const R = recs.length;
     const head = even(2 * M);
     const shared = even(3 * Mb);
-    const perLayer = Bb * 32 + 4 * Mb;
-    const total = head + (Bb > 0 ? shared + L * perLayer : 0);
+    const perLayer = R * 32 + 4 * Mb;
+    const total = head + (R > 0 ? shared + L * perLayer : 0);
     if (this.host.length < total) this.host = new Int32Array(Math.max(total, 2 * this.host.length));
     const h = this.host;
     let r = 0;
@@ -121,7 +134,7 @@ export class StepMetadata {
         h[r] = tokens[i];
         h[M + r] = seq.length + i;
       }
-    if (Bb > 0) {
+    if (R > 0) {
       let i = 0;
       for (const { seq, tokens, row } of batch) {
         const kv = seq.kv as DeviceKvCache;
@@ -134,23 +147,16 @@ export class StepMetadata {
       const stores: number[] = new Array(Mb);
       for (let l = 0; l < L; l++) {
         const base = head + shared + l * perLayer;
-        const seqs: AttentionSeq[] = batch.map(({ seq, tokens, row }) => {
+        const window = this.c.slidingWindow?.[l] ?? 0;
+        const seqs: AttentionSeq[] = recs.map(({ part: { seq, row }, r0, T }) => {
           const kv = seq.kv as DeviceKvCache;
-          return {
-            k: kv.dk[l],
-            v: kv.dv[l],
-            cap: kv.cap,
-            n: seq.length + tokens.length,
-            T: tokens.length,
-            qRow: row,
-            window: this.c.slidingWindow?.[l] ?? 0,
-          };
+          return { k: kv.dk[l], v: kv.dv[l], cap: kv.cap, n: seq.length + r0 + T, T, qRow: row + r0, window };
         });
         this.records = packAttentionSeqs(seqs, this.records);
-        h.set(this.records.subarray(0, Bb * 32), base);
+        h.set(this.records.subarray(0, R * 32), base);
         for (const [side, at] of [
-          ["dk", base + Bb * 32],
-          ["dv", base + Bb * 32 + 2 * Mb],
+          ["dk", base + R * 32],
+          ["dv", base + R * 32 + 2 * Mb],
         ] as const) {
           let j = 0;
           for (const { seq, tokens } of batch) {
@@ -174,24 +180,18 @@ export class StepMetadata {
       ids: at(0),
       pos: at(M),
       batch:
-        Bb === 0
+        R === 0
           ? null
           : {
               parts: batch,
               rows: Mb,
-              maxT,
-              maxKeys,
-              keyBucket: keyBucket(maxKeys),
+              groups,
               caps: at(head),
               dst: at(head + Mb),
               rowIndex: at(head + 2 * Mb),
               layers: Array.from({ length: L }, (_, l) => {
                 const base = head + shared + l * perLayer;
-                return {
-                  records: at(base),
-                  kStores: at(base + Bb * 32),
-                  vStores: at(base + Bb * 32 + 2 * Mb),
-                };
+                return { records: at(base), kStores: at(base + R * 32), vStores: at(base + R * 32 + 2 * Mb) };
               }),
             },
     };

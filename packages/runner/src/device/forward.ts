@@ -1,4 +1,10 @@
-import { type Device, type DeviceBuffer, type DeviceGraph, toHalfBits } from "@smallkv/tensor";
+import {
+  ATTN_SEQ_BYTES,
+  type Device,
+  type DeviceBuffer,
+  type DeviceGraph,
+  toHalfBits,
+} from "@smallkv/tensor";
 import type { ModelConfig } from "../config.js";
 import { type RopeKernelArgs, ropeKernelArgs } from "../rope.js";
 import type { ModelWeights } from "../weights.js";
@@ -189,7 +195,8 @@ export class DeviceRunner implements AttendContext {
     const b = meta.batch;
     if (!this.useGraphs || !b || b.parts.length !== parts.length || this.c.rope.dynamic) return null;
     if (logitRows.length !== M || !logitRows.every((r, i) => r === i)) return null;
-    return `${M}|${parts.length}|${b.maxT}|${b.keyBucket}|${argmax}`;
+    const shape = b.groups.map((g) => `${g.count}:${g.maxT}:${g.keyBucket}`).join(",");
+    return `${M}|${shape}|${argmax}`;
   }
 
   /**
@@ -386,20 +393,21 @@ export class DeviceRunner implements AttendContext {
       D,
       kvDtype: "f32",
     });
-    const B = b.parts.length;
-    this.dev.attentionBatch({
-      seqs: m.records,
-      B,
-      maxT: b.maxT,
-      maxKeys: b.keyBucket,
-      Hq,
-      Hkv,
-      D,
-      kvDtype: "f32",
-      q,
-      out,
-      part: this.buf("part", this.dev.attentionPartFloats(B, b.maxT, b.keyBucket, Hq, D)),
-    });
+    for (const g of b.groups)
+      this.dev.attentionBatch({
+        seqs: m.records + g.first * ATTN_SEQ_BYTES,
+        B: g.count,
+        maxT: g.maxT,
+        maxKeys: g.keyBucket,
+        Hq,
+        Hkv,
+        D,
+        kvDtype: "f32",
+        q,
+        out,
+        // One workspace for the step's groups: the launches run in stream order.
+        part: this.buf("part", this.dev.attentionPartFloats(g.count, g.maxT, g.keyBucket, Hq, D)),
+      });
   }
 
   /**

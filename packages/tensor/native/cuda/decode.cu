@@ -67,7 +67,7 @@ int skv_k_kv_append(const int64_t* kStore, const int64_t* vStore, const int32_t*
                     const int32_t* rows, const float* k, const float* v, int n, int Hkv, int D, int kvDtype,
                     int stream) {
   if (n <= 0) return SKV_OK;
-  if (n > 65535 || Hkv > 65535) return skv_arg_error("kv_append: at most 65535 rows a launch");
+  if (Hkv > 65535) return skv_arg_error("kv_append: at most 65535 kv heads");
   const int threads = D < 128 ? ((D + 31) / 32) * 32 : 128;
   void* s = skv_stream(stream);
   const dim3 grid(n, Hkv);
