@@ -24,6 +24,8 @@ export function registerInfoRoutes(app: FastifyInstance, s: ServerContext): void
     s.metrics.hotBytes.set(kv.hot);
     s.metrics.coldBytes.set(kv.cold);
     s.metrics.assistantBytes.set(kv.assistant);
+    const devices = new Set([llm.device, s.assistant?.device].filter((d) => d != null));
+    s.metrics.deviceBytes.set([...devices].reduce((a, d) => a + d.allocatedBytes, 0));
     s.metrics.running.set(s.scheduler.runningCount);
     s.metrics.queueDepth.set(s.scheduler.queued);
     return reply.type(s.metrics.registry.contentType).send(await s.metrics.registry.metrics());

@@ -72,6 +72,11 @@ export class ServerMetrics {
     help: "KV bytes the assistant keeps for running sequences (SmallKV's full small-model cache); on the CPU resident KV = cold + assistant",
     registers: [this.registry],
   });
+  readonly deviceBytes = new Gauge({
+    name: "smallkv_device_allocated_bytes",
+    help: "GPU memory held by the models (weights, device KV stores, hot sets, workspaces; both models); 0 on the CPU backend",
+    registers: [this.registry],
+  });
   readonly policyRequests = new Counter({
     name: "smallkv_policy_requests_total",
     help: "generation requests by KV policy",

@@ -250,5 +250,7 @@ describe("utility endpoints", () => {
     ]) {
       expect(m).toContain(name);
     }
+    // The CPU backend holds no GPU memory.
+    expect(m).toMatch(/^smallkv_device_allocated_bytes 0$/m);
   });
 });

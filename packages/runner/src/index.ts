@@ -14,6 +14,7 @@ export {
   readConfig,
   SUPPORTED_ARCHITECTURES,
 } from "./config.js";
+export { devicePath } from "./device/batch.js";
 export { bf16ToF32, type DType, f16ToF32, f32ToBf16, f32ToF16 } from "./dtype.js";
 export {
   CheckpointError,

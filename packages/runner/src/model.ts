@@ -58,6 +58,12 @@ export interface LoadOptions {
    */
   graphs?: boolean;
   /**
+   * Device backend: how the device-resident KV store keeps rows (default: the weights' dtype).
+   * It holds the sequences whose policy keeps every token; selecting policies keep their cold
+   * store in pinned host memory as f32.
+   */
+  deviceKv?: WeightDtype;
+  /**
    * Weights of the projections and the MLP on the CPU (default f32): int8 or int4 with
    * group-wise scales and zero points, quantized at load (embedding and LM head stay float32).
    */
@@ -276,7 +282,19 @@ export class Model {
         dev.releaseAll();
         throw new InvalidOptionError("graphs", `must be a boolean, got ${String(opts.graphs)}`);
       }
-      const runner = DeviceRunner.create(dev, config, weights, opts.dtype ?? "f32", opts.graphs ?? true);
+      const deviceKv = opts.deviceKv ?? opts.dtype ?? "f32";
+      if (!["f32", "f16", "bf16"].includes(deviceKv)) {
+        dev.releaseAll();
+        throw new InvalidOptionError("deviceKv", `must be f32, f16 or bf16, got ${String(deviceKv)}`);
+      }
+      const runner = DeviceRunner.create(
+        dev,
+        config,
+        weights,
+        opts.dtype ?? "f32",
+        opts.graphs ?? true,
+        deviceKv,
+      );
       const model = new Model(
         abs,
         config,

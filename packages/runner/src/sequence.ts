@@ -106,7 +106,7 @@ export class Sequence {
   ) {
     const dev = model?.device;
     this.kv = dev
-      ? new DeviceKvCache(config, dev, policy.select !== undefined)
+      ? new DeviceKvCache(config, dev, policy.select !== undefined, model?.runner?.kvDtype ?? "f32")
       : new KvCache(config, 64, model?.kvCold ?? "f32");
     this.hot = Array.from({ length: config.numLayers }, () => this.newHot(false));
   }

@@ -196,6 +196,28 @@ function deviceSuite(device: "emulator" | "cuda") {
     }
   });
 
+  it("a bf16 device KV store halves the store's bytes and stays close to f32 rows", async () => {
+    const p = g.prompts[2];
+    const half = await Model.load(LLM, { device, deviceKv: "bf16" });
+    try {
+      const a = half.newSequence();
+      const b = dev.newSequence();
+      const [la] = await half.forward([{ seq: a, tokens: p.ids }]);
+      const [lb] = await dev.forward([{ seq: b, tokens: p.ids }]);
+      expect(maxAbsDiff(la, lb)).toBeLessThan(0.2); // the bf16 tolerance of the weights test below
+      expect(maxAbsDiff(la, lb)).toBeGreaterThan(0); // rows really were rounded
+      expect(a.stats().coldBytes * 2).toBe(b.stats().coldBytes);
+      const [na] = await half.forward([{ seq: a, tokens: [7] }]);
+      const [nb] = await dev.forward([{ seq: b, tokens: [7] }]);
+      expect(maxAbsDiff(na, nb)).toBeLessThan(0.2);
+      await expect(Model.load(LLM, { device, deviceKv: "int8" as "bf16" })).rejects.toThrow(
+        InvalidOptionError,
+      );
+    } finally {
+      half.close();
+    }
+  });
+
   it("f16 and bf16 weights stay close to f32 (stated tolerances 0.05 and 0.2 on logits)", async () => {
     const p = g.prompts[2];
     for (const [dtype, tol] of [

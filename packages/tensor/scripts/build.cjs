@@ -63,7 +63,10 @@ function buildCuda() {
  * only those (the device check builds for the GPU it runs on, in half the time).
  */
 function gencode() {
-  const want = (process.env.SMALLKV_CUDA_ARCHS ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  const want = (process.env.SMALLKV_CUDA_ARCHS ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
   const archs = want.length > 0 ? want.map((a) => (a === "90" ? "90a" : a)) : ["80", "90a"];
   const flags = archs.flatMap((a) => ["-gencode", `arch=compute_${a},code=sm_${a}`]);
   if (want.length === 0) flags.push("-gencode", "arch=compute_80,code=compute_80");

@@ -389,7 +389,11 @@ function decodeSuite(kind: DeviceKind) {
       }),
     ).toThrow("boom");
     d().gemv({ y, x, w: wb, m, n, k });
-    expect(d().read(y, new Float32Array(m * n)).some((v) => v !== 0)).toBe(true);
+    expect(
+      d()
+        .read(y, new Float32Array(m * n))
+        .some((v) => v !== 0),
+    ).toBe(true);
   });
 
   it("attentionBatch refuses shapes it cannot run", () => {

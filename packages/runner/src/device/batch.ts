@@ -66,14 +66,21 @@ const keyBucket = (n: number) => Math.max(256, 2 ** Math.ceil(Math.log2(n)));
  */
 export function batchable({ seq }: DeviceStepPart): boolean {
   const p = seq.policy;
-  return (
-    !p.select &&
-    !p.wantsAttention &&
-    !p.observe &&
-    !p.wantsQuery &&
-    !seq.fault &&
-    !(seq.kv as DeviceKvCache).pinned
-  );
+  return !p.select && !p.wantsAttention && !p.observe && !p.wantsQuery && !(seq.kv as DeviceKvCache).pinned;
+}
+
+/** Where a device-backend sequence's attention runs and where its store lives (for --stats). */
+export function devicePath(seq: Sequence): {
+  path: "batched" | "per-sequence";
+  store: "device" | "pinned host";
+  storeDtype: string;
+} {
+  const kv = seq.kv as DeviceKvCache;
+  return {
+    path: batchable({ seq, tokens: [], row: 0 }) ? "batched" : "per-sequence",
+    store: kv.pinned ? "pinned host" : "device",
+    storeDtype: kv.storeDtype,
+  };
 }
 
 const even = (n: number) => n + (n & 1);

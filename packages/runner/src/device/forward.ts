@@ -76,6 +76,8 @@ export class DeviceRunner implements AttendContext {
     private readonly lmHead: DeviceBuffer,
     private readonly layers: LayerBuffers[],
     private readonly useGraphs: boolean,
+    /** Rows of the device-resident KV stores (the batched path's sequences). */
+    readonly kvDtype: WeightDtype,
   ) {
     this.staging = new Staging(dev);
     this.meta = new StepMetadata(dev, c, this.staging);
@@ -91,6 +93,7 @@ export class DeviceRunner implements AttendContext {
     w: ModelWeights,
     dtype: WeightDtype,
     graphs = true,
+    kvDtype: WeightDtype = "f32",
   ): DeviceRunner {
     const mat = (a: Float32Array) =>
       dtype === "f32" ? dev.upload(a) : dev.upload(toHalfBits(a, dtype), dtype);
@@ -137,7 +140,7 @@ export class DeviceRunner implements AttendContext {
       });
       const embed = mat(w.embed);
       const lmHead = w.lmHead === w.embed ? embed : mat(w.lmHead);
-      return new DeviceRunner(dev, c, embed, vec(w.norm), lmHead, layers, graphs);
+      return new DeviceRunner(dev, c, embed, vec(w.norm), lmHead, layers, graphs, kvDtype);
     } catch (e) {
       dev.releaseAll();
       throw e;
@@ -391,7 +394,7 @@ export class DeviceRunner implements AttendContext {
       n: b.rows,
       Hkv,
       D,
-      kvDtype: "f32",
+      kvDtype: this.kvDtype,
     });
     for (const g of b.groups)
       this.dev.attentionBatch({
@@ -402,7 +405,7 @@ export class DeviceRunner implements AttendContext {
         Hq,
         Hkv,
         D,
-        kvDtype: "f32",
+        kvDtype: this.kvDtype,
         q,
         out,
         // One workspace for the step's groups: the launches run in stream order.

@@ -18,6 +18,8 @@ export class DeviceKvCache extends KvCache {
   dv: (DeviceBuffer | PinnedBuffer)[] = [];
   /** The device store's one allocation (null: pinned host store). */
   private arena: DeviceBuffer | null = null;
+  /** How the store keeps rows. */
+  readonly storeDtype: "f32" | "f16" | "bf16";
   readonly staging: Staging;
 
   constructor(
@@ -25,8 +27,11 @@ export class DeviceKvCache extends KvCache {
     private readonly dev: Device,
     /** Cold store in pinned host memory (true) or device memory (false). */
     readonly pinned: boolean,
+    /** Rows of a device store (a pinned store is f32: policies read it on the host). */
+    deviceDtype: "f32" | "f16" | "bf16" = "f32",
   ) {
     super(config, 0);
+    this.storeDtype = pinned ? "f32" : deviceDtype;
     this.staging = new Staging(dev);
     this.grow(Math.min(64, config.maxPositions));
   }
@@ -39,7 +44,8 @@ export class DeviceKvCache extends KvCache {
     const olds: (DeviceBuffer | PinnedBuffer)[] = [];
     // A device store is one allocation for every layer's K and V (views per plane): one
     // cudaMalloc per growth, not one per layer and plane.
-    const arena = this.pinned ? null : this.dev.alloc(2 * n * plane);
+    const arena = this.pinned ? null : this.dev.alloc(2 * n * plane, this.storeDtype);
+    const elem = this.storeDtype === "f32" ? 4 : 2;
     const oldArena = this.arena;
     for (const [side, dst, host] of [
       [0, this.dk, this.k],
@@ -50,7 +56,7 @@ export class DeviceKvCache extends KvCache {
         const old = dst[l];
         if (old) {
           for (let g = 0; g < Hkv; g++)
-            this.dev.copy(next.at(g * cap * D), old.at(g * this.cap * D), this.length * D * 4);
+            this.dev.copy(next.at(g * cap * D), old.at(g * this.cap * D), this.length * D * elem);
           if (!oldArena) olds.push(old);
         }
         dst[l] = next;
@@ -74,8 +80,16 @@ export class DeviceKvCache extends KvCache {
     return this.arena?.bytes ?? 0;
   }
 
+  override rowBytes(): number {
+    return this.D * (this.storeDtype === "f32" ? 4 : 2);
+  }
+
   /** Write T new rows (device k/v [T][Hkv][D]) of one layer at positions start.. (stream 0). */
   writeDevice(layer: number, kRows: Ptr, vRows: Ptr, start: number, T: number): void {
+    if (this.storeDtype !== "f32")
+      throw new Error(
+        `the per-sequence path writes f32 stores, not ${this.storeDtype} (a batched-path store)`,
+      );
     const dst = this.staging.ints(
       `dst${layer}`,
       Array.from({ length: T }, (_, t) => start + t),

@@ -1,5 +1,6 @@
 import {
   AssistedModel,
+  devicePath,
   Generator,
   InvalidOptionError,
   type KvStats,
@@ -157,6 +158,15 @@ export function registerGenerate(program: Command): void {
         process.stderr.write(
           `${formatSummary(steps, { tokens: r.tokens.length, seconds: (performance.now() - t0) / 1000, ttft: r.timeToFirstToken, policy: `${policy.name}@${policy.budget}`, warmup: policy.warmupTokens, promptTokens: r.promptTokens.length })}\n`,
         );
+        const dev = llm.device;
+        if (dev) {
+          // Where the sequence's attention ran: a policy without a device form goes through the
+          // per-sequence path (it reads attention or selects on the host).
+          const p = devicePath(stream.sequence);
+          process.stderr.write(
+            `device: ${(dev.allocatedBytes / 2 ** 20).toFixed(1)} MiB allocated on ${dev.info.name}; attention ${p.path === "batched" ? "batched on the device" : `per sequence (${policy.name} has no device form: it selects or reads attention on the host)`}; KV store ${p.storeDtype} in ${p.store} memory\n`,
+          );
+        }
         const sp = r.speculative;
         if (sp)
           process.stderr.write(
