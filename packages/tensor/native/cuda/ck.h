@@ -19,6 +19,7 @@
     ::emu::submit([=] { ::emu::launch(skv_g_, skv_b_, skv_s_, [=] { kernel(__VA_ARGS__); }); }); \
   } while (0)
 #define CK_ALIGN(n) __attribute__((aligned(n)))
+#define CK_UNROLL
 namespace ck {
 using half_t = ::emu::half;
 using bf16_t = ::emu::bfloat16;
@@ -52,6 +53,8 @@ template <int N> inline void cp_async_wait() {}
 #define CK_LAUNCH(kernel, grid, block, smem, stream, ...) \
   kernel<<<(grid), (block), (smem), static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)
 #define CK_ALIGN(n) __align__(n)
+// Register arrays stay in registers only when every index is a constant after unrolling.
+#define CK_UNROLL _Pragma("unroll")
 namespace ck {
 using half_t = __half;
 using bf16_t = __nv_bfloat16;
@@ -97,7 +100,7 @@ template <> __device__ inline void load16<float>(const float* p, float* out) {
 template <> __device__ inline void load16<bf16_t>(const bf16_t* p, float* out) {
   const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
   const unsigned w[4] = {u.x, u.y, u.z, u.w};
-  for (int i = 0; i < 4; ++i) {
+  CK_UNROLL for (int i = 0; i < 4; ++i) {
     out[2 * i] = __uint_as_float(w[i] << 16);
     out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
   }
@@ -105,7 +108,7 @@ template <> __device__ inline void load16<bf16_t>(const bf16_t* p, float* out) {
 template <> __device__ inline void load16<half_t>(const half_t* p, float* out) {
   const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
   const unsigned w[4] = {u.x, u.y, u.z, u.w};
-  for (int i = 0; i < 4; ++i) {
+  CK_UNROLL for (int i = 0; i < 4; ++i) {
     const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
     out[2 * i] = f.x;
     out[2 * i + 1] = f.y;
@@ -118,7 +121,7 @@ __device__ inline void load_f32(const float* p, float* out) {
 #ifdef SKV_EMU
   std::memcpy(out, p, sizeof(float) * E);
 #else
-  for (int i = 0; i < E; i += 4) {
+  CK_UNROLL for (int i = 0; i < E; i += 4) {
     const float4 u = *reinterpret_cast<const float4*>(p + i);
     out[i] = u.x; out[i + 1] = u.y; out[i + 2] = u.z; out[i + 3] = u.w;
   }

@@ -25,16 +25,13 @@ struct GemvArgs {
 };
 
 __device__ inline void store_col(const GemvArgs& a, int r, int j, float v) {
-  int seg = 0, col = j;
-  if (col >= a.nseg[0]) {
-    col -= a.nseg[0];
-    seg = 1;
-    if (col >= a.nseg[1]) {
-      col -= a.nseg[1];
-      seg = 2;
-    }
-  }
-  float* p = a.y[seg] + static_cast<int64_t>(r) * a.nseg[seg] + col;
+  // Selects, not an index into a.y[]: a dynamic index would copy the arguments to local memory.
+  const int n0 = a.nseg[0], n1 = a.nseg[1];
+  const bool s0 = j < n0, s1 = !s0 && j < n0 + n1;
+  float* base = s0 ? a.y[0] : s1 ? a.y[1] : a.y[2];
+  const int width = s0 ? n0 : s1 ? n1 : a.nseg[2];
+  const int col = s0 ? j : s1 ? j - n0 : j - n0 - n1;
+  float* p = base + static_cast<int64_t>(r) * width + col;
   *p = a.mode == SKV_GEMV_ACCUMULATE ? *p + v : v;
 }
 
@@ -47,9 +44,9 @@ __global__ void gemv_kernel(GemvArgs a) {
   const bool live = j < a.n;
   const int k = a.k, m = a.m;
   float acc[MR], acc2[Gate ? MR : 1];
-  for (int r = 0; r < MR; ++r) acc[r] = 0.f;
+  CK_UNROLL for (int r = 0; r < MR; ++r) acc[r] = 0.f;
   if (Gate)
-    for (int r = 0; r < MR; ++r) acc2[r] = 0.f;
+    CK_UNROLL for (int r = 0; r < MR; ++r) acc2[r] = 0.f;
   if (live) {
     const T* wr = static_cast<const T*>(a.w) + static_cast<int64_t>(j) * k;
     const T* ur = Gate ? static_cast<const T*>(a.w2) + static_cast<int64_t>(j) * k : nullptr;
@@ -62,13 +59,13 @@ __global__ void gemv_kernel(GemvArgs a) {
         if (E == 1) uv[0] = ck::to_float(ur[iv]);
         else ck::load16(ur + static_cast<int64_t>(iv) * E, uv);
       }
-      for (int r = 0; r < MR; ++r) {
+      CK_UNROLL for (int r = 0; r < MR; ++r) {
         if (r >= m) break;
         const float* xr = a.x + static_cast<int64_t>(r) * k + static_cast<int64_t>(iv) * E;
         if (E == 1) xv[0] = *xr;
         else ck::load_f32<E>(xr, xv);
         float s = 0.f, s2 = 0.f;
-        for (int e = 0; e < E; ++e) {
+        CK_UNROLL for (int e = 0; e < E; ++e) {
           s += wv[e] * xv[e];
           if (Gate) s2 += uv[e] * xv[e];
         }
@@ -77,19 +74,19 @@ __global__ void gemv_kernel(GemvArgs a) {
       }
     }
   }
-  for (int r = 0; r < MR; ++r) {
+  CK_UNROLL for (int r = 0; r < MR; ++r) {
     acc[r] = ck::warp_sum(acc[r]);
     if (Gate) acc2[r] = ck::warp_sum(acc2[r]);
   }
   if (KS > 1) {
     if (lane == 0)
-      for (int r = 0; r < MR; ++r) {
+      CK_UNROLL for (int r = 0; r < MR; ++r) {
         red[warp][r] = acc[r];
         if (Gate) red[warp][MR + r] = acc2[r];
       }
     __syncthreads();
     if (part == 0)
-      for (int r = 0; r < MR; ++r) {
+      CK_UNROLL for (int r = 0; r < MR; ++r) {
         float s = 0.f, s2 = 0.f;
         for (int p = 0; p < KS; ++p) {
           s += red[warp + p][r];
@@ -101,7 +98,7 @@ __global__ void gemv_kernel(GemvArgs a) {
   }
   if (!live || part != 0) return;
   // Lane r writes row r (registers are indexed by constants only).
-  for (int r = 0; r < MR; ++r) {
+  CK_UNROLL for (int r = 0; r < MR; ++r) {
     if (r >= m || lane != r) continue;
     float v = acc[r] + (a.bias ? a.bias[j] : 0.f);
     if (Gate) {
