@@ -330,28 +330,49 @@ export async function writeResultsPage(o: {
   return o.out;
 }
 
-/** The GPU runs (`--device cuda --out bench-results/gpu`), or a plain statement that there are none. */
+/**
+ * The GPU runs: the device check's output folder copied to bench-results/gpu (runner-100m/,
+ * runner-large/, kv/, compare.json) or plain `--out bench-results/gpu` runs; or a plain
+ * statement that there are none.
+ */
 function gpuSection(dir: string | undefined): string[] {
-  const runner = dir && join(dir, "runner.json");
-  const bench = dir && join(dir, "bench.json");
+  const first = (...names: string[]) =>
+    dir ? names.map((n) => join(dir, n)).find((f) => existsSync(f)) : undefined;
+  const runner = first("runner.json", "runner-100m/runner.json");
+  const large = first("runner-large/runner.json");
+  const bench = first("bench.json", "kv/bench.json");
+  const compare = first("compare.txt");
   const out = ["## GPU", ""];
-  if (!(runner && existsSync(runner)) && !(bench && existsSync(bench))) {
+  if (!runner && !bench) {
     out.push(
-      "_No GPU measurements: no machine this page was built on had an NVIDIA GPU. The CUDA kernels and the device backend are checked on the CPU emulator in every test run. On a GPU machine: `pnpm bench runner --device cuda --dtype bf16 --out bench-results/gpu` and `pnpm bench --device cuda --dtype bf16 --scenario paper --policies full,h2o,smallkv --out bench-results/gpu`, then `pnpm results`._",
+      "_No GPU measurements on this page: no machine it was built on had an NVIDIA GPU. The CUDA kernels and the device backend are checked on the CPU emulator in every test run. The device check measures everything below on a GPU machine (no Node or network needed there): `pnpm gpu:pack` here, then `bash scripts/gpu/check.sh OUTDIR` there; copy OUTDIR to bench-results/gpu and run `pnpm results`._",
       "",
     );
     return out;
   }
-  if (runner && existsSync(runner)) {
-    const j = JSON.parse(readFileSync(runner, "utf8"));
+  for (const [file, what] of [
+    [runner, "~100M"],
+    [large, "~0.45B"],
+  ] as const) {
+    if (!file) continue;
+    const j = JSON.parse(readFileSync(file, "utf8"));
     out.push(
-      `${j.device?.name ?? "GPU"}: peak bandwidth ${fmt(j.bandwidthBytesPerSecond / 1e9)} GB/s, ${j.model.dtype} weights.`,
+      `${what} model on ${j.device?.name ?? "GPU"}: peak bandwidth ${fmt(j.bandwidthBytesPerSecond / 1e9)} GB/s, ${j.model.dtype} weights.`,
       "",
       runnerTable(j.results),
       "",
     );
   }
-  if (bench && existsSync(bench)) {
+  if (compare)
+    out.push(
+      "Against HF transformers and the goals (`scripts/gpu/compare.mjs`):",
+      "",
+      "```",
+      readFileSync(compare, "utf8").trim(),
+      "```",
+      "",
+    );
+  if (bench) {
     const b = JSON.parse(readFileSync(bench, "utf8"));
     const bt = benchTable(b.rows as BenchRow[]);
     out.push(
