@@ -126,26 +126,62 @@ function deviceSuite(device: "emulator" | "cuda") {
 
   it("a batch of sequences with different policies equals each run alone", async () => {
     const ids = cpu.tokenizer.encode("The cat sat on the mat and looked at the dog.");
-    const s1 = dev.newSequence(churn("mass"));
+    // Two observing sequences (their read-backs wait for the layer together) beside a batched
+    // one; what each policy observes is summarised as its scores weighted by key position.
+    const seen: Record<string, number[]> = {};
+    const watch = (key: string, p: KvPolicyHook): KvPolicyHook => ({
+      ...p,
+      observe: (_s, o) => {
+        let x = 0;
+        const Hq = cpu.config.numHeads;
+        const lists = o.keyPositions.length;
+        for (let h = 0; h < Hq; h++) {
+          const pos = o.keyPositions[Math.floor(h / (Hq / lists))];
+          pos.forEach((q, j) => {
+            x += (o.scores as Float32Array)[h * o.Lmax + j] * (q + 1);
+          });
+        }
+        (seen[key] ??= []).push(x);
+      },
+    });
+    const s1 = dev.newSequence(watch("d1", churn("mass")));
     const s2 = dev.newSequence();
-    const r1 = cpu.newSequence(churn("mass"));
+    const s3 = dev.newSequence(watch("d3", churn("literal")));
+    const r1 = cpu.newSequence(watch("c1", churn("mass")));
     const r2 = cpu.newSequence();
-    const [d1, d2] = await dev.forward([
+    const r3 = cpu.newSequence(watch("c3", churn("literal")));
+    const [d1, d2, d3] = await dev.forward([
       { seq: s1, tokens: ids },
       { seq: s2, tokens: ids.slice(0, 5) },
+      { seq: s3, tokens: ids.slice(2) },
     ]);
     const [c1] = await cpu.forward([{ seq: r1, tokens: ids }]);
     const [c2] = await cpu.forward([{ seq: r2, tokens: ids.slice(0, 5) }]);
+    const [c3] = await cpu.forward([{ seq: r3, tokens: ids.slice(2) }]);
     expect(maxAbsDiff(d1, c1)).toBeLessThan(1e-4);
     expect(maxAbsDiff(d2, c2)).toBeLessThan(1e-4);
-    const [e1, e2] = await dev.forward([
-      { seq: s1, tokens: [42] },
-      { seq: s2, tokens: [43, 44] },
-    ]);
-    const [f1] = await cpu.forward([{ seq: r1, tokens: [42] }]);
-    const [f2] = await cpu.forward([{ seq: r2, tokens: [43, 44] }]);
-    expect(maxAbsDiff(e1, f1)).toBeLessThan(1e-4);
-    expect(maxAbsDiff(e2, f2)).toBeLessThan(1e-4);
+    expect(maxAbsDiff(d3, c3)).toBeLessThan(1e-4);
+    for (let step = 0; step < 3; step++) {
+      const [e1, e2, e3] = await dev.forward([
+        { seq: s1, tokens: [42 + step] },
+        { seq: s2, tokens: [43, 44] },
+        { seq: s3, tokens: [50 + step] },
+      ]);
+      const [f1] = await cpu.forward([{ seq: r1, tokens: [42 + step] }]);
+      const [f2] = await cpu.forward([{ seq: r2, tokens: [43, 44] }]);
+      const [f3] = await cpu.forward([{ seq: r3, tokens: [50 + step] }]);
+      expect(maxAbsDiff(e1, f1)).toBeLessThan(1e-4);
+      expect(maxAbsDiff(e2, f2)).toBeLessThan(1e-4);
+      expect(maxAbsDiff(e3, f3)).toBeLessThan(1e-4);
+    }
+    for (const [d, c] of [
+      ["d1", "c1"],
+      ["d3", "c3"],
+    ]) {
+      expect(seen[d].length).toBe(seen[c].length);
+      expect(seen[d].length).toBeGreaterThan(0);
+      expect(maxAbsDiff(seen[d], seen[c])).toBeLessThan(1e-3);
+    }
   });
 
   it("greedy tokens computed on the device ('argmax') equal the host's argmax of the logits", async () => {

@@ -13,10 +13,15 @@ export interface AttendContext {
   readonly queryBuf: DeviceBuffer;
 }
 
+/** Read-backs up to this many floats wait for the layer's other sequences (one wait a layer). */
+const DEFERRED_FLOATS = 1 << 22;
+
 /**
  * One sequence's attention at one layer, through its policy (the device twin of Model.attend):
- * the path of policies that select or observe. Its KV write, its selection's hot-set moves and
- * any read-back are its own; sequences whose policy does neither go through the batched path.
+ * the path of policies that select or observe. Its KV write and its selection's hot-set moves
+ * are its own. A small read-back (scores, one row's probabilities) is returned as a function
+ * for the caller to run after every sequence of the layer has launched: the layer then waits
+ * for the device once, not once per sequence. `slot` keeps the sequences' outputs apart.
  */
 export function attendOne(
   ctx: AttendContext,
@@ -27,7 +32,8 @@ export function attendOne(
   k: number,
   v: number,
   out: number,
-): void {
+  slot = 0,
+): (() => void) | null {
   const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = ctx.c;
   const dev = ctx.dev;
   const kv = seq.kv as DeviceKvCache;
@@ -53,8 +59,8 @@ export function attendOne(
   let probs: Out = null;
   let scores: Out = null;
   const outputs = (L: number): [Out, Out] => {
-    const p = wantProbs ? { buf: ctx.buf("probs", Hq * T * L), n: Hq * T * L } : null;
-    const sc = typeof request === "object" ? { buf: ctx.buf("scores", Hq * L), n: Hq * L } : null;
+    const p = wantProbs ? { buf: ctx.buf(`probs${slot}`, Hq * T * L), n: Hq * T * L } : null;
+    const sc = typeof request === "object" ? { buf: ctx.buf(`scores${slot}`, Hq * L), n: Hq * L } : null;
     if (sc) dev.zero(sc.buf, 0, sc.n);
     return [p, sc];
   };
@@ -125,18 +131,25 @@ export function attendOne(
       vOnly,
     });
   }
-  if (request && seq.policy.observe && !seq.fault) {
-    // The policy reads this layer's probabilities or scores now (read waits for stream 0).
-    const p: Out = probs;
-    const s: Out = scores;
+  if (!request || !seq.policy.observe) return null;
+  const p: Out = probs;
+  const sc: Out = scores;
+  const observe = () => {
+    if (seq.fault) return;
+    // The policy reads this layer's probabilities or scores (a read waits for stream 0).
     observeAttention(seq, {
       layer,
       start,
       T,
       probs: p ? dev.read(p.buf, new Float32Array(p.n)) : undefined,
-      scores: s ? dev.read(s.buf, new Float32Array(s.n)) : undefined,
+      scores: sc ? dev.read(sc.buf, new Float32Array(sc.n)) : undefined,
       Lmax,
       keyPositions: observedPositions(seq, layer, sel, Lmax),
     });
+  };
+  if ((p?.n ?? 0) + (sc?.n ?? 0) > DEFERRED_FLOATS) {
+    observe(); // a large read-back (a prefill's probabilities) is read before the buffer is reused
+    return null;
   }
+  return observe;
 }

@@ -265,7 +265,8 @@ export class DeviceRunner implements AttendContext {
       }
       this.rope(parts, ropeTables, q, k, meta.pos, M);
       this.attendBatch(meta, l, q, k, v, attn);
-      for (const { seq, tokens, row } of slow) {
+      // Every per-sequence launch first, then their read-backs: one wait for the layer.
+      const observe = slow.map(({ seq, tokens, row }, i) =>
         attendOne(
           this,
           seq,
@@ -275,8 +276,10 @@ export class DeviceRunner implements AttendContext {
           k.at(row * Hkv * D),
           v.at(row * Hkv * D),
           attn.at(row * Hq * D),
-        );
-      }
+          i,
+        ),
+      );
+      for (const o of observe) o?.();
       this.linear(x, attn, w.o, w.oBias, M, d, Hq * D, true);
       dev.rmsnorm(h, x, w.postNorm, M, d, c.rmsNormEps);
       if (M <= GEMV_ROWS) {
