@@ -76,7 +76,7 @@ function kernelSuite(kind: DeviceKind) {
     [9, 70, 50],
     [130, 65, 96],
     [20, 70, 256],
-    [40, 130, 88],
+    [100, 130, 88],
   ]) {
     for (const dt of ["f32", "f16", "bf16"] as const) {
       it(`gemm ${dt} m=${m} n=${n} k=${k} with bias and accumulate`, () => {

@@ -263,13 +263,15 @@ void launch_gemm(float* y, const float* x, const T* w, const float* bias, int m,
       CK_LAUNCH(gemm_wmma_kernel<T>, grid, 128, 0, s, y, x, w, bias, m, n, k, acc);
       return;
     }
-    const int bm = m <= 32 ? 32 : m <= 64 ? 64 : 128;
+    // Batch-sized m (decode of up to 64 sequences) takes 32-row tiles: twice the blocks, and the
+    // weights, not the activations, are what each block streams.
+    const int bm = m <= 64 ? 32 : m <= 128 ? 64 : 128;
     const int tiles = ((n + 63) / 64) * ((m + bm - 1) / bm);
     // Split K until the grid covers the chip twice over (132 SMs on an H100), keeping at
-    // least 4 BK steps per block.
+    // least 2 BK steps per block.
     const int steps = (k + 31) / 32;
     int splits = 1;
-    while (tiles * splits < 264 && steps / (splits * 2) >= 4) splits *= 2;
+    while (tiles * splits < 264 && steps / (splits * 2) >= 2) splits *= 2;
     if (splits > 1 && !acc) skv_dev_memset(y, 0, sizeof(float) * static_cast<size_t>(m) * n, sid);
     const dim3 g((n + 63) / 64, (m + bm - 1) / bm, splits);
     const int a2 = splits > 1 ? 1 : acc;
