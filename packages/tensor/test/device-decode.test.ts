@@ -185,6 +185,27 @@ function decodeSuite(kind: DeviceKind) {
     window?: number;
   }
   const batches: [string, number, number, number, Case[]][] = [
+    // Every list within one chunk: the split kernel writes the output (no reduce launch).
+    [
+      "one chunk, with V-only rows",
+      4,
+      2,
+      16,
+      [
+        {
+          T: 1,
+          n: 40,
+          select: [
+            [0, 5, 9],
+            [1, 2, 30],
+          ],
+          vonly: [[3, 4], [7]],
+          mode: "mass",
+        },
+        { T: 2, n: 9, select: [[0], []], vonly: [[], [1, 2]], mode: "literal" },
+        { T: 1, n: 100 },
+      ],
+    ],
     [
       "decode, contiguous, MHA",
       4,

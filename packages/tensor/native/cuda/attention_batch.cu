@@ -1,5 +1,5 @@
 // Batched decode attention, flash-decoding style: one launch per layer for every sequence
-// of the step, ragged lengths. A block takes one chunk of one kv head's key list and every
+// of the step, ragged lengths (two when a list spans more than one chunk). A block takes one chunk of one kv head's key list and every
 // query of that head's GQA group (T rows x G heads, up to kQ at a time), so each K/V row is
 // read once for the whole group. Keys come from the store in place: rows 0..n-1, or the rows
 // a policy's index list names. A second kernel merges the chunks (their maxima, normalisers
@@ -152,6 +152,37 @@ __global__ void split_kernel(BatchArgs a) {
     }
   }
   __syncthreads();
+  if (a.S == 1) {
+    // The only chunk (every list fits one): normalise, add the V-only rows and write the
+    // output here; the launch has no reduce.
+    CK_SHARED float keep[kQ];
+    if (tid < vn) {
+      const int t = (v0 + tid) / G, h = g * G + (v0 + tid) % G;
+      float k1 = 1.f;
+      if (s.vidx && s.mode == 1) {
+        const float* wr = as_ptr<float>(s.w) + (static_cast<int64_t>(h) * T + t) * s.vmax;
+        const int nvo = as_ptr<int32_t>(s.vcnt)[g];
+        for (int j = 0; j < nvo; ++j) k1 -= wr[j];
+      }
+      keep[tid] = k1 / lloc[tid];
+    }
+    __syncthreads();
+    const int32_t* vi = s.vidx ? as_ptr<int32_t>(s.vidx) + static_cast<int64_t>(g) * s.vcap : nullptr;
+    const int nvo = s.vidx ? as_ptr<int32_t>(s.vcnt)[g] : 0;
+    for (int e = tid; e < vn * D; e += kThreads) {
+      const int v = e / D, d = e % D;
+      const int t = (v0 + v) / G, h = g * G + (v0 + v) % G;
+      float o = 0.f;
+      for (int r = 0; r < KG; ++r) o += red[(r * kQ + v) * D + d];
+      o *= keep[v];
+      if (nvo > 0) {
+        const float* wr = as_ptr<float>(s.w) + (static_cast<int64_t>(h) * T + t) * s.vmax;
+        for (int j = 0; j < nvo; ++j) o += wr[j] * ck::to_float(vh[static_cast<int64_t>(vi[j]) * D + d]);
+      }
+      a.out[((s.qRow + t) * a.Hq + h) * D + d] = o;
+    }
+    return;
+  }
   for (int e = tid; e < vn * D; e += kThreads) {
     const int v = e / D, d = e % D;
     float o = 0.f;
@@ -231,7 +262,7 @@ int launch(const BatchArgs& a, void* stream) {
   else if (lanes >= 2) CK_LAUNCH((split_kernel<KT, 2>), grid, kThreads, 0, stream, a);
   else CK_LAUNCH((split_kernel<KT, 1>), grid, kThreads, 0, stream, a);
   const int rc = skv_check_launch("attention_batch");
-  if (rc != SKV_OK) return rc;
+  if (rc != SKV_OK || a.S == 1) return rc;  // one chunk: the split kernel wrote the output
   const int threads = a.D < 128 ? 64 : 128;
   CK_LAUNCH(reduce_kernel<KT>, dim3(a.Hq, a.maxT, a.B), threads, 0, stream, a);
   return skv_check_launch("attention_batch_reduce");
