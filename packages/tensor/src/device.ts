@@ -170,6 +170,8 @@ interface DeviceBinding {
     theta: number,
     invFreq: number | null,
     scale: number,
+    x2: number | null,
+    H2: number,
     stream: number,
   ): void;
   siluGate(out: number, gate: number, up: number, n: number, stream: number): void;
@@ -535,6 +537,8 @@ export class Device {
     theta: number,
     stream = 0,
     freq?: { invFreq: Ptr; scale: number },
+    /** A second tensor [T][H][D] at the same positions (k beside q): one launch for both. */
+    also?: { x: Ptr; H: number },
   ): void {
     wrap(() =>
       this.b.rope(
@@ -546,6 +550,8 @@ export class Device {
         theta,
         freq ? this.p(freq.invFreq, (D / 2) * 4, "invFreq") : null,
         freq?.scale ?? 1,
+        also ? this.p(also.x, T * also.H * D * 4, "also.x") : null,
+        also?.H ?? 0,
         stream,
       ),
     );

@@ -116,6 +116,15 @@ function kernelSuite(kind: DeviceKind) {
     const want = x.slice();
     reference.ropeRef(want, pos, H, D, 500000);
     expect(maxAbsDiff(d().read(buf, new Float32Array(x.length)), want)).toBeLessThan(1e-5);
+    // q and k (here 4 and 2 heads) in one launch.
+    const k = randn(T * 2 * D, r);
+    const qb = d().upload(x);
+    const kb = d().upload(k);
+    d().rope(qb, d().upload(pos), T, H, D, 500000, 0, undefined, { x: kb, H: 2 });
+    const wantK = k.slice();
+    reference.ropeRef(wantK, pos, 2, D, 500000);
+    expect(maxAbsDiff(d().read(qb, new Float32Array(x.length)), want)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(d().read(kb, new Float32Array(k.length)), wantK)).toBeLessThan(1e-5);
   });
 
   it("silu-gate and add", () => {

@@ -441,15 +441,16 @@ export class DeviceRunner implements AttendContext {
   ): void {
     const { numHeads: Hq, numKvHeads: Hkv, headDim: D, rope: r, ropeTheta } = this.c;
     if (!r.dynamic) {
-      this.dev.rope(q, posPtr, M, Hq, D, ropeTheta, 0, tables[0]);
-      this.dev.rope(k, posPtr, M, Hkv, D, ropeTheta, 0, tables[0]);
+      this.dev.rope(q, posPtr, M, Hq, D, ropeTheta, 0, tables[0], { x: k, H: Hkv });
       return;
     }
     parts.forEach(({ tokens, row }, i) => {
       const T = tokens.length;
       const p = posPtr + row * 4;
-      this.dev.rope(q.at(row * Hq * D), p, T, Hq, D, ropeTheta, 0, tables[i]);
-      this.dev.rope(k.at(row * Hkv * D), p, T, Hkv, D, ropeTheta, 0, tables[i]);
+      this.dev.rope(q.at(row * Hq * D), p, T, Hq, D, ropeTheta, 0, tables[i], {
+        x: k.at(row * Hkv * D),
+        H: Hkv,
+      });
     });
   }
 

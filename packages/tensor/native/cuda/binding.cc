@@ -162,9 +162,10 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Rope(const Napi::CallbackInfo& info) {
-  ARGS(9);
+  ARGS(11);
   check(env, skv_k_rope(ptr<float>(info[0]), ptr<int32_t>(info[1]), i32(info[2]), i32(info[3]), i32(info[4]),
-                        f32(info[5]), ptr<float>(info[6]), f32(info[7]), i32(info[8])));
+                        f32(info[5]), ptr<float>(info[6]), f32(info[7]), ptr<float>(info[8]), i32(info[9]),
+                        i32(info[10])));
   return env.Undefined();
 }
 

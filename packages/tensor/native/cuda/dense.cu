@@ -206,10 +206,13 @@ __global__ void gemm_simt_kernel(float* y, const float* x, const float* w, const
     }
 }
 
-__global__ void rope_kernel(float* x, const int32_t* pos, int H, int D, float theta, const float* inv_freq,
-                            float scale) {
-  const int t = blockIdx.x / H, h = blockIdx.x % H, half = D / 2;
-  float* r = x + (static_cast<int64_t>(t) * H + h) * D;
+// Blocks [0, T*H) rotate x's heads, the rest x2's (q and k in one launch).
+__global__ void rope_kernel(float* x, const int32_t* pos, int T, int H, int D, float theta, const float* inv_freq,
+                            float scale, float* x2, int H2) {
+  const bool second = static_cast<int>(blockIdx.x) >= T * H;
+  const int b = second ? blockIdx.x - T * H : blockIdx.x, Hs = second ? H2 : H;
+  const int t = b / Hs, h = b % Hs, half = D / 2;
+  float* r = (second ? x2 : x) + (static_cast<int64_t>(t) * Hs + h) * D;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     // Angles in double, as the CPU kernel: positions reach 1e5 and float angles drift.
     // A frequency table (scaled RoPE) replaces theta^(-2i/D); `scale` multiplies cos and sin.
@@ -313,11 +316,12 @@ int skv_k_gemm(float* y, const float* x, const void* w, int dtype, const float* 
 }
 
 int skv_k_rope(float* x, const int32_t* pos, int T, int H, int D, float theta, const float* inv_freq, float scale,
-               int stream) {
+               float* x2, int H2, int stream) {
   if (T <= 0) return SKV_OK;
   if (D % 2 != 0) return skv_arg_error("rope: head dim must be even");
   const int threads = D / 2 < 128 ? ((D / 2 + 31) / 32) * 32 : 128;
-  CK_LAUNCH(rope_kernel, T * H, threads, 0, skv_stream(stream), x, pos, H, D, theta, inv_freq, scale);
+  const int blocks = T * H + (x2 ? T * H2 : 0);
+  CK_LAUNCH(rope_kernel, blocks, threads, 0, skv_stream(stream), x, pos, T, H, D, theta, inv_freq, scale, x2, H2);
   return skv_check_launch("rope");
 }
 

@@ -44,10 +44,11 @@ int skv_k_rmsnorm(float* out, const float* x, const float* w, int n, int d, floa
 // y[m][n] (+)= x[m][k] . W[n][k]^T (+ bias[n]); W dtype any; F16/BF16 use tensor cores for m > 8.
 int skv_k_gemm(float* y, const float* x, const void* w, int dtype, const float* bias, int m, int n, int k,
                int accumulate, int stream);
-// HF rotate-half RoPE in place on x[T][H][D] at positions pos[T].
-// inv_freq: D/2 frequencies replacing theta^(-2i/D) (null: none); scale multiplies cos and sin.
+// HF rotate-half RoPE in place on x[T][H][D] (and, when x2 is set, on x2[T][H2][D]: q and k in
+// one launch) at positions pos[T]. inv_freq: D/2 frequencies replacing theta^(-2i/D) (null: none);
+// scale multiplies cos and sin.
 int skv_k_rope(float* x, const int32_t* pos, int T, int H, int D, float theta, const float* inv_freq, float scale,
-               int stream);
+               float* x2, int H2, int stream);
 // out[i] = silu(gate[i]) * up[i]   (out may alias gate)
 int skv_k_silu_gate(float* out, const float* gate, const float* up, int64_t n, int stream);
 // y[i] += x[i]
