@@ -22,6 +22,8 @@ export type WeightDtype = "f32" | "f16" | "bf16";
 
 /** Steps of up to this many rows run their products through the GEMV kernel; larger ones the tiled GEMM. */
 const GEMV_ROWS = 16;
+/** Captured step shapes kept (batch size x key-length bucket); the least recently used go first. */
+const MAX_GRAPHS = 64;
 
 interface LayerBuffers {
   inputNorm: DeviceBuffer;
@@ -214,6 +216,9 @@ export class DeviceRunner implements AttendContext {
       for (const g of this.graphs.values()) g.graph?.free();
       this.graphs.clear();
     } else if (e?.graph) {
+      // Most recently used last: the oldest shape is the one dropped past the cap.
+      this.graphs.delete(key);
+      this.graphs.set(key, e);
       e.graph.launch();
       this.graphStats.replayed++;
       return;
@@ -229,6 +234,11 @@ export class DeviceRunner implements AttendContext {
     }
     run();
     this.graphs.set(key, { graph: null, gen: this.gen + this.meta.generation });
+    if (this.graphs.size > MAX_GRAPHS) {
+      const [oldest, g] = this.graphs.entries().next().value as [string, { graph: DeviceGraph | null }];
+      g.graph?.free();
+      this.graphs.delete(oldest);
+    }
   }
 
   /** Queue one step's kernels on stream 0 (no host read unless a per-sequence policy asks). */
