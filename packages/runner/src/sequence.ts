@@ -1,5 +1,6 @@
 import type { AssistantState } from "./assisted.js";
 import type { ModelConfig } from "./config.js";
+import { passive } from "./device/batch.js";
 import { DeviceHotRows, DeviceKvCache } from "./device/kv.js";
 import { PolicyError } from "./errors.js";
 import { HostRows, type HotSlots, type HotSnapshot, IndexedRows } from "./hot-set.js";
@@ -106,7 +107,13 @@ export class Sequence {
   ) {
     const dev = model?.device;
     this.kv = dev
-      ? new DeviceKvCache(config, dev, policy.select !== undefined, model?.runner?.kvDtype ?? "f32")
+      ? new DeviceKvCache(
+          config,
+          dev,
+          policy.select !== undefined,
+          // Only the batched path reads 16-bit stores; a policy that observes runs per sequence on f32 rows.
+          passive(policy) ? (model?.runner?.kvDtype ?? "f32") : "f32",
+        )
       : new KvCache(config, 64, model?.kvCold ?? "f32");
     this.hot = Array.from({ length: config.numLayers }, () => this.newHot(false));
   }

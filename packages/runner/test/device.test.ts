@@ -4,6 +4,7 @@ import { Device, DeviceError } from "@smallkv/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type AttentionObservation,
+  devicePath,
   Generator,
   InvalidOptionError,
   type KvPolicyHook,
@@ -249,6 +250,22 @@ function deviceSuite(device: "emulator" | "cuda") {
       await expect(Model.load(LLM, { device, deviceKv: "int8" as "bf16" })).rejects.toThrow(
         InvalidOptionError,
       );
+      // Only the batched path reads 16-bit rows: an observing policy's store stays f32 there.
+      const observing = half.newSequence(churn("mass"));
+      expect(devicePath(a)).toEqual({ path: "batched", store: "device", storeDtype: "bf16" });
+      expect(devicePath(observing)).toEqual({
+        path: "per-sequence",
+        store: "pinned host",
+        storeDtype: "f32",
+      });
+      const watcher = half.newSequence({ name: "watch", wantsAttention: () => "probs", observe: () => {} });
+      expect(devicePath(watcher)).toEqual({ path: "per-sequence", store: "device", storeDtype: "f32" });
+      const outs = await half.forward([
+        { seq: observing, tokens: p.ids.slice(0, 8) },
+        { seq: watcher, tokens: p.ids.slice(0, 8) },
+        { seq: a, tokens: [9] },
+      ]);
+      expect(outs.every((o) => o.every(Number.isFinite))).toBe(true);
     } finally {
       half.close();
     }

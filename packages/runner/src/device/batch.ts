@@ -6,6 +6,7 @@ import {
   packAttentionSeqs,
 } from "@smallkv/tensor";
 import type { ModelConfig } from "../config.js";
+import type { KvPolicyHook } from "../policy-hook.js";
 import type { Sequence } from "../sequence.js";
 import type { DeviceKvCache } from "./kv.js";
 import type { Staging } from "./staging.js";
@@ -65,8 +66,12 @@ const keyBucket = (n: number) => Math.max(256, 2 ** Math.ceil(Math.log2(n)));
  * path (one KV append and one attention launch per layer for all such sequences).
  */
 export function batchable({ seq }: DeviceStepPart): boolean {
-  const p = seq.policy;
-  return !p.select && !p.wantsAttention && !p.observe && !p.wantsQuery && !(seq.kv as DeviceKvCache).pinned;
+  return passive(seq.policy) && !(seq.kv as DeviceKvCache).pinned;
+}
+
+/** A policy that neither selects, observes nor reads queries: its attention needs nothing from the host. */
+export function passive(p: KvPolicyHook): boolean {
+  return !p.select && !p.wantsAttention && !p.observe && !p.wantsQuery;
 }
 
 /** Where a device-backend sequence's attention runs and where its store lives (for --stats). */
