@@ -130,6 +130,8 @@ export interface StepInput {
 /** Logits [rows][vocab] per step input (1 row for "last", T for "all", 0 for "none"; the greedy token id alone for "argmax"). */
 export type StepOutput = Float32Array;
 
+const LOGITS_MODES: readonly string[] = ["last", "all", "none", "argmax"];
+
 /**
  * A loaded Llama-family model: dense math in onnxruntime sessions, attention and the KV
  * cache in @smallkv/tensor. `forward` runs one step for any number of sequences, each
@@ -435,7 +437,9 @@ export class Model {
     const V = c.vocabSize;
     const seen = new Set<Sequence>();
     let M = 0;
-    for (const { seq, tokens } of inputs) {
+    for (const { seq, tokens, logits } of inputs) {
+      if (logits !== undefined && !LOGITS_MODES.includes(logits))
+        throw new InvalidOptionError("logits", `must be ${LOGITS_MODES.join(", ")}, got ${String(logits)}`);
       if (seq.released) throw new InvalidOptionError("seq", `sequence ${seq.id} was released`);
       if (seen.has(seq)) throw new InvalidOptionError("seq", `sequence ${seq.id} appears twice in one step`);
       seen.add(seq);

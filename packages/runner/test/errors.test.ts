@@ -156,6 +156,13 @@ describe("bad requests get typed errors and leave the model usable", () => {
     expect(() => g.submit([600])).toThrow(InvalidOptionError);
     expect(() => g.submit("hi", { temperature: -1 })).toThrow(/temperature/);
     expect(() => g.submit("hi", { topP: 0 })).toThrow(/topP/);
+    await expect(model.forward([{ seq, tokens: [5], logits: "first" as "last" }])).rejects.toThrow(/logits/);
+    // "argmax" gives the greedy token of the last position, as the host's argmax of its logits.
+    const [logits] = await model.forward([{ seq: model.newSequence(), tokens: [1, 300, 301] }]);
+    const [greedy] = await model.forward([
+      { seq: model.newSequence(), tokens: [1, 300, 301], logits: "argmax" },
+    ]);
+    expect([...greedy]).toEqual([logits.indexOf(Math.max(...logits))]);
     const r = await g.generate("Once", { temperature: 0, maxTokens: 5 });
     expect(r.tokens.length).toBe(5);
   });

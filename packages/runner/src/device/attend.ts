@@ -59,8 +59,13 @@ export function attendOne(
   let probs: Out = null;
   let scores: Out = null;
   const outputs = (L: number): [Out, Out] => {
-    const p = wantProbs ? { buf: ctx.buf(`probs${slot}`, Hq * T * L), n: Hq * T * L } : null;
-    const sc = typeof request === "object" ? { buf: ctx.buf(`scores${slot}`, Hq * L), n: Hq * L } : null;
+    // Small outputs get a buffer of this sequence's slot (read after the layer's other
+    // launches); a large one shares one buffer, read at once (no slot-many large buffers).
+    const np = wantProbs ? Hq * T * L : 0;
+    const ns = typeof request === "object" ? Hq * L : 0;
+    const tag = np + ns > DEFERRED_FLOATS ? "" : String(slot);
+    const p = np > 0 ? { buf: ctx.buf(`probs${tag}`, np), n: np } : null;
+    const sc = ns > 0 ? { buf: ctx.buf(`scores${tag}`, ns), n: ns } : null;
     if (sc) dev.zero(sc.buf, 0, sc.n);
     return [p, sc];
   };
