@@ -272,6 +272,8 @@ export interface GemvArgs {
   k: number;
   /** "store" (default): y = x.W^T + b; "accumulate": y += ...; "siluGate": y = silu(x.W^T + b) * (x.W2^T + b2). */
   mode?: "store" | "accumulate" | "siluGate";
+  /** RMSNorm of x's rows first (m <= 4), folded into the product: weights [k] and epsilon. */
+  norm?: { w: Ptr; eps: number };
   stream?: number;
 }
 
@@ -652,6 +654,8 @@ export class Device {
     const { m, n, k } = a;
     if (!Number.isInteger(m) || m < 0 || m > 16)
       throw new TensorShapeError("gemv", `m must be an integer in [0, 16], got ${m}`);
+    if (a.norm && m > 4)
+      throw new TensorShapeError("gemv", `the folded RMSNorm takes at most 4 rows, got ${m}`);
     const dt = this.weightDtype(a.w, "gemv");
     if (a.w.length < n * k)
       throw new TensorShapeError("gemv", `w has ${a.w.length} elements, needs n*k = ${n * k}`);
@@ -690,6 +694,8 @@ export class Device {
         dt,
         a.bias == null ? null : this.p(a.bias, n * 4, "bias"),
         a.bias2 == null ? null : this.p(a.bias2, n * 4, "bias2"),
+        a.norm ? this.p(a.norm.w, k * 4, "norm.w") : null,
+        a.norm?.eps ?? 0,
         m,
         n,
         k,

@@ -105,6 +105,50 @@ function decodeSuite(kind: DeviceKind) {
     expect(() => d().gemv({ y, x: xb, w: upW(g, "f32"), m, n, k, mode: "siluGate" })).toThrow(/w2/);
   });
 
+  it("gemv folds an RMSNorm of x's rows into the product (plain, gate/up and QKV segments)", () => {
+    const k = 48,
+      n = 37,
+      r = rng(91);
+    for (const m of [1, 3, 4]) {
+      const x = randn(m * k, r, 3),
+        g = randn(k, r),
+        w = randn(n * k, r, 0.5),
+        u = randn(n * k, r, 0.5),
+        bias = randn(n, r);
+      const h = reference.rmsnormRef(x, g, m, k, 1e-5);
+      const norm = { w: d().upload(g), eps: 1e-5 };
+      const y = d().alloc(m * n);
+      d().gemv({ y, x: d().upload(x), w: upW(w, "bf16"), bias: d().upload(bias), m, n, k, norm });
+      expect(
+        maxAbsDiff(
+          d().read(y, new Float32Array(m * n)),
+          reference.gemmRef(h, round(w, "bf16"), m, n, k, bias),
+        ),
+      ).toBeLessThan(1e-4);
+      d().gemv({ y, x: d().upload(x), w: upW(w, "f32"), w2: upW(u, "f32"), m, n, k, mode: "siluGate", norm });
+      const G = reference.gemmRef(h, w, m, n, k);
+      const U = reference.gemmRef(h, u, m, n, k);
+      expect(
+        maxAbsDiff(
+          d().read(y, new Float32Array(m * n)),
+          G.map((v, i) => silu(v) * U[i]),
+        ),
+      ).toBeLessThan(1e-4);
+    }
+    const y = d().alloc(5 * n);
+    expect(() =>
+      d().gemv({
+        y,
+        x: d().alloc(5 * k),
+        w: upW(randn(n * k, r), "f32"),
+        m: 5,
+        n,
+        k,
+        norm: { w: y, eps: 1e-5 },
+      }),
+    ).toThrow(/at most 4 rows/);
+  });
+
   it("argmax picks the first maximum per row, as the host's argmax", () => {
     const rows = 4,
       n = 3000,

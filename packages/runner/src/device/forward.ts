@@ -22,6 +22,8 @@ export type WeightDtype = "f32" | "f16" | "bf16";
 
 /** Steps of up to this many rows run their products through the GEMV kernel; larger ones the tiled GEMM. */
 const GEMV_ROWS = 16;
+/** Steps of up to this many rows fold the block's RMSNorms into their GEMVs. */
+const NORM_ROWS = 4;
 /** Captured step shapes kept (batch size x key-length bucket); the least recently used go first. */
 const MAX_GRAPHS = 64;
 
@@ -266,8 +268,13 @@ export class DeviceRunner implements AttendContext {
     const slow = parts.filter((p) => !meta.batch?.parts.includes(p));
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.layers[l];
-      dev.rmsnorm(h, x, w.inputNorm, M, d, c.rmsNormEps);
-      this.qkv(w, h, q, k, v, M);
+      // Up to NORM_ROWS rows, the GEMVs apply the block's RMSNorms themselves (no launch for them).
+      const fold = M <= NORM_ROWS;
+      if (fold) this.qkv(w, x, q, k, v, M, { w: w.inputNorm, eps: c.rmsNormEps });
+      else {
+        dev.rmsnorm(h, x, w.inputNorm, M, d, c.rmsNormEps);
+        this.qkv(w, h, q, k, v, M);
+      }
       if (w.qNorm && w.kNorm) {
         // Qwen3: RMSNorm of every head vector (rows of head_dim) before RoPE.
         dev.rmsnorm(q, q, w.qNorm, M * Hq, D, c.rmsNormEps);
@@ -291,12 +298,13 @@ export class DeviceRunner implements AttendContext {
       );
       for (const o of observe) o?.();
       this.linear(x, attn, w.o, w.oBias, M, d, Hq * D, true);
-      dev.rmsnorm(h, x, w.postNorm, M, d, c.rmsNormEps);
+      if (!fold) dev.rmsnorm(h, x, w.postNorm, M, d, c.rmsNormEps);
       if (M <= GEMV_ROWS) {
         for (let r0 = 0; r0 < M; r0 += 16)
           dev.gemv({
             y: gate.at(r0 * I),
-            x: h.at(r0 * d),
+            x: (fold ? x : h).at(r0 * d),
+            norm: fold ? { w: w.postNorm, eps: c.rmsNormEps } : undefined,
             w: w.gate,
             w2: w.up,
             bias: w.gateBias,
@@ -362,6 +370,7 @@ export class DeviceRunner implements AttendContext {
     k: DeviceBuffer,
     v: DeviceBuffer,
     M: number,
+    norm?: { w: DeviceBuffer; eps: number },
   ): void {
     const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.c;
     if (M > GEMV_ROWS) {
@@ -377,6 +386,7 @@ export class DeviceRunner implements AttendContext {
         x: h.at(r0 * d),
         w: w.qkv,
         bias: w.qkvBias,
+        norm,
         m: Math.min(16, M - r0),
         n: (Hq + 2 * Hkv) * D,
         k: d,

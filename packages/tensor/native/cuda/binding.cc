@@ -206,10 +206,11 @@ Napi::Value KvMove(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Gemv(const Napi::CallbackInfo& info) {
-  ARGS(16);
+  ARGS(18);
   check(env, skv_k_gemv(ptr<float>(info[0]), ptr<float>(info[1]), ptr<float>(info[2]), i32(info[3]), i32(info[4]),
                         ptr<float>(info[5]), ptr(info[6]), ptr(info[7]), i32(info[8]), ptr<float>(info[9]),
-                        ptr<float>(info[10]), i32(info[11]), i32(info[12]), i32(info[13]), i32(info[14]), i32(info[15])));
+                        ptr<float>(info[10]), ptr<float>(info[11]), f32(info[12]), i32(info[13]), i32(info[14]),
+                        i32(info[15]), i32(info[16]), i32(info[17])));
   return env.Undefined();
 }
 

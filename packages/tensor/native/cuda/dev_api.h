@@ -72,8 +72,10 @@ int skv_k_kv_move(float* dst, int dcap, const float* src, int scap, int D, const
 // y0 = silu(x . W^T + bias) * (x . W2^T + bias2) (SILU_GATE: W = gate, W2 = up). With y1 and y2 set,
 // columns [0, n0) go to y0 (rows of n0), [n0, n0 + n1) to y1 and the rest to y2: a fused QKV matrix
 // written as three tensors.
+// norm (m <= 4): RMSNorm weights applied to x first (x * rsqrt(mean(x^2) + eps) * norm), folded in.
 int skv_k_gemv(float* y0, float* y1, float* y2, int n0, int n1, const float* x, const void* w, const void* w2,
-               int dtype, const float* bias, const float* bias2, int m, int n, int k, int mode, int stream);
+               int dtype, const float* bias, const float* bias2, const float* norm, float eps, int m, int n, int k,
+               int mode, int stream);
 // out[r] = the index of row r's largest value (the lowest index among equals; NaN never wins).
 int skv_k_argmax(int32_t* out, const float* x, int rows, int n, int stream);
 

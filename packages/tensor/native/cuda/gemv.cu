@@ -12,6 +12,7 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kMaxRows = 16;
+constexpr int kMaxNormRows = 4;  // the folded RMSNorm reads every row once per block: small m only
 
 struct GemvArgs {
   float* y[3];       // outputs of the column segments [0, n0), [n0, n0 + n1), [n0 + n1, n)
@@ -21,6 +22,8 @@ struct GemvArgs {
   const void* w2;    // gate mode: the up matrix [n][k]
   const float* bias;
   const float* bias2;
+  const float* norm;  // RMSNorm weights applied to x first (m <= 4), or null
+  float eps;
   int m, n, k, mode;  // mode: SKV_GEMV_STORE, _ACCUMULATE or _SILU_GATE
 };
 
@@ -47,6 +50,22 @@ __global__ void gemv_kernel(GemvArgs a) {
   CK_UNROLL for (int r = 0; r < MR; ++r) acc[r] = 0.f;
   if (Gate)
     CK_UNROLL for (int r = 0; r < MR; ++r) acc2[r] = 0.f;
+  // RMSNorm folded in: x . (g * W) summed, then times each row's 1 / rms (computed by every
+  // block for its few rows: the rows are read from L2, and a launch is saved).
+  CK_SHARED float inv[kMaxNormRows];
+  if (a.norm) {
+    CK_SHARED float scratch[32];
+    for (int r = 0; r < m && r < kMaxNormRows; ++r) {
+      float ss = 0.f;
+      for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        const float v = a.x[static_cast<int64_t>(r) * k + i];
+        ss += v * v;
+      }
+      ss = ck::block_reduce<false>(ss, scratch);
+      if (threadIdx.x == 0) inv[r] = 1.f / sqrtf(ss / k + a.eps);
+    }
+    __syncthreads();
+  }
   if (live) {
     const T* wr = static_cast<const T*>(a.w) + static_cast<int64_t>(j) * k;
     const T* ur = Gate ? static_cast<const T*>(a.w2) + static_cast<int64_t>(j) * k : nullptr;
@@ -64,6 +83,12 @@ __global__ void gemv_kernel(GemvArgs a) {
         const float* xr = a.x + static_cast<int64_t>(r) * k + static_cast<int64_t>(iv) * E;
         if (E == 1) xv[0] = *xr;
         else ck::load_f32<E>(xr, xv);
+        if (a.norm) {
+          float gv[E];
+          if (E == 1) gv[0] = a.norm[iv];
+          else ck::load_f32<E>(a.norm + static_cast<int64_t>(iv) * E, gv);
+          CK_UNROLL for (int e = 0; e < E; ++e) xv[e] *= gv[e];
+        }
         float s = 0.f, s2 = 0.f;
         CK_UNROLL for (int e = 0; e < E; ++e) {
           s += wv[e] * xv[e];
@@ -100,9 +125,10 @@ __global__ void gemv_kernel(GemvArgs a) {
   // Lane r writes row r (registers are indexed by constants only).
   CK_UNROLL for (int r = 0; r < MR; ++r) {
     if (r >= m || lane != r) continue;
-    float v = acc[r] + (a.bias ? a.bias[j] : 0.f);
+    const float scale = a.norm ? inv[r < kMaxNormRows ? r : 0] : 1.f;
+    float v = acc[r] * scale + (a.bias ? a.bias[j] : 0.f);
     if (Gate) {
-      const float u = acc2[r] + (a.bias2 ? a.bias2[j] : 0.f);
+      const float u = acc2[r] * scale + (a.bias2 ? a.bias2[j] : 0.f);
       v = v / (1.f + expf(-v)) * u;
     }
     store_col(a, r, j, v);
@@ -132,6 +158,7 @@ void launch_typed(const GemvArgs& a, void* s) {
   constexpr int E = ck::Vec<T>::E;
   const bool aligned = a.k % E == 0 && reinterpret_cast<uintptr_t>(a.w) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(a.x) % 16 == 0 &&
+                       (a.norm == nullptr || reinterpret_cast<uintptr_t>(a.norm) % 16 == 0) &&
                        (a.w2 == nullptr || reinterpret_cast<uintptr_t>(a.w2) % 16 == 0);
   const bool gate = a.mode == SKV_GEMV_SILU_GATE;
   if (aligned) gate ? launch_rows<T, E, true>(a, s) : launch_rows<T, E, false>(a, s);
@@ -141,10 +168,11 @@ void launch_typed(const GemvArgs& a, void* s) {
 }  // namespace
 
 extern "C" int skv_k_gemv(float* y0, float* y1, float* y2, int n0, int n1, const float* x, const void* w,
-                          const void* w2, int dtype, const float* bias, const float* bias2, int m, int n, int k,
-                          int mode, int stream) {
+                          const void* w2, int dtype, const float* bias, const float* bias2, const float* norm,
+                          float eps, int m, int n, int k, int mode, int stream) {
   if (m <= 0 || n <= 0) return SKV_OK;
   if (m > kMaxRows) return skv_arg_error("gemv: at most 16 rows");
+  if (norm && m > kMaxNormRows) return skv_arg_error("gemv: the folded RMSNorm takes at most 4 rows");
   if (k <= 0) return skv_arg_error("gemv: k must be positive");
   if (mode < SKV_GEMV_STORE || mode > SKV_GEMV_SILU_GATE) return skv_arg_error("gemv: unknown mode");
   if (mode == SKV_GEMV_SILU_GATE && (w2 == nullptr || y1 != nullptr))
@@ -166,6 +194,8 @@ extern "C" int skv_k_gemv(float* y0, float* y1, float* y2, int n0, int n1, const
   a.w2 = w2;
   a.bias = bias;
   a.bias2 = bias2;
+  a.norm = norm;
+  a.eps = eps;
   a.m = m;
   a.n = n;
   a.k = k;
