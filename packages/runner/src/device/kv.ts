@@ -1,4 +1,4 @@
-import type { Device, DeviceBuffer, PinnedBuffer, Ptr } from "@smallkv/tensor";
+import { type Device, type DeviceBuffer, type PinnedBuffer, type Ptr, packAddresses } from "@smallkv/tensor";
 import type { ModelConfig } from "../config.js";
 import { HotSlots } from "../hot-set.js";
 import { KvCache } from "../kv-cache.js";
@@ -90,12 +90,29 @@ export class DeviceKvCache extends KvCache {
       throw new Error(
         `the per-sequence path writes f32 stores, not ${this.storeDtype} (a batched-path store)`,
       );
-    const dst = this.staging.ints(
-      `dst${layer}`,
-      Array.from({ length: T }, (_, t) => start + t),
-    );
-    this.dev.kvWrite(this.dk[layer], this.cap, this.Hkv, this.D, kRows, T, dst);
-    this.dev.kvWrite(this.dv[layer], this.cap, this.Hkv, this.D, vRows, T, dst);
+    // K and V in one launch: per row, both stores' addresses, the capacity and the position.
+    const meta = new Int32Array(6 * T);
+    const k = packAddresses(new Array(T).fill(this.dk[layer].ptr));
+    const v = packAddresses(new Array(T).fill(this.dv[layer].ptr));
+    meta.set(k, 0);
+    meta.set(v, 2 * T);
+    for (let t = 0; t < T; t++) {
+      meta[4 * T + t] = this.cap;
+      meta[5 * T + t] = start + t;
+    }
+    const at = this.staging.ints(`append${layer}`, meta);
+    this.dev.kvAppend({
+      kStores: at,
+      vStores: at + 8 * T,
+      caps: at + 16 * T,
+      dst: at + 20 * T,
+      k: kRows,
+      v: vRows,
+      n: T,
+      Hkv: this.Hkv,
+      D: this.D,
+      kvDtype: "f32",
+    });
   }
 
   override release(): void {
