@@ -199,6 +199,7 @@ interface DeviceBinding {
   ): void;
   gemv(...args: (number | null)[]): void;
   argmax(out: number, x: number, rows: number, n: number, stream: number): void;
+  ropeAppend(...args: (number | null)[]): void;
   attentionBatch(...args: number[]): void;
   attentionPartFloats(B: number, maxT: number, maxKeys: number, Hq: number, D: number): number;
   kvAppend(...args: number[]): void;
@@ -700,6 +701,55 @@ export class Device {
         n,
         k,
         mode,
+        a.stream ?? 0,
+      ),
+    );
+  }
+
+  /**
+   * RoPE of q [T][Hq][D] and k [T][Hkv][D] in place (as `rope` with `also`), with the KV append
+   * folded in: row t with entry[t] >= 0 writes its rotated K row and its V row to the stores of
+   * `kvAppend`'s entry entry[t] (the others are left to their own path).
+   */
+  ropeAppend(a: {
+    q: Ptr;
+    k: Ptr;
+    v: Ptr;
+    pos: Ptr;
+    T: number;
+    Hq: number;
+    Hkv: number;
+    D: number;
+    theta: number;
+    freq?: { invFreq: Ptr; scale: number };
+    kStores: Ptr;
+    vStores: Ptr;
+    caps: Ptr;
+    dst: Ptr;
+    entry: Ptr;
+    kvDtype: "f32" | "f16" | "bf16";
+    stream?: number;
+  }): void {
+    const { T, Hq, Hkv, D } = a;
+    wrap(() =>
+      this.b.ropeAppend(
+        this.p(a.q, T * Hq * D * 4, "q"),
+        this.p(a.k, T * Hkv * D * 4, "k"),
+        this.p(a.v, T * Hkv * D * 4, "v"),
+        this.p(a.pos, T * 4, "pos"),
+        T,
+        Hq,
+        Hkv,
+        D,
+        a.theta,
+        a.freq ? this.p(a.freq.invFreq, (D / 2) * 4, "invFreq") : null,
+        a.freq?.scale ?? 1,
+        this.p(a.kStores, 8, "kStores"),
+        this.p(a.vStores, 8, "vStores"),
+        this.p(a.caps, 4, "caps"),
+        this.p(a.dst, 4, "dst"),
+        this.p(a.entry, T * 4, "entry"),
+        DTYPE_CODE[a.kvDtype],
         a.stream ?? 0,
       ),
     );

@@ -149,6 +149,61 @@ function decodeSuite(kind: DeviceKind) {
     ).toThrow(/at most 4 rows/);
   });
 
+  it("ropeAppend rotates q and k and appends the batch's rows (rotated K, V) to their stores", () => {
+    const T = 3,
+      Hq = 4,
+      Hkv = 2,
+      D = 16,
+      r = rng(13);
+    const q = randn(T * Hq * D, r),
+      k = randn(T * Hkv * D, r),
+      v = randn(T * Hkv * D, r);
+    const pos = Int32Array.of(7, 0, 300);
+    const caps = [8, 400];
+    const stores = caps.map((c) => [d().alloc(Hkv * c * D, "bf16"), d().alloc(Hkv * c * D, "bf16")]);
+    // Row 0 -> entry 1 at row 7 of store 1, row 1 belongs to another path (-1), row 2 -> entry 0 at row 5.
+    const entry = Int32Array.of(1, -1, 0);
+    const dst = [5, 7];
+    const qb = d().upload(q),
+      kb = d().upload(k);
+    d().ropeAppend({
+      q: qb,
+      k: kb,
+      v: d().upload(v),
+      pos: d().upload(pos),
+      T,
+      Hq,
+      Hkv,
+      D,
+      theta: 10000,
+      kStores: d().upload(packAddresses(stores.map((s) => s[0].ptr))),
+      vStores: d().upload(packAddresses(stores.map((s) => s[1].ptr))),
+      caps: d().upload(Int32Array.from(caps)),
+      dst: d().upload(Int32Array.from(dst)),
+      entry: d().upload(entry),
+      kvDtype: "bf16",
+    });
+    const wq = q.slice(),
+      wk = k.slice();
+    reference.ropeRef(wq, pos, Hq, D, 10000);
+    reference.ropeRef(wk, pos, Hkv, D, 10000);
+    expect(maxAbsDiff(d().read(qb, new Float32Array(q.length)), wq)).toBeLessThan(1e-5);
+    const gotK = d().read(kb, new Float32Array(k.length));
+    expect(maxAbsDiff(gotK, wk)).toBeLessThan(1e-5);
+    for (const t of [0, 2]) {
+      const e = entry[t];
+      const [ks, vs] = stores[e].map((b) =>
+        fromHalfBits(d().read(b, new Uint16Array(Hkv * caps[e] * D)), "bf16"),
+      );
+      for (let h = 0; h < Hkv; h++) {
+        const at = (h * caps[e] + dst[e]) * D;
+        const src = (t * Hkv + h) * D;
+        expect(ks.subarray(at, at + D)).toEqual(round(gotK.slice(src, src + D), "bf16"));
+        expect(vs.subarray(at, at + D)).toEqual(round(v.slice(src, src + D), "bf16"));
+      }
+    }
+  });
+
   it("argmax picks the first maximum per row, as the host's argmax", () => {
     const rows = 4,
       n = 3000,

@@ -39,6 +39,8 @@ export interface AttentionGroup {
 export interface StepMeta {
   ids: number;
   pos: number;
+  /** Per row: its entry in the batch's KV append, or -1 (a per-sequence row). */
+  entry: number;
   /** The sequences that go through the batched path (null: none this step). */
   batch: {
     parts: DeviceStepPart[];
@@ -134,7 +136,7 @@ export class StepMetadata {
     });
     const Mb = batch.reduce((a, p) => a + p.tokens.length, 0);
     const R = recs.length;
-    const head = even(2 * M);
+    const head = even(3 * M);
     const shared = even(3 * Mb);
     const perLayer = R * 32 + 4 * Mb;
     const total = head + (R > 0 ? shared + L * perLayer : 0);
@@ -145,6 +147,7 @@ export class StepMetadata {
       for (let i = 0; i < tokens.length; i++, r++) {
         h[r] = tokens[i];
         h[M + r] = seq.length + i;
+        h[2 * M + r] = -1;
       }
     if (R > 0) {
       let i = 0;
@@ -154,6 +157,7 @@ export class StepMetadata {
           h[head + i] = kv.cap;
           h[head + Mb + i] = seq.length + t;
           h[head + 2 * Mb + i] = row + t;
+          h[2 * M + row + t] = i; // the batch entry of this row (rope-append writes its K/V)
         }
       }
       const stores: number[] = new Array(Mb);
@@ -191,6 +195,7 @@ export class StepMetadata {
     return {
       ids: at(0),
       pos: at(M),
+      entry: at(2 * M),
       batch:
         R === 0
           ? null

@@ -280,8 +280,11 @@ export class DeviceRunner implements AttendContext {
         dev.rmsnorm(q, q, w.qNorm, M * Hq, D, c.rmsNormEps);
         dev.rmsnorm(k, k, w.kNorm, M * Hkv, D, c.rmsNormEps);
       }
-      this.rope(parts, ropeTables, q, k, meta.pos, M);
-      this.attendBatch(meta, l, q, k, v, attn);
+      // One table for the batch: RoPE and the batched rows' KV append in one launch.
+      const fused = meta.batch !== null && !c.rope.dynamic;
+      if (fused) this.ropeAppend(meta, l, ropeTables[0], q, k, v, M);
+      else this.rope(parts, ropeTables, q, k, meta.pos, M);
+      this.attendBatch(meta, l, q, k, v, attn, fused);
       // Every per-sequence launch first, then their read-backs: one wait for the layer.
       const observe = slow.map(({ seq, tokens, row }, i) =>
         attendOne(
@@ -393,6 +396,38 @@ export class DeviceRunner implements AttendContext {
       });
   }
 
+  /** RoPE of the step's q and k with the batched rows' KV append folded in (one launch). */
+  private ropeAppend(
+    meta: StepMeta,
+    l: number,
+    freq: DeviceRope,
+    q: DeviceBuffer,
+    k: DeviceBuffer,
+    v: DeviceBuffer,
+    M: number,
+  ): void {
+    const b = meta.batch!;
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: D, ropeTheta } = this.c;
+    this.dev.ropeAppend({
+      q,
+      k,
+      v,
+      pos: meta.pos,
+      T: M,
+      Hq,
+      Hkv,
+      D,
+      theta: ropeTheta,
+      freq,
+      kStores: b.layers[l].kStores,
+      vStores: b.layers[l].vStores,
+      caps: b.caps,
+      dst: b.dst,
+      entry: meta.entry,
+      kvDtype: this.kvDtype,
+    });
+  }
+
   /** The batched sequences' KV append and attention at one layer: two launches for all of them. */
   private attendBatch(
     meta: StepMeta,
@@ -401,24 +436,26 @@ export class DeviceRunner implements AttendContext {
     k: DeviceBuffer,
     v: DeviceBuffer,
     out: DeviceBuffer,
+    appended: boolean,
   ): void {
     const b = meta.batch;
     if (!b) return;
     const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.c;
     const m = b.layers[l];
-    this.dev.kvAppend({
-      kStores: m.kStores,
-      vStores: m.vStores,
-      caps: b.caps,
-      dst: b.dst,
-      rows: b.rowIndex,
-      k,
-      v,
-      n: b.rows,
-      Hkv,
-      D,
-      kvDtype: this.kvDtype,
-    });
+    if (!appended)
+      this.dev.kvAppend({
+        kStores: m.kStores,
+        vStores: m.vStores,
+        caps: b.caps,
+        dst: b.dst,
+        rows: b.rowIndex,
+        k,
+        v,
+        n: b.rows,
+        Hkv,
+        D,
+        kvDtype: this.kvDtype,
+      });
     for (const g of b.groups)
       this.dev.attentionBatch({
         seqs: m.records + g.first * ATTN_SEQ_BYTES,

@@ -214,6 +214,15 @@ Napi::Value Gemv(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value RopeAppend(const Napi::CallbackInfo& info) {
+  ARGS(18);
+  check(env, skv_k_rope_append(ptr<float>(info[0]), ptr<float>(info[1]), ptr<float>(info[2]), ptr<int32_t>(info[3]),
+                               i32(info[4]), i32(info[5]), i32(info[6]), i32(info[7]), f32(info[8]), ptr<float>(info[9]),
+                               f32(info[10]), ptr<int64_t>(info[11]), ptr<int64_t>(info[12]), ptr<int32_t>(info[13]),
+                               ptr<int32_t>(info[14]), ptr<int32_t>(info[15]), i32(info[16]), i32(info[17])));
+  return env.Undefined();
+}
+
 Napi::Value Argmax(const Napi::CallbackInfo& info) {
   ARGS(5);
   check(env, skv_k_argmax(ptr<int32_t>(info[0]), ptr<float>(info[1]), i32(info[2]), i32(info[3]), i32(info[4])));
@@ -292,6 +301,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("kvMove", KvMove);
   EXPORT("gemv", Gemv);
   EXPORT("argmax", Argmax);
+  EXPORT("ropeAppend", RopeAppend);
   EXPORT("attentionBatch", AttentionBatch);
   EXPORT("attentionPartFloats", AttentionPartFloats);
   EXPORT("kvAppend", KvAppend);

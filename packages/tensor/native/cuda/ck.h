@@ -132,6 +132,20 @@ __device__ inline float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
   return v;
 }
+// HF rotate-half RoPE of one head row r[D] at position p, the block's threads over the pairs.
+// Angles in double, as the CPU kernel: positions reach 1e5 and float angles drift. A frequency
+// table (scaled RoPE) replaces theta^(-2i/D); `scale` multiplies cos and sin.
+__device__ inline void rope_rotate(float* r, int p, int D, float theta, const float* inv_freq, float scale) {
+  const int half = D / 2;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const double f = inv_freq ? static_cast<double>(inv_freq[i]) : pow(static_cast<double>(theta), -2.0 * i / D);
+    const double a = static_cast<double>(p) * f;
+    const float c = static_cast<float>(cos(a) * scale), s = static_cast<float>(sin(a) * scale);
+    const float x1 = r[i], x2 = r[i + half];
+    r[i] = x1 * c - x2 * s;
+    r[i + half] = x2 * c + x1 * s;
+  }
+}
 __device__ inline float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
   return v;

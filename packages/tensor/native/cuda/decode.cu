@@ -21,6 +21,32 @@ __global__ void kv_append_kernel(const int64_t* ks, const int64_t* vs, const int
   }
 }
 
+// RoPE of q and k with the KV append folded in: a block per (row, head) of q, then of k; a k
+// block whose row belongs to the batch (entry[t] >= 0) writes its rotated K row and the V row
+// to that sequence's stores.
+template <class KT>
+__global__ void rope_append_kernel(float* q, float* k, const float* v, const int32_t* pos, int T, int Hq, int Hkv,
+                                   int D, float theta, const float* inv_freq, float scale, const int64_t* ks,
+                                   const int64_t* vs, const int32_t* cap, const int32_t* dst, const int32_t* entry) {
+  const bool isK = static_cast<int>(blockIdx.x) >= T * Hq;
+  const int b = isK ? blockIdx.x - T * Hq : blockIdx.x, H = isK ? Hkv : Hq;
+  const int t = b / H, h = b % H;
+  float* r = (isK ? k : q) + (static_cast<int64_t>(t) * H + h) * D;
+  ck::rope_rotate(r, pos[t], D, theta, inv_freq, scale);
+  if (!isK) return;
+  const int e = entry[t];
+  if (e < 0) return;  // a row of the per-sequence path: it writes its own store
+  __syncthreads();    // the rotated row, written by the block's threads, is read back
+  const int64_t off = (static_cast<int64_t>(h) * cap[e] + dst[e]) * D;
+  KT* ko = reinterpret_cast<KT*>(static_cast<uintptr_t>(ks[e])) + off;
+  KT* vo = reinterpret_cast<KT*>(static_cast<uintptr_t>(vs[e])) + off;
+  const float* vr = v + (static_cast<int64_t>(t) * Hkv + h) * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    ko[d] = ck::from_float<KT>(r[d]);
+    vo[d] = ck::from_float<KT>(vr[d]);
+  }
+}
+
 __global__ void argmax_kernel(int32_t* out, const float* x, int n) {
   CK_SHARED float bv[32];
   CK_SHARED int bi[32];
@@ -76,6 +102,28 @@ int skv_k_kv_append(const int64_t* kStore, const int64_t* vStore, const int32_t*
   else if (kvDtype == SKV_BF16) CK_LAUNCH(kv_append_kernel<ck::bf16_t>, grid, threads, 0, s, kStore, vStore, cap, dst, rows, k, v, Hkv, D);
   else return skv_arg_error("kv_append: unknown kv dtype");
   return skv_check_launch("kv_append");
+}
+
+int skv_k_rope_append(float* q, float* k, const float* v, const int32_t* pos, int T, int Hq, int Hkv, int D,
+                      float theta, const float* inv_freq, float scale, const int64_t* kStore, const int64_t* vStore,
+                      const int32_t* cap, const int32_t* dst, const int32_t* entry, int kvDtype, int stream) {
+  if (T <= 0) return SKV_OK;
+  if (D % 2 != 0) return skv_arg_error("rope_append: head dim must be even");
+  // Enough threads for the write-out of D values as well as the D/2 rotations.
+  const int threads = D < 128 ? ((D + 31) / 32) * 32 : 128;
+  const int blocks = T * (Hq + Hkv);
+  void* s = skv_stream(stream);
+  if (kvDtype == SKV_F32)
+    CK_LAUNCH(rope_append_kernel<float>, blocks, threads, 0, s, q, k, v, pos, T, Hq, Hkv, D, theta, inv_freq, scale,
+              kStore, vStore, cap, dst, entry);
+  else if (kvDtype == SKV_F16)
+    CK_LAUNCH(rope_append_kernel<ck::half_t>, blocks, threads, 0, s, q, k, v, pos, T, Hq, Hkv, D, theta, inv_freq,
+              scale, kStore, vStore, cap, dst, entry);
+  else if (kvDtype == SKV_BF16)
+    CK_LAUNCH(rope_append_kernel<ck::bf16_t>, blocks, threads, 0, s, q, k, v, pos, T, Hq, Hkv, D, theta, inv_freq,
+              scale, kStore, vStore, cap, dst, entry);
+  else return skv_arg_error("rope_append: unknown kv dtype");
+  return skv_check_launch("rope_append");
 }
 
 int skv_k_argmax(int32_t* out, const float* x, int rows, int n, int stream) {

@@ -211,18 +211,8 @@ __global__ void rope_kernel(float* x, const int32_t* pos, int T, int H, int D, f
                             float scale, float* x2, int H2) {
   const bool second = static_cast<int>(blockIdx.x) >= T * H;
   const int b = second ? blockIdx.x - T * H : blockIdx.x, Hs = second ? H2 : H;
-  const int t = b / Hs, h = b % Hs, half = D / 2;
-  float* r = (second ? x2 : x) + (static_cast<int64_t>(t) * Hs + h) * D;
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    // Angles in double, as the CPU kernel: positions reach 1e5 and float angles drift.
-    // A frequency table (scaled RoPE) replaces theta^(-2i/D); `scale` multiplies cos and sin.
-    const double f = inv_freq ? static_cast<double>(inv_freq[i]) : pow(static_cast<double>(theta), -2.0 * i / D);
-    const double a = static_cast<double>(pos[t]) * f;
-    const float c = static_cast<float>(cos(a) * scale), s = static_cast<float>(sin(a) * scale);
-    const float x1 = r[i], x2 = r[i + half];
-    r[i] = x1 * c - x2 * s;
-    r[i + half] = x2 * c + x1 * s;
-  }
+  const int t = b / Hs, h = b % Hs;
+  ck::rope_rotate((second ? x2 : x) + (static_cast<int64_t>(t) * Hs + h) * D, pos[t], D, theta, inv_freq, scale);
 }
 
 __global__ void silu_gate_kernel(float* out, const float* gate, const float* up, int64_t n) {

@@ -76,6 +76,12 @@ int skv_k_kv_move(float* dst, int dcap, const float* src, int scap, int D, const
 int skv_k_gemv(float* y0, float* y1, float* y2, int n0, int n1, const float* x, const void* w, const void* w2,
                int dtype, const float* bias, const float* bias2, const float* norm, float eps, int m, int n, int k,
                int mode, int stream);
+// RoPE of q[T][Hq][D] and k[T][Hkv][D] in place (as skv_k_rope), and for each row t with
+// entry[t] >= 0 its rotated K row and its V row (v[T][Hkv][D]) appended as skv_k_kv_append's
+// entry entry[t] would: row dst[e] of the stores kStore[e]/vStore[e] (cap[e] rows a head).
+int skv_k_rope_append(float* q, float* k, const float* v, const int32_t* pos, int T, int Hq, int Hkv, int D,
+                      float theta, const float* inv_freq, float scale, const int64_t* kStore, const int64_t* vStore,
+                      const int32_t* cap, const int32_t* dst, const int32_t* entry, int kvDtype, int stream);
 // out[r] = the index of row r's largest value (the lowest index among equals; NaN never wins).
 int skv_k_argmax(int32_t* out, const float* x, int rows, int n, int stream);
 
