@@ -195,6 +195,8 @@ interface DeviceBinding {
     D: number,
     moves: number,
     n: number,
+    dst2: number | null,
+    src2: number | null,
     stream: number,
   ): void;
   gemv(...args: (number | null)[]): void;
@@ -631,8 +633,21 @@ export class Device {
     );
   }
 
-  /** n row moves {dst head, dst row, src head, src row} (device int32[n][4]); src may be pinned host memory. */
-  kvMove(dst: Ptr, dcap: number, src: Ptr, scap: number, D: number, moves: Ptr, n: number, stream = 0): void {
+  /**
+   * n row moves {dst head, dst row, src head, src row} (device int32[n][4]); src may be pinned
+   * host memory. `second`: another plane pair moved alike in the same launch (V beside K).
+   */
+  kvMove(
+    dst: Ptr,
+    dcap: number,
+    src: Ptr,
+    scap: number,
+    D: number,
+    moves: Ptr,
+    n: number,
+    stream = 0,
+    second?: { dst: Ptr; src: Ptr },
+  ): void {
     wrap(() =>
       this.b.kvMove(
         this.p(dst, 0, "dst"),
@@ -642,6 +657,8 @@ export class Device {
         D,
         this.p(moves, n * 16, "moves"),
         n,
+        second ? this.p(second.dst, 0, "second.dst") : null,
+        second ? this.p(second.src, 0, "second.src") : null,
         stream,
       ),
     );

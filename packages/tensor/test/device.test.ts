@@ -250,6 +250,21 @@ function kernelSuite(kind: DeviceKind) {
         want.subarray((sh * cap + sr) * D, (sh * cap + sr + 1) * D),
       );
     }
+    // K and V planes in one launch: the same moves on both pairs.
+    const vCold = d().pinned(Hkv * cap * D);
+    const vWant = randn(Hkv * cap * D, r);
+    vCold.f32.set(vWant);
+    const hotK = d().upload(new Float32Array(4 * hotCap * D));
+    const hotV = d().upload(new Float32Array(4 * hotCap * D));
+    d().kvMove(hotK, hotCap, cold, cap, D, d().upload(moves), 4, 0, { dst: hotV, src: vCold });
+    const gotK = d().read(hotK, new Float32Array(4 * hotCap * D));
+    const gotV = d().read(hotV, new Float32Array(4 * hotCap * D));
+    for (let i = 0; i < 4; i++) {
+      const [dh, dr, sh, sr] = moves.subarray(i * 4, i * 4 + 4);
+      const at = (dh * hotCap + dr) * D;
+      expect(gotK.subarray(at, at + D)).toEqual(want.subarray((sh * cap + sr) * D, (sh * cap + sr + 1) * D));
+      expect(gotV.subarray(at, at + D)).toEqual(vWant.subarray((sh * cap + sr) * D, (sh * cap + sr + 1) * D));
+    }
   });
 
   it("an allocation beyond the device's memory is a DeviceError EOOM, and the device and the next kernel stay usable", () => {

@@ -184,8 +184,23 @@ export class DeviceHotRows extends HotSlots<Ptr> {
     }
     this.pending.clear();
     const ptr = this.staging.ints("refill", moves);
-    for (const b of this.planesBuf)
-      this.dev.kvMove(b, this.cap, b, this.cap, this.D, ptr, moves.length / 4, 0);
+    this.movePlanes(this.planesBuf, this.cap, ptr, moves.length / 4, 0);
+  }
+
+  /** The same moves on every plane (K and V) in one launch; `src` as the planes (default: in place). */
+  private movePlanes(src: Ptr[], scap: number, moves: number, n: number, stream: number): void {
+    const [k, v] = this.planesBuf;
+    this.dev.kvMove(
+      k,
+      this.cap,
+      src[0],
+      scap,
+      this.D,
+      moves,
+      n,
+      stream,
+      v ? { dst: v, src: src[1] } : undefined,
+    );
   }
 
   protected gather(cold: Ptr[], ccap: number, idx: Int32Array, off: Int32Array, start: Int32Array): void {
@@ -194,9 +209,7 @@ export class DeviceHotRows extends HotSlots<Ptr> {
       for (let i = off[g]; i < off[g + 1]; i++) moves.push(g, start[g] + i - off[g], this.source(g), idx[i]);
     const ptr = this.staging.ints("gather", moves);
     this.dev.streamWait(1, 0);
-    this.planesBuf.forEach((b, i) =>
-      this.dev.kvMove(b, this.cap, cold[i], ccap, this.D, ptr, moves.length / 4, 1),
-    );
+    this.movePlanes(cold, ccap, ptr, moves.length / 4, 1);
     this.dev.streamWait(0, 1);
   }
 
@@ -205,9 +218,7 @@ export class DeviceHotRows extends HotSlots<Ptr> {
     for (let g = 0; g < this.Hkv; g++)
       for (let t = 0; t < T; t++) moves.push(g, this.count[g] + t, 0, t * this.srcHeads + this.source(g));
     const ptr = this.staging.ints("append", moves);
-    this.planesBuf.forEach((b, i) =>
-      this.dev.kvMove(b, this.cap, src[i], 0, this.D, ptr, moves.length / 4, 0),
-    );
+    this.movePlanes(src, 0, ptr, moves.length / 4, 0);
   }
 
   protected freePlanes(): void {

@@ -199,9 +199,10 @@ Napi::Value KvWrite(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value KvMove(const Napi::CallbackInfo& info) {
-  ARGS(8);
+  ARGS(10);
   check(env, skv_k_kv_move(ptr<float>(info[0]), i32(info[1]), ptr<float>(info[2]), i32(info[3]), i32(info[4]),
-                           ptr<int32_t>(info[5]), i32(info[6]), i32(info[7])));
+                           ptr<int32_t>(info[5]), i32(info[6]), ptr<float>(info[7]), ptr<float>(info[8]),
+                           i32(info[9])));
   return env.Undefined();
 }
 

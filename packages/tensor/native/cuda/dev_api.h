@@ -64,8 +64,9 @@ int skv_k_kv_write(float* store, int cap, int Hkv, int D, const float* src, int 
                    int stream);
 // n moves: dst[head dh[i]][row dr[i]] = src[head sh[i]][row sr[i]] (rows of D floats). `src` may be
 // mapped pinned host memory: the cold -> hot difference travels over the bus, nothing else does.
-int skv_k_kv_move(float* dst, int dcap, const float* src, int scap, int D, const int32_t* moves, int n,
-                  int stream);
+// dst2/src2 (both or neither): a second plane pair moved alike in the same launch (K and V).
+int skv_k_kv_move(float* dst, int dcap, const float* src, int scap, int D, const int32_t* moves, int n, float* dst2,
+                  const float* src2, int stream);
 
 // ---- the batched decode path ----
 // Decode-sized product, m <= 16 rows: y = x . W^T + bias (mode STORE), y += ... (ACCUMULATE), or
