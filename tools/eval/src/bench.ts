@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { type OptionValue, type PolicyFactory, resolvePolicy } from "@smallkv/policies";
 import {
   AssistedModel,
+  devicePath,
   type HotRowsMode,
   type KvStoreType,
   Model,
@@ -104,6 +105,12 @@ export interface BenchRow {
   overMaxBound: number;
   /** Peak KV kept resident (cold store + the assistant's KV + rows a device hot set holds). */
   residentKvBytes: number;
+  /**
+   * Device runs: peak GPU memory the policy's batch holds: both models' weights plus every
+   * sequence's device-resident KV (stores in device memory, hot sets; the assistant's too).
+   * The activations and workspaces, shared by the policies of a run, are not counted.
+   */
+  deviceBytes?: number;
   vsFull: number | null;
   /** Decode tokens/s over Full's in the same scenario. */
   decodeVsFull: number | null;
@@ -176,6 +183,7 @@ class PolicyRun {
   private peakCold = 0;
   private assistantBytes = 0;
   private peakResident = 0;
+  private peakDevice = 0;
   private moved = 0;
   private flops = 0;
   private slmFlops = 0;
@@ -262,6 +270,14 @@ class PolicyRun {
       this.peakResident,
       cold + ab + (llm.device || llm.hotRows === "copy" ? hot : 0),
     );
+    if (llm.device) {
+      let dev = llm.weightBytes + (pair ? pair.slm.weightBytes : 0);
+      for (const q of seqs) {
+        dev += devicePath(q).deviceBytes;
+        if (q.assistant) dev += devicePath(q.assistant.seq).deviceBytes;
+      }
+      this.peakDevice = Math.max(this.peakDevice, dev);
+    }
     this.moved += hot + ab;
   }
 
@@ -294,6 +310,7 @@ class PolicyRun {
       computeBoundSeconds: this.flops / steps / denseRate,
       overMaxBound: decode / steps / Math.max(bytesPerStep / bandwidth, this.flops / steps / denseRate),
       residentKvBytes: this.peakResident,
+      ...(llm.device ? { deviceBytes: this.peakDevice } : {}),
     };
   }
 
@@ -485,6 +502,7 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       "decode tok/s",
       "peak hot MiB",
       "resident KV MiB",
+      ...(rows.some((r) => r.deviceBytes !== undefined) ? ["device MiB"] : []),
       "bound ms",
       "step / bound",
       "compute bound ms",
@@ -507,6 +525,9 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       r.decodeTokensPerSecond,
       mib(r.peakHotBytes),
       mib(r.residentKvBytes),
+      ...(rows.some((x) => x.deviceBytes !== undefined)
+        ? [r.deviceBytes !== undefined ? mib(r.deviceBytes) : null]
+        : []),
       r.boundSeconds * 1000,
       r.overBound,
       r.computeBoundSeconds != null ? r.computeBoundSeconds * 1000 : null,

@@ -54,6 +54,13 @@ describe("smallkv bench", () => {
     // The last column: the step over H2O's, over the bound over H2O's (1 for H2O itself).
     const t = benchTable(r.rows);
     expect(t.headers.at(-1)).toBe("step vs H2O / bound vs H2O");
+    // A CPU run has no device memory column; a device run's rows would carry deviceBytes.
+    expect(t.headers).not.toContain("device MiB");
+    expect(r.rows.every((row) => row.deviceBytes === undefined)).toBe(true);
+    const withDevice = benchTable(r.rows.map((row, i) => ({ ...row, deviceBytes: (i + 1) * 2 ** 20 })));
+    const col = withDevice.headers.indexOf("device MiB");
+    expect(col).toBe(withDevice.headers.indexOf("resident KV MiB") + 1);
+    expect(withDevice.rows.map((row) => row[col])).toEqual(r.rows.map((_, i) => i + 1));
     for (const [i, row] of r.rows.entries()) {
       const h = at("h2o", row.batch);
       expect(t.rows[i].at(-1)).toBeCloseTo(row.tpot / h.tpot / (row.boundSeconds / h.boundSeconds), 9);

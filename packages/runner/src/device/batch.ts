@@ -8,7 +8,7 @@ import {
 import type { ModelConfig } from "../config.js";
 import type { KvPolicyHook } from "../policy-hook.js";
 import type { Sequence } from "../sequence.js";
-import type { DeviceKvCache } from "./kv.js";
+import type { DeviceHotRows, DeviceKvCache } from "./kv.js";
 import type { Staging } from "./staging.js";
 
 /** One step's sequence: its rows in the batch, and which logits it wants. */
@@ -76,17 +76,23 @@ export function passive(p: KvPolicyHook): boolean {
   return !p.select && !p.wantsAttention && !p.observe && !p.wantsQuery;
 }
 
-/** Where a device-backend sequence's attention runs and where its store lives (for --stats). */
+/**
+ * Where a device-backend sequence's attention runs, where its store lives, and the device bytes
+ * it holds (its store when that is in device memory, and its hot sets), for --stats and benches.
+ */
 export function devicePath(seq: Sequence): {
   path: "batched" | "per-sequence";
   store: "device" | "pinned host";
   storeDtype: string;
+  deviceBytes: number;
 } {
   const kv = seq.kv as DeviceKvCache;
+  const planes = (h: unknown) => (h as DeviceHotRows).planesBuf.reduce((a, b) => a + b.bytes, 0);
   return {
     path: batchable({ seq, tokens: [], row: 0 }) ? "batched" : "per-sequence",
     store: kv.pinned ? "pinned host" : "device",
     storeDtype: kv.storeDtype,
+    deviceBytes: kv.deviceBytes + seq.hot.reduce((a, h) => a + planes(h.full) + planes(h.vOnly), 0),
   };
 }
 
