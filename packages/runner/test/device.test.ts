@@ -252,14 +252,17 @@ function deviceSuite(device: "emulator" | "cuda") {
       );
       // Only the batched path reads 16-bit rows: an observing policy's store stays f32 there.
       const observing = half.newSequence(churn("mass"));
-      expect(devicePath(a)).toEqual({ path: "batched", store: "device", storeDtype: "bf16" });
-      expect(devicePath(observing)).toEqual({
+      expect(devicePath(a)).toMatchObject({ path: "batched", store: "device", storeDtype: "bf16" });
+      expect(devicePath(observing)).toMatchObject({
         path: "per-sequence",
         store: "pinned host",
         storeDtype: "f32",
       });
       const watcher = half.newSequence({ name: "watch", wantsAttention: () => "probs", observe: () => {} });
-      expect(devicePath(watcher)).toEqual({ path: "per-sequence", store: "device", storeDtype: "f32" });
+      expect(devicePath(watcher)).toMatchObject({ path: "per-sequence", store: "device", storeDtype: "f32" });
+      // The device bytes are the store's allocation: the f32 twin of `a` (same length) holds twice as many.
+      expect(devicePath(a).deviceBytes).toBeGreaterThanOrEqual(a.stats().coldBytes);
+      expect(devicePath(b).deviceBytes).toBe(2 * devicePath(a).deviceBytes);
       const outs = await half.forward([
         { seq: observing, tokens: p.ids.slice(0, 8) },
         { seq: watcher, tokens: p.ids.slice(0, 8) },
