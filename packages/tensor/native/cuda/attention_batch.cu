@@ -38,6 +38,24 @@ __device__ inline int list_row(const SkvAttnSeq& s, int g, int i) {
   return s.idx ? as_ptr<int32_t>(s.idx)[static_cast<int64_t>(g) * s.icap + i] : i;
 }
 
+// One query's V-only rows (SmallKV): weights w[j] of rows rows[j] of its kv head's V plane.
+struct VOnlyRows {
+  const float* w;
+  const int32_t* rows;
+  int n;
+};
+__device__ inline VOnlyRows vonly_of(const SkvAttnSeq& s, int g, int h, int t) {
+  if (!s.vidx) return {nullptr, nullptr, 0};
+  return {as_ptr<float>(s.w) + (static_cast<int64_t>(h) * s.T + t) * s.vmax,
+          as_ptr<int32_t>(s.vidx) + static_cast<int64_t>(g) * s.vcap, as_ptr<int32_t>(s.vcnt)[g]};
+}
+// o plus the V-only rows' weighted values at dim d (added one by one, in row order).
+template <class KT>
+__device__ inline float vonly_add(float o, const VOnlyRows& vo, const KT* vh, int D, int d) {
+  for (int j = 0; j < vo.n; ++j) o += vo.w[j] * ck::to_float(vh[static_cast<int64_t>(vo.rows[j]) * D + d]);
+  return o;
+}
+
 // LPK lanes share one key (16-byte loads each), 32 / LPK keys per warp at a time.
 template <class KT, int LPK>
 __global__ void split_kernel(BatchArgs a) {
@@ -158,28 +176,19 @@ __global__ void split_kernel(BatchArgs a) {
     CK_SHARED float keep[kQ];
     if (tid < vn) {
       const int t = (v0 + tid) / G, h = g * G + (v0 + tid) % G;
+      const VOnlyRows vo = vonly_of(s, g, h, t);
       float k1 = 1.f;
-      if (s.vidx && s.mode == 1) {
-        const float* wr = as_ptr<float>(s.w) + (static_cast<int64_t>(h) * T + t) * s.vmax;
-        const int nvo = as_ptr<int32_t>(s.vcnt)[g];
-        for (int j = 0; j < nvo; ++j) k1 -= wr[j];
-      }
+      if (s.mode == 1)
+        for (int j = 0; j < vo.n; ++j) k1 -= vo.w[j];
       keep[tid] = k1 / lloc[tid];
     }
     __syncthreads();
-    const int32_t* vi = s.vidx ? as_ptr<int32_t>(s.vidx) + static_cast<int64_t>(g) * s.vcap : nullptr;
-    const int nvo = s.vidx ? as_ptr<int32_t>(s.vcnt)[g] : 0;
     for (int e = tid; e < vn * D; e += kThreads) {
       const int v = e / D, d = e % D;
       const int t = (v0 + v) / G, h = g * G + (v0 + v) % G;
       float o = 0.f;
       for (int r = 0; r < KG; ++r) o += red[(r * kQ + v) * D + d];
-      o *= keep[v];
-      if (nvo > 0) {
-        const float* wr = as_ptr<float>(s.w) + (static_cast<int64_t>(h) * T + t) * s.vmax;
-        for (int j = 0; j < nvo; ++j) o += wr[j] * ck::to_float(vh[static_cast<int64_t>(vi[j]) * D + d]);
-      }
-      a.out[((s.qRow + t) * a.Hq + h) * D + d] = o;
+      a.out[((s.qRow + t) * a.Hq + h) * D + d] = vonly_add(o * keep[v], vonly_of(s, g, h, t), vh, D, d);
     }
     return;
   }
@@ -217,18 +226,16 @@ __global__ void reduce_kernel(BatchArgs a) {
     l += a.ml[(base + i) * 2 + 1] * e;
   }
   l = ck::block_reduce<false>(l, red);
-  const int nvo = s.vidx ? as_ptr<int32_t>(s.vcnt)[g] : 0;
-  const float* wr = s.vidx ? as_ptr<float>(s.w) + (static_cast<int64_t>(h) * T + t) * s.vmax : nullptr;
+  const VOnlyRows vo = vonly_of(s, g, h, t);
   float keep = 1.f;
-  if (nvo > 0 && s.mode == 1) {
+  if (vo.n > 0 && s.mode == 1) {
     float mass = 0.f;
-    for (int j = tid; j < nvo; j += blockDim.x) mass += wr[j];
+    for (int j = tid; j < vo.n; j += blockDim.x) mass += vo.w[j];
     keep = 1.f - ck::block_reduce<false>(mass, red);
   }
   const float scale = keep / l;
   float* o = a.out + ((s.qRow + t) * a.Hq + h) * D;
   const KT* vh = as_ptr<KT>(s.v) + static_cast<int64_t>(g) * s.cap * D;
-  const int32_t* vi = s.vidx ? as_ptr<int32_t>(s.vidx) + static_cast<int64_t>(g) * s.vcap : nullptr;
   for (int i0 = 0; i0 < ns; i0 += 1024) {  // chunk weights through shared memory, 1024 at a time
     const int cntc = ns - i0 < 1024 ? ns - i0 : 1024;
     __syncthreads();
@@ -243,11 +250,7 @@ __global__ void reduce_kernel(BatchArgs a) {
       o[d] = r;
     }
   }
-  for (int d = tid; d < D; d += blockDim.x) {
-    float r = o[d];
-    for (int j = 0; j < nvo; ++j) r += wr[j] * ck::to_float(vh[static_cast<int64_t>(vi[j]) * D + d]);
-    o[d] = r;
-  }
+  for (int d = tid; d < D; d += blockDim.x) o[d] = vonly_add(o[d], vo, vh, D, d);
 }
 
 template <class KT>

@@ -7,18 +7,26 @@
 
 namespace {
 
+// Row dst[e] of head h of entry e's K and V stores (addresses ks[e]/vs[e], cap[e] rows a head)
+// gets the float rows kr and vr, converted to KT; the block's threads share the head dim.
+template <class KT>
+__device__ inline void store_rows(const int64_t* ks, const int64_t* vs, const int32_t* cap, const int32_t* dst, int e,
+                                  int h, int D, const float* kr, const float* vr) {
+  const int64_t off = (static_cast<int64_t>(h) * cap[e] + dst[e]) * D;
+  KT* ko = reinterpret_cast<KT*>(static_cast<uintptr_t>(ks[e])) + off;
+  KT* vo = reinterpret_cast<KT*>(static_cast<uintptr_t>(vs[e])) + off;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    ko[d] = ck::from_float<KT>(kr[d]);
+    vo[d] = ck::from_float<KT>(vr[d]);
+  }
+}
+
 template <class KT>
 __global__ void kv_append_kernel(const int64_t* ks, const int64_t* vs, const int32_t* cap, const int32_t* dst,
                                  const int32_t* rows, const float* k, const float* v, int Hkv, int D) {
   const int i = blockIdx.x, g = blockIdx.y, r = rows ? rows[i] : i;
-  const int64_t off = (static_cast<int64_t>(g) * cap[i] + dst[i]) * D;
-  KT* ko = reinterpret_cast<KT*>(static_cast<uintptr_t>(ks[i])) + off;
-  KT* vo = reinterpret_cast<KT*>(static_cast<uintptr_t>(vs[i])) + off;
   const int64_t src = (static_cast<int64_t>(r) * Hkv + g) * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    ko[d] = ck::from_float<KT>(k[src + d]);
-    vo[d] = ck::from_float<KT>(v[src + d]);
-  }
+  store_rows<KT>(ks, vs, cap, dst, i, g, D, k + src, v + src);
 }
 
 // RoPE of q and k with the KV append folded in: a block per (row, head) of q, then of k; a k
@@ -37,14 +45,7 @@ __global__ void rope_append_kernel(float* q, float* k, const float* v, const int
   const int e = entry[t];
   if (e < 0) return;  // a row of the per-sequence path: it writes its own store
   __syncthreads();    // the rotated row, written by the block's threads, is read back
-  const int64_t off = (static_cast<int64_t>(h) * cap[e] + dst[e]) * D;
-  KT* ko = reinterpret_cast<KT*>(static_cast<uintptr_t>(ks[e])) + off;
-  KT* vo = reinterpret_cast<KT*>(static_cast<uintptr_t>(vs[e])) + off;
-  const float* vr = v + (static_cast<int64_t>(t) * Hkv + h) * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    ko[d] = ck::from_float<KT>(r[d]);
-    vo[d] = ck::from_float<KT>(vr[d]);
-  }
+  store_rows<KT>(ks, vs, cap, dst, e, h, D, r, v + (static_cast<int64_t>(t) * Hkv + h) * D);
 }
 
 __global__ void argmax_kernel(int32_t* out, const float* x, int n) {

@@ -1,5 +1,5 @@
-// Dense kernels of the device backend: embedding, RMSNorm, GEMM (GEMV for decode-sized m,
-// WMMA tensor cores for F16/BF16 weights, tiled SIMT for F32), RoPE, SiLU-gate, add.
+// Dense kernels of the device backend: embedding, RMSNorm, GEMM (the GEMV of gemv.cu for
+// decode-sized m, tensor cores for F16/BF16 weights, tiled SIMT for F32), RoPE, SiLU-gate, add.
 #include "ck.h"
 #include "dev_api.h"
 #include "launch_check.h"
@@ -22,31 +22,6 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int d
   ss = ck::block_reduce<false>(ss, red);
   const float inv = 1.f / sqrtf(ss / d + eps);
   for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = xr[i] * inv * w[i];
-}
-
-// Decode-sized GEMM (m <= 8): one warp per output column, streaming its weight row once.
-template <class T, int MR>
-__global__ void gemv_kernel(float* y, const float* x, const T* w, const float* bias, int m, int n, int k,
-                            int accumulate) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int j = blockIdx.x * (blockDim.x >> 5) + warp;
-  if (j >= n) return;  // whole warp leaves together
-  const T* wr = w + static_cast<int64_t>(j) * k;
-  float acc[MR];
-  for (int r = 0; r < MR; ++r) acc[r] = 0.f;
-  for (int i = lane; i < k; i += 32) {
-    const float wv = ck::to_float(wr[i]);
-    for (int r = 0; r < MR; ++r)
-      if (r < m) acc[r] += wv * x[static_cast<int64_t>(r) * k + i];
-  }
-  for (int r = 0; r < MR; ++r) acc[r] = ck::warp_sum(acc[r]);
-  if (lane == 0) {
-    const float b = bias ? bias[j] : 0.f;
-    for (int r = 0; r < m && r < MR; ++r) {
-      float* yp = y + static_cast<int64_t>(r) * n + j;
-      *yp = (accumulate ? *yp : 0.f) + acc[r] + b;
-    }
-  }
 }
 
 // 64x64 output tile per block, 4 warps of 32x32 (2x2 WMMA 16x16x16 fragments), BK = 32.
@@ -238,13 +213,6 @@ template <class T>
 void launch_gemm(float* y, const float* x, const T* w, const float* bias, int m, int n, int k, int acc, int sid,
                  bool tensor_cores) {
   void* s = skv_stream(sid);
-  if (m <= 8) {
-    const unsigned blocks = (n + 7) / 8;
-    if (m <= 1) CK_LAUNCH((gemv_kernel<T, 1>), blocks, 256, 0, s, y, x, w, bias, m, n, k, acc);
-    else if (m <= 4) CK_LAUNCH((gemv_kernel<T, 4>), blocks, 256, 0, s, y, x, w, bias, m, n, k, acc);
-    else CK_LAUNCH((gemv_kernel<T, 8>), blocks, 256, 0, s, y, x, w, bias, m, n, k, acc);
-    return;
-  }
   const dim3 grid((n + 63) / 64, (m + 63) / 64);
   if constexpr (std::is_same<T, float>::value) {
     (void)tensor_cores;
@@ -298,6 +266,11 @@ int skv_k_rmsnorm(float* out, const float* x, const float* w, int n, int d, floa
 int skv_k_gemm(float* y, const float* x, const void* w, int dtype, const float* bias, int m, int n, int k,
                int accumulate, int stream) {
   if (m <= 0 || n <= 0) return SKV_OK;
+  if (dtype != SKV_F32 && dtype != SKV_F16 && dtype != SKV_BF16) return skv_arg_error("gemm: unknown dtype");
+  // Decode-sized m: the GEMV kernel (gemv.cu), x used as is.
+  if (m <= 8 && k > 0)
+    return skv_k_gemv(y, nullptr, nullptr, 0, 0, x, w, nullptr, dtype, bias, nullptr, nullptr, 0.f, m, n, k,
+                      accumulate ? SKV_GEMV_ACCUMULATE : SKV_GEMV_STORE, stream);
   if (dtype == SKV_F32) launch_gemm(y, x, static_cast<const float*>(w), bias, m, n, k, accumulate, stream, false);
   else if (dtype == SKV_F16) launch_gemm(y, x, static_cast<const ck::half_t*>(w), bias, m, n, k, accumulate, stream, true);
   else if (dtype == SKV_BF16) launch_gemm(y, x, static_cast<const ck::bf16_t*>(w), bias, m, n, k, accumulate, stream, true);
