@@ -24,14 +24,23 @@ export interface AttentionSeq {
 }
 
 const FIELDS = ATTN_SEQ_BYTES / 8;
+/** Int32 slots of one packed record. */
+export const ATTN_SEQ_INTS = FIELDS * 2;
+
+/** x (a non-negative safe integer: an address, a length) as an int64 in out[at], out[at + 1]. */
+function putInt64(out: Int32Array, at: number, x: number): void {
+  const hi = Math.floor(x / 4294967296);
+  out[at] = x - hi * 4294967296; // wraps to int32; the device reads the bits
+  out[at + 1] = hi;
+}
 
 /**
- * Packs the records into `into` (Int32Array pairs per int64 field; grown when short) for one
- * upload: the launch reads every sequence's shape and addresses from device memory.
+ * Packs the records into `into` from int32 slot `at` (a new array when `into` is absent or
+ * short) for one upload: the launch reads every sequence's shape and addresses from device memory.
  */
-export function packAttentionSeqs(seqs: AttentionSeq[], into?: Int32Array): Int32Array {
-  const out =
-    into && into.length >= seqs.length * FIELDS * 2 ? into : new Int32Array(seqs.length * FIELDS * 2);
+export function packAttentionSeqs(seqs: AttentionSeq[], into?: Int32Array, at = 0): Int32Array {
+  const end = at + seqs.length * ATTN_SEQ_INTS;
+  const out = into && into.length >= end ? into : new Int32Array(end);
   seqs.forEach((s, i) => {
     if (s.select && s.window)
       throw new RangeError("packAttentionSeqs: a window applies to contiguous lists only");
@@ -54,27 +63,21 @@ export function packAttentionSeqs(seqs: AttentionSeq[], into?: Int32Array): Int3
       vo?.mode === "mass" ? 1 : 0,
       s.window ?? 0,
     ];
-    const base = i * FIELDS * 2;
+    const base = at + i * ATTN_SEQ_INTS;
     for (let j = 0; j < FIELDS; j++) {
       const x = f[j];
       if (!Number.isSafeInteger(x) || x < 0)
         throw new RangeError(`packAttentionSeqs: field ${j} of sequence ${i} is ${x}`);
-      const hi = Math.floor(x / 4294967296);
-      out[base + 2 * j] = x - hi * 4294967296; // wraps to int32; the device reads the bits
-      out[base + 2 * j + 1] = hi;
+      putInt64(out, base + 2 * j, x);
     }
   });
   return out;
 }
 
-/** int64 addresses for kvAppend's per-row store lists, as Int32Array pairs. */
-export function packAddresses(addrs: ArrayLike<number>, into?: Int32Array): Int32Array {
-  const out = into && into.length >= addrs.length * 2 ? into : new Int32Array(addrs.length * 2);
-  for (let i = 0; i < addrs.length; i++) {
-    const x = addrs[i];
-    const hi = Math.floor(x / 4294967296);
-    out[2 * i] = x - hi * 4294967296;
-    out[2 * i + 1] = hi;
-  }
+/** int64 addresses for kvAppend's per-row store lists, as Int32Array pairs from slot `at` of `into`. */
+export function packAddresses(addrs: ArrayLike<number>, into?: Int32Array, at = 0): Int32Array {
+  const end = at + addrs.length * 2;
+  const out = into && into.length >= end ? into : new Int32Array(end);
+  for (let i = 0; i < addrs.length; i++) putInt64(out, at + 2 * i, addrs[i]);
   return out;
 }

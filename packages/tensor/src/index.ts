@@ -1,4 +1,4 @@
-export { type AttentionSeq, packAddresses, packAttentionSeqs } from "./attention-batch.js";
+export { ATTN_SEQ_INTS, type AttentionSeq, packAddresses, packAttentionSeqs } from "./attention-batch.js";
 export {
   type DecoderLayerWeights,
   type DecoderShape,

@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, it } from "vitest";
 import {
+  ATTN_SEQ_INTS,
   type AttentionSeq,
   Device,
   type DeviceKind,
@@ -514,6 +515,24 @@ function decodeSuite(kind: DeviceKind) {
         .read(y, new Float32Array(m * n))
         .some((v) => v !== 0),
     ).toBe(true);
+  });
+
+  it("records and addresses packed at an offset of a larger array equal the plain packing", () => {
+    const seqs: AttentionSeq[] = [
+      { k: 2 ** 40 + 16, v: 2 ** 33 + 48, cap: 64, n: 9, T: 1, qRow: 3, window: 4 },
+      { k: 256, v: 512, cap: 8, n: 8, T: 2, qRow: 0, select: { idx: 1024, counts: 2048, icap: 5 } },
+    ];
+    const big = new Int32Array(ATTN_SEQ_INTS * 2 + 20).fill(-7);
+    expect(packAttentionSeqs(seqs, big, 6)).toBe(big);
+    expect(big.subarray(6, 6 + ATTN_SEQ_INTS * 2)).toEqual(packAttentionSeqs(seqs));
+    expect(big.subarray(0, 6).every((x) => x === -7)).toBe(true);
+    const addrs = [2 ** 45 + 8, 4096];
+    const room = new Int32Array(7).fill(-7);
+    expect(packAddresses(addrs, room, 2)).toBe(room);
+    expect(room.subarray(2, 6)).toEqual(packAddresses(addrs));
+    expect([room[0], room[1], room[6]]).toEqual([-7, -7, -7]);
+    // Too short: a new array, long enough for the offset.
+    expect(packAddresses(addrs, new Int32Array(2), 1).length).toBe(5);
   });
 
   it("attentionBatch refuses shapes it cannot run", () => {
