@@ -2,6 +2,7 @@ import { scatterAdd } from "@smallkv/tensor";
 import { ContextLengthError, InvalidOptionError } from "./errors.js";
 import type { Model, StepInput, StepOutput } from "./model.js";
 import type { AttentionObservation, KvPolicyHook } from "./policy-hook.js";
+import { positionsUpTo } from "./positions.js";
 import type { Sequence } from "./sequence.js";
 import type { TextTokenizer } from "./tokenizer.js";
 
@@ -55,14 +56,6 @@ function accumulate(acc: Float64Array[], o: AttentionObservation, H: number): vo
   const pos = positionsUpTo(Lmax);
   if (probs) for (let h = 0; h < H; h++) scatterAdd(acc[h], pos, probs, h * T * Lmax, T, Lmax);
   else if (scores) for (let h = 0; h < H; h++) scatterAdd(acc[h], pos, scores, h * Lmax, 1, 0);
-}
-
-let identity = new Int32Array(0);
-/** [0, 1, …, n - 1], shared and grown as needed. */
-function positionsUpTo(n: number): Int32Array {
-  if (identity.length < n)
-    identity = Int32Array.from({ length: Math.max(n, 2 * identity.length) }, (_, i) => i);
-  return identity.subarray(0, n);
 }
 
 /**

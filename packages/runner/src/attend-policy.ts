@@ -1,6 +1,7 @@
 import { PolicyError } from "./errors.js";
 import type { HotSlots } from "./hot-set.js";
 import type { AttentionRequest, LayerSelection, StepInfo } from "./policy-hook.js";
+import { positionsUpTo } from "./positions.js";
 import type { Sequence } from "./sequence.js";
 
 // The policy side of one layer's attention, shared by the CPU and device backends: asking
@@ -140,8 +141,6 @@ function withinWindow(sel: LayerSelection, step: StepInfo, window: number): Laye
   return { ...sel, full: sel.full.map(keep), vOnly: sel.vOnly?.map(keep) };
 }
 
-let iota = new Int32Array(0);
-
 /** The key positions behind each attended head's scores: all L without a selection, else the hot rows in slot order. */
 export function observedPositions(
   seq: Sequence,
@@ -151,12 +150,7 @@ export function observedPositions(
 ): Int32Array[] {
   const c = seq.config;
   if (!sel) {
-    if (iota.length < L) {
-      iota = new Int32Array(Math.max(L, 2 * iota.length));
-      for (let i = 0; i < iota.length; i++) iota[i] = i;
-    }
-    // Read-only views of one shared 0, 1, 2, ... (no list built per layer and step).
-    const all = iota.subarray(0, L);
+    const all = positionsUpTo(L);
     return Array.from({ length: c.numKvHeads }, () => all);
   }
   const full = seq.hot[layer].full;

@@ -549,13 +549,7 @@ export class Model {
     }
 
     const final = residIn;
-    const rows: number[] = [];
-    r = 0;
-    for (const { tokens, logits = "last" } of inputs) {
-      if (logits === "all") for (let i = 0; i < tokens.length; i++) rows.push(r + i);
-      else if (logits === "last" || logits === "argmax") rows.push(r + tokens.length - 1);
-      r += tokens.length;
-    }
+    const rows = logitRows(inputs);
     let logitsAll: Float32Array = new Float32Array(0);
     if (rows.length > 0) {
       const h = new Float32Array(rows.length * d);
@@ -723,10 +717,10 @@ export class Model {
     const V = this.config.vocabSize;
     const results: StepOutput[] = [];
     let lr = 0;
-    for (const { tokens, logits = "last" } of inputs) {
-      const n = logits === "all" ? tokens.length : logits === "last" || logits === "argmax" ? 1 : 0;
+    for (const input of inputs) {
+      const n = logitCount(input);
       const rows = logitsAll.subarray(lr * V, (lr + n) * V);
-      results.push(logits === "argmax" ? Float32Array.of(argmax(rows)) : rows);
+      results.push(input.logits === "argmax" ? Float32Array.of(argmax(rows)) : rows);
       lr += n;
     }
     return results;
@@ -738,14 +732,12 @@ export class Model {
     await this.preparePolicies(inputs);
     this.openCheckpoints(inputs);
     const parts = [];
-    const rows: number[] = [];
     let r = 0;
-    for (const { seq, tokens, logits = "last" } of inputs) {
+    for (const { seq, tokens } of inputs) {
       parts.push({ seq, tokens, row: r });
-      if (logits === "all") for (let i = 0; i < tokens.length; i++) rows.push(r + i);
-      else if (logits === "last" || logits === "argmax") rows.push(r + tokens.length - 1);
       r += tokens.length;
     }
+    const rows = logitRows(inputs);
     // Greedy tokens computed on the device when every requested row wants only that.
     const onDevice =
       rows.length > 0 && inputs.every(({ logits = "last" }) => logits === "argmax" || logits === "none");
@@ -763,6 +755,23 @@ export class Model {
     const logitsAll = out as Float32Array;
     return this.splitLogits(inputs, logitsAll);
   }
+}
+
+/** How many of a step input's last positions return logits (an argmax input reads its last row's). */
+function logitCount({ tokens, logits = "last" }: StepInput): number {
+  return logits === "all" ? tokens.length : logits === "none" ? 0 : 1;
+}
+
+/** The batch rows whose logits the step's inputs want, in input order. */
+function logitRows(inputs: StepInput[]): number[] {
+  const rows: number[] = [];
+  let r = 0;
+  for (const input of inputs) {
+    const T = input.tokens.length;
+    for (let i = T - logitCount(input); i < T; i++) rows.push(r + i);
+    r += T;
+  }
+  return rows;
 }
 
 /** The device for `opts.device`, or null for the CPU. "auto" falls back to the CPU with a message. */

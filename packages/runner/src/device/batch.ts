@@ -1,4 +1,5 @@
 import {
+  ATTN_SEQ_INTS,
   type AttentionSeq,
   type Device,
   type DeviceBuffer,
@@ -63,11 +64,11 @@ const CHUNK_ROWS = 256;
 const keyBucket = (n: number) => Math.max(256, 2 ** Math.ceil(Math.log2(n)));
 
 /**
- * A decode-sized part whose policy neither selects, observes nor reads queries, with its
- * store in device memory: its attention needs nothing from the host, so it joins the batched
- * path (one KV append and one attention launch per layer for all such sequences).
+ * A sequence whose policy neither selects, observes nor reads queries, with its store in device
+ * memory: its attention needs nothing from the host, so it joins the batched path (one KV
+ * append and one attention launch per layer for all such sequences).
  */
-export function batchable({ seq }: DeviceStepPart): boolean {
+export function batchable(seq: Sequence): boolean {
   return passive(seq.policy) && !(seq.kv as DeviceKvCache).pinned;
 }
 
@@ -89,7 +90,7 @@ export function devicePath(seq: Sequence): {
   const kv = seq.kv as DeviceKvCache;
   const planes = (h: unknown) => (h as DeviceHotRows).planesBuf.reduce((a, b) => a + b.bytes, 0);
   return {
-    path: batchable({ seq, tokens: [], row: 0 }) ? "batched" : "per-sequence",
+    path: batchable(seq) ? "batched" : "per-sequence",
     store: kv.pinned ? "pinned host" : "device",
     storeDtype: kv.storeDtype,
     deviceBytes: kv.deviceBytes + seq.hot.reduce((a, h) => a + planes(h.full) + planes(h.vOnly), 0),
@@ -106,7 +107,6 @@ const even = (n: number) => n + (n & 1);
 export class StepMetadata {
   private host: Int32Array = new Int32Array(0);
   private devBuf: DeviceBuffer | null = null;
-  private records: Int32Array = new Int32Array(0);
   /** Bumped when the device buffer is reallocated (graphs hold its address). */
   generation = 0;
 
@@ -119,7 +119,7 @@ export class StepMetadata {
   prepare(parts: DeviceStepPart[], M: number): StepMeta {
     const L = this.c.numLayers;
     const { numHeads: Hq, headDim: D } = this.c;
-    const batch = parts.filter(batchable);
+    const batch = parts.filter((p) => batchable(p.seq));
     // Attention records: a part's rows in chunks of at most CHUNK_ROWS (a long prefill is
     // several records, each seeing the keys up to its last row: the KV append before it wrote
     // them), in groups of consecutive records whose workspace fits the cap.
@@ -144,7 +144,7 @@ export class StepMetadata {
     const R = recs.length;
     const head = even(3 * M);
     const shared = even(3 * Mb);
-    const perLayer = R * 32 + 4 * Mb;
+    const perLayer = R * ATTN_SEQ_INTS + 4 * Mb;
     const total = head + (R > 0 ? shared + L * perLayer : 0);
     if (this.host.length < total) this.host = new Int32Array(Math.max(total, 2 * this.host.length));
     const h = this.host;
@@ -174,18 +174,17 @@ export class StepMetadata {
           const kv = seq.kv as DeviceKvCache;
           return { k: kv.dk[l], v: kv.dv[l], cap: kv.cap, n: seq.length + r0 + T, T, qRow: row + r0, window };
         });
-        this.records = packAttentionSeqs(seqs, this.records);
-        h.set(this.records.subarray(0, R * 32), base);
+        packAttentionSeqs(seqs, h, base);
         for (const [side, at] of [
-          ["dk", base + R * 32],
-          ["dv", base + R * 32 + 2 * Mb],
+          ["dk", base + R * ATTN_SEQ_INTS],
+          ["dv", base + R * ATTN_SEQ_INTS + 2 * Mb],
         ] as const) {
           let j = 0;
           for (const { seq, tokens } of batch) {
             const p = (seq.kv as DeviceKvCache)[side][l].ptr;
             for (let t = 0; t < tokens.length; t++) stores[j++] = p;
           }
-          h.set(packAddresses(stores), at);
+          packAddresses(stores, h, at);
         }
       }
     }
@@ -214,7 +213,8 @@ export class StepMetadata {
               rowIndex: at(head + 2 * Mb),
               layers: Array.from({ length: L }, (_, l) => {
                 const base = head + shared + l * perLayer;
-                return { records: at(base), kStores: at(base + R * 32), vStores: at(base + R * 32 + 2 * Mb) };
+                const stores = base + R * ATTN_SEQ_INTS;
+                return { records: at(base), kStores: at(stores), vStores: at(stores + 2 * Mb) };
               }),
             },
     };

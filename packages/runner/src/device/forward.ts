@@ -20,7 +20,7 @@ type DeviceRope = { invFreq: number; scale: number } | undefined;
 /** Weight storage on the device: f32 as loaded, or f16/bf16 for the tensor-core GEMM. */
 export type WeightDtype = "f32" | "f16" | "bf16";
 
-/** Steps of up to this many rows run their products through the GEMV kernel; larger ones the tiled GEMM. */
+/** Steps of up to this many rows (the GEMV kernel's limit) run their products through it in one launch; larger ones the tiled GEMM. */
 const GEMV_ROWS = 16;
 /** Steps of up to this many rows fold the block's RMSNorms into their GEMVs. */
 const NORM_ROWS = 4;
@@ -211,8 +211,13 @@ export class DeviceRunner implements AttendContext {
    * is captured the next time, and replayed from then on; a buffer reallocated since (the
    * generation moved) drops the graphs.
    */
+  /** Moves whenever a buffer a graph may hold is reallocated (scratch or step metadata). */
+  private get generation(): number {
+    return this.gen + this.meta.generation;
+  }
+
   private replay(key: string, run: () => void): void {
-    const gen = this.gen + this.meta.generation;
+    const gen = this.generation;
     const e = this.graphs.get(key);
     if (e && e.gen !== gen) {
       for (const g of this.graphs.values()) g.graph?.free();
@@ -226,7 +231,7 @@ export class DeviceRunner implements AttendContext {
       return;
     } else if (e) {
       const graph = this.dev.capture(run);
-      if (this.gen + this.meta.generation === gen) {
+      if (this.generation === gen) {
         e.graph = graph;
         graph.launch();
         this.graphStats.captured++;
@@ -235,7 +240,7 @@ export class DeviceRunner implements AttendContext {
       graph.free(); // buffers moved while capturing: run this step eagerly
     }
     run();
-    this.graphs.set(key, { graph: null, gen: this.gen + this.meta.generation });
+    this.graphs.set(key, { graph: null, gen: this.generation });
     if (this.graphs.size > MAX_GRAPHS) {
       const [oldest, g] = this.graphs.entries().next().value as [string, { graph: DeviceGraph | null }];
       g.graph?.free();
@@ -303,20 +308,19 @@ export class DeviceRunner implements AttendContext {
       this.linear(x, attn, w.o, w.oBias, M, d, Hq * D, true);
       if (!fold) dev.rmsnorm(h, x, w.postNorm, M, d, c.rmsNormEps);
       if (M <= GEMV_ROWS) {
-        for (let r0 = 0; r0 < M; r0 += 16)
-          dev.gemv({
-            y: gate.at(r0 * I),
-            x: (fold ? x : h).at(r0 * d),
-            norm: fold ? { w: w.postNorm, eps: c.rmsNormEps } : undefined,
-            w: w.gate,
-            w2: w.up,
-            bias: w.gateBias,
-            bias2: w.upBias,
-            m: Math.min(16, M - r0),
-            n: I,
-            k: d,
-            mode: "siluGate",
-          });
+        dev.gemv({
+          y: gate,
+          x: fold ? x : h,
+          norm: fold ? { w: w.postNorm, eps: c.rmsNormEps } : undefined,
+          w: w.gate,
+          w2: w.up,
+          bias: w.gateBias,
+          bias2: w.upBias,
+          m: M,
+          n: I,
+          k: d,
+          mode: "siluGate",
+        });
       } else {
         dev.gemm({ y: gate, x: h, w: w.gate, bias: w.gateBias, m: M, n: I, k: d });
         dev.gemm({ y: up, x: h, w: w.up, bias: w.upBias, m: M, n: I, k: d });
@@ -348,21 +352,8 @@ export class DeviceRunner implements AttendContext {
     k: number,
     accumulate: boolean,
   ): void {
-    if (M > GEMV_ROWS) {
-      this.dev.gemm({ y, x, w, bias, m: M, n, k, accumulate });
-      return;
-    }
-    for (let r0 = 0; r0 < M; r0 += 16)
-      this.dev.gemv({
-        y: y.at(r0 * n),
-        x: x.at(r0 * k),
-        w,
-        bias,
-        m: Math.min(16, M - r0),
-        n,
-        k,
-        mode: accumulate ? "accumulate" : "store",
-      });
+    if (M > GEMV_ROWS) this.dev.gemm({ y, x, w, bias, m: M, n, k, accumulate });
+    else this.dev.gemv({ y, x, w, bias, m: M, n, k, mode: accumulate ? "accumulate" : "store" });
   }
 
   /** q, k and v of the step's rows: one GEMV launch writing three tensors, or three GEMMs. */
@@ -382,18 +373,17 @@ export class DeviceRunner implements AttendContext {
       this.dev.gemm({ y: v, x: h, w: w.v, bias: w.vBias, m: M, n: Hkv * D, k: d });
       return;
     }
-    for (let r0 = 0; r0 < M; r0 += 16)
-      this.dev.gemv({
-        y: [q.at(r0 * Hq * D), k.at(r0 * Hkv * D), v.at(r0 * Hkv * D)],
-        split: [Hq * D, Hkv * D],
-        x: h.at(r0 * d),
-        w: w.qkv,
-        bias: w.qkvBias,
-        norm,
-        m: Math.min(16, M - r0),
-        n: (Hq + 2 * Hkv) * D,
-        k: d,
-      });
+    this.dev.gemv({
+      y: [q, k, v],
+      split: [Hq * D, Hkv * D],
+      x: h,
+      w: w.qkv,
+      bias: w.qkvBias,
+      norm,
+      m: M,
+      n: (Hq + 2 * Hkv) * D,
+      k: d,
+    });
   }
 
   /** RoPE of the step's q and k with the batched rows' KV append folded in (one launch). */

@@ -45,7 +45,6 @@ export class DeviceKvCache extends KvCache {
     // A device store is one allocation for every layer's K and V (views per plane): one
     // cudaMalloc per growth, not one per layer and plane.
     const arena = this.pinned ? null : this.dev.alloc(2 * n * plane, this.storeDtype);
-    const elem = this.storeDtype === "f32" ? 4 : 2;
     const oldArena = this.arena;
     for (const [side, dst, host] of [
       [0, this.dk, this.k],
@@ -56,7 +55,7 @@ export class DeviceKvCache extends KvCache {
         const old = dst[l];
         if (old) {
           for (let g = 0; g < Hkv; g++)
-            this.dev.copy(next.at(g * cap * D), old.at(g * this.cap * D), this.length * D * elem);
+            this.dev.copy(next.at(g * cap * D), old.at(g * this.cap * D), this.length * this.rowBytes());
           if (!oldArena) olds.push(old);
         }
         dst[l] = next;
@@ -92,10 +91,8 @@ export class DeviceKvCache extends KvCache {
       );
     // K and V in one launch: per row, both stores' addresses, the capacity and the position.
     const meta = new Int32Array(6 * T);
-    const k = packAddresses(new Array(T).fill(this.dk[layer].ptr));
-    const v = packAddresses(new Array(T).fill(this.dv[layer].ptr));
-    meta.set(k, 0);
-    meta.set(v, 2 * T);
+    packAddresses(new Array(T).fill(this.dk[layer].ptr), meta, 0);
+    packAddresses(new Array(T).fill(this.dv[layer].ptr), meta, 2 * T);
     for (let t = 0; t < T; t++) {
       meta[4 * T + t] = this.cap;
       meta[5 * T + t] = start + t;
