@@ -31,6 +31,10 @@ const BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, i32: 4 };
 const DTYPE_CODE = { f32: 0, f16: 1, bf16: 2 } as const;
 /** Bytes of one packed attention-batch record (16 int64 fields, SkvAttnSeq in dev_api.h). */
 export const ATTN_SEQ_BYTES = 128;
+/** Bytes of one probability-pass output record (SkvProbOut). */
+export const PROB_OUT_BYTES = 32;
+/** Bytes of one ranked-selection list record (SkvRankList). */
+export const RANK_LIST_BYTES = 400;
 
 /** Memory on the device. `ptr` is its address; `at(i)` the address of element i. */
 export class DeviceBuffer {
@@ -204,6 +208,8 @@ interface DeviceBinding {
   ropeAppend(...args: (number | null)[]): void;
   attentionBatch(...args: number[]): void;
   attentionPartFloats(B: number, maxT: number, maxKeys: number, Hq: number, D: number): number;
+  attentionProbs(...args: number[]): void;
+  rankSelect(lists: number, count: number, stream: number): void;
   kvAppend(...args: number[]): void;
   captureBegin(stream: number): void;
   captureEnd(stream: number): number;
@@ -299,6 +305,26 @@ export interface AttentionBatchArgs {
   out: Ptr;
   /** Workspace of `attentionPartFloats(...)` floats. */
   part: Ptr;
+  /** When set: each query row's log-sum-exp of its scaled logits, float [.][Hq] by q row (for `attentionProbs`). */
+  lse?: Ptr;
+  stream?: number;
+}
+
+/** The probability pass after a batched attention (see packProbOuts). */
+export interface AttentionProbsArgs {
+  /** The attention's records and, paired with them, `packProbOuts`'s (device copies). */
+  seqs: Ptr;
+  outs: Ptr;
+  B: number;
+  maxKeys: number;
+  Hq: number;
+  Hkv: number;
+  D: number;
+  scale?: number;
+  kvDtype: "f32" | "f16" | "bf16";
+  q: Ptr;
+  /** The attention's `lse`. */
+  lse: Ptr;
   stream?: number;
 }
 
@@ -806,9 +832,42 @@ export class Device {
         this.p(a.out, 4, "out"),
         this.p(a.part, part * 4, "part"),
         0,
+        a.lse === undefined ? 0 : this.p(a.lse, 4, "lse"),
         a.stream ?? 0,
       ),
     );
+  }
+
+  /**
+   * Probabilities of a batched attention's keys, recomputed with its log-sum-exp: written as
+   * rows, or summed per kv head into score tables at the keys' positions (see packProbOuts).
+   */
+  attentionProbs(a: AttentionProbsArgs): void {
+    const { B, maxKeys, Hq, Hkv, D } = a;
+    if (Hkv <= 0 || Hq % Hkv !== 0)
+      throw new TensorShapeError("attentionProbs", `Hq ${Hq} is not a multiple of Hkv ${Hkv}`);
+    wrap(() =>
+      this.b.attentionProbs(
+        this.p(a.seqs, B * ATTN_SEQ_BYTES, "seqs"),
+        this.p(a.outs, B * PROB_OUT_BYTES, "outs"),
+        B,
+        maxKeys,
+        Hq,
+        Hkv,
+        D,
+        a.scale ?? 1 / Math.sqrt(D),
+        DTYPE_CODE[a.kvDtype],
+        this.p(a.q, 4, "q"),
+        this.p(a.lse, 4, "lse"),
+        a.stream ?? 0,
+      ),
+    );
+  }
+
+  /** Ranked selections of `count` lists, one block each (records of `packRankLists`, on the device). */
+  rankSelect(lists: Ptr, count: number, stream = 0): void {
+    if (count <= 0) return;
+    wrap(() => this.b.rankSelect(this.p(lists, count * RANK_LIST_BYTES, "lists"), count, stream));
   }
 
   /**

@@ -61,6 +61,15 @@ export {
   topPositions,
   type VOnlyRows,
 } from "./ops.js";
+export {
+  PROB_OUT_INTS,
+  type ProbOut,
+  packProbOuts,
+  packRankLists,
+  RANK_LIST_INTS,
+  RANK_TERMS,
+  type RankList,
+} from "./policy-records.js";
 export { QGEMM_TYPES, type QgemmType, QMatrix, qgemmRowBytes, swiglu } from "./qgemm.js";
 export {
   type RankSplitArgs,

@@ -24,6 +24,7 @@ struct BatchArgs {
   float* out;
   float* po;  // partial outputs [B][maxT][Hq][S][D]
   float* ml;  // their (max, sum) [B][maxT][Hq][S][2]
+  float* lse;  // log-sum-exp per q row and head (null: not asked)
 };
 
 template <class T>
@@ -181,6 +182,7 @@ __global__ void split_kernel(BatchArgs a) {
       if (s.mode == 1)
         for (int j = 0; j < vo.n; ++j) k1 -= vo.w[j];
       keep[tid] = k1 / lloc[tid];
+      if (a.lse) a.lse[(s.qRow + t) * a.Hq + h] = lloc[tid] > 0.f ? mloc[tid] + logf(lloc[tid]) : -INFINITY;
     }
     __syncthreads();
     for (int e = tid; e < vn * D; e += kThreads) {
@@ -226,6 +228,7 @@ __global__ void reduce_kernel(BatchArgs a) {
     l += a.ml[(base + i) * 2 + 1] * e;
   }
   l = ck::block_reduce<false>(l, red);
+  if (a.lse && tid == 0) a.lse[(s.qRow + t) * a.Hq + h] = l > 0.f ? m + logf(l) : -INFINITY;
   const VOnlyRows vo = vonly_of(s, g, h, t);
   float keep = 1.f;
   if (vo.n > 0 && s.mode == 1) {
@@ -282,7 +285,7 @@ extern "C" int64_t skv_attn_part_floats(int B, int maxT, int maxKeys, int Hq, in
 
 extern "C" int skv_k_attention_batch(const SkvAttnSeq* seqs, int B, int maxT, int maxKeys, int Hq, int Hkv, int D,
                                      float scale, int kvDtype, const float* q, float* out, float* part, int chunk,
-                                     int stream) {
+                                     float* lse, int stream) {
   if (B <= 0 || maxT <= 0) return SKV_OK;
   if (chunk != 0 && chunk != kChunk) return skv_arg_error("attention_batch: the chunk is 256 keys (pass 0)");
   if (Hkv <= 0 || Hq % Hkv != 0) return skv_arg_error("attention_batch: query heads must be a multiple of kv heads");
@@ -303,6 +306,7 @@ extern "C" int skv_k_attention_batch(const SkvAttnSeq* seqs, int B, int maxT, in
   a.scale = scale;
   a.q = q;
   a.out = out;
+  a.lse = lse;
   a.po = part;
   a.ml = part + static_cast<int64_t>(B) * maxT * Hq * a.S * D;
   void* s = skv_stream(stream);

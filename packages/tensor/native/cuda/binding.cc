@@ -231,10 +231,25 @@ Napi::Value Argmax(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value AttentionBatch(const Napi::CallbackInfo& info) {
-  ARGS(14);
+  ARGS(15);
   check(env, skv_k_attention_batch(ptr<SkvAttnSeq>(info[0]), i32(info[1]), i32(info[2]), i32(info[3]), i32(info[4]),
                                    i32(info[5]), i32(info[6]), f32(info[7]), i32(info[8]), ptr<float>(info[9]),
-                                   ptr<float>(info[10]), ptr<float>(info[11]), i32(info[12]), i32(info[13])));
+                                   ptr<float>(info[10]), ptr<float>(info[11]), i32(info[12]), ptr<float>(info[13]),
+                                   i32(info[14])));
+  return env.Undefined();
+}
+
+Napi::Value AttentionProbs(const Napi::CallbackInfo& info) {
+  ARGS(12);
+  check(env, skv_k_attention_probs(ptr<SkvAttnSeq>(info[0]), ptr<SkvProbOut>(info[1]), i32(info[2]), i32(info[3]),
+                                   i32(info[4]), i32(info[5]), i32(info[6]), f32(info[7]), i32(info[8]),
+                                   ptr<float>(info[9]), ptr<float>(info[10]), i32(info[11])));
+  return env.Undefined();
+}
+
+Napi::Value RankSelect(const Napi::CallbackInfo& info) {
+  ARGS(3);
+  check(env, skv_k_rank_select(ptr<SkvRankList>(info[0]), i32(info[1]), i32(info[2])));
   return env.Undefined();
 }
 
@@ -305,6 +320,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("ropeAppend", RopeAppend);
   EXPORT("attentionBatch", AttentionBatch);
   EXPORT("attentionPartFloats", AttentionPartFloats);
+  EXPORT("attentionProbs", AttentionProbs);
+  EXPORT("rankSelect", RankSelect);
   EXPORT("kvAppend", KvAppend);
   EXPORT("captureBegin", CaptureBegin);
   EXPORT("captureEnd", CaptureEnd);

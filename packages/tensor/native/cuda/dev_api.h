@@ -110,8 +110,11 @@ struct SkvAttnSeq {
 // Flash-decoding: the key lists are cut in chunks of `chunk` keys (one block per chunk, kv head and
 // sequence; the query heads of a GQA group share each K/V read), then a reduce merges the chunks.
 // `part` is workspace of skv_attn_part_floats(...) floats. q and out are float32.
+// lse (may be null): each query row's log-sum-exp of its scaled logits, float [.][Hq] by q row (what
+// skv_k_attention_probs normalises by).
 int skv_k_attention_batch(const SkvAttnSeq* seqs, int B, int maxT, int maxKeys, int Hq, int Hkv, int D,
-                          float scale, int kvDtype, const float* q, float* out, float* part, int chunk, int stream);
+                          float scale, int kvDtype, const float* q, float* out, float* part, int chunk, float* lse,
+                          int stream);
 int64_t skv_attn_part_floats(int B, int maxT, int maxKeys, int Hq, int D, int chunk);
 // Append rows: for each of the n entries i, the K/V rows r = rows[i] (i when rows is null) of
 // k/v [.][Hkv][D] (float32) go to row dst[i] of the stores kStore[i]/vStore[i] (64-bit addresses,
@@ -119,4 +122,46 @@ int64_t skv_attn_part_floats(int B, int maxT, int maxKeys, int Hq, int D, int ch
 int skv_k_kv_append(const int64_t* kStore, const int64_t* vStore, const int32_t* cap, const int32_t* dst,
                     const int32_t* rows, const float* k, const float* v, int n, int Hkv, int D, int kvDtype,
                     int stream);
+
+// ---- selecting policies on the device ----
+// Where the probability pass puts one sequence's probabilities (paired with its SkvAttnSeq; dst 0:
+// nothing). mode 0: rows t >= rowFrom as dst[(h * (T - rowFrom) + t - rowFrom) * stride + j] for key
+// j of the list (keys a row does not see: 0). mode 1: per kv head g, the probabilities of the group's
+// query heads and rows t >= rowFrom added to dst[g * stride + row(j)] (column sums at positions).
+struct SkvProbOut {
+  int64_t dst, stride, rowFrom, mode;
+};
+// Probabilities exp(q.k * scale - lse) of the records' keys (lse from skv_k_attention_batch).
+int skv_k_attention_probs(const SkvAttnSeq* seqs, const SkvProbOut* outs, int B, int maxKeys, int Hq, int Hkv,
+                          int D, float scale, int kvDtype, const float* q, const float* lse, int stream);
+
+enum SkvRankFlags {
+  SKV_RANK_ADAPTIVE = 1,
+  SKV_RANK_VONLY = 2,
+  SKV_RANK_SKIP_EXCLUDED_RECENT = 4,
+  SKV_RANK_EVICT = 8,
+};
+// One list's ranked selection (rankSplit's semantics, select.cc). Score of position p < n: the sum
+// over terms t of weight[t] * term[t][p] (float rows). The newest `recent` positions are kept; the
+// others (not excluded: uint8 exclude[p] = 1) are ranked, the best split by the rule: fixed (k, of
+// them `exact` exact) or adaptive (units; V-only when SKV_RANK_VONLY; exactShare, negligible).
+// Outputs: exact positions ascending, then the window's, then n..n+T-1 (full, count in fullCnt[0]);
+// V-only positions ascending (vidx, vCnt[0]); with w, term t's row at each V-only position goes to
+// w + t * wstride (0 where bit t of gate is clear). SKV_RANK_EVICT sets exclude for every ranked
+// position not chosen; SKV_RANK_SKIP_EXCLUDED_RECENT drops excluded window positions, their slots
+// going to ranked ones (fixed rule: added to k and exact).
+struct SkvRankList {
+  int64_t n, T, recent, flags, k, exact;
+  double units, exactShare, negligible;
+  int64_t exclude, full, fullCnt, vidx, vCnt;
+  int64_t nterms;
+  int64_t term[16];
+  double weight[16];
+  int64_t w, wstride, gate;
+};
+int skv_k_rank_select(const SkvRankList* lists, int count, int stream);
 }
+
+static_assert(sizeof(SkvAttnSeq) == 128, "SkvAttnSeq is ATTN_SEQ_BYTES");
+static_assert(sizeof(SkvProbOut) == 32, "SkvProbOut is PROB_OUT_BYTES");
+static_assert(sizeof(SkvRankList) == 400, "SkvRankList is RANK_LIST_BYTES");

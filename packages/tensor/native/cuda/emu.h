@@ -150,7 +150,13 @@ template <class T> T __shfl_down_sync(unsigned, T v, unsigned d) {
   const int src = ::emu::lane_id() + static_cast<int>(d);
   return ::emu::shfl(v, src < 32 ? src : ::emu::lane_id());
 }
+template <class T> T __shfl_up_sync(unsigned, T v, unsigned d) {
+  const int src = ::emu::lane_id() - static_cast<int>(d);
+  return ::emu::shfl(v, src >= 0 ? src : ::emu::lane_id());
+}
+// Fibers switch only at __syncthreads and shuffles, so a read-modify-write is atomic here.
 inline float atomicAdd(float* p, float v) { const float o = *p; *p = o + v; return o; }
+inline double atomicAdd(double* p, double v) { const double o = *p; *p = o + v; return o; }
 inline int atomicAdd(int* p, int v) { const int o = *p; *p = o + v; return o; }
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }

@@ -1,0 +1,446 @@
+// Selecting policies on the device. Two kernels, both over the batched path's records:
+//  - attention_probs: a pass over a step's keys after the batched attention, with each query
+//    row's log-sum-exp from it, that writes probability rows (the assistant's current rows) or
+//    adds the group's column sums into a score table at the keys' positions (H2O), so no
+//    attention matrix is read back;
+//  - rank_select: one list (a kv head of a sequence at a layer) per block: its scores mixed from
+//    device rows, the newest positions kept, the rest ranked (score descending, ties to the
+//    earlier position) and split into exact and V-only positions by a fixed or an adaptive rule,
+//    written in ascending order as the attention's index lists, with the V-only weights. Its
+//    host twin is rankSplit (select.cc): ranks and counts agree; sums run in another order.
+#include "ck.h"
+#include "dev_api.h"
+#include "launch_check.h"
+
+namespace {
+
+constexpr int kProbThreads = 128;
+constexpr int kProbWarps = kProbThreads / 32;
+constexpr int kQ = 8;  // queries (rows x heads of a group) per pass
+constexpr int kMaxD = 256;
+constexpr int kChunk = 256;  // keys per block
+
+template <class T>
+__device__ inline T* as_ptr(int64_t a) {
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(a));
+}
+__device__ inline int list_len(const SkvAttnSeq& s, int g) {
+  return s.idx ? as_ptr<const int32_t>(s.cnt)[g] : static_cast<int>(s.n);
+}
+__device__ inline int list_row(const SkvAttnSeq& s, int g, int i) {
+  return s.idx ? as_ptr<const int32_t>(s.idx)[static_cast<int64_t>(g) * s.icap + i] : i;
+}
+
+struct ProbArgs {
+  const SkvAttnSeq* seqs;
+  const SkvProbOut* outs;
+  int Hq, G, D;
+  float scale;
+  const float* q;
+  const float* lse;
+};
+
+// Block (key chunk, kv head, sequence): the probabilities of the chunk's keys for every query
+// row t >= rowFrom of the group's heads, kQ queries at a time; a warp per key.
+template <class KT>
+__global__ void probs_kernel(ProbArgs a) {
+  CK_SHARED float qs[kQ][kMaxD];
+  CK_SHARED float ls[kQ];
+  CK_SHARED int lim[kQ], lo[kQ];
+  const int chunk = blockIdx.x, g = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  const SkvAttnSeq s = a.seqs[b];
+  const SkvProbOut o = a.outs[b];
+  const int n = list_len(s, g), j0 = chunk * kChunk;
+  if (!o.dst || j0 >= n) return;
+  const int T = static_cast<int>(s.T), G = a.G, D = a.D, from = static_cast<int>(o.rowFrom);
+  const int rows = T - from, nq = rows * G, cnt = n - j0 < kChunk ? n - j0 : kChunk;
+  const KT* kh = as_ptr<const KT>(s.k) + static_cast<int64_t>(g) * s.cap * D;
+  float* dst = as_ptr<float>(o.dst);
+  const int warp = tid >> 5, lane = tid & 31;
+  for (int v0 = 0; v0 < nq; v0 += kQ) {
+    const int vn = nq - v0 < kQ ? nq - v0 : kQ;
+    __syncthreads();  // the previous pass is done with qs
+    for (int e = tid; e < vn * D; e += kProbThreads) {
+      const int v = e / D, d = e % D;
+      const int t = from + (v0 + v) / G, h = g * G + (v0 + v) % G;
+      qs[v][d] = a.q[((s.qRow + t) * a.Hq + h) * D + d] * a.scale;
+    }
+    if (tid < vn) {
+      const int t = from + (v0 + tid) / G, h = g * G + (v0 + tid) % G;
+      ls[tid] = a.lse[(s.qRow + t) * a.Hq + h];
+      lim[tid] = n - T + t + 1;
+      lo[tid] = s.window > 0 && !s.idx && lim[tid] > s.window ? lim[tid] - static_cast<int>(s.window) : 0;
+    }
+    __syncthreads();
+    for (int i = warp; i < cnt; i += kProbWarps) {
+      const int j = j0 + i, row = list_row(s, g, j);
+      const KT* kr = kh + static_cast<int64_t>(row) * D;
+      float dot[kQ];
+      for (int v = 0; v < kQ; ++v) dot[v] = 0.f;
+      for (int d = lane; d < D; d += 32) {
+        const float x = ck::to_float(kr[d]);
+        for (int v = 0; v < vn; ++v) dot[v] += qs[v][d] * x;
+      }
+      for (int v = 0; v < vn; ++v) dot[v] = ck::warp_sum(dot[v]);
+      if (lane != 0) continue;
+      float sum = 0.f;
+      for (int v = 0; v < vn; ++v) {
+        const bool seen = j < lim[v] && j >= lo[v] && ls[v] != -INFINITY;
+        const float p = seen ? __expf(dot[v] - ls[v]) : 0.f;
+        if (o.mode == 0) {
+          const int t = (v0 + v) / G, h = g * G + (v0 + v) % G;
+          dst[(static_cast<int64_t>(h) * rows + t) * o.stride + j] = p;
+        } else {
+          sum += p;
+        }
+      }
+      if (o.mode == 1 && sum != 0.f) atomicAdd(dst + static_cast<int64_t>(g) * o.stride + row, sum);
+    }
+  }
+}
+
+// ---- rank_select ----
+
+constexpr int kRankThreads = 256;
+constexpr int kRankWarps = kRankThreads / 32;
+constexpr unsigned kNone = 0xffffffffu;  // a threshold no key reaches: nothing selected
+
+struct Shared {
+  int hist[256];
+  double hsum[256];
+  int scan[kRankWarps + 1];
+  unsigned key;
+  int need, count;
+  double sum, dsum;
+};
+
+// A list's view: its candidates are positions p < lo not excluded; a score is the terms' sum
+// (in the host's order, in double) rounded to float, NaN ranking last.
+struct List {
+  const SkvRankList* r;
+  int n, lo;
+  const uint8_t* ex;
+  __device__ bool candidate(int p) const { return p < lo && (ex == nullptr || ex[p] == 0); }
+  __device__ float score(int p) const {
+    double s = 0;
+    for (int t = 0; t < r->nterms; ++t) s += static_cast<double>(as_ptr<const float>(r->term[t])[p]) * r->weight[t];
+    const float f = static_cast<float>(s);
+    return f != f ? -INFINITY : f;
+  }
+};
+
+// Order-preserving unsigned key of a float (larger float, larger key).
+__device__ inline unsigned key_of(float f) {
+  unsigned u;
+#ifdef SKV_EMU
+  std::memcpy(&u, &f, 4);
+#else
+  u = __float_as_uint(f);
+#endif
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ inline float value_of(unsigned k) {
+  const unsigned u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+  float f;
+#ifdef SKV_EMU
+  std::memcpy(&f, &u, 4);
+#else
+  f = __uint_as_float(u);
+#endif
+  return f;
+}
+
+// Exclusive prefix sum of x over the block (position order = thread order); total in `total`.
+__device__ inline int block_scan(int x, Shared& sh, int& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int v = x;
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(ck::kFull, v, o);
+    if (lane >= o) v += y;
+  }
+  if (lane == 31) sh.scan[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int s = 0;
+    for (int w = 0; w < kRankWarps; ++w) {
+      const int t = sh.scan[w];
+      sh.scan[w] = s;
+      s += t;
+    }
+    sh.scan[kRankWarps] = s;
+  }
+  __syncthreads();
+  const int r = v - x + sh.scan[warp];
+  total = sh.scan[kRankWarps];
+  __syncthreads();
+  return r;
+}
+
+// The K-th largest candidate key and how many candidates equal to it the top K take (the
+// earliest positions): the top K are keys above *key plus that many ties. K <= 0: none.
+__device__ void select_kth(const List& L, int K, Shared& sh, unsigned* key, int* ties) {
+  if (K <= 0) {
+    *key = kNone;
+    *ties = 0;
+    return;
+  }
+  unsigned prefix = 0, mask = 0;
+  int need = K;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += kRankThreads) sh.hist[i] = 0;
+    __syncthreads();
+    for (int p = threadIdx.x; p < L.lo; p += kRankThreads) {
+      if (!L.candidate(p)) continue;
+      const unsigned k = key_of(L.score(p));
+      if ((k & mask) == prefix) atomicAdd(&sh.hist[(k >> shift) & 255], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int above = 0, bin = 0;
+      for (int b = 255; b >= 0; --b) {
+        if (above + sh.hist[b] >= need) {
+          bin = b;
+          break;
+        }
+        above += sh.hist[b];
+      }
+      sh.key = prefix | (static_cast<unsigned>(bin) << shift);
+      sh.need = need - above;
+    }
+    __syncthreads();
+    prefix = sh.key;
+    need = sh.need;
+    mask |= 255u << shift;
+    __syncthreads();
+  }
+  *key = prefix;
+  *ties = need;
+}
+
+// How many of the best-ranked candidates it takes for their scores to reach `want` (the
+// host's loop: add in rank order while the sum is below want). A descent over the key's bytes
+// with per-bin counts and sums; within the last key's ties every score is equal.
+__device__ int ranks_to_reach(const List& L, double want, Shared& sh) {
+  if (!(want > 0)) return 0;
+  unsigned prefix = 0, mask = 0;
+  double held = 0;
+  int taken = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += kRankThreads) {
+      sh.hist[i] = 0;
+      sh.hsum[i] = 0;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < L.lo; p += kRankThreads) {
+      if (!L.candidate(p)) continue;
+      const float f = L.score(p);
+      const unsigned k = key_of(f);
+      if ((k & mask) != prefix) continue;
+      atomicAdd(&sh.hist[(k >> shift) & 255], 1);
+      if (f > -INFINITY) atomicAdd(&sh.hsum[(k >> shift) & 255], static_cast<double>(f));
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int bin = -1;
+      for (int b = 255; b >= 0; --b) {
+        if (sh.hist[b] > 0 && held + sh.hsum[b] >= want) {
+          bin = b;
+          break;
+        }
+        held += sh.hsum[b];
+        taken += sh.hist[b];
+      }
+      sh.key = bin < 0 ? kNone : prefix | (static_cast<unsigned>(bin) << shift);
+      sh.sum = held;
+      sh.count = taken;
+    }
+    __syncthreads();
+    if (sh.key == kNone) {
+      const int all = sh.count;
+      __syncthreads();
+      return all + 1;  // never reached: more than every candidate (the caller caps it)
+    }
+    prefix = sh.key;
+    held = sh.sum;
+    taken = sh.count;
+    mask |= 255u << shift;
+    __syncthreads();
+  }
+  const double each = static_cast<double>(value_of(prefix));
+  if (!(each > 0)) return taken + 1;
+  int j = static_cast<int>(ceil((want - held) / each));
+  if (j < 1) j = 1;
+  while (j > 1 && held + (j - 1) * each >= want) --j;
+  while (held + j * each < want) ++j;
+  return taken + j;
+}
+
+// A block-wide count of the candidates satisfying f.
+template <class F>
+__device__ void count_where(const List& L, F f, Shared& sh, int* count) {
+  if (threadIdx.x == 0) sh.count = 0;
+  __syncthreads();
+  int c = 0;
+  for (int p = threadIdx.x; p < L.lo; p += kRankThreads)
+    if (L.candidate(p) && f(p)) ++c;
+  if (c) atomicAdd(&sh.count, c);
+  __syncthreads();
+  *count = sh.count;
+  __syncthreads();
+}
+
+__global__ void rank_select_kernel(const SkvRankList* lists) {
+  CK_SHARED Shared sh;
+  const SkvRankList& r = lists[blockIdx.x];
+  const int tid = threadIdx.x;
+  const int n = static_cast<int>(r.n), T = static_cast<int>(r.T);
+  const bool adaptive = r.flags & SKV_RANK_ADAPTIVE, vOnlyOk = r.flags & SKV_RANK_VONLY;
+  const bool skipRecent = r.flags & SKV_RANK_SKIP_EXCLUDED_RECENT, evict = r.flags & SKV_RANK_EVICT;
+  List L{&r, n, n - static_cast<int>(r.recent) > 0 ? n - static_cast<int>(r.recent) : 0,
+         r.exclude ? as_ptr<const uint8_t>(r.exclude) : nullptr};
+  uint8_t* ex = r.exclude ? as_ptr<uint8_t>(r.exclude) : nullptr;
+  // Excluded positions of the recent window are not kept: their slots go to ranked tokens.
+  int freed = 0;
+  if (skipRecent && ex) {
+    if (tid == 0) sh.count = 0;
+    __syncthreads();
+    int c = 0;
+    for (int p = L.lo + tid; p < n; p += kRankThreads) c += ex[p] != 0;
+    if (c) atomicAdd(&sh.count, c);
+    __syncthreads();
+    freed = sh.count;
+    __syncthreads();
+  }
+  int all;
+  count_where(L, [](int) { return true; }, sh, &all);
+  const double units = r.units;
+  const int whole = units > 0 ? static_cast<int>(floor(units + 1e-9)) : 0;
+  int64_t K = adaptive ? 2 * static_cast<int64_t>(ceil(units)) + 1 : r.k + freed;
+  if (adaptive && !vOnlyOk) K = K < whole ? K : whole;
+  const int m = K < all ? static_cast<int>(K) : all;
+  int exact = 0, v = 0;
+  if (!adaptive) {
+    exact = r.exact + freed < m ? static_cast<int>(r.exact) + freed : m;
+    v = m - exact;
+  } else if (!vOnlyOk) {
+    exact = m < whole ? m : whole;
+  } else {
+    // The candidates' (top m) predicted mass; exact slots in rank order until they hold
+    // exactShare of it, then V-only ones while not negligible; leftovers back to exact.
+    unsigned km;
+    int tm;
+    select_kth(L, m, sh, &km, &tm);
+    if (tid == 0) sh.dsum = 0;
+    __syncthreads();
+    // Keys above km, then tm of its ties (all of one score).
+    double part = 0;
+    for (int p = tid; p < L.lo; p += kRankThreads) {
+      if (km == kNone || !L.candidate(p)) continue;
+      const float f = L.score(p);
+      if (key_of(f) > km && f > -INFINITY) part += f;
+    }
+    if (part != 0) atomicAdd(&sh.dsum, part);
+    __syncthreads();
+    const float kmv = km == kNone ? 0.f : value_of(km);
+    const double total = sh.dsum + (kmv > -INFINITY ? static_cast<double>(tm) * kmv : 0.0);
+    __syncthreads();
+    const int lim = m < whole ? m : whole;
+    const int reach = ranks_to_reach(L, r.exactShare * total, sh);
+    exact = reach < lim ? reach : lim;
+    int notNegligible;
+    const double neg = r.negligible;
+    count_where(L, [&](int p) { return static_cast<double>(L.score(p)) >= neg; }, sh, &notNegligible);
+    double left = units - exact;
+    while (exact + v < m && left >= 0.5 - 1e-9 && exact + v < notNegligible) {
+      ++v;
+      left -= 0.5;
+    }
+    while (v > 0 && left >= 0.5 - 1e-9) {
+      ++exact;
+      --v;
+      left -= 0.5;
+    }
+    while (exact + v < m && left >= 1 - 1e-9 && v == 0) {
+      ++exact;
+      left -= 1;
+    }
+  }
+  unsigned k1, k2;
+  int t1, t2;
+  select_kth(L, exact, sh, &k1, &t1);
+  select_kth(L, exact + v, sh, &k2, &t2);
+  // Positions in ascending order: exact ones (ranked, then the window, then the step's rows),
+  // and V-only ones; ties to a threshold are taken by position.
+  int32_t* full = as_ptr<int32_t>(r.full);
+  int32_t* vout = r.vidx ? as_ptr<int32_t>(r.vidx) : nullptr;
+  int nf = 0, nv = 0, e1 = 0, e2 = 0;
+  for (int base = 0; base < L.lo; base += kRankThreads) {
+    const int p = base + tid;
+    const bool cand = p < L.lo && L.candidate(p);
+    const unsigned k = cand ? key_of(L.score(p)) : 0;
+    const bool eq1 = cand && k1 != kNone && k == k1, eq2 = cand && k2 != kNone && k == k2;
+    int tot;
+    const int ties = block_scan(static_cast<int>(eq1) | (static_cast<int>(eq2) << 16), sh, tot);
+    const int r1 = e1 + (ties & 0xffff), r2 = e2 + (ties >> 16);
+    e1 += tot & 0xffff;
+    e2 += tot >> 16;
+    const bool in1 = cand && k1 != kNone && (k > k1 || (eq1 && r1 < t1));
+    const bool in2 = cand && k2 != kNone && (k > k2 || (eq2 && r2 < t2));
+    const int cls = in1 ? 1 : in2 ? 2 : 0;
+    const int at = block_scan(static_cast<int>(cls == 1) | (static_cast<int>(cls == 2) << 16), sh, tot);
+    if (cls == 1) full[nf + (at & 0xffff)] = p;
+    if (cls == 2 && vout) vout[nv + (at >> 16)] = p;
+    if (evict && ex && p < L.lo && cls == 0) ex[p] = 1;
+    nf += tot & 0xffff;
+    nv += tot >> 16;
+  }
+  // The recent window (without its excluded positions when asked), then the step's rows.
+  int kept = 0;
+  for (int base = L.lo; base < n + T; base += kRankThreads) {
+    const int p = base + tid;
+    const bool keep = p < n + T && (p >= n || !(skipRecent && ex && ex[p] != 0));
+    int tot;
+    const int at = block_scan(keep ? 1 : 0, sh, tot);
+    if (keep) full[nf + kept + at] = p;
+    kept += tot;
+  }
+  if (tid == 0) {
+    as_ptr<int32_t>(r.fullCnt)[0] = nf + kept;
+    if (r.vCnt) as_ptr<int32_t>(r.vCnt)[0] = r.vidx ? nv : 0;
+  }
+  // V-only weights: term t (a query head's matched row) gives its row's value at each V-only position.
+  if (r.w && vout) {
+    __syncthreads();
+    for (int t = 0; t < r.nterms; ++t) {
+      float* w = as_ptr<float>(r.w) + t * r.wstride;
+      const float* row = as_ptr<const float>(r.term[t]);
+      const bool gated = (r.gate >> t) & 1;
+      for (int i = tid; i < nv; i += kRankThreads) w[i] = gated ? row[vout[i]] : 0.f;
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int skv_k_attention_probs(const SkvAttnSeq* seqs, const SkvProbOut* outs, int B, int maxKeys, int Hq,
+                                     int Hkv, int D, float scale, int kvDtype, const float* q, const float* lse,
+                                     int stream) {
+  if (B <= 0 || maxKeys <= 0) return SKV_OK;
+  if (Hkv <= 0 || Hq % Hkv != 0) return skv_arg_error("attention_probs: query heads must be a multiple of kv heads");
+  if (D <= 0 || D > kMaxD) return skv_arg_error("attention_probs: head dim must be 1..256");
+  if (maxKeys > (1 << 30)) return skv_arg_error("attention_probs: bad key count");
+  ProbArgs a{seqs, outs, Hq, Hq / Hkv, D, scale, q, lse};
+  const dim3 grid((maxKeys + kChunk - 1) / kChunk, Hkv, B);
+  void* s = skv_stream(stream);
+  if (kvDtype == SKV_F32) CK_LAUNCH(probs_kernel<float>, grid, kProbThreads, 0, s, a);
+  else if (kvDtype == SKV_F16) CK_LAUNCH(probs_kernel<ck::half_t>, grid, kProbThreads, 0, s, a);
+  else if (kvDtype == SKV_BF16) CK_LAUNCH(probs_kernel<ck::bf16_t>, grid, kProbThreads, 0, s, a);
+  else return skv_arg_error("attention_probs: unknown kv dtype");
+  return skv_check_launch("attention_probs");
+}
+
+extern "C" int skv_k_rank_select(const SkvRankList* lists, int count, int stream) {
+  if (count <= 0) return SKV_OK;
+  CK_LAUNCH(rank_select_kernel, count, kRankThreads, 0, skv_stream(stream), lists);
+  return skv_check_launch("rank_select");
+}
