@@ -1,6 +1,7 @@
 import type {
   AttentionObservation,
   AttentionRequest,
+  DeviceRankPlan,
   KvPolicyHook,
   LayerSelection,
   ModelConfig,
@@ -102,6 +103,17 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
    */
   select(ctx: PolicyContext<S, O>): LayerSelection | null;
   vOnlyWeights?(ctx: PolicyContext<S, O>, selection: LayerSelection): Float32Array;
+  /**
+   * The device form (runner's DevicePolicyForm): on the device backend the policy then ranks,
+   * selects and accumulates on the device, and its sequences join the batched path. `plan` is
+   * `select` made from shapes alone (the device holds the scores); `accumulate` replaces
+   * `observe` for score sums. `available` says whether these options have one.
+   */
+  device?: {
+    available?(options: O): boolean;
+    accumulate?(ctx: PolicyContext<S, O>): false | { fromRow: number };
+    plan(ctx: PolicyContext<S, O>): DeviceRankPlan | null;
+  };
 }
 
 /** A policy configured for one budget and options: what the runner drives. */
@@ -326,6 +338,16 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
         hook.observe = (seq, obs) => def.observe!(ctx(seq, obs.layer, { start: obs.start, T: obs.T }), obs);
       if (def.vOnlyWeights)
         hook.vOnlyWeights = (seq, layer, step, sel) => def.vOnlyWeights!(ctx(seq, layer, step), sel);
+      const dv = def.device;
+      if (dv && (dv.available?.(options) ?? true)) {
+        const accumulate = dv.accumulate;
+        (hook as { device?: KvPolicyHook["device"] }).device = {
+          // As `select`: nothing to choose at the first step or while the budget covers every token.
+          plan: (seq, layer, step) =>
+            step.start === 0 || budget.coversAll(step.start + step.T) ? null : dv.plan(ctx(seq, layer, step)),
+          ...(accumulate ? { accumulate: (seq, layer, step) => accumulate(ctx(seq, layer, step)) } : {}),
+        };
+      }
       return hook;
     },
   };

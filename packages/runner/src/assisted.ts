@@ -1,7 +1,7 @@
 import { scatterAdd } from "@smallkv/tensor";
 import { ContextLengthError, InvalidOptionError } from "./errors.js";
 import type { Model, StepInput, StepOutput } from "./model.js";
-import type { AttentionObservation, KvPolicyHook } from "./policy-hook.js";
+import type { AttentionObservation, KvPolicyHook, SequenceOptions } from "./policy-hook.js";
 import { positionsUpTo } from "./positions.js";
 import type { Sequence } from "./sequence.js";
 import type { TextTokenizer } from "./tokenizer.js";
@@ -11,7 +11,7 @@ export interface StepModel {
   readonly name: string;
   readonly config: Model["config"];
   readonly tokenizer: TextTokenizer;
-  newSequence(policy?: KvPolicyHook): Sequence;
+  newSequence(policy?: KvPolicyHook, opts?: SequenceOptions): Sequence;
   forward(inputs: StepInput[]): Promise<StepOutput[]>;
   /** The model that drafts tokens for speculative decoding (an assistant), if any. */
   readonly draftModel?: Model;
@@ -293,22 +293,33 @@ export class AssistedModel implements StepModel {
     this.llm.settle(seq);
   }
 
-  newSequence(policy?: KvPolicyHook): Sequence {
+  newSequence(policy?: KvPolicyHook, opts?: SequenceOptions): Sequence {
     // Sequences whose policy ignores the assistant cost nothing extra.
-    if (!policy?.usesAssistant) return this.llm.newSequence(policy);
+    if (!policy?.usesAssistant) return this.llm.newSequence(policy, opts);
+    const seq = this.llm.newSequence(policy, opts);
     let state: AssistantState | null = null;
-
-    const observer: KvPolicyHook = {
-      name: "assistant-observer",
-      wantsAttention: (_s, _l, step) =>
-        this.slm.config.numHeads * step.T * (step.start + step.T) <= ASSISTANT_ROWS_MAX_FLOATS
-          ? "probs"
-          : { scores: true },
-      observe: (_s, o) => state!.observe(o),
-    };
+    // A policy on its device form reads the assistant's rows where they are made, on the device
+    // (the assistant's own step writes them; nothing comes back). Otherwise the host observes.
+    // (one process shares one CUDA device and its streams, so each model's steps run in order).
+    const onDevice = !!seq.deviceForm && this.slm.device?.info.kind === this.llm.device?.info.kind;
+    if (seq.deviceForm && !onDevice) {
+      seq.release();
+      throw new AssistantMismatchError(
+        `the policy ${policy.name} runs on the device but the assistant ${this.slm.name} does not share its device; load both on the same device, or load the LLM with devicePolicies: false`,
+      );
+    }
+    const observer: KvPolicyHook = onDevice
+      ? { name: "assistant-rows", device: { rows: true } }
+      : {
+          name: "assistant-observer",
+          wantsAttention: (_s, _l, step) =>
+            this.slm.config.numHeads * step.T * (step.start + step.T) <= ASSISTANT_ROWS_MAX_FLOATS
+              ? "probs"
+              : { scores: true },
+          observe: (_s, o) => state!.observe(o),
+        };
     const slmSeq = this.slm.newSequence(observer);
     state = new AssistantState(this.slm, slmSeq);
-    const seq = this.llm.newSequence(policy);
     seq.assistant = state;
     return seq;
   }

@@ -217,7 +217,8 @@ export class Generator {
         drafting: false,
       };
     }
-    const seq = model.newSequence(o.policy);
+    // Speculation rolls back: a policy on the device backend then runs on the host (its device form keeps no snapshots).
+    const seq = model.newSequence(o.policy, spec ? { hostPolicy: true } : undefined);
     if (spec && !seq.canRollBack) {
       seq.release();
       throw new InvalidOptionError(

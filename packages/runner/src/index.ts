@@ -54,9 +54,13 @@ export {
 export {
   type AttentionObservation,
   type AttentionRequest,
+  type DevicePolicyForm,
+  type DeviceRankPlan,
   fullCache,
   type KvPolicyHook,
   type LayerSelection,
+  passive,
+  type SequenceOptions,
   type StepInfo,
 } from "./policy-hook.js";
 export { PrefixCache, type PrefixCacheOptions, type PrefixCacheStats, policyScope } from "./prefix-cache.js";

@@ -21,7 +21,7 @@ import {
 import { NativeDense } from "./native-dense.js";
 import { BlockGraphs, type GraphQuant } from "./onnx/blocks.js";
 import { decoderGraph } from "./onnx/decoder.js";
-import type { KvPolicyHook } from "./policy-hook.js";
+import type { KvPolicyHook, SequenceOptions } from "./policy-hook.js";
 import { isGroupSize, WEIGHT_TYPES, type WeightType } from "./quant.js";
 import { replaySteps } from "./replay.js";
 import { ropeKernelArgs } from "./rope.js";
@@ -63,6 +63,12 @@ export interface LoadOptions {
    * store in pinned host memory as f32.
    */
   deviceKv?: WeightDtype;
+  /**
+   * Device backend: run a policy's device form where it has one (default true): H2O and SmallKV
+   * then rank, select and accumulate on the device and their sequences join the batched path.
+   * false: every selecting policy runs on the host (the per-sequence path).
+   */
+  devicePolicies?: boolean;
   /**
    * Weights of the projections and the MLP on the CPU (default f32): int8 or int4 with
    * group-wise scales and zero points, quantized at load (embedding and LM head stay float32).
@@ -289,6 +295,10 @@ export class Model {
         dev.releaseAll();
         throw new InvalidOptionError("deviceKv", `must be f32, f16 or bf16, got ${String(deviceKv)}`);
       }
+      if (opts.devicePolicies !== undefined && typeof opts.devicePolicies !== "boolean") {
+        dev.releaseAll();
+        throw new InvalidOptionError("devicePolicies", `must be a boolean, got ${String(opts.devicePolicies)}`);
+      }
       const runner = DeviceRunner.create(
         dev,
         config,
@@ -296,6 +306,7 @@ export class Model {
         opts.dtype ?? "f32",
         opts.graphs ?? true,
         deviceKv,
+        opts.devicePolicies ?? true,
       );
       const model = new Model(
         abs,
@@ -427,8 +438,8 @@ export class Model {
   }
 
   /** A new empty sequence (its own KV cache) governed by `policy` (default: keep everything). */
-  newSequence(policy?: KvPolicyHook): Sequence {
-    return new Sequence(this.config, policy, this);
+  newSequence(policy?: KvPolicyHook, opts?: SequenceOptions): Sequence {
+    return new Sequence(this.config, policy, this, opts);
   }
 
   /** Run one step: append each input's tokens to its sequence and return the requested logits. */

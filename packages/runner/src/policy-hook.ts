@@ -48,6 +48,43 @@ export interface AttentionObservation {
   keyPositions: Int32Array[];
 }
 
+/** One layer's ranked selection made on the device: `select`'s device form (rankSplit's rules). */
+export interface DeviceRankPlan {
+  /** The newest old positions kept exact without ranking. */
+  recent: number;
+  /** Per list (kv head): fixed (k ranked tokens, the first `exact` exact, the rest V-only) or adaptive. */
+  rule:
+    | { kind: "fixed"; k: Int32Array; exact: Int32Array }
+    | { kind: "adaptive"; units: Float64Array; vOnly: Uint8Array; exactShare: number; negligible: number };
+  /**
+   * What ranks the tokens: the sequence's accumulated device scores (see DevicePolicyForm.accumulate),
+   * or the assistant's current probability rows: per term, its list, the assistant's layer and
+   * head, and its weight (at most 16 terms a list); `gate[h]`: query head h reads V-only tokens
+   * (with its term's row as their weights; the terms of list g are its query heads in order).
+   */
+  scores:
+    | { kind: "accumulated" }
+    | { kind: "assistant"; terms: { list: number; layer: number; head: number; weight: number }[]; gate: boolean[] };
+  /** Ranked positions not chosen are excluded for good (H2O); excluded window positions are not kept. */
+  evict?: boolean;
+  /** How the exact and V-only parts combine (default "mass"). */
+  combine?: "literal" | "mass";
+}
+
+/**
+ * A policy's device form: what the device backend runs in place of `select`, `observe` and
+ * `vOnlyWeights`, so that the sequence joins the batched path (its selection ranked and read
+ * in place on the device, nothing read back). Plans are made on the host from shapes alone.
+ */
+export interface DevicePolicyForm {
+  /** Add the column sums of this step's attention probabilities (rows >= fromRow) to the sequence's device score table. */
+  accumulate?(seq: Sequence, layer: number, step: StepInfo): false | { fromRow: number };
+  /** Keep the step's last probability row of every head on the device (what an assistant shows its LLM). */
+  readonly rows?: boolean;
+  /** The layer's selection at this step, or null (every key). */
+  plan?(seq: Sequence, layer: number, step: StepInfo): DeviceRankPlan | null;
+}
+
 /**
  * The runner's side of the KV policy contract. At every step and layer the runner asks the
  * policy what attention reads (`select`, before the layer's attention), asks for V-only
@@ -111,7 +148,27 @@ export interface KvPolicyHook {
   readonly verify?: "layerwise" | "rows";
   /** Called when the sequence is released (free per-sequence state). */
   release?(seq: Sequence): void;
+  /**
+   * The device form (absent: on the device backend the sequence takes the per-sequence path,
+   * which runs `select` and `observe` on the host).
+   */
+  readonly device?: DevicePolicyForm;
 }
 
 /** The default: keep everything, observe nothing. */
 export const fullCache: KvPolicyHook = { name: "full" };
+
+/** A policy that neither selects, observes nor reads queries: its attention needs nothing from the host. */
+export function passive(p: KvPolicyHook): boolean {
+  return !p.select && !p.wantsAttention && !p.observe && !p.wantsQuery;
+}
+
+/** How a sequence is made. */
+export interface SequenceOptions {
+  /**
+   * Device backend: run the policy on the host (`select`/`observe`, the per-sequence path) even
+   * when it has a device form: what speculative decoding's rollback needs (the device form's
+   * state is not snapshotted).
+   */
+  hostPolicy?: boolean;
+}

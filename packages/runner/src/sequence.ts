@@ -1,12 +1,11 @@
 import type { AssistantState } from "./assisted.js";
 import type { ModelConfig } from "./config.js";
-import { passive } from "./device/batch.js";
 import { DeviceHotRows, DeviceKvCache } from "./device/kv.js";
 import { PolicyError } from "./errors.js";
 import { HostRows, type HotSlots, type HotSnapshot, IndexedRows } from "./hot-set.js";
 import { KvCache } from "./kv-cache.js";
 import type { Model } from "./model.js";
-import { fullCache, type KvPolicyHook } from "./policy-hook.js";
+import { type DevicePolicyForm, fullCache, type KvPolicyHook, passive, type SequenceOptions } from "./policy-hook.js";
 
 let nextId = 1;
 
@@ -99,20 +98,32 @@ export class Sequence {
   /** The assistant model's view, when the sequence belongs to an AssistedModel. */
   assistant: AssistantState | null = null;
 
+  /** The policy's device form this sequence runs (null: none, or the host path was asked for). */
+  readonly deviceForm: DevicePolicyForm | null;
+
   constructor(
     readonly config: ModelConfig,
     readonly policy: KvPolicyHook = fullCache,
     /** The model that owns this sequence's cache. */
     readonly model: Model | null = null,
+    opts: SequenceOptions = {},
   ) {
     const dev = model?.device;
+    const runner = model?.runner;
+    const d = policy.device;
+    // A form that ranks or accumulates needs the batched path's kernels; one that only keeps
+    // probability rows (an assistant) also runs per sequence.
+    const fits = !!runner?.batchedHeads || (!!d && !d.plan && !d.accumulate);
+    const form = dev && runner?.devicePolicies && !opts.hostPolicy && d && fits ? d : null;
+    this.deviceForm = form;
     this.kv = dev
       ? new DeviceKvCache(
           config,
           dev,
-          policy.select !== undefined,
-          // Only the batched path reads 16-bit stores; a policy that observes runs per sequence on f32 rows.
-          passive(policy) ? (model?.runner?.kvDtype ?? "f32") : "f32",
+          policy.select !== undefined && !form,
+          // Only the batched path reads 16-bit stores; the per-sequence path runs on f32 rows.
+          (passive(policy) || form) && runner?.batchedHeads ? runner.kvDtype : "f32",
+          form,
         )
       : new KvCache(config, 64, model?.kvCold ?? "f32");
     this.hot = Array.from({ length: config.numLayers }, () => this.newHot(false));
@@ -189,6 +200,8 @@ export class Sequence {
    * copy it (KvPolicyHook.snapshot and restore).
    */
   get canRollBack(): boolean {
+    // A device form's state (scores, masks) lives on the device and is not snapshotted.
+    if (this.deviceForm && policyHasState(this.policy)) return false;
     return !policyHasState(this.policy) || (!!this.policy.snapshot && !!this.policy.restore);
   }
 

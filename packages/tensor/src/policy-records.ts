@@ -24,22 +24,16 @@ function view(into: Int32Array | undefined, end: number): Int32Array {
   return into && into.length >= end ? into : new Int32Array(end);
 }
 
-function int64(dv: DataView, byte: number, x: number, what: string): void {
-  if (!Number.isSafeInteger(x) || x < 0) throw new RangeError(`${what} is ${x}`);
-  dv.setBigInt64(byte, BigInt(x), true);
-}
-
 /** Packs probability-pass records, one per attention record, from int32 slot `at` of `into`. */
 export function packProbOuts(outs: ProbOut[], into?: Int32Array, at = 0): Int32Array {
   const out = view(into, at + outs.length * PROB_OUT_INTS);
-  const dv = new DataView(out.buffer, out.byteOffset);
   outs.forEach((o, i) => {
-    const b = (at + i * PROB_OUT_INTS) * 4;
+    const b = at + i * PROB_OUT_INTS;
     const what = `packProbOuts: record ${i}`;
-    int64(dv, b, addr(o?.dst), what);
-    int64(dv, b + 8, o?.stride ?? 0, what);
-    int64(dv, b + 16, o?.rowFrom ?? 0, what);
-    int64(dv, b + 24, o?.kind === "columnSums" ? 1 : 0, what);
+    put(out, b, addr(o?.dst), what);
+    put(out, b + 2, o?.stride ?? 0, what);
+    put(out, b + 4, o?.rowFrom ?? 0, what);
+    put(out, b + 6, o?.kind === "columnSums" ? 1 : 0, what);
   });
   return out;
 }
@@ -68,44 +62,59 @@ export interface RankList {
   weights?: { w: Addr; stride: number; gate: boolean[] };
 }
 
-/** Packs list records from int32 slot `at` of `into` (a new array when absent or short). */
+/** x (a non-negative safe integer) as an int64 in out[at], out[at + 1]. */
+function put(out: Int32Array, at: number, x: number, what: string): void {
+  if (!Number.isSafeInteger(x) || x < 0) throw new RangeError(`${what}: ${x} is not an address or count`);
+  const hi = Math.floor(x / 4294967296);
+  out[at] = x - hi * 4294967296; // wraps to int32; the device reads the bits
+  out[at + 1] = hi;
+}
+
+/**
+ * Packs list records from int32 slot `at` (even: records hold doubles) of `into` (a new array
+ * when absent or short). Typed-array writes only: a step packs one record per list of every
+ * layer of every sequence.
+ */
 export function packRankLists(lists: RankList[], into?: Int32Array, at = 0): Int32Array {
+  if (at % 2 !== 0) throw new RangeError("packRankLists: records start at an even int32 slot");
   const out = view(into, at + lists.length * RANK_LIST_INTS);
-  const dv = new DataView(out.buffer, out.byteOffset);
+  if (out.byteOffset % 8 !== 0) throw new RangeError("packRankLists: the array must be 8-byte aligned");
+  const f64 = new Float64Array(out.buffer, out.byteOffset, Math.floor(out.length / 2));
   lists.forEach((l, i) => {
     const what = `packRankLists: list ${i}`;
     if (l.terms.length > RANK_TERMS)
       throw new RangeError(`${what} has ${l.terms.length} terms (at most ${RANK_TERMS})`);
-    const b = (at + i * RANK_LIST_INTS) * 4;
+    const b = at + i * RANK_LIST_INTS;
     const r = l.rule;
+    const fixed = r.kind === "fixed";
     const flags =
-      (r.kind === "adaptive" ? 1 : 0) |
-      (r.kind === "adaptive" && r.vOnly ? 2 : 0) |
-      (l.skipExcludedRecent ? 4 : 0) |
-      (l.evict ? 8 : 0);
-    const ints = [l.n, l.T, l.recent, flags, r.kind === "fixed" ? r.k : 0, r.kind === "fixed" ? r.exact : 0];
-    ints.forEach((x, j) => int64(dv, b + 8 * j, x, what));
-    dv.setFloat64(b + 48, r.kind === "adaptive" ? r.units : 0, true);
-    dv.setFloat64(b + 56, r.kind === "adaptive" ? r.exactShare : 0, true);
-    dv.setFloat64(b + 64, r.kind === "adaptive" ? r.negligible : 0, true);
-    [
-      addr(l.exclude),
-      addr(l.full),
-      addr(l.fullCount),
-      addr(l.vOnly),
-      addr(l.vOnlyCount),
-      l.terms.length,
-    ].forEach((x, j) => int64(dv, b + 72 + 8 * j, x, what));
+      (fixed ? 0 : 1) | (!fixed && r.vOnly ? 2 : 0) | (l.skipExcludedRecent ? 4 : 0) | (l.evict ? 8 : 0);
+    put(out, b, l.n, what);
+    put(out, b + 2, l.T, what);
+    put(out, b + 4, l.recent, what);
+    put(out, b + 6, flags, what);
+    put(out, b + 8, fixed ? r.k : 0, what);
+    put(out, b + 10, fixed ? r.exact : 0, what);
+    f64[b / 2 + 6] = fixed ? 0 : r.units;
+    f64[b / 2 + 7] = fixed ? 0 : r.exactShare;
+    f64[b / 2 + 8] = fixed ? 0 : r.negligible;
+    put(out, b + 18, addr(l.exclude), what);
+    put(out, b + 20, addr(l.full), what);
+    put(out, b + 22, addr(l.fullCount), what);
+    put(out, b + 24, addr(l.vOnly), what);
+    put(out, b + 26, addr(l.vOnlyCount), what);
+    put(out, b + 28, l.terms.length, what);
     for (let t = 0; t < RANK_TERMS; t++) {
-      int64(dv, b + 120 + 8 * t, t < l.terms.length ? addr(l.terms[t].row) : 0, what);
-      dv.setFloat64(b + 248 + 8 * t, t < l.terms.length ? l.terms[t].weight : 0, true);
+      const term = l.terms[t];
+      put(out, b + 30 + 2 * t, term ? addr(term.row) : 0, what);
+      f64[b / 2 + 31 + t] = term ? term.weight : 0;
     }
     const w = l.weights;
     let gate = 0;
-    w?.gate.forEach((g, t) => {
-      if (g) gate += 2 ** t;
-    });
-    [addr(w?.w), w?.stride ?? 0, gate].forEach((x, j) => int64(dv, b + 376 + 8 * j, x, what));
+    if (w) for (let t = 0; t < w.gate.length; t++) if (w.gate[t]) gate += 2 ** t;
+    put(out, b + 94, addr(w?.w), what);
+    put(out, b + 96, w?.stride ?? 0, what);
+    put(out, b + 98, gate, what);
   });
   return out;
 }

@@ -19,6 +19,18 @@ export const h2o = definePolicy<EvictionState, { heavyRatio: number }>({
   init: evictionState,
   wantsAttention: () => ({ scores: true }),
   observe: (ctx, obs) => ctx.state.scores.add(obs),
+  // On the device: the attention's column sums add into a device table, the same heavy +
+  // recent rule ranks it there, evicted positions are masked there for good.
+  device: {
+    accumulate: () => ({ fromRow: 0 }),
+    plan(ctx) {
+      const heavy = Math.floor(ctx.oldBudget * ctx.options.heavyRatio);
+      const recent = ctx.oldBudget - heavy;
+      const window = Math.min(ctx.step.start, recent);
+      const k = new Int32Array(ctx.config.numKvHeads).fill(Math.max(0, heavy + (recent - window)));
+      return { recent: window, rule: { kind: "fixed", k, exact: k }, scores: { kind: "accumulated" }, evict: true };
+    },
+  },
   select(ctx) {
     const heavy = Math.floor(ctx.oldBudget * ctx.options.heavyRatio);
     return {

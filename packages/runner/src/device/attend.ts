@@ -69,9 +69,13 @@ export function attendOne(
     if (sc) dev.zero(sc.buf, 0, sc.n);
     return [p, sc];
   };
+  // A form that keeps its probability rows (an assistant's) writes them here at one-row steps:
+  // straight into its device state, [Hq][start + 1], read by its LLM's ranking.
+  const rows = seq.deviceForm?.rows && T === 1 && !sel && !wantProbs ? kv.policy : null;
   if (!sel) {
     Lmax = start + T;
     [probs, scores] = outputs(Lmax);
+    if (rows) rows.rowStride = Lmax;
     dev.attention({
       q,
       k: kv.dk[layer],
@@ -84,7 +88,7 @@ export function attendOne(
       Hkv,
       D,
       out,
-      probs: probs?.buf,
+      probs: rows ? rows.rowsOf(layer) : probs?.buf,
       scores: scores?.buf,
       scoreStart,
       window,

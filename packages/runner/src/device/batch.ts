@@ -3,11 +3,17 @@ import {
   type AttentionSeq,
   type Device,
   type DeviceBuffer,
+  PROB_OUT_INTS,
+  type ProbOut,
   packAddresses,
   packAttentionSeqs,
+  packProbOuts,
+  packRankLists,
+  RANK_LIST_INTS,
+  type RankList,
 } from "@smallkv/tensor";
 import type { ModelConfig } from "../config.js";
-import type { KvPolicyHook } from "../policy-hook.js";
+import { type DeviceRankPlan, passive } from "../policy-hook.js";
 import type { Sequence } from "../sequence.js";
 import type { DeviceHotRows, DeviceKvCache } from "./kv.js";
 import type { Staging } from "./staging.js";
@@ -24,6 +30,11 @@ interface LayerMeta {
   records: number;
   kStores: number;
   vStores: number;
+  /** The probability pass's outputs, one per record (0: no sequence asks this layer). */
+  probOuts: number;
+  /** The device forms' ranked lists (rankCount of them; 0: none). */
+  ranks: number;
+  rankCount: number;
 }
 
 /** Consecutive batched parts that share one attention launch (and its workspace). */
@@ -64,18 +75,17 @@ const CHUNK_ROWS = 256;
 const keyBucket = (n: number) => Math.max(256, 2 ** Math.ceil(Math.log2(n)));
 
 /**
- * A sequence whose policy neither selects, observes nor reads queries, with its store in device
- * memory: its attention needs nothing from the host, so it joins the batched path (one KV
- * append and one attention launch per layer for all such sequences).
+ * A sequence whose policy needs nothing from the host (it neither selects, observes nor reads
+ * queries, or it runs its device form), with its store in device memory: it joins the batched
+ * path (one KV append and one attention launch per layer for all such sequences).
  */
 export function batchable(seq: Sequence): boolean {
-  return passive(seq.policy) && !(seq.kv as DeviceKvCache).pinned;
+  // A model whose heads the batched kernels cannot read runs every sequence per sequence
+  // (only a form that keeps probability rows, an assistant's, is made for it).
+  const heads = !!seq.model?.runner?.batchedHeads;
+  return heads && (passive(seq.policy) || seq.deviceForm !== null) && !(seq.kv as DeviceKvCache).pinned;
 }
 
-/** A policy that neither selects, observes nor reads queries: its attention needs nothing from the host. */
-export function passive(p: KvPolicyHook): boolean {
-  return !p.select && !p.wantsAttention && !p.observe && !p.wantsQuery;
-}
 
 /**
  * Where a device-backend sequence's attention runs, where its store lives, and the device bytes
@@ -118,7 +128,7 @@ export class StepMetadata {
 
   prepare(parts: DeviceStepPart[], M: number): StepMeta {
     const L = this.c.numLayers;
-    const { numHeads: Hq, headDim: D } = this.c;
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.c;
     const batch = parts.filter((p) => batchable(p.seq));
     // Attention records: a part's rows in chunks of at most CHUNK_ROWS (a long prefill is
     // several records, each seeing the keys up to its last row: the KV append before it wrote
@@ -140,12 +150,34 @@ export class StepMetadata {
         g.keyBucket = keyBucket(g.maxKeys);
       } else groups.push({ first: i, count: 1, maxT: T, maxKeys: keys, keyBucket: keyBucket(keys) });
     });
+    // The device forms' plans, per layer and batched part (a selection only for steps of one record).
+    const plans = Array.from({ length: L }, (_, l) =>
+      batch.map(({ seq, tokens }) => {
+        const form = seq.deviceForm;
+        const T = tokens.length;
+        const step = { start: seq.length, T };
+        return {
+          plan: form?.plan && T <= CHUNK_ROWS ? form.plan(seq, l, step) : null,
+          accumulate: form?.accumulate?.(seq, l, step) || null,
+          rows: !!form?.rows,
+        };
+      }),
+    );
+    const rankCounts = plans.map((ps) => ps.reduce((a, p) => a + (p.plan ? Hkv : 0), 0));
+    const probLayers = plans.map((ps) => ps.some((p) => p.accumulate || p.rows));
     const Mb = batch.reduce((a, p) => a + p.tokens.length, 0);
     const R = recs.length;
     const head = even(3 * M);
     const shared = even(3 * Mb);
-    const perLayer = R * ATTN_SEQ_INTS + 4 * Mb;
-    const total = head + (R > 0 ? shared + L * perLayer : 0);
+    const layerInts = (l: number) =>
+      R * ATTN_SEQ_INTS + 4 * Mb + (probLayers[l] ? R * PROB_OUT_INTS : 0) + rankCounts[l] * RANK_LIST_INTS;
+    const layerAt: number[] = [];
+    let total = head + (R > 0 ? shared : 0);
+    if (R > 0)
+      for (let l = 0; l < L; l++) {
+        layerAt.push(total);
+        total += layerInts(l);
+      }
     if (this.host.length < total) this.host = new Int32Array(Math.max(total, 2 * this.host.length));
     const h = this.host;
     let r = 0;
@@ -155,6 +187,7 @@ export class StepMetadata {
         h[M + r] = seq.length + i;
         h[2 * M + r] = -1;
       }
+    const layers: LayerMeta[] = [];
     if (R > 0) {
       let i = 0;
       for (const { seq, tokens, row } of batch) {
@@ -167,25 +200,58 @@ export class StepMetadata {
         }
       }
       const stores: number[] = new Array(Mb);
+      const partIndex = new Map(batch.map((p, j) => [p, j]));
       for (let l = 0; l < L; l++) {
-        const base = head + shared + l * perLayer;
+        let at = layerAt[l];
         const window = this.c.slidingWindow?.[l] ?? 0;
-        const seqs: AttentionSeq[] = recs.map(({ part: { seq, row }, r0, T }) => {
+        const seqs: AttentionSeq[] = recs.map(({ part, r0, T }) => {
+          const { seq, row } = part;
           const kv = seq.kv as DeviceKvCache;
-          return { k: kv.dk[l], v: kv.dv[l], cap: kv.cap, n: seq.length + r0 + T, T, qRow: row + r0, window };
+          const rec: AttentionSeq = { k: kv.dk[l], v: kv.dv[l], cap: kv.cap, n: seq.length + r0 + T, T, qRow: row + r0, window };
+          const plan = plans[l][partIndex.get(part)!].plan;
+          if (plan) selectionOf(rec, kv, l, Hq, Hkv, plan);
+          return rec;
         });
-        packAttentionSeqs(seqs, h, base);
-        for (const [side, at] of [
-          ["dk", base + R * ATTN_SEQ_INTS],
-          ["dv", base + R * ATTN_SEQ_INTS + 2 * Mb],
-        ] as const) {
+        const records = at;
+        packAttentionSeqs(seqs, h, at);
+        at += R * ATTN_SEQ_INTS;
+        const stores0 = at;
+        for (const side of ["dk", "dv"] as const) {
           let j = 0;
           for (const { seq, tokens } of batch) {
             const p = (seq.kv as DeviceKvCache)[side][l].ptr;
             for (let t = 0; t < tokens.length; t++) stores[j++] = p;
           }
           packAddresses(stores, h, at);
+          at += 2 * Mb;
         }
+        let probOuts = 0;
+        if (probLayers[l]) {
+          probOuts = at;
+          const outs: ProbOut[] = recs.map(({ part, r0, T }) => {
+            const p = plans[l][partIndex.get(part)!];
+            return probOutOf(part, l, r0, T, p.accumulate, p.rows, Hq, Hkv);
+          });
+          packProbOuts(outs, h, at);
+          at += R * PROB_OUT_INTS;
+        }
+        const ranks = at;
+        if (rankCounts[l] > 0) {
+          const lists: RankList[] = [];
+          batch.forEach((part, j) => {
+            const plan = plans[l][j].plan;
+            if (plan) rankListsOf(lists, part, l, plan, Hq, Hkv);
+          });
+          packRankLists(lists, h, at);
+        }
+        layers.push({
+          records,
+          kStores: stores0,
+          vStores: stores0 + 2 * Mb,
+          probOuts,
+          ranks,
+          rankCount: rankCounts[l],
+        });
       }
     }
     const bytes = total * 4;
@@ -211,11 +277,14 @@ export class StepMetadata {
               caps: at(head),
               dst: at(head + Mb),
               rowIndex: at(head + 2 * Mb),
-              layers: Array.from({ length: L }, (_, l) => {
-                const base = head + shared + l * perLayer;
-                const stores = base + R * ATTN_SEQ_INTS;
-                return { records: at(base), kStores: at(stores), vStores: at(stores + 2 * Mb) };
-              }),
+              layers: layers.map((m) => ({
+                records: at(m.records),
+                kStores: at(m.kStores),
+                vStores: at(m.vStores),
+                probOuts: m.probOuts ? at(m.probOuts) : 0,
+                ranks: m.rankCount ? at(m.ranks) : 0,
+                rankCount: m.rankCount,
+              })),
             },
     };
   }
@@ -223,5 +292,112 @@ export class StepMetadata {
   free(): void {
     this.devBuf?.free();
     this.devBuf = null;
+  }
+}
+
+/** A record's selection read in place: the lists its layer's ranking writes (and V-only rows with weights). */
+function selectionOf(
+  rec: AttentionSeq,
+  kv: DeviceKvCache,
+  l: number,
+  Hq: number,
+  Hkv: number,
+  plan: DeviceRankPlan,
+): void {
+  const st = kv.policy!;
+  const cap = st.cap;
+  rec.select = { idx: st.idx!.ptr + l * Hkv * cap * 4, counts: st.counts!.ptr + l * Hkv * 4, icap: cap };
+  if (plan.scores.kind === "assistant")
+    rec.vOnly = {
+      idx: st.vIdx!.ptr + l * Hkv * cap * 4,
+      counts: st.vCounts!.ptr + l * Hkv * 4,
+      vcap: cap,
+      weights: st.weights!.ptr + l * Hq * cap * 4,
+      vmax: cap,
+      mode: plan.combine ?? "mass",
+    };
+}
+
+/** Where one record's probabilities go: column sums into the score table, or the last row kept. */
+function probOutOf(
+  part: DeviceStepPart,
+  l: number,
+  r0: number,
+  T: number,
+  accumulate: { fromRow: number } | null,
+  rows: boolean,
+  Hq: number,
+  Hkv: number,
+): ProbOut {
+  const st = (part.seq.kv as DeviceKvCache).policy;
+  if (!st) return null;
+  const cap = st.cap;
+  if (accumulate && st.scores && accumulate.fromRow < r0 + T)
+    return {
+      kind: "columnSums",
+      dst: st.scores.ptr + l * Hkv * cap * 4,
+      stride: cap,
+      rowFrom: Math.max(0, accumulate.fromRow - r0),
+    };
+  const last = part.tokens.length - 1;
+  if (rows && st.rows && last >= r0 && last < r0 + T) {
+    st.rowStride = cap;
+    return { kind: "rows", dst: st.rowsOf(l), stride: cap, rowFrom: last - r0 };
+  }
+  return null;
+}
+
+/** The ranked lists of one sequence's layer: one per kv head, writing what selectionOf reads. */
+function rankListsOf(
+  out: RankList[],
+  part: DeviceStepPart,
+  l: number,
+  plan: DeviceRankPlan,
+  Hq: number,
+  Hkv: number,
+): void {
+  const { seq, tokens } = part;
+  const st = (seq.kv as DeviceKvCache).policy!;
+  const cap = st.cap;
+  const G = Hq / Hkv;
+  const assistant = plan.scores.kind === "assistant" ? plan.scores : null;
+  const slm = assistant ? (seq.assistant!.seq.kv as DeviceKvCache).policy! : null;
+  const rule = plan.rule;
+  for (let g = 0; g < Hkv; g++) {
+    const list = l * Hkv + g;
+    const terms = assistant
+      ? assistant.terms.filter((t) => t.list === g).map((t) => ({ row: slm!.rowAt(t.layer, t.head), weight: t.weight }))
+      : [{ row: st.scores!.ptr + list * cap * 4, weight: 1 }];
+    out.push({
+      n: seq.length,
+      T: tokens.length,
+      recent: plan.recent,
+      rule:
+        rule.kind === "fixed"
+          ? { kind: "fixed", k: rule.k[g], exact: rule.exact[g] }
+          : {
+              kind: "adaptive",
+              units: rule.units[g],
+              vOnly: rule.vOnly[g] === 1,
+              exactShare: rule.exactShare,
+              negligible: rule.negligible,
+            },
+      exclude: plan.evict ? st.exclude!.ptr + list * cap : undefined,
+      skipExcludedRecent: plan.evict,
+      evict: plan.evict,
+      terms,
+      full: st.idx!.ptr + list * cap * 4,
+      fullCount: st.counts!.ptr + list * 4,
+      vOnly: assistant ? st.vIdx!.ptr + list * cap * 4 : undefined,
+      vOnlyCount: assistant ? st.vCounts!.ptr + list * 4 : undefined,
+      // Term i of list g is its query head g*G + i (one query row): its weights row.
+      weights: assistant
+        ? {
+            w: st.weights!.ptr + (l * Hq + g * G) * cap * 4,
+            stride: cap,
+            gate: assistant.gate.slice(g * G, (g + 1) * G),
+          }
+        : undefined,
+    });
   }
 }

@@ -71,6 +71,8 @@ export class DeviceRunner implements AttendContext {
   readonly graphStats = { captured: 0, replayed: 0 };
   /** Bytes of weights on the device. */
   readonly weightBytes: number;
+  /** Whether this model's heads fit the batched path's kernels (else every sequence runs per sequence). */
+  readonly batchedHeads: boolean;
 
   private constructor(
     readonly dev: Device,
@@ -82,7 +84,11 @@ export class DeviceRunner implements AttendContext {
     private readonly useGraphs: boolean,
     /** Rows of the device-resident KV stores (the batched path's sequences). */
     readonly kvDtype: WeightDtype,
+    /** Policies run their device form where they have one. */
+    readonly devicePolicies: boolean,
   ) {
+    // The batched kernels read rows in 16-byte vectors of the store's dtype.
+    this.batchedHeads = c.headDim % (kvDtype === "f32" ? 4 : 8) === 0 && c.headDim <= 256;
     this.staging = new Staging(dev);
     this.meta = new StepMetadata(dev, c, this.staging);
     this.weightBytes = [embed, norm, lmHead, ...layers.flatMap((l) => Object.values(l) as DeviceBuffer[])]
@@ -98,6 +104,7 @@ export class DeviceRunner implements AttendContext {
     dtype: WeightDtype,
     graphs = true,
     kvDtype: WeightDtype = "f32",
+    devicePolicies = true,
   ): DeviceRunner {
     const mat = (a: Float32Array) =>
       dtype === "f32" ? dev.upload(a) : dev.upload(toHalfBits(a, dtype), dtype);
@@ -144,7 +151,7 @@ export class DeviceRunner implements AttendContext {
       });
       const embed = mat(w.embed);
       const lmHead = w.lmHead === w.embed ? embed : mat(w.lmHead);
-      return new DeviceRunner(dev, c, embed, vec(w.norm), lmHead, layers, graphs, kvDtype);
+      return new DeviceRunner(dev, c, embed, vec(w.norm), lmHead, layers, graphs, kvDtype, devicePolicies);
     } catch (e) {
       dev.releaseAll();
       throw e;
@@ -203,7 +210,9 @@ export class DeviceRunner implements AttendContext {
     if (!this.useGraphs || !b || b.parts.length !== parts.length || this.c.rope.dynamic) return null;
     if (logitRows.length !== M || !logitRows.every((r, i) => r === i)) return null;
     const shape = b.groups.map((g) => `${g.count}:${g.maxT}:${g.keyBucket}`).join(",");
-    return `${M}|${shape}|${argmax}`;
+    // The device forms' launches per layer (ranked lists, the probability pass).
+    const forms = b.layers.map((m) => `${m.rankCount}${m.probOuts ? "p" : ""}`).join(".");
+    return `${M}|${shape}|${forms}|${argmax}`;
   }
 
   /**
@@ -446,6 +455,9 @@ export class DeviceRunner implements AttendContext {
         D,
         kvDtype: this.kvDtype,
       });
+    // The device forms' selections first (they write the lists the attention reads).
+    if (m.rankCount > 0) this.dev.rankSelect(m.ranks, m.rankCount);
+    const lse = m.probOuts ? this.buf("lse", q.length / D) : undefined; // by q row: [.][Hq]
     for (const g of b.groups)
       this.dev.attentionBatch({
         seqs: m.records + g.first * ATTN_SEQ_BYTES,
@@ -460,7 +472,24 @@ export class DeviceRunner implements AttendContext {
         out,
         // One workspace for the step's groups: the launches run in stream order.
         part: this.buf("part", this.dev.attentionPartFloats(g.count, g.maxT, g.keyBucket, Hq, D)),
+        lse,
       });
+    // Then the probabilities the forms keep (score sums, the assistant's rows): one pass, no read-back.
+    if (lse) {
+      const last = b.groups.at(-1)!;
+      this.dev.attentionProbs({
+        seqs: m.records,
+        outs: m.probOuts,
+        B: last.first + last.count,
+        maxKeys: Math.max(...b.groups.map((g) => g.keyBucket)),
+        Hq,
+        Hkv,
+        D,
+        kvDtype: this.kvDtype,
+        q,
+        lse,
+      });
+    }
   }
 
   /**

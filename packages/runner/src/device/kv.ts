@@ -2,6 +2,8 @@ import { type Device, type DeviceBuffer, type PinnedBuffer, type Ptr, packAddres
 import type { ModelConfig } from "../config.js";
 import { HotSlots } from "../hot-set.js";
 import { KvCache } from "../kv-cache.js";
+import type { DevicePolicyForm } from "../policy-hook.js";
+import { DevicePolicyState } from "./policy-state.js";
 import { Staging } from "./staging.js";
 
 /**
@@ -21,6 +23,8 @@ export class DeviceKvCache extends KvCache {
   /** How the store keeps rows. */
   readonly storeDtype: "f32" | "f16" | "bf16";
   readonly staging: Staging;
+  /** The policy's device state, when the sequence runs its policy's device form. */
+  readonly policy: DevicePolicyState | null;
 
   constructor(
     config: ModelConfig,
@@ -29,10 +33,12 @@ export class DeviceKvCache extends KvCache {
     readonly pinned: boolean,
     /** Rows of a device store (a pinned store is f32: policies read it on the host). */
     deviceDtype: "f32" | "f16" | "bf16" = "f32",
+    form: DevicePolicyForm | null = null,
   ) {
     super(config, 0);
     this.storeDtype = pinned ? "f32" : deviceDtype;
     this.staging = new Staging(dev);
+    this.policy = form ? new DevicePolicyState(dev, config, form) : null;
     this.grow(Math.min(64, config.maxPositions));
   }
 
@@ -71,12 +77,13 @@ export class DeviceKvCache extends KvCache {
       this.dev.sync(1);
       for (const o of olds) o.free();
     }
+    this.policy?.grow(cap, this.length);
     this.cap = cap;
   }
 
-  /** Device bytes of the store (both planes, every layer, at its capacity). */
+  /** Device bytes of the store (both planes, every layer, at its capacity) and of the policy's device state. */
   get deviceBytes(): number {
-    return this.arena?.bytes ?? 0;
+    return (this.arena?.bytes ?? 0) + (this.policy?.bytes ?? 0);
   }
 
   override rowBytes(): number {
@@ -116,6 +123,7 @@ export class DeviceKvCache extends KvCache {
     for (const b of [...this.dk, ...this.dv]) b.free();
     this.arena?.free();
     this.arena = null;
+    this.policy?.release();
     this.dk = [];
     this.dv = [];
     this.staging.free();

@@ -8,7 +8,7 @@ import {
   type MatchMetric,
   matchingWindow,
 } from "@smallkv/matching";
-import type { AssistantState, LayerSelection } from "@smallkv/runner";
+import type { AssistantState, DeviceRankPlan, LayerSelection } from "@smallkv/runner";
 import {
   type RankSplitArgs,
   RankSplitBuffers,
@@ -161,6 +161,39 @@ function finishLayer(ctx: SmallKvContext, p: LayerPlan, r: RankSplitResult): Lay
 }
 
 /**
+ * The device form's plan of one layer at a decode step: the same terms and rule as planLayer,
+ * without the scores (the assistant's rows stay on the device). A multi-row step after the
+ * matching (a second prompt chunk) reads every token: the device keeps one assistant row.
+ * Heads that fall back (weak matches) rank by the assistant here: the own-attention blend is
+ * the host path's (load with devicePolicies: false).
+ */
+function devicePlan(ctx: SmallKvContext): DeviceRankPlan | null {
+  const st = ctx.state;
+  const m = st.matching;
+  if (!m || ctx.step.T !== 1) return null;
+  const o = ctx.options;
+  const { numHeads: Hq, numKvHeads: Hkv } = ctx.config;
+  const group = Hq / Hkv;
+  const terms: { list: number; layer: number; head: number; weight: number }[] = [];
+  for (let g = 0; g < Hkv; g++)
+    for (let i = 0; i < group; i++) {
+      const sh = m.slmHeadOf(ctx.layer, g * group + i);
+      terms.push({ list: g, layer: sh.layer, head: sh.head, weight: 1 / group });
+    }
+  const gated = st.gated![ctx.layer];
+  const vOnlyLists = (st.marginalLists[ctx.layer] ??= Uint8Array.from({ length: Hkv }, (_, g) =>
+    gated.slice(g * group, (g + 1) * group).some(Boolean) ? 1 : 0,
+  ));
+  const { rule, recentOld } = layerRule(o, Hkv, ctx.step.start, 1, ctx.oldBudget, o.marginal, vOnlyLists);
+  return {
+    recent: recentOld,
+    rule,
+    scores: { kind: "assistant", terms, gate: gated },
+    combine: o.mode as "mass" | "literal",
+  };
+}
+
+/**
  * SmallKV (Zhao, Peng et al. 2025, arXiv 2508.02751): an assistant SLM with a full cache
  * decides, every step and for every head, which tokens the LLM attends to exactly, which it
  * approximates with the SLM's current attention weights (marginal, V only), and which it
@@ -257,12 +290,20 @@ function makeSmallKv(
           )
         : null,
       recent: s.lastRecent,
+      // LLM heads that rank by their own mean attention (their assistant predicted worse).
+      fallbackHeads: s.trusted ? s.trusted.flat().filter((t) => !t).length : 0,
     }),
     // Per layer and kv head (or query head), averaged over layers.
     classCounts: (s) => {
       const sum = (k: "critical" | "recent" | "marginal") =>
         s.counts.reduce((a, c) => a + c[k], 0) / s.layers;
       return { critical: sum("critical"), recent: sum("recent"), marginal: sum("marginal") };
+    },
+    device: {
+      // The default ranking (the matched heads' current rows) over kv-head lists; the paper's
+      // accumulated sums, per-query-head lists and the eviction ablation stay on the host.
+      available: (o) => o.scores === "current" && o.gqa === "kv" && o.saliency,
+      plan: devicePlan,
     },
     select(ctx): LayerSelection | null {
       const st = ctx.state;

@@ -1,0 +1,100 @@
+import type { Device, DeviceBuffer } from "@smallkv/tensor";
+import type { ModelConfig } from "../config.js";
+import type { DevicePolicyForm } from "../policy-hook.js";
+
+/**
+ * A sequence's policy state in device memory, for a policy that runs its device form: the
+ * accumulated score table and eviction masks (kept across steps, moved on growth), the
+ * selection's index lists and V-only weights (made by each step's ranking, read in place by
+ * its attention), and the last probability rows an assistant shows its LLM. Planes are
+ * [layer][head][cap], like the store.
+ */
+export class DevicePolicyState {
+  /** f32 [L][Hkv][cap]: accumulated column sums (null: the form does not accumulate). */
+  scores: DeviceBuffer | null = null;
+  /** uint8 [L][Hkv][cap] in an i32 buffer: positions excluded for good. */
+  exclude: DeviceBuffer | null = null;
+  /** i32 [L][Hkv][cap] exact positions and [L][Hkv] their counts. */
+  idx: DeviceBuffer | null = null;
+  counts: DeviceBuffer | null = null;
+  /** i32 [L][Hkv][cap] V-only positions, [L][Hkv] counts, f32 [L][Hq][cap] weights (one query row). */
+  vIdx: DeviceBuffer | null = null;
+  vCounts: DeviceBuffer | null = null;
+  weights: DeviceBuffer | null = null;
+  /** f32 [L][Hq][cap]: each head's probability row of the last step's last query row. */
+  rows: DeviceBuffer | null = null;
+  /** Floats between heads' rows: cap when the batched path wrote them, the step's key count when the per-sequence path did. */
+  rowStride = 0;
+  cap = 0;
+
+  constructor(
+    private readonly dev: Device,
+    private readonly c: ModelConfig,
+    readonly form: DevicePolicyForm,
+  ) {}
+
+  /** Resize to `cap` rows a head; the score table and masks keep their first `keep` rows. */
+  grow(cap: number, keep: number): void {
+    const { numLayers: L, numKvHeads: Hkv, numHeads: Hq } = this.c;
+    const f = this.form;
+    const lists = L * Hkv;
+    const old = { scores: this.scores, exclude: this.exclude, cap: this.cap };
+    const fresh = (n: number, dtype: "f32" | "i32" = "f32") => {
+      const b = this.dev.alloc(Math.max(1, n), dtype);
+      this.dev.zero(b);
+      return b;
+    };
+    for (const b of [this.idx, this.counts, this.vIdx, this.vCounts, this.weights, this.rows]) b?.free();
+    if (f.accumulate) this.scores = fresh(lists * cap);
+    if (f.plan) {
+      this.exclude = fresh(Math.ceil((lists * cap) / 4), "i32");
+      this.idx = fresh(lists * cap, "i32");
+      this.counts = fresh(lists, "i32");
+      this.vIdx = fresh(lists * cap, "i32");
+      this.vCounts = fresh(lists, "i32");
+      this.weights = fresh(L * Hq * cap);
+    }
+    if (f.rows) this.rows = fresh(L * Hq * cap);
+    this.rowStride = cap;
+    // The kept planes, head by head (their rows start at each plane's new offset).
+    for (const [next, prev, bytes] of [
+      [this.scores, old.scores, 4],
+      [this.exclude, old.exclude, 1],
+    ] as const) {
+      if (!next || !prev || keep === 0) continue;
+      for (let p = 0; p < lists; p++)
+        this.dev.copy(next.ptr + p * cap * bytes, prev.ptr + p * old.cap * bytes, keep * bytes);
+    }
+    if (old.scores || old.exclude) {
+      this.dev.sync(0);
+      old.scores?.free();
+      old.exclude?.free();
+    }
+    this.cap = cap;
+  }
+
+  /** Device bytes held. */
+  get bytes(): number {
+    return [this.scores, this.exclude, this.idx, this.counts, this.vIdx, this.vCounts, this.weights, this.rows].reduce(
+      (a, b) => a + (b?.bytes ?? 0),
+      0,
+    );
+  }
+
+  /** Address of head h's probability row at `layer` (the assistant's current row). */
+  rowAt(layer: number, h: number): number {
+    return this.rowsOf(layer) + h * this.rowStride * 4;
+  }
+
+  /** Address of the layer's rows ([Hq][rowStride] floats). */
+  rowsOf(layer: number): number {
+    if (!this.rows) throw new Error("this sequence keeps no probability rows on the device");
+    return this.rows.ptr + layer * this.c.numHeads * this.cap * 4;
+  }
+
+  release(): void {
+    for (const b of [this.scores, this.exclude, this.idx, this.counts, this.vIdx, this.vCounts, this.weights, this.rows])
+      b?.free();
+    this.scores = this.exclude = this.idx = this.counts = this.vIdx = this.vCounts = this.weights = this.rows = null;
+  }
+}
