@@ -168,8 +168,17 @@ export class Sequence {
     let full = 0;
     let vOnly = 0;
     let moved = 0;
-    for (const h of this.hot) {
+    // A device form's selection is read in place on the device: what its last step read.
+    const onDevice = this.kv instanceof DeviceKvCache ? this.kv.policy?.selection() : undefined;
+    for (const [l, h] of this.hot.entries()) {
       moved += h.full.moved + h.vOnly.moved;
+      const d = onDevice?.[l];
+      if (d) {
+        full += d.full;
+        vOnly += d.vOnly;
+        hotBytes += (2 * d.full + d.vOnly) * rowBytes;
+        continue;
+      }
       if (!h.active) {
         full += c.numKvHeads * n;
         hotBytes += 2 * c.numKvHeads * n * rowBytes;

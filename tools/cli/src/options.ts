@@ -47,6 +47,7 @@ export async function readStdin(): Promise<string> {
 export interface DeviceCliOptions {
   device: "cpu" | "cuda" | "auto" | "emulator";
   dtype?: "f32" | "f16" | "bf16";
+  devicePolicies?: "on" | "off";
 }
 
 export function addDeviceOptions<C extends Command>(cmd: C): C {
@@ -64,6 +65,14 @@ export function addDeviceOptions<C extends Command>(cmd: C): C {
       "f16",
       "bf16",
     ]),
+  );
+  cmd.addOption(
+    new Option(
+      "--device-policies <mode>",
+      "on the device: run H2O and SmallKV on their device forms (ranked, selected and accumulated on the GPU, batched), or off: on the host, per sequence",
+    )
+      .choices(["on", "off"])
+      .default("on"),
   );
   return cmd;
 }

@@ -42,6 +42,8 @@ export interface BenchOptions {
   /** Backend of both models (default cpu). */
   device?: "cpu" | "cuda" | "auto" | "emulator";
   dtype?: "f32" | "f16" | "bf16";
+  /** Device backend: run policies on their device forms (default true). */
+  devicePolicies?: boolean;
   /** How both models store K/V on the CPU (default f32). */
   kvCold?: KvStoreType;
   /** How the assistant stores K/V on the CPU (default: as kvCold). */
@@ -356,6 +358,7 @@ export async function runBench(
     threads: o.threads,
     device: o.device,
     dtype: o.dtype,
+    devicePolicies: o.devicePolicies,
     kvCold: o.kvCold,
     hotRows: o.hotRows,
     weights: o.weights,
@@ -366,6 +369,7 @@ export async function runBench(
     threads: o.threads,
     device: llm.device?.info.kind ?? "cpu",
     dtype: o.dtype,
+    devicePolicies: o.devicePolicies,
     kvCold: o.assistantKvCold ?? o.kvCold,
     hotRows: o.hotRows,
     weights: o.assistantWeights ?? o.weights,

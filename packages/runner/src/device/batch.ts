@@ -93,6 +93,8 @@ export function batchable(seq: Sequence): boolean {
  */
 export function devicePath(seq: Sequence): {
   path: "batched" | "per-sequence";
+  /** Why a sequence whose policy selects or observes runs where it does. */
+  policy: "none" | "device form" | "host";
   store: "device" | "pinned host";
   storeDtype: string;
   deviceBytes: number;
@@ -101,6 +103,7 @@ export function devicePath(seq: Sequence): {
   const planes = (h: unknown) => (h as DeviceHotRows).planesBuf.reduce((a, b) => a + b.bytes, 0);
   return {
     path: batchable(seq) ? "batched" : "per-sequence",
+    policy: seq.deviceForm ? "device form" : passive(seq.policy) ? "none" : "host",
     store: kv.pinned ? "pinned host" : "device",
     storeDtype: kv.storeDtype,
     deviceBytes: kv.deviceBytes + seq.hot.reduce((a, h) => a + planes(h.full) + planes(h.vOnly), 0),
@@ -156,8 +159,11 @@ export class StepMetadata {
         const form = seq.deviceForm;
         const T = tokens.length;
         const step = { start: seq.length, T };
+        const plan = form?.plan && T <= CHUNK_ROWS ? form.plan(seq, l, step) : null;
+        const st = (seq.kv as DeviceKvCache).policy;
+        if (st) st.planned[l] = plan !== null;
         return {
-          plan: form?.plan && T <= CHUNK_ROWS ? form.plan(seq, l, step) : null,
+          plan,
           accumulate: form?.accumulate?.(seq, l, step) || null,
           rows: !!form?.rows,
         };

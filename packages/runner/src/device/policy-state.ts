@@ -26,12 +26,34 @@ export class DevicePolicyState {
   /** Floats between heads' rows: cap when the batched path wrote them, the step's key count when the per-sequence path did. */
   rowStride = 0;
   cap = 0;
+  /** Per layer: whether its last step ranked a selection (else it read every key). */
+  readonly planned: boolean[];
 
   constructor(
     private readonly dev: Device,
     private readonly c: ModelConfig,
     readonly form: DevicePolicyForm,
-  ) {}
+  ) {
+    this.planned = new Array(c.numLayers).fill(false);
+  }
+
+  /**
+   * Per layer, what the last step's selection read: exact and V-only tokens per kv head (null
+   * where the layer read every key). A read-back (it waits for the device): for stats only.
+   */
+  selection(): ({ full: number; vOnly: number } | null)[] {
+    const { numLayers: L, numKvHeads: Hkv } = this.c;
+    const read = (b: DeviceBuffer | null) => {
+      const out = new Int32Array(L * Hkv);
+      if (b) this.dev.read(b, new Float32Array(out.buffer));
+      return out;
+    };
+    if (!this.planned.some(Boolean)) return this.planned.map(() => null);
+    const full = read(this.counts);
+    const v = read(this.vCounts);
+    const sum = (a: Int32Array, l: number) => a.subarray(l * Hkv, (l + 1) * Hkv).reduce((x, y) => x + y, 0);
+    return this.planned.map((p, l) => (p ? { full: sum(full, l), vOnly: this.weights ? sum(v, l) : 0 } : null));
+  }
 
   /** Resize to `cap` rows a head; the score table and masks keep their first `keep` rows. */
   grow(cap: number, keep: number): void {

@@ -87,6 +87,8 @@ async function measure(o: Opts, weights: WeightType, cpuBandwidth: number | null
     threads: o.threads,
     device: o.device,
     dtype: o.dtype,
+    // The runner bench keeps every token (no policy selects); passed for a uniform load.
+    devicePolicies: o.devicePolicies !== "off",
     weights,
     groupSize: o.groupSize,
   });

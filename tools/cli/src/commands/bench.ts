@@ -108,6 +108,7 @@ export function registerBench(program: Command): void {
         scenarios,
         device: o.device,
         dtype: o.dtype,
+        devicePolicies: o.devicePolicies !== "off",
         kvCold: o.kvCold,
         assistantKvCold: o.assistantKv,
         weights: o.weights,

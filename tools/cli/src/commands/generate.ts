@@ -63,6 +63,7 @@ export async function loadStepModel(
     threads,
     device: device?.device,
     dtype: device?.dtype,
+    devicePolicies: device?.devicePolicies !== "off",
     weights: device?.weights,
     groupSize: device?.groupSize,
     kvCold: device?.kvCold,
@@ -160,11 +161,21 @@ export function registerGenerate(program: Command): void {
         );
         const dev = llm.device;
         if (dev) {
-          // Where the sequence's attention ran: a policy without a device form goes through the
-          // per-sequence path (it reads attention or selects on the host).
+          // Where the sequence's attention ran: a policy on its device form ranks and selects on
+          // the device (batched); one without (or run on the host) goes through the per-sequence path.
           const p = devicePath(stream.sequence);
+          const where =
+            p.path === "batched"
+              ? p.policy === "device form"
+                ? `batched on the device (${policy.name} runs its device form: ranked, selected and accumulated on the device)`
+                : "batched on the device"
+              : p.policy === "host" && policy.device
+                ? `per sequence (${policy.name} runs on the host here: speculative decoding, or loaded with devicePolicies off)`
+                : p.policy === "host"
+                  ? `per sequence (${policy.name} has no device form for these options: it selects or reads attention on the host)`
+                  : "per sequence (the model's head dim does not fit the batched kernels)";
           process.stderr.write(
-            `device: ${(dev.allocatedBytes / 2 ** 20).toFixed(1)} MiB allocated on ${dev.info.name}; attention ${p.path === "batched" ? "batched on the device" : `per sequence (${policy.name} has no device form: it selects or reads attention on the host)`}; KV store ${p.storeDtype} in ${p.store} memory\n`,
+            `device: ${(dev.allocatedBytes / 2 ** 20).toFixed(1)} MiB allocated on ${dev.info.name}; attention ${where}; KV store ${p.storeDtype} in ${p.store} memory\n`,
           );
         }
         const sp = r.speculative;
