@@ -209,7 +209,7 @@ interface DeviceBinding {
   attentionBatch(...args: number[]): void;
   attentionPartFloats(B: number, maxT: number, maxKeys: number, Hq: number, D: number): number;
   attentionProbs(...args: number[]): void;
-  rankSelect(lists: number, count: number, stream: number): void;
+  rankSelect(lists: number, count: number, maxN: number, stream: number): void;
   kvAppend(...args: number[]): void;
   captureBegin(stream: number): void;
   captureEnd(stream: number): number;
@@ -864,10 +864,16 @@ export class Device {
     );
   }
 
-  /** Ranked selections of `count` lists, one block each (records of `packRankLists`, on the device). */
-  rankSelect(lists: Ptr, count: number, stream = 0): void {
+  /**
+   * Ranked selections of `count` lists, one block each (records of `packRankLists`, on the
+   * device). `maxN`: the largest n among them (lists up to 48K positions rank from a copy of
+   * their scores in shared memory).
+   */
+  rankSelect(lists: Ptr, count: number, maxN: number, stream = 0): void {
     if (count <= 0) return;
-    wrap(() => this.b.rankSelect(this.p(lists, count * RANK_LIST_BYTES, "lists"), count, stream));
+    if (!Number.isInteger(maxN) || maxN < 0)
+      throw new TensorShapeError("rankSelect", `maxN must be a non-negative integer, got ${maxN}`);
+    wrap(() => this.b.rankSelect(this.p(lists, count * RANK_LIST_BYTES, "lists"), count, maxN, stream));
   }
 
   /**

@@ -190,6 +190,7 @@ function policySuite(kind: DeviceKind) {
   /** Runs lists on the device; returns per list its exact and V-only positions (and the masks). */
   function runLists(
     lists: (Omit<RankList, "full" | "fullCount" | "vOnly" | "vOnlyCount"> & { cap: number })[],
+    cacheN?: number,
   ) {
     const outs = lists.map((l) => ({
       full: d().alloc(l.n + l.T + 1, "i32"),
@@ -205,7 +206,7 @@ function policySuite(kind: DeviceKind) {
         vOnlyCount: outs[i].counts.at(1),
       })),
     );
-    d().rankSelect(d().upload(recs), lists.length);
+    d().rankSelect(d().upload(recs), lists.length, cacheN ?? Math.max(...lists.map((l) => l.n)));
     return outs.map((o) => {
       const c = new Int32Array(2);
       d().read(o.counts, new Float32Array(c.buffer));
@@ -344,20 +345,21 @@ function policySuite(kind: DeviceKind) {
     expect(vOnlySeen).toBeGreaterThan(0); // the cases reach the V-only split
   });
 
-  it("rankSelect runs many lists in one launch, each its own", () => {
+  it("rankSelect runs many lists in one launch, each its own, with or without the shared-memory score cache", () => {
     const r = rng(13);
     const specs = Array.from({ length: 6 }, (_, i) => ({ n: 100 + 97 * i, k: 10 + i * 7 }));
     const scores = specs.map((s) => gridScores(s.n, r, 4096));
-    const got = runLists(
-      specs.map((s, i) => ({
-        n: s.n,
-        T: 1,
-        cap: s.n,
-        recent: 3,
-        rule: { kind: "fixed" as const, k: s.k, exact: s.k },
-        terms: [{ row: d().upload(scores[i]), weight: 1 }],
-      })),
-    );
+    const lists = specs.map((s, i) => ({
+      n: s.n,
+      T: 1,
+      cap: s.n,
+      recent: 3,
+      rule: { kind: "fixed" as const, k: s.k, exact: s.k },
+      terms: [{ row: d().upload(scores[i]), weight: 1 }],
+    }));
+    const got = runLists(lists);
+    // Without the cache (every score computed where it is read): the same lists.
+    expect(runLists(lists, 0)).toEqual(got);
     specs.forEach((s, i) => {
       const want = rankSplit({
         n: s.n,

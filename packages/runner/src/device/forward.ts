@@ -456,7 +456,9 @@ export class DeviceRunner implements AttendContext {
         kvDtype: this.kvDtype,
       });
     // The device forms' selections first (they write the lists the attention reads).
-    if (m.rankCount > 0) this.dev.rankSelect(m.ranks, m.rankCount);
+    // Sized by the key bucket (fixed for a graph's life): lists up to it rank from shared memory.
+    const bucket = Math.max(...b.groups.map((g) => g.keyBucket));
+    if (m.rankCount > 0) this.dev.rankSelect(m.ranks, m.rankCount, bucket);
     const lse = m.probOuts ? this.buf("lse", q.length / D) : undefined; // by q row: [.][Hq]
     for (const g of b.groups)
       this.dev.attentionBatch({
@@ -481,7 +483,7 @@ export class DeviceRunner implements AttendContext {
         seqs: m.records,
         outs: m.probOuts,
         B: last.first + last.count,
-        maxKeys: Math.max(...b.groups.map((g) => g.keyBucket)),
+        maxKeys: bucket,
         Hq,
         Hkv,
         D,

@@ -248,8 +248,8 @@ Napi::Value AttentionProbs(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value RankSelect(const Napi::CallbackInfo& info) {
-  ARGS(3);
-  check(env, skv_k_rank_select(ptr<SkvRankList>(info[0]), i32(info[1]), i32(info[2])));
+  ARGS(4);
+  check(env, skv_k_rank_select(ptr<SkvRankList>(info[0]), i32(info[1]), i32(info[2]), i32(info[3])));
   return env.Undefined();
 }
 

@@ -159,7 +159,8 @@ struct SkvRankList {
   double weight[16];
   int64_t w, wstride, gate;
 };
-int skv_k_rank_select(const SkvRankList* lists, int count, int stream);
+// maxN: the largest n among the lists (sizes the launch's shared-memory score cache).
+int skv_k_rank_select(const SkvRankList* lists, int count, int maxN, int stream);
 }
 
 static_assert(sizeof(SkvAttnSeq) == 128, "SkvAttnSeq is ATTN_SEQ_BYTES");

@@ -120,8 +120,10 @@ struct List {
   const SkvRankList* r;
   int n, lo;
   const uint8_t* ex;
+  const float* cache;  // the scores of [0, lo) in shared memory (null: computed at each read)
   __device__ bool candidate(int p) const { return p < lo && (ex == nullptr || ex[p] == 0); }
-  __device__ float score(int p) const {
+  __device__ float score(int p) const { return cache ? cache[p] : compute(p); }
+  __device__ float compute(int p) const {
     double s = 0;
     for (int t = 0; t < r->nterms; ++t) s += static_cast<double>(as_ptr<const float>(r->term[t])[p]) * r->weight[t];
     const float f = static_cast<float>(s);
@@ -289,15 +291,23 @@ __device__ void count_where(const List& L, F f, Shared& sh, int* count) {
   __syncthreads();
 }
 
-__global__ void rank_select_kernel(const SkvRankList* lists) {
+// cacheN: floats of dynamic shared memory; a list of at most that many positions ranks from a
+// copy of its scores there (the selection reads them some twenty times).
+__global__ void rank_select_kernel(const SkvRankList* lists, int cacheN) {
   CK_SHARED Shared sh;
+  CK_DYN_SHARED(float, cache);
   const SkvRankList& r = lists[blockIdx.x];
   const int tid = threadIdx.x;
   const int n = static_cast<int>(r.n), T = static_cast<int>(r.T);
   const bool adaptive = r.flags & SKV_RANK_ADAPTIVE, vOnlyOk = r.flags & SKV_RANK_VONLY;
   const bool skipRecent = r.flags & SKV_RANK_SKIP_EXCLUDED_RECENT, evict = r.flags & SKV_RANK_EVICT;
   List L{&r, n, n - static_cast<int>(r.recent) > 0 ? n - static_cast<int>(r.recent) : 0,
-         r.exclude ? as_ptr<const uint8_t>(r.exclude) : nullptr};
+         r.exclude ? as_ptr<const uint8_t>(r.exclude) : nullptr, nullptr};
+  if (L.lo <= cacheN) {
+    for (int p = tid; p < L.lo; p += kRankThreads) cache[p] = L.compute(p);
+    __syncthreads();
+    L.cache = cache;
+  }
   uint8_t* ex = r.exclude ? as_ptr<uint8_t>(r.exclude) : nullptr;
   // Excluded positions of the recent window are not kept: their slots go to ranked tokens.
   int freed = 0;
@@ -439,8 +449,26 @@ extern "C" int skv_k_attention_probs(const SkvAttnSeq* seqs, const SkvProbOut* o
   return skv_check_launch("attention_probs");
 }
 
-extern "C" int skv_k_rank_select(const SkvRankList* lists, int count, int stream) {
+// Scores cached in shared memory up to this many positions a list (the rest computed per read).
+constexpr int kCacheMax = 48 * 1024;
+
+extern "C" int skv_k_rank_select(const SkvRankList* lists, int count, int maxN, int stream) {
   if (count <= 0) return SKV_OK;
-  CK_LAUNCH(rank_select_kernel, count, kRankThreads, 0, skv_stream(stream), lists);
+  if (maxN < 0) return skv_arg_error("rank_select: maxN must be >= 0");
+  const int cacheN = maxN < kCacheMax ? maxN : 0;
+  const size_t bytes = static_cast<size_t>(cacheN) * sizeof(float);
+#ifndef SKV_EMU
+  // Over 48 KiB of dynamic shared memory is an opt-in, once per size reached.
+  static size_t optedIn = 48 * 1024;
+  if (bytes > optedIn) {
+    if (cudaFuncSetAttribute(rank_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(bytes)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return skv_arg_error("rank_select: the device refuses the shared memory for this length");
+    }
+    optedIn = bytes;
+  }
+#endif
+  CK_LAUNCH(rank_select_kernel, count, kRankThreads, bytes, skv_stream(stream), lists, cacheN);
   return skv_check_launch("rank_select");
 }
