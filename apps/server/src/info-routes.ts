@@ -24,6 +24,8 @@ export function registerInfoRoutes(app: FastifyInstance, s: ServerContext): void
     s.metrics.hotBytes.set(kv.hot);
     s.metrics.coldBytes.set(kv.cold);
     s.metrics.assistantBytes.set(kv.assistant);
+    s.metrics.kvDeviceBytes.set(kv.device);
+    s.metrics.kvHostBytes.set(kv.host);
     const devices = new Set([llm.device, s.assistant?.device].filter((d) => d != null));
     s.metrics.deviceBytes.set([...devices].reduce((a, d) => a + d.allocatedBytes, 0));
     s.metrics.running.set(s.scheduler.runningCount);

@@ -72,6 +72,16 @@ export class ServerMetrics {
     help: "KV bytes the assistant keeps for running sequences (SmallKV's full small-model cache); on the CPU resident KV = cold + assistant",
     registers: [this.registry],
   });
+  readonly kvDeviceBytes = new Gauge({
+    name: "smallkv_kv_device_bytes",
+    help: "device backend: bytes of the running sequences' KV stores and policy state in GPU memory (both models)",
+    registers: [this.registry],
+  });
+  readonly kvHostBytes = new Gauge({
+    name: "smallkv_kv_host_bytes",
+    help: "device backend: bytes of the running sequences' KV stores in pinned host memory (host policies' cold stores, stores spilled past the device KV budget)",
+    registers: [this.registry],
+  });
   readonly deviceBytes = new Gauge({
     name: "smallkv_device_allocated_bytes",
     help: "GPU memory held by the models (weights, device KV stores, hot sets, workspaces; both models); 0 on the CPU backend",

@@ -1,4 +1,5 @@
 import {
+  devicePath,
   type GenerateOptions,
   type GenerationResult,
   type GenerationStream,
@@ -50,18 +51,26 @@ export class Scheduler {
     return this.queue.length;
   }
 
-  /** KV bytes of the running sequences. */
-  kvBytes(): { hot: number; cold: number; assistant: number } {
+  /** KV bytes of the running sequences; on the device backend, where their stores are (both models). */
+  kvBytes(): { hot: number; cold: number; assistant: number; device: number; host: number } {
     let hot = 0;
     let cold = 0;
     let assistant = 0;
+    let device = 0;
+    let host = 0;
     for (const s of this.running) {
       const st = s.sequence.stats();
       hot += st.hotBytes;
       cold += st.coldBytes;
       assistant += s.sequence.assistant?.seq.stats().coldBytes ?? 0;
+      for (const q of [s.sequence, s.sequence.assistant?.seq])
+        if (q?.model?.device) {
+          const p = devicePath(q);
+          device += p.deviceBytes;
+          host += p.hostBytes;
+        }
     }
-    return { hot, cold, assistant };
+    return { hot, cold, assistant, device, host };
   }
 
   submit(prompt: number[], opts: GenerateOptions): Job {

@@ -70,6 +70,12 @@ export interface LoadOptions {
    */
   devicePolicies?: boolean;
   /**
+   * Device backend: MiB of device memory the KV stores may take (default: the free memory once
+   * the weights are loaded, less a reserve of a tenth of the device, at least 1 GiB). A store
+   * that would pass it is kept in pinned host memory instead, which the kernels read over the bus.
+   */
+  deviceKvBudget?: number;
+  /**
    * Weights of the projections and the MLP on the CPU (default f32): int8 or int4 with
    * group-wise scales and zero points, quantized at load (embedding and LM head stay float32).
    */
@@ -295,9 +301,26 @@ export class Model {
         dev.releaseAll();
         throw new InvalidOptionError("deviceKv", `must be f32, f16 or bf16, got ${String(deviceKv)}`);
       }
+      if (
+        opts.deviceKvBudget !== undefined &&
+        !(
+          typeof opts.deviceKvBudget === "number" &&
+          opts.deviceKvBudget >= 0 &&
+          Number.isFinite(opts.deviceKvBudget)
+        )
+      ) {
+        dev.releaseAll();
+        throw new InvalidOptionError(
+          "deviceKvBudget",
+          `must be a non-negative number of MiB, got ${String(opts.deviceKvBudget)}`,
+        );
+      }
       if (opts.devicePolicies !== undefined && typeof opts.devicePolicies !== "boolean") {
         dev.releaseAll();
-        throw new InvalidOptionError("devicePolicies", `must be a boolean, got ${String(opts.devicePolicies)}`);
+        throw new InvalidOptionError(
+          "devicePolicies",
+          `must be a boolean, got ${String(opts.devicePolicies)}`,
+        );
       }
       const runner = DeviceRunner.create(
         dev,
@@ -307,6 +330,7 @@ export class Model {
         opts.graphs ?? true,
         deviceKv,
         opts.devicePolicies ?? true,
+        opts.deviceKvBudget === undefined ? undefined : opts.deviceKvBudget * 2 ** 20,
       );
       const model = new Model(
         abs,

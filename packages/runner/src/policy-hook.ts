@@ -64,7 +64,11 @@ export interface DeviceRankPlan {
    */
   scores:
     | { kind: "accumulated" }
-    | { kind: "assistant"; terms: { list: number; layer: number; head: number; weight: number }[]; gate: boolean[] };
+    | {
+        kind: "assistant";
+        terms: { list: number; layer: number; head: number; weight: number }[];
+        gate: boolean[];
+      };
   /** Ranked positions not chosen are excluded for good (H2O); excluded window positions are not kept. */
   evict?: boolean;
   /** How the exact and V-only parts combine (default "mass"). */

@@ -5,7 +5,13 @@ import { PolicyError } from "./errors.js";
 import { HostRows, type HotSlots, type HotSnapshot, IndexedRows } from "./hot-set.js";
 import { KvCache } from "./kv-cache.js";
 import type { Model } from "./model.js";
-import { type DevicePolicyForm, fullCache, type KvPolicyHook, passive, type SequenceOptions } from "./policy-hook.js";
+import {
+  type DevicePolicyForm,
+  fullCache,
+  type KvPolicyHook,
+  passive,
+  type SequenceOptions,
+} from "./policy-hook.js";
 
 let nextId = 1;
 
@@ -124,6 +130,7 @@ export class Sequence {
           // Only the batched path reads 16-bit stores; the per-sequence path runs on f32 rows.
           (passive(policy) || form) && runner?.batchedHeads ? runner.kvDtype : "f32",
           form,
+          runner?.kvBudget ?? null,
         )
       : new KvCache(config, 64, model?.kvCold ?? "f32");
     this.hot = Array.from({ length: config.numLayers }, () => this.newHot(false));

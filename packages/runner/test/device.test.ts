@@ -274,6 +274,41 @@ function deviceSuite(device: "emulator" | "cuda") {
     }
   });
 
+  it("a device KV budget keeps stores on the device while they fit, spills the rest to pinned host memory (same logits)", async () => {
+    const ids = g.prompts[2].ids.slice(0, 40); // within a store's first 64 rows (no growth)
+    // Room for one sequence's first store (64 rows a head, every layer, K and V, bf16), not for two.
+    const c = dev.config;
+    const one = 2 * c.numLayers * c.numKvHeads * 64 * c.headDim * 2;
+    const tight = await Model.load(LLM, { device, deviceKv: "bf16", deviceKvBudget: (1.5 * one) / 2 ** 20 });
+    const roomy = await Model.load(LLM, { device, deviceKv: "bf16" });
+    try {
+      const a = tight.newSequence();
+      const b = tight.newSequence();
+      const s = roomy.newSequence();
+      expect(devicePath(a)).toMatchObject({ store: "device", hostBytes: 0 });
+      expect(devicePath(b)).toMatchObject({
+        path: "batched",
+        store: "spilled",
+        deviceBytes: 0,
+        hostBytes: one,
+      });
+      const [la, lb] = await tight.forward([
+        { seq: a, tokens: ids },
+        { seq: b, tokens: ids },
+      ]);
+      const [lc] = await roomy.forward([{ seq: s, tokens: ids }]);
+      expect(maxAbsDiff(la, lc)).toBe(0);
+      expect(maxAbsDiff(lb, lc)).toBe(0);
+      // Freed room is used again: a new sequence after `a` is released lands on the device.
+      a.release();
+      expect(devicePath(tight.newSequence()).store).toBe("device");
+      await expect(Model.load(LLM, { device, deviceKvBudget: -1 })).rejects.toThrow(InvalidOptionError);
+    } finally {
+      tight.close();
+      roomy.close();
+    }
+  });
+
   it("f16 and bf16 weights stay close to f32 (stated tolerances 0.05 and 0.2 on logits)", async () => {
     const p = g.prompts[2];
     for (const [dtype, tol] of [

@@ -48,6 +48,7 @@ export interface DeviceCliOptions {
   device: "cpu" | "cuda" | "auto" | "emulator";
   dtype?: "f32" | "f16" | "bf16";
   devicePolicies?: "on" | "off";
+  deviceKvBudget?: number;
 }
 
 export function addDeviceOptions<C extends Command>(cmd: C): C {
@@ -73,6 +74,11 @@ export function addDeviceOptions<C extends Command>(cmd: C): C {
     )
       .choices(["on", "off"])
       .default("on"),
+  );
+  cmd.option(
+    "--device-kv-budget <MiB>",
+    "on the device: memory the KV stores may take before a store spills to pinned host memory (default: the free memory after the weights, less a tenth of the device)",
+    intArg("--device-kv-budget", 0),
   );
   return cmd;
 }

@@ -44,6 +44,8 @@ export interface BenchOptions {
   dtype?: "f32" | "f16" | "bf16";
   /** Device backend: run policies on their device forms (default true). */
   devicePolicies?: boolean;
+  /** Device backend: MiB the KV stores may take on the device (each model; default: the free memory less a reserve). */
+  deviceKvBudget?: number;
   /** How both models store K/V on the CPU (default f32). */
   kvCold?: KvStoreType;
   /** How the assistant stores K/V on the CPU (default: as kvCold). */
@@ -113,6 +115,8 @@ export interface BenchRow {
    * The activations and workspaces, shared by the policies of a run, are not counted.
    */
   deviceBytes?: number;
+  /** Device runs: peak pinned host memory of the KV stores (host policies' cold stores, stores past the device KV budget). */
+  hostKvBytes?: number;
   vsFull: number | null;
   /** Decode tokens/s over Full's in the same scenario. */
   decodeVsFull: number | null;
@@ -186,6 +190,7 @@ class PolicyRun {
   private assistantBytes = 0;
   private peakResident = 0;
   private peakDevice = 0;
+  private peakHost = 0;
   private moved = 0;
   private flops = 0;
   private slmFlops = 0;
@@ -246,10 +251,14 @@ class PolicyRun {
     let ab = 0;
     let flops = 0;
     let slmFlops = 0;
+    // Hot rows held as copies (the device's host path, the CPU's copy mode); a device form and
+    // an indexed hot set read the store in place.
+    let hotCopies = 0;
     for (const q of seqs) {
       const st = q.stats();
       hot += st.hotBytes;
       cold += st.coldBytes;
+      if (llm.device ? !q.deviceForm : llm.hotRows === "copy") hotCopies += st.hotBytes;
       flops += this.llmDense + attentionFlops(llm, st.classes.full, st.classes.vOnly);
       if (q.assistant && pair) {
         const a = q.assistant.seq;
@@ -267,18 +276,18 @@ class PolicyRun {
     this.peakHot = Math.max(this.peakHot, hot);
     this.peakCold = Math.max(this.peakCold, cold);
     this.assistantBytes = Math.max(this.assistantBytes, ab);
-    // On the CPU an indexed hot set holds no rows (attention reads the store in place).
-    this.peakResident = Math.max(
-      this.peakResident,
-      cold + ab + (llm.device || llm.hotRows === "copy" ? hot : 0),
-    );
+    this.peakResident = Math.max(this.peakResident, cold + ab + hotCopies);
     if (llm.device) {
       let dev = llm.weightBytes + (pair ? pair.slm.weightBytes : 0);
-      for (const q of seqs) {
-        dev += devicePath(q).deviceBytes;
-        if (q.assistant) dev += devicePath(q.assistant.seq).deviceBytes;
+      let host = 0;
+      for (const q of [...seqs, ...seqs.map((x) => x.assistant?.seq)]) {
+        if (!q) continue;
+        const p = devicePath(q);
+        dev += p.deviceBytes;
+        host += p.hostBytes;
       }
       this.peakDevice = Math.max(this.peakDevice, dev);
+      this.peakHost = Math.max(this.peakHost, host);
     }
     this.moved += hot + ab;
   }
@@ -312,7 +321,7 @@ class PolicyRun {
       computeBoundSeconds: this.flops / steps / denseRate,
       overMaxBound: decode / steps / Math.max(bytesPerStep / bandwidth, this.flops / steps / denseRate),
       residentKvBytes: this.peakResident,
-      ...(llm.device ? { deviceBytes: this.peakDevice } : {}),
+      ...(llm.device ? { deviceBytes: this.peakDevice, hostKvBytes: this.peakHost } : {}),
     };
   }
 
@@ -359,6 +368,7 @@ export async function runBench(
     device: o.device,
     dtype: o.dtype,
     devicePolicies: o.devicePolicies,
+    deviceKvBudget: o.deviceKvBudget,
     kvCold: o.kvCold,
     hotRows: o.hotRows,
     weights: o.weights,
@@ -370,6 +380,7 @@ export async function runBench(
     device: llm.device?.info.kind ?? "cpu",
     dtype: o.dtype,
     devicePolicies: o.devicePolicies,
+    deviceKvBudget: o.deviceKvBudget,
     kvCold: o.assistantKvCold ?? o.kvCold,
     hotRows: o.hotRows,
     weights: o.assistantWeights ?? o.weights,
@@ -506,7 +517,7 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       "decode tok/s",
       "peak hot MiB",
       "resident KV MiB",
-      ...(rows.some((r) => r.deviceBytes !== undefined) ? ["device MiB"] : []),
+      ...(rows.some((r) => r.deviceBytes !== undefined) ? ["device MiB", "host KV MiB"] : []),
       "bound ms",
       "step / bound",
       "compute bound ms",
@@ -530,7 +541,10 @@ export function benchTable(rows: BenchRow[]): { headers: string[]; rows: (string
       mib(r.peakHotBytes),
       mib(r.residentKvBytes),
       ...(rows.some((x) => x.deviceBytes !== undefined)
-        ? [r.deviceBytes !== undefined ? mib(r.deviceBytes) : null]
+        ? [
+            r.deviceBytes !== undefined ? mib(r.deviceBytes) : null,
+            r.hostKvBytes !== undefined ? mib(r.hostKvBytes) : null,
+          ]
         : []),
       r.boundSeconds * 1000,
       r.overBound,

@@ -28,7 +28,12 @@ export const h2o = definePolicy<EvictionState, { heavyRatio: number }>({
       const recent = ctx.oldBudget - heavy;
       const window = Math.min(ctx.step.start, recent);
       const k = new Int32Array(ctx.config.numKvHeads).fill(Math.max(0, heavy + (recent - window)));
-      return { recent: window, rule: { kind: "fixed", k, exact: k }, scores: { kind: "accumulated" }, evict: true };
+      return {
+        recent: window,
+        rule: { kind: "fixed", k, exact: k },
+        scores: { kind: "accumulated" },
+        evict: true,
+      };
     },
   },
   select(ctx) {

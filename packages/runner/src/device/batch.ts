@@ -86,7 +86,6 @@ export function batchable(seq: Sequence): boolean {
   return heads && (passive(seq.policy) || seq.deviceForm !== null) && !(seq.kv as DeviceKvCache).pinned;
 }
 
-
 /**
  * Where a device-backend sequence's attention runs, where its store lives, and the device bytes
  * it holds (its store when that is in device memory, and its hot sets), for --stats and benches.
@@ -95,18 +94,21 @@ export function devicePath(seq: Sequence): {
   path: "batched" | "per-sequence";
   /** Why a sequence whose policy selects or observes runs where it does. */
   policy: "none" | "device form" | "host";
-  store: "device" | "pinned host";
+  /** "pinned host": a host policy's f32 cold store; "spilled": past the device KV budget. */
+  store: "device" | "pinned host" | "spilled";
   storeDtype: string;
   deviceBytes: number;
+  hostBytes: number;
 } {
   const kv = seq.kv as DeviceKvCache;
   const planes = (h: unknown) => (h as DeviceHotRows).planesBuf.reduce((a, b) => a + b.bytes, 0);
   return {
     path: batchable(seq) ? "batched" : "per-sequence",
     policy: seq.deviceForm ? "device form" : passive(seq.policy) ? "none" : "host",
-    store: kv.pinned ? "pinned host" : "device",
+    store: kv.pinned ? "pinned host" : kv.spilled ? "spilled" : "device",
     storeDtype: kv.storeDtype,
     deviceBytes: kv.deviceBytes + seq.hot.reduce((a, h) => a + planes(h.full) + planes(h.vOnly), 0),
+    hostBytes: kv.hostBytes,
   };
 }
 
@@ -213,7 +215,15 @@ export class StepMetadata {
         const seqs: AttentionSeq[] = recs.map(({ part, r0, T }) => {
           const { seq, row } = part;
           const kv = seq.kv as DeviceKvCache;
-          const rec: AttentionSeq = { k: kv.dk[l], v: kv.dv[l], cap: kv.cap, n: seq.length + r0 + T, T, qRow: row + r0, window };
+          const rec: AttentionSeq = {
+            k: kv.dk[l],
+            v: kv.dv[l],
+            cap: kv.cap,
+            n: seq.length + r0 + T,
+            T,
+            qRow: row + r0,
+            window,
+          };
           const plan = plans[l][partIndex.get(part)!].plan;
           if (plan) selectionOf(rec, kv, l, Hq, Hkv, plan);
           return rec;
@@ -372,7 +382,9 @@ function rankListsOf(
   for (let g = 0; g < Hkv; g++) {
     const list = l * Hkv + g;
     const terms = assistant
-      ? assistant.terms.filter((t) => t.list === g).map((t) => ({ row: slm!.rowAt(t.layer, t.head), weight: t.weight }))
+      ? assistant.terms
+          .filter((t) => t.list === g)
+          .map((t) => ({ row: slm!.rowAt(t.layer, t.head), weight: t.weight }))
       : [{ row: st.scores!.ptr + list * cap * 4, weight: 1 }];
     out.push({
       n: seq.length,

@@ -10,7 +10,17 @@ import { type RopeKernelArgs, ropeKernelArgs } from "../rope.js";
 import type { ModelWeights } from "../weights.js";
 import { type AttendContext, attendOne } from "./attend.js";
 import { type DeviceStepPart, type StepMeta, StepMetadata } from "./batch.js";
+import { DeviceKvBudget } from "./kv-budget.js";
 import { Staging } from "./staging.js";
+
+/**
+ * The default device KV budget: the free memory once the weights are loaded, less a reserve
+ * for activations, workspaces and graphs (a tenth of the device, at least 1 GiB).
+ */
+function defaultKvBudget(dev: Device): number {
+  const { free, total } = dev.memInfo();
+  return Math.max(0, free - Math.max(2 ** 30, total / 10));
+}
 
 export type { DeviceStepPart } from "./batch.js";
 
@@ -73,6 +83,8 @@ export class DeviceRunner implements AttendContext {
   readonly weightBytes: number;
   /** Whether this model's heads fit the batched path's kernels (else every sequence runs per sequence). */
   readonly batchedHeads: boolean;
+  /** Device memory the sequences' KV stores may take before they spill to pinned host memory. */
+  readonly kvBudget: DeviceKvBudget;
 
   private constructor(
     readonly dev: Device,
@@ -86,7 +98,9 @@ export class DeviceRunner implements AttendContext {
     readonly kvDtype: WeightDtype,
     /** Policies run their device form where they have one. */
     readonly devicePolicies: boolean,
+    kvBudgetBytes: number | undefined,
   ) {
+    this.kvBudget = new DeviceKvBudget(kvBudgetBytes ?? defaultKvBudget(dev));
     // The batched kernels read rows in 16-byte vectors of the store's dtype.
     this.batchedHeads = c.headDim % (kvDtype === "f32" ? 4 : 8) === 0 && c.headDim <= 256;
     this.staging = new Staging(dev);
@@ -105,6 +119,8 @@ export class DeviceRunner implements AttendContext {
     graphs = true,
     kvDtype: WeightDtype = "f32",
     devicePolicies = true,
+    /** Bytes the KV stores may take on the device (default: the free memory after the weights, less a reserve). */
+    kvBudgetBytes?: number,
   ): DeviceRunner {
     const mat = (a: Float32Array) =>
       dtype === "f32" ? dev.upload(a) : dev.upload(toHalfBits(a, dtype), dtype);
@@ -151,7 +167,18 @@ export class DeviceRunner implements AttendContext {
       });
       const embed = mat(w.embed);
       const lmHead = w.lmHead === w.embed ? embed : mat(w.lmHead);
-      return new DeviceRunner(dev, c, embed, vec(w.norm), lmHead, layers, graphs, kvDtype, devicePolicies);
+      return new DeviceRunner(
+        dev,
+        c,
+        embed,
+        vec(w.norm),
+        lmHead,
+        layers,
+        graphs,
+        kvDtype,
+        devicePolicies,
+        kvBudgetBytes,
+      );
     } catch (e) {
       dev.releaseAll();
       throw e;

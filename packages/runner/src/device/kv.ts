@@ -3,6 +3,7 @@ import type { ModelConfig } from "../config.js";
 import { HotSlots } from "../hot-set.js";
 import { KvCache } from "../kv-cache.js";
 import type { DevicePolicyForm } from "../policy-hook.js";
+import type { DeviceKvBudget } from "./kv-budget.js";
 import { DevicePolicyState } from "./policy-state.js";
 import { Staging } from "./staging.js";
 
@@ -26,6 +27,9 @@ export class DeviceKvCache extends KvCache {
   /** The policy's device state, when the sequence runs its policy's device form. */
   readonly policy: DevicePolicyState | null;
 
+  /** Whether the store is in pinned host memory because the device KV budget was full (the kernels read it over the bus). */
+  spilled = false;
+
   constructor(
     config: ModelConfig,
     private readonly dev: Device,
@@ -34,6 +38,8 @@ export class DeviceKvCache extends KvCache {
     /** Rows of a device store (a pinned store is f32: policies read it on the host). */
     deviceDtype: "f32" | "f16" | "bf16" = "f32",
     form: DevicePolicyForm | null = null,
+    /** The model's device KV budget: a store that would pass it goes to pinned host memory. */
+    private readonly budget: DeviceKvBudget | null = null,
   ) {
     super(config, 0);
     this.storeDtype = pinned ? "f32" : deviceDtype;
@@ -47,29 +53,40 @@ export class DeviceKvCache extends KvCache {
     const { Hkv, D } = this;
     const n = this.config.numLayers;
     const plane = Hkv * cap * D;
+    const eb = this.storeDtype === "f32" ? 4 : 2;
     const olds: (DeviceBuffer | PinnedBuffer)[] = [];
     // A device store is one allocation for every layer's K and V (views per plane): one
-    // cudaMalloc per growth, not one per layer and plane.
-    const arena = this.pinned ? null : this.dev.alloc(2 * n * plane, this.storeDtype);
+    // cudaMalloc per growth, not one per layer and plane. Past the device KV budget the
+    // store spills to pinned host memory (same layout, read by the kernels over the bus).
+    const need = 2 * n * plane * eb;
+    const mine = this.arena?.bytes ?? 0;
+    const fits = !this.budget || this.budget.used - mine + need <= this.budget.limit;
+    const arena = this.pinned || !fits ? null : this.dev.alloc(2 * n * plane, this.storeDtype);
     const oldArena = this.arena;
     for (const [side, dst, host] of [
       [0, this.dk, this.k],
       [1, this.dv, this.v],
     ] as const) {
       for (let l = 0; l < n; l++) {
-        const next = arena ? arena.view((2 * l + side) * plane, plane) : this.dev.pinned(plane);
+        const next = arena ? arena.view((2 * l + side) * plane, plane) : this.dev.pinned((plane * eb) / 4);
         const old = dst[l];
         if (old) {
           for (let g = 0; g < Hkv; g++)
-            this.dev.copy(next.at(g * cap * D), old.at(g * this.cap * D), this.length * this.rowBytes());
+            this.dev.copy(
+              next.ptr + g * cap * D * eb,
+              old.ptr + g * this.cap * D * eb,
+              this.length * this.rowBytes(),
+            );
           if (!oldArena) olds.push(old);
         }
         dst[l] = next;
-        host[l] = "f32" in next ? next.f32 : new Float32Array(0);
+        host[l] = "f32" in next && eb === 4 ? next.f32 : new Float32Array(0);
       }
     }
     if (oldArena) olds.push(oldArena);
     this.arena = arena;
+    if (this.budget) this.budget.used += (arena?.bytes ?? 0) - mine;
+    this.spilled = !this.pinned && !arena;
     // The old stores are freed once the copies (stream 0) and any gather still reading them
     // (stream 1) are done: one wait for the whole growth.
     if (olds.length > 0) {
@@ -79,6 +96,11 @@ export class DeviceKvCache extends KvCache {
     }
     this.policy?.grow(cap, this.length);
     this.cap = cap;
+  }
+
+  /** Host bytes of the store (a pinned cold store, or one spilled past the device budget). */
+  get hostBytes(): number {
+    return this.arena ? 0 : this.dk.reduce((a, b) => a + b.bytes, 0) * 2;
   }
 
   /** Device bytes of the store (both planes, every layer, at its capacity) and of the policy's device state. */
@@ -121,6 +143,7 @@ export class DeviceKvCache extends KvCache {
 
   override release(): void {
     for (const b of [...this.dk, ...this.dv]) b.free();
+    if (this.budget && this.arena) this.budget.used -= this.arena.bytes;
     this.arena?.free();
     this.arena = null;
     this.policy?.release();

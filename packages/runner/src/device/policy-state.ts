@@ -52,7 +52,9 @@ export class DevicePolicyState {
     const full = read(this.counts);
     const v = read(this.vCounts);
     const sum = (a: Int32Array, l: number) => a.subarray(l * Hkv, (l + 1) * Hkv).reduce((x, y) => x + y, 0);
-    return this.planned.map((p, l) => (p ? { full: sum(full, l), vOnly: this.weights ? sum(v, l) : 0 } : null));
+    return this.planned.map((p, l) =>
+      p ? { full: sum(full, l), vOnly: this.weights ? sum(v, l) : 0 } : null,
+    );
   }
 
   /** Resize to `cap` rows a head; the score table and masks keep their first `keep` rows. */
@@ -97,10 +99,16 @@ export class DevicePolicyState {
 
   /** Device bytes held. */
   get bytes(): number {
-    return [this.scores, this.exclude, this.idx, this.counts, this.vIdx, this.vCounts, this.weights, this.rows].reduce(
-      (a, b) => a + (b?.bytes ?? 0),
-      0,
-    );
+    return [
+      this.scores,
+      this.exclude,
+      this.idx,
+      this.counts,
+      this.vIdx,
+      this.vCounts,
+      this.weights,
+      this.rows,
+    ].reduce((a, b) => a + (b?.bytes ?? 0), 0);
   }
 
   /** Address of head h's probability row at `layer` (the assistant's current row). */
@@ -115,8 +123,25 @@ export class DevicePolicyState {
   }
 
   release(): void {
-    for (const b of [this.scores, this.exclude, this.idx, this.counts, this.vIdx, this.vCounts, this.weights, this.rows])
+    for (const b of [
+      this.scores,
+      this.exclude,
+      this.idx,
+      this.counts,
+      this.vIdx,
+      this.vCounts,
+      this.weights,
+      this.rows,
+    ])
       b?.free();
-    this.scores = this.exclude = this.idx = this.counts = this.vIdx = this.vCounts = this.weights = this.rows = null;
+    this.scores =
+      this.exclude =
+      this.idx =
+      this.counts =
+      this.vIdx =
+      this.vCounts =
+      this.weights =
+      this.rows =
+        null;
   }
 }

@@ -15,8 +15,9 @@ import {
 import { Model, WEIGHT_TYPES, type WeightType } from "@smallkv/runner";
 import { buildInfo } from "@smallkv/tensor";
 import { InvalidArgumentError } from "commander";
+import type { DeviceCliOptions } from "../options.js";
 
-interface Opts {
+interface Opts extends Partial<DeviceCliOptions> {
   small?: boolean;
   large?: boolean;
   prefill: number;
@@ -25,8 +26,6 @@ interface Opts {
   batches: string;
   threads?: number;
   out: string;
-  device?: "cpu" | "cuda" | "auto" | "emulator";
-  dtype?: "f32" | "f16" | "bf16";
   /** Weight types to compare on the CPU (each measured in its own process, for its peak RSS). */
   weights: string;
   /** Interleaved rounds over the weight types (best round kept per type). */
@@ -89,6 +88,7 @@ async function measure(o: Opts, weights: WeightType, cpuBandwidth: number | null
     dtype: o.dtype,
     // The runner bench keeps every token (no policy selects); passed for a uniform load.
     devicePolicies: o.devicePolicies !== "off",
+    deviceKvBudget: o.deviceKvBudget,
     weights,
     groupSize: o.groupSize,
   });

@@ -109,6 +109,7 @@ export function registerBench(program: Command): void {
         device: o.device,
         dtype: o.dtype,
         devicePolicies: o.devicePolicies !== "off",
+        deviceKvBudget: o.deviceKvBudget,
         kvCold: o.kvCold,
         assistantKvCold: o.assistantKv,
         weights: o.weights,

@@ -64,6 +64,7 @@ export async function loadStepModel(
     device: device?.device,
     dtype: device?.dtype,
     devicePolicies: device?.devicePolicies !== "off",
+    deviceKvBudget: device?.deviceKvBudget,
     weights: device?.weights,
     groupSize: device?.groupSize,
     kvCold: device?.kvCold,
@@ -175,7 +176,7 @@ export function registerGenerate(program: Command): void {
                   ? `per sequence (${policy.name} has no device form for these options: it selects or reads attention on the host)`
                   : "per sequence (the model's head dim does not fit the batched kernels)";
           process.stderr.write(
-            `device: ${(dev.allocatedBytes / 2 ** 20).toFixed(1)} MiB allocated on ${dev.info.name}; attention ${where}; KV store ${p.storeDtype} in ${p.store} memory\n`,
+            `device: ${(dev.allocatedBytes / 2 ** 20).toFixed(1)} MiB allocated on ${dev.info.name}; attention ${where}; KV store ${p.storeDtype} in ${p.store === "spilled" ? "pinned host memory (past the device KV budget; read over the bus)" : `${p.store} memory`}\n`,
           );
         }
         const sp = r.speculative;
