@@ -246,7 +246,7 @@ export class StepMetadata {
           probOuts = at;
           const outs: ProbOut[] = recs.map(({ part, r0, T }) => {
             const p = plans[l][partIndex.get(part)!];
-            return probOutOf(part, l, r0, T, p.accumulate, p.rows, Hq, Hkv);
+            return probOutOf(part, l, r0, T, p.accumulate, p.rows, Hkv);
           });
           packProbOuts(outs, h, at);
           at += R * PROB_OUT_INTS;
@@ -342,7 +342,6 @@ function probOutOf(
   T: number,
   accumulate: { fromRow: number } | null,
   rows: boolean,
-  Hq: number,
   Hkv: number,
 ): ProbOut {
   const st = (part.seq.kv as DeviceKvCache).policy;
