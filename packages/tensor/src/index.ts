@@ -66,6 +66,7 @@ export {
   type ProbOut,
   packProbOuts,
   packRankLists,
+  patchRankList,
   RANK_LIST_INTS,
   RANK_TERMS,
   type RankList,

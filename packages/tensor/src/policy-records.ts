@@ -118,3 +118,29 @@ export function packRankLists(lists: RankList[], into?: Int32Array, at = 0): Int
   });
   return out;
 }
+
+/**
+ * Rewrites the per-step fields of packed list record `i` of `out` (from slot `at`): what a
+ * step changes (n, T, the window, the rule's numbers) while the addresses stay. The rule's
+ * kind and flags must be those it was packed with.
+ */
+export function patchRankList(
+  out: Int32Array,
+  at: number,
+  i: number,
+  l: Pick<RankList, "n" | "T" | "recent" | "rule">,
+): void {
+  const b = at + i * RANK_LIST_INTS;
+  const what = `patchRankList: list ${i}`;
+  put(out, b, l.n, what);
+  put(out, b + 2, l.T, what);
+  put(out, b + 4, l.recent, what);
+  const r = l.rule;
+  if (r.kind === "fixed") {
+    put(out, b + 8, r.k, what);
+    put(out, b + 10, r.exact, what);
+  } else {
+    const f64 = new Float64Array(out.buffer, out.byteOffset + b * 4, 9);
+    f64[6] = r.units;
+  }
+}

@@ -7,6 +7,7 @@ import {
   packAttentionSeqs,
   packProbOuts,
   packRankLists,
+  patchRankList,
   type RankList,
   rankSplit,
   reference,
@@ -370,6 +371,47 @@ function policySuite(kind: DeviceKind) {
       });
       expect(got[i].full).toEqual([...want.full[0], s.n]);
     });
+  });
+
+  it("patchRankList rewrites a packed list's step fields to what packing them afresh gives", () => {
+    const row = d().alloc(4);
+    const base = {
+      T: 1,
+      terms: [{ row, weight: 0.5 }],
+      full: row,
+      fullCount: row,
+      weights: { w: row, stride: 7, gate: [true] },
+    };
+    for (const [a, b] of [
+      [
+        { n: 10, recent: 2, rule: { kind: "fixed", k: 3, exact: 2 } },
+        { n: 11, recent: 1, rule: { kind: "fixed", k: 4, exact: 4 } },
+      ],
+      [
+        {
+          n: 10,
+          recent: 2,
+          rule: { kind: "adaptive", units: 2.5, vOnly: true, exactShare: 0.9, negligible: 0.01 },
+        },
+        {
+          n: 12,
+          recent: 2,
+          rule: { kind: "adaptive", units: 3.5, vOnly: true, exactShare: 0.9, negligible: 0.01 },
+        },
+      ],
+    ] as Pick<RankList, "n" | "recent" | "rule">[][]) {
+      const packed = packRankLists([
+        { ...base, ...a },
+        { ...base, ...a },
+      ]);
+      patchRankList(packed, 0, 1, { ...b, T: 2 });
+      expect(packed).toEqual(
+        packRankLists([
+          { ...base, ...a },
+          { ...base, ...b, T: 2 },
+        ]),
+      );
+    }
   });
 
   it("packRankLists refuses more terms than a record holds", () => {

@@ -9,6 +9,7 @@ import {
   packAttentionSeqs,
   packProbOuts,
   packRankLists,
+  patchRankList,
   RANK_LIST_INTS,
   type RankList,
 } from "@smallkv/tensor";
@@ -252,14 +253,12 @@ export class StepMetadata {
           at += R * PROB_OUT_INTS;
         }
         const ranks = at;
-        if (rankCounts[l] > 0) {
-          const lists: RankList[] = [];
-          batch.forEach((part, j) => {
-            const plan = plans[l][j].plan;
-            if (plan) rankListsOf(lists, part, l, plan, Hq, Hkv);
-          });
-          packRankLists(lists, h, at);
-        }
+        batch.forEach((part, j) => {
+          const plan = plans[l][j].plan;
+          if (!plan) return;
+          h.set(rankRecords(part, l, plan, Hq, Hkv), at);
+          at += Hkv * RANK_LIST_INTS;
+        });
         layers.push({
           records,
           kStores: stores0,
@@ -362,22 +361,37 @@ function probOutOf(
   return null;
 }
 
-/** The ranked lists of one sequence's layer: one per kv head, writing what selectionOf reads. */
-function rankListsOf(
-  out: RankList[],
+/**
+ * The packed ranked lists of one sequence's layer (one per kv head, writing what selectionOf
+ * reads). Packed once per store capacity and score source, then only the step's fields are
+ * rewritten: a step of 64 sequences packs thousands of lists.
+ */
+function rankRecords(
   part: DeviceStepPart,
   l: number,
   plan: DeviceRankPlan,
   Hq: number,
   Hkv: number,
-): void {
+): Int32Array {
   const { seq, tokens } = part;
   const st = (seq.kv as DeviceKvCache).policy!;
-  const cap = st.cap;
-  const G = Hq / Hkv;
   const assistant = plan.scores.kind === "assistant" ? plan.scores : null;
   const slm = assistant ? (seq.assistant!.seq.kv as DeviceKvCache).policy! : null;
-  const rule = plan.rule;
+  const key = `${st.cap}|${plan.rule.kind}|${plan.evict ? 1 : 0}|${slm ? `${slm.rowsOf(0)}:${slm.rowStride}` : "acc"}`;
+  const cached = st.records[l];
+  const step = (g: number) => ({
+    n: seq.length,
+    T: tokens.length,
+    recent: plan.recent,
+    rule: ruleOf(plan, g),
+  });
+  if (cached && cached.key === key && cached.terms === assistant?.terms) {
+    for (let g = 0; g < Hkv; g++) patchRankList(cached.packed, 0, g, step(g));
+    return cached.packed;
+  }
+  const cap = st.cap;
+  const G = Hq / Hkv;
+  const lists: RankList[] = [];
   for (let g = 0; g < Hkv; g++) {
     const list = l * Hkv + g;
     const terms = assistant
@@ -385,20 +399,8 @@ function rankListsOf(
           .filter((t) => t.list === g)
           .map((t) => ({ row: slm!.rowAt(t.layer, t.head), weight: t.weight }))
       : [{ row: st.scores!.ptr + list * cap * 4, weight: 1 }];
-    out.push({
-      n: seq.length,
-      T: tokens.length,
-      recent: plan.recent,
-      rule:
-        rule.kind === "fixed"
-          ? { kind: "fixed", k: rule.k[g], exact: rule.exact[g] }
-          : {
-              kind: "adaptive",
-              units: rule.units[g],
-              vOnly: rule.vOnly[g] === 1,
-              exactShare: rule.exactShare,
-              negligible: rule.negligible,
-            },
+    lists.push({
+      ...step(g),
       exclude: plan.evict ? st.exclude!.ptr + list * cap : undefined,
       skipExcludedRecent: plan.evict,
       evict: plan.evict,
@@ -417,4 +419,20 @@ function rankListsOf(
         : undefined,
     });
   }
+  const packed = packRankLists(lists);
+  st.records[l] = { key, terms: assistant?.terms, packed };
+  return packed;
+}
+
+function ruleOf(plan: DeviceRankPlan, g: number): RankList["rule"] {
+  const r = plan.rule;
+  return r.kind === "fixed"
+    ? { kind: "fixed", k: r.k[g], exact: r.exact[g] }
+    : {
+        kind: "adaptive",
+        units: r.units[g],
+        vOnly: r.vOnly[g] === 1,
+        exactShare: r.exactShare,
+        negligible: r.negligible,
+      };
 }

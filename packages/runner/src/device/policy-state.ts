@@ -28,6 +28,8 @@ export class DevicePolicyState {
   cap = 0;
   /** Per layer: whether its last step ranked a selection (else it read every key). */
   readonly planned: boolean[];
+  /** Per layer: its packed ranked lists, reused while `key` (capacity, score source) and the terms hold. */
+  readonly records: ({ key: string; terms: unknown; packed: Int32Array } | undefined)[] = [];
 
   constructor(
     private readonly dev: Device,

@@ -174,12 +174,16 @@ function devicePlan(ctx: SmallKvContext): DeviceRankPlan | null {
   const o = ctx.options;
   const { numHeads: Hq, numKvHeads: Hkv } = ctx.config;
   const group = Hq / Hkv;
-  const terms: { list: number; layer: number; head: number; weight: number }[] = [];
-  for (let g = 0; g < Hkv; g++)
-    for (let i = 0; i < group; i++) {
-      const sh = m.slmHeadOf(ctx.layer, g * group + i);
-      terms.push({ list: g, layer: sh.layer, head: sh.head, weight: 1 / group });
-    }
+  let terms = st.deviceTerms[ctx.layer];
+  if (!terms) {
+    terms = [];
+    for (let g = 0; g < Hkv; g++)
+      for (let i = 0; i < group; i++) {
+        const sh = m.slmHeadOf(ctx.layer, g * group + i);
+        terms.push({ list: g, layer: sh.layer, head: sh.head, weight: 1 / group });
+      }
+    st.deviceTerms[ctx.layer] = terms;
+  }
   const gated = st.gated![ctx.layer];
   const vOnlyLists = (st.marginalLists[ctx.layer] ??= Uint8Array.from({ length: Hkv }, (_, g) =>
     gated.slice(g * group, (g + 1) * group).some(Boolean) ? 1 : 0,
@@ -241,6 +245,7 @@ function makeSmallKv(
         batch: null,
         batchAfter: 0,
         buffers: [],
+        deviceTerms: [],
       };
     },
     // The matching and the gates are fixed once made: shared, not copied.
@@ -253,6 +258,7 @@ function makeSmallKv(
       marginalLists: [],
       batch: null,
       buffers: [],
+      deviceTerms: [],
     }),
     // Nothing to prepare once matched, or while no step of these positions reaches the window.
     prepareIdle(ctx) {

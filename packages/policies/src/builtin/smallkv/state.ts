@@ -30,6 +30,8 @@ export interface SmallKvState {
   batchAfter: number;
   /** The native ranking's output buffers, one set per layer of a batch. */
   buffers: RankSplitBuffers[];
+  /** Per layer: the device form's score terms (fixed once matched: the runner reuses its packed lists while they hold). */
+  deviceTerms: ({ list: number; layer: number; head: number; weight: number }[] | undefined)[];
 }
 
 export type SmallKvContext = PolicyContext<SmallKvState, SmallKvOptions>;
