@@ -4,7 +4,7 @@
 # made (.gpu/bundle.tar.xz: a built checkout, Node, and the model assets).
 #   build    the addon with nvcc for the GPU present
 #   tests    every CUDA suite (tensor kernels, decode kernels, runner backend): counts and failures
-#   greedy   generate --device cuda vs --device cpu, 64 greedy ids, for full and for smallkv
+#   greedy   generate --device cuda vs --device cpu, 64 greedy ids, for full, smallkv and h2o (their device forms)
 #   runner   bench runner --device $DEVICE --dtype bf16: the ~100M model at batch 1/16/64 and prefill,
 #            the ~0.45B model at batch 1 (roofline ratios)
 #   anchor   HF transformers on the same checkpoint and GPU (tools/hf-anchor/anchor.py)
@@ -37,13 +37,13 @@ VT="node node_modules/vitest/vitest.mjs run"; CLI="node $M/tools/cli/dist/bin.js
 # Only the GPU present (its sm_XY), which halves nvcc's time.
 CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
 stage build 150 "cd $M/packages/tensor && SMALLKV_CUDA=1 SMALLKV_CUDA_ARCHS='${CAP:-}' node scripts/build.cjs > $OUTDIR/build.txt 2>&1; rc=\$?; tail -3 $OUTDIR/build.txt; exit \$rc"
-stage tests 120 "cd $M/packages/tensor && $VT test/cuda.test.ts test/device.test.ts test/device-decode.test.ts -t 'CUDA|build info' --reporter=json --outputFile=$OUTDIR/tensor-tests.json > $OUTDIR/tensor-tests.txt 2>&1;
+stage tests 120 "cd $M/packages/tensor && $VT test/cuda.test.ts test/device.test.ts test/device-decode.test.ts test/device-policy.test.ts -t 'CUDA|build info' --reporter=json --outputFile=$OUTDIR/tensor-tests.json > $OUTDIR/tensor-tests.txt 2>&1;
   cd $M/packages/runner && $VT test/device.test.ts -t 'on CUDA' --reporter=json --outputFile=$OUTDIR/runner-tests.json > $OUTDIR/runner-tests.txt 2>&1;
   node -e 'for (const f of process.argv.slice(1)) { let j; try { j = require(f); } catch { console.log(f, \"missing\"); continue; }
     console.log(f.split(\"/\").pop(), \"passed\", j.numPassedTests, \"failed\", j.numFailedTests, \"skipped\", j.numPendingTests);
     for (const r of j.testResults) for (const a of r.assertionResults) if (a.status === \"failed\") console.log(\"  FAILED\", a.fullName, String(a.failureMessages[0]).slice(0, 300)); }' $OUTDIR/tensor-tests.json $OUTDIR/runner-tests.json"
 PROMPT='Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball.'
-stage greedy 60 "cd $M && for p in full smallkv; do for d in cpu $DEVICE; do $CLI generate -m stories260K -a stories260K-slm-a --policy \$p --budget 0.2 --device \$d --max-tokens 64 --greedy --json -p '$PROMPT' > $OUTDIR/greedy-\$p-\$d.json 2>$OUTDIR/greedy-\$p-\$d.err; done;
+stage greedy 60 "cd $M && for p in full smallkv h2o; do for d in cpu $DEVICE; do $CLI generate -m stories260K -a stories260K-slm-a --policy \$p --budget 0.2 --device \$d --max-tokens 64 --greedy --json -p '$PROMPT' > $OUTDIR/greedy-\$p-\$d.json 2>$OUTDIR/greedy-\$p-\$d.err; done;
   node -e 'const [a,b]=process.argv.slice(2).map(f=>require(f)); const n=a.ids.findIndex((x,i)=>x!==b.ids[i]); console.log(\"greedy\", process.argv[1], \"cpu vs $DEVICE:\", n<0 && a.ids.length===b.ids.length ? \"identical (\"+a.ids.length+\" ids)\" : \"first difference at \"+n)' \$p $OUTDIR/greedy-\$p-cpu.json $OUTDIR/greedy-\$p-$DEVICE.json; done"
 stage runner 120 "cd $M && $CLI bench runner --device $DEVICE --dtype bf16 --batches 1,16,64 --rounds 1 --out $OUTDIR/runner-100m > $OUTDIR/runner-100m.txt 2>&1; tail -7 $OUTDIR/runner-100m.txt;
   $CLI bench runner --large --device $DEVICE --dtype bf16 --batches 1 --rounds 1 --out $OUTDIR/runner-large > $OUTDIR/runner-large.txt 2>&1; tail -4 $OUTDIR/runner-large.txt"
