@@ -112,6 +112,8 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
   device?: {
     available?(options: O): boolean;
     accumulate?(ctx: PolicyContext<S, O>): false | { fromRow: number };
+    /** With `accumulate`, also count the rows that read each position (a mean attention for `blend`). */
+    hits?(options: O): boolean;
     plan(ctx: PolicyContext<S, O>): DeviceRankPlan | null;
   };
 }
@@ -346,6 +348,7 @@ export function definePolicy<S, O extends OptionSchema = Record<string, never>>(
           plan: (seq, layer, step) =>
             step.start === 0 || budget.coversAll(step.start + step.T) ? null : dv.plan(ctx(seq, layer, step)),
           ...(accumulate ? { accumulate: (seq, layer, step) => accumulate(ctx(seq, layer, step)) } : {}),
+          ...(dv.hits?.(options) ? { hits: true } : {}),
         };
       }
       return hook;

@@ -87,28 +87,33 @@ describe("policies on the device backend (CUDA emulator) equal the CPU path step
 });
 
 describe("device forms (CUDA emulator): H2O and SmallKV ranked, selected and accumulated on the device", () => {
-  const cpu: { llm?: Model; slm?: Model } = {};
-  const dev: { llm?: Model; slm?: Model } = {};
+  const cpu: { llm?: Model; slm?: Model; weak?: Model } = {};
+  const dev: { llm?: Model; slm?: Model; weak?: Model } = {};
   beforeAll(async () => {
     // The shipped pair: the assistant's head dim (6) runs it per sequence, its rows kept on the device.
     cpu.llm = await Model.load(join(models, "stories260K"));
     cpu.slm = await Model.load(join(models, "stories260K-slm-a"));
+    cpu.weak = await Model.load(join(models, "stories260K-slm"));
     dev.llm = await Model.load(join(models, "stories260K"), { device: "emulator" });
     dev.slm = await Model.load(join(models, "stories260K-slm-a"), { device: "emulator" });
+    dev.weak = await Model.load(join(models, "stories260K-slm"), { device: "emulator" });
   });
   afterAll(() => {
     dev.llm?.close();
     dev.slm?.close();
+    dev.weak?.close();
   });
 
-  for (const [name, options] of [
-    ["h2o", {}],
-    ["smallkv", { minContext: 32, window: 32 }],
-    ["smallkv", { minContext: 32, window: 32, mode: "literal", split: "2:1:2" }],
-  ] as [string, Record<string, OptionValue>][]) {
-    it(`${name} ${JSON.stringify(options)} at 20%: batched, same logits (1e-4) and as many tokens read as the host's selection`, async () => {
-      const a = new AssistedModel(cpu.llm as Model, cpu.slm as Model);
-      const b = new AssistedModel(dev.llm as Model, dev.slm as Model);
+  for (const [name, options, weak] of [
+    ["h2o", {}, false],
+    ["smallkv", { minContext: 32, window: 32 }, false],
+    ["smallkv", { minContext: 32, window: 32, mode: "literal", split: "2:1:2" }, false],
+    // The weakly aligned assistant: some heads fall back to the LLM's own mean attention (the blend).
+    ["smallkv", { minContext: 32, window: 32 }, true],
+  ] as [string, Record<string, OptionValue>, boolean][]) {
+    it(`${name} ${JSON.stringify(options)}${weak ? " (weak assistant)" : ""} at 20%: batched, same logits (1e-4) and as many tokens read as the host's selection`, async () => {
+      const a = new AssistedModel(cpu.llm as Model, (weak ? cpu.weak : cpu.slm) as Model);
+      const b = new AssistedModel(dev.llm as Model, (weak ? dev.weak : dev.slm) as Model);
       const ids = a.llm.tokenizer.encode(
         "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her dog. ".repeat(
           3,
@@ -132,6 +137,7 @@ describe("device forms (CUDA emulator): H2O and SmallKV ranked, selected and acc
       expect(worst).toBeLessThan(1e-4);
       const st = sb.stats();
       expect(st.classes.dropped).toBeGreaterThan(st.classes.full); // it compressed
+      if (weak) expect(sb.policy.describe?.(sb).fallbackHeads).toBeGreaterThan(0); // the blend ran
     });
   }
 

@@ -69,6 +69,12 @@ export interface DeviceRankPlan {
         terms: { list: number; layer: number; head: number; weight: number }[];
         gate: boolean[];
       };
+  /**
+   * Per list, blend the scores with the sequence's own mean attention (the device sums over
+   * their hit counts, see DevicePolicyForm.hits): weight * scores + (1 - weight) * own, both as
+   * distributions; a negative weight: no blend (rankSplit's `own`).
+   */
+  blend?: Float64Array;
   /** Ranked positions not chosen are excluded for good (H2O); excluded window positions are not kept. */
   evict?: boolean;
   /** How the exact and V-only parts combine (default "mass"). */
@@ -83,6 +89,8 @@ export interface DeviceRankPlan {
 export interface DevicePolicyForm {
   /** Add the column sums of this step's attention probabilities (rows >= fromRow) to the sequence's device score table. */
   accumulate?(seq: Sequence, layer: number, step: StepInfo): false | { fromRow: number };
+  /** Also count, per position, the query rows that read it (a mean attention's divisor; for `blend`). */
+  readonly hits?: boolean;
   /** Keep the step's last probability row of every head on the device (what an assistant shows its LLM). */
   readonly rows?: boolean;
   /** The layer's selection at this step, or null (every key). */

@@ -32,9 +32,9 @@ const DTYPE_CODE = { f32: 0, f16: 1, bf16: 2 } as const;
 /** Bytes of one packed attention-batch record (16 int64 fields, SkvAttnSeq in dev_api.h). */
 export const ATTN_SEQ_BYTES = 128;
 /** Bytes of one probability-pass output record (SkvProbOut). */
-export const PROB_OUT_BYTES = 32;
+export const PROB_OUT_BYTES = 48;
 /** Bytes of one ranked-selection list record (SkvRankList). */
-export const RANK_LIST_BYTES = 400;
+export const RANK_LIST_BYTES = 424;
 
 /** Memory on the device. `ptr` is its address; `at(i)` the address of element i. */
 export class DeviceBuffer {

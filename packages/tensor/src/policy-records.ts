@@ -15,8 +15,11 @@ export const RANK_TERMS = 16;
 export type ProbOut =
   /** Rows t >= rowFrom of every query head: float dst[(h * (T - rowFrom) + t - rowFrom) * stride + key]. */
   | { kind: "rows"; dst: Addr; stride: number; rowFrom?: number }
-  /** Per kv head g, the group's probabilities (rows t >= rowFrom) added to float dst[g * stride + position]. */
-  | { kind: "columnSums"; dst: Addr; stride: number; rowFrom?: number }
+  /**
+   * Per kv head g, the group's probabilities (rows t >= rowFrom) added to float dst[g * stride +
+   * position]; with `counts`, the number of those rows that see each key added there alike.
+   */
+  | { kind: "columnSums"; dst: Addr; stride: number; rowFrom?: number; counts?: Addr }
   /** Nothing for this sequence. */
   | null;
 
@@ -34,6 +37,8 @@ export function packProbOuts(outs: ProbOut[], into?: Int32Array, at = 0): Int32A
     put(out, b + 2, o?.stride ?? 0, what);
     put(out, b + 4, o?.rowFrom ?? 0, what);
     put(out, b + 6, o?.kind === "columnSums" ? 1 : 0, what);
+    put(out, b + 8, o?.kind === "columnSums" ? addr(o.counts) : 0, what);
+    put(out, b + 10, 0, what);
   });
   return out;
 }
@@ -60,6 +65,11 @@ export interface RankList {
   vOnlyCount?: Addr;
   /** V-only weights: term t's row at each V-only position to float w + t * stride (0 unless gate[t]). */
   weights?: { w: Addr; stride: number; gate: boolean[] };
+  /**
+   * Rank by weight * (the terms' score as a distribution over [0, n)) + (1 - weight) * (the mean
+   * attention sums / counts, float rows, as a distribution): rankSplit's `own` blend.
+   */
+  blend?: { weight: number; sums: Addr; counts: Addr };
 }
 
 /** x (a non-negative safe integer) as an int64 in out[at], out[at + 1]. */
@@ -115,6 +125,9 @@ export function packRankLists(lists: RankList[], into?: Int32Array, at = 0): Int
     put(out, b + 94, addr(w?.w), what);
     put(out, b + 96, w?.stride ?? 0, what);
     put(out, b + 98, gate, what);
+    f64[b / 2 + 50] = l.blend ? l.blend.weight : -1;
+    put(out, b + 102, addr(l.blend?.sums), what);
+    put(out, b + 104, addr(l.blend?.counts), what);
   });
   return out;
 }

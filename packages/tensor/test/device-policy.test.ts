@@ -92,8 +92,16 @@ function policySuite(kind: DeviceKind) {
       for (const mode of ["rows", "columnSums"] as const) {
         const bufs = cases.map((c) => d().alloc(mode === "rows" ? Hq * (c.T - c.rowFrom) * c.n : Hkv * c.n));
         for (const b of bufs) d().zero(b, 0, b.length);
+        const counts = cases.map((c) => d().alloc(Hkv * c.n));
+        for (const b of counts) d().zero(b, 0, b.length);
         const outs = packProbOuts(
-          cases.map((c, i) => ({ kind: mode, dst: bufs[i], stride: c.n, rowFrom: c.rowFrom })),
+          cases.map((c, i) => ({
+            kind: mode,
+            dst: bufs[i],
+            stride: c.n,
+            rowFrom: c.rowFrom,
+            counts: counts[i],
+          })),
         );
         d().attentionProbs({
           seqs: recs,
@@ -124,6 +132,14 @@ function policySuite(kind: DeviceKind) {
             for (let h = 0; h < Hq; h++)
               for (let j = 0; j < c.n; j++) want[Math.floor(h / G) * c.n + j] += scores[h * Lmax + j];
             expect(maxAbsDiff(got, want)).toBeLessThan(1e-5);
+            // Rows t >= rowFrom that see each key (MeanAttention's counts: T - max(fromRow, pos - start)).
+            const start = c.n - c.T;
+            const wantCounts = Float32Array.from({ length: Hkv * c.n }, (_, i) =>
+              Math.max(0, c.T - Math.max(c.rowFrom, (i % c.n) - start)),
+            );
+            expect(Array.from(d().read(counts[i], new Float32Array(Hkv * c.n)))).toEqual(
+              Array.from(wantCounts),
+            );
           }
         });
       }
@@ -344,6 +360,42 @@ function policySuite(kind: DeviceKind) {
       expect(Array.from(wg.subarray(n + 1, n + 1 + nv))).toEqual(new Array(nv).fill(0));
     }
     expect(vOnlySeen).toBeGreaterThan(0); // the cases reach the V-only split
+  });
+
+  it("rankSelect blends a list's terms with the mean attention (SmallKV's fallback) as rankSplit's own", () => {
+    const r = rng(17);
+    const n = 600;
+    const rows = [gridScores(n, r, 64)];
+    // Sums and counts whose means are on the grid too (counts powers of two).
+    const counts = Float32Array.from({ length: n }, () => 2 ** Math.floor(r() * 4));
+    const sums = Float32Array.from({ length: n }, (_, p) => (Math.floor(r() * 64) / 4096) * counts[p]);
+    for (const weight of [0.5, 0, 1]) {
+      const [got] = runLists([
+        {
+          n,
+          T: 1,
+          cap: n,
+          recent: 2,
+          rule: { kind: "fixed", k: 40, exact: 30 },
+          terms: [{ row: d().upload(rows[0]), weight: 1 }],
+          blend: { weight, sums: d().upload(sums), counts: d().upload(counts) },
+        },
+      ]);
+      const want = rankSplit({
+        n,
+        lists: 1,
+        ...scoresAsGiven(rows),
+        own: {
+          assistantWeight: Float64Array.of(weight),
+          sums: [Float64Array.from(sums)],
+          counts: [Float64Array.from(counts)],
+        },
+        recent: 2,
+        rule: { kind: "fixed", k: Int32Array.of(40), exact: Int32Array.of(30) },
+      });
+      expect(got.full).toEqual([...want.full[0], n]);
+      expect(got.vOnly).toEqual(Array.from(want.vOnly[0]));
+    }
   });
 
   it("rankSelect runs many lists in one launch, each its own, with or without the shared-memory score cache", () => {

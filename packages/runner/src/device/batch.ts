@@ -352,6 +352,7 @@ function probOutOf(
       dst: st.scores.ptr + l * Hkv * cap * 4,
       stride: cap,
       rowFrom: Math.max(0, accumulate.fromRow - r0),
+      counts: st.hits ? st.hits.ptr + l * Hkv * cap * 4 : undefined,
     };
   const last = part.tokens.length - 1;
   if (rows && st.rows && last >= r0 && last < r0 + T) {
@@ -377,7 +378,8 @@ function rankRecords(
   const st = (seq.kv as DeviceKvCache).policy!;
   const assistant = plan.scores.kind === "assistant" ? plan.scores : null;
   const slm = assistant ? (seq.assistant!.seq.kv as DeviceKvCache).policy! : null;
-  const key = `${st.cap}|${plan.rule.kind}|${plan.evict ? 1 : 0}|${slm ? `${slm.rowsOf(0)}:${slm.rowStride}` : "acc"}`;
+  const blend = plan.blend ? Array.from(plan.blend).join(",") : "";
+  const key = `${st.cap}|${plan.rule.kind}|${plan.evict ? 1 : 0}|${slm ? `${slm.rowsOf(0)}:${slm.rowStride}` : "acc"}|${blend}`;
   const cached = st.records[l];
   const step = (g: number) => ({
     n: seq.length,
@@ -417,6 +419,15 @@ function rankRecords(
             gate: assistant.gate.slice(g * G, (g + 1) * G),
           }
         : undefined,
+      // Weakly matched heads: the scores blended with the sequence's own mean attention.
+      blend:
+        plan.blend && plan.blend[g] >= 0 && st.scores && st.hits
+          ? {
+              weight: plan.blend[g],
+              sums: st.scores.ptr + list * cap * 4,
+              counts: st.hits.ptr + list * cap * 4,
+            }
+          : undefined,
     });
   }
   const packed = packRankLists(lists);

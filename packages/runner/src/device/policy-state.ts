@@ -12,6 +12,8 @@ import type { DevicePolicyForm } from "../policy-hook.js";
 export class DevicePolicyState {
   /** f32 [L][Hkv][cap]: accumulated column sums (null: the form does not accumulate). */
   scores: DeviceBuffer | null = null;
+  /** f32 [L][Hkv][cap]: query rows that read each position (with the sums, a mean attention). */
+  hits: DeviceBuffer | null = null;
   /** uint8 [L][Hkv][cap] in an i32 buffer: positions excluded for good. */
   exclude: DeviceBuffer | null = null;
   /** i32 [L][Hkv][cap] exact positions and [L][Hkv] their counts. */
@@ -64,7 +66,7 @@ export class DevicePolicyState {
     const { numLayers: L, numKvHeads: Hkv, numHeads: Hq } = this.c;
     const f = this.form;
     const lists = L * Hkv;
-    const old = { scores: this.scores, exclude: this.exclude, cap: this.cap };
+    const old = { scores: this.scores, hits: this.hits, exclude: this.exclude, cap: this.cap };
     const fresh = (n: number, dtype: "f32" | "i32" = "f32") => {
       const b = this.dev.alloc(Math.max(1, n), dtype);
       this.dev.zero(b);
@@ -72,6 +74,7 @@ export class DevicePolicyState {
     };
     for (const b of [this.idx, this.counts, this.vIdx, this.vCounts, this.weights, this.rows]) b?.free();
     if (f.accumulate) this.scores = fresh(lists * cap);
+    if (f.accumulate && f.hits) this.hits = fresh(lists * cap);
     if (f.plan) {
       this.exclude = fresh(Math.ceil((lists * cap) / 4), "i32");
       this.idx = fresh(lists * cap, "i32");
@@ -85,15 +88,17 @@ export class DevicePolicyState {
     // The kept planes, head by head (their rows start at each plane's new offset).
     for (const [next, prev, bytes] of [
       [this.scores, old.scores, 4],
+      [this.hits, old.hits, 4],
       [this.exclude, old.exclude, 1],
     ] as const) {
       if (!next || !prev || keep === 0) continue;
       for (let p = 0; p < lists; p++)
         this.dev.copy(next.ptr + p * cap * bytes, prev.ptr + p * old.cap * bytes, keep * bytes);
     }
-    if (old.scores || old.exclude) {
+    if (old.scores || old.hits || old.exclude) {
       this.dev.sync(0);
       old.scores?.free();
+      old.hits?.free();
       old.exclude?.free();
     }
     this.cap = cap;

@@ -127,9 +127,12 @@ int skv_k_kv_append(const int64_t* kStore, const int64_t* vStore, const int32_t*
 // Where the probability pass puts one sequence's probabilities (paired with its SkvAttnSeq; dst 0:
 // nothing). mode 0: rows t >= rowFrom as dst[(h * (T - rowFrom) + t - rowFrom) * stride + j] for key
 // j of the list (keys a row does not see: 0). mode 1: per kv head g, the probabilities of the group's
-// query heads and rows t >= rowFrom added to dst[g * stride + row(j)] (column sums at positions).
+// query heads and rows t >= rowFrom added to dst[g * stride + row(j)] (column sums at positions),
+// and with counts set, the number of those rows that see key j added to counts[g * stride + row(j)]
+// (what a mean over the queries that read a token divides by).
 struct SkvProbOut {
-  int64_t dst, stride, rowFrom, mode;
+  int64_t dst, stride, rowFrom, mode, counts;
+  int64_t pad;
 };
 // Probabilities exp(q.k * scale - lse) of the records' keys (lse from skv_k_attention_batch).
 int skv_k_attention_probs(const SkvAttnSeq* seqs, const SkvProbOut* outs, int B, int maxKeys, int Hq, int Hkv,
@@ -149,7 +152,9 @@ enum SkvRankFlags {
 // V-only positions ascending (vidx, vCnt[0]); with w, term t's row at each V-only position goes to
 // w + t * wstride (0 where bit t of gate is clear). SKV_RANK_EVICT sets exclude for every ranked
 // position not chosen; SKV_RANK_SKIP_EXCLUDED_RECENT drops excluded window positions, their slots
-// going to ranked ones (fixed rule: added to k and exact).
+// going to ranked ones (fixed rule: added to k and exact). With blend >= 0, the score is
+// blend * (the terms' score as a distribution over [0, n)) + (1 - blend) * (the mean attention
+// ownSums / ownCounts as a distribution): the fallback of weakly matched heads.
 struct SkvRankList {
   int64_t n, T, recent, flags, k, exact;
   double units, exactShare, negligible;
@@ -158,11 +163,13 @@ struct SkvRankList {
   int64_t term[16];
   double weight[16];
   int64_t w, wstride, gate;
+  double blend;
+  int64_t ownSums, ownCounts;
 };
 // maxN: the largest n among the lists (sizes the launch's shared-memory score cache).
 int skv_k_rank_select(const SkvRankList* lists, int count, int maxN, int stream);
 }
 
 static_assert(sizeof(SkvAttnSeq) == 128, "SkvAttnSeq is ATTN_SEQ_BYTES");
-static_assert(sizeof(SkvProbOut) == 32, "SkvProbOut is PROB_OUT_BYTES");
-static_assert(sizeof(SkvRankList) == 400, "SkvRankList is RANK_LIST_BYTES");
+static_assert(sizeof(SkvProbOut) == 48, "SkvProbOut is PROB_OUT_BYTES");
+static_assert(sizeof(SkvRankList) == 424, "SkvRankList is RANK_LIST_BYTES");

@@ -95,6 +95,11 @@ __global__ void probs_kernel(ProbArgs a) {
         }
       }
       if (o.mode == 1 && sum != 0.f) atomicAdd(dst + static_cast<int64_t>(g) * o.stride + row, sum);
+      // Rows t >= from that see key j (t >= j - (n - T)), counted once per key.
+      if (o.mode == 1 && o.counts && v0 == 0) {
+        const int first = j - (n - T) > from ? j - (n - T) : from;
+        if (T > first) atomicAdd(as_ptr<float>(o.counts) + static_cast<int64_t>(g) * o.stride + row, static_cast<float>(T - first));
+      }
     }
   }
 }
@@ -121,11 +126,24 @@ struct List {
   int n, lo;
   const uint8_t* ex;
   const float* cache;  // the scores of [0, lo) in shared memory (null: computed at each read)
+  double sumA = 0, sumO = 0;  // the blend's normalisers (> 0 divides)
   __device__ bool candidate(int p) const { return p < lo && (ex == nullptr || ex[p] == 0); }
   __device__ float score(int p) const { return cache ? cache[p] : compute(p); }
-  __device__ float compute(int p) const {
+  __device__ double terms(int p) const {
     double s = 0;
     for (int t = 0; t < r->nterms; ++t) s += static_cast<double>(as_ptr<const float>(r->term[t])[p]) * r->weight[t];
+    return s;
+  }
+  __device__ double own(int p) const {
+    const float c = as_ptr<const float>(r->ownCounts)[p];
+    return c > 0 ? static_cast<double>(as_ptr<const float>(r->ownSums)[p]) / c : 0.0;
+  }
+  __device__ float compute(int p) const {
+    double s = terms(p);
+    if (r->blend >= 0) {
+      const double a = sumA > 0 ? s / sumA : s, o = sumO > 0 ? own(p) / sumO : own(p);
+      s = r->blend * a + (1 - r->blend) * o;
+    }
     const float f = static_cast<float>(s);
     return f != f ? -INFINITY : f;
   }
@@ -303,6 +321,22 @@ __global__ void rank_select_kernel(const SkvRankList* lists, int cacheN) {
   const bool skipRecent = r.flags & SKV_RANK_SKIP_EXCLUDED_RECENT, evict = r.flags & SKV_RANK_EVICT;
   List L{&r, n, n - static_cast<int>(r.recent) > 0 ? n - static_cast<int>(r.recent) : 0,
          r.exclude ? as_ptr<const uint8_t>(r.exclude) : nullptr, nullptr};
+  if (r.blend >= 0) {
+    // Both views as distributions over [0, n): their sums first.
+    if (tid == 0) sh.sum = sh.dsum = 0;
+    __syncthreads();
+    double a = 0, o = 0;
+    for (int p = tid; p < n; p += kRankThreads) {
+      a += L.terms(p);
+      o += L.own(p);
+    }
+    atomicAdd(&sh.sum, a);
+    atomicAdd(&sh.dsum, o);
+    __syncthreads();
+    L.sumA = sh.sum;
+    L.sumO = sh.dsum;
+    __syncthreads();
+  }
   if (L.lo <= cacheN) {
     for (int p = tid; p < L.lo; p += kRankThreads) cache[p] = L.compute(p);
     __syncthreads();

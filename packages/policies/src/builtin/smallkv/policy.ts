@@ -22,7 +22,7 @@ import { definePolicy, type PolicyFactory } from "../../sdk.js";
 import { Evictions } from "../../select.js";
 import { copyState } from "../../state-copy.js";
 import { PAPER_DEFAULTS, SMALLKV_DEFAULTS, type SmallKvOptions, validate } from "./options.js";
-import { accumulatedScores, currentTerms } from "./ranking.js";
+import { accumulatedScores, currentTerms, trustedShare } from "./ranking.js";
 import { layerRule } from "./rule.js";
 import { hasRows, type ScoreMode } from "./scoring.js";
 import type { SmallKvContext, SmallKvState } from "./state.js";
@@ -164,8 +164,7 @@ function finishLayer(ctx: SmallKvContext, p: LayerPlan, r: RankSplitResult): Lay
  * The device form's plan of one layer at a decode step: the same terms and rule as planLayer,
  * without the scores (the assistant's rows stay on the device). A multi-row step after the
  * matching (a second prompt chunk) reads every token: the device keeps one assistant row.
- * Heads that fall back (weak matches) rank by the assistant here: the own-attention blend is
- * the host path's (load with devicePolicies: false).
+ * Lists with heads that fall back blend in the LLM's own mean attention, kept on the device.
  */
 function devicePlan(ctx: SmallKvContext): DeviceRankPlan | null {
   const st = ctx.state;
@@ -189,10 +188,21 @@ function devicePlan(ctx: SmallKvContext): DeviceRankPlan | null {
     gated.slice(g * group, (g + 1) * group).some(Boolean) ? 1 : 0,
   ));
   const { rule, recentOld } = layerRule(o, Hkv, ctx.step.start, 1, ctx.oldBudget, o.marginal, vOnlyLists);
+  // As termPlan: a list whose heads do not all trust the assistant blends in the own view.
+  let blend: Float64Array | undefined;
+  if (st.own)
+    for (let g = 0; g < Hkv; g++) {
+      const share = trustedShare(ctx, g, group);
+      if (share < 1) {
+        blend ??= new Float64Array(Hkv).fill(-1);
+        blend[g] = share;
+      }
+    }
   return {
     recent: recentOld,
     rule,
     scores: { kind: "assistant", terms, gate: gated },
+    blend,
     combine: o.mode as "mass" | "literal",
   };
 }
@@ -309,6 +319,9 @@ function makeSmallKv(
       // The default ranking (the matched heads' current rows) over kv-head lists; the paper's
       // accumulated sums, per-query-head lists and the eviction ablation stay on the host.
       available: (o) => o.scores === "current" && o.gqa === "kv" && o.saliency,
+      // The LLM's own mean attention, while some head may fall back to it (as wantsAttention).
+      accumulate: (ctx) => (ctx.state.own ? { fromRow: 0 } : false),
+      hits: (o) => o.fallback,
       plan: devicePlan,
     },
     select(ctx): LayerSelection | null {

@@ -27,7 +27,7 @@ export interface TermPlan {
 }
 
 /** The share of list g's query heads that trust their matched SLM head (1: no blend). */
-function trustedShare(ctx: SmallKvContext, g: number, group: number): number {
+export function trustedShare(ctx: SmallKvContext, g: number, group: number): number {
   let trusted = 0;
   for (let i = 0; i < group; i++) if (ctx.state.trusted![ctx.layer][g * group + i]) trusted++;
   return trusted / group;
