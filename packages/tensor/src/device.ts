@@ -307,6 +307,12 @@ export interface AttentionBatchArgs {
   part: Ptr;
   /** When set: each query row's log-sum-exp of its scaled logits, float [.][Hq] by q row (for `attentionProbs`). */
   lse?: Ptr;
+  /**
+   * Records of at least this many rows with contiguous lists (prefills) run as tensor-core tiles,
+   * FlashAttention-2 style, when the store is f16/bf16 and D a multiple of 16 up to 128 (default
+   * 64; 0: never; P is rounded to the store's type there).
+   */
+  prefillRows?: number;
   stream?: number;
 }
 
@@ -816,6 +822,11 @@ export class Device {
     const { B, maxT, maxKeys, Hq, Hkv, D } = a;
     if (Hkv <= 0 || Hq % Hkv !== 0)
       throw new TensorShapeError("attentionBatch", `Hq ${Hq} is not a multiple of Hkv ${Hkv}`);
+    if (a.prefillRows !== undefined && !(Number.isInteger(a.prefillRows) && a.prefillRows >= 0))
+      throw new TensorShapeError(
+        "attentionBatch",
+        `prefillRows must be a non-negative integer, got ${a.prefillRows}`,
+      );
     const part = this.attentionPartFloats(B, maxT, maxKeys, Hq, D);
     wrap(() =>
       this.b.attentionBatch(
@@ -833,6 +844,7 @@ export class Device {
         this.p(a.part, part * 4, "part"),
         0,
         a.lse === undefined ? 0 : this.p(a.lse, 4, "lse"),
+        a.prefillRows ?? 64,
         a.stream ?? 0,
       ),
     );

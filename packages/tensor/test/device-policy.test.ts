@@ -146,6 +146,119 @@ function policySuite(kind: DeviceKind) {
     });
   }
 
+  for (const dt of ["bf16", "f16"] as const) {
+    it(`attentionBatch ${dt}: prefill records run as tensor-core tiles (with a window, GQA, a decode row beside), and their log-sum-exp feeds attentionProbs`, () => {
+      const r = rng(21);
+      const [Hq, Hkv] = [4, 2];
+      for (const D of [32, 64]) {
+        // 130 rows after 40 past keys (3 query tiles, the last partial), a windowed 70-row step, a decode row.
+        const cases = [
+          { T: 130, n: 170, window: 0 },
+          { T: 70, n: 70, window: 24 },
+          { T: 1, n: 90, window: 0 },
+        ];
+        const M = cases.reduce((a, c) => a + c.T, 0);
+        const q = randn(M * Hq * D, r, 1);
+        const seqs: AttentionSeq[] = [];
+        const wants: ReturnType<typeof reference.attentionRef>[] = [];
+        let row = 0;
+        for (const c of cases) {
+          const cap = c.n + 2;
+          const rd = (x: Float32Array) => fromHalfBits(toHalfBits(x, dt), dt);
+          const k = rd(randn(Hkv * cap * D, r));
+          const v = rd(randn(Hkv * cap * D, r));
+          seqs.push({
+            k: d().upload(toHalfBits(k, dt), dt),
+            v: d().upload(toHalfBits(v, dt), dt),
+            cap,
+            n: c.n,
+            T: c.T,
+            qRow: row,
+            window: c.window,
+          });
+          wants.push(
+            reference.attentionRef({
+              q: q.subarray(row * Hq * D, (row + c.T) * Hq * D),
+              k,
+              v,
+              cap,
+              T: c.T,
+              past: c.n - c.T,
+              Hq,
+              Hkv,
+              D,
+              window: c.window,
+            }),
+          );
+          row += c.T;
+        }
+        const recs = d().upload(packAttentionSeqs(seqs));
+        const qb = d().upload(q);
+        const run = (prefillRows: number) => {
+          const out = d().alloc(M * Hq * D);
+          const lse = d().alloc(M * Hq);
+          const part = d().alloc(d().attentionPartFloats(3, 130, 170, Hq, D));
+          d().attentionBatch({
+            seqs: recs,
+            B: 3,
+            maxT: 130,
+            maxKeys: 170,
+            Hq,
+            Hkv,
+            D,
+            kvDtype: dt,
+            q: qb,
+            out,
+            part,
+            lse,
+            prefillRows,
+          });
+          return { out: d().read(out, new Float32Array(M * Hq * D)), lse };
+        };
+        const tc = run(64);
+        const cuda = run(0);
+        // P is rounded to the store's type on the tensor cores: bf16 keeps 8 bits, f16 11.
+        const tol = dt === "bf16" ? 2e-2 : 3e-3;
+        row = 0;
+        cases.forEach((c, i) => {
+          const got = tc.out.subarray(row * Hq * D, (row + c.T) * Hq * D);
+          expect(maxAbsDiff(got, wants[i].out)).toBeLessThan(c.T >= 64 ? tol : 2e-5);
+          row += c.T;
+        });
+        expect(maxAbsDiff(tc.out, cuda.out)).toBeLessThan(tol);
+        // The tiles' log-sum-exp: the probability pass's column sums match the reference's.
+        const sums = cases.map((c) => {
+          const b = d().alloc(Hkv * c.n);
+          d().zero(b);
+          return b;
+        });
+        const outs = d().upload(
+          packProbOuts(cases.map((c, i) => ({ kind: "columnSums", dst: sums[i], stride: c.n }))),
+        );
+        d().attentionProbs({
+          seqs: recs,
+          outs,
+          B: 3,
+          maxKeys: 170,
+          Hq,
+          Hkv,
+          D,
+          kvDtype: dt,
+          q: qb,
+          lse: tc.lse,
+        });
+        cases.forEach((c, i) => {
+          const { scores, Lmax } = wants[i];
+          const want = new Float32Array(Hkv * c.n);
+          for (let h = 0; h < Hq; h++)
+            for (let j = 0; j < c.n; j++) want[Math.floor(h / (Hq / Hkv)) * c.n + j] += scores[h * Lmax + j];
+          const got = d().read(sums[i], new Float32Array(Hkv * c.n));
+          expect(maxAbsDiff(got, want)).toBeLessThan(c.T >= 64 ? 0.05 * Math.sqrt(c.T) : 1e-4);
+        });
+      }
+    });
+  }
+
   it("attentionProbs adds a selection's column sums at the selected positions", () => {
     const [Hq, Hkv, D] = [2, 1, 16];
     const r = rng(11);

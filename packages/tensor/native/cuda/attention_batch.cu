@@ -25,7 +25,12 @@ struct BatchArgs {
   float* po;  // partial outputs [B][maxT][Hq][S][D]
   float* ml;  // their (max, sum) [B][maxT][Hq][S][2]
   float* lse;  // log-sum-exp per q row and head (null: not asked)
+  int skip;    // > 0: contiguous records of at least this many rows are the prefill kernel's
 };
+
+__device__ inline bool prefill_record(const BatchArgs& a, const SkvAttnSeq& s) {
+  return a.skip > 0 && s.T >= a.skip && !s.idx && !s.vidx;
+}
 
 template <class T>
 __device__ inline const T* as_ptr(int64_t a) {
@@ -71,6 +76,7 @@ __global__ void split_kernel(BatchArgs a) {
   const int T = static_cast<int>(s.T), G = a.G, D = a.D, tid = threadIdx.x;
   const int v0 = sub * kQ, vn = T * G - v0 < kQ ? T * G - v0 : kQ;
   if (vn <= 0) return;  // the whole block: this sequence has fewer rows than the launch's widest
+  if (prefill_record(a, s)) return;
   const int n = list_len(s, g), j0 = split * kChunk;
   auto slot = [&](int v) {  // partial index of query v of this block
     const int t = (v0 + v) / G, h = g * G + (v0 + v) % G;
@@ -214,7 +220,7 @@ __global__ void reduce_kernel(BatchArgs a) {
   const int h = blockIdx.x, t = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
   const SkvAttnSeq s = a.seqs[b];
   const int T = static_cast<int>(s.T);
-  if (t >= T) return;
+  if (t >= T || prefill_record(a, s)) return;
   const int g = h / a.G, D = a.D;
   const int ns = (list_len(s, g) + kChunk - 1) / kChunk;
   const int64_t base = ((static_cast<int64_t>(b) * a.maxT + t) * a.Hq + h) * a.S;
@@ -285,7 +291,7 @@ extern "C" int64_t skv_attn_part_floats(int B, int maxT, int maxKeys, int Hq, in
 
 extern "C" int skv_k_attention_batch(const SkvAttnSeq* seqs, int B, int maxT, int maxKeys, int Hq, int Hkv, int D,
                                      float scale, int kvDtype, const float* q, float* out, float* part, int chunk,
-                                     float* lse, int stream) {
+                                     float* lse, int prefillRows, int stream) {
   if (B <= 0 || maxT <= 0) return SKV_OK;
   if (chunk != 0 && chunk != kChunk) return skv_arg_error("attention_batch: the chunk is 256 keys (pass 0)");
   if (Hkv <= 0 || Hq % Hkv != 0) return skv_arg_error("attention_batch: query heads must be a multiple of kv heads");
@@ -310,6 +316,12 @@ extern "C" int skv_k_attention_batch(const SkvAttnSeq* seqs, int B, int maxT, in
   a.po = part;
   a.ml = part + static_cast<int64_t>(B) * maxT * Hq * a.S * D;
   void* s = skv_stream(stream);
+  // Long contiguous records of 16-bit stores: tensor-core tiles (prefill.cu); the rest here.
+  if (prefillRows > 0 && maxT >= prefillRows && skv_prefill_fits(D, kvDtype)) {
+    const int rc = skv_prefill_attention(seqs, B, maxT, Hq, Hkv, D, scale, kvDtype, q, out, lse, prefillRows, s);
+    if (rc != SKV_OK) return rc;
+    a.skip = prefillRows;
+  }
   if (kvDtype == SKV_F32) return launch<float>(a, s);
   if (kvDtype == SKV_F16) return launch<ck::half_t>(a, s);
   if (kvDtype == SKV_BF16) return launch<ck::bf16_t>(a, s);

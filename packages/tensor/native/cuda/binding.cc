@@ -231,11 +231,11 @@ Napi::Value Argmax(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value AttentionBatch(const Napi::CallbackInfo& info) {
-  ARGS(15);
+  ARGS(16);
   check(env, skv_k_attention_batch(ptr<SkvAttnSeq>(info[0]), i32(info[1]), i32(info[2]), i32(info[3]), i32(info[4]),
                                    i32(info[5]), i32(info[6]), f32(info[7]), i32(info[8]), ptr<float>(info[9]),
                                    ptr<float>(info[10]), ptr<float>(info[11]), i32(info[12]), ptr<float>(info[13]),
-                                   i32(info[14])));
+                                   i32(info[14]), i32(info[15])));
   return env.Undefined();
 }
 

@@ -48,7 +48,7 @@ template <int N> inline void cp_async_wait() {}
 #include <cuda_runtime.h>
 #include <mma.h>
 #define CK_SHARED __shared__
-#define CK_DYN_SHARED(T, name) extern __shared__ __align__(16) unsigned char skv_dyn_smem_[]; \
+#define CK_DYN_SHARED(T, name) extern __shared__ __align__(128) unsigned char skv_dyn_smem_[]; \
   T* name = reinterpret_cast<T*>(skv_dyn_smem_)
 #define CK_LAUNCH(kernel, grid, block, smem, stream, ...) \
   kernel<<<(grid), (block), (smem), static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)

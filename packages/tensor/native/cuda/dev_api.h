@@ -112,9 +112,15 @@ struct SkvAttnSeq {
 // `part` is workspace of skv_attn_part_floats(...) floats. q and out are float32.
 // lse (may be null): each query row's log-sum-exp of its scaled logits, float [.][Hq] by q row (what
 // skv_k_attention_probs normalises by).
+// prefillRows > 0: records of at least that many rows with contiguous lists run as tensor-core
+// tiles (FlashAttention-2 style) when the store is f16/bf16 and D a multiple of 16 up to 128.
 int skv_k_attention_batch(const SkvAttnSeq* seqs, int B, int maxT, int maxKeys, int Hq, int Hkv, int D,
                           float scale, int kvDtype, const float* q, float* out, float* part, int chunk, float* lse,
-                          int stream);
+                          int prefillRows, int stream);
+// Internal (prefill.cu): whether the tensor-core prefill serves this head dim and dtype, and its launch.
+int skv_prefill_fits(int D, int kvDtype);
+int skv_prefill_attention(const SkvAttnSeq* seqs, int B, int maxT, int Hq, int Hkv, int D, float scale, int kvDtype,
+                          const float* q, float* out, float* lse, int minRows, void* stream);
 int64_t skv_attn_part_floats(int B, int maxT, int maxKeys, int Hq, int D, int chunk);
 // Append rows: for each of the n entries i, the K/V rows r = rows[i] (i when rows is null) of
 // k/v [.][Hkv][D] (float32) go to row dst[i] of the stores kStore[i]/vStore[i] (64-bit addresses,

@@ -132,7 +132,10 @@ void warp_exchange(uint64_t mine, int src_lane, uint64_t* out) {
   yield(kWarpBarrier);  // nobody overwrites a slot before every lane has read
 }
 
-void* dynamic_shared() { return state->shared.data(); }
+// 64-byte aligned (the buffer has 64 bytes of slack), as CUDA aligns it for WMMA tiles.
+void* dynamic_shared() {
+  return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(state->shared.data()) + 63) & ~uintptr_t{63});
+}
 
 void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body) {
   const int nthreads = static_cast<int>(block.x * block.y * block.z);

@@ -1,0 +1,206 @@
+// Prefill attention on tensor cores, FlashAttention-2 style: a block takes 64 query rows of one
+// head and walks the key list in tiles of 64 (S = Q K^T and O += P V on WMMA fragments, an
+// online softmax between them), so memory stays O(T) and K/V are read once per query tile.
+// Contiguous f16/bf16 lists of records with at least `minRows` rows; the batched attention
+// launch hands these records here and runs the rest itself.
+#include "ck.h"
+#include "dev_api.h"
+#include "launch_check.h"
+
+namespace {
+
+constexpr int kBR = 64;  // query rows a block
+constexpr int kBC = 64;  // keys a tile
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+
+template <class T>
+__device__ inline const T* as_ptr(int64_t a) {
+  return reinterpret_cast<const T*>(static_cast<uintptr_t>(a));
+}
+
+struct PrefillArgs {
+  const SkvAttnSeq* seqs;
+  int Hq, G, D, minRows;
+  float scale;
+  const float* q;
+  float* out;
+  float* lse;
+};
+
+// Shared memory: Q, K, V tiles (KT, [64][D]), S (f32 [64][64]), P (KT [64][64]), O (f32 [64][D]),
+// and per row its running max, normaliser and rescale factor.
+inline size_t smem_bytes(int D, size_t kt) {
+  return 3 * kBR * D * kt + kBR * kBC * 4 + kBR * kBC * kt + kBR * D * 4 + 3 * kBR * 4;
+}
+
+template <class KT, int ND>
+__global__ void prefill_kernel(PrefillArgs a) {
+  namespace wmma = ck::wmma;
+  CK_DYN_SHARED(unsigned char, smem);
+  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, warp = tid >> 5;
+  const SkvAttnSeq s = a.seqs[b];
+  const int T = static_cast<int>(s.T), n = static_cast<int>(s.n), D = ND * 16;
+  const int t0 = tile * kBR;
+  if (T < a.minRows || s.idx || t0 >= T) return;  // not this kernel's record, or past its rows
+  const int rows = T - t0 < kBR ? T - t0 : kBR, g = h / a.G;
+  KT* Qs = reinterpret_cast<KT*>(smem);
+  KT* Ks = Qs + kBR * D;
+  KT* Vs = Ks + kBC * D;
+  float* S = reinterpret_cast<float*>(Vs + kBC * D);
+  KT* P = reinterpret_cast<KT*>(S + kBR * kBC);
+  float* O = reinterpret_cast<float*>(P + kBR * kBC);
+  float* mrow = O + kBR * D;
+  float* lrow = mrow + kBR;
+  float* alpha = lrow + kBR;
+  for (int e = tid; e < kBR * D; e += kThreads) {
+    const int r = e / D, d = e % D;
+    Qs[e] = ck::from_float<KT>(r < rows ? a.q[((s.qRow + t0 + r) * a.Hq + h) * D + d] : 0.f);
+    O[e] = 0.f;
+  }
+  if (tid < kBR) {
+    mrow[tid] = -INFINITY;
+    lrow[tid] = 0.f;
+  }
+  // Keys this tile's rows can see: up to the last row's causal limit; from the first row's window.
+  const int past = n - T;
+  const int kEnd = past + t0 + rows;
+  const int win = static_cast<int>(s.window);
+  const int kBegin = win > 0 && past + t0 + 1 > win ? (past + t0 + 1 - win) / kBC * kBC : 0;
+  const KT* kh = as_ptr<KT>(s.k) + static_cast<int64_t>(g) * s.cap * D;
+  const KT* vh = as_ptr<KT>(s.v) + static_cast<int64_t>(g) * s.cap * D;
+  for (int j0 = kBegin; j0 < kEnd; j0 += kBC) {
+    __syncthreads();  // the previous tile's reads of Ks, Vs and P are done
+    const int cnt = kEnd - j0 < kBC ? kEnd - j0 : kBC;
+    for (int e = tid; e < kBC * D; e += kThreads) {
+      const int r = e / D;
+      const KT zero = ck::from_float<KT>(0.f);
+      Ks[e] = r < cnt ? kh[static_cast<int64_t>(j0) * D + e] : zero;
+      Vs[e] = r < cnt ? vh[static_cast<int64_t>(j0) * D + e] : zero;
+    }
+    __syncthreads();
+    // S = Q K^T: each warp a 16-row strip of the 64 x 64 tile.
+    {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kBC / 16];
+      for (int c = 0; c < kBC / 16; ++c) wmma::fill_fragment(acc[c], 0.f);
+      for (int kk = 0; kk < D; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, KT, wmma::row_major> qa;
+        wmma::load_matrix_sync(qa, Qs + warp * 16 * D + kk, D);
+        for (int c = 0; c < kBC / 16; ++c) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, KT, wmma::col_major> kb;
+          wmma::load_matrix_sync(kb, Ks + c * 16 * D + kk, D);
+          wmma::mma_sync(acc[c], qa, kb, acc[c]);
+        }
+      }
+      for (int c = 0; c < kBC / 16; ++c)
+        wmma::store_matrix_sync(S + warp * 16 * kBC + c * 16, acc[c], kBC, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // Online softmax: two threads a row, 32 keys each.
+    {
+      const int r = tid >> 1, half = tid & 1;
+      const int lim = past + t0 + r + 1, lo = win > 0 && lim > win ? lim - win : 0;
+      float mx = -INFINITY;
+      for (int c = half * 32; c < half * 32 + 32; ++c) {
+        const int j = j0 + c;
+        const float x = r < rows && c < cnt && j < lim && j >= lo ? S[r * kBC + c] * a.scale : -INFINITY;
+        S[r * kBC + c] = x;
+        mx = fmaxf(mx, x);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(ck::kFull, mx, 1));
+      const float mold = mrow[r], mnew = fmaxf(mold, mx);
+      float sum = 0.f;
+      for (int c = half * 32; c < half * 32 + 32; ++c) {
+        const float p = mnew == -INFINITY ? 0.f : __expf(S[r * kBC + c] - mnew);
+        P[r * kBC + c] = ck::from_float<KT>(p);
+        sum += p;
+      }
+      sum += __shfl_xor_sync(ck::kFull, sum, 1);
+      __syncthreads();  // every lane has read mrow before it moves
+      if (half == 0) {
+        const float f = mold == -INFINITY ? 0.f : __expf(mold - mnew);
+        alpha[r] = f;
+        lrow[r] = lrow[r] * f + sum;
+        mrow[r] = mnew;
+      }
+    }
+    __syncthreads();
+    for (int e = tid; e < kBR * D; e += kThreads) O[e] *= alpha[e / D];
+    __syncthreads();
+    // O += P V: each warp its 16-row strip, all ND column blocks of D held as fragments. Every
+    // lane loads before any lane stores (the barrier): a fragment's load-add-store is then the
+    // same whatever the lanes' order.
+    {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> o[ND];
+      CK_UNROLL for (int c = 0; c < ND; ++c)
+        wmma::load_matrix_sync(o[c], O + warp * 16 * D + c * 16, D, wmma::mem_row_major);
+      for (int kk = 0; kk < kBC; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, KT, wmma::row_major> pa;
+        wmma::load_matrix_sync(pa, P + warp * 16 * kBC + kk, kBC);
+        CK_UNROLL for (int c = 0; c < ND; ++c) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, KT, wmma::row_major> vb;
+          wmma::load_matrix_sync(vb, Vs + kk * D + c * 16, D);
+          wmma::mma_sync(o[c], pa, vb, o[c]);
+        }
+      }
+      __syncthreads();
+      CK_UNROLL for (int c = 0; c < ND; ++c)
+        wmma::store_matrix_sync(O + warp * 16 * D + c * 16, o[c], D, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < rows * D; e += kThreads) {
+    const int r = e / D, d = e % D;
+    const float l = lrow[r];
+    a.out[((s.qRow + t0 + r) * a.Hq + h) * D + d] = l > 0.f ? O[e] / l : 0.f;
+  }
+  if (a.lse && tid < rows)
+    a.lse[(s.qRow + t0 + tid) * a.Hq + h] = lrow[tid] > 0.f ? mrow[tid] + logf(lrow[tid]) : -INFINITY;
+}
+
+template <class KT, int ND>
+int launch(const PrefillArgs& a, int B, int maxT, void* stream) {
+  const size_t bytes = smem_bytes(a.D, sizeof(KT));
+#ifndef SKV_EMU
+  static size_t optedIn = 48 * 1024;
+  if (bytes > optedIn) {
+    if (cudaFuncSetAttribute(prefill_kernel<KT, ND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(bytes)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return skv_arg_error("attention_prefill: the device refuses the shared memory for this head dim");
+    }
+    optedIn = bytes;
+  }
+#endif
+  const dim3 grid((maxT + kBR - 1) / kBR, a.Hq, B);
+  CK_LAUNCH((prefill_kernel<KT, ND>), grid, kThreads, bytes, stream, a);
+  return skv_check_launch("attention_prefill");
+}
+
+template <class KT>
+int launch_d(const PrefillArgs& a, int B, int maxT, void* stream) {
+  switch (a.D / 16) {
+    case 1: return launch<KT, 1>(a, B, maxT, stream);
+    case 2: return launch<KT, 2>(a, B, maxT, stream);
+    case 3: return launch<KT, 3>(a, B, maxT, stream);
+    case 4: return launch<KT, 4>(a, B, maxT, stream);
+    case 5: return launch<KT, 5>(a, B, maxT, stream);
+    case 6: return launch<KT, 6>(a, B, maxT, stream);
+    case 7: return launch<KT, 7>(a, B, maxT, stream);
+    case 8: return launch<KT, 8>(a, B, maxT, stream);
+    default: return skv_arg_error("attention_prefill: head dim must be a multiple of 16 up to 128");
+  }
+}
+
+}  // namespace
+
+extern "C" int skv_prefill_fits(int D, int kvDtype) {
+  return (kvDtype == SKV_F16 || kvDtype == SKV_BF16) && D % 16 == 0 && D >= 16 && D <= 128;
+}
+
+extern "C" int skv_prefill_attention(const SkvAttnSeq* seqs, int B, int maxT, int Hq, int Hkv, int D, float scale,
+                                     int kvDtype, const float* q, float* out, float* lse, int minRows, void* stream) {
+  PrefillArgs a{seqs, Hq, Hq / Hkv, D, minRows, scale, q, out, lse};
+  if (kvDtype == SKV_F16) return launch_d<ck::half_t>(a, B, maxT, stream);
+  return launch_d<ck::bf16_t>(a, B, maxT, stream);
+}
