@@ -251,14 +251,14 @@ class PolicyRun {
     let ab = 0;
     let flops = 0;
     let slmFlops = 0;
-    // Hot rows held as copies (the device's host path, the CPU's copy mode); a device form and
-    // an indexed hot set read the store in place.
+    // Hot rows held as copies (the device's per-sequence host path, the CPU's copy mode); the
+    // batched path (passive or a device form) and an indexed hot set read the store in place.
     let hotCopies = 0;
     for (const q of seqs) {
       const st = q.stats();
       hot += st.hotBytes;
       cold += st.coldBytes;
-      if (llm.device ? !q.deviceForm : llm.hotRows === "copy") hotCopies += st.hotBytes;
+      if (llm.device ? devicePath(q).policy === "host" : llm.hotRows === "copy") hotCopies += st.hotBytes;
       flops += this.llmDense + attentionFlops(llm, st.classes.full, st.classes.vOnly);
       if (q.assistant && pair) {
         const a = q.assistant.seq;
