@@ -33,8 +33,7 @@ interface LayerMeta {
   vStores: number;
   /** The probability pass's outputs, one per record (0: no sequence asks this layer). */
   probOuts: number;
-  /** The device forms' ranked lists (rankCount of them; 0: none). */
-  ranks: number;
+  /** How many of the step's ranked lists are this layer's (they all run in one launch before the layers). */
   rankCount: number;
 }
 
@@ -62,6 +61,9 @@ export interface StepMeta {
     caps: number;
     dst: number;
     rowIndex: number;
+    /** Every layer's ranked lists (rankCount of them, 0: none), ranked in one launch before the layers. */
+    ranks: number;
+    rankCount: number;
     layers: LayerMeta[];
   } | null;
 }
@@ -179,7 +181,7 @@ export class StepMetadata {
     const head = even(3 * M);
     const shared = even(3 * Mb);
     const layerInts = (l: number) =>
-      R * ATTN_SEQ_INTS + 4 * Mb + (probLayers[l] ? R * PROB_OUT_INTS : 0) + rankCounts[l] * RANK_LIST_INTS;
+      R * ATTN_SEQ_INTS + 4 * Mb + (probLayers[l] ? R * PROB_OUT_INTS : 0);
     const layerAt: number[] = [];
     let total = head + (R > 0 ? shared : 0);
     if (R > 0)
@@ -187,6 +189,11 @@ export class StepMetadata {
         layerAt.push(total);
         total += layerInts(l);
       }
+    // Every layer's ranked lists, in layer order, after the layers: a step ranks them all in one
+    // launch before its first layer (a ranking reads only what earlier steps left).
+    const ranksAt = total;
+    const rankTotal = rankCounts.reduce((a, x) => a + x, 0);
+    if (R > 0) total += rankTotal * RANK_LIST_INTS;
     if (this.host.length < total) this.host = new Int32Array(Math.max(total, 2 * this.host.length));
     const h = this.host;
     let r = 0;
@@ -252,22 +259,16 @@ export class StepMetadata {
           packProbOuts(outs, h, at);
           at += R * PROB_OUT_INTS;
         }
-        const ranks = at;
+        layers.push({ records, kStores: stores0, vStores: stores0 + 2 * Mb, probOuts, rankCount: rankCounts[l] });
+      }
+      let at = ranksAt;
+      for (let l = 0; l < L; l++)
         batch.forEach((part, j) => {
           const plan = plans[l][j].plan;
           if (!plan) return;
           h.set(rankRecords(part, l, plan, Hq, Hkv), at);
           at += Hkv * RANK_LIST_INTS;
         });
-        layers.push({
-          records,
-          kStores: stores0,
-          vStores: stores0 + 2 * Mb,
-          probOuts,
-          ranks,
-          rankCount: rankCounts[l],
-        });
-      }
     }
     const bytes = total * 4;
     if (!this.devBuf || this.devBuf.length < total) {
@@ -292,12 +293,13 @@ export class StepMetadata {
               caps: at(head),
               dst: at(head + Mb),
               rowIndex: at(head + 2 * Mb),
+              ranks: rankTotal > 0 ? at(ranksAt) : 0,
+              rankCount: rankTotal,
               layers: layers.map((m) => ({
                 records: at(m.records),
                 kStores: at(m.kStores),
                 vStores: at(m.vStores),
                 probOuts: m.probOuts ? at(m.probOuts) : 0,
-                ranks: m.rankCount ? at(m.ranks) : 0,
                 rankCount: m.rankCount,
               })),
             },

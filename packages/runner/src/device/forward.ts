@@ -306,6 +306,11 @@ export class DeviceRunner implements AttendContext {
     const gate = this.buf("gate", M * I);
     const up = M > GEMV_ROWS ? this.buf("up", M * I) : gate;
     dev.embedding(x, this.embed, meta.ids, M, d);
+    // The device forms' selections of every layer in one launch (each reads only what earlier
+    // steps left: score sums, masks, the assistant's rows of this step). Sized by the key bucket,
+    // fixed for a graph's life: lists up to it rank from shared memory.
+    const b = meta.batch;
+    if (b && b.rankCount > 0) dev.rankSelect(b.ranks, b.rankCount, Math.max(...b.groups.map((g) => g.keyBucket)));
     const slow = parts.filter((p) => !meta.batch?.parts.includes(p));
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.layers[l];
@@ -483,9 +488,7 @@ export class DeviceRunner implements AttendContext {
         kvDtype: this.kvDtype,
       });
     // The device forms' selections first (they write the lists the attention reads).
-    // Sized by the key bucket (fixed for a graph's life): lists up to it rank from shared memory.
     const bucket = Math.max(...b.groups.map((g) => g.keyBucket));
-    if (m.rankCount > 0) this.dev.rankSelect(m.ranks, m.rankCount, bucket);
     const lse = m.probOuts ? this.buf("lse", q.length / D) : undefined; // by q row: [.][Hq]
     for (const g of b.groups)
       this.dev.attentionBatch({
