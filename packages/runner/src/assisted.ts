@@ -19,6 +19,8 @@ export interface StepModel {
   rollback(items: { seq: Sequence; length: number }[]): void;
   /** Close a sequence's checkpoint (Model.settle). */
   settle(seq: Sequence): void;
+  /** The device the (LLM's) forward pass runs on; null on the CPU. */
+  readonly device: Model["device"];
 }
 
 /** Two models that cannot serve as a pair (different tokenizers or vocabularies). */
@@ -278,6 +280,10 @@ export class AssistedModel implements StepModel {
   }
   get tokenizer() {
     return this.llm.tokenizer;
+  }
+
+  get device(): Model["device"] {
+    return this.llm.device;
   }
 
   /** The model that drafts for speculative decoding: the assistant. */

@@ -351,18 +351,22 @@ export class Generator {
           (a.seq.policy.prepareIdle?.(a.seq, { start: a.seq.length, T: 1 }) ?? false)),
     );
     const t0 = performance.now();
+    // On a device, a greedy request without logprobs or bias gets its token computed there: one
+    // integer comes back instead of a vocabulary of logits.
+    const onDevice = batch.map((a) => !!this.model.device && a.sampler.plainArgmax && a.logprobs === undefined);
+    const want = (i: number) => (onDevice[i] ? ("argmax" as const) : ("last" as const));
     let logits: Float32Array[];
     try {
       logits = await this.model.forward(
-        batch.map((a) => {
-          if (a.prefilled) return { seq: a.seq, tokens: [a.last], logits: "last" as const };
+        batch.map((a, i) => {
+          if (a.prefilled) return { seq: a.seq, tokens: [a.last], logits: want(i) };
           // With a prefix cache the prompt goes in block-aligned chunks; logits from the last only.
           const end = prefillEnd(a);
           const tokens = a.fed === 0 && end === a.prompt.length ? a.prompt : a.prompt.slice(a.fed, end);
           return {
             seq: a.seq,
             tokens,
-            logits: end === a.prompt.length ? ("last" as const) : ("none" as const),
+            logits: end === a.prompt.length ? want(i) : ("none" as const),
           };
         }),
       );
@@ -396,7 +400,7 @@ export class Generator {
         if (a.fed < a.prompt.length) return;
       }
       a.prefilled = true;
-      this.accept(a, logits[i]);
+      this.accept(a, logits[i], onDevice[i]);
     });
     this.opts.onStep?.({ batch: batch.length, tokens, seconds });
   }
@@ -670,9 +674,14 @@ export class Generator {
     a.seq.assistant?.endDraft();
   }
 
-  private accept(a: Active, raw: Float32Array): void {
+  /** The request's next token from its logits row, or (`chosen`) the token the device picked. */
+  private accept(a: Active, raw: Float32Array, chosen = false): void {
     if (a.seq.fault) {
       this.fail(a, a.seq.fault);
+      return;
+    }
+    if (chosen) {
+      this.emitToken(a, raw[0], raw); // no logprobs were asked: the row is not read
       return;
     }
     const logits = a.sampler.adjust(raw);

@@ -204,6 +204,32 @@ function deviceSuite(device: "emulator" | "cuda") {
     }
   });
 
+  it("the generator asks the device for greedy tokens (one integer back), and for logits when logprobs or a bias need them", async () => {
+    const modes: string[] = [];
+    const forward = dev.forward.bind(dev);
+    const spy = Object.create(dev, {
+      forward: {
+        value: (inputs: Parameters<Model["forward"]>[0]) => {
+          for (const i of inputs) modes.push(i.logits ?? "last");
+          return forward(inputs);
+        },
+      },
+    }) as Model;
+    const o = { maxTokens: 6, temperature: 0, stopTokens: [] };
+    const plain = await new Generator(spy).generate("Once upon a time", o);
+    expect(modes.filter((m) => m === "argmax").length).toBe(6);
+    const host = await new Generator(cpu).generate("Once upon a time", o);
+    expect(plain.tokens).toEqual(host.tokens);
+    modes.length = 0;
+    const lp = await new Generator(spy).generate("Once upon a time", { ...o, logprobs: 2 });
+    expect(modes).not.toContain("argmax");
+    expect(lp.tokens).toEqual(host.tokens);
+    expect(lp.logprobs).toHaveLength(6);
+    modes.length = 0;
+    await new Generator(spy).generate("Once upon a time", { ...o, logitBias: { 5: 1 } });
+    expect(modes).not.toContain("argmax");
+  });
+
   it("decode steps replayed as CUDA graphs give the eager steps' logits, bit for bit, as lengths and stores grow", async () => {
     const eager = await Model.load(LLM, { device, graphs: false });
     try {
