@@ -11,6 +11,7 @@
 #include "ck.h"
 #include "dev_api.h"
 #include "launch_check.h"
+#include "radix.cuh"
 
 namespace {
 
@@ -106,18 +107,7 @@ __global__ void probs_kernel(ProbArgs a) {
 
 // ---- rank_select ----
 
-constexpr int kRankThreads = 256;
-constexpr int kRankWarps = kRankThreads / 32;
-constexpr unsigned kNone = 0xffffffffu;  // a threshold no key reaches: nothing selected
-
-struct Shared {
-  int hist[256];
-  double hsum[256];
-  int scan[kRankWarps + 1];
-  unsigned key;
-  int need, count;
-  double sum, dsum;
-};
+using namespace radix;
 
 // A list's view: its candidates are positions p < lo not excluded; a score is the terms' sum
 // (in the host's order, in double) rounded to float, NaN ranking last.
@@ -148,166 +138,6 @@ struct List {
     return f != f ? -INFINITY : f;
   }
 };
-
-// Order-preserving unsigned key of a float (larger float, larger key).
-__device__ inline unsigned key_of(float f) {
-  unsigned u;
-#ifdef SKV_EMU
-  std::memcpy(&u, &f, 4);
-#else
-  u = __float_as_uint(f);
-#endif
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-__device__ inline float value_of(unsigned k) {
-  const unsigned u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
-  float f;
-#ifdef SKV_EMU
-  std::memcpy(&f, &u, 4);
-#else
-  f = __uint_as_float(u);
-#endif
-  return f;
-}
-
-// Exclusive prefix sum of x over the block (position order = thread order); total in `total`.
-__device__ inline int block_scan(int x, Shared& sh, int& total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int v = x;
-  for (int o = 1; o < 32; o <<= 1) {
-    const int y = __shfl_up_sync(ck::kFull, v, o);
-    if (lane >= o) v += y;
-  }
-  if (lane == 31) sh.scan[warp] = v;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int s = 0;
-    for (int w = 0; w < kRankWarps; ++w) {
-      const int t = sh.scan[w];
-      sh.scan[w] = s;
-      s += t;
-    }
-    sh.scan[kRankWarps] = s;
-  }
-  __syncthreads();
-  const int r = v - x + sh.scan[warp];
-  total = sh.scan[kRankWarps];
-  __syncthreads();
-  return r;
-}
-
-// The K-th largest candidate key and how many candidates equal to it the top K take (the
-// earliest positions): the top K are keys above *key plus that many ties. K <= 0: none.
-__device__ void select_kth(const List& L, int K, Shared& sh, unsigned* key, int* ties) {
-  if (K <= 0) {
-    *key = kNone;
-    *ties = 0;
-    return;
-  }
-  unsigned prefix = 0, mask = 0;
-  int need = K;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += kRankThreads) sh.hist[i] = 0;
-    __syncthreads();
-    for (int p = threadIdx.x; p < L.lo; p += kRankThreads) {
-      if (!L.candidate(p)) continue;
-      const unsigned k = key_of(L.score(p));
-      if ((k & mask) == prefix) atomicAdd(&sh.hist[(k >> shift) & 255], 1);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int above = 0, bin = 0;
-      for (int b = 255; b >= 0; --b) {
-        if (above + sh.hist[b] >= need) {
-          bin = b;
-          break;
-        }
-        above += sh.hist[b];
-      }
-      sh.key = prefix | (static_cast<unsigned>(bin) << shift);
-      sh.need = need - above;
-    }
-    __syncthreads();
-    prefix = sh.key;
-    need = sh.need;
-    mask |= 255u << shift;
-    __syncthreads();
-  }
-  *key = prefix;
-  *ties = need;
-}
-
-// How many of the best-ranked candidates it takes for their scores to reach `want` (the
-// host's loop: add in rank order while the sum is below want). A descent over the key's bytes
-// with per-bin counts and sums; within the last key's ties every score is equal.
-__device__ int ranks_to_reach(const List& L, double want, Shared& sh) {
-  if (!(want > 0)) return 0;
-  unsigned prefix = 0, mask = 0;
-  double held = 0;
-  int taken = 0;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += kRankThreads) {
-      sh.hist[i] = 0;
-      sh.hsum[i] = 0;
-    }
-    __syncthreads();
-    for (int p = threadIdx.x; p < L.lo; p += kRankThreads) {
-      if (!L.candidate(p)) continue;
-      const float f = L.score(p);
-      const unsigned k = key_of(f);
-      if ((k & mask) != prefix) continue;
-      atomicAdd(&sh.hist[(k >> shift) & 255], 1);
-      if (f > -INFINITY) atomicAdd(&sh.hsum[(k >> shift) & 255], static_cast<double>(f));
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int bin = -1;
-      for (int b = 255; b >= 0; --b) {
-        if (sh.hist[b] > 0 && held + sh.hsum[b] >= want) {
-          bin = b;
-          break;
-        }
-        held += sh.hsum[b];
-        taken += sh.hist[b];
-      }
-      sh.key = bin < 0 ? kNone : prefix | (static_cast<unsigned>(bin) << shift);
-      sh.sum = held;
-      sh.count = taken;
-    }
-    __syncthreads();
-    if (sh.key == kNone) {
-      const int all = sh.count;
-      __syncthreads();
-      return all + 1;  // never reached: more than every candidate (the caller caps it)
-    }
-    prefix = sh.key;
-    held = sh.sum;
-    taken = sh.count;
-    mask |= 255u << shift;
-    __syncthreads();
-  }
-  const double each = static_cast<double>(value_of(prefix));
-  if (!(each > 0)) return taken + 1;
-  int j = static_cast<int>(ceil((want - held) / each));
-  if (j < 1) j = 1;
-  while (j > 1 && held + (j - 1) * each >= want) --j;
-  while (held + j * each < want) ++j;
-  return taken + j;
-}
-
-// A block-wide count of the candidates satisfying f.
-template <class F>
-__device__ void count_where(const List& L, F f, Shared& sh, int* count) {
-  if (threadIdx.x == 0) sh.count = 0;
-  __syncthreads();
-  int c = 0;
-  for (int p = threadIdx.x; p < L.lo; p += kRankThreads)
-    if (L.candidate(p) && f(p)) ++c;
-  if (c) atomicAdd(&sh.count, c);
-  __syncthreads();
-  *count = sh.count;
-  __syncthreads();
-}
 
 // cacheN: floats of dynamic shared memory; a list of at most that many positions ranks from a
 // copy of its scores there (the selection reads them some twenty times).
@@ -389,7 +219,7 @@ __global__ void rank_select_kernel(const SkvRankList* lists, int cacheN) {
     const double total = sh.dsum + (kmv > -INFINITY ? static_cast<double>(tm) * kmv : 0.0);
     __syncthreads();
     const int lim = m < whole ? m : whole;
-    const int reach = ranks_to_reach(L, r.exactShare * total, sh);
+    const int reach = ranks_to_reach(L, r.exactShare * total, sh, [](float f) { return static_cast<double>(f); });
     exact = reach < lim ? reach : lim;
     int notNegligible;
     const double neg = r.negligible;
