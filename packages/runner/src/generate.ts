@@ -353,7 +353,9 @@ export class Generator {
     const t0 = performance.now();
     // On a device, a greedy request without logprobs or bias gets its token computed there: one
     // integer comes back instead of a vocabulary of logits.
-    const onDevice = batch.map((a) => !!this.model.device && a.sampler.plainArgmax && a.logprobs === undefined);
+    const onDevice = batch.map(
+      (a) => !!this.model.device && a.sampler.plainArgmax && a.logprobs === undefined,
+    );
     const want = (i: number) => (onDevice[i] ? ("argmax" as const) : ("last" as const));
     let logits: Float32Array[];
     try {

@@ -1,3 +1,4 @@
+import { type SamplingRule, sampleToken } from "@smallkv/tensor";
 import { InvalidOptionError } from "./errors.js";
 
 export interface SamplingOptions {
@@ -160,38 +161,17 @@ export class Sampler {
     return last;
   }
 
+  /** The rule `next` draws with (temperature 0 when greedy). */
+  get rule(): SamplingRule {
+    return {
+      temperature: this.greedy ? 0 : (this.o.temperature ?? 1),
+      topK: this.o.topK ?? 0,
+      topP: this.o.topP ?? 1,
+    };
+  }
+
   next(logits: ArrayLike<number>): number {
     if (this.greedy) return argmax(logits);
-    const V = logits.length;
-    const temp = this.o.temperature ?? 1;
-    const ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
-    const k = this.o.topK && this.o.topK > 0 ? Math.min(this.o.topK, V) : V;
-    const m = logits[ids[0]];
-    const p = new Float64Array(k);
-    let sum = 0;
-    for (let i = 0; i < k; i++) {
-      p[i] = Math.exp((logits[ids[i]] - m) / temp);
-      sum += p[i];
-    }
-    let n = k;
-    const topP = this.o.topP ?? 1;
-    if (topP < 1) {
-      let cum = 0;
-      for (let i = 0; i < k; i++) {
-        cum += p[i] / sum;
-        if (cum >= topP) {
-          n = i + 1;
-          break;
-        }
-      }
-      sum = 0;
-      for (let i = 0; i < n; i++) sum += p[i];
-    }
-    let u = this.random() * sum;
-    for (let i = 0; i < n; i++) {
-      u -= p[i];
-      if (u < 0) return ids[i];
-    }
-    return ids[n - 1];
+    return sampleToken(logits, this.rule, this.random());
   }
 }

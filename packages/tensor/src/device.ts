@@ -205,6 +205,7 @@ interface DeviceBinding {
   ): void;
   gemv(...args: (number | null)[]): void;
   argmax(out: number, x: number, rows: number, n: number, stream: number): void;
+  sample(out: number, x: number, params: number, rows: number, n: number, stream: number): void;
   ropeAppend(...args: (number | null)[]): void;
   attentionBatch(...args: number[]): void;
   attentionPartFloats(B: number, maxT: number, maxKeys: number, Hq: number, D: number): number;
@@ -800,6 +801,25 @@ export class Device {
         this.p(a.entry, T * 4, "entry"),
         DTYPE_CODE[a.kvDtype],
         a.stream ?? 0,
+      ),
+    );
+  }
+
+  /**
+   * out[r] = the token drawn from row r of x[rows][n] as the host's Sampler would with the
+   * row's parameters (`packSampling`: temperature, top-k, top-p and its uniform draw u).
+   */
+  sample(out: Ptr, x: Ptr, params: Ptr, rows: number, n: number, stream = 0): void {
+    if (!(Number.isInteger(n) && n > 0))
+      throw new TensorShapeError("sample", `n must be a positive integer, got ${n}`);
+    wrap(() =>
+      this.b.sample(
+        this.p(out, rows * 4, "out"),
+        this.p(x, rows * n * 4, "x"),
+        this.p(params, rows * 16, "params"),
+        rows,
+        n,
+        stream,
       ),
     );
   }

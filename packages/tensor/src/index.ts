@@ -66,10 +66,12 @@ export {
   type ProbOut,
   packProbOuts,
   packRankLists,
+  packSampling,
   patchRankList,
   RANK_LIST_INTS,
   RANK_TERMS,
   type RankList,
+  type SampleParams,
 } from "./policy-records.js";
 export { QGEMM_TYPES, type QgemmType, QMatrix, qgemmRowBytes, swiglu } from "./qgemm.js";
 export {
@@ -82,3 +84,4 @@ export {
   scoresAsGiven,
 } from "./rank-split.js";
 export * as reference from "./reference.js";
+export { type SamplingRule, sampleToken } from "./sample.js";

@@ -157,3 +157,37 @@ export function patchRankList(
     f64[6] = r.units;
   }
 }
+
+/** One row's sampling on the device (SkvSample): temperature 0 is the argmax; u is the host's draw. */
+export interface SampleParams {
+  temperature: number;
+  topK: number;
+  topP: number;
+  u: number;
+}
+
+/** Packs per-row sampling parameters, 4 int32 slots a row from slot `at` of `into`. */
+export function packSampling(rows: SampleParams[], into?: Int32Array, at = 0): Int32Array {
+  const out = view(into, at + 4 * rows.length);
+  const f32 = new Float32Array(out.buffer, out.byteOffset, out.length);
+  rows.forEach((r, i) => {
+    if (
+      !(
+        r.temperature >= 0 &&
+        r.topP > 0 &&
+        r.topP <= 1 &&
+        r.u >= 0 &&
+        r.u < 1 &&
+        Number.isInteger(r.topK) &&
+        r.topK >= 0
+      )
+    )
+      throw new RangeError(`packSampling: row ${i} has parameters out of range`);
+    const b = at + 4 * i;
+    f32[b] = r.temperature;
+    f32[b + 1] = r.topP;
+    out[b + 2] = r.topK;
+    f32[b + 3] = r.u;
+  });
+  return out;
+}

@@ -7,7 +7,10 @@ import {
   fromHalfBits,
   packAddresses,
   packAttentionSeqs,
+  packSampling,
   reference,
+  type SamplingRule,
+  sampleToken,
   TensorShapeError,
   toHalfBits,
 } from "../src/index.js";
@@ -226,6 +229,36 @@ function decodeSuite(kind: DeviceKind) {
     });
     expect([...d().read(out, new Int32Array(rows))]).toEqual(host);
     expect(host).toEqual([2999, 7, 1500, 0]);
+  });
+
+  it("sample draws the host's token (sampleToken) for every rule: argmax, temperature, top-k, top-p, ties", () => {
+    const r = rng(77);
+    const n = 3000;
+    const rows: { logits: Float32Array; rule: SamplingRule; u: number }[] = [];
+    for (let i = 0; i < 48; i++) {
+      // Logits on a coarse grid (ties) or smooth; peaked or flat.
+      const scale = i % 3 === 0 ? 8 : 2;
+      const logits = Float32Array.from({ length: n }, () =>
+        i % 2 === 0 ? Math.round(r() * 40) / 4 : (r() * 2 - 1) * scale,
+      );
+      const rule: SamplingRule = {
+        temperature: [0, 0.3, 0.7, 1, 1.5][i % 5],
+        topK: [0, 1, 5, 50, 0, 2999, 4000][i % 7],
+        topP: [1, 0.9, 0.5, 0.01, 1, 0.99][i % 6],
+      };
+      rows.push({ logits, rule, u: i === 1 ? 0 : r() * 0.999999 });
+    }
+    const x = d().upload(Float32Array.from(rows.flatMap((row) => Array.from(row.logits))));
+    const params = d().upload(packSampling(rows.map((row) => ({ ...row.rule, u: row.u }))));
+    const out = d().alloc(rows.length, "i32");
+    d().sample(out, x, params, rows.length, n);
+    const got = new Int32Array(rows.length);
+    d().read(out, new Float32Array(got.buffer));
+    expect(Array.from(got)).toEqual(rows.map((row) => sampleToken(row.logits, row.rule, row.u)));
+    // The draws are not all the argmax (the rules really sample).
+    const greedy = rows.map((row) => sampleToken(row.logits, { ...row.rule, temperature: 0 }, 0));
+    expect(Array.from(got).filter((t, i) => t !== greedy[i]).length).toBeGreaterThan(10);
+    expect(() => packSampling([{ temperature: 1, topK: 0, topP: 1, u: 1 }])).toThrow(RangeError);
   });
 
   it("kvAppend writes each row to its own sequence's stores (rows in order or picked), converting to the kv dtype", () => {

@@ -180,8 +180,7 @@ export class StepMetadata {
     const R = recs.length;
     const head = even(3 * M);
     const shared = even(3 * Mb);
-    const layerInts = (l: number) =>
-      R * ATTN_SEQ_INTS + 4 * Mb + (probLayers[l] ? R * PROB_OUT_INTS : 0);
+    const layerInts = (l: number) => R * ATTN_SEQ_INTS + 4 * Mb + (probLayers[l] ? R * PROB_OUT_INTS : 0);
     const layerAt: number[] = [];
     let total = head + (R > 0 ? shared : 0);
     if (R > 0)
@@ -259,7 +258,13 @@ export class StepMetadata {
           packProbOuts(outs, h, at);
           at += R * PROB_OUT_INTS;
         }
-        layers.push({ records, kStores: stores0, vStores: stores0 + 2 * Mb, probOuts, rankCount: rankCounts[l] });
+        layers.push({
+          records,
+          kStores: stores0,
+          vStores: stores0 + 2 * Mb,
+          probOuts,
+          rankCount: rankCounts[l],
+        });
       }
       let at = ranksAt;
       for (let l = 0; l < L; l++)

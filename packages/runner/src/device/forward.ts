@@ -310,7 +310,8 @@ export class DeviceRunner implements AttendContext {
     // steps left: score sums, masks, the assistant's rows of this step). Sized by the key bucket,
     // fixed for a graph's life: lists up to it rank from shared memory.
     const b = meta.batch;
-    if (b && b.rankCount > 0) dev.rankSelect(b.ranks, b.rankCount, Math.max(...b.groups.map((g) => g.keyBucket)));
+    if (b && b.rankCount > 0)
+      dev.rankSelect(b.ranks, b.rankCount, Math.max(...b.groups.map((g) => g.keyBucket)));
     const slow = parts.filter((p) => !meta.batch?.parts.includes(p));
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.layers[l];

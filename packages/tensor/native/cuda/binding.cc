@@ -230,6 +230,13 @@ Napi::Value Argmax(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value Sample(const Napi::CallbackInfo& info) {
+  ARGS(6);
+  check(env, skv_k_sample(ptr<int32_t>(info[0]), ptr<float>(info[1]), ptr<SkvSample>(info[2]), i32(info[3]),
+                          i32(info[4]), i32(info[5])));
+  return env.Undefined();
+}
+
 Napi::Value AttentionBatch(const Napi::CallbackInfo& info) {
   ARGS(16);
   check(env, skv_k_attention_batch(ptr<SkvAttnSeq>(info[0]), i32(info[1]), i32(info[2]), i32(info[3]), i32(info[4]),
@@ -317,6 +324,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("kvMove", KvMove);
   EXPORT("gemv", Gemv);
   EXPORT("argmax", Argmax);
+  EXPORT("sample", Sample);
   EXPORT("ropeAppend", RopeAppend);
   EXPORT("attentionBatch", AttentionBatch);
   EXPORT("attentionPartFloats", AttentionPartFloats);

@@ -85,6 +85,15 @@ int skv_k_rope_append(float* q, float* k, const float* v, const int32_t* pos, in
                       const int32_t* cap, const int32_t* dst, const int32_t* entry, int kvDtype, int stream);
 // out[r] = the index of row r's largest value (the lowest index among equals; NaN never wins).
 int skv_k_argmax(int32_t* out, const float* x, int rows, int n, int stream);
+// One row's sampling: temperature (0: argmax), top-k (0: off), top-p (1: off) and the uniform draw
+// u in [0, 1) the host's seeded stream gave for this token.
+struct SkvSample {
+  float temperature, topP;
+  int32_t topK;
+  float u;
+};
+// out[r] = the token the host's Sampler.next would pick from row r of x[rows][n] with params[r].
+int skv_k_sample(int32_t* out, const float* x, const SkvSample* params, int rows, int n, int stream);
 
 // One sequence of a batched attention launch (one layer). Addresses are device pointers as
 // 64-bit integers; 0 means absent. Keys are a list of `n` rows of the store: rows 0..n-1, or the
@@ -179,3 +188,4 @@ int skv_k_rank_select(const SkvRankList* lists, int count, int maxN, int stream)
 static_assert(sizeof(SkvAttnSeq) == 128, "SkvAttnSeq is ATTN_SEQ_BYTES");
 static_assert(sizeof(SkvProbOut) == 48, "SkvProbOut is PROB_OUT_BYTES");
 static_assert(sizeof(SkvRankList) == 424, "SkvRankList is RANK_LIST_BYTES");
+static_assert(sizeof(SkvSample) == 16, "SkvSample is four 32-bit fields");
