@@ -351,25 +351,27 @@ export class Generator {
           (a.seq.policy.prepareIdle?.(a.seq, { start: a.seq.length, T: 1 }) ?? false)),
     );
     const t0 = performance.now();
-    // On a device, a greedy request without logprobs or bias gets its token computed there: one
-    // integer comes back instead of a vocabulary of logits.
-    const onDevice = batch.map(
-      (a) => !!this.model.device && a.sampler.plainArgmax && a.logprobs === undefined,
-    );
-    const want = (i: number) => (onDevice[i] ? ("argmax" as const) : ("last" as const));
+    // On a device, a request without logprobs or bias gets its token picked there (the argmax,
+    // or a draw with its rule and the next number of its seeded stream, as the host would):
+    // one integer comes back instead of a vocabulary of logits.
+    const onDevice = batch.map((a) => !!this.model.device && a.sampler.unbiased && a.logprobs === undefined);
+    const want = (i: number) => {
+      const a = batch[i];
+      if (!onDevice[i]) return { logits: "last" as const };
+      if (a.sampler.greedy) return { logits: "argmax" as const };
+      return { logits: "sample" as const, sample: { ...a.sampler.rule, u: a.sampler.uniform() } };
+    };
     let logits: Float32Array[];
     try {
       logits = await this.model.forward(
         batch.map((a, i) => {
-          if (a.prefilled) return { seq: a.seq, tokens: [a.last], logits: want(i) };
+          if (a.prefilled) return { seq: a.seq, tokens: [a.last], ...want(i) };
           // With a prefix cache the prompt goes in block-aligned chunks; logits from the last only.
           const end = prefillEnd(a);
           const tokens = a.fed === 0 && end === a.prompt.length ? a.prompt : a.prompt.slice(a.fed, end);
-          return {
-            seq: a.seq,
-            tokens,
-            logits: end === a.prompt.length ? want(i) : ("none" as const),
-          };
+          return end === a.prompt.length
+            ? { seq: a.seq, tokens, ...want(i) }
+            : { seq: a.seq, tokens, logits: "none" as const };
         }),
       );
     } catch (e) {

@@ -1,6 +1,6 @@
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
-import { attentionBatch, Device, DeviceError, rope } from "@smallkv/tensor";
+import { attentionBatch, Device, DeviceError, rope, type SamplingRule, sampleToken } from "@smallkv/tensor";
 import type Ort from "onnxruntime-node";
 import { type Checkpoint, checkpointName, openCheckpoint } from "./checkpoint.js";
 import type { ModelConfig } from "./config.js";
@@ -25,7 +25,7 @@ import type { KvPolicyHook, SequenceOptions } from "./policy-hook.js";
 import { isGroupSize, WEIGHT_TYPES, type WeightType } from "./quant.js";
 import { replaySteps } from "./replay.js";
 import { ropeKernelArgs } from "./rope.js";
-import { argmax } from "./sampler.js";
+import { argmax, validateSampling } from "./sampler.js";
 import { policyHasState, Sequence } from "./sequence.js";
 import type { TextTokenizer } from "./tokenizer.js";
 import type { LayeredWeights } from "./weights.js";
@@ -123,7 +123,12 @@ export interface StepInput {
    * position's greedy token only (one number; on the device backend the argmax runs there
    * and one integer per sequence comes back instead of a row of logits).
    */
-  logits?: "last" | "all" | "none" | "argmax";
+  logits?: "last" | "all" | "none" | "argmax" | "sample";
+  /**
+   * With logits "sample": the last position's token drawn by this rule with the uniform draw u in
+   * [0, 1) (`sampleToken`; on the device backend it is drawn there and one integer comes back).
+   */
+  sample?: SamplingRule & { u: number };
   /**
    * Plan the tokens' attention one row at a time inside each layer, exactly as one-token steps
    * would (the verify step of speculative decoding under a "layerwise" policy): the policy
@@ -139,10 +144,10 @@ export interface StepInput {
   drafted?: boolean;
 }
 
-/** Logits [rows][vocab] per step input (1 row for "last", T for "all", 0 for "none"; the greedy token id alone for "argmax"). */
+/** Logits [rows][vocab] per step input (1 row for "last", T for "all", 0 for "none"; the token id alone for "argmax" and "sample"). */
 export type StepOutput = Float32Array;
 
-const LOGITS_MODES: readonly string[] = ["last", "all", "none", "argmax"];
+const LOGITS_MODES: readonly string[] = ["last", "all", "none", "argmax", "sample"];
 
 /**
  * A loaded Llama-family model: dense math in onnxruntime sessions, attention and the KV
@@ -472,9 +477,10 @@ export class Model {
     const V = c.vocabSize;
     const seen = new Set<Sequence>();
     let M = 0;
-    for (const { seq, tokens, logits } of inputs) {
+    for (const { seq, tokens, logits, sample } of inputs) {
       if (logits !== undefined && !LOGITS_MODES.includes(logits))
         throw new InvalidOptionError("logits", `must be ${LOGITS_MODES.join(", ")}, got ${String(logits)}`);
+      if (logits === "sample") checkSample(sample);
       if (seq.released) throw new InvalidOptionError("seq", `sequence ${seq.id} was released`);
       if (seen.has(seq)) throw new InvalidOptionError("seq", `sequence ${seq.id} appears twice in one step`);
       seen.add(seq);
@@ -755,7 +761,13 @@ export class Model {
     for (const input of inputs) {
       const n = logitCount(input);
       const rows = logitsAll.subarray(lr * V, (lr + n) * V);
-      results.push(input.logits === "argmax" ? Float32Array.of(argmax(rows)) : rows);
+      results.push(
+        input.logits === "argmax"
+          ? Float32Array.of(argmax(rows))
+          : input.logits === "sample"
+            ? Float32Array.of(sampleToken(rows, input.sample!, input.sample!.u))
+            : rows,
+      );
       lr += n;
     }
     return results;
@@ -773,26 +785,38 @@ export class Model {
       r += tokens.length;
     }
     const rows = logitRows(inputs);
-    // Greedy tokens computed on the device when every requested row wants only that.
-    const onDevice =
-      rows.length > 0 && inputs.every(({ logits = "last" }) => logits === "argmax" || logits === "none");
-    const out = runner.step(parts, M, rows, onDevice);
+    // Tokens picked on the device when every requested row wants only its token.
+    const picked = ({ logits = "last" }: StepInput) => logits === "argmax" || logits === "sample";
+    const onDevice = rows.length > 0 && inputs.every((i) => picked(i) || i.logits === "none");
+    const pick = !onDevice
+      ? null
+      : inputs.every((i) => i.logits !== "sample")
+        ? "argmax"
+        : inputs
+            .filter(picked)
+            .map((i) => (i.logits === "sample" ? i.sample! : { temperature: 0, topK: 0, topP: 1, u: 0 }));
+    const out = runner.step(parts, M, rows, pick);
     for (const { seq, tokens } of inputs) {
       seq.kv.length += tokens.length;
       for (let i = 0; i < tokens.length; i++) seq.tokens.push(tokens[i]);
     }
     if (onDevice) {
       let i = 0;
-      return inputs.map(({ logits }) =>
-        logits === "argmax" ? Float32Array.of(out[i++]) : new Float32Array(0),
-      );
+      return inputs.map((input) => (picked(input) ? Float32Array.of(out[i++]) : new Float32Array(0)));
     }
     const logitsAll = out as Float32Array;
     return this.splitLogits(inputs, logitsAll);
   }
 }
 
-/** How many of a step input's last positions return logits (an argmax input reads its last row's). */
+/** A "sample" input's rule: a temperature, top-k and top-p as the sampler validates them, and u in [0, 1). */
+function checkSample(s: StepInput["sample"]): void {
+  if (!s) throw new InvalidOptionError("sample", 'logits "sample" needs { temperature, topK, topP, u }');
+  validateSampling(s);
+  if (!(s.u >= 0 && s.u < 1)) throw new InvalidOptionError("sample", `u must be in [0, 1), got ${s.u}`);
+}
+
+/** How many of a step input's last positions return logits (an argmax or sample input reads its last row's). */
 function logitCount({ tokens, logits = "last" }: StepInput): number {
   return logits === "all" ? tokens.length : logits === "none" ? 0 : 1;
 }

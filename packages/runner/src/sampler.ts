@@ -89,9 +89,9 @@ export class Sampler {
     this.random = seededRandom(o.seed ?? Math.floor(Math.random() * 2 ** 32));
   }
 
-  /** Greedy with no logit bias: the argmax of the raw logits (what a device computes in place). */
-  get plainArgmax(): boolean {
-    return this.greedy && Object.keys(this.o.logitBias ?? {}).length === 0;
+  /** No logit bias: `next` reads the raw logits (what a device can pick from in place). */
+  get unbiased(): boolean {
+    return Object.keys(this.o.logitBias ?? {}).length === 0;
   }
 
   /** The logits with `logitBias` added (a copy), or the same row when there is none. */

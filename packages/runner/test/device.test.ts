@@ -204,7 +204,7 @@ function deviceSuite(device: "emulator" | "cuda") {
     }
   });
 
-  it("the generator asks the device for greedy tokens (one integer back), and for logits when logprobs or a bias need them", async () => {
+  it("the generator asks the device for its tokens (greedy or drawn with the request's seed; one integer back), and for logits when logprobs or a bias need them", async () => {
     const modes: string[] = [];
     const forward = dev.forward.bind(dev);
     const spy = Object.create(dev, {
@@ -228,6 +228,19 @@ function deviceSuite(device: "emulator" | "cuda") {
     modes.length = 0;
     await new Generator(spy).generate("Once upon a time", { ...o, logitBias: { 5: 1 } });
     expect(modes).not.toContain("argmax");
+    // Seeded sampling: drawn on the device with the request's own stream, the host's tokens.
+    modes.length = 0;
+    const s = { maxTokens: 12, stopTokens: [], temperature: 0.9, topK: 20, topP: 0.9, seed: 7 };
+    const drawn = await new Generator(spy).generate("Once upon a time", s);
+    expect(modes.filter((m) => m === "sample").length).toBe(12);
+    expect(drawn.tokens).toEqual((await new Generator(cpu).generate("Once upon a time", s)).tokens);
+    const seq = dev.newSequence();
+    await expect(dev.forward([{ seq, tokens: [1], logits: "sample" }])).rejects.toThrow(InvalidOptionError);
+    await expect(
+      dev.forward([
+        { seq, tokens: [1], logits: "sample", sample: { temperature: 1, topK: 0, topP: 1, u: 1 } },
+      ]),
+    ).rejects.toThrow(/u must be in/);
   });
 
   it("decode steps replayed as CUDA graphs give the eager steps' logits, bit for bit, as lengths and stores grow", async () => {

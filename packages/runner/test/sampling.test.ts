@@ -1,3 +1,4 @@
+import { sampleToken } from "@smallkv/tensor";
 import { beforeAll, describe, expect, it } from "vitest";
 import { Generator, Model, Sampler, seededRandom } from "../src/index.js";
 import { LLM } from "./helpers.js";
@@ -16,6 +17,18 @@ describe("sampling", () => {
     const c = await g.generate("Once upon a time", { ...o, seed: 8 });
     expect(a.tokens).toEqual(b.tokens);
     expect(a.tokens).not.toEqual(c.tokens);
+  });
+
+  it('a step input with logits "sample" returns the token sampleToken draws from its last row', async () => {
+    const ids = model.tokenizer.encode("Once upon a time");
+    const rule = { temperature: 0.8, topK: 40, topP: 0.95 };
+    for (const u of [0, 0.3, 0.999]) {
+      const [row] = await model.forward([{ seq: model.newSequence(), tokens: ids }]);
+      const [tok] = await model.forward([
+        { seq: model.newSequence(), tokens: ids, logits: "sample", sample: { ...rule, u } },
+      ]);
+      expect(Array.from(tok)).toEqual([sampleToken(row, rule, u)]);
+    }
   });
 
   it("top-k 1 and a tiny top-p are greedy", async () => {

@@ -3,6 +3,8 @@ import {
   type Device,
   type DeviceBuffer,
   type DeviceGraph,
+  packSampling,
+  type SampleParams,
   toHalfBits,
 } from "@smallkv/tensor";
 import type { ModelConfig } from "../config.js";
@@ -197,24 +199,41 @@ export class DeviceRunner implements AttendContext {
   }
 
   /**
-   * Run the layers for M rows. Returns the requested rows' logits [R][V], or with `argmax`
-   * their greedy tokens [R] (computed on the device: R integers come back).
+   * Run the layers for M rows. Returns the requested rows' logits [R][V], or with `pick` their
+   * tokens [R], picked on the device (R integers come back): "argmax" the greedy ones, or per
+   * row a sampling rule with its uniform draw (temperature 0: the argmax).
    */
-  step(parts: DeviceStepPart[], M: number, logitRows: number[], argmax = false): Float32Array | Int32Array {
+  step(
+    parts: DeviceStepPart[],
+    M: number,
+    logitRows: number[],
+    pick: "argmax" | SampleParams[] | null = null,
+  ): Float32Array | Int32Array {
     const c = this.c;
     for (const { seq, tokens } of parts) seq.kv.ensure(seq.length + tokens.length);
     const meta = this.meta.prepare(parts, M);
     const ropeTables = this.ropeTables(parts);
     const R = logitRows.length;
-    const run = () => this.enqueue(parts, M, meta, ropeTables, logitRows, argmax);
-    const key = this.graphKey(parts, M, meta, logitRows, argmax);
+    // The rows' sampling rules go to a fixed device buffer ahead of the work (a graph reads it there).
+    const sampling = Array.isArray(pick) ? this.buf("sampling", 4 * R) : null;
+    if (sampling && Array.isArray(pick))
+      this.dev.copy(sampling, this.staging.ints("sampling", packSampling(pick)), 16 * R);
+    const run = () =>
+      this.enqueue(parts, M, meta, ropeTables, logitRows, pick === null ? null : (sampling ?? "argmax"));
+    const key = this.graphKey(
+      parts,
+      M,
+      meta,
+      logitRows,
+      pick === null ? "logits" : sampling ? "sample" : "argmax",
+    );
     if (key === null) run();
     else this.replay(key, run);
     if (R === 0) {
       this.dev.sync(0);
       return new Float32Array(0);
     }
-    if (argmax) {
+    if (pick) {
       const out = new Int32Array(R);
       this.dev.read(this.scratch.get("argmax") as DeviceBuffer, new Float32Array(out.buffer));
       return out;
@@ -231,7 +250,7 @@ export class DeviceRunner implements AttendContext {
     M: number,
     meta: StepMeta,
     logitRows: number[],
-    argmax: boolean,
+    pick: string,
   ): string | null {
     const b = meta.batch;
     if (!this.useGraphs || !b || b.parts.length !== parts.length || this.c.rope.dynamic) return null;
@@ -239,7 +258,7 @@ export class DeviceRunner implements AttendContext {
     const shape = b.groups.map((g) => `${g.count}:${g.maxT}:${g.keyBucket}`).join(",");
     // The device forms' launches per layer (ranked lists, the probability pass).
     const forms = b.layers.map((m) => `${m.rankCount}${m.probOuts ? "p" : ""}`).join(".");
-    return `${M}|${shape}|${forms}|${argmax}`;
+    return `${M}|${shape}|${forms}|${pick}`;
   }
 
   /**
@@ -291,7 +310,8 @@ export class DeviceRunner implements AttendContext {
     meta: StepMeta,
     ropeTables: DeviceRope[],
     logitRows: number[],
-    argmax: boolean,
+    /** "argmax": greedy tokens; a buffer of sampling rules: drawn tokens; null: the logits. */
+    pick: "argmax" | DeviceBuffer | null,
   ): void {
     const c = this.c;
     const { hiddenSize: d, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: I } = c;
@@ -380,7 +400,8 @@ export class DeviceRunner implements AttendContext {
     }
     const logits = this.buf("logits", R * c.vocabSize);
     this.linear(logits, hs, this.lmHead, undefined, R, c.vocabSize, d, false);
-    if (argmax) dev.argmax(this.buf("argmax", R), logits, R, c.vocabSize);
+    if (pick === "argmax") dev.argmax(this.buf("argmax", R), logits, R, c.vocabSize);
+    else if (pick) dev.sample(this.buf("argmax", R), logits, pick, R, c.vocabSize);
   }
 
   /** y (+)= x . W^T + bias: the GEMV kernel for decode-sized steps, the tiled GEMM beyond. */
