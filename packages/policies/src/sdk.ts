@@ -111,7 +111,7 @@ export interface PolicyDefinition<S, O extends OptionSchema> {
    */
   device?: {
     available?(options: O): boolean;
-    accumulate?(ctx: PolicyContext<S, O>): false | { fromRow: number };
+    accumulate?(ctx: PolicyContext<S, O>): false | { fromRow: number; replace?: boolean };
     /** With `accumulate`, also count the rows that read each position (a mean attention for `blend`). */
     hits?(options: O): boolean;
     plan(ctx: PolicyContext<S, O>): DeviceRankPlan | null;

@@ -62,8 +62,8 @@ export interface DeviceRankPlan {
    * head, and its weight (at most 16 terms a list); `gate[h]`: query head h reads V-only tokens
    * (with its term's row as their weights; the terms of list g are its query heads in order).
    */
-  scores:
-    | { kind: "accumulated" }
+  scores: /** The list's own table (`layer`: the mean of every kv head's table, per query head, for one choice a layer). */
+    | { kind: "accumulated"; over?: "list" | "layer" }
     | {
         kind: "assistant";
         terms: { list: number; layer: number; head: number; weight: number }[];
@@ -87,8 +87,11 @@ export interface DeviceRankPlan {
  * in place on the device, nothing read back). Plans are made on the host from shapes alone.
  */
 export interface DevicePolicyForm {
-  /** Add the column sums of this step's attention probabilities (rows >= fromRow) to the sequence's device score table. */
-  accumulate?(seq: Sequence, layer: number, step: StepInfo): false | { fromRow: number };
+  /**
+   * Add the column sums of this step's attention probabilities (rows >= fromRow) to the
+   * sequence's device score table, or (`replace`) make them the table's entries for the keys read.
+   */
+  accumulate?(seq: Sequence, layer: number, step: StepInfo): false | { fromRow: number; replace?: boolean };
   /** Also count, per position, the query rows that read it (a mean attention's divisor; for `blend`). */
   readonly hits?: boolean;
   /** Keep the step's last probability row of every head on the device (what an assistant shows its LLM). */

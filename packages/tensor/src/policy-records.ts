@@ -20,6 +20,8 @@ export type ProbOut =
    * position]; with `counts`, the number of those rows that see each key added there alike.
    */
   | { kind: "columnSums"; dst: Addr; stride: number; rowFrom?: number; counts?: Addr }
+  /** As columnSums, but this step's sums replace the entries of the listed keys (others keep theirs). */
+  | { kind: "columnValues"; dst: Addr; stride: number; rowFrom?: number; counts?: Addr }
   /** Nothing for this sequence. */
   | null;
 
@@ -36,8 +38,8 @@ export function packProbOuts(outs: ProbOut[], into?: Int32Array, at = 0): Int32A
     put(out, b, addr(o?.dst), what);
     put(out, b + 2, o?.stride ?? 0, what);
     put(out, b + 4, o?.rowFrom ?? 0, what);
-    put(out, b + 6, o?.kind === "columnSums" ? 1 : 0, what);
-    put(out, b + 8, o?.kind === "columnSums" ? addr(o.counts) : 0, what);
+    put(out, b + 6, o?.kind === "columnSums" ? 1 : o?.kind === "columnValues" ? 2 : 0, what);
+    put(out, b + 8, o && o.kind !== "rows" ? addr(o.counts) : 0, what);
     put(out, b + 10, 0, what);
   });
   return out;

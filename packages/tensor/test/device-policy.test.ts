@@ -89,9 +89,10 @@ function policySuite(kind: DeviceKind) {
         part,
         lse,
       });
-      for (const mode of ["rows", "columnSums"] as const) {
+      for (const mode of ["rows", "columnSums", "columnValues"] as const) {
         const bufs = cases.map((c) => d().alloc(mode === "rows" ? Hq * (c.T - c.rowFrom) * c.n : Hkv * c.n));
-        for (const b of bufs) d().zero(b, 0, b.length);
+        // Column values replace what was there; sums add to it (zero here).
+        for (const b of bufs) d().write(b, new Float32Array(b.length).fill(mode === "columnValues" ? 7 : 0));
         const counts = cases.map((c) => d().alloc(Hkv * c.n));
         for (const b of counts) d().zero(b, 0, b.length);
         const outs = packProbOuts(

@@ -38,6 +38,20 @@ export const tova = definePolicy<TovaState>({
     }
     ctx.state.current[obs.layer] = cur;
   },
+  // On the device: the last row's column sums replace a device table each step; every kv
+  // head's list ranks by the mean over all heads (one choice a layer), evictions for good.
+  device: {
+    accumulate: (ctx) => ({ fromRow: ctx.step.T - 1, replace: true }),
+    plan(ctx) {
+      const k = new Int32Array(ctx.config.numKvHeads).fill(ctx.oldBudget);
+      return {
+        recent: 0,
+        rule: { kind: "fixed", k, exact: k },
+        scores: { kind: "accumulated", over: "layer" },
+        evict: true,
+      };
+    },
+  },
   select(ctx) {
     const { start } = ctx.step;
     const kept = ctx.state.kept[ctx.layer];

@@ -346,7 +346,7 @@ function probOutOf(
   l: number,
   r0: number,
   T: number,
-  accumulate: { fromRow: number } | null,
+  accumulate: { fromRow: number; replace?: boolean } | null,
   rows: boolean,
   Hkv: number,
 ): ProbOut {
@@ -355,7 +355,7 @@ function probOutOf(
   const cap = st.cap;
   if (accumulate && st.scores && accumulate.fromRow < r0 + T)
     return {
-      kind: "columnSums",
+      kind: accumulate.replace ? "columnValues" : "columnSums",
       dst: st.scores.ptr + l * Hkv * cap * 4,
       stride: cap,
       rowFrom: Math.max(0, accumulate.fromRow - r0),
@@ -386,7 +386,8 @@ function rankRecords(
   const assistant = plan.scores.kind === "assistant" ? plan.scores : null;
   const slm = assistant ? (seq.assistant!.seq.kv as DeviceKvCache).policy! : null;
   const blend = plan.blend ? Array.from(plan.blend).join(",") : "";
-  const key = `${st.cap}|${plan.rule.kind}|${plan.evict ? 1 : 0}|${slm ? `${slm.rowsOf(0)}:${slm.rowStride}` : "acc"}|${blend}`;
+  const over = plan.scores.kind === "accumulated" ? (plan.scores.over ?? "list") : "assistant";
+  const key = `${st.cap}|${plan.rule.kind}|${plan.evict ? 1 : 0}|${slm ? `${slm.rowsOf(0)}:${slm.rowStride}` : over}|${blend}`;
   const cached = st.records[l];
   const step = (g: number) => ({
     n: seq.length,
@@ -403,11 +404,17 @@ function rankRecords(
   const lists: RankList[] = [];
   for (let g = 0; g < Hkv; g++) {
     const list = l * Hkv + g;
+    const layerMean = plan.scores.kind === "accumulated" && plan.scores.over === "layer";
     const terms = assistant
       ? assistant.terms
           .filter((t) => t.list === g)
           .map((t) => ({ row: slm!.rowAt(t.layer, t.head), weight: t.weight }))
-      : [{ row: st.scores!.ptr + list * cap * 4, weight: 1 }];
+      : layerMean
+        ? Array.from({ length: Hkv }, (_, h) => ({
+            row: st.scores!.ptr + (l * Hkv + h) * cap * 4,
+            weight: 1 / Hq,
+          }))
+        : [{ row: st.scores!.ptr + list * cap * 4, weight: 1 }];
     lists.push({
       ...step(g),
       exclude: plan.evict ? st.exclude!.ptr + list * cap : undefined,

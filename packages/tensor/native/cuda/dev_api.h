@@ -144,7 +144,8 @@ int skv_k_kv_append(const int64_t* kStore, const int64_t* vStore, const int32_t*
 // j of the list (keys a row does not see: 0). mode 1: per kv head g, the probabilities of the group's
 // query heads and rows t >= rowFrom added to dst[g * stride + row(j)] (column sums at positions),
 // and with counts set, the number of those rows that see key j added to counts[g * stride + row(j)]
-// (what a mean over the queries that read a token divides by).
+// (what a mean over the queries that read a token divides by). mode 2: as mode 1, but the sums
+// replace the entries of the list's keys (the last step's attention only, TOVA's).
 struct SkvProbOut {
   int64_t dst, stride, rowFrom, mode, counts;
   int64_t pad;

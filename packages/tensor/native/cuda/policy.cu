@@ -96,8 +96,13 @@ __global__ void probs_kernel(ProbArgs a) {
         }
       }
       if (o.mode == 1 && sum != 0.f) atomicAdd(dst + static_cast<int64_t>(g) * o.stride + row, sum);
+      // mode 2: this block alone owns the key's entry: the first pass writes, later ones add.
+      if (o.mode == 2) {
+        float* e = dst + static_cast<int64_t>(g) * o.stride + row;
+        *e = v0 == 0 ? sum : *e + sum;
+      }
       // Rows t >= from that see key j (t >= j - (n - T)), counted once per key.
-      if (o.mode == 1 && o.counts && v0 == 0) {
+      if (o.mode != 0 && o.counts && v0 == 0) {
         const int first = j - (n - T) > from ? j - (n - T) : from;
         if (T > first) atomicAdd(as_ptr<float>(o.counts) + static_cast<int64_t>(g) * o.stride + row, static_cast<float>(T - first));
       }
