@@ -107,6 +107,8 @@ describe("device forms (CUDA emulator): H2O and SmallKV ranked, selected and acc
   for (const [name, options, weak] of [
     ["h2o", {}, false],
     ["tova", {}, false],
+    ["snapkv", { window: 8 }, false],
+    ["pyramidkv", { window: 16 }, false],
     ["smallkv", { minContext: 32, window: 32 }, false],
     ["smallkv", { minContext: 32, window: 32, mode: "literal", split: "2:1:2" }, false],
     // The weakly aligned assistant: some heads fall back to the LLM's own mean attention (the blend).

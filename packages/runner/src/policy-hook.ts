@@ -75,6 +75,8 @@ export interface DeviceRankPlan {
    * distributions; a negative weight: no blend (rankSplit's `own`).
    */
   blend?: Float64Array;
+  /** Rank by the scores' mean over [p - radius, p + radius] within [0, limit) (SnapKV's pooled votes). */
+  pool?: { radius: number; limit: number };
   /** Ranked positions not chosen are excluded for good (H2O); excluded window positions are not kept. */
   evict?: boolean;
   /** How the exact and V-only parts combine (default "mass"). */

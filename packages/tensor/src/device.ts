@@ -34,7 +34,7 @@ export const ATTN_SEQ_BYTES = 128;
 /** Bytes of one probability-pass output record (SkvProbOut). */
 export const PROB_OUT_BYTES = 48;
 /** Bytes of one ranked-selection list record (SkvRankList). */
-export const RANK_LIST_BYTES = 424;
+export const RANK_LIST_BYTES = 440;
 
 /** Memory on the device. `ptr` is its address; `at(i)` the address of element i. */
 export class DeviceBuffer {

@@ -204,6 +204,9 @@ function listCounts(
   return counts;
 }
 
+/** A one-slot list standing for "no slots" (see indexedCall). */
+const NO_SLOTS = new Int32Array(1);
+
 /** The native argument list of an indexed attention, checked. */
 function indexedCall(a: IndexedAttentionArgs, op: string): { args: unknown[]; result: AttentionResult } {
   const T = expectDim(op, "T", a.T, 1);
@@ -254,10 +257,12 @@ function indexedCall(a: IndexedAttentionArgs, op: string): { args: unknown[]; re
     vo ? vo.weights : null,
     vo?.mode === "mass" ? 1 : 0,
     0,
-    a.idx,
+    // An empty typed array reaches the addon as a null pointer, which reads as "not indexed":
+    // lists that are all empty (no old token kept) pass a slot that is never read.
+    a.idx.length > 0 ? a.idx : NO_SLOTS,
     a.off,
     newAt,
-    vo ? vo.idx : null,
+    vo ? (vo.idx.length > 0 ? vo.idx : NO_SLOTS) : null,
     vo ? vo.off : null,
     Hkv,
     ...q8,

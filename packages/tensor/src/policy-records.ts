@@ -72,6 +72,8 @@ export interface RankList {
    * attention sums / counts, float rows, as a distribution): rankSplit's `own` blend.
    */
   blend?: { weight: number; sums: Addr; counts: Addr };
+  /** Rank by the terms' mean over [p - radius, p + radius] within [0, limit) (zero padding): pooled votes. */
+  pool?: { radius: number; limit: number };
 }
 
 /** x (a non-negative safe integer) as an int64 in out[at], out[at + 1]. */
@@ -130,6 +132,8 @@ export function packRankLists(lists: RankList[], into?: Int32Array, at = 0): Int
     f64[b / 2 + 50] = l.blend ? l.blend.weight : -1;
     put(out, b + 102, addr(l.blend?.sums), what);
     put(out, b + 104, addr(l.blend?.counts), what);
+    put(out, b + 106, l.pool?.radius ?? 0, what);
+    put(out, b + 108, l.pool?.limit ?? 0, what);
   });
   return out;
 }

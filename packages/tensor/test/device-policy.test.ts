@@ -512,6 +512,42 @@ function policySuite(kind: DeviceKind) {
     }
   });
 
+  it("rankSelect ranks pooled scores (SnapKV's votes: a window mean with zero padding) as topPositions of avgPool", () => {
+    const r = rng(23);
+    const P = 300;
+    const raw = gridScores(P, r, 4096);
+    for (const [radius, k, recent] of [
+      [2, 40, 32],
+      [0, 10, 5],
+      [3, 500, 0],
+    ]) {
+      const [got] = runLists([
+        {
+          n: P,
+          T: 1,
+          cap: P,
+          recent,
+          rule: { kind: "fixed", k, exact: k },
+          terms: [{ row: d().upload(raw), weight: 1 }],
+          pool: { radius, limit: P },
+        },
+      ]);
+      // avgPool (count_include_pad) over the whole prompt, ranked as float32, ties to the lower position.
+      const pooled = Float32Array.from({ length: P }, (_, i) => {
+        let s = 0;
+        for (let j = Math.max(0, i - radius); j <= Math.min(P - 1, i + radius); j++) s += raw[j];
+        return s / (2 * radius + 1);
+      });
+      const lo = P - recent;
+      const order = Array.from({ length: lo }, (_, i) => i).sort((a, b) => pooled[b] - pooled[a] || a - b);
+      const want = [
+        ...order.slice(0, k).sort((a, b) => a - b),
+        ...Array.from({ length: recent + 1 }, (_, i) => lo + i),
+      ];
+      expect(got.full).toEqual(want);
+    }
+  });
+
   it("rankSelect runs many lists in one launch, each its own, with or without the shared-memory score cache", () => {
     const r = rng(13);
     const specs = Array.from({ length: 6 }, (_, i) => ({ n: 100 + 97 * i, k: 10 + i * 7 }));

@@ -498,6 +498,8 @@ describe("indexedAttention", () => {
     { name: "per query head lists", Hkv: 2, group: 4, D: 16, lists: "q", n: 90, T: 1, vOnly: true },
     { name: "T = 5, no V-only", Hkv: 2, group: 2, D: 8, lists: "kv", n: 40, T: 5, vOnly: false },
     { name: "an empty list", Hkv: 3, group: 1, D: 8, lists: "kv", n: 12, T: 2, vOnly: true },
+    // No old token kept at all (a tiny budget): only the step's own rows are read.
+    { name: "every list empty", Hkv: 2, group: 2, D: 8, lists: "kv", n: 10, T: 1, vOnly: false },
   ];
   for (const c of cases) {
     it(`${c.name}: equals the reference (output, probs, scores)`, () => {
@@ -510,7 +512,7 @@ describe("indexedAttention", () => {
       const q = randn(c.T * Hq * c.D, r, 0.5);
       const pick = (i: number, share: number) =>
         Int32Array.from({ length: c.n }, (_, p) => p).filter(
-          () => r() < share && !(c.name === "an empty list" && i === 1),
+          () => r() < share && !(c.name === "an empty list" && i === 1) && c.name !== "every list empty",
         );
       const build = (share: number, avoid?: Int32Array[]) => {
         const ls = Array.from({ length: lists }, (_, i) =>

@@ -1,3 +1,4 @@
+import type { DeviceRankPlan } from "@smallkv/runner";
 import { optionChecks } from "../option-checks.js";
 import type { PolicyContext } from "../sdk.js";
 import { definePolicy } from "../sdk.js";
@@ -71,6 +72,33 @@ export function snapSelect(ctx: PolicyContext<SnapState, SnapOptions>) {
   return { full };
 }
 
+/**
+ * SnapKV's device form: the prompt's last `window` rows add their column sums to a device table
+ * at the first step (the prompt length noted here), and each step ranks the table's pooled votes
+ * below the observation window, keeping the window and every generated token.
+ */
+export const snapDevice = {
+  accumulate(ctx: PolicyContext<SnapState, SnapOptions>) {
+    if (ctx.step.start !== 0) return false as const;
+    ctx.state.prompt = ctx.step.T;
+    return { fromRow: Math.max(0, ctx.step.T - ctx.options.window) };
+  },
+  plan(ctx: PolicyContext<SnapState, SnapOptions>): DeviceRankPlan {
+    const { start } = ctx.step;
+    const P = Math.min(ctx.state.prompt, start);
+    const winStart = Math.max(0, P - ctx.options.window);
+    const B = ctx.oldBudget;
+    const mandatory = start - winStart;
+    const k = new Int32Array(ctx.config.numKvHeads).fill(mandatory >= B ? 0 : B - mandatory);
+    return {
+      recent: mandatory >= B ? B : mandatory,
+      rule: { kind: "fixed", k, exact: k },
+      scores: { kind: "accumulated" },
+      pool: { radius: Math.floor(ctx.options.kernel / 2), limit: ctx.state.prompt },
+    };
+  },
+};
+
 /** SnapKV (Li et al. 2024): the last prompt queries vote (pooled), prefill-time selection per kv head. */
 export const snapKv = definePolicy<SnapState, SnapOptions>({
   name: "snapkv",
@@ -84,6 +112,7 @@ export const snapKv = definePolicy<SnapState, SnapOptions>({
   wantsAttention: snapWants,
   observe: snapObserve,
   select: snapSelect,
+  device: snapDevice,
 });
 
 /** PyramidKV (Cai et al. 2024): SnapKV scoring with per-layer budgets decreasing linearly with depth. */
@@ -108,4 +137,5 @@ export const pyramidKv = definePolicy<SnapState, SnapOptions & { beta: number }>
   wantsAttention: snapWants,
   observe: snapObserve,
   select: snapSelect,
+  device: snapDevice,
 });

@@ -387,7 +387,8 @@ function rankRecords(
   const slm = assistant ? (seq.assistant!.seq.kv as DeviceKvCache).policy! : null;
   const blend = plan.blend ? Array.from(plan.blend).join(",") : "";
   const over = plan.scores.kind === "accumulated" ? (plan.scores.over ?? "list") : "assistant";
-  const key = `${st.cap}|${plan.rule.kind}|${plan.evict ? 1 : 0}|${slm ? `${slm.rowsOf(0)}:${slm.rowStride}` : over}|${blend}`;
+  const pool = plan.pool ? `${plan.pool.radius}:${plan.pool.limit}` : "";
+  const key = `${st.cap}|${plan.rule.kind}|${plan.evict ? 1 : 0}|${slm ? `${slm.rowsOf(0)}:${slm.rowStride}` : over}|${blend}|${pool}`;
   const cached = st.records[l];
   const step = (g: number) => ({
     n: seq.length,
@@ -433,6 +434,7 @@ function rankRecords(
             gate: assistant.gate.slice(g * G, (g + 1) * G),
           }
         : undefined,
+      pool: plan.pool,
       // Weakly matched heads: the scores blended with the sequence's own mean attention.
       blend:
         plan.blend && plan.blend[g] >= 0 && st.scores && st.hits

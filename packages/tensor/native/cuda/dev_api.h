@@ -170,7 +170,9 @@ enum SkvRankFlags {
 // position not chosen; SKV_RANK_SKIP_EXCLUDED_RECENT drops excluded window positions, their slots
 // going to ranked ones (fixed rule: added to k and exact). With blend >= 0, the score is
 // blend * (the terms' score as a distribution over [0, n)) + (1 - blend) * (the mean attention
-// ownSums / ownCounts as a distribution): the fallback of weakly matched heads.
+// ownSums / ownCounts as a distribution): the fallback of weakly matched heads. With pool > 0 a
+// position's score is the terms' sum over positions [p - pool, p + pool] within [0, poolLimit),
+// divided by 2 pool + 1 (zero padding: SnapKV's pooled votes).
 struct SkvRankList {
   int64_t n, T, recent, flags, k, exact;
   double units, exactShare, negligible;
@@ -181,6 +183,7 @@ struct SkvRankList {
   int64_t w, wstride, gate;
   double blend;
   int64_t ownSums, ownCounts;
+  int64_t pool, poolLimit;  // pool > 0: the score of p is the mean of the terms over [p - pool, p + pool]
 };
 // maxN: the largest n among the lists (sizes the launch's shared-memory score cache).
 int skv_k_rank_select(const SkvRankList* lists, int count, int maxN, int stream);
@@ -188,5 +191,5 @@ int skv_k_rank_select(const SkvRankList* lists, int count, int maxN, int stream)
 
 static_assert(sizeof(SkvAttnSeq) == 128, "SkvAttnSeq is ATTN_SEQ_BYTES");
 static_assert(sizeof(SkvProbOut) == 48, "SkvProbOut is PROB_OUT_BYTES");
-static_assert(sizeof(SkvRankList) == 424, "SkvRankList is RANK_LIST_BYTES");
+static_assert(sizeof(SkvRankList) == 440, "SkvRankList is RANK_LIST_BYTES");
 static_assert(sizeof(SkvSample) == 16, "SkvSample is four 32-bit fields");

@@ -135,6 +135,12 @@ struct List {
   }
   __device__ float compute(int p) const {
     double s = terms(p);
+    if (r->pool > 0) {
+      const int w = static_cast<int>(r->pool), hi = static_cast<int>(r->poolLimit) - 1;
+      s = 0;
+      for (int j = p - w < 0 ? 0 : p - w; j <= (p + w < hi ? p + w : hi); ++j) s += terms(j);
+      s /= 2 * w + 1;
+    }
     if (r->blend >= 0) {
       const double a = sumA > 0 ? s / sumA : s, o = sumO > 0 ? own(p) / sumO : own(p);
       s = r->blend * a + (1 - r->blend) * o;
