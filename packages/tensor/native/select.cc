@@ -16,6 +16,7 @@
 #include <omp.h>
 
 #include "kernels.h"
+#include "split_rule.h"
 
 namespace skv {
 
@@ -200,24 +201,11 @@ void split_list(const RankSplitArgs& a, int g, Scratch& ws, int32_t* full, int32
         }
         ready = exact;
       }
-      double left = units - exact;
       // V-only tokens follow in rank order while their mass is not negligible: those ranks
       // come first among the rest (sorted by score), so count them instead of sorting.
       int notNegligible = 0;
       for (int i = 0; i < m; ++i) notNegligible += s[c[i].p] >= a.negligible ? 1 : 0;
-      while (exact + v < m && left >= 0.5 - 1e-9 && exact + v < notNegligible) {
-        ++v;
-        left -= 0.5;
-      }
-      while (v > 0 && left >= 0.5 - 1e-9) {
-        ++exact;
-        --v;
-        left -= 0.5;
-      }
-      while (exact + v < m && left >= 1 - 1e-9 && v == 0) {
-        ++exact;
-        left -= 1;
-      }
+      adaptive_leftovers(m, notNegligible, units, exact, v);
     }
   }
   // The top `exact` ranks, then the next v, each written in ascending position order.

@@ -104,10 +104,11 @@ export class DevicePolicyState {
     this.cap = cap;
   }
 
-  /** Device bytes held. */
-  get bytes(): number {
+  /** Every buffer the state may hold. */
+  private buffers(): (DeviceBuffer | null)[] {
     return [
       this.scores,
+      this.hits,
       this.exclude,
       this.idx,
       this.counts,
@@ -115,7 +116,12 @@ export class DevicePolicyState {
       this.vCounts,
       this.weights,
       this.rows,
-    ].reduce((a, b) => a + (b?.bytes ?? 0), 0);
+    ];
+  }
+
+  /** Device bytes held. */
+  get bytes(): number {
+    return this.buffers().reduce((a, b) => a + (b?.bytes ?? 0), 0);
   }
 
   /** Address of head h's probability row at `layer` (the assistant's current row). */
@@ -130,25 +136,8 @@ export class DevicePolicyState {
   }
 
   release(): void {
-    for (const b of [
-      this.scores,
-      this.exclude,
-      this.idx,
-      this.counts,
-      this.vIdx,
-      this.vCounts,
-      this.weights,
-      this.rows,
-    ])
-      b?.free();
-    this.scores =
-      this.exclude =
-      this.idx =
-      this.counts =
-      this.vIdx =
-      this.vCounts =
-      this.weights =
-      this.rows =
-        null;
+    for (const b of this.buffers()) b?.free();
+    this.scores = this.hits = this.exclude = this.idx = this.counts = null;
+    this.vIdx = this.vCounts = this.weights = this.rows = null;
   }
 }

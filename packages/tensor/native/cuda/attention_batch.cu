@@ -7,6 +7,7 @@
 #include "ck.h"
 #include "dev_api.h"
 #include "launch_check.h"
+#include "attn_seq.cuh"
 
 namespace {
 
@@ -32,17 +33,9 @@ __device__ inline bool prefill_record(const BatchArgs& a, const SkvAttnSeq& s) {
   return a.skip > 0 && s.T >= a.skip && !s.idx && !s.vidx;
 }
 
-template <class T>
-__device__ inline const T* as_ptr(int64_t a) {
-  return reinterpret_cast<const T*>(static_cast<uintptr_t>(a));
-}
-
-__device__ inline int list_len(const SkvAttnSeq& s, int g) {
-  return s.idx ? as_ptr<int32_t>(s.cnt)[g] : static_cast<int>(s.n);
-}
-__device__ inline int list_row(const SkvAttnSeq& s, int g, int i) {
-  return s.idx ? as_ptr<int32_t>(s.idx)[static_cast<int64_t>(g) * s.icap + i] : i;
-}
+using attn::as_ptr;
+using attn::list_len;
+using attn::list_row;
 
 // One query's V-only rows (SmallKV): weights w[j] of rows rows[j] of its kv head's V plane.
 struct VOnlyRows {

@@ -11,7 +11,9 @@
 #include "ck.h"
 #include "dev_api.h"
 #include "launch_check.h"
+#include "attn_seq.cuh"
 #include "radix.cuh"
+#include "../split_rule.h"
 
 namespace {
 
@@ -21,16 +23,9 @@ constexpr int kQ = 8;  // queries (rows x heads of a group) per pass
 constexpr int kMaxD = 256;
 constexpr int kChunk = 256;  // keys per block
 
-template <class T>
-__device__ inline T* as_ptr(int64_t a) {
-  return reinterpret_cast<T*>(static_cast<uintptr_t>(a));
-}
-__device__ inline int list_len(const SkvAttnSeq& s, int g) {
-  return s.idx ? as_ptr<const int32_t>(s.cnt)[g] : static_cast<int>(s.n);
-}
-__device__ inline int list_row(const SkvAttnSeq& s, int g, int i) {
-  return s.idx ? as_ptr<const int32_t>(s.idx)[static_cast<int64_t>(g) * s.icap + i] : i;
-}
+using attn::as_ptr;
+using attn::list_len;
+using attn::list_row;
 
 struct ProbArgs {
   const SkvAttnSeq* seqs;
@@ -235,20 +230,7 @@ __global__ void rank_select_kernel(const SkvRankList* lists, int cacheN) {
     int notNegligible;
     const double neg = r.negligible;
     count_where(L, [&](int p) { return static_cast<double>(L.score(p)) >= neg; }, sh, &notNegligible);
-    double left = units - exact;
-    while (exact + v < m && left >= 0.5 - 1e-9 && exact + v < notNegligible) {
-      ++v;
-      left -= 0.5;
-    }
-    while (v > 0 && left >= 0.5 - 1e-9) {
-      ++exact;
-      --v;
-      left -= 0.5;
-    }
-    while (exact + v < m && left >= 1 - 1e-9 && v == 0) {
-      ++exact;
-      left -= 1;
-    }
+    skv::adaptive_leftovers(m, notNegligible, units, exact, v);
   }
   unsigned k1, k2;
   int t1, t2;

@@ -6,6 +6,7 @@
 #include "ck.h"
 #include "dev_api.h"
 #include "launch_check.h"
+#include "attn_seq.cuh"
 
 namespace {
 
@@ -14,10 +15,7 @@ constexpr int kBC = 64;  // keys a tile
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 
-template <class T>
-__device__ inline const T* as_ptr(int64_t a) {
-  return reinterpret_cast<const T*>(static_cast<uintptr_t>(a));
-}
+using attn::as_ptr;
 
 struct PrefillArgs {
   const SkvAttnSeq* seqs;
@@ -67,8 +65,8 @@ __global__ void prefill_kernel(PrefillArgs a) {
   const int kEnd = past + t0 + rows;
   const int win = static_cast<int>(s.window);
   const int kBegin = win > 0 && past + t0 + 1 > win ? (past + t0 + 1 - win) / kBC * kBC : 0;
-  const KT* kh = as_ptr<KT>(s.k) + static_cast<int64_t>(g) * s.cap * D;
-  const KT* vh = as_ptr<KT>(s.v) + static_cast<int64_t>(g) * s.cap * D;
+  const KT* kh = as_ptr<const KT>(s.k) + static_cast<int64_t>(g) * s.cap * D;
+  const KT* vh = as_ptr<const KT>(s.v) + static_cast<int64_t>(g) * s.cap * D;
   for (int j0 = kBegin; j0 < kEnd; j0 += kBC) {
     __syncthreads();  // the previous tile's reads of Ks, Vs and P are done
     const int cnt = kEnd - j0 < kBC ? kEnd - j0 : kBC;
