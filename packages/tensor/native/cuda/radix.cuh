@@ -68,6 +68,66 @@ __device__ inline int block_scan(int x, Shared& sh, int& total) {
   return r;
 }
 
+// Warp 0 walks the 256 bins from the top, 8 a lane: the first lane whose running total
+// `crosses` holds finds its bin (running totals of counts and of sums; bins with no count are
+// never chosen). Returns through sh: key (prefix | bin << shift, or kNone when no bin crosses),
+// count and sum of the bins above it. Called by every thread; only warp 0 works.
+template <class Cross>
+__device__ inline void find_bin(Shared& sh, unsigned prefix, int shift, int countBase, double sumBase,
+                                Cross crosses) {
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  int c[8];
+  double w[8];
+  int ct = 0;
+  double st = 0;
+  for (int i = 0; i < 8; ++i) {
+    const int b = 255 - (lane * 8 + i);
+    c[i] = sh.hist[b];
+    w[i] = sh.hsum[b];
+    ct += c[i];
+    st += w[i];
+  }
+  int ci = ct;
+  double si = st;
+  for (int o = 1; o < 32; o <<= 1) {
+    const int cy = __shfl_up_sync(ck::kFull, ci, o);
+    const double sy = __shfl_up_sync(ck::kFull, si, o);
+    if (lane >= o) {
+      ci += cy;
+      si += sy;
+    }
+  }
+  const int cb = countBase + ci - ct;
+  const double sb = sumBase + si - st;
+  int first = ct > 0 && crosses(cb + ct, sb + st) ? lane : 32;
+  for (int o = 16; o > 0; o >>= 1) {
+    const int y = __shfl_xor_sync(ck::kFull, first, o);
+    first = y < first ? y : first;
+  }
+  if (first == 32) {
+    if (lane == 31) {
+      sh.key = kNone;
+      sh.count = countBase + ci;
+      sh.sum = sumBase + si;
+    }
+    return;
+  }
+  if (lane != first) return;
+  int cnt = cb;
+  double sum = sb;
+  for (int i = 0; i < 8; ++i) {
+    if (c[i] > 0 && crosses(cnt + c[i], sum + w[i])) {
+      sh.key = prefix | (static_cast<unsigned>(255 - (lane * 8 + i)) << shift);
+      sh.count = cnt;
+      sh.sum = sum;
+      return;
+    }
+    cnt += c[i];
+    sum += w[i];
+  }
+}
+
 // The K-th largest candidate key and how many candidates equal to it the top K take (the
 // earliest positions): the top K are keys above *key plus that many ties. K <= 0: none.
 template <class Src>
@@ -80,7 +140,10 @@ __device__ void select_kth(const Src& L, int K, Shared& sh, unsigned* key, int* 
   unsigned prefix = 0, mask = 0;
   int need = K;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += kRankThreads) sh.hist[i] = 0;
+    for (int i = threadIdx.x; i < 256; i += kRankThreads) {
+      sh.hist[i] = 0;
+      sh.hsum[i] = 0;
+    }
     __syncthreads();
     for (int p = threadIdx.x; p < L.lo; p += kRankThreads) {
       if (!L.candidate(p)) continue;
@@ -88,21 +151,12 @@ __device__ void select_kth(const Src& L, int K, Shared& sh, unsigned* key, int* 
       if ((k & mask) == prefix) atomicAdd(&sh.hist[(k >> shift) & 255], 1);
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      int above = 0, bin = 0;
-      for (int b = 255; b >= 0; --b) {
-        if (above + sh.hist[b] >= need) {
-          bin = b;
-          break;
-        }
-        above += sh.hist[b];
-      }
-      sh.key = prefix | (static_cast<unsigned>(bin) << shift);
-      sh.need = need - above;
-    }
+    // The bin where the count from the top reaches `need` (none when fewer: the lowest bin).
+    find_bin(sh, prefix, shift, 0, 0.0, [&](int count, double) { return count >= need; });
     __syncthreads();
-    prefix = sh.key;
-    need = sh.need;
+    // No bin reaches it (fewer candidates than K; callers never ask): the prefix stays.
+    if (sh.key != kNone) prefix = sh.key;
+    need -= sh.count;
     mask |= 255u << shift;
     __syncthreads();
   }
@@ -137,20 +191,7 @@ __device__ int ranks_to_reach(const Src& L, double want, Shared& sh, W weight, b
       if (f > -INFINITY) atomicAdd(&sh.hsum[(k >> shift) & 255], weight(f));
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      int bin = -1;
-      for (int b = 255; b >= 0; --b) {
-        if (sh.hist[b] > 0 && crosses(held + sh.hsum[b])) {
-          bin = b;
-          break;
-        }
-        held += sh.hsum[b];
-        taken += sh.hist[b];
-      }
-      sh.key = bin < 0 ? kNone : prefix | (static_cast<unsigned>(bin) << shift);
-      sh.sum = held;
-      sh.count = taken;
-    }
+    find_bin(sh, prefix, shift, taken, held, [&](int, double sum) { return crosses(sum); });
     __syncthreads();
     if (sh.key == kNone) {
       const int all = sh.count;
