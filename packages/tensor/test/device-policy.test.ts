@@ -33,6 +33,51 @@ function policySuite(kind: DeviceKind) {
   const d = () => dev as Device;
   afterAll(() => dev?.releaseAll());
 
+  /**
+   * A batch of contiguous records over random stores (rounded to dt): the queries, the records
+   * and each record's reference attention (scores from rowFrom, its window).
+   */
+  function batchOf(
+    cases: { T: number; n: number; rowFrom?: number; window?: number }[],
+    [Hq, Hkv, D]: number[],
+    dt: "f32" | "f16" | "bf16",
+    r: () => number,
+    qScale: number,
+  ) {
+    const M = cases.reduce((a, c) => a + c.T, 0);
+    const q = randn(M * Hq * D, r, qScale);
+    const seqs: AttentionSeq[] = [];
+    const refs: ReturnType<typeof reference.attentionRef>[] = [];
+    const up = (a: Float32Array) => (dt === "f32" ? d().upload(a) : d().upload(toHalfBits(a, dt), dt));
+    const rd = (a: Float32Array) => (dt === "f32" ? a : fromHalfBits(toHalfBits(a, dt), dt));
+    let row = 0;
+    for (const c of cases) {
+      const cap = c.n + 3;
+      const k = rd(randn(Hkv * cap * D, r));
+      const v = rd(randn(Hkv * cap * D, r));
+      seqs.push({ k: up(k), v: up(v), cap, n: c.n, T: c.T, qRow: row, window: c.window });
+      const qs = q.subarray(row * Hq * D, (row + c.T) * Hq * D);
+      const past = c.n - c.T;
+      refs.push(
+        reference.attentionRef({
+          q: qs,
+          k,
+          v,
+          cap,
+          T: c.T,
+          past,
+          Hq,
+          Hkv,
+          D,
+          scoreStart: c.rowFrom,
+          window: c.window,
+        }),
+      );
+      row += c.T;
+    }
+    return { M, q, seqs, refs };
+  }
+
   for (const dt of ["f32", "bf16"] as const) {
     it(`attentionProbs ${dt}: rows and column sums equal the attention's probabilities`, () => {
       const [Hq, Hkv, D] = [4, 2, 32];
@@ -42,34 +87,7 @@ function policySuite(kind: DeviceKind) {
         { T: 1, n: 300, rowFrom: 0 },
         { T: 3, n: 40, rowFrom: 1 },
       ];
-      const M = cases.reduce((a, c) => a + c.T, 0);
-      const q = randn(M * Hq * D, r, 2);
-      const seqs: AttentionSeq[] = [];
-      const refs: ReturnType<typeof reference.attentionRef>[] = [];
-      let row = 0;
-      for (const c of cases) {
-        const cap = c.n + 5;
-        const k = round(randn(Hkv * cap * D, r), dt);
-        const v = round(randn(Hkv * cap * D, r), dt);
-        const up = (a: Float32Array) => (dt === "f32" ? d().upload(a) : d().upload(toHalfBits(a, dt), dt));
-        seqs.push({ k: up(k), v: up(v), cap, n: c.n, T: c.T, qRow: row });
-        const qs = q.subarray(row * Hq * D, (row + c.T) * Hq * D);
-        refs.push(
-          reference.attentionRef({
-            q: qs,
-            k,
-            v,
-            cap,
-            T: c.T,
-            past: c.n - c.T,
-            Hq,
-            Hkv,
-            D,
-            scoreStart: c.rowFrom,
-          }),
-        );
-        row += c.T;
-      }
+      const { M, q, seqs, refs } = batchOf(cases, [Hq, Hkv, D], dt, r, 2);
       const recs = d().upload(packAttentionSeqs(seqs));
       const lse = d().alloc(M * Hq);
       const qb = d().upload(q);
@@ -158,41 +176,8 @@ function policySuite(kind: DeviceKind) {
           { T: 70, n: 70, window: 24 },
           { T: 1, n: 90, window: 0 },
         ];
-        const M = cases.reduce((a, c) => a + c.T, 0);
-        const q = randn(M * Hq * D, r, 1);
-        const seqs: AttentionSeq[] = [];
-        const wants: ReturnType<typeof reference.attentionRef>[] = [];
+        const { M, q, seqs, refs: wants } = batchOf(cases, [Hq, Hkv, D], dt, r, 1);
         let row = 0;
-        for (const c of cases) {
-          const cap = c.n + 2;
-          const rd = (x: Float32Array) => fromHalfBits(toHalfBits(x, dt), dt);
-          const k = rd(randn(Hkv * cap * D, r));
-          const v = rd(randn(Hkv * cap * D, r));
-          seqs.push({
-            k: d().upload(toHalfBits(k, dt), dt),
-            v: d().upload(toHalfBits(v, dt), dt),
-            cap,
-            n: c.n,
-            T: c.T,
-            qRow: row,
-            window: c.window,
-          });
-          wants.push(
-            reference.attentionRef({
-              q: q.subarray(row * Hq * D, (row + c.T) * Hq * D),
-              k,
-              v,
-              cap,
-              T: c.T,
-              past: c.n - c.T,
-              Hq,
-              Hkv,
-              D,
-              window: c.window,
-            }),
-          );
-          row += c.T;
-        }
         const recs = d().upload(packAttentionSeqs(seqs));
         const qb = d().upload(q);
         const run = (prefillRows: number) => {

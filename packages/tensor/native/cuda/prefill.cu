@@ -70,12 +70,15 @@ __global__ void prefill_kernel(PrefillArgs a) {
   for (int j0 = kBegin; j0 < kEnd; j0 += kBC) {
     __syncthreads();  // the previous tile's reads of Ks, Vs and P are done
     const int cnt = kEnd - j0 < kBC ? kEnd - j0 : kBC;
-    for (int e = tid; e < kBC * D; e += kThreads) {
-      const int r = e / D;
-      const KT zero = ck::from_float<KT>(0.f);
-      Ks[e] = r < cnt ? kh[static_cast<int64_t>(j0) * D + e] : zero;
-      Vs[e] = r < cnt ? vh[static_cast<int64_t>(j0) * D + e] : zero;
+    // 16-byte copies (cp.async), rows past the list zero-filled.
+    for (int e = tid * 8; e < kBC * D; e += kThreads * 8) {
+      const bool valid = e / D < cnt;
+      const int64_t at = static_cast<int64_t>(j0) * D + e;
+      ck::cp_async16(Ks + e, valid ? kh + at : kh, valid);
+      ck::cp_async16(Vs + e, valid ? vh + at : vh, valid);
     }
+    ck::cp_async_commit();
+    ck::cp_async_wait<0>();
     __syncthreads();
     // S = Q K^T: each warp a 16-row strip of the 64 x 64 tile.
     {
