@@ -20,8 +20,6 @@ import { maxAbsDiff, randn, rng } from "./rand.js";
 // reference, the ranked selection against the host's rankSplit (the same lists, masks and
 // V-only weights), on the emulator everywhere and on a GPU where there is one.
 const probe = Device.probe();
-const round = (a: Float32Array, dt: "f32" | "bf16") =>
-  dt === "f32" ? a : fromHalfBits(toHalfBits(a, dt), dt);
 
 /** Scores on a 1/4096 grid with repeats (ties), so float and double sums agree exactly. */
 function gridScores(n: number, r: () => number, levels = 64): Float32Array {

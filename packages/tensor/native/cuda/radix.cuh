@@ -68,6 +68,27 @@ __device__ inline int block_scan(int x, Shared& sh, int& total) {
   return r;
 }
 
+// One radix pass: per bin of the key's byte at `shift`, among the candidates whose higher
+// bytes equal `prefix`, their count and the sum of weight(score) (finite scores).
+template <class Src, class W>
+__device__ inline void histogram(const Src& L, unsigned prefix, unsigned mask, int shift, Shared& sh, W weight) {
+  for (int i = threadIdx.x; i < 256; i += kRankThreads) {
+    sh.hist[i] = 0;
+    sh.hsum[i] = 0;
+  }
+  __syncthreads();
+  for (int p = threadIdx.x; p < L.lo; p += kRankThreads) {
+    if (!L.candidate(p)) continue;
+    const float f = L.score(p);
+    const unsigned k = key_of(f);
+    if ((k & mask) != prefix) continue;
+    atomicAdd(&sh.hist[(k >> shift) & 255], 1);
+    const double w = f > -INFINITY ? weight(f) : 0.0;
+    if (w != 0) atomicAdd(&sh.hsum[(k >> shift) & 255], w);
+  }
+  __syncthreads();
+}
+
 // Warp 0 walks the 256 bins from the top, 8 a lane: the first lane whose running total
 // `crosses` holds finds its bin (running totals of counts and of sums; bins with no count are
 // never chosen). Returns through sh: key (prefix | bin << shift, or kNone when no bin crosses),
@@ -140,17 +161,7 @@ __device__ void select_kth(const Src& L, int K, Shared& sh, unsigned* key, int* 
   unsigned prefix = 0, mask = 0;
   int need = K;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += kRankThreads) {
-      sh.hist[i] = 0;
-      sh.hsum[i] = 0;
-    }
-    __syncthreads();
-    for (int p = threadIdx.x; p < L.lo; p += kRankThreads) {
-      if (!L.candidate(p)) continue;
-      const unsigned k = key_of(L.score(p));
-      if ((k & mask) == prefix) atomicAdd(&sh.hist[(k >> shift) & 255], 1);
-    }
-    __syncthreads();
+    histogram(L, prefix, mask, shift, sh, [](float) { return 0.0; });
     // The bin where the count from the top reaches `need` (none when fewer: the lowest bin).
     find_bin(sh, prefix, shift, 0, 0.0, [&](int count, double) { return count >= need; });
     __syncthreads();
@@ -177,20 +188,7 @@ __device__ int ranks_to_reach(const Src& L, double want, Shared& sh, W weight, b
   double held = 0;
   int taken = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += kRankThreads) {
-      sh.hist[i] = 0;
-      sh.hsum[i] = 0;
-    }
-    __syncthreads();
-    for (int p = threadIdx.x; p < L.lo; p += kRankThreads) {
-      if (!L.candidate(p)) continue;
-      const float f = L.score(p);
-      const unsigned k = key_of(f);
-      if ((k & mask) != prefix) continue;
-      atomicAdd(&sh.hist[(k >> shift) & 255], 1);
-      if (f > -INFINITY) atomicAdd(&sh.hsum[(k >> shift) & 255], weight(f));
-    }
-    __syncthreads();
+    histogram(L, prefix, mask, shift, sh, weight);
     find_bin(sh, prefix, shift, taken, held, [&](int, double sum) { return crosses(sum); });
     __syncthreads();
     if (sh.key == kNone) {
