@@ -91,7 +91,7 @@ export const snapDevice = {
     const mandatory = start - winStart;
     const k = new Int32Array(ctx.config.numKvHeads).fill(mandatory >= B ? 0 : B - mandatory);
     return {
-      recent: mandatory >= B ? B : mandatory,
+      recent: Math.min(mandatory, B),
       rule: { kind: "fixed", k, exact: k },
       scores: { kind: "accumulated" },
       pool: { radius: Math.floor(ctx.options.kernel / 2), limit: ctx.state.prompt },
