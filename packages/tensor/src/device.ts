@@ -332,6 +332,11 @@ export interface AttentionProbsArgs {
   q: Ptr;
   /** The attention's `lse`. */
   lse: Ptr;
+  /**
+   * Column sums of contiguous f16/bf16 records of at least this many rows (prefills) run on
+   * tensor cores, D a multiple of 16 up to 128 (default 64; 0: never; q and k rounded to the store's type).
+   */
+  prefillRows?: number;
   stream?: number;
 }
 
@@ -878,6 +883,11 @@ export class Device {
     const { B, maxKeys, Hq, Hkv, D } = a;
     if (Hkv <= 0 || Hq % Hkv !== 0)
       throw new TensorShapeError("attentionProbs", `Hq ${Hq} is not a multiple of Hkv ${Hkv}`);
+    if (a.prefillRows !== undefined && !(Number.isInteger(a.prefillRows) && a.prefillRows >= 0))
+      throw new TensorShapeError(
+        "attentionProbs",
+        `prefillRows must be a non-negative integer, got ${a.prefillRows}`,
+      );
     wrap(() =>
       this.b.attentionProbs(
         this.p(a.seqs, B * ATTN_SEQ_BYTES, "seqs"),
@@ -891,6 +901,7 @@ export class Device {
         DTYPE_CODE[a.kvDtype],
         this.p(a.q, 4, "q"),
         this.p(a.lse, 4, "lse"),
+        a.prefillRows ?? 64,
         a.stream ?? 0,
       ),
     );

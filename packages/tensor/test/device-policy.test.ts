@@ -216,8 +216,15 @@ function policySuite(kind: DeviceKind) {
           d().zero(b);
           return b;
         });
+        const hits = cases.map((c) => {
+          const b = d().alloc(Hkv * c.n);
+          d().zero(b);
+          return b;
+        });
         const outs = d().upload(
-          packProbOuts(cases.map((c, i) => ({ kind: "columnSums", dst: sums[i], stride: c.n }))),
+          packProbOuts(
+            cases.map((c, i) => ({ kind: "columnSums", dst: sums[i], stride: c.n, counts: hits[i] })),
+          ),
         );
         d().attentionProbs({
           seqs: recs,
@@ -231,6 +238,32 @@ function policySuite(kind: DeviceKind) {
           q: qb,
           lse: tc.lse,
         });
+        // The CUDA-core pass (prefillRows 0) gives the same sums within the tiles' rounding, not bit for bit.
+        const plain = cases.map((c) => {
+          const b = d().alloc(Hkv * c.n);
+          d().zero(b);
+          return b;
+        });
+        const outs0 = d().upload(
+          packProbOuts(cases.map((c, i) => ({ kind: "columnSums", dst: plain[i], stride: c.n }))),
+        );
+        d().attentionProbs({
+          seqs: recs,
+          outs: outs0,
+          B: 3,
+          maxKeys: 170,
+          Hq,
+          Hkv,
+          D,
+          kvDtype: dt,
+          q: qb,
+          lse: tc.lse,
+          prefillRows: 0,
+        });
+        const a0 = d().read(sums[0], new Float32Array(Hkv * cases[0].n));
+        const b0 = d().read(plain[0], new Float32Array(Hkv * cases[0].n));
+        expect(maxAbsDiff(a0, b0)).toBeGreaterThan(0);
+        expect(maxAbsDiff(a0, b0)).toBeLessThan(0.05 * Math.sqrt(cases[0].T));
         cases.forEach((c, i) => {
           const { scores, Lmax } = wants[i];
           const want = new Float32Array(Hkv * c.n);
@@ -238,6 +271,12 @@ function policySuite(kind: DeviceKind) {
             for (let j = 0; j < c.n; j++) want[Math.floor(h / (Hq / Hkv)) * c.n + j] += scores[h * Lmax + j];
           const got = d().read(sums[i], new Float32Array(Hkv * c.n));
           expect(maxAbsDiff(got, want)).toBeLessThan(c.T >= 64 ? 0.05 * Math.sqrt(c.T) : 1e-4);
+          // Rows that see each key (the tiles count them as the CUDA-core pass does).
+          const past = c.n - c.T;
+          const wantHits = Array.from({ length: Hkv * c.n }, (_, x) =>
+            Math.max(0, c.T - Math.max(0, (x % c.n) - past)),
+          );
+          expect(Array.from(d().read(hits[i], new Float32Array(Hkv * c.n)))).toEqual(wantHits);
         });
       }
     });

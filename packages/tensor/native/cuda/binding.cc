@@ -247,10 +247,10 @@ Napi::Value AttentionBatch(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value AttentionProbs(const Napi::CallbackInfo& info) {
-  ARGS(12);
+  ARGS(13);
   check(env, skv_k_attention_probs(ptr<SkvAttnSeq>(info[0]), ptr<SkvProbOut>(info[1]), i32(info[2]), i32(info[3]),
                                    i32(info[4]), i32(info[5]), i32(info[6]), f32(info[7]), i32(info[8]),
-                                   ptr<float>(info[9]), ptr<float>(info[10]), i32(info[11])));
+                                   ptr<float>(info[9]), ptr<float>(info[10]), i32(info[11]), i32(info[12])));
   return env.Undefined();
 }
 

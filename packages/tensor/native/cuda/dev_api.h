@@ -151,8 +151,14 @@ struct SkvProbOut {
   int64_t pad;
 };
 // Probabilities exp(q.k * scale - lse) of the records' keys (lse from skv_k_attention_batch).
+// prefillRows > 0: column sums (mode 1) of contiguous f16/bf16 records of at least that many rows
+// run on tensor cores (D a multiple of 16 up to 128).
 int skv_k_attention_probs(const SkvAttnSeq* seqs, const SkvProbOut* outs, int B, int maxKeys, int Hq, int Hkv,
-                          int D, float scale, int kvDtype, const float* q, const float* lse, int stream);
+                          int D, float scale, int kvDtype, const float* q, const float* lse, int prefillRows,
+                          int stream);
+// Internal (prefill.cu): the probability pass's column sums (mode 1) of records of >= minRows rows on tensor cores.
+int skv_prefill_colsums(const SkvAttnSeq* seqs, const SkvProbOut* outs, int B, int maxKeys, int Hq, int Hkv, int D,
+                        float scale, int kvDtype, const float* q, const float* lse, int minRows, void* stream);
 
 enum SkvRankFlags {
   SKV_RANK_ADAPTIVE = 1,

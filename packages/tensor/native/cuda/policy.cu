@@ -34,6 +34,7 @@ struct ProbArgs {
   float scale;
   const float* q;
   const float* lse;
+  int skip;  // > 0: the column sums of contiguous records of at least this many rows are the tiles'
 };
 
 // Block (key chunk, kv head, sequence): the probabilities of the chunk's keys for every query
@@ -48,6 +49,7 @@ __global__ void probs_kernel(ProbArgs a) {
   const SkvProbOut o = a.outs[b];
   const int n = list_len(s, g), j0 = chunk * kChunk;
   if (!o.dst || j0 >= n) return;
+  if (a.skip > 0 && o.mode == 1 && s.T >= a.skip && !s.idx && !s.vidx) return;
   const int T = static_cast<int>(s.T), G = a.G, D = a.D, from = static_cast<int>(o.rowFrom);
   const int rows = T - from, nq = rows * G, cnt = n - j0 < kChunk ? n - j0 : kChunk;
   const KT* kh = as_ptr<const KT>(s.k) + static_cast<int64_t>(g) * s.cap * D;
@@ -291,14 +293,20 @@ __global__ void rank_select_kernel(const SkvRankList* lists, int cacheN) {
 
 extern "C" int skv_k_attention_probs(const SkvAttnSeq* seqs, const SkvProbOut* outs, int B, int maxKeys, int Hq,
                                      int Hkv, int D, float scale, int kvDtype, const float* q, const float* lse,
-                                     int stream) {
+                                     int prefillRows, int stream) {
   if (B <= 0 || maxKeys <= 0) return SKV_OK;
   if (Hkv <= 0 || Hq % Hkv != 0) return skv_arg_error("attention_probs: query heads must be a multiple of kv heads");
   if (D <= 0 || D > kMaxD) return skv_arg_error("attention_probs: head dim must be 1..256");
   if (maxKeys > (1 << 30)) return skv_arg_error("attention_probs: bad key count");
-  ProbArgs a{seqs, outs, Hq, Hq / Hkv, D, scale, q, lse};
+  ProbArgs a{seqs, outs, Hq, Hq / Hkv, D, scale, q, lse, 0};
   const dim3 grid((maxKeys + kChunk - 1) / kChunk, Hkv, B);
   void* s = skv_stream(stream);
+  // Long contiguous records of 16-bit stores: their column sums on tensor cores (prefill.cu).
+  if (prefillRows > 0 && skv_prefill_fits(D, kvDtype)) {
+    const int rc = skv_prefill_colsums(seqs, outs, B, maxKeys, Hq, Hkv, D, scale, kvDtype, q, lse, prefillRows, s);
+    if (rc != SKV_OK) return rc;
+    a.skip = prefillRows;
+  }
   if (kvDtype == SKV_F32) CK_LAUNCH(probs_kernel<float>, grid, kProbThreads, 0, s, a);
   else if (kvDtype == SKV_F16) CK_LAUNCH(probs_kernel<ck::half_t>, grid, kProbThreads, 0, s, a);
   else if (kvDtype == SKV_BF16) CK_LAUNCH(probs_kernel<ck::bf16_t>, grid, kProbThreads, 0, s, a);

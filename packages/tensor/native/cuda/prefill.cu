@@ -193,6 +193,132 @@ int launch_d(const PrefillArgs& a, int B, int maxT, void* stream) {
   }
 }
 
+// The probability pass of long records on tensor cores (H2O's and SnapKV's prefill sums): a block
+// per (64-key tile, kv head, record) walks the group's heads and the query tiles from rowFrom,
+// S = Q K^T on WMMA, p = exp(S * scale - lse) per row, and adds each key's column sum (and,
+// with counts, the rows that see it) at its position. The CUDA-core pass takes the rest.
+struct ColsumArgs {
+  const SkvAttnSeq* seqs;
+  const SkvProbOut* outs;
+  int Hq, G, minRows;
+  float scale;
+  const float* q;
+  const float* lse;
+};
+
+inline size_t colsum_smem(int D, size_t kt) { return 2 * kBR * D * kt + kBR * kBC * 4 + kBR * 4 + kBC * 4; }
+
+template <class KT, int ND>
+__global__ void colsum_kernel(ColsumArgs a) {
+  namespace wmma = ck::wmma;
+  CK_DYN_SHARED(unsigned char, smem);
+  const int kt = blockIdx.x, g = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, warp = tid >> 5;
+  const SkvAttnSeq s = a.seqs[b];
+  const SkvProbOut o = a.outs[b];
+  const int T = static_cast<int>(s.T), n = static_cast<int>(s.n), D = ND * 16, j0 = kt * kBC;
+  if (!o.dst || o.mode != 1 || T < a.minRows || s.idx || s.vidx || j0 >= n) return;
+  const int past = n - T, from = static_cast<int>(o.rowFrom), cnt = n - j0 < kBC ? n - j0 : kBC;
+  const int win = static_cast<int>(s.window);
+  KT* Qs = reinterpret_cast<KT*>(smem);
+  KT* Ks = Qs + kBR * D;
+  float* S = reinterpret_cast<float*>(Ks + kBC * D);
+  float* ls = S + kBR * kBC;
+  float* col = ls + kBR;
+  const KT* kh = as_ptr<const KT>(s.k) + static_cast<int64_t>(g) * s.cap * D;
+  for (int e = tid * 8; e < kBC * D; e += kThreads * 8) {
+    const bool valid = e / D < cnt;
+    ck::cp_async16(Ks + e, valid ? kh + static_cast<int64_t>(j0) * D + e : kh, valid);
+  }
+  ck::cp_async_commit();
+  ck::cp_async_wait<0>();
+  if (tid < kBC) col[tid] = 0.f;
+  // Rows that can see a key of this tile: t >= j0 - past (and from rowFrom on).
+  const int tFirst = j0 - past > from ? j0 - past : from;
+  for (int hh = 0; hh < a.G; ++hh) {
+    const int h = g * a.G + hh;
+    for (int t0 = tFirst / kBR * kBR; t0 < T; t0 += kBR) {
+      const int rows = T - t0 < kBR ? T - t0 : kBR;
+      __syncthreads();  // the previous tile is done with Qs and S
+      for (int e = tid; e < kBR * D; e += kThreads) {
+        const int r = e / D, d = e % D;
+        Qs[e] = ck::from_float<KT>(r < rows ? a.q[((s.qRow + t0 + r) * a.Hq + h) * D + d] : 0.f);
+      }
+      if (tid < kBR) ls[tid] = tid < rows ? a.lse[(s.qRow + t0 + tid) * a.Hq + h] : -INFINITY;
+      __syncthreads();
+      {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kBC / 16];
+        for (int c = 0; c < kBC / 16; ++c) wmma::fill_fragment(acc[c], 0.f);
+        CK_UNROLL for (int kk = 0; kk < ND * 16; kk += 16) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, KT, wmma::row_major> qa;
+          wmma::load_matrix_sync(qa, Qs + warp * 16 * D + kk, D);
+          for (int c = 0; c < kBC / 16; ++c) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, KT, wmma::col_major> kb;
+            wmma::load_matrix_sync(kb, Ks + c * 16 * D + kk, D);
+            wmma::mma_sync(acc[c], qa, kb, acc[c]);
+          }
+        }
+        for (int c = 0; c < kBC / 16; ++c)
+          wmma::store_matrix_sync(S + warp * 16 * kBC + c * 16, acc[c], kBC, wmma::mem_row_major);
+      }
+      __syncthreads();
+      // Two threads a key column, 32 rows each.
+      const int c = tid >> 1, half = tid & 1, j = j0 + c;
+      float sum = 0.f;
+      for (int r = half * 32; r < half * 32 + 32; ++r) {
+        const int t = t0 + r, lim = past + t + 1, lo = win > 0 && lim > win ? lim - win : 0;
+        if (r < rows && t >= from && j < lim && j >= lo && ls[r] != -INFINITY)
+          sum += __expf(S[r * kBC + c] * a.scale - ls[r]);
+      }
+      sum += __shfl_xor_sync(ck::kFull, sum, 1);
+      if (half == 0) col[c] += sum;
+    }
+  }
+  __syncthreads();
+  if (tid < cnt) {
+    const int j = j0 + tid;
+    float* dst = as_ptr<float>(o.dst) + static_cast<int64_t>(g) * o.stride + j;
+    if (col[tid] != 0.f) atomicAdd(dst, col[tid]);
+    if (o.counts) {
+      const int first = j - past > from ? j - past : from;
+      if (T > first) atomicAdd(as_ptr<float>(o.counts) + static_cast<int64_t>(g) * o.stride + j, static_cast<float>(T - first));
+    }
+  }
+}
+
+template <class KT, int ND>
+int launch_colsum(const ColsumArgs& a, int B, int maxKeys, int Hkv, void* stream) {
+  const size_t bytes = colsum_smem(ND * 16, sizeof(KT));
+#ifndef SKV_EMU
+  static size_t optedIn = 48 * 1024;
+  if (bytes > optedIn) {
+    if (cudaFuncSetAttribute(colsum_kernel<KT, ND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(bytes)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return skv_arg_error("attention_probs: the device refuses the shared memory for this head dim");
+    }
+    optedIn = bytes;
+  }
+#endif
+  const dim3 grid((maxKeys + kBC - 1) / kBC, Hkv, B);
+  CK_LAUNCH((colsum_kernel<KT, ND>), grid, kThreads, bytes, stream, a);
+  return skv_check_launch("attention_probs_tiles");
+}
+
+template <class KT>
+int colsum_d(const ColsumArgs& a, int D, int B, int maxKeys, int Hkv, void* stream) {
+  switch (D / 16) {
+    case 1: return launch_colsum<KT, 1>(a, B, maxKeys, Hkv, stream);
+    case 2: return launch_colsum<KT, 2>(a, B, maxKeys, Hkv, stream);
+    case 3: return launch_colsum<KT, 3>(a, B, maxKeys, Hkv, stream);
+    case 4: return launch_colsum<KT, 4>(a, B, maxKeys, Hkv, stream);
+    case 5: return launch_colsum<KT, 5>(a, B, maxKeys, Hkv, stream);
+    case 6: return launch_colsum<KT, 6>(a, B, maxKeys, Hkv, stream);
+    case 7: return launch_colsum<KT, 7>(a, B, maxKeys, Hkv, stream);
+    case 8: return launch_colsum<KT, 8>(a, B, maxKeys, Hkv, stream);
+    default: return skv_arg_error("attention_probs: head dim must be a multiple of 16 up to 128");
+  }
+}
+
 }  // namespace
 
 extern "C" int skv_prefill_fits(int D, int kvDtype) {
@@ -204,4 +330,12 @@ extern "C" int skv_prefill_attention(const SkvAttnSeq* seqs, int B, int maxT, in
   PrefillArgs a{seqs, Hq, Hq / Hkv, D, minRows, scale, q, out, lse};
   if (kvDtype == SKV_F16) return launch_d<ck::half_t>(a, B, maxT, stream);
   return launch_d<ck::bf16_t>(a, B, maxT, stream);
+}
+
+extern "C" int skv_prefill_colsums(const SkvAttnSeq* seqs, const SkvProbOut* outs, int B, int maxKeys, int Hq, int Hkv,
+                                   int D, float scale, int kvDtype, const float* q, const float* lse, int minRows,
+                                   void* stream) {
+  ColsumArgs a{seqs, outs, Hq, Hq / Hkv, minRows, scale, q, lse};
+  if (kvDtype == SKV_F16) return colsum_d<ck::half_t>(a, D, B, maxKeys, Hkv, stream);
+  return colsum_d<ck::bf16_t>(a, D, B, maxKeys, Hkv, stream);
 }
