@@ -3,6 +3,8 @@
 // online softmax between them), so memory stays O(T) and K/V are read once per query tile.
 // Contiguous f16/bf16 lists of records with at least `minRows` rows; the batched attention
 // launch hands these records here and runs the rest itself.
+#include <type_traits>
+
 #include "ck.h"
 #include "dev_api.h"
 #include "launch_check.h"
@@ -30,6 +32,61 @@ struct PrefillArgs {
 // and per row its running max, normaliser and rescale factor.
 inline size_t smem_bytes(int D, size_t kt) {
   return 3 * kBR * D * kt + kBR * kBC * 4 + kBR * kBC * kt + kBR * D * 4 + 3 * kBR * 4;
+}
+
+// S[64][64] = Q K^T of a 64-row query tile and a 64-key tile ([64][D] each, in shared memory):
+// warp w computes rows 16w..16w+15 (stores are the same whatever the lanes' order).
+template <class KT, int ND>
+__device__ inline void qk_tile(const KT* Qs, const KT* Ks, float* S, int warp) {
+  namespace wmma = ck::wmma;
+  constexpr int D = ND * 16;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kBC / 16];
+  for (int c = 0; c < kBC / 16; ++c) wmma::fill_fragment(acc[c], 0.f);
+  CK_UNROLL for (int kk = 0; kk < D; kk += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, KT, wmma::row_major> qa;
+    wmma::load_matrix_sync(qa, Qs + warp * 16 * D + kk, D);
+    for (int c = 0; c < kBC / 16; ++c) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, KT, wmma::col_major> kb;
+      wmma::load_matrix_sync(kb, Ks + c * 16 * D + kk, D);
+      wmma::mma_sync(acc[c], qa, kb, acc[c]);
+    }
+  }
+  for (int c = 0; c < kBC / 16; ++c)
+    wmma::store_matrix_sync(S + warp * 16 * kBC + c * 16, acc[c], kBC, wmma::mem_row_major);
+}
+
+// Lets a kernel use `bytes` of dynamic shared memory (above 48 KiB it is an opt-in), once per size.
+template <class K>
+int allow_smem(K kernel, size_t bytes, size_t& optedIn, const char* what) {
+#ifndef SKV_EMU
+  if (bytes > optedIn) {
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) !=
+        cudaSuccess) {
+      (void)cudaGetLastError();
+      return skv_arg_error(what);
+    }
+    optedIn = bytes;
+  }
+#else
+  (void)kernel, (void)bytes, (void)optedIn, (void)what;
+#endif
+  return SKV_OK;
+}
+
+// Calls f with the head dim's 16-column blocks as a compile-time constant (1..8).
+template <class F>
+int by_blocks(int D, F f) {
+  switch (D / 16) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    default: return skv_arg_error("attention tiles: head dim must be a multiple of 16 up to 128");
+  }
 }
 
 template <class KT, int ND>
@@ -81,21 +138,7 @@ __global__ void prefill_kernel(PrefillArgs a) {
     ck::cp_async_wait<0>();
     __syncthreads();
     // S = Q K^T: each warp a 16-row strip of the 64 x 64 tile.
-    {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kBC / 16];
-      for (int c = 0; c < kBC / 16; ++c) wmma::fill_fragment(acc[c], 0.f);
-      for (int kk = 0; kk < D; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, KT, wmma::row_major> qa;
-        wmma::load_matrix_sync(qa, Qs + warp * 16 * D + kk, D);
-        for (int c = 0; c < kBC / 16; ++c) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, KT, wmma::col_major> kb;
-          wmma::load_matrix_sync(kb, Ks + c * 16 * D + kk, D);
-          wmma::mma_sync(acc[c], qa, kb, acc[c]);
-        }
-      }
-      for (int c = 0; c < kBC / 16; ++c)
-        wmma::store_matrix_sync(S + warp * 16 * kBC + c * 16, acc[c], kBC, wmma::mem_row_major);
-    }
+    qk_tile<KT, ND>(Qs, Ks, S, warp);
     __syncthreads();
     // Online softmax: two threads a row, 32 keys each.
     {
@@ -159,38 +202,19 @@ __global__ void prefill_kernel(PrefillArgs a) {
     a.lse[(s.qRow + t0 + tid) * a.Hq + h] = lrow[tid] > 0.f ? mrow[tid] + logf(lrow[tid]) : -INFINITY;
 }
 
-template <class KT, int ND>
-int launch(const PrefillArgs& a, int B, int maxT, void* stream) {
-  const size_t bytes = smem_bytes(a.D, sizeof(KT));
-#ifndef SKV_EMU
-  static size_t optedIn = 48 * 1024;
-  if (bytes > optedIn) {
-    if (cudaFuncSetAttribute(prefill_kernel<KT, ND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(bytes)) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return skv_arg_error("attention_prefill: the device refuses the shared memory for this head dim");
-    }
-    optedIn = bytes;
-  }
-#endif
-  const dim3 grid((maxT + kBR - 1) / kBR, a.Hq, B);
-  CK_LAUNCH((prefill_kernel<KT, ND>), grid, kThreads, bytes, stream, a);
-  return skv_check_launch("attention_prefill");
-}
-
 template <class KT>
-int launch_d(const PrefillArgs& a, int B, int maxT, void* stream) {
-  switch (a.D / 16) {
-    case 1: return launch<KT, 1>(a, B, maxT, stream);
-    case 2: return launch<KT, 2>(a, B, maxT, stream);
-    case 3: return launch<KT, 3>(a, B, maxT, stream);
-    case 4: return launch<KT, 4>(a, B, maxT, stream);
-    case 5: return launch<KT, 5>(a, B, maxT, stream);
-    case 6: return launch<KT, 6>(a, B, maxT, stream);
-    case 7: return launch<KT, 7>(a, B, maxT, stream);
-    case 8: return launch<KT, 8>(a, B, maxT, stream);
-    default: return skv_arg_error("attention_prefill: head dim must be a multiple of 16 up to 128");
-  }
+int launch(const PrefillArgs& a, int B, int maxT, void* stream) {
+  return by_blocks(a.D, [&](auto nd) {
+    constexpr int ND = decltype(nd)::value;
+    static size_t optedIn = 48 * 1024;
+    const size_t bytes = smem_bytes(a.D, sizeof(KT));
+    const int rc = allow_smem(prefill_kernel<KT, ND>, bytes, optedIn,
+                              "attention_prefill: the device refuses the shared memory for this head dim");
+    if (rc != SKV_OK) return rc;
+    const dim3 grid((maxT + kBR - 1) / kBR, a.Hq, B);
+    CK_LAUNCH((prefill_kernel<KT, ND>), grid, kThreads, bytes, stream, a);
+    return skv_check_launch("attention_prefill");
+  });
 }
 
 // The probability pass of long records on tensor cores (H2O's and SnapKV's prefill sums): a block
@@ -245,21 +269,7 @@ __global__ void colsum_kernel(ColsumArgs a) {
       }
       if (tid < kBR) ls[tid] = tid < rows ? a.lse[(s.qRow + t0 + tid) * a.Hq + h] : -INFINITY;
       __syncthreads();
-      {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kBC / 16];
-        for (int c = 0; c < kBC / 16; ++c) wmma::fill_fragment(acc[c], 0.f);
-        CK_UNROLL for (int kk = 0; kk < ND * 16; kk += 16) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, KT, wmma::row_major> qa;
-          wmma::load_matrix_sync(qa, Qs + warp * 16 * D + kk, D);
-          for (int c = 0; c < kBC / 16; ++c) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, KT, wmma::col_major> kb;
-            wmma::load_matrix_sync(kb, Ks + c * 16 * D + kk, D);
-            wmma::mma_sync(acc[c], qa, kb, acc[c]);
-          }
-        }
-        for (int c = 0; c < kBC / 16; ++c)
-          wmma::store_matrix_sync(S + warp * 16 * kBC + c * 16, acc[c], kBC, wmma::mem_row_major);
-      }
+      qk_tile<KT, ND>(Qs, Ks, S, warp);
       __syncthreads();
       // Two threads a key column, 32 rows each.
       const int c = tid >> 1, half = tid & 1, j = j0 + c;
@@ -285,38 +295,19 @@ __global__ void colsum_kernel(ColsumArgs a) {
   }
 }
 
-template <class KT, int ND>
-int launch_colsum(const ColsumArgs& a, int B, int maxKeys, int Hkv, void* stream) {
-  const size_t bytes = colsum_smem(ND * 16, sizeof(KT));
-#ifndef SKV_EMU
-  static size_t optedIn = 48 * 1024;
-  if (bytes > optedIn) {
-    if (cudaFuncSetAttribute(colsum_kernel<KT, ND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(bytes)) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return skv_arg_error("attention_probs: the device refuses the shared memory for this head dim");
-    }
-    optedIn = bytes;
-  }
-#endif
-  const dim3 grid((maxKeys + kBC - 1) / kBC, Hkv, B);
-  CK_LAUNCH((colsum_kernel<KT, ND>), grid, kThreads, bytes, stream, a);
-  return skv_check_launch("attention_probs_tiles");
-}
-
 template <class KT>
-int colsum_d(const ColsumArgs& a, int D, int B, int maxKeys, int Hkv, void* stream) {
-  switch (D / 16) {
-    case 1: return launch_colsum<KT, 1>(a, B, maxKeys, Hkv, stream);
-    case 2: return launch_colsum<KT, 2>(a, B, maxKeys, Hkv, stream);
-    case 3: return launch_colsum<KT, 3>(a, B, maxKeys, Hkv, stream);
-    case 4: return launch_colsum<KT, 4>(a, B, maxKeys, Hkv, stream);
-    case 5: return launch_colsum<KT, 5>(a, B, maxKeys, Hkv, stream);
-    case 6: return launch_colsum<KT, 6>(a, B, maxKeys, Hkv, stream);
-    case 7: return launch_colsum<KT, 7>(a, B, maxKeys, Hkv, stream);
-    case 8: return launch_colsum<KT, 8>(a, B, maxKeys, Hkv, stream);
-    default: return skv_arg_error("attention_probs: head dim must be a multiple of 16 up to 128");
-  }
+int launch_colsum(const ColsumArgs& a, int D, int B, int maxKeys, int Hkv, void* stream) {
+  return by_blocks(D, [&](auto nd) {
+    constexpr int ND = decltype(nd)::value;
+    static size_t optedIn = 48 * 1024;
+    const size_t bytes = colsum_smem(D, sizeof(KT));
+    const int rc = allow_smem(colsum_kernel<KT, ND>, bytes, optedIn,
+                              "attention_probs: the device refuses the shared memory for this head dim");
+    if (rc != SKV_OK) return rc;
+    const dim3 grid((maxKeys + kBC - 1) / kBC, Hkv, B);
+    CK_LAUNCH((colsum_kernel<KT, ND>), grid, kThreads, bytes, stream, a);
+    return skv_check_launch("attention_probs_tiles");
+  });
 }
 
 }  // namespace
@@ -328,14 +319,14 @@ extern "C" int skv_prefill_fits(int D, int kvDtype) {
 extern "C" int skv_prefill_attention(const SkvAttnSeq* seqs, int B, int maxT, int Hq, int Hkv, int D, float scale,
                                      int kvDtype, const float* q, float* out, float* lse, int minRows, void* stream) {
   PrefillArgs a{seqs, Hq, Hq / Hkv, D, minRows, scale, q, out, lse};
-  if (kvDtype == SKV_F16) return launch_d<ck::half_t>(a, B, maxT, stream);
-  return launch_d<ck::bf16_t>(a, B, maxT, stream);
+  if (kvDtype == SKV_F16) return launch<ck::half_t>(a, B, maxT, stream);
+  return launch<ck::bf16_t>(a, B, maxT, stream);
 }
 
 extern "C" int skv_prefill_colsums(const SkvAttnSeq* seqs, const SkvProbOut* outs, int B, int maxKeys, int Hq, int Hkv,
                                    int D, float scale, int kvDtype, const float* q, const float* lse, int minRows,
                                    void* stream) {
   ColsumArgs a{seqs, outs, Hq, Hq / Hkv, minRows, scale, q, lse};
-  if (kvDtype == SKV_F16) return colsum_d<ck::half_t>(a, D, B, maxKeys, Hkv, stream);
-  return colsum_d<ck::bf16_t>(a, D, B, maxKeys, Hkv, stream);
+  if (kvDtype == SKV_F16) return launch_colsum<ck::half_t>(a, D, B, maxKeys, Hkv, stream);
+  return launch_colsum<ck::bf16_t>(a, D, B, maxKeys, Hkv, stream);
 }
