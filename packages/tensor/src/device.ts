@@ -218,6 +218,13 @@ interface DeviceBinding {
   graphFree(graph: number): void;
 }
 
+/** The head layout and tile threshold the batched attention kernels take (GQA groups, prefillRows). */
+function checkBatchHeads(op: string, Hq: number, Hkv: number, prefillRows: number | undefined): void {
+  if (Hkv <= 0 || Hq % Hkv !== 0) throw new TensorShapeError(op, `Hq ${Hq} is not a multiple of Hkv ${Hkv}`);
+  if (prefillRows !== undefined && !(Number.isInteger(prefillRows) && prefillRows >= 0))
+    throw new TensorShapeError(op, `prefillRows must be a non-negative integer, got ${prefillRows}`);
+}
+
 const bindings = new Map<DeviceKind, DeviceBinding>();
 
 function binding(kind: DeviceKind): DeviceBinding {
@@ -845,13 +852,7 @@ export class Device {
    */
   attentionBatch(a: AttentionBatchArgs): void {
     const { B, maxT, maxKeys, Hq, Hkv, D } = a;
-    if (Hkv <= 0 || Hq % Hkv !== 0)
-      throw new TensorShapeError("attentionBatch", `Hq ${Hq} is not a multiple of Hkv ${Hkv}`);
-    if (a.prefillRows !== undefined && !(Number.isInteger(a.prefillRows) && a.prefillRows >= 0))
-      throw new TensorShapeError(
-        "attentionBatch",
-        `prefillRows must be a non-negative integer, got ${a.prefillRows}`,
-      );
+    checkBatchHeads("attentionBatch", Hq, Hkv, a.prefillRows);
     const part = this.attentionPartFloats(B, maxT, maxKeys, Hq, D);
     wrap(() =>
       this.b.attentionBatch(
@@ -881,13 +882,7 @@ export class Device {
    */
   attentionProbs(a: AttentionProbsArgs): void {
     const { B, maxKeys, Hq, Hkv, D } = a;
-    if (Hkv <= 0 || Hq % Hkv !== 0)
-      throw new TensorShapeError("attentionProbs", `Hq ${Hq} is not a multiple of Hkv ${Hkv}`);
-    if (a.prefillRows !== undefined && !(Number.isInteger(a.prefillRows) && a.prefillRows >= 0))
-      throw new TensorShapeError(
-        "attentionProbs",
-        `prefillRows must be a non-negative integer, got ${a.prefillRows}`,
-      );
+    checkBatchHeads("attentionProbs", Hq, Hkv, a.prefillRows);
     wrap(() =>
       this.b.attentionProbs(
         this.p(a.seqs, B * ATTN_SEQ_BYTES, "seqs"),

@@ -29,10 +29,6 @@ struct BatchArgs {
   int skip;    // > 0: contiguous records of at least this many rows are the prefill kernel's
 };
 
-__device__ inline bool prefill_record(const BatchArgs& a, const SkvAttnSeq& s) {
-  return a.skip > 0 && s.T >= a.skip && !s.idx && !s.vidx;
-}
-
 using attn::as_ptr;
 using attn::list_len;
 using attn::list_row;
@@ -69,7 +65,7 @@ __global__ void split_kernel(BatchArgs a) {
   const int T = static_cast<int>(s.T), G = a.G, D = a.D, tid = threadIdx.x;
   const int v0 = sub * kQ, vn = T * G - v0 < kQ ? T * G - v0 : kQ;
   if (vn <= 0) return;  // the whole block: this sequence has fewer rows than the launch's widest
-  if (prefill_record(a, s)) return;
+  if (attn::tile_record(s, a.skip)) return;
   const int n = list_len(s, g), j0 = split * kChunk;
   auto slot = [&](int v) {  // partial index of query v of this block
     const int t = (v0 + v) / G, h = g * G + (v0 + v) % G;
@@ -213,7 +209,7 @@ __global__ void reduce_kernel(BatchArgs a) {
   const int h = blockIdx.x, t = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
   const SkvAttnSeq s = a.seqs[b];
   const int T = static_cast<int>(s.T);
-  if (t >= T || prefill_record(a, s)) return;
+  if (t >= T || attn::tile_record(s, a.skip)) return;
   const int g = h / a.G, D = a.D;
   const int ns = (list_len(s, g) + kChunk - 1) / kChunk;
   const int64_t base = ((static_cast<int64_t>(b) * a.maxT + t) * a.Hq + h) * a.S;

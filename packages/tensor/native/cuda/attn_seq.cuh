@@ -19,4 +19,10 @@ __device__ inline int list_row(const SkvAttnSeq& s, int g, int i) {
   return s.idx ? as_ptr<const int32_t>(s.idx)[static_cast<int64_t>(g) * s.icap + i] : i;
 }
 
+// Whether the tensor-core tiles (prefill.cu) take this record: a contiguous list without V-only
+// rows, of at least minRows query rows (minRows 0: no record). The CUDA-core kernels skip those.
+__device__ inline bool tile_record(const SkvAttnSeq& s, int minRows) {
+  return minRows > 0 && s.T >= minRows && !s.idx && !s.vidx;
+}
+
 }  // namespace attn

@@ -49,7 +49,7 @@ __global__ void probs_kernel(ProbArgs a) {
   const SkvProbOut o = a.outs[b];
   const int n = list_len(s, g), j0 = chunk * kChunk;
   if (!o.dst || j0 >= n) return;
-  if (a.skip > 0 && o.mode == 1 && s.T >= a.skip && !s.idx && !s.vidx) return;
+  if (o.mode == 1 && attn::tile_record(s, a.skip)) return;
   const int T = static_cast<int>(s.T), G = a.G, D = a.D, from = static_cast<int>(o.rowFrom);
   const int rows = T - from, nq = rows * G, cnt = n - j0 < kChunk ? n - j0 : kChunk;
   const KT* kh = as_ptr<const KT>(s.k) + static_cast<int64_t>(g) * s.cap * D;

@@ -97,7 +97,7 @@ __global__ void prefill_kernel(PrefillArgs a) {
   const SkvAttnSeq s = a.seqs[b];
   const int T = static_cast<int>(s.T), n = static_cast<int>(s.n), D = ND * 16;
   const int t0 = tile * kBR;
-  if (T < a.minRows || s.idx || t0 >= T) return;  // not this kernel's record, or past its rows
+  if (!attn::tile_record(s, a.minRows) || t0 >= T) return;  // not this kernel's record, or past its rows
   const int rows = T - t0 < kBR ? T - t0 : kBR, g = h / a.G;
   KT* Qs = reinterpret_cast<KT*>(smem);
   KT* Ks = Qs + kBR * D;
@@ -240,7 +240,7 @@ __global__ void colsum_kernel(ColsumArgs a) {
   const SkvAttnSeq s = a.seqs[b];
   const SkvProbOut o = a.outs[b];
   const int T = static_cast<int>(s.T), n = static_cast<int>(s.n), D = ND * 16, j0 = kt * kBC;
-  if (!o.dst || o.mode != 1 || T < a.minRows || s.idx || s.vidx || j0 >= n) return;
+  if (!o.dst || o.mode != 1 || !attn::tile_record(s, a.minRows) || j0 >= n) return;
   const int past = n - T, from = static_cast<int>(o.rowFrom), cnt = n - j0 < kBC ? n - j0 : kBC;
   const int win = static_cast<int>(s.window);
   KT* Qs = reinterpret_cast<KT*>(smem);
