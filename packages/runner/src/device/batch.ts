@@ -61,6 +61,8 @@ export interface StepMeta {
     caps: number;
     dst: number;
     rowIndex: number;
+    /** The largest group's key bucket: the grid of the step's ranking and probability pass. */
+    keyBucket: number;
     /** Every layer's ranked lists (rankCount of them, 0: none), ranked in one launch before the layers. */
     ranks: number;
     rankCount: number;
@@ -141,10 +143,11 @@ export class StepMetadata {
     // Attention records: a part's rows in chunks of at most CHUNK_ROWS (a long prefill is
     // several records, each seeing the keys up to its last row: the KV append before it wrote
     // them), in groups of consecutive records whose workspace fits the cap.
-    const recs: { part: DeviceStepPart; r0: number; T: number }[] = [];
-    for (const part of batch)
+    const recs: { part: DeviceStepPart; j: number; r0: number; T: number }[] = [];
+    batch.forEach((part, j) => {
       for (let r0 = 0; r0 < part.tokens.length; r0 += CHUNK_ROWS)
-        recs.push({ part, r0, T: Math.min(CHUNK_ROWS, part.tokens.length - r0) });
+        recs.push({ part, j, r0, T: Math.min(CHUNK_ROWS, part.tokens.length - r0) });
+    });
     const groups: AttentionGroup[] = [];
     recs.forEach(({ part, r0, T }, i) => {
       const g = groups.at(-1);
@@ -215,11 +218,10 @@ export class StepMetadata {
         }
       }
       const stores: number[] = new Array(Mb);
-      const partIndex = new Map(batch.map((p, j) => [p, j]));
       for (let l = 0; l < L; l++) {
         let at = layerAt[l];
         const window = this.c.slidingWindow?.[l] ?? 0;
-        const seqs: AttentionSeq[] = recs.map(({ part, r0, T }) => {
+        const seqs: AttentionSeq[] = recs.map(({ part, j, r0, T }) => {
           const { seq, row } = part;
           const kv = seq.kv as DeviceKvCache;
           const rec: AttentionSeq = {
@@ -231,7 +233,7 @@ export class StepMetadata {
             qRow: row + r0,
             window,
           };
-          const plan = plans[l][partIndex.get(part)!].plan;
+          const plan = plans[l][j].plan;
           if (plan) selectionOf(rec, kv, l, Hq, Hkv, plan);
           return rec;
         });
@@ -251,8 +253,8 @@ export class StepMetadata {
         let probOuts = 0;
         if (probLayers[l]) {
           probOuts = at;
-          const outs: ProbOut[] = recs.map(({ part, r0, T }) => {
-            const p = plans[l][partIndex.get(part)!];
+          const outs: ProbOut[] = recs.map(({ part, j, r0, T }) => {
+            const p = plans[l][j];
             return probOutOf(part, l, r0, T, p.accumulate, p.rows, Hkv);
           });
           packProbOuts(outs, h, at);
@@ -298,6 +300,7 @@ export class StepMetadata {
               caps: at(head),
               dst: at(head + Mb),
               rowIndex: at(head + 2 * Mb),
+              keyBucket: Math.max(...groups.map((g) => g.keyBucket)),
               ranks: rankTotal > 0 ? at(ranksAt) : 0,
               rankCount: rankTotal,
               layers: layers.map((m) => ({

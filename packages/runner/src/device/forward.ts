@@ -214,19 +214,16 @@ export class DeviceRunner implements AttendContext {
     const meta = this.meta.prepare(parts, M);
     const ropeTables = this.ropeTables(parts);
     const R = logitRows.length;
-    // The rows' sampling rules go to a fixed device buffer ahead of the work (a graph reads it there).
-    const sampling = Array.isArray(pick) ? this.buf("sampling", 4 * R) : null;
-    if (sampling && Array.isArray(pick))
-      this.dev.copy(sampling, this.staging.ints("sampling", packSampling(pick)), 16 * R);
-    const run = () =>
-      this.enqueue(parts, M, meta, ropeTables, logitRows, pick === null ? null : (sampling ?? "argmax"));
-    const key = this.graphKey(
-      parts,
-      M,
-      meta,
-      logitRows,
-      pick === null ? "logits" : sampling ? "sample" : "argmax",
-    );
+    // Tokens picked on the device: the argmax, or draws by the rows' rules, which go to a fixed
+    // device buffer ahead of the work (a graph reads them there).
+    let choose: "argmax" | DeviceBuffer | null = pick === "argmax" ? "argmax" : null;
+    if (Array.isArray(pick)) {
+      choose = this.buf("sampling", 4 * R);
+      this.dev.copy(choose, this.staging.ints("sampling", packSampling(pick)), 16 * R);
+    }
+    const run = () => this.enqueue(parts, M, meta, ropeTables, logitRows, choose);
+    const mode = choose === null ? "logits" : choose === "argmax" ? "argmax" : "sample";
+    const key = this.graphKey(parts, M, meta, logitRows, mode);
     if (key === null) run();
     else this.replay(key, run);
     if (R === 0) {
@@ -235,7 +232,7 @@ export class DeviceRunner implements AttendContext {
     }
     if (pick) {
       const out = new Int32Array(R);
-      this.dev.read(this.scratch.get("argmax") as DeviceBuffer, new Float32Array(out.buffer));
+      this.dev.read(this.scratch.get("tokens") as DeviceBuffer, new Float32Array(out.buffer));
       return out;
     }
     return this.dev.read(this.scratch.get("logits") as DeviceBuffer, new Float32Array(R * c.vocabSize));
@@ -330,8 +327,7 @@ export class DeviceRunner implements AttendContext {
     // steps left: score sums, masks, the assistant's rows of this step). Sized by the key bucket,
     // fixed for a graph's life: lists up to it rank from shared memory.
     const b = meta.batch;
-    if (b && b.rankCount > 0)
-      dev.rankSelect(b.ranks, b.rankCount, Math.max(...b.groups.map((g) => g.keyBucket)));
+    if (b && b.rankCount > 0) dev.rankSelect(b.ranks, b.rankCount, b.keyBucket);
     const slow = parts.filter((p) => !meta.batch?.parts.includes(p));
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.layers[l];
@@ -400,8 +396,8 @@ export class DeviceRunner implements AttendContext {
     }
     const logits = this.buf("logits", R * c.vocabSize);
     this.linear(logits, hs, this.lmHead, undefined, R, c.vocabSize, d, false);
-    if (pick === "argmax") dev.argmax(this.buf("argmax", R), logits, R, c.vocabSize);
-    else if (pick) dev.sample(this.buf("argmax", R), logits, pick, R, c.vocabSize);
+    if (pick === "argmax") dev.argmax(this.buf("tokens", R), logits, R, c.vocabSize);
+    else if (pick) dev.sample(this.buf("tokens", R), logits, pick, R, c.vocabSize);
   }
 
   /** y (+)= x . W^T + bias: the GEMV kernel for decode-sized steps, the tiled GEMM beyond. */
@@ -509,8 +505,7 @@ export class DeviceRunner implements AttendContext {
         D,
         kvDtype: this.kvDtype,
       });
-    // The device forms' selections first (they write the lists the attention reads).
-    const bucket = Math.max(...b.groups.map((g) => g.keyBucket));
+    // The rows' log-sum-exp, when a form keeps probabilities of this layer (the pass after reads it).
     const lse = m.probOuts ? this.buf("lse", q.length / D) : undefined; // by q row: [.][Hq]
     for (const g of b.groups)
       this.dev.attentionBatch({
@@ -535,7 +530,7 @@ export class DeviceRunner implements AttendContext {
         seqs: m.records,
         outs: m.probOuts,
         B: last.first + last.count,
-        maxKeys: bucket,
+        maxKeys: b.keyBucket,
         Hq,
         Hkv,
         D,
