@@ -1,4 +1,4 @@
-import { type SamplingRule, sampleToken } from "@smallkv/tensor";
+import { keptTokens, type SamplingRule, sampleToken } from "@smallkv/tensor";
 import { InvalidOptionError } from "./errors.js";
 
 export interface SamplingOptions {
@@ -118,33 +118,13 @@ export class Sampler {
    * (temperature, top-k and top-p applied; greedy: all mass on the argmax).
    */
   distribution(logits: ArrayLike<number>): Float64Array {
-    const V = logits.length;
-    const out = new Float64Array(V);
+    const out = new Float64Array(logits.length);
     if (this.greedy) {
       out[argmax(logits)] = 1;
       return out;
     }
-    const temp = this.o.temperature ?? 1;
-    const ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
-    const k = this.o.topK && this.o.topK > 0 ? Math.min(this.o.topK, V) : V;
-    const m = logits[ids[0]];
-    let sum = 0;
-    for (let i = 0; i < k; i++) sum += Math.exp((logits[ids[i]] - m) / temp);
-    let n = k;
-    const topP = this.o.topP ?? 1;
-    if (topP < 1) {
-      let cum = 0;
-      for (let i = 0; i < k; i++) {
-        cum += Math.exp((logits[ids[i]] - m) / temp) / sum;
-        if (cum >= topP) {
-          n = i + 1;
-          break;
-        }
-      }
-    }
-    let kept = 0;
-    for (let i = 0; i < n; i++) kept += Math.exp((logits[ids[i]] - m) / temp);
-    for (let i = 0; i < n; i++) out[ids[i]] = Math.exp((logits[ids[i]] - m) / temp) / kept;
+    const { ids, p, n, sum } = keptTokens(logits, this.rule);
+    for (let i = 0; i < n; i++) out[ids[i]] = p[i] / sum;
     return out;
   }
 

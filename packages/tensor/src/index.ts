@@ -84,4 +84,4 @@ export {
   scoresAsGiven,
 } from "./rank-split.js";
 export * as reference from "./reference.js";
-export { type SamplingRule, sampleToken } from "./sample.js";
+export { keptTokens, type SamplingRule, sampleToken } from "./sample.js";

@@ -13,12 +13,30 @@ export interface SamplingRule {
  * same tokens (the host's Sampler uses this with its seeded stream).
  */
 export function sampleToken(logits: ArrayLike<number>, rule: SamplingRule, u: number): number {
-  const V = logits.length;
   if (rule.temperature === 0) {
     let best = 0;
-    for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
+    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
     return best;
   }
+  const { ids, p, n, sum } = keptTokens(logits, rule);
+  let left = u * sum;
+  for (let i = 0; i < n; i++) {
+    left -= p[i];
+    if (left < 0) return ids[i];
+  }
+  return ids[n - 1];
+}
+
+/**
+ * The tokens a rule with a temperature (> 0) draws from: ids ranked by logit (ties to the lower
+ * id), their weights exp((logit - max) / temperature) in double, the first n of them kept (top-k,
+ * then the smallest prefix holding topP) and the kept weights' sum.
+ */
+export function keptTokens(
+  logits: ArrayLike<number>,
+  rule: SamplingRule,
+): { ids: number[]; p: Float64Array; n: number; sum: number } {
+  const V = logits.length;
   const temp = rule.temperature;
   const ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
   const k = rule.topK > 0 ? Math.min(rule.topK, V) : V;
@@ -42,10 +60,5 @@ export function sampleToken(logits: ArrayLike<number>, rule: SamplingRule, u: nu
     sum = 0;
     for (let i = 0; i < n; i++) sum += p[i];
   }
-  let left = u * sum;
-  for (let i = 0; i < n; i++) {
-    left -= p[i];
-    if (left < 0) return ids[i];
-  }
-  return ids[n - 1];
+  return { ids, p, n, sum };
 }
