@@ -18,6 +18,21 @@ export function evictionState(seq: Sequence): EvictionState {
 }
 
 /**
+ * The heavy + recent rule's numbers at a step: the recent window (no longer than the old tokens)
+ * and per kv head the heavy hitters to rank (the window's unused slots go to them). The host's
+ * selection and the device form share it.
+ */
+export function heavyRecentRule(
+  numKvHeads: number,
+  start: number,
+  heavy: number,
+  recent: number,
+): { window: number; k: Int32Array } {
+  const window = Math.min(start, recent);
+  return { window, k: new Int32Array(numKvHeads).fill(Math.max(0, heavy + (recent - window))) };
+}
+
+/**
  * Keep the recent window and the heaviest hitters among tokens not yet evicted; everything
  * else is evicted for good (it never returns). One native call per layer: the scores are
  * ranked in place, the eviction masks updated in place (slots of evicted window tokens go to
@@ -31,8 +46,7 @@ export function heavyPlusRecent(
   heavy: number,
   recent: number,
 ): Int32Array[] {
-  const window = Math.min(start, recent);
-  const k = new Int32Array(numKvHeads).fill(Math.max(0, heavy + (recent - window)));
+  const { window, k } = heavyRecentRule(numKvHeads, start, heavy, recent);
   const { sources, terms, weights } = scoresAsGiven(
     Array.from({ length: numKvHeads }, (_, g) => state.scores.get(layer, g, start)),
   );

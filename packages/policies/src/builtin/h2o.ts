@@ -1,6 +1,6 @@
 import { optionChecks } from "../option-checks.js";
 import { definePolicy } from "../sdk.js";
-import { type EvictionState, evictionState, heavyPlusRecent } from "./eviction.js";
+import { type EvictionState, evictionState, heavyPlusRecent, heavyRecentRule } from "./eviction.js";
 
 /**
  * H2O (Zhang et al. 2023): per kv head, accumulated attention (prefill plus every decode
@@ -25,9 +25,12 @@ export const h2o = definePolicy<EvictionState, { heavyRatio: number }>({
     accumulate: () => ({ fromRow: 0 }),
     plan(ctx) {
       const heavy = Math.floor(ctx.oldBudget * ctx.options.heavyRatio);
-      const recent = ctx.oldBudget - heavy;
-      const window = Math.min(ctx.step.start, recent);
-      const k = new Int32Array(ctx.config.numKvHeads).fill(Math.max(0, heavy + (recent - window)));
+      const { window, k } = heavyRecentRule(
+        ctx.config.numKvHeads,
+        ctx.step.start,
+        heavy,
+        ctx.oldBudget - heavy,
+      );
       return {
         recent: window,
         rule: { kind: "fixed", k, exact: k },

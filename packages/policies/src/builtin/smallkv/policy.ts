@@ -22,7 +22,7 @@ import { definePolicy, type PolicyFactory } from "../../sdk.js";
 import { Evictions } from "../../select.js";
 import { copyState } from "../../state-copy.js";
 import { PAPER_DEFAULTS, SMALLKV_DEFAULTS, type SmallKvOptions, validate } from "./options.js";
-import { accumulatedScores, currentTerms, trustedShare } from "./ranking.js";
+import { accumulatedScores, currentTerms, termPlanOf } from "./ranking.js";
 import { layerRule } from "./rule.js";
 import { hasRows, type ScoreMode } from "./scoring.js";
 import type { SmallKvContext, SmallKvState } from "./state.js";
@@ -117,10 +117,7 @@ function planLayer(ctx: SmallKvContext): LayerPlan {
     mode === "current" && rows
       ? currentTerms(ctx, a, m, lists, group, T)
       : accumulatedScores(ctx, a, m, lists, group, mode !== "sum");
-  const vOnlyLists = (st.marginalLists[ctx.layer] ??= Uint8Array.from({ length: lists }, (_, g) => {
-    for (let i = 0; i < group; i++) if (st.gated![ctx.layer][g * group + i]) return 1;
-    return 0;
-  }));
+  const vOnlyLists = marginalListsOf(ctx, lists, group);
   const { rule, recentOld } = layerRule(o, lists, start, T, oldUnits, o.marginal && rows, vOnlyLists);
   return {
     recentOld,
@@ -173,38 +170,32 @@ function devicePlan(ctx: SmallKvContext): DeviceRankPlan | null {
   const o = ctx.options;
   const { numHeads: Hq, numKvHeads: Hkv } = ctx.config;
   const group = Hq / Hkv;
-  let terms = st.deviceTerms[ctx.layer];
-  if (!terms) {
-    terms = [];
-    for (let g = 0; g < Hkv; g++)
-      for (let i = 0; i < group; i++) {
-        const sh = m.slmHeadOf(ctx.layer, g * group + i);
-        terms.push({ list: g, layer: sh.layer, head: sh.head, weight: 1 / group });
-      }
-    st.deviceTerms[ctx.layer] = terms;
-  }
-  const gated = st.gated![ctx.layer];
-  const vOnlyLists = (st.marginalLists[ctx.layer] ??= Uint8Array.from({ length: Hkv }, (_, g) =>
-    gated.slice(g * group, (g + 1) * group).some(Boolean) ? 1 : 0,
-  ));
+  // The host's terms of a one-row step (list, SLM layer, SLM head, row 0), as the runner takes them.
+  const plan = termPlanOf(ctx, m, Hkv, group, 1);
+  const terms = (st.deviceTerms[ctx.layer] ??= Array.from({ length: plan.spec.length / 4 }, (_, t) => ({
+    list: plan.spec[4 * t],
+    layer: plan.spec[4 * t + 1],
+    head: plan.spec[4 * t + 2],
+    weight: plan.weights[t],
+  })));
+  const vOnlyLists = marginalListsOf(ctx, Hkv, group);
   const { rule, recentOld } = layerRule(o, Hkv, ctx.step.start, 1, ctx.oldBudget, o.marginal, vOnlyLists);
-  // As termPlan: a list whose heads do not all trust the assistant blends in the own view.
-  let blend: Float64Array | undefined;
-  if (st.own)
-    for (let g = 0; g < Hkv; g++) {
-      const share = trustedShare(ctx, g, group);
-      if (share < 1) {
-        blend ??= new Float64Array(Hkv).fill(-1);
-        blend[g] = share;
-      }
-    }
   return {
     recent: recentOld,
     rule,
-    scores: { kind: "assistant", terms, gate: gated },
-    blend,
+    scores: { kind: "assistant", terms, gate: st.gated![ctx.layer] },
+    // A list whose heads do not all trust the assistant blends in the own view (while it is kept).
+    blend: st.own ? plan.blend : undefined,
     combine: o.mode as "mass" | "literal",
   };
+}
+
+/** Per list of the layer: whether some query head of it passes the coverage gate (may hold V-only tokens). */
+function marginalListsOf(ctx: SmallKvContext, lists: number, group: number): Uint8Array {
+  const gated = ctx.state.gated![ctx.layer];
+  return (ctx.state.marginalLists[ctx.layer] ??= Uint8Array.from({ length: lists }, (_, g) =>
+    gated.slice(g * group, (g + 1) * group).some(Boolean) ? 1 : 0,
+  ));
 }
 
 /**

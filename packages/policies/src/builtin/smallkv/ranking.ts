@@ -27,10 +27,23 @@ export interface TermPlan {
 }
 
 /** The share of list g's query heads that trust their matched SLM head (1: no blend). */
-export function trustedShare(ctx: SmallKvContext, g: number, group: number): number {
+function trustedShare(ctx: SmallKvContext, g: number, group: number): number {
   let trusted = 0;
   for (let i = 0; i < group; i++) if (ctx.state.trusted![ctx.layer][g * group + i]) trusted++;
   return trusted / group;
+}
+
+/** The layer's term plan for steps of T rows (made once per layer and T; the device form's too). */
+export function termPlanOf(
+  ctx: SmallKvContext,
+  m: HeadMatching,
+  lists: number,
+  group: number,
+  T: number,
+): TermPlan {
+  const st = ctx.state;
+  const plan = st.plans[ctx.layer];
+  return plan && plan.T === T ? plan : (st.plans[ctx.layer] = termPlan(ctx, m, lists, group, T));
 }
 
 function termPlan(ctx: SmallKvContext, m: HeadMatching, lists: number, group: number, T: number): TermPlan {
@@ -86,9 +99,7 @@ export function currentTerms(
   T: number,
 ): ScoreInput {
   const st = ctx.state;
-  let plan = st.plans[ctx.layer];
-  if (!plan || plan.T !== T) plan = st.plans[ctx.layer] = termPlan(ctx, m, lists, group, T);
-  const { spec, terms } = plan;
+  const { spec, terms, weights, blend } = termPlanOf(ctx, m, lists, group, T);
   for (let i = 0, j = 0; i < spec.length; i += 4, j += 3) {
     terms[j] = spec[i];
     terms[j + 1] = spec[i + 1];
@@ -98,8 +109,8 @@ export function currentTerms(
   return {
     sources: a.rows as Float32Array[],
     terms,
-    weights: plan.weights,
-    own: plan.blend && st.own ? ownViews(ctx, st.own, lists, plan.blend) : undefined,
+    weights,
+    own: blend && st.own ? ownViews(ctx, st.own, lists, blend) : undefined,
   };
 }
 
