@@ -24,11 +24,14 @@ function snapInit(seq: { config: { numLayers: number } }): SnapState {
   return { prompt: 0, votes: Array.from({ length: seq.config.numLayers }, () => []) };
 }
 
+/** The first prompt row of the observation window (its queries vote). */
+function windowFrom(ctx: PolicyContext<SnapState, SnapOptions>): number {
+  return Math.max(0, ctx.step.T - ctx.options.window);
+}
+
 function snapWants(ctx: PolicyContext<SnapState, SnapOptions>) {
   // Only the prompt is voted on: the last `window` prompt queries, in the prefill step.
-  return ctx.step.start === 0
-    ? { scores: true as const, fromRow: Math.max(0, ctx.step.T - ctx.options.window) }
-    : false;
+  return ctx.step.start === 0 ? { scores: true as const, fromRow: windowFrom(ctx) } : false;
 }
 
 function snapObserve(
@@ -49,6 +52,13 @@ function snapObserve(
   ctx.state.votes[obs.layer] = votes;
 }
 
+/** The prompt seen, where its observation window starts, the old budget and what is always kept (window + generated). */
+function snapSpan(ctx: PolicyContext<SnapState, SnapOptions>) {
+  const P = Math.min(ctx.state.prompt, ctx.step.start);
+  const winStart = Math.max(0, P - ctx.options.window);
+  return { P, winStart, B: ctx.oldBudget, mandatory: ctx.step.start - winStart };
+}
+
 /**
  * Keep the observation window, every generated token, and the best-voted earlier prompt
  * tokens; when the budget no longer holds all of them, the prompt picks go first, then
@@ -56,12 +66,9 @@ function snapObserve(
  */
 export function snapSelect(ctx: PolicyContext<SnapState, SnapOptions>) {
   const { start } = ctx.step;
-  const P = Math.min(ctx.state.prompt, start);
-  const winStart = Math.max(0, P - ctx.options.window);
-  const B = ctx.oldBudget;
+  const { P, winStart, B, mandatory } = snapSpan(ctx);
   const full: Int32Array[] = [];
   for (let g = 0; g < ctx.config.numKvHeads; g++) {
-    const mandatory = start - winStart; // window + generated
     if (mandatory >= B) {
       full.push(range(start - B, start));
       continue;
@@ -81,14 +88,10 @@ export const snapDevice = {
   accumulate(ctx: PolicyContext<SnapState, SnapOptions>) {
     if (ctx.step.start !== 0) return false as const;
     ctx.state.prompt = ctx.step.T;
-    return { fromRow: Math.max(0, ctx.step.T - ctx.options.window) };
+    return { fromRow: windowFrom(ctx) };
   },
   plan(ctx: PolicyContext<SnapState, SnapOptions>): DeviceRankPlan {
-    const { start } = ctx.step;
-    const P = Math.min(ctx.state.prompt, start);
-    const winStart = Math.max(0, P - ctx.options.window);
-    const B = ctx.oldBudget;
-    const mandatory = start - winStart;
+    const { B, mandatory } = snapSpan(ctx);
     const k = new Int32Array(ctx.config.numKvHeads).fill(mandatory >= B ? 0 : B - mandatory);
     return {
       recent: Math.min(mandatory, B),
