@@ -365,10 +365,9 @@ function probOutOf(
       counts: st.hits ? st.hits.ptr + l * Hkv * cap * 4 : undefined,
     };
   const last = part.tokens.length - 1;
-  if (rows && st.rows && last >= r0 && last < r0 + T) {
-    st.rowStride = cap;
-    return { kind: "rows", dst: st.rowsOf(l), stride: cap, rowFrom: last - r0 };
-  }
+  // A batched sequence's rows keep the stride its state was grown with (cap).
+  if (rows && st.rows && last >= r0 && last < r0 + T)
+    return { kind: "rows", dst: st.rowsOf(l), stride: st.rowStride, rowFrom: last - r0 };
   return null;
 }
 

@@ -25,7 +25,10 @@ export class DevicePolicyState {
   weights: DeviceBuffer | null = null;
   /** f32 [L][Hq][cap]: each head's probability row of the last step's last query row. */
   rows: DeviceBuffer | null = null;
-  /** Floats between heads' rows: cap when the batched path wrote them, the step's key count when the per-sequence path did. */
+  /**
+   * Floats between heads' rows: cap (set at each growth) on the batched path; the step's key
+   * count on the per-sequence path (an assistant whose head dim the batched kernels cannot read).
+   */
   rowStride = 0;
   cap = 0;
   /** Per layer: whether its last step ranked a selection (else it read every key). */
