@@ -9,6 +9,7 @@ import {
   packRankLists,
   patchRankList,
   type RankList,
+  type RankSplitResult,
   rankSplit,
   reference,
   scoresAsGiven,
@@ -24,6 +25,17 @@ const probe = Device.probe();
 /** Scores on a 1/4096 grid with repeats (ties), so float and double sums agree exactly. */
 function gridScores(n: number, r: () => number, levels = 64): Float32Array {
   return Float32Array.from({ length: n }, () => Math.floor(r() * levels) / 4096);
+}
+
+/** A device list equals rankSplit's one list: its exact positions plus the step's T rows from n, its V-only ones. */
+function expectHostLists(
+  got: { full: number[]; vOnly: number[] },
+  want: RankSplitResult,
+  n: number,
+  T = 1,
+): void {
+  expect(got.full).toEqual([...want.full[0], ...Array.from({ length: T }, (_, t) => n + t)]);
+  expect(got.vOnly).toEqual(Array.from(want.vOnly[0]));
 }
 
 function policySuite(kind: DeviceKind) {
@@ -410,8 +422,7 @@ function policySuite(kind: DeviceKind) {
         evict: true,
         rule: { kind: "fixed", k: Int32Array.of(k), exact: Int32Array.of(exact) },
       });
-      expect(got.full).toEqual([...want.full[0], ...Array.from({ length: T }, (_, t) => n + t)]);
-      expect(got.vOnly).toEqual(Array.from(want.vOnly[0]));
+      expectHostLists(got, want, n, T);
       const devMask = new Uint8Array(d().read(exb, new Float32Array(exb.length)).buffer).subarray(0, n);
       expect(Array.from(devMask)).toEqual(Array.from(hostMask));
     }
@@ -438,8 +449,7 @@ function policySuite(kind: DeviceKind) {
       recent: 4,
       rule: { kind: "fixed", k: Int32Array.of(300), exact: Int32Array.of(120) },
     });
-    expect(got.full).toEqual([...want.full[0], n]);
-    expect(got.vOnly).toEqual(Array.from(want.vOnly[0]));
+    expectHostLists(got, want, n);
   });
 
   it("rankSelect, adaptive rule over a group's terms (SmallKV): lists and V-only weights of rankSplit", () => {
@@ -487,8 +497,7 @@ function policySuite(kind: DeviceKind) {
           negligible,
         },
       });
-      expect(got.full).toEqual([...want.full[0], n]);
-      expect(got.vOnly).toEqual(Array.from(want.vOnly[0]));
+      expectHostLists(got, want, n);
       vOnlySeen += got.vOnly.length;
       const wg = d().read(w, new Float32Array(w.length));
       const nv = got.vOnly.length;
@@ -529,8 +538,7 @@ function policySuite(kind: DeviceKind) {
         recent: 2,
         rule: { kind: "fixed", k: Int32Array.of(40), exact: Int32Array.of(30) },
       });
-      expect(got.full).toEqual([...want.full[0], n]);
-      expect(got.vOnly).toEqual(Array.from(want.vOnly[0]));
+      expectHostLists(got, want, n);
     }
   });
 
